@@ -1,0 +1,76 @@
+"""``dicomflow up | down | status | env``: the local cloud."""
+
+from __future__ import annotations
+
+import click
+from rich.table import Table
+
+from dicomflow.cli.common import console, json_option, out, print_json, settings_from
+from dicomflow.local.moto_server import client_environment
+from dicomflow.local.services import LocalCloud
+
+
+@click.command()
+@click.option("--orthanc-http-port", type=int, help="Orthanc HTTP/DICOMweb port [8042].")
+@click.option("--orthanc-dicom-port", type=int, help="Orthanc DICOM port [4242].")
+@click.option("--aws-port", type=int, help="Emulated AWS port [4566].")
+@click.option("--timeout", "start_timeout", type=float, help="Seconds to wait for each service [30].")
+@json_option
+@click.pass_context
+def up(ctx: click.Context, as_json: bool, **flags) -> None:
+    """Start the local cloud (Orthanc PACS, emulated AWS) in the background.
+
+    Returns when every service is healthy; running it twice is harmless.
+    """
+    settings = settings_from(ctx, **flags)
+    with console.status("starting the local cloud…"):
+        statuses = LocalCloud(settings).up()
+    _show(statuses, as_json, settings)
+
+
+@click.command()
+@click.pass_context
+def down(ctx: click.Context) -> None:
+    """Stop what 'up' started (by PID, waiting for exit). Data is kept."""
+    stopped = LocalCloud(settings_from(ctx)).down()
+    console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@click.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show each service, its URL and health. Exit status 3 if any is down."""
+    settings = settings_from(ctx)
+    statuses = LocalCloud(settings).status()
+    _show(statuses, as_json, settings)
+    if not all(s.healthy for s in statuses):
+        ctx.exit(3)
+
+
+@click.command()
+@click.pass_context
+def env(ctx: click.Context) -> None:
+    """Print shell exports for your own boto3 / AWS CLI / SageMaker SDK sessions.
+
+    Use as:  eval "$(dicomflow env)"
+    """
+    settings = settings_from(ctx)
+    exports = client_environment(settings)
+    exports["DICOMFLOW_HOME"] = str(settings.data_dir)
+    exports["DICOMFLOW_PACS_URL"] = settings.dicomweb_url
+    for k, v in exports.items():
+        out.print(f"export {k}={v}", highlight=False)
+
+
+def _show(statuses, as_json: bool, settings) -> None:
+    if as_json:
+        print_json({"data_dir": str(settings.data_dir), "services": [s.as_dict() for s in statuses]})
+        return
+    table = Table(title=f"local cloud ({settings.data_dir})")
+    for col in ("service", "url", "state", "pid"):
+        table.add_column(col)
+    for s in statuses:
+        state = "[green]healthy" if s.healthy else ("[yellow]running, not healthy" if s.running else "[red]stopped")
+        table.add_row(s.name, s.url, state, str(s.pid or "-"))
+    out.print(table)

@@ -1,0 +1,49 @@
+"""The emulated AWS: a moto server on 127.0.0.1 (default port 4566, LocalStack's) with dicomflow's
+additions loaded (see :mod:`dicomflow.local.moto_main`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import requests
+
+from dicomflow.local.services import Service
+
+DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+class MotoService(Service):
+    name = "aws"
+
+    @property
+    def url(self) -> str:
+        return self.settings.aws_endpoint_url
+
+    def ports(self) -> list[int]:
+        return [self.settings.aws_port]
+
+    def command(self) -> tuple[list[str], dict[str, str] | None]:
+        env = dict(os.environ)
+        env.update(client_environment(self.settings))
+        env["DICOMFLOW_HOME"] = str(self.settings.data_dir)
+        argv = [sys.executable, "-m", "dicomflow.local.moto_main", "--host", self.settings.host,
+                "--port", str(self.settings.aws_port)]
+        return argv, env
+
+    def healthy(self) -> bool:
+        try:
+            r = requests.get(f"{self.url}/moto-api/data.json", timeout=2)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200
+
+
+def client_environment(settings) -> dict[str, str]:
+    """What a boto3 / AWS CLI / SageMaker SDK session needs to talk to the emulator."""
+    return {
+        "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
+        "AWS_REGION": settings.region,
+        "AWS_DEFAULT_REGION": settings.region,
+        **DUMMY_CREDENTIALS,
+    }

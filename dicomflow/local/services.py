@@ -1,0 +1,184 @@
+"""The local cloud: a list of services that ``dicomflow up`` starts, ``status`` checks and ``down`` stops.
+
+A service plugs in by subclassing :class:`Service` (prerequisites, config files, command line,
+health check) and being listed in :func:`default_services`. ``up`` is all-or-nothing: if one
+service fails to come up, everything this call started is stopped again.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import socket
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from dicomflow.config import Settings, read_state, write_state
+from dicomflow.errors import DicomflowError
+from dicomflow.local.process import ManagedProcess, wait_until
+
+
+class ServiceError(DicomflowError):
+    """A service cannot start; the message is one line saying what is wrong and how to fix it."""
+
+
+@dataclass
+class ServiceStatus:
+    name: str
+    url: str
+    running: bool
+    healthy: bool
+    pid: int | None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "url": self.url, "running": self.running, "healthy": self.healthy,
+                "pid": self.pid}
+
+
+class Service(ABC):
+    """One process of the local cloud."""
+
+    name: str = "service"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.process = ManagedProcess(self.name, settings.run_dir, settings.log_dir)
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Where users reach the service."""
+
+    @abstractmethod
+    def ports(self) -> list[int]:
+        """TCP ports the service listens on (checked free before start)."""
+
+    def check_prerequisites(self) -> None:
+        """Raise :class:`ServiceError` if something the service needs is not installed."""
+
+    def prepare(self) -> None:
+        """Write config files / secrets before start (idempotent)."""
+
+    @abstractmethod
+    def command(self) -> tuple[list[str], dict[str, str] | None]:
+        """argv and environment (None = inherit) of the process."""
+
+    @abstractmethod
+    def healthy(self) -> bool:
+        """True when the service answers as expected."""
+
+    def status(self) -> ServiceStatus:
+        pid = self.process.pid()
+        return ServiceStatus(self.name, self.url, pid is not None, pid is not None and self.healthy(), pid)
+
+    def start(self) -> None:
+        self.check_prerequisites()
+        for port in self.ports():
+            ensure_port_free(port, self.name)
+        self.prepare()
+        argv, env = self.command()
+        self.process.start(argv, env=env, cwd=self.settings.data_dir)
+        ok = wait_until(self.healthy, self.settings.start_timeout, interval=0.1, abort=self.process.exited)
+        if not ok:
+            died = self.process.exited()
+            tail = self.process.log_tail(1)
+            self.process.stop()
+            what = "exited during start-up" if died else f"was not healthy within {self.settings.start_timeout:.0f}s"
+            raise ServiceError(f"{self.name} {what} (last log line: {tail.strip() or '-'}); "
+                               f"see {self.process.log_path}")
+
+
+def ensure_port_free(port: int, who: str) -> None:
+    """Raise ServiceError if ``port`` is taken on any interface (Orthanc binds them all)."""
+    for host in ("127.0.0.1", "0.0.0.0"):  # noqa: S104 - probe only, closed at once
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise ServiceError(
+                        f"port {port} for {who} is already in use; stop what uses it or choose another port "
+                        f"(see 'dicomflow up --help')"
+                    ) from None
+                raise
+
+
+def free_port() -> int:
+    """A TCP port that is free right now on 127.0.0.1 (for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def require_executable(path_or_name: str, package: str) -> str:
+    found = shutil.which(path_or_name) or (path_or_name if Path(path_or_name).exists() else None)
+    if not found:
+        raise ServiceError(f"{path_or_name} not found; install the Debian package '{package}' "
+                           f"(apt-get install {package}, or run 'make setup')")
+    return found
+
+
+def default_services(settings: Settings) -> list[Service]:
+    """The services of the local cloud, in start order."""
+    from dicomflow.local.moto_server import MotoService
+    from dicomflow.local.orthanc import OrthancService
+
+    return [OrthancService(settings), MotoService(settings)]
+
+
+class LocalCloud:
+    """Start, check and stop the local cloud as one unit."""
+
+    def __init__(self, settings: Settings, services: list[Service] | None = None) -> None:
+        self.settings = settings
+        self.services = services if services is not None else default_services(settings)
+
+    def _ensure_data_dir(self) -> None:
+        try:
+            for d in (self.settings.data_dir, self.settings.run_dir, self.settings.log_dir):
+                d.mkdir(parents=True, exist_ok=True)
+            probe = self.settings.data_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ServiceError(
+                f"data dir {self.settings.data_dir} is not writable ({exc.strerror}); "
+                "choose another with --data-dir or DICOMFLOW_HOME"
+            ) from None
+
+    def up(self) -> list[ServiceStatus]:
+        """Start every service not already healthy; all-or-nothing."""
+        self._ensure_data_dir()
+        started: list[Service] = []
+        try:
+            for svc in self.services:
+                svc.process.clean_stale()
+                if svc.process.is_running():
+                    if svc.healthy():
+                        continue
+                    svc.process.stop()
+                svc.start()
+                started.append(svc)
+        except BaseException:
+            for svc in reversed(started):
+                svc.process.stop()
+            raise
+        state = read_state(self.settings.data_dir)
+        state["settings"] = {k: v for k, v in self.settings.as_dict().items() if k != "data_dir"}
+        state["services"] = {s.name: s.url for s in self.services}
+        write_state(self.settings.data_dir, state)
+        return self.status()
+
+    def status(self) -> list[ServiceStatus]:
+        for svc in self.services:
+            svc.process.clean_stale()
+        return [svc.status() for svc in self.services]
+
+    def down(self) -> list[str]:
+        """Stop what ``up`` started (by PID, waiting for exit); data is kept."""
+        stopped = []
+        for svc in reversed(self.services):
+            if svc.process.stop():
+                stopped.append(svc.name)
+        return stopped
