@@ -118,7 +118,7 @@ def read_state(data_dir: Path) -> dict[str, Any]:
     path = Path(data_dir) / STATE_FILE
     try:
         return json.loads(path.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return {}
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}; delete it and run 'dicomflow up' again") from exc

@@ -21,7 +21,7 @@ from pathlib import Path
 from dicomflow import aws
 from dicomflow.config import ConfigError, Settings, read_secret_file
 
-ORTHANC_SECRET_FILE = "orthanc.json"
+ORTHANC_SECRET_FILE = "orthanc.json"  # noqa: S105 - a file name, not a secret
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ for command in (cloud.up, cloud.down, cloud.status, cloud.env):
 def main() -> None:
     """Run the CLI; expected failures print one line, no traceback."""
     try:
-        cli.main(standalone_mode=False)
+        rc = cli.main(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -41,5 +42,5 @@ def main() -> None:
         console.print("aborted")
         sys.exit(130)
     except DicomflowError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

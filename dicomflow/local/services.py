@@ -93,6 +93,7 @@ def ensure_port_free(port: int, who: str) -> None:
     """Raise ServiceError if ``port`` is taken on any interface (Orthanc binds them all)."""
     for host in ("127.0.0.1", "0.0.0.0"):  # noqa: S104 - probe only, closed at once
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
             try:
                 sock.bind((host, port))
             except OSError as exc:

@@ -1,0 +1,3 @@
+from dicomflow.cli.main import main
+
+main()

@@ -1,0 +1,178 @@
+"""`dicomflow up/down/status` against the real Orthanc and moto processes (own data dir and ports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pydicom
+import pytest
+import requests
+from pydicom.data import get_testdata_file
+
+from dicomflow.config import Settings
+from dicomflow.credentials import local_orthanc_secret_path
+from dicomflow.local.services import LocalCloud, ServiceError, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(tmp_path: Path, **overrides) -> Settings:
+    ports = {"orthanc_http_port": free_port(), "orthanc_dicom_port": free_port(), "aws_port": free_port()}
+    ports.update(overrides)
+    return Settings.load(data_dir=tmp_path / "home", **ports)
+
+
+def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMFLOW_")}
+    env["DICOMFLOW_HOME"] = str(settings.data_dir)
+    return subprocess.run([sys.executable, "-m", "dicomflow.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def _orthanc_children() -> set[int]:
+    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "Orthanc"}
+
+
+def test_up_down_up_keeps_data_and_is_idempotent(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    up = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
+              str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port), "--json")
+    assert up.returncode == 0, up.stderr
+    try:
+        report = json.loads(up.stdout)
+        assert {x["name"] for x in report["services"]} == {"orthanc", "aws"}
+        assert all(x["healthy"] for x in report["services"])
+        pids = {x["name"]: x["pid"] for x in report["services"]}
+        creds = json.loads(local_orthanc_secret_path(s.data_dir).read_text())
+        auth = (creds["username"], creds["password"])
+        raw = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        r = requests.post(f"{s.orthanc_url}/instances", data=raw, auth=auth, timeout=10)
+        assert r.status_code == 200, r.text
+        instance_id = r.json()["ID"]
+
+        # second `up` (ports now come from the state file) changes nothing
+        again = _cli(s, "up", "--json")
+        assert again.returncode == 0, again.stderr
+        assert {x["name"]: x["pid"] for x in json.loads(again.stdout)["services"]} == pids
+
+        status = _cli(s, "status", "--json")
+        assert status.returncode == 0 and all(x["healthy"] for x in json.loads(status.stdout)["services"])
+
+        down = _cli(s, "down")
+        assert down.returncode == 0, down.stderr
+        assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                       for p in pids.values())
+        assert _cli(s, "status").returncode == 3
+
+        assert _cli(s, "up").returncode == 0
+        r = requests.get(f"{s.orthanc_url}/instances/{instance_id}/file", auth=auth, timeout=10)
+        assert r.status_code == 200 and r.content == raw
+    finally:
+        _cli(s, "down")
+
+
+def test_secrets_are_private_and_never_printed(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    cloud = LocalCloud(s)
+    out = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
+               str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port))
+    try:
+        assert out.returncode == 0, out.stderr
+        secret = local_orthanc_secret_path(s.data_dir)
+        password = json.loads(secret.read_text())["password"]
+        assert secret.stat().st_mode & 0o777 == 0o600
+        assert (s.data_dir / "orthanc" / "orthanc.json").stat().st_mode & 0o777 == 0o600
+        assert password not in out.stdout + out.stderr
+        for log in s.log_dir.glob("*.log"):
+            assert password not in log.read_text(errors="replace")
+        env_out = _cli(s, "env").stdout
+        assert "AWS_ENDPOINT_URL=" in env_out and password not in env_out
+    finally:
+        cloud.down()
+
+
+def test_busy_port_fails_with_one_clear_line_and_leaves_nothing_running(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    before = _orthanc_children()
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", s.aws_port))
+        blocker.listen()
+        res = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
+                   str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port))
+    assert res.returncode == 1
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and f"port {s.aws_port}" in lines[0] and "already in use" in lines[0]
+    assert "Traceback" not in res.stderr
+    assert _orthanc_children() == before  # the Orthanc started before the failure was stopped again
+    assert not list((s.data_dir / "run").glob("*.pid"))
+
+
+def test_stale_pid_file_is_detected_and_cleaned(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    cloud = LocalCloud(s)
+    s.run_dir.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (s.run_dir / "orthanc.pid").write_text(json.dumps({"pid": dead.pid, "create_time": 1.0}))
+    assert [x.running for x in cloud.status()] == [False, False]
+    assert not (s.run_dir / "orthanc.pid").exists()
+    try:
+        assert all(x.healthy for x in cloud.up())
+    finally:
+        cloud.down()
+
+
+def test_service_not_healthy_in_time_is_stopped_again(tmp_path: Path) -> None:
+    s = _settings(tmp_path).with_(start_timeout=0.0)
+    before = _orthanc_children()
+    with pytest.raises(ServiceError, match="orthanc was not healthy within 0s"):
+        LocalCloud(s).up()
+    assert _orthanc_children() == before
+    assert not list(s.run_dir.glob("*.pid"))
+
+
+def test_data_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    res = _cli(_settings(tmp_path).with_(data_dir=blocker / "home"), "up")
+    assert res.returncode == 1 and "not writable" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_missing_orthanc_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dicomflow.local.orthanc as orthanc
+
+    monkeypatch.setattr(orthanc, "ORTHANC_BIN", str(tmp_path / "no-such-Orthanc"))
+    with pytest.raises(ServiceError, match="apt-get install orthanc"):
+        LocalCloud(_settings(tmp_path)).up()
+    assert not list((tmp_path / "home" / "run").glob("*.pid"))
+
+
+def test_orthanc_refuses_requests_without_or_with_wrong_credentials(local_cloud) -> None:
+    base = local_cloud.settings.orthanc_url
+    assert requests.get(f"{base}/system", timeout=5).status_code == 401
+    assert requests.get(f"{base}/dicom-web/studies", timeout=5).status_code == 401
+    assert requests.get(f"{base}/system", auth=("dicomflow", "wrong"), timeout=5).status_code == 401
+    assert requests.get(f"{base}/system", auth=local_cloud.pacs.auth, timeout=5).status_code == 200
+
+
+def test_orthanc_config_is_locked_down(local_cloud) -> None:
+    cfg = json.loads((local_cloud.settings.data_dir / "orthanc" / "orthanc.json").read_text())
+    assert cfg["RemoteAccessAllowed"] is False and cfg["AuthenticationEnabled"] is True
+    assert cfg["DicomWeb"]["Host"] == f"127.0.0.1:{local_cloud.settings.orthanc_http_port}"
+    assert cfg["HttpCompressionEnabled"] is False
+
+
+def test_real_sample_round_trips_through_orthanc(local_cloud) -> None:
+    raw = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    base, auth = local_cloud.settings.orthanc_url, local_cloud.pacs.auth
+    r = requests.post(f"{base}/instances", data=raw, auth=auth, timeout=10)
+    assert r.status_code == 200
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    got = requests.get(f"{base}/instances/{r.json()['ID']}/file", auth=auth, timeout=10).content
+    assert got == raw and ds.SOPInstanceUID in got.decode("latin-1")
