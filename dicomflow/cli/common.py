@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 import click
 from rich.console import Console
 
-from dicomflow.config import Settings
+from dicomflow.config import ConfigError, Settings, read_secret_file
+from dicomflow.credentials import PacsConnection, local_orthanc_secret_path, pacs_connection
 
 console = Console(stderr=True)
 out = Console()
@@ -26,3 +28,15 @@ def print_json(obj: Any) -> None:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def pacs_for(settings: Settings) -> PacsConnection:
+    """The PACS named by the environment / secret, else the local Orthanc of ``settings.data_dir``."""
+    if os.environ.get("DICOMFLOW_PACS_URL") or os.environ.get("DICOMFLOW_PACS_SECRET_ARN"):
+        return pacs_connection()
+    secret = local_orthanc_secret_path(settings.data_dir)
+    if not settings.state_path.exists() or not secret.exists():
+        raise ConfigError(f"no local PACS in {settings.data_dir}: run 'dicomflow up' first "
+                          "(or set DICOMFLOW_PACS_URL and credentials for another PACS)")
+    creds = read_secret_file(secret)
+    return PacsConnection(settings.dicomweb_url, creds["username"], creds["password"])

@@ -23,6 +23,16 @@ class MotoService(Service):
     def ports(self) -> list[int]:
         return [self.settings.aws_port]
 
+    def prepare(self) -> None:
+        """Map the project's inference image to its host command unless the user mapped it already."""
+        from dicomflow.local.endpoints import DEFAULT_IMAGES, load_image_map, register_image
+
+        path = self.settings.data_dir / "images.json"
+        existing = load_image_map() if path.exists() else {}
+        for image, command in DEFAULT_IMAGES.items():
+            if image not in existing:
+                register_image(self.settings.data_dir, image, command)
+
     def command(self) -> tuple[list[str], dict[str, str] | None]:
         env = dict(os.environ)
         env.update(client_environment(self.settings))

@@ -35,8 +35,10 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
-def _orthanc_children() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "Orthanc"}
+def _orthancs(data_dir: Path) -> set[int]:
+    """Orthanc processes serving ``data_dir`` (other tests' Orthancs are not ours to count)."""
+    return {p.pid for p in psutil.process_iter(["name", "cmdline"])
+            if p.info["name"] == "Orthanc" and str(data_dir) in " ".join(p.info["cmdline"] or [])}
 
 
 def test_up_down_up_keeps_data_and_is_idempotent(tmp_path: Path) -> None:
@@ -99,7 +101,6 @@ def test_secrets_are_private_and_never_printed(tmp_path: Path) -> None:
 
 def test_busy_port_fails_with_one_clear_line_and_leaves_nothing_running(tmp_path: Path) -> None:
     s = _settings(tmp_path)
-    before = _orthanc_children()
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", s.aws_port))
         blocker.listen()
@@ -109,7 +110,7 @@ def test_busy_port_fails_with_one_clear_line_and_leaves_nothing_running(tmp_path
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"port {s.aws_port}" in lines[0] and "already in use" in lines[0]
     assert "Traceback" not in res.stderr
-    assert _orthanc_children() == before  # the Orthanc started before the failure was stopped again
+    assert _orthancs(s.data_dir) == set()  # the Orthanc started before the failure was stopped again
     assert not list((s.data_dir / "run").glob("*.pid"))
 
 
@@ -130,10 +131,9 @@ def test_stale_pid_file_is_detected_and_cleaned(tmp_path: Path) -> None:
 
 def test_service_not_healthy_in_time_is_stopped_again(tmp_path: Path) -> None:
     s = _settings(tmp_path).with_(start_timeout=0.0)
-    before = _orthanc_children()
     with pytest.raises(ServiceError, match="orthanc was not healthy within 0s"):
         LocalCloud(s).up()
-    assert _orthanc_children() == before
+    assert _orthancs(s.data_dir) == set()
     assert not list(s.run_dir.glob("*.pid"))
 
 

@@ -1,0 +1,126 @@
+"""Labeling benchmarks on a private local cloud: pre-label Lambda latency (through lambda:Invoke on the
+emulator, which runs the handler as a host subprocess), task open -> first image on screen for the 7 MB
+chest CR, and slice-scroll frames per second on a 100-slice series, in Debian's headless Chromium.
+
+    .venv/bin/python bench/bench_labeling.py [--invocations 20] [--opens 3] [--slices 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "browser"))
+
+from dicomflow import aws  # noqa: E402
+from dicomflow.config import Settings  # noqa: E402
+from dicomflow.local.moto_server import client_environment  # noqa: E402
+from dicomflow.local.services import LocalCloud, free_port  # noqa: E402
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--invocations", type=int, default=20)
+    ap.add_argument("--opens", type=int, default=3)
+    ap.add_argument("--slices", type=int, default=100)
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="dicomflow-bench-"))
+    settings = Settings.load(data_dir=home, orthanc_http_port=free_port(), orthanc_dicom_port=free_port(),
+                             aws_port=free_port())
+    os.environ.update({**client_environment(settings), "DICOMFLOW_HOME": str(home)})
+    for k in ("DICOMFLOW_PACS_URL", "DICOMFLOW_PACS_USERNAME", "DICOMFLOW_PACS_PASSWORD", "AWS_PROFILE"):
+        os.environ.pop(k, None)
+    cloud = LocalCloud(settings)
+    cloud.up()
+    try:
+        run(settings, args)
+    finally:
+        cloud.down()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> None:
+    import labeling_setup as setup
+    from playwright.sync_api import sync_playwright
+
+    from dicomflow.credentials import pacs_connection
+    from dicomflow.labeling import run_job
+
+    bucket = "dicomflow-bench-labeling"
+    aws.client("s3").create_bucket(Bucket=bucket)
+    objs = setup.store_objects(pacs_connection(), n_slices=args.slices)
+    arns = setup.deploy_lambdas("bench", settings.dicomweb_url, setup.new_key())
+    lam = aws.client("lambda")
+    results: dict[str, object] = {}
+    for what in ("cr", "series"):
+        event = {"version": "2018-10-16", "labelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:"
+                 "labeling-job/bench", "dataObject": objs[what]}
+        times = []
+        for _ in range(args.invocations + 1):
+            t0 = time.perf_counter()
+            resp = lam.invoke(FunctionName=arns["pre_label"], Payload=json.dumps(event))
+            assert not resp.get("FunctionError"), resp["Payload"].read()
+            resp["Payload"].read()
+            times.append((time.perf_counter() - t0) * 1000)
+        times = times[1:]  # first call unzips the code
+        results[f"pre_label_{what}_ms"] = {"p50": round(statistics.median(times), 1),
+                                           "p95": round(pct(times, 0.95), 1), "n": len(times)}
+
+    request = setup.job_request("bench", bucket, [objs["cr"], objs["series"]], arns, workers=1)
+    running = run_job(request, data_dir=settings.data_dir)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            signin = running.signin_url("worker-1")
+            opens = []
+            for _ in range(args.opens):  # fresh context each time: nothing cached
+                ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = ctx.new_page()
+                page.goto(signin)
+                page.wait_for_function("window.dicomflowViewer && (window.dicomflowViewer.ready || "
+                                       "window.dicomflowViewer.error)", timeout=120_000)
+                assert not page.evaluate("window.dicomflowViewer.error")
+                opens.append(page.evaluate("window.dicomflowViewer.timing.firstImage"))
+                ctx.close()
+            results["cr_task_open_to_first_image_ms"] = {"median": round(statistics.median(opens)),
+                                                         "runs": [round(v) for v in opens]}
+            # submit the CR so the series comes next
+            ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = ctx.new_page()
+            page.goto(signin)
+            page.wait_for_function("window.dicomflowViewer.ready", timeout=120_000)
+            page.get_by_label("No Finding").first.check()
+            with page.expect_navigation():
+                page.locator("#dicomflow-submit").click()
+            page.wait_for_function("window.dicomflowViewer && window.dicomflowViewer.imagesLoaded",
+                                   timeout=300_000)
+            t = page.evaluate("window.dicomflowViewer.timing")
+            results["series_all_slices_loaded_ms"] = round(t["allLoaded"])
+            fps = page.evaluate("window.dicomflowViewer.scrollBenchmark(2)")
+            results["series_scroll"] = {"slices": args.slices, "frames": fps["frames"],
+                                        "fps": round(fps["fps"], 1)}
+            ctx.close()
+            browser.close()
+    finally:
+        running.stop()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

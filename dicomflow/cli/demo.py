@@ -1,0 +1,163 @@
+"""``dicomflow demo``: start the local cloud and run the whole loop (see :mod:`dicomflow.demo`)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dicomflow import demo as loop
+from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
+
+
+class RichStep(loop.Step):
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self.progress, self.task = progress, task
+
+    def update(self, completed: float | None = None, total: float | None = None, note: str | None = None) -> None:
+        kwargs: dict[str, Any] = {}
+        if completed is not None:
+            kwargs["completed"] = completed
+        if total is not None:
+            kwargs["total"] = total
+        if note is not None:
+            kwargs["note"] = note[:60]
+        self.progress.update(self.task, **kwargs)
+
+    def log(self, message: str) -> None:
+        self.progress.console.print(f"  {message}", highlight=False, soft_wrap=True)
+
+
+class RichHooks(loop.Hooks):
+    """One bar (or spinner, when the size is unknown) per step, kept on screen with its elapsed time."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+
+    @contextmanager
+    def step(self, name: str, total: float | None = None) -> Iterator[loop.Step]:
+        task = self.progress.add_task(name, total=total, note="")
+        try:
+            yield RichStep(self.progress, task)
+        except BaseException:
+            self.progress.update(task, description=f"[red]{name} (failed)")
+            raise
+        done = self.progress.tasks[task]
+        self.progress.update(task, total=done.total or 1, completed=done.total or 1, note="",
+                             description=f"[green]{name}")
+        self.progress.stop_task(task)
+
+
+@contextmanager
+def _stdout_to(path: Path) -> Iterator[None]:
+    """Send fd 1 (SDK and training-process logs) to ``path``; the summary goes to the real stdout after."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+@click.command("demo")
+@click.option("--size", type=click.Choice(loop.SIZES), default="full", show_default=True,
+              help="full: the default demo; small: the end-to-end test's sizes (a few minutes).")
+@click.option("--interactive", is_flag=True, help="Stop at labeling and wait for people to label in the portal.")
+@click.option("--seed", "seed_value", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Random seed of the synthetic studies and the simulated annotators.")
+@json_option
+@click.pass_context
+def demo(ctx: click.Context, size: str, interactive: bool, seed_value: int, as_json: bool) -> None:
+    """Run the whole loop: up, seed, label (3 annotators in headless Chromium), export, train both models,
+    deploy async endpoints, infer on held-out studies, print a summary. Re-running resumes finished steps."""
+    from dicomflow.local.moto_server import client_environment
+    from dicomflow.local.services import LocalCloud
+
+    settings = settings_from(ctx)
+    config = loop.DemoConfig.preset(size, interactive=interactive, seed=seed_value)
+    with console.status("starting the local cloud…"):
+        LocalCloud(settings).up()
+    os.environ.update({**client_environment(settings), "DICOMFLOW_HOME": str(settings.data_dir)})
+    for key in ("DICOMFLOW_PACS_URL", "DICOMFLOW_PACS_SECRET_ARN", "AWS_PROFILE"):
+        os.environ.pop(key, None)  # the demo uses the local PACS and the emulator only
+    dctx = loop.DemoContext(settings=settings, pacs=pacs_for(settings), config=config)
+    log_path = settings.data_dir / "demo" / f"{config.tag}.log"
+    console.print(f"dicomflow demo ({size}): local cloud in {settings.data_dir}; logs in {log_path}",
+                  highlight=False)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("[dim]{task.fields[note]}"))
+    with _stdout_to(log_path), Progress(*columns, console=console, transient=False) as progress:
+        results = loop.run(dctx, RichHooks(progress))
+    if as_json:
+        print_json(_jsonable(results))
+        return
+    show_summary(results, settings)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, spec)
+
+
+def show_summary(r: dict[str, Any], settings: Any) -> None:
+    """The rich summary: labels and agreement, AUROC, Dice, volumes, where the SR/SEG landed, URLs."""
+    lab = r["labeling"]
+    console.print(Panel.fit(
+        f"{lab['consolidated']} images consolidated from 3 annotators; mean per-class agreement "
+        f"{_fmt(lab['meanAgreement'], '.1%')}; {lab['unanimousObjects']} unanimous; majority = seeded truth on "
+        f"{lab['majorityEqualsTruth']}/{lab['consolidated']}\noutput manifest {lab['outputManifest']}",
+        title="labeling", border_style="cyan"), highlight=False)
+    tr = r["training"]
+    cls_m, seg_m = tr["classification2d"].get("metrics") or {}, tr["segmentation3d"].get("metrics") or {}
+    inf = r["inference"]
+    metrics = Table("metric", "value", title="models")
+    metrics.add_row("classification2d validation mean AUROC (best)", _fmt(cls_m.get("best_metric")))
+    metrics.add_row("classification2d held-out mean AUROC", _fmt(inf.get("heldOutMeanAuroc")))
+    metrics.add_row("segmentation3d validation mean Dice (best)", _fmt(seg_m.get("best_metric")))
+    metrics.add_row("segmentation3d test mean Dice", _fmt(seg_m.get("test_mean_dice")))
+    for task, res in tr.items():
+        metrics.add_row(f"{task} model", res["model_artifact"])
+    console.print(metrics)
+    vols = Table("held-out study", "structure", "true mm³", "predicted mm³", title="hippocampal volumes")
+    places = Table("study", "task", "SR series", "SEG series", "Orthanc", title="results in the PACS")
+    for s in inf["studies"]:
+        if s["task"] == "segmentation3d":
+            for name, true in s["trueVolumesMm3"].items():
+                vols.add_row(s["StudyInstanceUID"][-16:], name, f"{true:.0f}",
+                             _fmt(s["predictedVolumesMm3"].get(name), ".0f"))
+        out = s["outputs"]
+        places.add_row(s["StudyInstanceUID"][-20:], s["task"], (out.get("sr") or {}).get("SeriesInstanceUID") or "-",
+                       (out.get("seg") or {}).get("SeriesInstanceUID") or "-", s["orthancStudy"])
+    console.print(vols)
+    console.print(places)
+    secs = r.get("seconds", {})
+    console.print(Panel.fit(
+        f"Orthanc web UI   {r['orthanc']}  (user/password: 'dicomflow env' / {settings.secrets_dir})\n"
+        f"worker portal    {lab['portal']} (while a job runs: dicomflow label start --job {lab['request']})\n"
+        f"total {secs.get('total', 0):.0f} s: " + ", ".join(f"{k} {v:.0f}s" for k, v in secs.items() if k != "total"),
+        title="where to look", border_style="green"), highlight=False)

@@ -1,0 +1,140 @@
+"""``dicomflow deploy`` (Model + EndpointConfig + Endpoint) and ``dicomflow infer`` (study JSON -> endpoint)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import click
+
+from dicomflow.cli.common import console, json_option, print_json
+from dicomflow.errors import DicomflowError
+from dicomflow.inference import endpoint as ep
+from dicomflow.inference.request import OUTPUTS, parse_request
+
+
+@click.command()
+@click.option("--endpoint", "name", required=True, help="Endpoint name (letters, digits, hyphens).")
+@click.option("--model", "model_data", required=True, help="s3://.../model.tar.gz from a training job.")
+@click.option("--async/--realtime", "asynchronous", default=True, show_default=True,
+              help="Async endpoint (S3 in/out, SNS topics) or real-time.")
+@click.option("--image", default=lambda: os.environ.get("DICOMFLOW_INFERENCE_IMAGE", ep.DEFAULT_IMAGE),
+              show_default=f"$DICOMFLOW_INFERENCE_IMAGE or {ep.DEFAULT_IMAGE}",
+              help="Serving image (ECR URI on AWS; mapped to a host command locally).")
+@click.option("--instance-type", default=ep.DEFAULT_INSTANCE_TYPE, show_default=True)
+@click.option("--max-concurrency", default=4, show_default=True, type=click.IntRange(1, 1000),
+              help="MaxConcurrentInvocationsPerInstance (async).")
+@click.option("--role", envvar="DICOMFLOW_SAGEMAKER_ROLE", help="Execution role ARN or name "
+              f"[env DICOMFLOW_SAGEMAKER_ROLE; locally {ep.DEFAULT_ROLE_NAME} is created].")
+@click.option("--output", "output_s3_uri", help="s3:// prefix for async output/failure objects "
+              "[s3://<model bucket>/async-inference/<endpoint>].")
+@click.option("--pacs-secret", envvar="DICOMFLOW_PACS_SECRET_ARN",
+              help="Secrets Manager ARN the container reads PACS credentials from [env DICOMFLOW_PACS_SECRET_ARN].")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until InService.")
+@json_option
+def deploy(name: str, model_data: str, asynchronous: bool, image: str, instance_type: str, max_concurrency: int,
+           role: str | None, output_s3_uri: str | None, pacs_secret: str | None, wait: bool, as_json: bool) -> None:
+    """Deploy a trained model as a SageMaker endpoint (async by default)."""
+    env = {"DICOMFLOW_PACS_SECRET_ARN": pacs_secret} if pacs_secret else {}
+    with console.status(f"deploying {name}") as status:
+        dep = ep.deploy(name, model_data, asynchronous=asynchronous, image=image, instance_type=instance_type,
+                        max_concurrency=max_concurrency, role=role, output_s3_uri=output_s3_uri,
+                        environment=env, wait=wait, progress=lambda m: status.update(m))
+    if as_json:
+        print_json(dep.as_dict())
+        return
+    console.print(f"[green]endpoint {dep.endpoint}[/green] {dep.status or ''} "
+                  f"({'async' if dep.asynchronous else 'real-time'}, model {dep.model_name})", highlight=False)
+    if dep.asynchronous:
+        console.print(f"  output  {dep.output_path}\n  failure {dep.failure_path}\n"
+                      f"  topics  {dep.success_topic} / {dep.error_topic}", highlight=False)
+
+
+def _pacs_url(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    from dicomflow.credentials import pacs_connection
+
+    try:
+        return pacs_connection().url
+    except DicomflowError:
+        return None  # the container resolves it from its own environment / secret
+
+
+@click.command()
+@click.option("--endpoint", "name", required=True, help="Endpoint deployed with 'dicomflow deploy'.")
+@click.option("--study", required=True, help="StudyInstanceUID to analyse.")
+@click.option("--series", help="SeriesInstanceUID (default: the container picks the usable series).")
+@click.option("--outputs", default="json,sr", show_default=True, help=f"Comma list of {', '.join(OUTPUTS)}.")
+@click.option("--store/--no-store", default=True, show_default=True, help="STOW the SR/SEG into the study.")
+@click.option("--pacs-url", help="DICOMweb root the container uses [the local PACS / DICOMFLOW_PACS_URL].")
+@click.option("--secret-arn", envvar="DICOMFLOW_PACS_SECRET_ARN", help="PACS credentials secret for the container.")
+@click.option("--output-s3", "output_s3_uri", help="s3:// prefix for the occlusion PNG.")
+@click.option("--wait/--no-wait", default=False, show_default=True, help="Follow the async result and print it.")
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait with --wait.")
+@json_option
+def infer(name: str, study: str, series: str | None, outputs: str, store: bool, pacs_url: str | None,
+          secret_arn: str | None, output_s3_uri: str | None, wait: bool, timeout: float, as_json: bool) -> None:
+    """Run inference on a study through an endpoint (async: S3 in, poll S3 out)."""
+    body: dict = {"studyInstanceUID": study, "outputs": [o.strip() for o in outputs.split(",") if o.strip()],
+                  "storeToPacs": store}
+    if series:
+        body["seriesInstanceUID"] = series
+    url = _pacs_url(pacs_url)
+    dw: dict = {}
+    if url:
+        dw["url"] = url
+    if secret_arn:
+        dw["auth"] = {"secretArn": secret_arn}
+    if dw:
+        body["dicomweb"] = dw
+    if output_s3_uri:
+        body["outputS3Uri"] = output_s3_uri
+    body = parse_request(body).as_dict()  # same validation as the container, before anything is sent
+    config = ep.async_config(name)
+    if config is None:
+        with console.status(f"invoking {name}"):
+            result = ep.invoke_realtime(name, body)
+        _show(result, as_json)
+        return
+    inv = ep.invoke_async(name, body, config)
+    if not wait:
+        info = {"inferenceId": inv.inference_id, "inputLocation": inv.input_location,
+                "outputLocation": inv.output_location, "failureLocation": inv.failure_location}
+        if as_json:
+            print_json(info)
+        else:
+            console.print(f"queued {inv.inference_id}\n  output  {inv.output_location}\n"
+                          f"  failure {inv.failure_location}", highlight=False)
+        return
+    with console.status(f"waiting for {inv.inference_id} on {name}"):
+        ok, data = ep.wait_result(inv, timeout_s=timeout)
+    if not ok:
+        try:
+            detail = json.loads(data)
+            message = detail.get("message") or data.decode(errors="replace")
+        except ValueError:
+            message = data.decode(errors="replace")
+        raise ep.EndpointError(f"inference {inv.inference_id} failed: {message} (details in {inv.failure_location})")
+    _show(ep.with_queue_time(inv, json.loads(data)), as_json)
+
+
+def _show(result: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(result)
+        return
+    series = result.get("series", {})
+    console.print(f"study {result.get('studyInstanceUID')} series {series.get('seriesInstanceUID')} "
+                  f"({series.get('reason')})", highlight=False)
+    findings = result.get("findings", {})
+    if "volumesMm3" in findings:
+        for k, v in findings["volumesMm3"].items():
+            console.print(f"  {k:<12} {v:>12.1f} mm³", highlight=False)
+    else:
+        for k, v in sorted(findings.get("probabilities", {}).items(), key=lambda kv: -kv[1]):
+            console.print(f"  {k:<28} {v:.3f}", highlight=False)
+    for kind, ref in result.get("outputs", {}).items():
+        console.print(f"  {kind.upper()} {ref['SOPInstanceUID']}{' stored' if ref.get('storedToPacs') else ''}",
+                      highlight=False)
+    timing = result.get("timingMs", {})
+    console.print("  timing ms: " + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()), highlight=False)

@@ -1,0 +1,491 @@
+"""The whole loop as a library: PACS -> labeling -> training -> async inference -> SR/SEG back in the PACS.
+
+Each step is a function over a :class:`DemoContext` (settings, PACS connection, config, what earlier
+steps produced) and is idempotent where it can be: the stack deploy is a no-op the second time, seeding
+skips studies the PACS holds, the labeling job resumes from its S3 state, export skips staged objects.
+The local cloud itself is started by the caller (``dicomflow demo`` in :mod:`dicomflow.cli.demo`):
+this module only talks to AWS APIs and the PACS, so it never imports :mod:`dicomflow.local`.
+
+Three simulated annotators label every chest image in Debian's headless Chromium through the real worker
+portal and template; annotator 1 copies the seeder's truth, the others flip one class on a share of the
+images (:func:`annotator_labels`), so the consolidation Lambda has real disagreement to vote on.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicomflow import dicomweb, manifest
+from dicomflow import seed as seeding
+from dicomflow.config import Settings
+from dicomflow.credentials import PacsConnection
+from dicomflow.errors import DicomflowError
+from dicomflow.orthanc_ids import instance_id, orthanc_id, series_id
+from dicomflow.synthetic import CHEST_CLASSES, NO_FINDING
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SEG_LABELS = ["anterior", "posterior"]
+LABEL_SET = [NO_FINDING, *CHEST_CLASSES]
+SIZES = ("small", "full")
+LOCAL_GATEWAY = "http://127.0.0.1/wado"
+
+
+class DemoError(DicomflowError):
+    """A demo step failed; the message names the step and how to go on."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes and knobs of one demo run (see :meth:`preset`)."""
+
+    size: str = "full"
+    chest_train: int = 96
+    chest_holdout: int = 16
+    chest_size: int = 64
+    hippo_train: int = 10
+    hippo_holdout: int = 2
+    hippo_shape: tuple[int, int, int] = (24, 32, 32)
+    cls_epochs: int = 8
+    cls_batch: int = 8
+    seg_epochs: int = 20
+    seg_batch: int = 2
+    annotators: int = 3
+    flip_rates: tuple[float, ...] = (0.0, 0.1, 0.2)
+    seed: int = 0
+    stack: str = "dicomflow-demo"
+    label_attribute: str = "findings"
+    interactive: bool = False
+    result_timeout_s: float = 900.0
+
+    @classmethod
+    def preset(cls, size: str = "full", **overrides: Any) -> DemoConfig:
+        """``full`` (the default demo, well above-chance AUROC) or ``small`` (the end-to-end test)."""
+        if size not in SIZES:
+            raise DemoError(f"--size {size!r}: use one of {', '.join(SIZES)}")
+        base = cls(size=size)
+        if size == "small":
+            base = replace(base, chest_train=16, chest_holdout=4, chest_size=64, hippo_train=4, hippo_holdout=2,
+                           hippo_shape=(16, 24, 24), cls_epochs=2, cls_batch=4, seg_epochs=2, seg_batch=2)
+        return replace(base, **overrides)
+
+    @property
+    def tag(self) -> str:
+        """Names of this run's job, channels and endpoints (one per size and seed, so re-runs resume)."""
+        return f"demo-{self.size}-s{self.seed}"
+
+
+@dataclass
+class DemoContext:
+    """What the steps share: where things are, and what earlier steps produced."""
+
+    settings: Settings
+    pacs: PacsConnection
+    config: DemoConfig
+    outputs: dict[str, str] = field(default_factory=dict)
+    chest: list[seeding.SeedStudy] = field(default_factory=list)
+    hippo: list[seeding.SeedStudy] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def chest_train(self) -> list[seeding.SeedStudy]:
+        return self.chest[: self.config.chest_train]
+
+    @property
+    def chest_holdout(self) -> list[seeding.SeedStudy]:
+        return self.chest[self.config.chest_train:]
+
+    @property
+    def hippo_train(self) -> list[seeding.SeedStudy]:
+        return self.hippo[: self.config.hippo_train]
+
+    @property
+    def hippo_holdout(self) -> list[seeding.SeedStudy]:
+        return self.hippo[self.config.hippo_train:]
+
+
+class Step:
+    """Progress of one step; the CLI's implementation draws a rich bar, the default does nothing."""
+
+    def update(self, completed: float | None = None, total: float | None = None, note: str | None = None) -> None:
+        """Set progress (``completed`` of ``total``) and/or a short note."""
+
+    def log(self, message: str) -> None:
+        """A line worth keeping on screen (URLs, warnings)."""
+
+
+class Hooks:
+    """How steps report; subclass to show progress. ``step(name)`` is used as a context manager."""
+
+    @contextmanager
+    def step(self, name: str, total: float | None = None) -> Iterator[Step]:
+        yield Step()
+
+
+# ---- 1. infrastructure ------------------------------------------------------------------------------
+def deploy_stack(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
+    """Deploy the CloudFormation stack (Lambdas, buckets, roles, secrets, topics); a no-op when unchanged."""
+    from dicomflow.infra import deployment
+
+    with hooks.step("deploy the stack (Lambdas, buckets, roles)") as st:
+        # the local portal serves workers the signed URLs from its own origin (the host is not signed)
+        params = {"LabelSet": json.dumps(LABEL_SET), "GatewayUrl": LOCAL_GATEWAY}
+        done = deployment.run(ctx.config.stack, params,
+                              on_event=lambda e: st.update(note=f"{e['LogicalResourceId']} {e['ResourceStatus']}"))
+    ctx.outputs = dict(done.result.outputs)
+    ctx.results["stack"] = {"name": ctx.config.stack, "action": done.result.action}
+    return ctx.outputs
+
+
+# ---- 2. seed ----------------------------------------------------------------------------------------
+def seed_studies(ctx: DemoContext, hooks: Hooks) -> seeding.SeedResult:
+    """Store the chest images and hippocampus series (training + held-out) in the PACS."""
+    cfg = ctx.config
+    studies = seeding.plan(chest=cfg.chest_train + cfg.chest_holdout, hippocampus=cfg.hippo_train + cfg.hippo_holdout,
+                           seed=cfg.seed, real=False, chest_size=cfg.chest_size, hippocampus_shape=cfg.hippo_shape)
+    ctx.chest = [s for s in studies if s.kind == "chest"]
+    ctx.hippo = [s for s in studies if s.kind == "hippocampus"]
+    total = sum(len(s.datasets) for s in studies)
+    with hooks.step("seed the PACS", total=total) as st:
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            st.update(completed=done[0])
+
+        result = seeding.seed(dicomweb.connect(ctx.pacs), ctx.settings.data_dir, studies, progress=advance)
+    ctx.results["seed"] = {**result.as_dict(), "chest": [len(ctx.chest_train), len(ctx.chest_holdout)],
+                           "hippocampus": [len(ctx.hippo_train), len(ctx.hippo_holdout)]}
+    return result
+
+
+# ---- 3. labeling ------------------------------------------------------------------------------------
+def _uri(key: str, ctx: DemoContext, suffix: str) -> str:
+    return ctx.outputs[key].rstrip("/") + "/" + suffix
+
+
+def write_input_manifest(ctx: DemoContext) -> str:
+    """The labeling job's input manifest: one Orthanc instance ID per training chest image (held-out left out)."""
+    lines = [manifest.input_line(instance_id(s.entry["PatientID"], s.entry["StudyInstanceUID"],
+                                             s.entry["SeriesInstanceUID"], s.entry["SOPInstanceUID"]))
+             for s in ctx.chest_train]
+    uri = _uri("LabelingInputUri", ctx, f"{ctx.config.tag}/input.manifest")
+    manifest.write_jsonl_s3(uri, lines)
+    return uri
+
+
+def labeling_request(ctx: DemoContext, manifest_uri: str) -> dict[str, Any]:
+    """The CreateLabelingJob request from the stack outputs, worker template and label config uploaded."""
+    from dicomflow.infra import labeling_job
+
+    labeling_job.upload_labeling_config(ctx.outputs, LABEL_SET)
+    return labeling_job.labeling_job_request(ctx.outputs, ctx.config.tag, manifest_uri,
+                                             label_attribute_name=ctx.config.label_attribute,
+                                             workers_per_object=ctx.config.annotators)
+
+
+def annotator_labels(truth: list[str], annotator: int, sop: str, config: DemoConfig) -> list[str]:
+    """What simulated annotator ``annotator`` (0-based) ticks: the truth, with one class flipped on a share
+    ``flip_rates[annotator]`` of the images (deterministic in seed, image and annotator)."""
+    rate = config.flip_rates[annotator] if annotator < len(config.flip_rates) else config.flip_rates[-1]
+    rng = random.Random(f"{config.seed}:{annotator}:{sop}")  # noqa: S311 - simulation, not security
+    labels = [c for c in truth if c != NO_FINDING]
+    if rng.random() < rate:
+        flipped = rng.choice(CHEST_CLASSES)
+        labels = [c for c in labels if c != flipped] if flipped in labels else [*labels, flipped]
+    return [c for c in LABEL_SET if c in labels] or [NO_FINDING]
+
+
+def expected_majority(answers: list[list[str]]) -> list[str]:
+    """Classes ticked by more than half of the answers (what the consolidation Lambda should keep)."""
+    return [c for c in LABEL_SET if sum(c in a for a in answers) * 2 > len(answers)]
+
+
+def _annotate_in_browser(running: Any, truth: dict[str, list[str]], ctx: DemoContext, step: Step) -> dict:
+    """Each annotator signs in with its own browser context and labels until the portal says done."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise DemoError("the simulated annotators need playwright: pip install playwright "
+                        "(the browser is Debian's chromium; never run 'playwright install')") from exc
+    if not Path(CHROMIUM).exists():
+        raise DemoError(f"{CHROMIUM} not found: apt-get install chromium (or run 'make setup'), "
+                        "or use --interactive and label in your own browser")
+    cfg = ctx.config
+    answers: dict[str, list[list[str]]] = {}
+    needed = len(ctx.chest_train) * cfg.annotators
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            for a in range(cfg.annotators):
+                worker = f"worker-{a + 1}"
+                page = browser.new_context(viewport={"width": 1100, "height": 800}).new_page()
+                page.goto(running.signin_url(worker))
+                while True:
+                    page.wait_for_function(
+                        "() => document.body && (document.body.dataset.done === 'true' || (window.dicomflowViewer"
+                        " && (window.dicomflowViewer.ready || window.dicomflowViewer.error)))", timeout=120_000)
+                    if page.evaluate("document.body.dataset.done === 'true'"):
+                        break
+                    error = page.evaluate("window.dicomflowViewer.error")
+                    if error:
+                        raise DemoError(f"{worker}: the viewer failed: {error}")
+                    task = json.loads(page.locator("#dicomflow-viewer").get_attribute("data-task") or "{}")
+                    sop = task.get("sopInstanceUID") or task["instances"][0]["sopInstanceUID"]
+                    labels = annotator_labels(truth.get(sop, [NO_FINDING]), a, sop, cfg)
+                    box = page.locator("[data-testid=image-labels]")
+                    for name in labels:
+                        box.get_by_label(name, exact=True).check()
+                    with page.expect_navigation():
+                        page.locator("#dicomflow-submit").click()
+                    answers.setdefault(sop, []).append(labels)
+                    step.update(completed=sum(len(v) for v in answers.values()), total=needed)
+                page.context.close()
+        finally:
+            browser.close()
+    return answers
+
+
+def run_labeling(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Input manifest -> labeling job with the worker portal -> three annotators -> consolidated output."""
+    from dicomflow.labeling import run_job
+
+    cfg = ctx.config
+    with hooks.step("labeling job: input manifest and request") as st:
+        manifest_uri = write_input_manifest(ctx)
+        request = labeling_request(ctx, manifest_uri)
+        job_file = ctx.settings.data_dir / "demo" / f"{cfg.tag}-labeling-job.json"
+        job_file.parent.mkdir(parents=True, exist_ok=True)
+        job_file.write_text(json.dumps(request, indent=2) + "\n")
+        running = run_job(request, data_dir=ctx.settings.data_dir, workers=cfg.annotators, pacs=ctx.pacs)
+        st.log(f"worker portal {running.url}  (request: {job_file})")
+    truth = {s.entry["SOPInstanceUID"]: list(s.entry["labels"]) for s in ctx.chest_train}
+    answers: dict[str, list[list[str]]] = {}
+    try:
+        job = running.job
+        if cfg.interactive:
+            with hooks.step("waiting for people to label in the portal",
+                            total=len(job.objects) * cfg.annotators) as st:
+                for worker in (f"worker-{a + 1}" for a in range(cfg.annotators)):
+                    st.log(f"sign in as {worker}: {running.signin_url(worker)}")
+                while not job.done:
+                    s = job.status()
+                    st.update(completed=s["answers"], total=s["answersNeeded"])
+                    time.sleep(1)
+        elif not job.done:
+            with hooks.step(f"{cfg.annotators} annotators label in headless Chromium",
+                            total=len(job.objects) * cfg.annotators) as st:
+                answers = _annotate_in_browser(running, truth, ctx, st)
+        with hooks.step("consolidation (post-label Lambda)"):
+            job.wait_idle(timeout=300)
+            status = job.status()
+    finally:
+        running.stop()
+    if status["status"] != "Completed":
+        raise DemoError(f"labeling job {cfg.tag} is {status['status']} ({len(status['failed'])} failed objects); "
+                        f"see 'dicomflow label status --job {job_file}'")
+    lines = manifest.read_jsonl_s3(status["outputManifest"])
+    summary = summarize_labels(lines, cfg.label_attribute, truth, answers)
+    ctx.results["labeling"] = {"job": cfg.tag, "portal": running.url, "request": str(job_file),
+                               "inputManifest": manifest_uri, "outputManifest": status["outputManifest"],
+                               **summary}
+    return ctx.results["labeling"]
+
+
+def summarize_labels(lines: list[dict[str, Any]], attr: str, truth: dict[str, list[str]],
+                     answers: dict[str, list[list[str]]]) -> dict[str, Any]:
+    """Consolidated objects, mean per-class agreement, and how often the majority equals truth / the votes."""
+    agreements, match_truth, match_votes, unanimous = [], 0, 0, 0
+    for line in lines:
+        content = line.get(attr) or {}
+        sop = (content.get("dicom") or {}).get("SOPInstanceUID")
+        labels = content.get("labels") or []
+        classes = content.get("classes") or {}
+        agreements.extend(float(v.get("agreement", 0)) for v in classes.values())
+        unanimous += all(float(v.get("agreement", 0)) in (0.0, 1.0) for v in classes.values())
+        if sop in truth:
+            match_truth += sorted(labels) == sorted(truth[sop])
+        if sop in answers:
+            match_votes += sorted(labels) == sorted(expected_majority(answers[sop]))
+    return {"consolidated": len(lines), "meanAgreement": float(np.mean(agreements)) if agreements else None,
+            "unanimousObjects": unanimous, "majorityEqualsTruth": match_truth,
+            "majorityEqualsVotes": match_votes if answers else None}
+
+
+# ---- 4. datasets ------------------------------------------------------------------------------------
+def write_hippocampus_manifest(ctx: DemoContext) -> str:
+    """An output manifest for the training hippocampus series: label volumes come from the seeder."""
+    attr = "hippocampus"
+    lines = []
+    for s in ctx.hippo_train:
+        e = s.entry
+        source = series_id(e["PatientID"], e["StudyInstanceUID"], e["SeriesInstanceUID"])
+        lines.append(manifest.output_line(manifest.input_line(source), attr, {
+            "labels": list(SEG_LABELS), "workerCount": 0,
+            "dicom": {k: e[k] for k in ("StudyInstanceUID", "SeriesInstanceUID", "PatientID")}}, "seeded-labels"))
+        lines[-1][f"{attr}-metadata"]["human-annotated"] = "no"
+    uri = _uri("LabelingOutputUri", ctx, f"{ctx.config.tag}-hippocampus/manifests/output/output.manifest")
+    manifest.write_jsonl_s3(uri, lines)
+    return uri
+
+
+def export_datasets(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
+    """``dataset export`` of the chest output manifest (classification2d) and the hippocampus series."""
+    from dicomflow.export import export_dataset
+
+    tag = ctx.config.tag
+    side = seeding.sidecar_path(ctx.settings.data_dir)
+    jobs = [("chest", ctx.results["labeling"]["outputManifest"], "classification2d", list(CHEST_CLASSES)),
+            ("hippocampus", write_hippocampus_manifest(ctx), "segmentation3d", None)]
+    channels = {}
+    for name, uri, task, classes in jobs:
+        to = _uri("DatasetsUri", ctx, f"{tag}-{name}/")
+        with hooks.step(f"export the {name} dataset") as st:
+            res = export_dataset(uri, to, client_factory=lambda: dicomweb.connect(ctx.pacs), task=task,
+                                 classes=classes, sidecar=side, workers=4,
+                                 on_progress=lambda d, t, st=st: st.update(completed=d, total=t))
+        if res.failed_lines:
+            raise DemoError(f"export of {name}: {res.failed_lines} line(s) failed: {res.failures[:3]}")
+        channels[task] = to
+        ctx.results.setdefault("datasets", {})[task] = {"channel": to, "lines": res.lines}
+    return channels
+
+
+# ---- 5. training ------------------------------------------------------------------------------------
+def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
+    """``estimator.fit`` in local mode (the ``dicomflow train`` code path) for both tasks."""
+    from dicomflow.cli.train import train_job
+
+    cfg = ctx.config
+    plans = {
+        "classification2d": {"epochs": cfg.cls_epochs, "image_size": cfg.chest_size, "batch_size": cfg.cls_batch,
+                             "val_fraction": 0.25, "seed": cfg.seed},
+        "segmentation3d": {"epochs": cfg.seg_epochs, "spatial_size": ",".join(map(str, cfg.hippo_shape)),
+                           "batch_size": cfg.seg_batch, "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.2,
+                           "seed": cfg.seed},
+    }
+    trained = {}
+    for task, hps in plans.items():
+        data = ctx.results["datasets"][task]["channel"]
+        with hooks.step(f"train {task} ({hps['epochs']} epochs, estimator.fit local mode)"):
+            res = train_job(task, data, hps={k: str(v) for k, v in hps.items()},
+                            output=ctx.outputs["ModelArtifactsUri"], role=ctx.outputs.get("SageMakerRoleArn"))
+        if res.get("status") == "Failed" or not res.get("model_artifact"):
+            raise DemoError(f"training {task} failed: {res.get('failure_reason') or 'no model artifact'}")
+        trained[task] = res
+    ctx.results["training"] = trained
+    return trained
+
+
+# ---- 6. inference -----------------------------------------------------------------------------------
+def endpoint_name(ctx: DemoContext, task: str) -> str:
+    return f"{ctx.config.tag}-{'chest' if task == 'classification2d' else 'hippocampus'}"
+
+
+def deploy_endpoints(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Both models as async endpoints (the ``dicomflow deploy`` code path), PACS credentials by secret ARN."""
+    from dicomflow.inference import endpoint as ep
+
+    deployed = {}
+    for task, res in ctx.results["training"].items():
+        name = endpoint_name(ctx, task)
+        with hooks.step(f"deploy async endpoint {name}") as st:
+            dep = ep.deploy(name, res["model_artifact"], asynchronous=True, role=ctx.outputs.get("SageMakerRoleArn"),
+                            output_s3_uri=_uri("AsyncOutputUri", ctx, name),
+                            environment={"DICOMFLOW_PACS_SECRET_ARN": ctx.outputs["PacsSecretArn"]},
+                            progress=lambda m, st=st: st.update(note=m))
+        deployed[task] = dep.as_dict()
+    ctx.results["endpoints"] = deployed
+    return deployed
+
+
+def study_request(ctx: DemoContext, study_uid: str, outputs: list[str]) -> dict[str, Any]:
+    """The study JSON the endpoint gets (validated as the container validates it)."""
+    from dicomflow.inference.request import parse_request
+
+    body = {"dicomweb": {"url": ctx.pacs.url, "auth": {"secretArn": ctx.outputs["PacsSecretArn"]}},
+            "studyInstanceUID": study_uid, "outputs": outputs, "storeToPacs": True}
+    return parse_request(body).as_dict()
+
+
+def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Invoke both endpoints for every held-out study, wait for the S3 outputs, score them against the truth."""
+    from dicomflow.inference import endpoint as ep
+
+    plan = [("classification2d", s, ["json", "sr"]) for s in ctx.chest_holdout]
+    plan += [("segmentation3d", s, ["json", "sr", "seg"]) for s in ctx.hippo_holdout]
+    configs = {task: ep.async_config(endpoint_name(ctx, task)) for task in {t for t, _, _ in plan}}
+    results: list[dict[str, Any]] = []
+    with hooks.step("async inference on the held-out studies", total=len(plan)) as st:
+        pending = [(task, s, ep.invoke_async(endpoint_name(ctx, task), study_request(ctx, s.study_uid, outs),
+                                             configs[task])) for task, s, outs in plan]
+        for n, (task, s, inv) in enumerate(pending, start=1):
+            ok, data = ep.wait_result(inv, timeout_s=ctx.config.result_timeout_s)
+            if not ok:
+                raise DemoError(f"inference on study {s.study_uid} ({task}) failed: {data[:300]!r}; "
+                                f"details in {inv.failure_location}")
+            results.append({"task": task, "study": s, "output": json.loads(data), "location": inv.output_location})
+            st.update(completed=n)
+    ctx.results["inference"] = score_inference(ctx, results)
+    return ctx.results["inference"]
+
+
+def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Held-out AUROC (chest) and predicted vs true volumes (hippocampus), plus where the SR/SEG landed."""
+    from dicomflow.inference.findings import segmentation_volumes
+    from dicomflow.training.metrics import multilabel_auroc, nanmean
+
+    orthanc = ctx.settings.orthanc_url
+    studies, scores, targets = [], [], []
+    for r in results:
+        s, out = r["study"], r["output"]
+        e = s.entry
+        row: dict[str, Any] = {
+            "task": r["task"], "StudyInstanceUID": s.study_uid, "outputLocation": r["location"],
+            "orthancStudy": f"{orthanc}/app/explorer.html#study?uuid="
+                            f"{orthanc_id(e['PatientID'], s.study_uid)}",
+            "outputs": {k: {"SeriesInstanceUID": v.get("SeriesInstanceUID"), "SOPInstanceUID": v.get("SOPInstanceUID"),
+                            "stored": bool(v.get("storedToPacs"))} for k, v in out.get("outputs", {}).items()}}
+        findings = out.get("findings", {})
+        if r["task"] == "classification2d":
+            probs = findings.get("probabilities", {})
+            scores.append([float(probs.get(c, 0.0)) for c in CHEST_CLASSES])
+            targets.append([float(c in e["labels"]) for c in CHEST_CLASSES])
+            row.update(truth=e["labels"], predicted=findings.get("positive", []))
+        else:
+            spacing = [float(v) for v in e["spacing"]]
+            true = segmentation_volumes(s.label_volume, spacing, SEG_LABELS)["volumesMm3"]
+            row.update(trueVolumesMm3=true, predictedVolumesMm3=findings.get("volumesMm3", {}))
+        studies.append(row)
+    per_class = multilabel_auroc(np.asarray(scores), np.asarray(targets), list(CHEST_CLASSES)) if scores else {}
+    return {"studies": studies, "heldOutAuroc": per_class,
+            "heldOutMeanAuroc": nanmean(list(per_class.values())) if per_class else None}
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
+    deploy_stack, seed_studies, run_labeling, export_datasets, train_models, deploy_endpoints, run_inference]
+
+
+def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:
+    """Every step in order; returns ``ctx.results`` (plus ``seconds`` per step and in total)."""
+    hooks = hooks or Hooks()
+    started = time.perf_counter()
+    timing = ctx.results.setdefault("seconds", {})
+    for step in STEPS:
+        t0 = time.perf_counter()
+        step(ctx, hooks)
+        timing[step.__name__] = round(time.perf_counter() - t0, 1)
+    timing["total"] = round(time.perf_counter() - started, 1)
+    ctx.results["orthanc"] = ctx.settings.orthanc_url + "/app/explorer.html"
+    return ctx.results

@@ -1,0 +1,256 @@
+"""SageMaker endpoints for the inference container: deploy (Model, EndpointConfig, Endpoint) and invoke.
+
+Only boto3 through :func:`dicomflow.aws.client`: with ``AWS_ENDPOINT_URL`` set the calls go to the
+emulator (which maps the image to a host command), without it to real AWS.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from dicomflow import aws
+from dicomflow.errors import DicomflowError
+
+DEFAULT_IMAGE = "dicomflow-inference:latest"
+DEFAULT_INSTANCE_TYPE = "ml.m5.xlarge"
+DEFAULT_ROLE_NAME = "dicomflow-sagemaker-execution"
+OUTPUT_S3_ENV = "DICOMFLOW_OUTPUT_S3_URI"
+
+
+class EndpointError(DicomflowError):
+    """Deploying or invoking an endpoint failed; the message says how to fix it."""
+
+
+def _aws_error(exc: ClientError, what: str) -> EndpointError:
+    err = exc.response.get("Error", {})
+    return EndpointError(f"{what} failed: {err.get('Code', 'Error')}: {err.get('Message', exc)}")
+
+
+def _execution_role(role: str | None) -> str:
+    """The role ARN to run the model under; locally a role is created when none is named."""
+    if role:
+        if role.startswith("arn:"):
+            return role
+        try:
+            return aws.client("iam").get_role(RoleName=role)["Role"]["Arn"]
+        except ClientError as exc:
+            raise EndpointError(f"IAM role {role!r} not found; pass its ARN with --role") from exc
+    iam = aws.client("iam")
+    try:
+        return iam.get_role(RoleName=DEFAULT_ROLE_NAME)["Role"]["Arn"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("NoSuchEntity", "NoSuchEntityException"):
+            raise _aws_error(exc, "looking up the execution role") from exc
+    if not _is_emulated():
+        raise EndpointError(f"no execution role: pass --role ARN (a SageMaker execution role), or create "
+                            f"IAM role {DEFAULT_ROLE_NAME}")
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                      "Principal": {"Service": "sagemaker.amazonaws.com"}}]}
+    return iam.create_role(RoleName=DEFAULT_ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+
+
+def _is_emulated() -> bool:
+    import os
+
+    return bool(os.environ.get("AWS_ENDPOINT_URL"))
+
+
+@dataclass
+class Deployment:
+    endpoint: str
+    model_name: str
+    config_name: str
+    asynchronous: bool
+    output_path: str | None = None
+    failure_path: str | None = None
+    success_topic: str | None = None
+    error_topic: str | None = None
+    status: str = ""
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, "")}
+
+
+def deploy(endpoint: str, model_data: str, *, asynchronous: bool = True, image: str = DEFAULT_IMAGE,
+           instance_type: str = DEFAULT_INSTANCE_TYPE, max_concurrency: int = 4, role: str | None = None,
+           output_s3_uri: str | None = None, environment: dict[str, str] | None = None,
+           wait: bool = True, timeout_s: float = 1800, progress: Callable[[str], None] | None = None
+           ) -> Deployment:
+    """Create (or update) Model + EndpointConfig + Endpoint; async endpoints get S3 paths and SNS topics."""
+    if not endpoint or len(endpoint) > 63 or not all(c.isalnum() or c == "-" for c in endpoint):
+        raise EndpointError(f"endpoint name {endpoint!r} must be 1-63 letters, digits and hyphens")
+    try:
+        bucket, key = aws.parse_s3_uri(model_data)
+    except ValueError as exc:
+        raise EndpointError(f"--model: {exc}") from None
+    if max_concurrency < 1:
+        raise EndpointError("--max-concurrency must be at least 1")
+    s3, sm = aws.client("s3"), aws.client("sagemaker")
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        raise EndpointError(f"model artifact {model_data} not found; train a model first or check the URI") from exc
+    suffix = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:4]
+    model_name = f"{endpoint}-{suffix}"[:63]
+    config_name = f"{endpoint}-cfg-{suffix}"[:63]
+    base = (output_s3_uri or f"s3://{bucket}/async-inference/{endpoint}").rstrip("/")
+    env = {OUTPUT_S3_ENV: f"{base}/artifacts", **(environment or {})}
+    dep = Deployment(endpoint, model_name, config_name, asynchronous)
+    say = progress or (lambda _m: None)
+    try:
+        say(f"creating model {model_name}")
+        sm.create_model(ModelName=model_name, ExecutionRoleArn=_execution_role(role),
+                        PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": env})
+        config: dict[str, Any] = {
+            "EndpointConfigName": config_name,
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name,
+                                    "InstanceType": instance_type, "InitialInstanceCount": 1}],
+        }
+        if asynchronous:
+            sns = aws.client("sns")
+            dep.success_topic = sns.create_topic(Name=f"{endpoint}-success")["TopicArn"]
+            dep.error_topic = sns.create_topic(Name=f"{endpoint}-error")["TopicArn"]
+            dep.output_path, dep.failure_path = f"{base}/output", f"{base}/failure"
+            config["AsyncInferenceConfig"] = {
+                "ClientConfig": {"MaxConcurrentInvocationsPerInstance": max_concurrency},
+                "OutputConfig": {"S3OutputPath": dep.output_path, "S3FailurePath": dep.failure_path,
+                                 "NotificationConfig": {"SuccessTopic": dep.success_topic,
+                                                        "ErrorTopic": dep.error_topic}},
+            }
+        say(f"creating endpoint config {config_name}")
+        sm.create_endpoint_config(**config)
+        exists = True
+        try:
+            sm.describe_endpoint(EndpointName=endpoint)
+        except ClientError:
+            exists = False
+        if exists:
+            say(f"updating endpoint {endpoint}")
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config_name)
+        else:
+            say(f"creating endpoint {endpoint}")
+            sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=config_name)
+        dep.status = wait_in_service(endpoint, timeout_s) if wait else "Creating"
+    except ClientError as exc:
+        raise _aws_error(exc, f"deploying endpoint {endpoint}") from exc
+    return dep
+
+
+def wait_in_service(endpoint: str, timeout_s: float = 1800) -> str:
+    """Poll until the endpoint is InService; raise on Failed or timeout."""
+    sm = aws.client("sagemaker")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        desc = sm.describe_endpoint(EndpointName=endpoint)
+        status = desc["EndpointStatus"]
+        if status == "InService":
+            return status
+        if status == "Failed":
+            raise EndpointError(f"endpoint {endpoint} failed: {desc.get('FailureReason', 'no reason given')}")
+        if time.monotonic() > deadline:
+            raise EndpointError(f"endpoint {endpoint} is still {status} after {timeout_s:.0f}s")
+        time.sleep(5 if not _is_emulated() else 0.2)
+
+
+def async_config(endpoint: str) -> dict | None:
+    """The endpoint's AsyncInferenceConfig, or None for a real-time endpoint."""
+    sm = aws.client("sagemaker")
+    try:
+        desc = sm.describe_endpoint(EndpointName=endpoint)
+        cfg = sm.describe_endpoint_config(EndpointConfigName=desc["EndpointConfigName"])
+    except ClientError as exc:
+        raise EndpointError(f"endpoint {endpoint} not found; deploy it with 'dicomflow deploy --endpoint "
+                            f"{endpoint} --model s3://...'") from exc
+    return cfg.get("AsyncInferenceConfig")
+
+
+@dataclass
+class AsyncInvocation:
+    inference_id: str
+    input_location: str
+    output_location: str
+    failure_location: str | None
+    invoked_at: float = 0.0  # epoch seconds just before InvokeEndpointAsync (for the queue time)
+
+
+def invoke_async(endpoint: str, body: dict, config: dict | None = None) -> AsyncInvocation:
+    """Write the study JSON next to the endpoint's outputs and call InvokeEndpointAsync."""
+    config = config if config is not None else async_config(endpoint)
+    if not config:
+        raise EndpointError(f"endpoint {endpoint} is real-time, not async; call it without --async or redeploy "
+                            "with --async")
+    out = config["OutputConfig"]["S3OutputPath"].rstrip("/")
+    bucket, prefix = aws.parse_s3_uri(out)
+    base = prefix.rsplit("/", 1)[0] if "/" in prefix else prefix
+    key = f"{base}/input/{uuid.uuid4().hex}.json".lstrip("/")
+    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(),
+                                ContentType="application/json")
+    runtime = aws.client("sagemaker-runtime")
+    invoked_at = time.time()
+    try:
+        resp = runtime.invoke_endpoint_async(
+            EndpointName=endpoint, InputLocation=aws.s3_uri(bucket, key), ContentType="application/json",
+            Accept="application/json")
+    except ClientError as exc:
+        raise _aws_error(exc, f"invoking endpoint {endpoint}") from exc
+    return AsyncInvocation(resp["InferenceId"], aws.s3_uri(bucket, key), resp["OutputLocation"],
+                           resp.get("FailureLocation"), invoked_at)
+
+
+def with_queue_time(inv: AsyncInvocation, result: dict) -> dict:
+    """``result`` (a successful response) with ``timingMs.queue``: invocation to start of processing."""
+    from dicomflow.inference.timing import queue_ms
+
+    started = result.get("startedAt")
+    if inv.invoked_at and isinstance(started, str) and isinstance(result.get("timingMs"), dict):
+        try:
+            result["timingMs"] = {"queue": queue_ms(inv.invoked_at, started), **result["timingMs"]}
+        except ValueError:
+            pass  # a response from another container version: no queue time
+    return result
+
+
+def _read(uri: str) -> bytes | None:
+    bucket, key = aws.parse_s3_uri(uri)
+    try:
+        return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+
+
+def wait_result(inv: AsyncInvocation, timeout_s: float = 900, interval: float = 0.5) -> tuple[bool, bytes]:
+    """Poll OutputLocation / FailureLocation: ``(True, response)`` or ``(False, failure body)``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        data = _read(inv.output_location)
+        if data is not None:
+            return True, data
+        if inv.failure_location:
+            data = _read(inv.failure_location)
+            if data is not None:
+                return False, data
+        if time.monotonic() > deadline:
+            raise EndpointError(f"no result for inference {inv.inference_id} after {timeout_s:.0f}s; it may still "
+                                f"land in {inv.output_location}")
+        time.sleep(interval)
+
+
+def invoke_realtime(endpoint: str, body: dict) -> dict:
+    """InvokeEndpoint with the study JSON; the container's error message on failure."""
+    rt = aws.client("sagemaker-runtime")
+    try:
+        resp = rt.invoke_endpoint(EndpointName=endpoint, Body=json.dumps(body).encode(),
+                                  ContentType="application/json", Accept="application/json")
+    except ClientError as exc:
+        original = exc.response.get("OriginalMessage") or exc.response.get("Error", {}).get("Message")
+        raise EndpointError(f"endpoint {endpoint} answered an error: {original}") from exc
+    return json.loads(resp["Body"].read())

@@ -1,0 +1,137 @@
+"""The study JSON: parse and validate an inference request.
+
+``{"dicomweb": {"url": "..", "auth": {"secretArn": ".."}}, "studyInstanceUID": "..",
+"seriesInstanceUID": ".. (optional)", "outputs": ["json", "sr", "seg"], "storeToPacs": true,
+"outputS3Uri": "s3://.. (optional, for the occlusion PNG)"}``
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicomflow.inference.errors import BadRequest, PayloadTooLarge
+
+MAX_INLINE_BYTES = 128_000
+OUTPUTS = ("json", "sr", "seg", "occlusion")
+DEFAULT_OUTPUTS = ("json",)
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_KNOWN_KEYS = {"dicomweb", "studyInstanceUID", "seriesInstanceUID", "outputs", "storeToPacs", "outputS3Uri"}
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    """A validated study JSON."""
+
+    study_uid: str
+    series_uid: str | None = None
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    store_to_pacs: bool = True
+    dicomweb_url: str | None = None
+    secret_arn: str | None = field(default=None, repr=False)
+    output_s3_uri: str | None = None
+
+    def as_dict(self) -> dict:
+        """The request as study JSON (secret ARN included: it names a secret, it is not one)."""
+        body: dict[str, Any] = {"studyInstanceUID": self.study_uid, "outputs": list(self.outputs),
+                                "storeToPacs": self.store_to_pacs}
+        if self.series_uid:
+            body["seriesInstanceUID"] = self.series_uid
+        dw: dict[str, Any] = {}
+        if self.dicomweb_url:
+            dw["url"] = self.dicomweb_url
+        if self.secret_arn:
+            dw["auth"] = {"secretArn": self.secret_arn}
+        if dw:
+            body["dicomweb"] = dw
+        if self.output_s3_uri:
+            body["outputS3Uri"] = self.output_s3_uri
+        return body
+
+
+def _uid(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"'{name}' must be a non-empty DICOM UID string")
+    value = value.strip()
+    if len(value) > 64 or not _UID.match(value):
+        raise BadRequest(f"'{name}' is not a DICOM UID (digits and dots, at most 64 characters): "
+                         f"{value[:70]!r}")
+    return value
+
+
+def parse_request(body: bytes | str | dict, content_type: str | None = "application/json") -> StudyRequest:
+    """Validate a study JSON (bytes, text or a decoded dict); raise BadRequest / PayloadTooLarge."""
+    if isinstance(body, dict):
+        data = body
+    else:
+        raw = body.encode() if isinstance(body, str) else bytes(body)
+        if len(raw) > MAX_INLINE_BYTES:
+            raise PayloadTooLarge(
+                f"request body is {len(raw)} bytes; the limit for an inline study JSON is "
+                f"{MAX_INLINE_BYTES}. "
+                "Send only the study JSON (the container fetches images from the PACS itself)")
+        if content_type and content_type.split(";")[0].strip().lower() not in (
+                "application/json", "text/json", "application/x-json"):
+            raise BadRequest(f"content type {content_type!r} is not supported; send the study JSON as "
+                             "application/json")
+        if not raw.strip():
+            raise BadRequest("empty request body; send a study JSON with at least 'studyInstanceUID'")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest(f"request body is not valid JSON ({exc}); send a study JSON object") from None
+    if not isinstance(data, dict):
+        raise BadRequest("the study JSON must be an object like {\"studyInstanceUID\": \"1.2.3\"}")
+    unknown = sorted(set(data) - _KNOWN_KEYS)
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KNOWN_KEYS))}")
+    if "studyInstanceUID" not in data:
+        raise BadRequest("missing 'studyInstanceUID': say which study to analyse")
+    study = _uid(data["studyInstanceUID"], "studyInstanceUID")
+    series = data.get("seriesInstanceUID")
+    series = _uid(series, "seriesInstanceUID") if series not in (None, "") else None
+
+    outputs = data.get("outputs", list(DEFAULT_OUTPUTS))
+    if isinstance(outputs, str):
+        outputs = [o.strip() for o in outputs.split(",") if o.strip()]
+    if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) for o in outputs):
+        raise BadRequest(f"'outputs' must be a non-empty list drawn from {', '.join(OUTPUTS)}")
+    bad = [o for o in outputs if o not in OUTPUTS]
+    if bad:
+        raise BadRequest(f"unknown output(s) {', '.join(map(repr, bad))}; choose from {', '.join(OUTPUTS)}")
+    outputs_t = tuple(dict.fromkeys(["json", *outputs]))  # json is always returned; keep order, no dupes
+
+    store = data.get("storeToPacs", True)
+    if not isinstance(store, bool):
+        raise BadRequest("'storeToPacs' must be true or false")
+
+    dw = data.get("dicomweb") or {}
+    if not isinstance(dw, dict):
+        raise BadRequest("'dicomweb' must be an object like {\"url\": \"https://pacs/dicom-web\"}")
+    url = dw.get("url")
+    if url is not None and (not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url)):
+        raise BadRequest(f"'dicomweb.url' must be an http(s) URL, got {str(url)[:80]!r}")
+    if url and re.match(r"^https?://[^/]*@", url):
+        raise BadRequest("'dicomweb.url' must not contain credentials; put them in a secret and pass "
+                         "'dicomweb.auth.secretArn'")
+    auth = dw.get("auth") or {}
+    if not isinstance(auth, dict):
+        raise BadRequest("'dicomweb.auth' must be an object like "
+                         "{\"secretArn\": \"arn:aws:secretsmanager:..\"}")
+    extra_auth = sorted(set(auth) - {"secretArn"})
+    if extra_auth:
+        raise BadRequest("'dicomweb.auth' takes only 'secretArn' (credentials never travel in the request)")
+    secret = auth.get("secretArn")
+    if secret is not None and (not isinstance(secret, str) or not secret.strip()):
+        raise BadRequest("'dicomweb.auth.secretArn' must be a Secrets Manager ARN or name")
+
+    out_uri = data.get("outputS3Uri")
+    if out_uri is not None and (not isinstance(out_uri, str) or not out_uri.startswith("s3://")
+                                or len(out_uri) < 6):
+        raise BadRequest(f"'outputS3Uri' must be an S3 URI like s3://bucket/prefix, "
+                         f"got {str(out_uri)[:80]!r}")
+    return StudyRequest(study_uid=study, series_uid=series, outputs=outputs_t, store_to_pacs=store,
+                        dicomweb_url=url.rstrip("/") if url else None, secret_arn=secret,
+                        output_s3_uri=out_uri)

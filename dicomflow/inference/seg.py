@@ -1,0 +1,84 @@
+"""DICOM Segmentation (BINARY, one segment per structure) of a predicted label volume, via highdicom."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from dicomflow import __version__
+
+MANUFACTURER = "dicomflow"
+SEG_SERIES_NUMBER = 9101
+
+# Structure name -> (property category, property type); unknown names are anatomical structures
+# with the structure name as a private code.
+_PROPERTY_TYPES = {
+    "anterior": codes.SCT.Hippocampus,
+    "posterior": codes.SCT.Hippocampus,
+    "hippocampus": codes.SCT.Hippocampus,
+}
+
+
+def property_type(name: str) -> hd.sr.CodedConcept:
+    """The segmented property type for a structure name (private code when none is known)."""
+    code = _PROPERTY_TYPES.get(name.lower())
+    if code is not None:
+        return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+    return hd.sr.CodedConcept(name.upper().replace(" ", "_")[:16], "99DCMFLOW", name)
+
+
+def segment_label(name: str) -> str:
+    return f"Hippocampus {name}" if name.lower() in ("anterior", "posterior") else name
+
+
+def algorithm_identification(model_name: str) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=model_name[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__)
+
+
+def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, structures: dict[int, str],
+              model_name: str, series_uid: str | None = None) -> Dataset:
+    """A BINARY SEG: ``label_volume`` is (frames, rows, cols), frame i on ``source_images[i]``.
+
+    ``structures`` maps label value -> name; each becomes one segment (empty ones included, so
+    the segment numbers match the label values).
+    """
+    if len(source_images) != label_volume.shape[0]:
+        raise ValueError(f"{label_volume.shape[0]} mask frames for {len(source_images)} source images")
+    algo = algorithm_identification(model_name)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=value,
+            segment_label=segment_label(name),
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=property_type(name),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algo,
+            tracking_uid=hd.UID(),
+            tracking_id=f"{model_name} {name}"[:64],
+        )
+        for value, name in sorted(structures.items())
+    ]
+    mask = np.asarray(label_volume).astype(np.uint8)
+    mask[mask > max(structures)] = 0
+    seg = hd.seg.Segmentation(
+        source_images=list(source_images),
+        pixel_array=mask,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid or hd.UID(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=model_name[:64],
+        software_versions=__version__,
+        device_serial_number="0",
+        series_description=f"AI segmentation ({model_name})"[:64],
+        omit_empty_frames=False,
+    )
+    return seg

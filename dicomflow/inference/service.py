@@ -1,0 +1,174 @@
+"""One inference request end to end: study JSON -> QIDO/WADO-RS -> model -> findings, SR/SEG, STOW-RS.
+
+:class:`InferenceService` holds the model (loaded once, read-only afterwards) and serves requests
+from many threads at once: each request keeps its state in local variables, never on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dicomweb_client.protocol import DICOMClient
+
+from dicomflow import aws, dicomweb
+from dicomflow.credentials import pacs_connection
+from dicomflow.inference import findings as F
+from dicomflow.inference.errors import BadRequest, UnusableSeries, from_pacs_error
+from dicomflow.inference.request import StudyRequest
+from dicomflow.inference.seg import build_seg
+from dicomflow.inference.selection import QIDO_FIELDS, select_series
+from dicomflow.inference.sr import build_sr
+from dicomflow.inference.timing import StageTimer, iso_utc
+from dicomflow.models import LoadedModel, load_artifact
+from dicomflow.volume import GeometryError, NotAnImageError, load_image
+
+log = logging.getLogger(__name__)
+
+OUTPUT_S3_ENV = "DICOMFLOW_OUTPUT_S3_URI"
+
+
+@contextmanager
+def _pacs(what: str) -> Iterator[None]:
+    try:
+        yield
+    except dicomweb.PacsError as exc:
+        raise from_pacs_error(exc, what) from exc
+
+
+class InferenceService:
+    """A loaded model plus the request pipeline around it."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        self.task = model.task
+        self.labels = list(model.labels)
+        self.transform = model.transform
+        self.activation = model.metadata.get("activation", "sigmoid")
+        self.name = str(model.metadata.get("name") or f"dicomflow-{model.task}")
+        mods = model.metadata.get("modalities")
+        self.modalities = tuple(mods) if mods else None
+        self.structures = F.structure_names(self.labels) if self.task == "segmentation3d" else {}
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path) -> InferenceService:
+        """Load the artifact in ``model_dir`` (an extracted ``model.tar.gz``, or a dir holding one)."""
+        path = Path(model_dir)
+        tarball = path / "model.tar.gz"
+        if path.is_dir() and not (path / "dicomflow_model.json").exists() and tarball.exists():
+            path = tarball
+        return cls(load_artifact(path))
+
+    # ---- checks that need no PACS ---------------------------------------------------------------
+    def _check_outputs(self, request: StudyRequest) -> str | None:
+        """Reject outputs this model cannot make; the S3 prefix for the occlusion PNG (if asked)."""
+        if "seg" in request.outputs and self.task != "segmentation3d":
+            raise BadRequest(f"output 'seg' needs a segmentation model; this endpoint serves {self.task}")
+        if "occlusion" not in request.outputs:
+            return None
+        if self.task == "segmentation3d":
+            raise BadRequest("output 'occlusion' is for classifiers; this endpoint serves segmentation3d")
+        prefix = request.output_s3_uri or os.environ.get(OUTPUT_S3_ENV)
+        if not prefix:
+            raise BadRequest(f"output 'occlusion' needs 'outputS3Uri' in the request (or {OUTPUT_S3_ENV} on the "
+                             "endpoint) to say where the PNG goes")
+        return prefix
+
+    # ---- the pipeline ---------------------------------------------------------------------------------
+    def run(self, request: StudyRequest, client: DICOMClient | None = None) -> dict[str, Any]:
+        """Serve one request; raises :class:`dicomflow.inference.errors.InferenceError` subclasses.
+
+        ``client`` (any DICOMClient, e.g. a file-backed one in tests) replaces the PACS connection
+        resolved from the request.
+        """
+        timer = StageTimer()
+        occlusion_prefix = self._check_outputs(request)
+        if client is None:
+            conn = pacs_connection(request.dicomweb_url, request.secret_arn)
+            client = dicomweb.connect(conn, retries=2, backoff_factor=0.2)
+
+        with timer.stage("query"), _pacs(f"searching study {request.study_uid}"):
+            instances = dicomweb.search_instances(client, request.study_uid, fields=QIDO_FIELDS)
+        selection = select_series(instances, self.task, request.series_uid, self.modalities)
+
+        with timer.stage("retrieve"), _pacs(f"retrieving series {selection.series_uid}"):
+            datasets = dicomweb.retrieve_series(client, request.study_uid, selection.series_uid)
+
+        with timer.stage("preprocess"):
+            if self.task == "classification2d":
+                datasets = datasets[:1]
+            try:
+                array, geometry = load_image(datasets)
+            except (GeometryError, NotAnImageError) as exc:
+                raise UnusableSeries(f"series {selection.series_uid}: {exc}") from None
+            if self.task == "classification2d" and array.ndim == 3:
+                array = array[array.shape[0] // 2]
+            x = self.transform(array).unsqueeze(0)
+
+        with timer.stage("model"), torch.inference_mode():
+            out = self.model.network(x)
+            if self.task == "segmentation3d":
+                logits = self.transform.invert(out[0], tuple(array.shape))
+                label = torch.argmax(logits, dim=0).to(torch.uint8).cpu().numpy()
+
+        if self.task == "segmentation3d":
+            result = F.segmentation_volumes(label, geometry.spacing, self.labels)
+        else:
+            probs = F.probabilities(out[0].detach().cpu().numpy(), self.activation)
+            result = F.classification_findings(probs, self.labels)
+
+        by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+        ordered = [by_uid[u] for u in geometry.sop_instance_uids if u in by_uid] or list(datasets)
+        made: dict[str, Any] = {}
+        with timer.stage("encode"):
+            seg = sr = None
+            if "seg" in request.outputs:
+                seg = build_seg(ordered, label, self.structures, self.name)
+                made["seg"] = seg
+            if "sr" in request.outputs:
+                sr = build_sr(ordered, result, self.task, self.name, seg=seg, structures=self.structures)
+                made["sr"] = sr
+        stored: dict[str, dict] = {}
+        if made and request.store_to_pacs:
+            with timer.stage("stow"), _pacs("storing the results"):
+                dicomweb.store(client, list(made.values()))
+        for kind, ds in made.items():
+            stored[kind] = {"SOPInstanceUID": str(ds.SOPInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
+                            "SOPClassUID": str(ds.SOPClassUID), "storedToPacs": bool(request.store_to_pacs)}
+
+        response: dict[str, Any] = {
+            "studyInstanceUID": request.study_uid,
+            "startedAt": iso_utc(timer.started_at),
+            "task": self.task,
+            "model": {"name": self.name, "labels": self.labels, "created": self.model.metadata.get("created")},
+            "series": selection.as_dict(),
+            "volume": {"shape": list(array.shape), "spacingMm": [round(float(s), 6) for s in geometry.spacing]},
+            "findings": result,
+            "outputs": stored,
+        }
+        if occlusion_prefix:
+            with timer.stage("occlusion"):
+                response["occlusion"] = self._occlusion(x, result, occlusion_prefix, request)
+        response["timingMs"] = timer.as_dict()
+        return response
+
+    def _occlusion(self, x: torch.Tensor, result: dict, prefix: str, request: StudyRequest) -> dict:
+        from dicomflow.inference.occlusion import occlusion_map, render_png
+
+        top = result["top"]
+        image, sens = occlusion_map(self.model.network, x, top["index"], self.activation)
+        png = render_png(image, sens)
+        try:
+            bucket, key_prefix = aws.parse_s3_uri(prefix.rstrip("/") + "/")
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        key = f"{key_prefix}occlusion/{request.study_uid}/{uuid.uuid4().hex}.png"
+        aws.client("s3").put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")
+        return {"label": top["label"], "s3Uri": aws.s3_uri(bucket, key), "shape": list(np.shape(image))}

@@ -1,0 +1,108 @@
+"""DICOM SR (TID 1500 Measurement Report, Comprehensive 3D SR) of the findings, via highdicom.
+
+Segmentation: one measurement group per structure with its volume in mm³ (UCUM ``mm3``),
+referencing the SEG segment when a SEG was made, plus one group for the total. Classification:
+one group per class with the probability (UCUM ``1``) and Present/Absent at the threshold. Every
+group references the source images, so the report sits beside its series in a viewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+
+from dicomflow import __version__
+from dicomflow.inference.seg import MANUFACTURER, property_type
+
+SR_SERIES_NUMBER = 9102
+PRIVATE_SCHEME = "99DCMFLOW"
+PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+
+
+def _cc(code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+def class_concept(name: str) -> hd.sr.CodedConcept:
+    """A finding class as a private code (the class names are the training labels)."""
+    value = "".join(ch for ch in name.upper() if ch.isalnum())[:16] or "CLASS"
+    return hd.sr.CodedConcept(value, PRIVATE_SCHEME, name)
+
+
+def _observation_context(model_name: str) -> hd.sr.ObservationContext:
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=model_name[:64], manufacturer_name=MANUFACTURER, model_name=model_name[:64]),
+    )
+    return hd.sr.ObservationContext(observer_device_context=device)
+
+
+def _source_images(images: Sequence[Dataset]) -> list[hd.sr.SourceImageForMeasurementGroup]:
+    return [hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in images]
+
+
+def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_name: str,
+             seg: Dataset | None = None, structures: dict[int, str] | None = None,
+             series_uid: str | None = None) -> Dataset:
+    """A TID 1500 measurement report for ``findings`` (see :mod:`dicomflow.inference.findings`)."""
+    algo = hd.sr.AlgorithmIdentification(name=model_name[:64], version=__version__)
+    groups: list = []
+    sources = _source_images(source_images)
+    if task == "segmentation3d":
+        volumes = findings["volumesMm3"]
+        by_name = {name: value for value, name in (structures or {}).items()}
+        for name, mm3 in volumes.items():
+            measurement = hd.sr.Measurement(name=codes.SCT.Volume, value=float(mm3),
+                                            unit=codes.UCUM.CubicMillimeter, algorithm_id=algo)
+            tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{name} volume"[:64])
+            finding = _cc(codes.SCT.Hippocampus) if name == "total" else property_type(name)
+            if seg is not None and name in by_name:
+                groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    referenced_segment=hd.sr.ReferencedSegment(
+                        sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+                        segment_number=by_name[name],
+                        source_series=hd.sr.SourceSeriesForSegmentation(source_images[0].SeriesInstanceUID)),
+                    finding_type=finding, algorithm_id=algo, measurements=[measurement]))
+            else:
+                groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking, finding_type=finding, algorithm_id=algo,
+                    measurements=[measurement], source_images=sources))
+        procedure = codes.SCT.ImagingProcedure
+        title = codes.cid7021.ImagingMeasurementReport
+    else:
+        threshold = findings.get("threshold", 0.5)
+        for name, p in findings["probabilities"].items():
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name[:64]),
+                finding_type=class_concept(name),
+                algorithm_id=algo,
+                measurements=[hd.sr.Measurement(name=PROBABILITY, value=float(p), unit=codes.UCUM.NoUnits,
+                                                algorithm_id=algo)],
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+                    name=codes.DCM.Finding, value=codes.SCT.Present if p >= threshold else codes.SCT.Absent)],
+                source_images=sources))
+        procedure = codes.SCT.ImagingProcedure
+        title = codes.cid7021.ImagingMeasurementReport
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(model_name),
+        procedure_reported=procedure,
+        imaging_measurements=groups,
+        title=title,
+    )
+    evidence = list(source_images) + ([seg] if seg is not None else [])
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=series_uid or hd.UID(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        series_description=f"AI findings ({model_name})"[:64],
+    )

@@ -1,0 +1,259 @@
+"""Emulator-only fix-ups: apply, through the service APIs, what moto's CloudFormation skips.
+
+Only used when ``AWS_ENDPOINT_URL`` points at an emulator; real CloudFormation applies all of
+this itself. Everything is read from the template (resolved against the deployed stack), so the
+template stays the one source of truth. moto 5.2.5 skips:
+
+* ``AWS::S3::BucketPolicy`` -> ``put_bucket_policy``, minus statements conditioned on
+  ``aws:SecureTransport``: moto *enforces* bucket policies and the emulator is plain HTTP on 127.0.0.1,
+  so a TLS-only statement would deny every request (on AWS the template applies it unchanged);
+* ``AWS::S3::Bucket`` ``PublicAccessBlockConfiguration`` -> ``put_public_access_block``, and
+  ``NotificationConfiguration`` -> ``put_bucket_notification_configuration``;
+* ``AWS::SNS::Subscription`` -> ``subscribe``;
+* ``AWS::SecretsManager::Secret`` (not created at all) -> ``create_secret`` named ``<stack>/<LogicalId>``
+  with a value generated per ``GenerateSecretString``; the Lambda environment variables that referenced
+  it (dropped by moto) are then set with ``update_function_configuration``, which also turns moto's
+  numeric environment values back into strings.
+
+Each fix-up returns a one-line description; ``dicomflow infra deploy`` prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+from collections.abc import Mapping
+from typing import Any
+
+from dicomflow import aws
+from dicomflow.infra.errors import InfraError
+from dicomflow.infra.template import Resolver
+
+#: Where a secret the emulator did not create lives: ``<stack>/<LogicalId>``.
+SECRET_NAME = "{stack}/{logical}"  # noqa: S105 - a name pattern
+
+
+def is_emulator() -> bool:
+    """True when the AWS endpoint is overridden (moto / LocalStack), i.e. not real AWS."""
+    return bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_CLOUDFORMATION"))
+
+
+def stack_resources(stack: str) -> dict[str, dict[str, str]]:
+    """``{logical id: {"type", "physical"}}`` of a deployed stack (entries moto leaves blank are skipped)."""
+    cf = aws.client("cloudformation")
+    out: dict[str, dict[str, str]] = {}
+    for r in cf.describe_stack_resources(StackName=stack)["StackResources"]:
+        if r.get("LogicalResourceId") and r.get("PhysicalResourceId"):
+            out[r["LogicalResourceId"]] = {"type": r["ResourceType"], "physical": r["PhysicalResourceId"]}
+    return out
+
+
+def _get_att(logical: str, physical: str, attribute: str, types: Mapping[str, str]) -> Any:
+    rtype = types.get(logical, "")
+    if rtype == "AWS::S3::Bucket":
+        return {"Arn": f"arn:aws:s3:::{physical}", "DomainName": f"{physical}.s3.amazonaws.com"}[attribute]
+    if rtype == "AWS::IAM::Role" and attribute == "Arn":
+        return aws.client("iam").get_role(RoleName=physical)["Role"]["Arn"]
+    if rtype == "AWS::Lambda::Function" and attribute == "Arn":
+        return aws.client("lambda").get_function_configuration(FunctionName=physical)["FunctionArn"]
+    if physical.startswith("arn:"):
+        if attribute == "Arn" or attribute.endswith("Arn"):
+            return physical
+        if attribute.endswith("Name"):
+            return physical.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    if attribute.endswith("Name"):
+        return physical
+    raise InfraError(f"cannot resolve GetAtt {logical}.{attribute} on the emulator")
+
+
+def resolver_for(stack: str, template: Mapping[str, Any], parameters: Mapping[str, str],
+                 extra: Mapping[str, dict[str, str]] | None = None) -> Resolver:
+    """A :class:`Resolver` over the deployed stack (plus ``extra`` resources created by fix-ups)."""
+    cf = aws.client("cloudformation")
+    desc = cf.describe_stacks(StackName=stack)["Stacks"][0]
+    arn_parts = desc["StackId"].split(":")
+    resources = {**stack_resources(stack), **(extra or {})}
+    types = {k: v["type"] for k, v in resources.items()}
+    pseudo = {"AWS::StackName": stack, "AWS::Region": arn_parts[3], "AWS::AccountId": arn_parts[4],
+              "AWS::Partition": arn_parts[1], "AWS::URLSuffix": "amazonaws.com", "AWS::StackId": desc["StackId"]}
+    return Resolver(template, parameters, {k: v["physical"] for k, v in resources.items()}, pseudo,
+                    lambda lg, ph, at: _get_att(lg, ph, at, types))
+
+
+def _generate(spec: Mapping[str, Any]) -> str:
+    """A value as Secrets Manager's ``GenerateSecretString`` would make it (the common options)."""
+    length = int(spec.get("PasswordLength", 32))
+    alphabet = string.ascii_letters + string.digits
+    if not spec.get("ExcludePunctuation"):
+        alphabet += "!#$%&()*+,-.:;<=>?@[]^_{|}~"
+    alphabet = "".join(c for c in alphabet if c not in str(spec.get("ExcludeCharacters", "")))
+    value = "".join(secrets.choice(alphabet) for _ in range(length))
+    if "SecretStringTemplate" in spec:
+        doc = json.loads(spec["SecretStringTemplate"])
+        doc[spec.get("GenerateStringKey", "password")] = value
+        return json.dumps(doc)
+    return value
+
+
+def _ensure_secrets(stack: str, template: Mapping[str, Any], resolver: Resolver,
+                    deployed: Mapping[str, Any]) -> tuple[dict[str, dict[str, str]], list[str]]:
+    sm = aws.client("secretsmanager")
+    extra: dict[str, dict[str, str]] = {}
+    notes: list[str] = []
+    for logical, res in template["Resources"].items():
+        if res.get("Type") != "AWS::SecretsManager::Secret" or logical in deployed or not resolver.active(res):
+            continue
+        props = resolver.resolve(res.get("Properties") or {})
+        name = props.get("Name") or SECRET_NAME.format(stack=stack, logical=logical)
+        try:
+            arn = sm.describe_secret(SecretId=name)["ARN"]
+        except sm.exceptions.ResourceNotFoundException:
+            value = props.get("SecretString") or _generate(props.get("GenerateSecretString") or {})
+            arn = sm.create_secret(Name=name, Description=props.get("Description", ""), SecretString=value,
+                                   Tags=[{"Key": "dicomflow:stack", "Value": stack},
+                                         {"Key": "dicomflow:logical-id", "Value": logical}])["ARN"]
+            notes.append(f"created secret {name} (moto's CloudFormation does not create AWS::SecretsManager::Secret)")
+        extra[logical] = {"type": "AWS::SecretsManager::Secret", "physical": arn}
+    return extra, notes
+
+
+def fixup_secret_arns(stack: str) -> list[str]:
+    """ARNs of the secrets the fix-ups created for ``stack`` (for destroy)."""
+    sm = aws.client("secretsmanager")
+    arns = []
+    for page in sm.get_paginator("list_secrets").paginate():
+        for s in page["SecretList"]:
+            tags = {t["Key"]: t["Value"] for t in s.get("Tags") or []}
+            if tags.get("dicomflow:stack") == stack:
+                arns.append(s["ARN"])
+    return arns
+
+
+def _notification_api_shape(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """CloudFormation's ``NotificationConfiguration`` -> the S3 API's shape."""
+    def filt(item: Mapping[str, Any]) -> dict[str, Any]:
+        rules = ((item.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []
+        return {"Filter": {"Key": {"FilterRules": rules}}} if rules else {}
+
+    out: dict[str, Any] = {}
+    for src, dst, arn_key, target in (("LambdaConfigurations", "LambdaFunctionConfigurations", "Function",
+                                       "LambdaFunctionArn"),
+                                      ("QueueConfigurations", "QueueConfigurations", "Queue", "QueueArn"),
+                                      ("TopicConfigurations", "TopicConfigurations", "Topic", "TopicArn")):
+        items = cfg.get(src) or []
+        if items:
+            out[dst] = [{target: i[arn_key], "Events": [i["Event"]], **filt(i)} for i in items]
+    return out
+
+
+def apply_fixups(stack: str, template: Mapping[str, Any], parameters: Mapping[str, str],
+                 quiet: bool = False) -> tuple[list[str], Resolver]:
+    """Apply what the emulator skipped; returns (one line per change made, a resolver including created
+    resources). Idempotent: what is already in place is left alone (and, with ``quiet``, not reported)."""
+    deployed = stack_resources(stack)
+    resolver = resolver_for(stack, template, parameters)
+    extra, notes = _ensure_secrets(stack, template, resolver, deployed)
+    if extra:
+        resolver = resolver_for(stack, template, parameters, extra)
+    s3 = aws.client("s3")
+    for logical, res in template["Resources"].items():
+        if not resolver.active(res):
+            continue
+        rtype = res.get("Type")
+        props = res.get("Properties") or {}
+        if rtype == "AWS::S3::BucketPolicy":
+            notes.extend(_bucket_policy(logical, resolver.resolve(props["Bucket"]),
+                                        resolver.resolve(props["PolicyDocument"]), quiet))
+        elif rtype == "AWS::S3::Bucket" and logical in deployed:
+            bucket = deployed[logical]["physical"]
+            if "PublicAccessBlockConfiguration" in props:
+                wanted = resolver.resolve(props["PublicAccessBlockConfiguration"])
+                try:
+                    current = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+                except s3.exceptions.ClientError:
+                    current = {}
+                if current != wanted:
+                    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=wanted)
+                    notes.append(f"applied public access block to {bucket}")
+            if "NotificationConfiguration" in props:
+                s3.put_bucket_notification_configuration(
+                    Bucket=bucket, NotificationConfiguration=_notification_api_shape(
+                        resolver.resolve(props["NotificationConfiguration"])))
+                notes.append(f"applied event notifications to {bucket}")
+        elif rtype == "AWS::SNS::Subscription":
+            notes.extend(_subscribe(resolver.resolve(props)))
+        elif rtype == "AWS::Lambda::Function" and logical in deployed:
+            notes.extend(_lambda_environment(deployed[logical]["physical"], resolver.resolve(props)))
+    return notes, resolver
+
+
+def _bucket_policy(logical: str, bucket: str, document: Mapping[str, Any], quiet: bool = False) -> list[str]:
+    """Apply a bucket policy minus its TLS-only statements: moto enforces bucket policies and the emulator
+    speaks plain HTTP on 127.0.0.1, so ``aws:SecureTransport = false`` would deny every request."""
+    statements = document.get("Statement") or []
+    statements = [statements] if isinstance(statements, dict) else list(statements)
+    kept = [s for s in statements if "aws:SecureTransport" not in json.dumps(s.get("Condition") or {})]
+    dropped = len(statements) - len(kept)
+    why = f" ({dropped} TLS-only statement(s) left out: the emulator is plain HTTP)" if dropped else ""
+    if not kept:
+        return [] if quiet else [f"bucket policy {logical} not applied to {bucket}{why}"]
+    s3 = aws.client("s3")
+    policy = {**document, "Statement": kept}
+    try:
+        if json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == policy:
+            return []
+    except s3.exceptions.ClientError:
+        pass
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    return [f"applied bucket policy {logical} to {bucket}{why}"]
+
+
+def _subscribe(props: Mapping[str, Any]) -> list[str]:
+    sns = aws.client("sns")
+    topic, protocol, endpoint = props["TopicArn"], props["Protocol"], props["Endpoint"]
+    for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic):
+        if any(s["Protocol"] == protocol and s["Endpoint"] == endpoint for s in page["Subscriptions"]):
+            return []
+    sns.subscribe(TopicArn=topic, Protocol=protocol, Endpoint=endpoint)
+    return [f"subscribed a {protocol} endpoint to {topic.rsplit(':', 1)[-1]}"]
+
+
+def _lambda_environment(function: str, props: Mapping[str, Any]) -> list[str]:
+    wanted = {k: str(v) for k, v in ((props.get("Environment") or {}).get("Variables") or {}).items()}
+    lam = aws.client("lambda")
+    actual = (lam.get_function_configuration(FunctionName=function).get("Environment") or {}).get("Variables") or {}
+    if {k: str(v) for k, v in actual.items()} == wanted and all(isinstance(v, str) for v in actual.values()):
+        return []
+    lam.update_function_configuration(FunctionName=function, Environment={"Variables": wanted})
+    missing = sorted(set(wanted) - set(actual))
+    why = f"added {', '.join(missing)}" if missing else "values as strings"
+    return [f"set environment of Lambda {function} ({why})"]
+
+
+def remove_fixups(stack: str) -> list[str]:
+    """Undo what :func:`apply_fixups` created outside the stack (secrets, subscriptions on its topics)."""
+    notes = []
+    sm = aws.client("secretsmanager")
+    for arn in fixup_secret_arns(stack):
+        sm.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+        notes.append(f"deleted secret {arn.rsplit(':', 1)[-1]}")
+    return notes
+
+
+def unsubscribe_topics(topic_arns: list[str]) -> list[str]:
+    """Remove subscriptions on the stack's topics (moto keeps them when a topic is deleted)."""
+    sns = aws.client("sns")
+    notes = []
+    for topic in topic_arns:
+        try:
+            pages = list(sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic))
+        except sns.exceptions.NotFoundException:
+            continue
+        for page in pages:
+            for sub in page["Subscriptions"]:
+                if sub["SubscriptionArn"].startswith("arn:"):
+                    sns.unsubscribe(SubscriptionArn=sub["SubscriptionArn"])
+                    notes.append(f"removed a {sub['Protocol']} subscription from {topic.rsplit(':', 1)[-1]}")
+    return notes

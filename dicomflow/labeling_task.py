@@ -1,0 +1,343 @@
+"""Build a labeling task's input (the pre-label Lambda's work): resolve the object, sign one URL per instance.
+
+``taskInput`` (what the worker template reads as ``task.input``; no PHI, no credential)::
+
+    {
+      "schemaVersion": 1,
+      "scope": "<labeling job name>",            # URLs are signed for this job only
+      "level": "instance" | "series",
+      "objectId": "<Orthanc ID>" | null,
+      "studyInstanceUID": "..", "seriesInstanceUID": "..", "sopInstanceUID": ".." | null,
+      "modality": "CR", "photometricInterpretation": "MONOCHROME1",
+      "rows": 1955, "columns": 1841, "pixelSpacing": [0.2, 0.2] | null,   # null when absent or zero
+      "labels": ["No Finding", ...],
+      "numberOfSlices": 1,                       # frames over all instances
+      "instances": [                             # a series in order along the slice normal
+        {"sopInstanceUID": "..", "instanceNumber": 1, "frames": 1, "position": -12.5 | null, "url": "<signed>"}
+      ],
+      "window": {"center": 40.0, "width": 400.0, "source": "dicom" | "pixel-range" | "computed" | "bits"},
+      "urlExpires": 1700000000                   # unix seconds
+    }
+
+Environment: ``DICOMFLOW_GATEWAY_URL`` (required: the same-origin WADO gateway, e.g.
+``http://127.0.0.1:PORT/wado``), ``DICOMFLOW_SIGNING_SECRET_ARN`` or ``DICOMFLOW_SIGNING_KEY``,
+``DICOMFLOW_URL_TTL_SECONDS`` (default 3600), ``DICOMFLOW_LABELS`` (default CheXpert 14), and the
+PACS settings of :mod:`dicomflow.credentials`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from dicomflow import geometry, signing
+from dicomflow.errors import DicomflowError
+from dicomflow.labels import label_set_from_env
+from dicomflow.orthanc_ids import OrthancLookupError, ResolvedObject, is_orthanc_id
+
+log = logging.getLogger(__name__)
+
+GATEWAY_ENV = "DICOMFLOW_GATEWAY_URL"
+SCHEMA_VERSION = 1
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_TAGS = {
+    "SOPInstanceUID": "00080018", "Modality": "00080060", "InstanceNumber": "00200013",
+    "ImagePositionPatient": "00200032", "ImageOrientationPatient": "00200037", "NumberOfFrames": "00280008",
+    "Rows": "00280010", "Columns": "00280011", "PixelSpacing": "00280030", "BitsStored": "00280101",
+    "PixelRepresentation": "00280103", "SmallestImagePixelValue": "00280106",
+    "LargestImagePixelValue": "00280107", "WindowCenter": "00281050", "WindowWidth": "00281051",
+    "RescaleIntercept": "00281052", "RescaleSlope": "00281053", "PhotometricInterpretation": "00280004",
+}
+
+
+class LabelingTaskError(DicomflowError):
+    """This data object cannot become a task. ``reason``: ``invalid``, ``not-found`` or ``unavailable``."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """The DICOM object a task is about; ``sop_uid`` is None for a whole series."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str | None = None
+    object_id: str | None = None  # the Orthanc ID it came from, if any
+
+    @property
+    def level(self) -> str:
+        return "series" if self.sop_uid is None else "instance"
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Everything besides the PACS that a task input needs."""
+
+    gateway_url: str
+    key: bytes
+    scope: str
+    labels: list[str]
+    ttl: int = signing.DEFAULT_TTL_SECONDS
+
+    @classmethod
+    def from_env(cls, labeling_job_arn: str) -> TaskSettings:
+        gateway = os.environ.get(GATEWAY_ENV, "").strip()
+        if not gateway:
+            raise LabelingTaskError("invalid", f"{GATEWAY_ENV} is not set; set it to the WADO gateway URL "
+                                               "workers reach (e.g. https://label.example.org/wado)")
+        return cls(gateway_url=gateway.rstrip("/"), key=signing.signing_key(),
+                   scope=signing.job_scope(labeling_job_arn), labels=label_set_from_env(),
+                   ttl=signing.url_ttl_seconds())
+
+
+# ---- source -> object ----------------------------------------------------------------------------
+def event_source(event: Mapping[str, Any]) -> Any:
+    """``dataObject.source`` (or ``source-ref``) of a GT pre-annotation event."""
+    data = event.get("dataObject") if isinstance(event, Mapping) else None
+    if not isinstance(data, Mapping):
+        raise LabelingTaskError("invalid", "event has no dataObject; expected Ground Truth's pre-annotation event")
+    for key in ("source", "source-ref"):
+        if data.get(key) not in (None, ""):
+            return data[key]
+    raise LabelingTaskError("invalid", "dataObject has neither source nor source-ref; each manifest line needs "
+                                       "{\"source\": \"<Orthanc ID or UID JSON>\"}")
+
+
+def _uid(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) > 64 or not _UID.match(value.strip()):
+        raise LabelingTaskError("invalid", f"{name} {value!r} is not a DICOM UID")
+    return value.strip()
+
+
+def parse_source(source: Any) -> ObjectRef | str:
+    """A UID object becomes an :class:`ObjectRef`; an Orthanc ID is returned as is (resolve it next)."""
+    if isinstance(source, str):
+        text = source.strip()
+        if is_orthanc_id(text):
+            return text
+        if text.startswith("{"):
+            try:
+                source = json.loads(text)
+            except ValueError:
+                raise LabelingTaskError("invalid", "source looks like JSON but does not parse") from None
+        elif text.startswith("s3://"):
+            raise LabelingTaskError("invalid", "source is an S3 URI; give an Orthanc instance/series ID or "
+                                               "{\"StudyInstanceUID\",\"SeriesInstanceUID\",\"SOPInstanceUID\"}")
+        else:
+            raise LabelingTaskError("invalid", f"source {text[:80]!r} is neither an Orthanc ID nor a UID object")
+    if not isinstance(source, Mapping):
+        raise LabelingTaskError("invalid", "source must be an Orthanc ID string or a UID object")
+    if not source.get("SeriesInstanceUID") or not source.get("StudyInstanceUID"):
+        raise LabelingTaskError("invalid", "a UID source needs StudyInstanceUID and SeriesInstanceUID "
+                                           "(plus SOPInstanceUID for one instance)")
+    sop = source.get("SOPInstanceUID")
+    return ObjectRef(_uid(source["StudyInstanceUID"], "StudyInstanceUID"),
+                     _uid(source["SeriesInstanceUID"], "SeriesInstanceUID"),
+                     _uid(sop, "SOPInstanceUID") if sop else None)
+
+
+def resolve(source: Any, resolver: Callable[[str], ResolvedObject] | None) -> ObjectRef:
+    """The object a source names; Orthanc IDs go through ``resolver`` (``OrthancRest.resolve``)."""
+    parsed = parse_source(source)
+    if isinstance(parsed, ObjectRef):
+        return parsed
+    if resolver is None:
+        raise LabelingTaskError("invalid", "source is an Orthanc ID but no Orthanc REST access is configured")
+    try:
+        found = resolver(parsed)
+    except OrthancLookupError as exc:
+        raise LabelingTaskError("not-found" if exc.not_found else "unavailable", str(exc)) from None
+    return ObjectRef(found.study_uid, found.series_uid, found.sop_uid, object_id=parsed)
+
+
+# ---- metadata ------------------------------------------------------------------------------------
+def values(meta: Mapping[str, Any], keyword: str) -> list[Any]:
+    """All values of ``keyword`` in a DICOM JSON object ([] if absent)."""
+    element = meta.get(_TAGS[keyword])
+    return list(element.get("Value") or []) if isinstance(element, Mapping) else []
+
+
+def value(meta: Mapping[str, Any], keyword: str, default: Any = None) -> Any:
+    found = values(meta, keyword)
+    return found[0] if found else default
+
+
+def _number(raw: Any) -> float | None:
+    try:
+        out = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _exists(client: Any, ref: ObjectRef) -> bool:
+    from dicomflow import dicomweb
+
+    filters = {"SOPInstanceUID": ref.sop_uid} if ref.sop_uid else {}
+    return bool(dicomweb.search_instances(client, ref.study_uid, ref.series_uid, limit=1, **filters))
+
+
+def fetch_metadata(client: Any, ref: ObjectRef) -> list[dict[str, Any]]:
+    """WADO-RS metadata of the instance, or of every instance of the series."""
+    from dicomflow import dicomweb
+
+    what = f"{ref.level} {ref.sop_uid or ref.series_uid}"
+    try:
+        try:
+            if ref.sop_uid:
+                meta = [client.retrieve_instance_metadata(ref.study_uid, ref.series_uid, ref.sop_uid)]
+            else:
+                meta = list(client.retrieve_series_metadata(ref.study_uid, ref.series_uid))
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403):
+                raise LabelingTaskError("unavailable", f"the PACS refused the credentials (HTTP {status}); "
+                                                       "check the PACS secret") from None
+            if status == 404 or not _exists(client, ref):
+                raise LabelingTaskError("not-found", f"{what} is not on the PACS") from None
+            raise LabelingTaskError("unavailable", f"the PACS failed to return metadata of {what} "
+                                                   f"(HTTP {status})") from None
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError) as exc:
+            raise LabelingTaskError("unavailable", f"PACS unreachable ({type(exc).__name__}); check "
+                                                   "DICOMFLOW_PACS_URL and that the PACS runs") from None
+    except dicomweb.PacsError as exc:  # raised by the existence check
+        raise LabelingTaskError("unavailable", str(exc)) from None
+    meta = [m for m in meta if isinstance(m, Mapping)]
+    if not meta:
+        raise LabelingTaskError("not-found", f"{what} is not on the PACS (no instances)")
+    return meta
+
+
+def order_instances(meta: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[float | None]]:
+    """Order along the slice normal, and each instance's position (None without geometry)."""
+    positions = [values(m, "ImagePositionPatient") or None for m in meta]
+    orientations = [values(m, "ImageOrientationPatient") or None for m in meta]
+    numbers = [value(m, "InstanceNumber") for m in meta]
+    try:
+        order = geometry.slice_order(positions, orientations, numbers)
+        if all(p is not None for p in positions) and all(o is not None for o in orientations):
+            normal = geometry.slice_normal(orientations[0])  # type: ignore[arg-type]
+            where: list[float | None] = [round(geometry.slice_position(p, normal), 4)  # type: ignore[arg-type]
+                                         for p in positions]
+        else:
+            where = [None] * len(meta)
+    except geometry.GeometryError as exc:
+        raise LabelingTaskError("invalid", f"cannot order the slices: {exc}") from None
+    return order, where
+
+
+# ---- window hint ---------------------------------------------------------------------------------
+def _rescale(meta: Mapping[str, Any]) -> tuple[float, float]:
+    return (_number(value(meta, "RescaleSlope")) or 1.0, _number(value(meta, "RescaleIntercept")) or 0.0)
+
+
+def _window(center: float, width: float, source: str) -> dict[str, Any]:
+    return {"center": round(center, 3), "width": round(max(width, 1.0), 3), "source": source}
+
+
+def window_hint(meta: Mapping[str, Any], pixels: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Window center/width in modality units: DICOM tags, stored pixel range, pixel statistics, or bit depth.
+
+    ``pixels`` (optional) returns the instance's modality-rescaled pixel array; it is only called
+    when the header has no window and no pixel range.
+    """
+    center, width = _number(value(meta, "WindowCenter")), _number(value(meta, "WindowWidth"))
+    if center is not None and width is not None and width > 0:
+        return _window(center, width, "dicom")
+    slope, intercept = _rescale(meta)
+    lo, hi = _number(value(meta, "SmallestImagePixelValue")), _number(value(meta, "LargestImagePixelValue"))
+    if lo is not None and hi is not None and hi > lo:
+        a, b = sorted((lo * slope + intercept, hi * slope + intercept))
+        return _window((a + b) / 2, b - a, "pixel-range")
+    if pixels is not None:
+        try:
+            import numpy as np
+
+            arr = np.asarray(pixels(), dtype=np.float64)
+            a, b = (float(v) for v in np.percentile(arr, [0.5, 99.5]))
+            if math.isfinite(a) and math.isfinite(b) and b > a:
+                return _window((a + b) / 2, b - a, "computed")
+        except Exception as exc:  # noqa: BLE001 - a hint only: fall back to the bit depth
+            log.info("window from pixels failed (%s); using bit depth", type(exc).__name__)
+    bits = int(_number(value(meta, "BitsStored")) or 12)
+    signed = value(meta, "PixelRepresentation") == 1
+    raw_lo, raw_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    a, b = sorted((raw_lo * slope + intercept, raw_hi * slope + intercept))
+    return _window((a + b) / 2, b - a, "bits")
+
+
+def _pixel_loader(client: Any, ref: ObjectRef, sop_uid: str) -> Callable[[], Any]:
+    def load() -> Any:
+        from pydicom.pixels import apply_modality_lut
+
+        from dicomflow import dicomweb
+
+        ds = dicomweb.retrieve_instance(client, ref.study_uid, ref.series_uid, sop_uid)
+        return apply_modality_lut(ds.pixel_array, ds)
+
+    return load
+
+
+# ---- the task input --------------------------------------------------------------------------------
+def build_task_input(client: Any, ref: ObjectRef, settings: TaskSettings, now: float | None = None) -> dict:
+    """The ``taskInput`` for one object (see the module docstring)."""
+    meta = fetch_metadata(client, ref)
+    order, positions = order_instances(meta)
+    now = time.time() if now is None else now
+    instances = []
+    for i in order:
+        m = meta[i]
+        sop = value(m, "SOPInstanceUID") or (ref.sop_uid if len(meta) == 1 else None)
+        if not sop:
+            raise LabelingTaskError("invalid", "the PACS returned an instance without SOPInstanceUID")
+        sop = _uid(sop, "SOPInstanceUID")
+        number = value(m, "InstanceNumber")
+        instances.append({
+            "sopInstanceUID": sop,
+            "instanceNumber": int(number) if _number(number) is not None else None,
+            "frames": int(_number(value(m, "NumberOfFrames")) or 1),
+            "position": positions[i],
+            "url": signing.sign_wado(settings.gateway_url, ref.study_uid, ref.series_uid, sop,
+                                     scope=settings.scope, key=settings.key, ttl=settings.ttl, now=now),
+        })
+    middle = meta[order[len(order) // 2]]
+    spacing = [_number(v) for v in values(middle, "PixelSpacing")]
+    return {
+        "schemaVersion": SCHEMA_VERSION,
+        "scope": settings.scope,
+        "level": ref.level,
+        "objectId": ref.object_id,
+        "studyInstanceUID": ref.study_uid,
+        "seriesInstanceUID": ref.series_uid,
+        "sopInstanceUID": ref.sop_uid,
+        "modality": value(middle, "Modality"),
+        "photometricInterpretation": value(middle, "PhotometricInterpretation"),
+        "rows": value(middle, "Rows"),
+        "columns": value(middle, "Columns"),
+        "pixelSpacing": spacing if len(spacing) == 2 and all(s and s > 0 for s in spacing) else None,
+        "labels": list(settings.labels),
+        "numberOfSlices": sum(inst["frames"] for inst in instances),
+        "instances": instances,
+        "window": window_hint(middle, _pixel_loader(client, ref, instances[len(order) // 2]["sopInstanceUID"])),
+        "urlExpires": int(now) + settings.ttl,
+    }
+
+
+def pre_label(event: Mapping[str, Any], client: Any, resolver: Callable[[str], ResolvedObject] | None,
+              settings: TaskSettings, now: float | None = None) -> dict[str, Any]:
+    """GT pre-annotation: event -> ``{"taskInput": .., "isHumanAnnotationRequired": "true"}``."""
+    ref = resolve(event_source(event), resolver)
+    return {"taskInput": build_task_input(client, ref, settings, now=now), "isHumanAnnotationRequired": "true"}

@@ -1,0 +1,275 @@
+"""A SageMaker serving process on the host: ``GET /ping`` and ``POST /invocations`` for a script-mode model.
+
+What the PyTorch inference container does for ``SAGEMAKER_PROGRAM``: import the user's module from
+the source directory and answer requests with its handler functions (the
+sagemaker-inference-toolkit convention)::
+
+    model_fn(model_dir) -> model
+    input_fn(request_body: bytes, content_type: str) -> data
+    predict_fn(data, model) -> prediction
+    output_fn(prediction, accept: str) -> bytes | str | (body, content_type)
+    transform_fn(model, request_body, content_type, accept)   # replaces the three above
+
+Any function the module does not define falls back to a default: JSON / NPY / CSV decoding and
+encoding, ``model(data)`` for prediction (under ``torch.no_grad`` for torch modules), and a
+TorchScript ``model.pt`` for the model. The model is loaded before the port opens, so ``/ping``
+answers 200 as soon as it answers at all. Errors map to HTTP statuses in one place
+(:func:`_status_for`). SIGTERM shuts the server down and exits 0.
+
+Run as ``python -m dicomflow.local.sagemaker_serving --port N --model-dir DIR [--code-dir DIR
+--program inference.py]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+logger = logging.getLogger("dicomflow.serving")
+
+JSON = "application/json"
+NPY = "application/x-npy"
+CSV = "text/csv"
+
+
+class UnsupportedFormatError(ValueError):
+    """The request's content type (or the Accept type) has no decoder (encoder)."""
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the process exits non-zero."""
+
+
+def _status_for(exc: BaseException) -> int:
+    if isinstance(exc, UnsupportedFormatError):
+        return HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    if isinstance(exc, (ValueError, KeyError, TypeError, json.JSONDecodeError)):
+        return HTTPStatus.BAD_REQUEST
+    return HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+# ---- defaults (sagemaker-inference-toolkit decoder / encoder) ----------------------------------
+def default_model_fn(model_dir: str) -> Any:
+    path = Path(model_dir) / "model.pt"
+    if not path.is_file():
+        raise ModelLoadError(f"the entry point defines no model_fn and {path} (TorchScript) does not exist")
+    import torch
+
+    return torch.jit.load(str(path), map_location="cpu").eval()
+
+
+def default_input_fn(body: bytes, content_type: str) -> Any:
+    ctype = (content_type or JSON).split(";")[0].strip().lower()
+    if ctype == JSON:
+        return json.loads(body.decode("utf-8"))
+    if ctype == NPY:
+        import numpy as np
+
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    if ctype == CSV:
+        import numpy as np
+
+        return np.genfromtxt(io.StringIO(body.decode("utf-8")), delimiter=",", dtype="float32")
+    raise UnsupportedFormatError(f"content type {content_type!r} is not supported; send {JSON}, {NPY} or {CSV}")
+
+
+def default_predict_fn(data: Any, model: Any) -> Any:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is part of the environment
+        torch = None
+    if torch is not None and isinstance(model, torch.nn.Module):
+        tensor = data if isinstance(data, torch.Tensor) else torch.as_tensor(data)
+        with torch.no_grad():
+            return model(tensor)
+    if not callable(model):
+        raise TypeError("the model is not callable; define predict_fn in the entry point")
+    return model(data)
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "detach"):
+        obj = obj.detach().cpu().numpy()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return obj
+
+
+def default_output_fn(prediction: Any, accept: str) -> tuple[bytes, str]:
+    atype = (accept or JSON).split(";")[0].strip().lower()
+    if atype in (JSON, "*/*"):
+        return json.dumps(_plain(prediction)).encode("utf-8"), JSON
+    if atype == NPY:
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.save(buf, np.asarray(_plain(prediction)), allow_pickle=False)
+        return buf.getvalue(), NPY
+    if atype == CSV:
+        import numpy as np
+
+        buf = io.StringIO()
+        np.savetxt(buf, np.atleast_2d(np.asarray(_plain(prediction))), delimiter=",", fmt="%s")
+        return buf.getvalue().encode("utf-8"), CSV
+    raise UnsupportedFormatError(f"accept type {accept!r} is not supported; ask for {JSON}, {NPY} or {CSV}")
+
+
+# ---- the handler service ---------------------------------------------------------------------
+class Handlers:
+    """The user's functions (or the defaults) and the loaded model."""
+
+    def __init__(self, module: ModuleType | None, model_dir: str) -> None:
+        def pick(name: str, default: Callable | None) -> Callable | None:
+            return getattr(module, name, None) if module is not None and hasattr(module, name) else default
+
+        self.model_fn = pick("model_fn", default_model_fn)
+        self.input_fn = pick("input_fn", default_input_fn)
+        self.predict_fn = pick("predict_fn", default_predict_fn)
+        self.output_fn = pick("output_fn", default_output_fn)
+        self.transform_fn = pick("transform_fn", None)
+        self.default_accept = os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", JSON)
+        try:
+            self.model = self.model_fn(model_dir)
+        except ModelLoadError:
+            raise
+        except Exception as exc:
+            raise ModelLoadError(f"model_fn failed: {type(exc).__name__}: {exc}") from exc
+
+    def invoke(self, body: bytes, content_type: str, accept: str) -> tuple[bytes, str]:
+        accept = accept if accept and accept != "*/*" else self.default_accept
+        content_type = content_type or JSON
+        if self.transform_fn is not None:
+            result = self.transform_fn(self.model, body, content_type, accept)
+        else:
+            data = self.input_fn(body, content_type)
+            prediction = self.predict_fn(data, self.model)
+            result = self.output_fn(prediction, accept)
+        if isinstance(result, tuple):
+            payload, rtype = result[0], result[1]
+        else:
+            payload, rtype = result, accept
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        return bytes(payload), rtype
+
+
+def load_module(code_dir: Path | None, program: str | None) -> ModuleType | None:
+    """Import the entry point (``SAGEMAKER_PROGRAM``) from the source directory, or None."""
+    if not program:
+        return None
+    if code_dir is None or not (code_dir / program).is_file():
+        raise ModelLoadError(f"entry point {program} not found in {code_dir}")
+    sys.path.insert(0, str(code_dir))
+    name = program[:-3] if program.endswith(".py") else program
+    spec = importlib.util.spec_from_file_location(name, code_dir / program)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"cannot import entry point {program}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:
+        raise ModelLoadError(f"importing {program} failed: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def make_handler(handlers: Handlers) -> type[BaseHTTPRequestHandler]:
+    class _Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            logger.info("%s %s", self.command, fmt % args)
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            if self.path.split("?")[0] == "/ping":
+                self._send(200, b"", "text/plain")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def do_POST(self) -> None:  # noqa: N802
+            if self.path.split("?")[0] != "/invocations":
+                self._send(404, b"not found\n", "text/plain")
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            try:
+                payload, rtype = handlers.invoke(body, self.headers.get("Content-Type", ""),
+                                                 self.headers.get("Accept", ""))
+            except Exception as exc:
+                status = _status_for(exc)
+                logger.error("invocation failed (%d): %s", status, traceback.format_exc())
+                self._send(status, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain")
+                return
+            self._send(200, payload, rtype)
+
+    return _Handler
+
+
+def serve(host: str, port: int, handlers: Handlers) -> int:
+    """Serve until SIGTERM/SIGINT; returns 0."""
+    server = ThreadingHTTPServer((host, port), make_handler(handlers))
+    server.daemon_threads = True
+    stopping = threading.Event()
+
+    def _stop(_signum: int, _frame: object) -> None:
+        if not stopping.is_set():
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    logger.info("serving on http://%s:%d (/ping, /invocations)", host, port)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    logger.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dicomflow.local.sagemaker_serving", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")))
+    parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
+    parser.add_argument("--code-dir", type=Path, default=None)
+    parser.add_argument("--program", default=os.environ.get("SAGEMAKER_PROGRAM"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stdout)
+    try:
+        module = load_module(args.code_dir, args.program)
+        handlers = Handlers(module, args.model_dir)
+    except ModelLoadError as exc:
+        logger.error("cannot start serving: %s", exc)
+        return 1
+    try:
+        return serve(args.host, args.port, handlers)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

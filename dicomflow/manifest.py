@@ -1,0 +1,245 @@
+"""Ground Truth manifests: JSON Lines in S3, input lines, output lines.
+
+* Input manifest line: ``{"source": "<orthanc id or UID JSON>"}`` (or ``"source-ref"``), plus any
+  extra attributes.
+* Output manifest line: the input line plus ``"<labelAttributeName>"`` (the consolidated content)
+  and ``"<labelAttributeName>-metadata"`` (``type``, ``job-name``, ``human-annotated``,
+  ``creation-date``).
+
+Writes are atomic from a reader's view: the whole body is built first and sent with one
+``put_object`` (S3 never shows a half-written object).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from dicomflow.errors import DicomflowError
+
+SOURCE_KEYS = ("source", "source-ref")
+METADATA_TYPE = "groundtruth/custom"
+
+
+class ManifestError(DicomflowError):
+    """A manifest cannot be read or written; the message says where and why."""
+
+
+def dumps_jsonl(lines: Iterable[Mapping[str, Any]]) -> bytes:
+    """JSON Lines body: one compact JSON object per line, newline-terminated."""
+    parts = []
+    for line in lines:
+        if not isinstance(line, Mapping):
+            raise ManifestError(f"manifest lines must be JSON objects, got {type(line).__name__}")
+        parts.append(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
+    return ("\n".join(parts) + "\n").encode() if parts else b""
+
+
+def loads_jsonl(body: bytes | str, *, where: str = "manifest") -> list[dict[str, Any]]:
+    """Parse JSON Lines; blank lines are ignored, a bad line is an error naming its number."""
+    text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+    out = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except ValueError as exc:
+            raise ManifestError(f"{where} line {number} is not JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise ManifestError(f"{where} line {number} is not a JSON object")
+        out.append(obj)
+    return out
+
+
+def line_source(line: Mapping[str, Any]) -> Any:
+    """The ``source`` / ``source-ref`` value of a manifest line or GT ``dataObject``."""
+    for key in SOURCE_KEYS:
+        if key in line:
+            return line[key]
+    raise ManifestError("manifest line has neither \"source\" nor \"source-ref\"")
+
+
+def input_line(source: str | Mapping[str, str], **extra: Any) -> dict[str, Any]:
+    """An input manifest line; UID objects are stored as a JSON string (GT's ``source`` is a string)."""
+    value = source if isinstance(source, str) else json.dumps(dict(source), separators=(",", ":"))
+    return {"source": value, **extra}
+
+
+def output_line(input_obj: Mapping[str, Any], label_attribute: str, content: Mapping[str, Any],
+                job_name: str, created: datetime | None = None) -> dict[str, Any]:
+    """The output manifest line GT writes for one data object."""
+    created = created or datetime.now(UTC)
+    return {
+        **input_obj,
+        label_attribute: dict(content),
+        f"{label_attribute}-metadata": {
+            "type": METADATA_TYPE,
+            "job-name": job_name,
+            "human-annotated": "yes",
+            "creation-date": created.strftime("%Y-%m-%dT%H:%M:%S.%f"),
+        },
+    }
+
+
+def _s3() -> Any:
+    from dicomflow import aws
+
+    return aws.client("s3")
+
+
+def check_object_uri(uri: str) -> tuple[str, str]:
+    from dicomflow import aws
+
+    try:
+        bucket, key = aws.parse_s3_uri(uri)
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
+    if not key or key.endswith("/"):
+        raise ManifestError(f"{uri} names a folder; give an object key such as s3://bucket/job/input.manifest")
+    return bucket, key
+
+
+def write_jsonl_s3(uri: str, lines: Iterable[Mapping[str, Any]], s3: Any = None) -> int:
+    """Upload ``lines`` as one JSON Lines object (one request, all or nothing); returns the line count."""
+    check_object_uri(uri)  # fail on a bad URI before building the body
+    body = dumps_jsonl(lines)
+    put_object(uri, body, s3=s3, content_type="application/jsonl")
+    return body.count(b"\n")
+
+
+def put_object(uri: str, body: bytes, s3: Any = None, content_type: str = "application/json") -> None:
+    """One ``put_object``; S3 errors become a :class:`ManifestError` naming the URI."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = check_object_uri(uri)
+    s3 = s3 or _s3()
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise ManifestError(f"cannot write {uri}: {code}; check the bucket exists and you may write it") from None
+    except BotoCoreError as exc:
+        raise ManifestError(f"cannot write {uri}: {exc}") from None
+
+
+def get_object(uri: str, s3: Any = None) -> bytes:
+    """The bytes of an S3 object; a missing one is a :class:`ManifestError`."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = check_object_uri(uri)
+    s3 = s3 or _s3()
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        raise ManifestError(f"cannot read {uri}: {code}") from None
+    except BotoCoreError as exc:
+        raise ManifestError(f"cannot read {uri}: {exc}") from None
+
+
+def read_jsonl_s3(uri: str, s3: Any = None) -> list[dict[str, Any]]:
+    """Read a JSON Lines object from S3."""
+    return loads_jsonl(get_object(uri, s3=s3), where=uri)
+
+
+def read_json_s3(uri: str, s3: Any = None) -> Any:
+    """Read one JSON document from S3 (e.g. GT's consolidation payload)."""
+    body = get_object(uri, s3=s3)
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise ManifestError(f"{uri} is not JSON ({exc})") from None
+
+
+# ---- input manifest from a QIDO query ----------------------------------------------------------
+PER_LEVELS = ("instance", "series")
+SOURCE_FORMATS = ("orthanc-id", "uids")
+_UID_TAGS = {"StudyInstanceUID": "0020000D", "SeriesInstanceUID": "0020000E", "SOPInstanceUID": "00080018",
+             "PatientID": "00100020"}
+
+
+def parse_query_filters(queries: Iterable[str]) -> dict[str, str]:
+    """``["Modality=CR", "StudyDate=2020-"]`` -> QIDO filters; keys must be DICOM keywords."""
+    from pydicom.datadict import tag_for_keyword
+
+    filters: dict[str, str] = {}
+    for q in queries:
+        key, sep, value = q.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ManifestError(f"query {q!r} must look like KEYWORD=VALUE, e.g. Modality=CR")
+        if tag_for_keyword(key) is None:
+            raise ManifestError(f"query key {key!r} is not a DICOM keyword "
+                                "(e.g. Modality, StudyDate, BodyPartExamined)")
+        if key in filters:
+            raise ManifestError(f"query key {key} is given twice; use one value (QIDO accepts wildcards like CT*)")
+        filters[key] = value
+    return filters
+
+
+def _first(item: Mapping[str, Any], keyword: str) -> str | None:
+    element = item.get(_UID_TAGS[keyword])
+    vals = element.get("Value") if isinstance(element, Mapping) else None
+    return str(vals[0]) if vals else None
+
+
+def input_lines_from_qido(results: Iterable[Mapping[str, Any]], per: str,
+                          source_format: str = "orthanc-id") -> list[dict[str, Any]]:
+    """Input manifest lines for QIDO results (instances or series), in result order, deduplicated.
+
+    ``orthanc-id`` sources are computed (SHA-1 of the UIDs, as Orthanc names resources);
+    ``uids`` sources are UID JSON strings and work with any DICOMweb PACS.
+    """
+    from dicomflow.orthanc_ids import orthanc_id
+
+    if per not in PER_LEVELS:
+        raise ManifestError(f"--per must be one of {', '.join(PER_LEVELS)}, not {per!r}")
+    if source_format not in SOURCE_FORMATS:
+        raise ManifestError(f"source format must be one of {', '.join(SOURCE_FORMATS)}, not {source_format!r}")
+    keys = ["StudyInstanceUID", "SeriesInstanceUID"] + (["SOPInstanceUID"] if per == "instance" else [])
+    lines: list[dict[str, Any]] = []
+    seen: set[tuple[str, ...]] = set()
+    for item in results:
+        uids = [_first(item, k) for k in keys]
+        missing = [k for k, u in zip(keys, uids, strict=True) if u is None]
+        if missing:
+            raise ManifestError(f"the PACS returned a {per} without {', '.join(missing)}")
+        ident = tuple(uids)  # type: ignore[arg-type]
+        if ident in seen:
+            continue
+        seen.add(ident)
+        if source_format == "uids":
+            lines.append(input_line(dict(zip(keys, ident, strict=True))))
+        else:
+            lines.append(input_line(orthanc_id(_first(item, "PatientID") or "", *ident)))
+    return lines
+
+
+def orthanc_input_lines(orthanc: Any, filters: Mapping[str, str], per: str) -> list[dict[str, Any]]:
+    """Input lines from Orthanc's ``/tools/find`` (``orthanc``: an ``OrthancRest``): IDs without QIDO.
+
+    Measured on the local Orthanc: 10 000 instances in well under a second, against ~16 s by QIDO-RS
+    (Orthanc's DICOMweb plugin spends ~1.6 ms per returned instance).
+    """
+    if per not in PER_LEVELS:
+        raise ManifestError(f"--per must be one of {', '.join(PER_LEVELS)}, not {per!r}")
+    ids = orthanc.find("Instance" if per == "instance" else "Series", dict(filters))
+    return [input_line(i) for i in dict.fromkeys(ids)]
+
+
+def query_input_lines(client: Any, filters: Mapping[str, str], per: str,
+                      source_format: str = "orthanc-id") -> list[dict[str, Any]]:
+    """Run one QIDO query over the whole PACS (paged to the end) and return the input manifest lines."""
+    from dicomflow import dicomweb
+
+    fields = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID"]
+    if per == "instance":
+        results = dicomweb.search_instances(client, None, None, fields=fields, get_remaining=True, **filters)
+    elif per == "series":
+        results = dicomweb.search_series(client, None, fields=fields, get_remaining=True, **filters)
+    else:
+        raise ManifestError(f"--per must be one of {', '.join(PER_LEVELS)}, not {per!r}")
+    return input_lines_from_qido(results, per, source_format)

@@ -1,0 +1,142 @@
+"""The one preprocessing definition shared by training and inference.
+
+A *spec* is a JSON-able dict recorded in the model artifact; :func:`build_transform` turns it into
+a :class:`Preprocess` (MONAI transforms) that maps an array from :func:`dicomflow.volume.load_image`
+to the network's input tensor. Examples::
+
+    {"kind": "2d", "image_size": [128, 128],
+     "intensity": {"mode": "percentile", "lower": 0.5, "upper": 99.5}}
+    {"kind": "3d", "spatial_size": [32, 48, 40],
+     "intensity": {"mode": "percentile", "lower": 0.5, "upper": 99.5}}
+
+Intensity modes: ``percentile`` (lower/upper percentiles -> [0, 1], clipped), ``range``
+(``a_min``/``a_max`` -> [0, 1], clipped; e.g. a CT window) and ``zscore`` (mean 0, std 1).
+Geometry: the image (2D ``(Y, X)`` or 3D ``(Z, Y, X)``) is resized to ``image_size`` /
+``spatial_size`` (area/trilinear for images, nearest for labels); :meth:`Preprocess.invert`
+resizes network outputs back to the original grid.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import NormalizeIntensity, Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
+
+from dicomflow.errors import DicomflowError
+
+SPEC_VERSION = 1
+_INTENSITY_DEFAULT = {"mode": "percentile", "lower": 0.5, "upper": 99.5}
+
+
+class PreprocessSpecError(DicomflowError):
+    """The preprocessing spec is malformed."""
+
+
+def default_spec(kind: str, size: list[int] | tuple[int, ...] | None = None) -> dict[str, Any]:
+    """A spec with the project defaults: 2D -> 128x128, 3D -> 32x48x40, percentile intensity."""
+    if kind == "2d":
+        return {"version": SPEC_VERSION, "kind": "2d", "image_size": list(size or (128, 128)),
+                "intensity": dict(_INTENSITY_DEFAULT)}
+    if kind == "3d":
+        return {"version": SPEC_VERSION, "kind": "3d", "spatial_size": list(size or (32, 48, 40)),
+                "intensity": dict(_INTENSITY_DEFAULT)}
+    raise PreprocessSpecError(f"unknown preprocessing kind {kind!r}: use '2d' or '3d'")
+
+
+def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Check and normalise a spec; raises :class:`PreprocessSpecError` with what to fix."""
+    if not isinstance(spec, dict):
+        raise PreprocessSpecError("preprocessing spec must be a JSON object")
+    spec = copy.deepcopy(spec)
+    kind = spec.get("kind")
+    key, dims = {"2d": ("image_size", 2), "3d": ("spatial_size", 3)}.get(kind, (None, 0))
+    if key is None:
+        raise PreprocessSpecError(f"preprocessing spec 'kind' must be '2d' or '3d', got {kind!r}")
+    size = spec.get(key)
+    if isinstance(size, int):
+        size = [size] * dims
+    if (not isinstance(size, list | tuple) or len(size) != dims
+            or not all(isinstance(v, int) and v > 0 for v in size)):
+        raise PreprocessSpecError(f"preprocessing spec {key!r} must be {dims} positive integers, got {size!r}")
+    spec[key] = [int(v) for v in size]
+    intensity = spec.setdefault("intensity", dict(_INTENSITY_DEFAULT))
+    mode = intensity.get("mode")
+    if mode == "percentile":
+        lo, hi = float(intensity.get("lower", 0.5)), float(intensity.get("upper", 99.5))
+        if not 0 <= lo < hi <= 100:
+            raise PreprocessSpecError(f"percentile intensity needs 0 <= lower < upper <= 100, got {lo}, {hi}")
+    elif mode == "range":
+        if float(intensity["a_min"]) >= float(intensity["a_max"]):
+            raise PreprocessSpecError("range intensity needs a_min < a_max")
+    elif mode != "zscore":
+        raise PreprocessSpecError(f"intensity mode must be percentile, range or zscore, got {mode!r}")
+    spec.setdefault("version", SPEC_VERSION)
+    return spec
+
+
+class Preprocess:
+    """Callable ``array -> tensor (1, *size)``; also prepares labels and inverts outputs."""
+
+    def __init__(self, spec: dict[str, Any]):
+        self.spec = validate_spec(spec)
+        self.kind: str = self.spec["kind"]
+        self.size: tuple[int, ...] = tuple(self.spec["image_size" if self.kind == "2d" else "spatial_size"])
+        self.ndim = len(self.size)
+        intensity = self.spec["intensity"]
+        if intensity["mode"] == "percentile":
+            self._intensity = ScaleIntensityRangePercentiles(
+                lower=float(intensity.get("lower", 0.5)), upper=float(intensity.get("upper", 99.5)),
+                b_min=0.0, b_max=1.0, clip=True, relative=False)
+        elif intensity["mode"] == "range":
+            self._intensity = ScaleIntensityRange(
+                a_min=float(intensity["a_min"]), a_max=float(intensity["a_max"]), b_min=0.0, b_max=1.0, clip=True)
+        else:
+            self._intensity = NormalizeIntensity()
+        self._resize_image = Resize(self.size, mode="area" if self.ndim == 2 else "trilinear",
+                                    anti_aliasing=False)
+        self._resize_label = Resize(self.size, mode="nearest")
+
+    def _channel_first(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(np.asarray(array, dtype=np.float32) if isinstance(array, np.ndarray) else array,
+                            dtype=torch.float32)
+        if t.ndim == self.ndim:
+            t = t.unsqueeze(0)
+        elif self.ndim == 2 and t.ndim == 3 and t.shape[0] == 1:
+            pass  # a single slice given as (1, Y, X)
+        elif t.ndim != self.ndim + 1:
+            raise PreprocessSpecError(
+                f"a {self.kind} model needs a {self.ndim}D image, got an array of shape {tuple(t.shape)}")
+        if t.shape[0] != 1:
+            raise PreprocessSpecError(f"expected one channel, got shape {tuple(t.shape)}")
+        return t
+
+    def __call__(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Image array ``(Y, X)`` / ``(Z, Y, X)`` -> float tensor ``(1, *size)``."""
+        t = self._channel_first(array)
+        t = torch.as_tensor(self._resize_image(t))
+        t = torch.as_tensor(self._intensity(t))
+        return t.as_subclass(torch.Tensor).contiguous().float()
+
+    def label(self, label: np.ndarray) -> torch.Tensor:
+        """Integer label volume on the image grid -> long tensor ``(1, *size)`` (nearest neighbour)."""
+        t = self._channel_first(np.asarray(label, dtype=np.float32))
+        return torch.as_tensor(self._resize_label(t)).as_subclass(torch.Tensor).round().long().contiguous()
+
+    def invert(self, output: torch.Tensor, original_shape: tuple[int, ...], *, labels: bool = False
+               ) -> torch.Tensor:
+        """Resize a network output ``(C, *size)`` back to ``(C, *original_shape)``.
+
+        ``labels=True`` uses nearest neighbour (for argmax maps), else linear interpolation (for
+        probabilities).
+        """
+        mode = "nearest" if labels else ("bilinear" if self.ndim == 2 else "trilinear")
+        out = Resize(tuple(original_shape), mode=mode, anti_aliasing=False)(output.float())
+        return torch.as_tensor(out).as_subclass(torch.Tensor)
+
+
+def build_transform(spec: dict[str, Any]) -> Preprocess:
+    """The callable preprocessing for ``spec`` (raises :class:`PreprocessSpecError` if malformed)."""
+    return Preprocess(spec)

@@ -1,0 +1,142 @@
+"""Hyperparameters: parsed from argv (``--name value``, as SageMaker passes them) and ``SM_HPS``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dicomflow.errors import DicomflowError
+from dicomflow.models import TASKS
+
+
+class HyperparameterError(DicomflowError):
+    """A hyperparameter is unknown or has a bad value."""
+
+
+@dataclass
+class Hyperparameters:
+    """Every hyperparameter the training job understands, with its default."""
+
+    task: str = "classification2d"
+    epochs: int = 5
+    batch_size: int = 8
+    lr: float = 1e-3
+    image_size: int = 128  # classification2d: square side in pixels
+    spatial_size: str = "32,48,40"  # 3D tasks: Z,Y,X voxels
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2  # segmentation3d: held-out test split for the report
+    seed: int = 0
+    num_workers: int = 0
+    cache: str = "memory"  # none | memory | disk
+    amp: bool = False  # mixed precision, GPU only
+    channel: str = "train"
+    checkpoint_dir: str = ""
+    checkpoint_every: int = 1
+    intensity_lower: float = 0.5
+    intensity_upper: float = 99.5
+
+    @property
+    def spatial_shape(self) -> list[int]:
+        """``spatial_size`` as three ints."""
+        try:
+            size = [int(v) for v in str(self.spatial_size).replace("x", ",").split(",") if v.strip()]
+        except ValueError as exc:
+            raise HyperparameterError(f"spatial_size must look like 32,48,40, got {self.spatial_size!r}") from exc
+        if len(size) == 1:
+            size = size * 3
+        if len(size) != 3 or min(size) < 8:
+            raise HyperparameterError(f"spatial_size must be three sizes >= 8 like 32,48,40, got {self.spatial_size!r}")
+        return size
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(name: str, kind: type, raw: Any) -> Any:
+    if isinstance(raw, str):
+        text = raw.strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':  # JSON-encoded string value
+            text = json.loads(text)
+        raw = text
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            value = str(raw).lower()
+            if value not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return value in ("true", "1", "yes")
+        if kind is int:
+            as_float = float(raw)
+            if as_float != int(as_float):
+                raise ValueError(raw)
+            return int(as_float)
+        return kind(raw)
+    except (TypeError, ValueError) as exc:
+        raise HyperparameterError(f"hyperparameter {name} must be {kind.__name__}, got {raw!r}") from exc
+
+
+def parse(argv: Sequence[str] = (), env: Mapping[str, str] | None = None) -> Hyperparameters:
+    """Merge ``SM_HPS`` (JSON) and ``--name value`` argv pairs (argv wins), then validate."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if env.get("SM_HPS"):
+        try:
+            raw.update(json.loads(env["SM_HPS"]))
+        except json.JSONDecodeError as exc:
+            raise HyperparameterError(f"SM_HPS is not valid JSON: {exc}") from exc
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise HyperparameterError(f"unexpected argument {arg!r}: pass hyperparameters as --name value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args):
+                raise HyperparameterError(f"hyperparameter --{key} needs a value")
+            value = args[i + 1]
+            i += 1
+        raw[key.replace("-", "_")] = value
+        i += 1
+    known = {f.name: f.type for f in fields(Hyperparameters)}
+    types = {"str": str, "int": int, "float": float, "bool": bool}
+    values: dict[str, Any] = {}
+    # SageMaker adds its own sagemaker_* keys (program, submit dir, region...): ignore those.
+    for key, value in raw.items():
+        if key.startswith("sagemaker_"):
+            continue
+        if key not in known:
+            raise HyperparameterError(f"unknown hyperparameter {key!r}: known are {', '.join(sorted(known))}")
+        values[key] = _coerce(key, types[str(known[key])], value)
+    hp = Hyperparameters(**values)
+    validate(hp)
+    return hp
+
+
+def validate(hp: Hyperparameters) -> None:
+    """Raise :class:`HyperparameterError` for values that cannot work."""
+    if hp.task not in TASKS:
+        raise HyperparameterError(f"task must be one of {', '.join(TASKS)}, got {hp.task!r}")
+    if hp.epochs < 1 or hp.batch_size < 1 or hp.num_workers < 0:
+        raise HyperparameterError("epochs and batch_size must be >= 1 and num_workers >= 0")
+    if not hp.lr > 0:
+        raise HyperparameterError(f"lr must be > 0, got {hp.lr}")
+    if hp.image_size < 16:
+        raise HyperparameterError(f"image_size must be >= 16, got {hp.image_size}")
+    if not 0 <= hp.val_fraction < 1 or not 0 <= hp.test_fraction < 1 or hp.val_fraction + hp.test_fraction >= 1:
+        raise HyperparameterError("val_fraction and test_fraction must be in [0, 1) and sum to < 1")
+    if hp.cache not in ("none", "memory", "disk"):
+        raise HyperparameterError(f"cache must be none, memory or disk, got {hp.cache!r}")
+    if hp.task == "segmentation3d" and any(v % 8 for v in hp.spatial_shape):
+        raise HyperparameterError(
+            f"spatial_size {hp.spatial_size!r}: the 3D UNet halves the size three times, so every size "
+            "must be a multiple of 8 (e.g. 32,48,40)")
+    if hp.task == "classification3d" and min(hp.spatial_shape) < 32:
+        raise HyperparameterError(
+            f"spatial_size {hp.spatial_size!r}: DenseNet121 downsamples 32x, so every size must be >= 32")
+    if hp.task == "classification2d" and hp.image_size < 32:
+        raise HyperparameterError(f"image_size must be >= 32 for DenseNet121, got {hp.image_size}")

@@ -1,0 +1,363 @@
+"""DICOM pixel data -> float32 arrays with their patient-space geometry.
+
+Conventions
+-----------
+* A single-frame image (CR/DX, one slice) is returned as a 2D array ``(Y, X)`` = (rows, columns).
+* A series (or a multi-frame instance) is returned as a 3D array ``(Z, Y, X)``: slices ordered by
+  their position along the slice normal ``row_direction x column_direction`` (ascending).
+* Values are modality values: MONOCHROME1 is inverted (so higher = brighter, as MONOCHROME2) and
+  RescaleSlope / RescaleIntercept are applied. Colour images are converted to luminance.
+* :class:`Geometry` holds ``spacing`` in array axis order (``(z, y, x)`` or ``(y, x)``, mm), the
+  ``origin`` (LPS mm of the first voxel), ``direction`` (3x3, columns = x (row) direction,
+  y (column) direction, slice normal) and ``affine`` (4x4) mapping a voxel index
+  ``(x, y, z, 1)`` - column, row, slice - to LPS mm, the DICOM/ITK convention.
+
+Compressed transfer syntaxes are decoded by pydicom's plugins: JPEG 2000 and JPEG baseline by
+Pillow, RLE natively, JPEG-LS by ``pyjpegls``, JPEG lossless / extended (12-bit) by ``pylibjpeg`` +
+``pylibjpeg-libjpeg``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from dicomflow import geometry as _geometry
+from dicomflow.errors import DicomflowError
+
+#: Relative tolerance on slice spacing before a series is called irregular (gap / missing slice).
+SPACING_TOLERANCE = 0.1
+_ORIENTATION_TOLERANCE = 1e-3
+
+
+class GeometryError(_geometry.GeometryError):
+    """The instances do not form one regular volume (gap, duplicate, mixed orientation or size)."""
+
+
+class NotAnImageError(DicomflowError):
+    """The DICOM object carries no pixel data (e.g. a Structured Report)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the array's voxels are in patient space (see the module docstring for conventions)."""
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, float, float]
+    direction: np.ndarray
+    sop_instance_uids: tuple[str, ...] = ()
+    frame_of_reference_uid: str | None = None
+    has_patient_geometry: bool = True
+    shape: tuple[int, ...] = field(default=())
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 matrix mapping ``(x, y, z, 1)`` voxel indices (column, row, slice) to LPS mm."""
+        sp = tuple(reversed(self.spacing))  # (x, y[, z])
+        sx, sy = sp[0], sp[1]
+        sz = sp[2] if len(sp) > 2 else 1.0
+        aff = np.eye(4)
+        aff[:3, :3] = self.direction @ np.diag([sx, sy, sz])
+        aff[:3, 3] = self.origin
+        return aff
+
+    def to_dict(self) -> dict:
+        """JSON-able summary (no pixel data, no PHI)."""
+        return {
+            "shape": list(self.shape),
+            "spacing": list(self.spacing),
+            "origin": list(self.origin),
+            "direction": self.direction.tolist(),
+            "frame_of_reference_uid": self.frame_of_reference_uid,
+        }
+
+
+def read(path: str | Path, *, header_only: bool = False) -> Dataset:
+    """Read one DICOM file; a file that is not DICOM raises :class:`NotAnImageError`."""
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=header_only)
+    except (pydicom.errors.InvalidDicomError, EOFError) as exc:
+        raise NotAnImageError(f"{Path(path).name} is not a readable DICOM file ({exc})") from exc
+
+
+def is_image(ds: Dataset) -> bool:
+    """True when the dataset describes an image (Rows/Columns present); works on header-only reads."""
+    return "Rows" in ds and "Columns" in ds
+
+
+def _require_image(ds: Dataset) -> None:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        modality = ds.get("Modality", "?")
+        raise NotAnImageError(f"DICOM object (Modality {modality}) has no pixel data: not an image")
+
+
+def pixels(ds: Dataset) -> np.ndarray:
+    """Modality values of one instance as float32: ``(Y, X)`` or ``(frames, Y, X)``.
+
+    MONOCHROME1 is inverted over the stored bit range, then RescaleSlope/Intercept applied.
+    """
+    _require_image(ds)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError per plugin
+        ts = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
+        name = getattr(ts, "name", ts)
+        raise NotAnImageError(
+            f"cannot decode pixel data ({name}): {str(exc).splitlines()[0]}; install the decoder plugin "
+            "(pylibjpeg + pylibjpeg-libjpeg for JPEG lossless/extended, pyjpegls for JPEG-LS)"
+        ) from exc
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if samples > 1:
+        # pydicom converts YBR to RGB by default; reduce to luminance (ITU-R BT.601).
+        arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        return arr.astype(np.float32)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if photometric == "MONOCHROME1":
+        bits = int(ds.get("BitsStored", 16))
+        if int(ds.get("PixelRepresentation", 0)) == 0:
+            arr = (2**bits - 1) - arr.astype(np.int64)
+        else:
+            arr = -1 - arr.astype(np.int64)
+    out = arr.astype(np.float32)
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    if slope != 1.0 or intercept != 0.0:
+        out = out * np.float32(slope) + np.float32(intercept)
+    return out
+
+
+def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
+    """(row spacing, column spacing) in mm; missing or zero spacing (e.g. RG1_UNCR's 0\\0) -> 1.0."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2:
+            dy, dx = float(value[0]), float(value[1])
+            if dy > 0 and dx > 0:
+                return dy, dx
+    return 1.0, 1.0
+
+
+def _orientation(ds: Dataset) -> np.ndarray | None:
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return None
+    row, col = np.array(iop[:3], dtype=float), np.array(iop[3:], dtype=float)
+    normal = np.cross(row, col)
+    if np.linalg.norm(normal) < 0.5:
+        raise GeometryError("ImageOrientationPatient is degenerate (row and column directions parallel)")
+    return np.stack([row, col, normal], axis=1)
+
+
+def _position(ds: Dataset) -> np.ndarray | None:
+    ipp = ds.get("ImagePositionPatient")
+    return None if ipp is None or len(ipp) != 3 else np.array(ipp, dtype=float)
+
+
+def load_image(datasets: Dataset | Sequence[Dataset]) -> tuple[np.ndarray, Geometry]:
+    """Decode one image or one series into a float32 array and its :class:`Geometry`.
+
+    One single-frame dataset -> ``(Y, X)``; several datasets (one series) or one multi-frame
+    dataset -> ``(Z, Y, X)`` ordered along the slice normal. Raises :class:`NotAnImageError` for
+    objects without pixel data and :class:`GeometryError` when the slices do not form one regular
+    volume (different sizes or orientations, duplicate positions, gaps).
+    """
+    if isinstance(datasets, Dataset):
+        datasets = [datasets]
+    datasets = list(datasets)
+    if not datasets:
+        raise GeometryError("no DICOM instances given: a series needs at least one image")
+    for ds in datasets:
+        _require_image(ds)
+    if len(datasets) == 1:
+        ds = datasets[0]
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            return _load_multiframe(ds)
+        return _load_single(ds)
+    return _load_series(datasets)
+
+
+def _load_single(ds: Dataset) -> tuple[np.ndarray, Geometry]:
+    arr = pixels(ds)
+    direction = _orientation(ds)
+    position = _position(ds)
+    dy, dx = _pixel_spacing(ds)
+    geom = Geometry(
+        spacing=(dy, dx),
+        origin=tuple(position) if position is not None else (0.0, 0.0, 0.0),
+        direction=direction if direction is not None else np.eye(3),
+        sop_instance_uids=(str(ds.get("SOPInstanceUID", "")),),
+        frame_of_reference_uid=ds.get("FrameOfReferenceUID"),
+        has_patient_geometry=direction is not None and position is not None,
+        shape=tuple(arr.shape),
+    )
+    return arr, geom
+
+
+def _slice_spacing(positions: np.ndarray, what: str) -> float:
+    """Uniform spacing of sorted positions; raise on duplicates or gaps."""
+    if len(positions) < 2:
+        return 1.0
+    steps = np.diff(positions)
+    median = float(np.median(steps))
+    if np.any(steps < 1e-4) or median <= 0:
+        dup = int(np.argmin(steps))
+        raise GeometryError(
+            f"{what}: duplicate slice position {positions[dup]:.3f} mm (two instances at the same place); "
+            "remove the duplicate instance or export one series at a time"
+        )
+    worst = int(np.argmax(np.abs(steps - median)))
+    if abs(steps[worst] - median) > SPACING_TOLERANCE * median:
+        raise GeometryError(
+            f"{what}: irregular slice spacing: {steps[worst]:.3f} mm between slices {worst} and {worst + 1} "
+            f"where the series uses {median:.3f} mm (a missing slice?); resend the complete series"
+        )
+    return median
+
+
+def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
+    first = datasets[0]
+    size = (int(first.Rows), int(first.Columns))
+    for ds in datasets[1:]:
+        if (int(ds.Rows), int(ds.Columns)) != size:
+            raise GeometryError(
+                f"mixed image sizes in one series: {size[0]}x{size[1]} and {int(ds.Rows)}x{int(ds.Columns)}; "
+                "a volume needs slices of one size"
+            )
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise GeometryError("a series of multi-frame instances is not supported: pass one instance")
+    orientations = [_orientation(ds) for ds in datasets]
+    positions = [_position(ds) for ds in datasets]
+    has_geometry = all(o is not None for o in orientations) and all(p is not None for p in positions)
+    dy, dx = _pixel_spacing(first)
+    if has_geometry:
+        direction = orientations[0]
+        for o in orientations[1:]:
+            if np.abs(o - direction).max() > _ORIENTATION_TOLERANCE:
+                raise GeometryError(
+                    "mixed slice orientations in one series (ImageOrientationPatient differs); "
+                    "a volume needs parallel slices"
+                )
+        # the same order as the pre-label Lambda's (dicomflow.geometry)
+        order = np.array(_geometry.slice_order([list(p) for p in positions],
+                                               [ds.ImageOrientationPatient for ds in datasets]))
+        distance = np.array([float(p @ direction[:, 2]) for p in positions])
+        dz = _slice_spacing(distance[order], "series")
+        origin = tuple(positions[order[0]])
+    else:
+        # No patient geometry: order by InstanceNumber, spacing from the header.
+        numbers = [int(ds.get("InstanceNumber", i) or i) for i, ds in enumerate(datasets)]
+        order = np.argsort(numbers, kind="stable")
+        if len(set(numbers)) != len(numbers):
+            raise GeometryError("series without ImagePositionPatient has duplicate InstanceNumbers")
+        dz = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
+        direction, origin = np.eye(3), (0.0, 0.0, 0.0)
+    ordered = [datasets[i] for i in order]
+    volume = np.stack([pixels(ds) for ds in ordered]).astype(np.float32, copy=False)
+    geom = Geometry(
+        spacing=(dz, dy, dx),
+        origin=tuple(float(v) for v in origin),
+        direction=direction,
+        sop_instance_uids=tuple(str(ds.get("SOPInstanceUID", "")) for ds in ordered),
+        frame_of_reference_uid=first.get("FrameOfReferenceUID"),
+        has_patient_geometry=has_geometry,
+        shape=tuple(volume.shape),
+    )
+    return volume, geom
+
+
+def _load_multiframe(ds: Dataset) -> tuple[np.ndarray, Geometry]:
+    arr = pixels(ds)  # (frames, Y, X)
+    shared = ds.get("SharedFunctionalGroupsSequence", [Dataset()])[0]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", [])
+    direction = _orientation(ds)
+    dy, dx = _pixel_spacing(ds)
+    if direction is None and "PlaneOrientationSequence" in shared:
+        direction = _orientation(shared.PlaneOrientationSequence[0])
+    if "PixelMeasuresSequence" in shared:
+        dy, dx = _pixel_spacing(shared.PixelMeasuresSequence[0])
+    positions = []
+    for item in per_frame:
+        if "PlanePositionSequence" in item:
+            positions.append(_position(item.PlanePositionSequence[0]))
+        if direction is None and "PlaneOrientationSequence" in item:
+            direction = _orientation(item.PlaneOrientationSequence[0])
+        if "PixelMeasuresSequence" in item:
+            dy, dx = _pixel_spacing(item.PixelMeasuresSequence[0])
+    has_geometry = direction is not None and len(positions) == arr.shape[0] and all(
+        p is not None for p in positions)
+    if has_geometry:
+        distance = np.array([float(p @ direction[:, 2]) for p in positions])
+        order = np.argsort(distance, kind="stable")
+        dz = _slice_spacing(distance[order], "multi-frame instance")
+        arr = arr[order]
+        origin = tuple(float(v) for v in positions[order[0]])
+    else:
+        dz = float(ds.get("SpacingBetweenSlices", 0) or ds.get("SliceThickness", 0) or 1.0)
+        direction, origin = np.eye(3), (0.0, 0.0, 0.0)
+    geom = Geometry(
+        spacing=(dz, dy, dx),
+        origin=origin,
+        direction=direction,
+        sop_instance_uids=(str(ds.get("SOPInstanceUID", "")),),
+        frame_of_reference_uid=ds.get("FrameOfReferenceUID"),
+        has_patient_geometry=has_geometry,
+        shape=tuple(arr.shape),
+    )
+    return np.ascontiguousarray(arr, dtype=np.float32), geom
+
+
+def load_files(paths: Sequence[str | Path]) -> tuple[np.ndarray, Geometry]:
+    """:func:`load_image` over DICOM files on disk."""
+    return load_image([read(p) for p in paths])
+
+
+def load_label_volume(path: str | Path, image_shape: tuple[int, ...],
+                      sop_instance_uids: Sequence[str] = ()) -> np.ndarray:
+    """A label volume aligned with a ``(Z, Y, X)`` image: NIfTI (.nii / .nii.gz) or DICOM SEG.
+
+    NIfTI arrays stored ``(X, Y, Z)`` (the NIfTI convention) are transposed; arrays already stored
+    ``(Z, Y, X)`` are taken as they are. A DICOM SEG is matched to the image slices by
+    ``sop_instance_uids`` (the image's :attr:`Geometry.sop_instance_uids`); the value of a voxel is
+    its segment number.
+    """
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        data = np.asarray(nib.load(str(path)).dataobj)
+        data = np.squeeze(data)
+        target = tuple(image_shape)
+        if data.shape == target[::-1]:
+            data = data.transpose(2, 1, 0)
+        elif data.shape != target:
+            raise GeometryError(
+                f"label volume {path.name} has shape {data.shape}, the image {target} (Z, Y, X): "
+                "they must cover the same voxels"
+            )
+        return np.rint(data).astype(np.uint8)
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(path))
+    if not sop_instance_uids:
+        raise GeometryError(f"{path.name}: a DICOM SEG label needs the image's SOP Instance UIDs to align")
+    data = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(sop_instance_uids), combine_segments=True, skip_overlap_checks=True)
+    data = np.asarray(data)
+    if data.shape != tuple(image_shape):
+        raise GeometryError(f"{path.name}: SEG frames {data.shape} do not match the image {tuple(image_shape)}")
+    return data.astype(np.uint8)
+
+
+def save_label_nifti(label: np.ndarray, geometry: Geometry, path: str | Path) -> None:
+    """Write a ``(Z, Y, X)`` label volume as NIfTI in the NIfTI convention ((X, Y, Z), RAS affine)."""
+    import nibabel as nib
+
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    img = nib.Nifti1Image(np.asarray(label, dtype=np.uint8).transpose(2, 1, 0), lps_to_ras @ geometry.affine)
+    nib.save(img, str(path))

@@ -1,0 +1,1 @@
+"""SageMaker serving container for dicomflow models (``python -m inference_container.serve``)."""

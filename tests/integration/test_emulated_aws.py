@@ -1,0 +1,419 @@
+"""The emulated AWS really runs Lambdas and SageMaker endpoints (boto3 against the running moto server)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import tarfile
+import time
+import uuid
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import psutil
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from dicomflow.local.endpoints import register_image
+
+pytestmark = pytest.mark.integration
+
+SERVING_APP = Path(__file__).parent / "serving_app" / "app.py"
+WAIT_S = 90.0  # upper bound for background work to show up (a bound, not a performance threshold)
+
+HANDLERS = '''
+import json, os, time
+from urllib.parse import unquote_plus
+
+import boto3
+
+
+def ok(event, context):
+    print("marker-" + str(event.get("marker")))
+    return {"event": event, "function_name": context.function_name, "request_id": context.aws_request_id,
+            "remaining": context.get_remaining_time_in_millis(), "foo": os.environ.get("FOO"),
+            "region": os.environ.get("AWS_REGION")}
+
+
+def boom(event, context):
+    raise ValueError("boom: " + str(event.get("why")))
+
+
+def hang(event, context):
+    with open(event["pid_file"], "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(120)
+
+
+def on_s3(event, context):
+    s3 = boto3.client("s3")
+    for record in event["Records"]:
+        bucket = record["s3"]["bucket"]["name"]
+        key = unquote_plus(record["s3"]["object"]["key"])
+        s3.put_object(Bucket=bucket, Key="markers/" + key, Body=json.dumps(record["eventName"]).encode())
+
+
+def write_marker(event, context):
+    boto3.client("s3").put_object(Bucket=event["bucket"], Key=event["key"], Body=b"done")
+'''
+
+
+def _wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _client(name: str) -> Any:
+    return boto3.client(name, region_name=os.environ["AWS_REGION"])
+
+
+def _zip(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return buf.getvalue()
+
+
+def _object(s3: Any, uri_or_bucket: str, key: str | None = None) -> bytes | None:
+    if key is None:
+        uri_or_bucket, key = uri_or_bucket[5:].split("/", 1)
+    try:
+        return s3.get_object(Bucket=uri_or_bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+            return None
+        raise
+
+
+# ---- Lambda -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def aws(local_cloud) -> dict[str, Any]:
+    return {"lambda": _client("lambda"), "s3": _client("s3"), "logs": _client("logs"), "iam": _client("iam"),
+            "sm": _client("sagemaker"), "rt": _client("sagemaker-runtime"), "sns": _client("sns"),
+            "sqs": _client("sqs"), "home": local_cloud.settings.data_dir}
+
+
+@pytest.fixture(scope="module")
+def make_function(aws) -> Callable[..., str]:
+    role = aws["iam"].create_role(
+        RoleName=f"lambda-{uuid.uuid4().hex[:8]}",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]}),
+    )["Role"]["Arn"]
+    code = _zip({"handlers.py": HANDLERS})
+
+    def make(handler: str, timeout: int = 30, env: dict[str, str] | None = None) -> str:
+        name = f"fn-{handler.replace('.', '-')}-{uuid.uuid4().hex[:6]}"
+        aws["lambda"].create_function(
+            FunctionName=name, Runtime="python3.11", Role=role, Handler=handler, Code={"ZipFile": code},
+            Timeout=timeout, Environment={"Variables": env or {}})
+        return name
+
+    return make
+
+
+def _invoke(aws: Any, name: str, event: dict) -> tuple[dict, Any, str]:
+    resp = aws["lambda"].invoke(FunctionName=name, Payload=json.dumps(event), LogType="Tail")
+    tail = base64.b64decode(resp.get("LogResult", "")).decode()
+    return resp, json.loads(resp["Payload"].read()), tail
+
+
+def test_zip_lambda_runs_with_event_context_and_environment(aws, make_function):
+    name = make_function("handlers.ok", env={"FOO": "bar"})
+    resp, payload, tail = _invoke(aws, name, {"marker": "m1", "n": [1, 2]})
+    assert resp["StatusCode"] == 200 and "FunctionError" not in resp
+    assert payload["event"] == {"marker": "m1", "n": [1, 2]}
+    assert payload["function_name"] == name
+    assert payload["foo"] == "bar" and payload["region"] == os.environ["AWS_REGION"]
+    assert 0 < payload["remaining"] <= 30_000
+    assert "marker-m1" in tail and f"START RequestId: {payload['request_id']}" in tail
+
+
+def test_logs_land_in_cloudwatch(aws, make_function):
+    name = make_function("handlers.ok")
+    marker = uuid.uuid4().hex
+    _invoke(aws, name, {"marker": marker})
+    events = aws["logs"].filter_log_events(logGroupName=f"/aws/lambda/{name}")["events"]
+    messages = [e["message"] for e in events]
+    assert f"marker-{marker}" in messages
+    assert any(m.startswith("REPORT RequestId:") for m in messages)
+
+
+def test_raising_handler_returns_unhandled_function_error(aws, make_function):
+    name = make_function("handlers.boom")
+    resp, payload, tail = _invoke(aws, name, {"why": "bad input"})
+    assert resp["FunctionError"] == "Unhandled"
+    assert payload["errorType"] == "ValueError"
+    assert payload["errorMessage"] == "boom: bad input"
+    assert any("in boom" in line for line in payload["stackTrace"])
+    assert "[ERROR] ValueError: boom: bad input" in tail
+
+
+@pytest.mark.parametrize(("handler", "error_type", "message"), [
+    ("missing.handler", "Runtime.ImportModuleError", "Unable to import module 'missing'"),
+    ("handlers.nothere", "Runtime.HandlerNotFound", "Handler 'nothere' missing on module 'handlers'"),
+])
+def test_zip_without_the_named_handler(aws, make_function, handler, error_type, message):
+    resp, payload, _ = _invoke(aws, make_function(handler), {})
+    assert resp["FunctionError"] == "Unhandled"
+    assert payload["errorType"] == error_type
+    assert payload["errorMessage"].startswith(message)
+
+
+def test_hanging_handler_is_killed_at_its_timeout(aws, make_function, tmp_path):
+    name = make_function("handlers.hang", timeout=1)
+    pid_file = tmp_path / "pid"
+    resp, payload, tail = _invoke(aws, name, {"pid_file": str(pid_file)})
+    assert resp["FunctionError"] == "Unhandled"
+    assert payload["errorType"] == "Sandbox.Timedout"
+    assert "Task timed out after 1.00 seconds" in payload["errorMessage"]
+    assert "Task timed out after 1.00 seconds" in tail
+    pid = int(pid_file.read_text())
+    try:
+        assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        pass
+
+
+def test_event_invocation_runs_in_background(aws, make_function):
+    bucket = f"ev-{uuid.uuid4().hex[:8]}"
+    aws["s3"].create_bucket(Bucket=bucket)
+    name = make_function("handlers.write_marker")
+    resp = aws["lambda"].invoke(FunctionName=name, InvocationType="Event",
+                                Payload=json.dumps({"bucket": bucket, "key": "done"}))
+    assert resp["StatusCode"] == 202
+    assert _wait_for("the Event invocation's marker", lambda: _object(aws["s3"], bucket, "done")) == b"done"
+
+
+def test_s3_object_created_notification_runs_the_lambda(aws, make_function):
+    bucket = f"notify-{uuid.uuid4().hex[:8]}"
+    aws["s3"].create_bucket(Bucket=bucket)
+    name = make_function("handlers.on_s3")
+    arn = aws["lambda"].get_function(FunctionName=name)["Configuration"]["FunctionArn"]
+    aws["s3"].put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+        "LambdaFunctionConfigurations": [{"LambdaFunctionArn": arn, "Events": ["s3:ObjectCreated:*"],
+                                          "Filter": {"Key": {"FilterRules": [{"Name": "prefix",
+                                                                              "Value": "incoming/"}]}}}]})
+    aws["s3"].put_object(Bucket=bucket, Key="incoming/a b.txt", Body=b"x")
+    marker = _wait_for("the notification marker",
+                       lambda: _object(aws["s3"], bucket, "markers/incoming/a b.txt"))
+    assert json.loads(marker) == "ObjectCreated:Put"
+
+
+# ---- SageMaker endpoints --------------------------------------------------------------------------
+
+class Notifications:
+    """Messages of the Success / Error topics, read through one SQS subscription, keyed by inferenceId."""
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self.sqs, self.queue_url, self.seen = sqs, queue_url, {}
+
+    def _drain(self) -> None:
+        resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for msg in resp.get("Messages", []):
+            envelope = json.loads(msg["Body"])
+            body = json.loads(envelope["Message"])
+            self.seen[body["inferenceId"]] = (envelope["TopicArn"], body)
+            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=msg["ReceiptHandle"])
+
+    def wait(self, inference_id: str) -> tuple[str, dict]:
+        def probe():
+            self._drain()
+            return self.seen.get(inference_id)
+
+        return _wait_for(f"the notification of {inference_id}", probe)
+
+
+@pytest.fixture(scope="module")
+def endpoints(aws) -> dict[str, Any]:
+    """Endpoints served by tests/integration/serving_app/app.py through the images.json seam."""
+    register_image(aws["home"], "dicomflow-test-echo", ["python", str(SERVING_APP)])
+    s3, sm, sns, sqs = aws["s3"], aws["sm"], aws["sns"], aws["sqs"]
+    bucket = f"sm-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"model-v1:"
+        info = tarfile.TarInfo("prefix.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    s3.put_object(Bucket=bucket, Key="model/model.tar.gz", Body=buf.getvalue())
+    success = sns.create_topic(Name=f"ok-{bucket}")["TopicArn"]
+    error = sns.create_topic(Name=f"err-{bucket}")["TopicArn"]
+    queue = sqs.create_queue(QueueName=f"q-{bucket}")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    for topic in (success, error):
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
+    role = "arn:aws:iam::123456789012:role/sagemaker"
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/dicomflow-test-echo:latest"
+
+    def endpoint(name: str, image: str = image, delay: str = "0", concurrency: int = 2,
+                 asynchronous: bool = True) -> str:
+        name = f"{name}-{uuid.uuid4().hex[:6]}"
+        sm.create_model(ModelName=name, ExecutionRoleArn=role, PrimaryContainer={
+            "Image": image, "ModelDataUrl": f"s3://{bucket}/model/model.tar.gz",
+            "Environment": {"SERVING_DELAY": delay}})
+        extra = {}
+        if asynchronous:
+            extra["AsyncInferenceConfig"] = {
+                "ClientConfig": {"MaxConcurrentInvocationsPerInstance": concurrency},
+                "OutputConfig": {"S3OutputPath": f"s3://{bucket}/out/{name}",
+                                 "S3FailurePath": f"s3://{bucket}/fail/{name}",
+                                 "NotificationConfig": {"SuccessTopic": success, "ErrorTopic": error}}}
+        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
+            "VariantName": "AllTraffic", "ModelName": name, "InstanceType": "ml.m5.large",
+            "InitialInstanceCount": 1}], **extra)
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+        return name
+
+    return {"bucket": bucket, "success": success, "error": error, "make": endpoint,
+            "notes": Notifications(sqs, queue), "echo": endpoint("echo", delay="0.2", concurrency=2),
+            "faulty": endpoint("faulty")}
+
+
+def _input(aws: Any, endpoints: dict, body: bytes) -> str:
+    key = f"in/{uuid.uuid4().hex}"
+    aws["s3"].put_object(Bucket=endpoints["bucket"], Key=key, Body=body)
+    return f"s3://{endpoints['bucket']}/{key}"
+
+
+def _async(aws: Any, endpoint: str, location: str, **kw: Any) -> dict:
+    return aws["rt"].invoke_endpoint_async(EndpointName=endpoint, InputLocation=location,
+                                           ContentType="text/plain", **kw)
+
+
+def test_async_invocation_lands_output_and_success_message(aws, endpoints):
+    location = _input(aws, endpoints, b"hello")
+    resp = _async(aws, endpoints["echo"], location)
+    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 202
+    assert resp["OutputLocation"].startswith(f"s3://{endpoints['bucket']}/out/{endpoints['echo']}/")
+    assert resp["OutputLocation"].endswith(".out")
+    assert resp["FailureLocation"].endswith("-error.out")
+    topic, message = endpoints["notes"].wait(resp["InferenceId"])
+    assert topic == endpoints["success"]
+    assert message["invocationStatus"] == "Completed"
+    assert message["eventName"] == "InferenceResult"
+    assert message["requestParameters"] == {"contentType": "text/plain", "endpointName": endpoints["echo"],
+                                            "inputLocation": location}
+    assert message["responseParameters"]["outputLocation"] == resp["OutputLocation"]
+    assert _object(aws["s3"], resp["OutputLocation"]) == b"model-v1:HELLO"
+
+
+def test_failing_async_invocation_lands_in_failure_path_and_error_topic(aws, endpoints):
+    resp = _async(aws, endpoints["faulty"], _input(aws, endpoints, b"FAIL please"))
+    topic, message = endpoints["notes"].wait(resp["InferenceId"])
+    assert topic == endpoints["error"]
+    assert message["invocationStatus"] == "Failed"
+    assert "(500)" in message["failureReason"]
+    assert message["responseParameters"]["failureLocation"] == resp["FailureLocation"]
+    assert _object(aws["s3"], resp["FailureLocation"]) == b"model failed on purpose"
+    assert _object(aws["s3"], resp["OutputLocation"]) is None
+
+
+def test_missing_input_object_fails(aws, endpoints):
+    missing = f"s3://{endpoints['bucket']}/in/does-not-exist"
+    resp = _async(aws, endpoints["faulty"], missing)
+    topic, message = endpoints["notes"].wait(resp["InferenceId"])
+    assert topic == endpoints["error"]
+    assert missing in message["failureReason"]
+    assert b"does-not-exist" in _object(aws["s3"], resp["FailureLocation"])
+
+
+def test_invocation_timeout_fails(aws, endpoints):
+    resp = _async(aws, endpoints["faulty"], _input(aws, endpoints, b"HANG"), InvocationTimeoutSeconds=1)
+    topic, message = endpoints["notes"].wait(resp["InferenceId"])
+    assert topic == endpoints["error"]
+    assert "InvocationTimeoutSeconds" in message["failureReason"]
+    assert _object(aws["s3"], resp["FailureLocation"]) is not None
+
+
+def test_crash_mid_request_fails_and_the_next_request_gets_a_new_process(aws, endpoints):
+    name = endpoints["faulty"]
+    resp = _async(aws, name, _input(aws, endpoints, b"CRASH"))
+    topic, message = endpoints["notes"].wait(resp["InferenceId"])
+    assert topic == endpoints["error"]
+    assert "closed the connection" in message["failureReason"]
+    assert _object(aws["s3"], resp["FailureLocation"]) is not None
+    again = _async(aws, name, _input(aws, endpoints, b"after"))
+    topic, message = endpoints["notes"].wait(again["InferenceId"])
+    assert message["invocationStatus"] == "Completed"
+    assert _object(aws["s3"], again["OutputLocation"]) == b"model-v1:AFTER"
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_async_invocations_respect_max_concurrency(aws, endpoints):
+    name = endpoints["echo"]
+    bodies = [f"item-{i}".encode() for i in range(20)]
+    locations = [_input(aws, endpoints, b) for b in bodies]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        responses = list(pool.map(lambda loc: _async(aws, name, loc), locations))
+    assert len({r["InferenceId"] for r in responses}) == 20
+    for body, resp in zip(bodies, responses, strict=True):
+        topic, message = endpoints["notes"].wait(resp["InferenceId"])
+        assert topic == endpoints["success"], message
+        assert _object(aws["s3"], resp["OutputLocation"]) == b"model-v1:" + body.upper()
+    registry = json.loads((aws["home"] / "endpoints" / f"{name}.json").read_text())
+    stats = requests.get(f"{registry['url']}/stats", timeout=10).json()
+    assert stats["max_in_flight"] == 2
+
+
+def test_realtime_invoke_endpoint_round_trip(aws, endpoints):
+    name = endpoints["make"]("realtime", asynchronous=False)
+    resp = aws["rt"].invoke_endpoint(EndpointName=name, Body=b"ping me", ContentType="text/plain",
+                                     Accept="text/plain")
+    assert resp["Body"].read() == b"model-v1:PING ME"
+    assert resp["ContentType"] == "text/plain"
+    binary = bytes(range(256)) * 64
+    resp = aws["rt"].invoke_endpoint(EndpointName=name, Body=binary, ContentType="application/octet-stream",
+                                     Accept="application/octet-stream")
+    assert resp["Body"].read() == b"model-v1:" + binary.upper()
+    with pytest.raises(ClientError) as err:
+        aws["rt"].invoke_endpoint(EndpointName=name, Body=b"BAD", ContentType="text/plain")
+    assert err.value.response["Error"]["Code"] == "ModelError"
+    assert "(400)" in err.value.response["Error"]["Message"]
+
+
+def test_endpoint_without_serving_process_gives_a_clear_error(aws, endpoints):
+    name = endpoints["make"]("unmapped", image="123456789012.dkr.ecr.us-east-1.amazonaws.com/not-mapped:1")
+    with pytest.raises(ClientError) as err:
+        aws["rt"].invoke_endpoint(EndpointName=name, Body=b"x", ContentType="text/plain")
+    assert err.value.response["Error"]["Code"] == "ValidationError"
+    assert f"endpoint {name} has no local serving process" in err.value.response["Error"]["Message"]
+    with pytest.raises(ClientError) as err:
+        _async(aws, name, _input(aws, endpoints, b"x"))
+    assert "has no local serving process" in err.value.response["Error"]["Message"]
+
+
+def test_unknown_endpoint_and_non_async_endpoint(aws, endpoints):
+    with pytest.raises(ClientError) as err:
+        aws["rt"].invoke_endpoint(EndpointName="no-such-endpoint", Body=b"x")
+    assert "Endpoint no-such-endpoint of account" in err.value.response["Error"]["Message"]
+    name = endpoints["make"]("sync-only", asynchronous=False)
+    with pytest.raises(ClientError) as err:
+        _async(aws, name, _input(aws, endpoints, b"x"))
+    assert "AsyncInferenceConfig" in err.value.response["Error"]["Message"]
+
+
+def test_deleting_an_endpoint_stops_its_serving_process(aws, endpoints):
+    name = endpoints["make"]("short-lived", asynchronous=False)
+    aws["rt"].invoke_endpoint(EndpointName=name, Body=b"x", ContentType="text/plain")
+    registry = aws["home"] / "endpoints" / f"{name}.json"
+    pid = json.loads(registry.read_text())["pid"]
+    aws["sm"].delete_endpoint(EndpointName=name)
+    assert not registry.exists()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -1,0 +1,238 @@
+"""Inference against the local cloud: serving process + Orthanc, then the async endpoint through moto."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from click.testing import CliRunner
+
+from dicomflow import aws, dicomweb, models, synthetic
+from dicomflow.cli.deploy import deploy, infer
+from dicomflow.inference import endpoint as ep
+from dicomflow.local.endpoints import register_image
+from dicomflow.local.services import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = "dicomflow-inference-itest:latest"
+SEG_LABELS = ["anterior", "posterior"]
+
+
+def _artifact(root: Path, task: str, labels: list[str], size: list[int]) -> Path:
+    spec = models.network_spec(task, labels)
+    return models.save_artifact(root / task, task=task, labels=labels, network=models.build_network(spec),
+                                network_spec=spec, preprocess=models.default_preprocess(task, size),
+                                metrics={}, manifest_sha256="0" * 64)
+
+
+def _tarball(model_dir: Path) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(model_dir.iterdir()):
+            tar.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+def _dciodvfy_errors(ds: pydicom.Dataset, tmp: Path) -> list[str]:
+    path = tmp / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def world(local_cloud, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Seeded studies, small untrained artifacts (in S3 too) and the image -> host command mapping."""
+    root = tmp_path_factory.mktemp("inference")
+    client = dicomweb.connect()
+    hippo = synthetic.hippocampus_series(2, seed=61, shape=(16, 24, 20))
+    chest = synthetic.chest_radiographs(1, seed=61, size=64)[0]
+    dicomweb.store(client, [ds for s in hippo for ds in s.datasets] + [chest.dataset])
+    arts = {"segmentation3d": _artifact(root, "segmentation3d", SEG_LABELS, [16, 24, 16]),
+            "classification2d": _artifact(root, "classification2d", list(synthetic.CHEST_CLASSES), [32, 32])}
+    s3 = aws.client("s3")
+    bucket = f"inference-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    uris = {}
+    for task, path in arts.items():
+        s3.put_object(Bucket=bucket, Key=f"models/{task}/model.tar.gz", Body=_tarball(path))
+        uris[task] = f"s3://{bucket}/models/{task}/model.tar.gz"
+    register_image(local_cloud.settings.data_dir, "dicomflow-inference-itest",
+                   {"command": ["python", "-m", "inference_container.serve"], "cwd": str(REPO)})
+    return {"client": client, "hippo": hippo, "chest": chest, "artifacts": arts, "model_uris": uris,
+            "bucket": bucket, "tmp": root, "pacs": local_cloud.pacs}
+
+
+@pytest.fixture(scope="module")
+def seg_server(world, local_cloud) -> Iterator[str]:
+    """The serving process on a free port with the segmentation artifact."""
+    port = free_port()
+    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": str(world["artifacts"]["segmentation3d"])}
+    log = open(world["tmp"] / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "inference_container.serve"], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            assert proc.poll() is None, (world["tmp"] / "serve.log").read_text()
+            try:
+                if requests.get(f"{url}/ping", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+        log.close()
+
+
+def test_sr_and_seg_land_in_the_same_study_and_pass_dciodvfy(world, seg_server) -> None:
+    hippo = world["hippo"][0]
+    r = requests.post(f"{seg_server}/invocations", json={
+        "dicomweb": {"url": world["pacs"].url}, "studyInstanceUID": hippo.study_uid, "outputs": ["json", "sr", "seg"],
+        "storeToPacs": True}, timeout=300)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["series"]["seriesInstanceUID"] == hippo.series_uid
+    assert out["findings"]["volumesMm3"]["total"] >= 0
+    client = world["client"]
+    for kind, modality in (("seg", "SEG"), ("sr", "SR")):
+        ref = out["outputs"][kind]
+        assert ref["storedToPacs"] is True
+        ds = dicomweb.retrieve_instance(client, hippo.study_uid, ref["SeriesInstanceUID"], ref["SOPInstanceUID"])
+        assert ds.Modality == modality and ds.StudyInstanceUID == hippo.study_uid
+        if shutil.which("dciodvfy"):
+            assert _dciodvfy_errors(ds, world["tmp"]) == []
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), [
+    (b"{not json", 400, "not valid JSON"),
+    (json.dumps({"studyInstanceUID": "1.2.3.999999"}).encode(), 404, "no instances"),
+    (json.dumps({"studyInstanceUID": "1.2.3", "outputs": ["pdf"]}).encode(), 400, "unknown output"),
+    (b"{" + b" " * 130_000 + b"}", 413, "128000"),
+])
+def test_bad_requests_get_their_codes(seg_server, body: bytes, status: int, needle: str) -> None:
+    r = requests.post(f"{seg_server}/invocations", data=body, headers={"Content-Type": "application/json"},
+                      timeout=60)
+    assert r.status_code == status, r.text
+    assert needle in r.json()["message"]
+
+
+def test_study_without_usable_series_is_422(world, seg_server) -> None:
+    r = requests.post(f"{seg_server}/invocations", json={
+        "studyInstanceUID": str(world["chest"].dataset.StudyInstanceUID)}, timeout=60)
+    assert r.status_code == 422 and "modality CR does not fit" in r.json()["message"]
+
+
+def test_unreachable_pacs_and_wrong_credentials(world, seg_server) -> None:
+    study = world["hippo"][0].study_uid
+    r = requests.post(f"{seg_server}/invocations", json={
+        "dicomweb": {"url": f"http://127.0.0.1:{free_port()}/dicom-web"}, "studyInstanceUID": study}, timeout=60)
+    assert r.status_code == 503 and "unreachable" in r.json()["message"]
+    sm = aws.client("secretsmanager")
+    arn = sm.create_secret(Name=f"wrong-{uuid.uuid4().hex[:6]}",
+                           SecretString=json.dumps({"username": "orthanc", "password": "not-the-password"}))["ARN"]
+    r = requests.post(f"{seg_server}/invocations", json={
+        "dicomweb": {"url": world["pacs"].url, "auth": {"secretArn": arn}}, "studyInstanceUID": study}, timeout=60)
+    assert r.status_code == 502 and "PACS rejected the credentials" in r.json()["message"]
+    assert "not-the-password" not in r.text
+
+
+@pytest.fixture(scope="module")
+def seg_endpoint(world) -> Iterator[dict]:
+    name = f"hippo-{uuid.uuid4().hex[:6]}"
+    res = CliRunner().invoke(deploy, ["--endpoint", name, "--model", world["model_uris"]["segmentation3d"],
+                                      "--image", IMAGE, "--max-concurrency", "4", "--json"])
+    assert res.exit_code == 0, res.output
+    dep = json.loads(res.stdout)
+    sqs, sns = aws.client("sqs"), aws.client("sns")
+    queue = sqs.create_queue(QueueName=f"{name}-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    for topic in (dep["success_topic"], dep["error_topic"]):
+        sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    yield {**dep, "queue": queue}
+    aws.client("sagemaker").delete_endpoint(EndpointName=name)
+
+
+def _messages(queue: str, want: int, timeout: float = 300) -> list[dict]:
+    sqs, got = aws.client("sqs"), []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        for m in sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            body = json.loads(m["Body"])
+            got.append(json.loads(body.get("Message", m["Body"])))
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+    return got
+
+
+def test_async_endpoint_via_cli(world, seg_endpoint) -> None:
+    hippo = world["hippo"][1]
+    res = CliRunner().invoke(infer, ["--endpoint", seg_endpoint["endpoint"], "--study", hippo.study_uid,
+                                     "--outputs", "json,sr,seg", "--wait", "--timeout", "300", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["series"]["seriesInstanceUID"] == hippo.series_uid
+    series = {dicomweb.json_value(s, "Modality") for s in dicomweb.search_series(world["client"], hippo.study_uid)}
+    assert {"SR", "SEG"} <= series
+    # the output object is in S3OutputPath
+    bucket, prefix = aws.parse_s3_uri(seg_endpoint["output_path"])
+    keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    assert keys
+    events = _messages(seg_endpoint["queue"], 1)
+    assert any(e.get("invocationStatus") == "Completed" for e in events)
+
+
+def test_async_failure_lands_in_failure_path_and_error_topic(world, seg_endpoint) -> None:
+    inv = ep.invoke_async(seg_endpoint["endpoint"], {"studyInstanceUID": "1.2.3.4.5.404"})
+    ok, data = ep.wait_result(inv, timeout_s=300)
+    assert not ok and inv.failure_location.startswith(seg_endpoint["failure_path"])
+    assert json.loads(data)["status"] == 404
+    events = _messages(seg_endpoint["queue"], 1)
+    failed = [e for e in events if e.get("inferenceId") == inv.inference_id]
+    assert failed and failed[0]["invocationStatus"] == "Failed"
+
+
+def test_twenty_concurrent_async_invocations_all_complete(world, seg_endpoint) -> None:
+    studies = [s.study_uid for s in world["hippo"]]
+    bodies = [{"studyInstanceUID": studies[i % 2], "outputs": ["json"], "storeToPacs": False} for i in range(20)]
+    with ThreadPoolExecutor(8) as pool:
+        invocations = list(pool.map(lambda b: ep.invoke_async(seg_endpoint["endpoint"], b), bodies))
+    results = [ep.wait_result(inv, timeout_s=600) for inv in invocations]
+    assert all(ok for ok, _ in results), [d[:200] for ok, d in results if not ok]
+    assert len({inv.inference_id for inv in invocations}) == 20
+    assert all("volumesMm3" in json.loads(d)["findings"] for _, d in results)
+
+
+def test_classifier_async_with_occlusion_png(world) -> None:
+    name = f"chest-{uuid.uuid4().hex[:6]}"
+    dep = ep.deploy(name, world["model_uris"]["classification2d"], image=IMAGE, max_concurrency=2)
+    try:
+        study = str(world["chest"].dataset.StudyInstanceUID)
+        inv = ep.invoke_async(name, {"studyInstanceUID": study, "outputs": ["sr", "occlusion"]})
+        ok, data = ep.wait_result(inv, timeout_s=300)
+        assert ok, data[:300]
+        out = json.loads(data)
+        assert set(out["findings"]["probabilities"]) == set(synthetic.CHEST_CLASSES)
+        bucket, key = aws.parse_s3_uri(out["occlusion"]["s3Uri"])
+        png = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        assert png.startswith(b"\x89PNG") and out["occlusion"]["s3Uri"].startswith(dep.output_path.rsplit("/", 1)[0])
+        assert out["outputs"]["sr"]["storedToPacs"] is True
+    finally:
+        aws.client("sagemaker").delete_endpoint(EndpointName=name)

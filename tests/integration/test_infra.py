@@ -1,0 +1,175 @@
+"""The stack on the emulated AWS: deploy, the deployed pre-label Lambda signs WADO-URIs for a seeded
+instance, a second deploy is a no-op, the CreateLabelingJob request built from the outputs is submitted
+with its worker template, viewer bundle and label categories, a second deploy with a model adds the async
+endpoint and an async invocation of it returns a result in S3OutputPath, a bad parameter gets one clear
+line, destroy leaves nothing behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from click.testing import CliRunner
+
+from dicomflow import aws, dicomweb, manifest, models, signing, synthetic
+from dicomflow.cli.infra import infra
+from dicomflow.cli.label_job import start as label_start
+from dicomflow.inference import endpoint as ep
+from dicomflow.infra import deployment, emulator, labeling_job, package, stack
+from dicomflow.infra.errors import InfraError
+from dicomflow.labels import CHEXPERT_CLASSES
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+STACK = "dicomflow-itest"
+GATEWAY = "http://127.0.0.1:9/wado"
+IMAGE = "dicomflow-inference:latest"  # mapped to `python -m inference_container.serve` by images.json (dicomflow up)
+WORKTEAM = "arn:aws:sagemaker:us-east-1:123456789012:workteam/private-crowd/itest"
+
+
+def _model_tarball(root: Path) -> bytes:
+    """A small untrained classification2d artifact as model.tar.gz."""
+    task, labels = "classification2d", list(synthetic.CHEST_CLASSES)
+    spec = models.network_spec(task, labels)
+    model_dir = models.save_artifact(root / task, task=task, labels=labels, network=models.build_network(spec),
+                                     network_spec=spec, preprocess=models.default_preprocess(task, [32, 32]),
+                                     metrics={}, manifest_sha256="0" * 64)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(model_dir.iterdir()):
+            tar.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+def _invoke(function: str, event: dict) -> dict:
+    resp = aws.client("lambda").invoke(FunctionName=function, Payload=json.dumps(event).encode())
+    payload = json.loads(resp["Payload"].read())
+    assert "FunctionError" not in resp, payload
+    return payload
+
+
+def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
+    image = synthetic.chest_radiographs(1, seed=7, size=64)[0].dataset
+    dicomweb.store(dicomweb.connect(local_cloud.pacs), [image])
+
+    # 1. create: Lambdas packaged + uploaded, stack created, emulator fix-ups applied and reported
+    done = deployment.run(STACK, {"GatewayUrl": GATEWAY, "AlertEmail": "ops@example.com"})
+    out = done.result.outputs
+    assert done.result.action == "create" and done.result.status == "CREATE_COMPLETE"
+    assert done.result.emulator
+    assert out["PacsDicomwebUrl"] == local_cloud.settings.dicomweb_url
+    for key in ("DataBucket", "ArtifactsBucket", "AsyncBucket", "PreLabelFunctionArn", "PostLabelFunctionArn",
+                "GroundTruthRoleArn", "SageMakerRoleArn", "PacsSecretArn", "SigningSecretArn", "ErrorTopicArn"):
+        assert out.get(key), key
+    assert "EndpointName" not in out  # no ModelDataUrl -> no endpoint
+    fixups = "\n".join(done.result.fixups)
+    assert "created secret" in fixups and "subscribed a email endpoint" in fixups
+    assert "public access block" in fixups and "TLS-only" in fixups
+    assert "PACS secret set" in " ".join(done.notes)
+    s3 = aws.client("s3")
+    assert s3.get_public_access_block(Bucket=out["DataBucket"])["PublicAccessBlockConfiguration"]["BlockPublicAcls"]
+    subs = aws.client("sns").list_subscriptions_by_topic(TopicArn=out["ErrorTopicArn"])["Subscriptions"]
+    assert [(s["Protocol"], s["Endpoint"]) for s in subs] == [("email", "ops@example.com")]
+
+    # 2. the deployed pre-label Lambda returns signed WADO-URIs for the seeded instance
+    source = {"StudyInstanceUID": image.StudyInstanceUID, "SeriesInstanceUID": image.SeriesInstanceUID,
+              "SOPInstanceUID": image.SOPInstanceUID}
+    job_arn = "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/itest-job"
+    answer = _invoke(out["PreLabelFunctionName"], {"version": "2018-10-16", "labelingJobArn": job_arn,
+                                                   "dataObject": {"source": json.dumps(source)}})
+    assert answer["isHumanAnnotationRequired"] == "true"
+    urls = [i["url"] for i in answer["taskInput"]["instances"]]
+    assert len(urls) == 1 and urls[0].startswith(GATEWAY + "?")
+    key = signing.signing_key(out["SigningSecretArn"])
+    obj = signing.verify_wado_object(urlsplit(urls[0]).query, key, expected_scope="itest-job")
+    assert obj.sop_uid == image.SOPInstanceUID
+    assert local_cloud.pacs.password not in json.dumps(answer)
+
+    # 3. the same deploy again changes nothing
+    again = deployment.run(STACK, {"GatewayUrl": GATEWAY, "AlertEmail": "ops@example.com"})
+    assert again.result.action == "no-op"
+    assert again.result.fixups == []
+    assert [p.sha256 for p in again.packages] == [p.sha256 for p in done.packages]
+    assert "PACS secret unchanged" in again.notes
+
+    # 3b. label start --target aws: template + viewer bundle + categories uploaded, the request built from the
+    # outputs passes CreateLabelingJob's shape checks and is submitted
+    s3_manifest = f"s3://{out['DataBucket']}/labeling/input/itest.manifest"
+    manifest.write_jsonl_s3(s3_manifest, [{"source": json.dumps(source)}])
+    result = CliRunner().invoke(label_start, ["--target", "aws", "--stack", STACK, "--workteam", WORKTEAM,
+                                              "--job-name", "itest-job", "--manifest", s3_manifest,
+                                              "--workers", "3", "--json"])
+    ui_uri, categories_uri = labeling_job.labeling_config_uris(out)
+    bucket, key = aws.parse_s3_uri(ui_uri)
+    template = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    assert template.startswith('{% assign viewer_base_url = viewer_base_url | default: "http://127.0.0.1:9/ui/" %}')
+    bucket, key = aws.parse_s3_uri(categories_uri)
+    categories = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert categories["document-version"] == "2018-11-28"
+    assert [c["label"] for c in categories["labels"]] == list(CHEXPERT_CLASSES)
+    viewer = s3.list_objects_v2(Bucket=out["DataBucket"], Prefix="labeling/config/viewer/")["Contents"]
+    assert "labeling/config/viewer/viewer.js" in {o["Key"] for o in viewer}
+    request = labeling_job.with_workteam(labeling_job.labeling_job_request(
+        out, "itest-job", s3_manifest, WORKTEAM, workers_per_object=3), WORKTEAM)
+    labeling_job.check_request(request)
+    if result.exit_code == 0:  # an emulator with CreateLabelingJob: it was accepted as sent
+        submitted = json.loads(result.stdout)
+        assert submitted["labelingJobArn"].endswith(":labeling-job/itest-job")
+        assert submitted["request"] == request
+        job = aws.client("sagemaker").describe_labeling_job(LabelingJobName="itest-job")
+        assert job["HumanTaskConfig"]["PreHumanTaskLambdaArn"] == out["PreLabelFunctionArn"]
+    else:  # moto 5.2.5 has no Ground Truth: one clear line that says what to run instead
+        assert isinstance(result.exception, InfraError), result.output
+        assert "dicomflow label start --job FILE" in str(result.exception)
+
+    # 3c. a deploy with a model adds the SageMaker Model, async EndpointConfig and Endpoint; an async
+    # invocation with a study JSON for the seeded study returns a result in S3OutputPath
+    model_key = "models/itest/output/model.tar.gz"
+    s3.put_object(Bucket=out["ArtifactsBucket"], Key=model_key, Body=_model_tarball(tmp_path))
+    with_model = deployment.run(STACK, {"ModelDataUrl": f"s3://{out['ArtifactsBucket']}/{model_key}",
+                                        "InferenceImageUri": IMAGE}, package_lambdas=False)
+    assert with_model.result.action == "update"
+    out = with_model.result.outputs
+    endpoint = out["EndpointName"]
+    sm = aws.client("sagemaker")
+    assert sm.describe_endpoint(EndpointName=endpoint)["EndpointStatus"] == "InService"
+    config = ep.async_config(endpoint)
+    assert config["OutputConfig"]["S3OutputPath"] == out["AsyncOutputUri"]
+    assert config["OutputConfig"]["NotificationConfig"]["ErrorTopic"] == out["ErrorTopicArn"]
+    study = {"dicomweb": {"url": out["PacsDicomwebUrl"], "auth": {"secretArn": out["PacsSecretArn"]}},
+             "studyInstanceUID": image.StudyInstanceUID, "outputs": ["json"], "storeToPacs": False}
+    inv = ep.invoke_async(endpoint, study, config)
+    assert inv.input_location.startswith(out["AsyncInputUri"])
+    ok, data = ep.wait_result(inv, timeout_s=300)
+    assert ok, data[:500]
+    assert inv.output_location.startswith(out["AsyncOutputUri"])
+    answer = json.loads(data)
+    assert set(answer["findings"]["probabilities"]) == set(synthetic.CHEST_CLASSES)
+
+    # 4. a bad template parameter: one clear line, nothing changed
+    with pytest.raises(InfraError, match=r"UrlTtlSeconds='5' is below the minimum 60"):
+        deployment.run(STACK, {"UrlTtlSeconds": "5"}, package_lambdas=False)
+    result = CliRunner().invoke(infra, ["deploy", "--stack", STACK, "--no-package", "--param", "Nope=1"])
+    assert isinstance(result.exception, InfraError) and "unknown template parameter(s) Nope" in str(result.exception)
+    assert stack.describe(STACK)["StackStatus"] in ("CREATE_COMPLETE", "UPDATE_COMPLETE")
+
+    # 5. destroy leaves nothing behind: no stack, buckets, secrets, subscriptions, functions, roles
+    deploy_bucket = package.deploy_bucket_name()
+    s3.put_object(Bucket=out["AsyncBucket"], Key="async/input/x.json", Body=b"{}")
+    notes = stack.destroy(STACK, deploy_bucket=deploy_bucket)
+    assert f"deleted stack {STACK}" in notes
+    assert stack.describe(STACK) is None
+    buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert not buckets & {out["DataBucket"], out["ArtifactsBucket"], out["AsyncBucket"], deploy_bucket}
+    assert emulator.fixup_secret_arns(STACK) == []
+    assert not [s for s in aws.client("sns").list_subscriptions()["Subscriptions"]
+                if s["TopicArn"] == out["ErrorTopicArn"]]
+    functions = {f["FunctionName"] for f in aws.client("lambda").list_functions()["Functions"]}
+    assert not functions & {out["PreLabelFunctionName"], out["PostLabelFunctionName"]}
+    assert endpoint not in {e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]}
+    roles = {r["Arn"] for r in aws.client("iam").list_roles()["Roles"]}
+    assert not roles & {out["GroundTruthRoleArn"], out["SageMakerRoleArn"]}
+    assert stack.destroy(STACK) == [f"stack {STACK} does not exist"]

@@ -1,0 +1,139 @@
+"""training_job/train.py run as SageMaker runs it: a subprocess with an /opt/ml-like layout and SM_* env.
+
+Tiny synthetic data (dicomflow.synthetic); thresholds are quality thresholds, not timings.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from training_channels import ENTRY, chest_channel, hippocampus_channel, run_entry, sm_layout, write_manifest
+
+from dicomflow.models import load_artifact
+
+pytestmark = pytest.mark.slow
+
+#: classification2d quality bar: 80 label-correlated synthetic images, 64 px, 6 epochs, seed 0.
+MIN_MEAN_AUROC = 0.75
+#: segmentation3d quality bar; the empty-mask baseline scores Dice 0 on every labelled class.
+MIN_TEST_DICE = 0.5
+
+
+def _metrics(stdout: str, name: str) -> list[float]:
+    import re
+
+    return [float(v) for v in re.findall(rf"\b{name}=([-+0-9.eE]+|nan);", stdout)]
+
+
+def test_classification2d_learns_and_writes_a_loadable_artifact(tmp_path) -> None:
+    env = sm_layout(tmp_path)
+    classes = chest_channel(tmp_path / "input/data/train", 80, seed=0, size=64)
+    r = run_entry(env, {"task": "classification2d", "epochs": 6, "image_size": 64, "batch_size": 8,
+                        "val_fraction": 0.3, "seed": 0})
+    assert r.returncode == 0, r.stderr[-3000:]
+    aurocs = _metrics(r.stdout, "val_mean_auroc")
+    assert len(aurocs) == 6 and _metrics(r.stdout, "epoch") == [1, 2, 3, 4, 5, 6]
+    assert max(aurocs) >= MIN_MEAN_AUROC, r.stdout
+    model = load_artifact(tmp_path / "model")
+    assert model.task == "classification2d" and model.labels == classes
+    assert model.metadata["metrics"]["best_metric"] == pytest.approx(max(aurocs), abs=1e-6)
+    assert len(model.metadata["manifest_sha256"]) == 64
+    assert list((tmp_path / "output/data/tensorboard").glob("events.out.tfevents.*"))
+    assert not (tmp_path / "output/failure").exists()
+
+
+def test_resume_continues_the_epoch_count(tmp_path) -> None:
+    env = sm_layout(tmp_path)
+    chest_channel(tmp_path / "input/data/train", 12, size=32)
+    hps = {"task": "classification2d", "image_size": 32, "batch_size": 4, "val_fraction": 0.25}
+    first = run_entry(env, {**hps, "epochs": 2})
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _metrics(first.stdout, "epoch") == [1, 2]
+    second = run_entry(env, {**hps, "epochs": 3})
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "continuing at epoch 3 of 3" in second.stdout
+    assert _metrics(second.stdout, "epoch") == [3]
+    history = load_artifact(tmp_path / "model").metadata["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_segmentation3d_beats_the_empty_mask_and_reports(tmp_path) -> None:
+    env = sm_layout(tmp_path)
+    hippocampus_channel(tmp_path / "input/data/train", 10, seed=0, shape=(16, 24, 24))
+    r = run_entry(env, {"task": "segmentation3d", "epochs": 10, "spatial_size": "16,24,24", "batch_size": 2,
+                        "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.2})
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "output/data/test_report.json").read_text())
+    assert report["split"] == "test" and report["count"] == 2
+    assert report["mean_dice"] >= MIN_TEST_DICE, report
+    assert set(report["classes"]) == {"anterior", "posterior"}
+    for key in ("dice", "jaccard", "sensitivity", "specificity"):
+        assert 0 <= report["classes"]["anterior"][key] <= 1
+    assert report["best_volume"]["id"] and report["worst_volume"]["id"]
+    assert _metrics(r.stdout, "test_mean_dice") == [pytest.approx(report["mean_dice"], abs=1e-6)]
+    model = load_artifact(tmp_path / "model")
+    assert model.labels == ["anterior", "posterior"] and (tmp_path / "model/test_report.json").is_file()
+
+
+def test_classification3d_trains(tmp_path) -> None:
+    env = sm_layout(tmp_path)
+    hippocampus_channel(tmp_path / "input/data/train", 6, shape=(16, 24, 24), classification=True)
+    r = run_entry(env, {"task": "classification3d", "epochs": 1, "spatial_size": "32,32,32", "batch_size": 2,
+                        "val_fraction": 0.34})
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = load_artifact(tmp_path / "model")
+    assert model.task == "classification3d" and model.preprocess["spatial_size"] == [32, 32, 32]
+
+
+def test_skipped_lines_are_counted_and_no_usable_image_fails(tmp_path) -> None:
+    env = sm_layout(tmp_path)
+    channel = tmp_path / "input/data/train"
+    classes = chest_channel(channel, 6, size=32)
+    lines = [json.loads(x) for x in (channel / "manifest.jsonl").read_text().splitlines()]
+    lines.append({"id": "gone", "patient": "px", "images": ["images/missing.dcm"], "labels": []})
+    write_manifest(channel, lines, classes)
+    ok = run_entry(env, {"task": "classification2d", "epochs": 1, "image_size": 32, "val_fraction": 0.34})
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert _metrics(ok.stdout, "skipped_items") == [1]
+    assert "skipped manifest line 7" in ok.stderr
+
+    write_manifest(channel, lines[-1:], classes)
+    bad = run_entry(env, {"task": "classification2d", "epochs": 1, "image_size": 32})
+    assert bad.returncode != 0
+    reason = (tmp_path / "output/failure").read_text()
+    assert reason.startswith("DatasetError: no usable image") and "missing=1" in reason
+
+    hp = run_entry(env, {"task": "classification2d", "epochs": 0})
+    assert hp.returncode == 2 and "epochs" in (tmp_path / "output/failure").read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_instances_train_with_gloo_and_write_one_artifact(tmp_path) -> None:
+    channel = tmp_path / "data"
+    chest_channel(channel, 16, size=32)
+    port = str(_free_port())
+    procs = []
+    for host in ("algo-1", "algo-2"):
+        env = sm_layout(tmp_path / host)
+        env.update({"SM_CHANNEL_TRAIN": str(channel), "SM_HOSTS": '["algo-1", "algo-2"]', "SM_CURRENT_HOST": host,
+                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+        argv = [sys.executable, str(ENTRY), "--task", "classification2d", "--epochs", "2", "--image_size", "32",
+                "--batch_size", "4", "--val_fraction", "0.25"]
+        procs.append(subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    assert (tmp_path / "algo-1/model/dicomflow_model.json").is_file()
+    assert not list((tmp_path / "algo-2/model").iterdir())
+    assert _metrics(outs[0][0], "epoch") == [1, 2] and _metrics(outs[1][0], "epoch") == []
+    meta = load_artifact(tmp_path / "algo-1/model").metadata
+    assert meta["train_items"] if "train_items" in meta else np.isfinite(meta["metrics"]["train_loss"])

@@ -1,0 +1,90 @@
+"""SR (TID 1500) and SEG built from a synthetic volume pass dciodvfy; findings arithmetic."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicomflow import synthetic
+from dicomflow.inference import findings as F
+from dicomflow.inference.seg import build_seg
+from dicomflow.inference.sr import build_sr
+
+pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) not installed")
+
+
+def dciodvfy_errors(ds: pydicom.Dataset, tmp_path: Path) -> list[str]:
+    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def series() -> synthetic.SyntheticSeries:
+    return synthetic.hippocampus_series(1, seed=3, shape=(12, 24, 20))[0]
+
+
+def test_volumes_from_label_counts() -> None:
+    label = np.zeros((4, 5, 6), np.uint8)
+    label[0, :2, :3] = 1
+    label[1, 0, 0] = 2
+    out = F.segmentation_volumes(label, (2.0, 0.5, 0.5), ["anterior", "posterior"])
+    assert out["volumesMm3"] == {"anterior": 3.0, "posterior": 0.5, "total": 3.5}
+    assert F.structure_names(["background", "a"]) == {1: "a"}
+
+
+def test_classification_findings() -> None:
+    probs = F.probabilities(np.array([0.0, 3.0, -3.0]))
+    out = F.classification_findings(probs, ["A", "B", "C"])
+    assert out["top"]["label"] == "B" and out["positive"] == ["A", "B"]
+    assert F.probabilities(np.array([1.0, 1.0]), "softmax").tolist() == [0.5, 0.5]
+
+
+def test_seg_and_sr_for_segmentation_pass_dciodvfy(series, tmp_path: Path) -> None:
+    structures = F.structure_names(["anterior", "posterior"])
+    result = F.segmentation_volumes(series.label_volume, series.spacing, ["anterior", "posterior"])
+    seg = build_seg(series.datasets, series.label_volume, structures, "unit-test-unet")
+    assert seg.StudyInstanceUID == series.study_uid and seg.SegmentationType == "BINARY"
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["Hippocampus anterior", "Hippocampus posterior"]
+    assert dciodvfy_errors(seg, tmp_path) == []
+    sr = build_sr(series.datasets, result, "segmentation3d", "unit-test-unet", seg=seg, structures=structures)
+    assert sr.StudyInstanceUID == series.study_uid
+    assert dciodvfy_errors(sr, tmp_path) == []
+    text = str(sr.ContentSequence)
+    assert "mm3" in text and "Volume" in text
+    # the SR references the source series and the SEG as evidence
+    refs = {s.SeriesInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
+            for s in e.ReferencedSeriesSequence}
+    assert {series.series_uid, seg.SeriesInstanceUID} <= refs
+    # without a SEG: measurements reference the source images
+    alone = build_sr(series.datasets, result, "segmentation3d", "unit-test-unet")
+    assert dciodvfy_errors(alone, tmp_path) == []
+
+
+def test_sr_for_classification_passes_dciodvfy(tmp_path: Path) -> None:
+    image = synthetic.chest_radiographs(1, seed=1, size=64)[0].dataset
+    result = F.classification_findings(np.array([0.9, 0.2]), ["Cardiomegaly", "Pleural Effusion"])
+    sr = build_sr([image], result, "classification2d", "unit-test-densenet")
+    assert dciodvfy_errors(sr, tmp_path) == []
+    assert "Cardiomegaly" in str(sr.ContentSequence)
+
+
+@pytest.mark.slow
+def test_occlusion_png_for_2d_and_3d_classifiers() -> None:
+    import torch
+
+    from dicomflow import models
+    from dicomflow.inference.occlusion import occlusion_map, render_png
+
+    for task, size in (("classification2d", (32, 32)), ("classification3d", (32, 32, 32))):
+        spec = models.network_spec(task, ["a", "b"])
+        net = models.build_network(spec).eval()
+        image, sens = occlusion_map(net, torch.rand(1, 1, *size), 1)
+        assert image.shape == size[-2:] and sens.shape == size[-2:]
+        assert render_png(image, sens).startswith(b"\x89PNG")

@@ -1,0 +1,128 @@
+"""The request pipeline against a file-backed DICOMweb client, and the serving process's HTTP contract."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from dicomweb_client import DICOMfileClient
+
+from dicomflow import dicomweb, models, synthetic
+from dicomflow.inference.errors import BadRequest, NoUsableSeries, StudyNotFound
+from dicomflow.inference.request import parse_request
+from dicomflow.inference.service import InferenceService
+from dicomflow.local.services import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+SEG_LABELS = ["anterior", "posterior"]
+
+
+def make_artifact(root: Path, task: str, labels: list[str], size: list[int]) -> Path:
+    """An untrained artifact of ``task`` (what the training job writes, minus the training)."""
+    spec = models.network_spec(task, labels)
+    return models.save_artifact(root / task, task=task, labels=labels, network=models.build_network(spec),
+                                network_spec=spec, preprocess=models.default_preprocess(task, size),
+                                metrics={}, manifest_sha256="0" * 64)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {"segmentation3d": make_artifact(root, "segmentation3d", SEG_LABELS, [16, 24, 16]),
+            "classification2d": make_artifact(root, "classification2d", list(synthetic.CHEST_CLASSES), [32, 32])}
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory):
+    client = DICOMfileClient(url=f"file://{tmp_path_factory.mktemp('pacs')}", in_memory=True)
+    hippo = synthetic.hippocampus_series(1, seed=5, shape=(12, 24, 20))[0]
+    chest = synthetic.chest_radiographs(1, seed=5, size=64)[0]
+    dicomweb.store(client, hippo.datasets + [chest.dataset])
+    return client, hippo, chest
+
+
+@pytest.mark.slow
+def test_segmentation_pipeline_stores_sr_and_seg(artifacts, pacs) -> None:
+    client, hippo, _ = pacs
+    svc = InferenceService.from_model_dir(artifacts["segmentation3d"])
+    out = svc.run(parse_request({"studyInstanceUID": hippo.study_uid, "outputs": ["sr", "seg"]}), client=client)
+    assert out["series"]["seriesInstanceUID"] == hippo.series_uid
+    vols = out["findings"]["volumesMm3"]
+    assert set(vols) == {"anterior", "posterior", "total"}
+    assert vols["total"] == pytest.approx(vols["anterior"] + vols["posterior"], abs=0.01)
+    assert out["volume"]["shape"] == [12, 24, 20]
+    assert {"query", "retrieve", "preprocess", "model", "encode", "stow", "total"} <= set(out["timingMs"])
+    modalities = sorted(dicomweb.json_value(s, "Modality") for s in dicomweb.search_series(client, hippo.study_uid))
+    assert modalities == ["MR", "SEG", "SR"]
+    # a second request selects the MR again, never the SR/SEG it stored
+    again = svc.run(parse_request({"studyInstanceUID": hippo.study_uid}), client=client)
+    assert again["series"]["seriesInstanceUID"] == hippo.series_uid
+    assert len(again["series"]["rejected"]) == 2
+
+
+def test_classification_pipeline(artifacts, pacs) -> None:
+    client, _, chest = pacs
+    svc = InferenceService.from_model_dir(artifacts["classification2d"])
+    study = str(chest.dataset.StudyInstanceUID)
+    out = svc.run(parse_request({"studyInstanceUID": study, "outputs": ["sr"], "storeToPacs": False}), client=client)
+    assert set(out["findings"]["probabilities"]) == set(synthetic.CHEST_CLASSES)
+    assert out["outputs"]["sr"]["storedToPacs"] is False
+    with pytest.raises(BadRequest, match="needs a segmentation model"):
+        svc.run(parse_request({"studyInstanceUID": study, "outputs": ["seg"]}), client=client)
+    with pytest.raises(BadRequest, match="outputS3Uri"):
+        svc.run(parse_request({"studyInstanceUID": study, "outputs": ["occlusion"]}), client=client)
+
+
+def test_unknown_study_and_unusable_study(artifacts, pacs) -> None:
+    client, hippo, _ = pacs
+    svc = InferenceService.from_model_dir(artifacts["classification2d"])
+    with pytest.raises(StudyNotFound):
+        svc.run(parse_request({"studyInstanceUID": "1.2.3.4.5.6"}), client=client)
+    with pytest.raises(NoUsableSeries, match="modality MR does not fit"):
+        svc.run(parse_request({"studyInstanceUID": hippo.study_uid}), client=client)
+
+
+@pytest.mark.slow
+def test_serving_process_contract(artifacts, tmp_path: Path) -> None:
+    """ping, 400/413/404 answers, concurrent pings, SIGTERM -> exit 0 (no PACS needed for these)."""
+    port = free_port()
+    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": str(artifacts["classification2d"]),
+           "DICOMFLOW_PACS_URL": f"http://127.0.0.1:{free_port()}/dicom-web", "DICOMFLOW_PACS_USERNAME": "u",
+           "DICOMFLOW_PACS_PASSWORD": "p", "DICOMFLOW_HOME": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "inference_container.serve"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if requests.get(f"{url}/ping", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode()
+            time.sleep(0.1)
+        else:
+            pytest.fail("serving process never became healthy")
+        bad = requests.post(f"{url}/invocations", data=b"{oops", headers={"Content-Type": "application/json"},
+                            timeout=30)
+        assert bad.status_code == 400 and "not valid JSON" in bad.json()["message"]
+        big = requests.post(f"{url}/invocations", data=b"x" * 200_000, headers={"Content-Type": "application/json"},
+                            timeout=30)
+        assert big.status_code == 413
+        down = requests.post(f"{url}/invocations", json={"studyInstanceUID": "1.2.3"}, timeout=60)
+        assert down.status_code == 503 and "unreachable" in down.json()["message"]
+        assert requests.get(f"{url}/nope", timeout=10).status_code == 404
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = proc.stdout.read().decode()
+    assert "model loaded" in log and "password" not in log.lower()

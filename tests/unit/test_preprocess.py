@@ -1,0 +1,60 @@
+"""dicomflow.preprocess: one spec, validated, shared by training and inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dicomflow.preprocess import PreprocessSpecError, build_transform, default_spec
+
+
+def test_2d_transform_resizes_and_scales_to_unit_range() -> None:
+    pre = build_transform(default_spec("2d", [32, 24]))
+    image = np.random.default_rng(0).normal(1000, 200, size=(100, 80)).astype(np.float32)
+    out = pre(image)
+    assert isinstance(out, torch.Tensor) and type(out) is torch.Tensor
+    assert out.shape == (1, 32, 24) and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert torch.equal(out, pre(image))  # deterministic: the same for training and inference
+
+
+def test_3d_transform_label_and_invert() -> None:
+    pre = build_transform(default_spec("3d", [8, 16, 16]))
+    image = np.arange(12 * 20 * 18, dtype=np.float32).reshape(12, 20, 18)
+    label = np.zeros((12, 20, 18), np.uint8)
+    label[2:6, 5:15, 4:10] = 1
+    label[7:11, 5:15, 4:10] = 2
+    assert pre(image).shape == (1, 8, 16, 16)
+    small = pre.label(label)
+    assert small.dtype == torch.long and set(small.unique().tolist()) == {0, 1, 2}
+    back = pre.invert(small.float(), (12, 20, 18), labels=True)
+    assert back.shape == (1, 12, 20, 18)
+    agreement = (back[0].numpy().astype(np.uint8) == label).mean()
+    assert agreement > 0.9
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"kind": "4d"}, "kind"),
+    ({"kind": "2d", "image_size": [0, 5]}, "image_size"),
+    ({"kind": "3d", "spatial_size": [8, 8]}, "spatial_size"),
+    ({"kind": "2d", "image_size": 64, "intensity": {"mode": "percentile", "lower": 90, "upper": 10}}, "lower"),
+    ({"kind": "2d", "image_size": 64, "intensity": {"mode": "gamma"}}, "intensity mode"),
+])
+def test_bad_specs_are_rejected(spec, message) -> None:
+    with pytest.raises(PreprocessSpecError, match=message):
+        build_transform(spec)
+
+
+def test_wrong_dimensionality_is_a_clear_error() -> None:
+    with pytest.raises(PreprocessSpecError, match="needs a 3D image"):
+        build_transform(default_spec("3d"))(np.zeros((10, 10), np.float32))
+
+
+def test_range_and_zscore_modes() -> None:
+    img = np.linspace(-1000, 1000, 64 * 64, dtype=np.float32).reshape(64, 64)
+    ct = build_transform({"kind": "2d", "image_size": 64, "intensity": {"mode": "range", "a_min": -100, "a_max": 100}})
+    out = ct(img)
+    assert float(out.min()) == 0.0 and float(out.max()) == 1.0
+    z = build_transform({"kind": "2d", "image_size": 64, "intensity": {"mode": "zscore"}})(img)
+    assert abs(float(z.mean())) < 1e-3

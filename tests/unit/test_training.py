@@ -1,0 +1,128 @@
+"""dicomflow.training pieces (no subprocess): hyperparameters, metrics, manifest scan, split, artifact."""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from training_channels import chest_channel, write_manifest
+
+from dicomflow.models import ArtifactError, build_network, load_artifact, network_spec, save_artifact
+from dicomflow.preprocess import default_spec
+from dicomflow.training import METRIC_DEFINITIONS
+from dicomflow.training.data import DatasetError, scan_manifest, split_by_patient
+from dicomflow.training.hyperparameters import HyperparameterError, parse
+from dicomflow.training.metrics import auroc, format_metrics, overlap_metrics, segmentation_report
+
+
+def test_hyperparameters_from_sm_hps_and_argv() -> None:
+    env = {"SM_HPS": json.dumps({"epochs": 3, "lr": "0.01", "sagemaker_program": "train.py"})}
+    hp = parse(["--task", "segmentation3d", "--epochs", "4", "--amp", "true", "--spatial_size", '"16,24,24"'], env)
+    assert (hp.task, hp.epochs, hp.lr, hp.amp, hp.spatial_shape) == ("segmentation3d", 4, 0.01, True, [16, 24, 24])
+    with pytest.raises(HyperparameterError, match="unknown hyperparameter 'epoch'"):
+        parse(["--epoch", "3"], {})
+    with pytest.raises(HyperparameterError, match="epochs must be int"):
+        parse(["--epochs", "many"], {})
+    with pytest.raises(HyperparameterError, match="multiple of 8"):
+        parse(["--task", "segmentation3d", "--spatial_size", "16,24,20"], {})
+    with pytest.raises(HyperparameterError, match="task must be one of"):
+        parse(["--task", "detection"], {})
+
+
+def test_metric_lines_match_the_definitions() -> None:
+    line = format_metrics({"epoch": 3, "train_loss": 0.25, "val_mean_auroc": float("nan"), "best_metric": 1e-7})
+    assert line == "epoch=3; train_loss=0.250000; val_mean_auroc=nan; best_metric=0.000000;"
+    found = {}
+    for definition in METRIC_DEFINITIONS:
+        m = re.search(definition["Regex"], line)
+        if m:
+            found[definition["Name"]] = float(m.group(1))
+    assert found == {"epoch": 3.0, "train_loss": 0.25, "best_metric": 0.0}
+    # 'val_loss' must not match inside 'train_val_loss'-like names
+    assert not re.search(next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == "val_loss"), "xval_loss=1;")
+
+
+def test_auroc_and_overlap() -> None:
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auroc([0.5, 0.5], [0, 1]) == pytest.approx(0.5)
+    assert np.isnan(auroc([0.1, 0.2], [1, 1]))
+    truth = np.zeros((4, 4), np.uint8)
+    truth[:2] = 1
+    pred = np.zeros((4, 4), np.uint8)
+    pred[:1] = 1
+    m = overlap_metrics(pred, truth, 2)
+    assert m[1]["dice"] == pytest.approx(2 * 4 / (4 + 8)) and m[1]["sensitivity"] == pytest.approx(0.5)
+    assert m[1]["specificity"] == 1.0 and m[2]["dice"] == 1.0  # absent in both
+    report = segmentation_report({"a": m, "b": overlap_metrics(truth, truth, 2)}, ["x", "y"])
+    assert report["best_volume"]["id"] == "b" and report["worst_volume"]["id"] == "a"
+
+
+def _sr(path) -> None:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "SR"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_scan_skips_missing_and_sr_and_counts(tmp_path) -> None:
+    classes = chest_channel(tmp_path, 6, size=32)
+    lines = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    _sr(tmp_path / "images" / "sr.dcm")
+    (tmp_path / "images" / "junk.dcm").write_bytes(b"not dicom")
+    lines += [{"id": "gone", "patient": "p9", "images": ["images/missing.dcm"], "labels": []},
+              {"id": "sr", "patient": "p9", "images": ["images/sr.dcm"], "labels": []},
+              {"id": "junk", "patient": "p9", "images": ["images/junk.dcm"], "labels": []}]
+    write_manifest(tmp_path, lines, classes)
+    scan = scan_manifest(tmp_path, "classification2d")
+    assert len(scan.items) == 6
+    assert dict(scan.skipped) == {"missing": 1, "not_image": 1, "unreadable": 1}
+    assert all(len(it.labels) == len(classes) for it in scan.items)
+    write_manifest(tmp_path, lines[6:], classes)
+    with pytest.raises(DatasetError, match="no usable image"):
+        scan_manifest(tmp_path, "classification2d")
+
+
+def test_split_keeps_patients_on_one_side(tmp_path) -> None:
+    chest_channel(tmp_path, 12, size=32)
+    items = scan_manifest(tmp_path, "classification2d").items
+    for it in items:
+        it.patient = f"p{int(it.id[3:]) // 2}"  # two images per patient
+    train, val, test = split_by_patient(items, [0.25, 0.25], seed=1)
+    sides = [{it.patient for it in part} for part in (train, val, test)]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert len(train) + len(val) + len(test) == 12 and val and test
+    assert [it.id for it in split_by_patient(items, [0.25, 0.25], seed=1)[1]] == [it.id for it in val]
+    with pytest.raises(DatasetError, match="cannot be split"):
+        split_by_patient(items[:2], [0.2, 0.2], seed=0)
+
+
+def test_artifact_round_trip(tmp_path) -> None:
+    labels = ["a", "b"]
+    spec = network_spec("classification2d", labels)
+    net = build_network(spec)
+    save_artifact(tmp_path / "model", task="classification2d", labels=labels, network=net, network_spec=spec,
+                  preprocess=default_spec("2d", [32, 32]), metrics={"val_mean_auroc": 0.9}, manifest_sha256="x")
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        for p in (tmp_path / "model").iterdir():
+            tar.add(p, arcname=p.name)
+    loaded = load_artifact(tmp_path / "model.tar.gz")
+    assert loaded.task == "classification2d" and loaded.labels == labels and not loaded.network.training
+    x = loaded.transform(np.random.default_rng(0).random((50, 40)).astype(np.float32))[None]
+    ts = torch.jit.load(str(tmp_path / "model" / "model.ts"))
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.network(x), ts(x))
+        torch.testing.assert_close(loaded.network(x), net(x))
+    with pytest.raises(ArtifactError, match="not a dicomflow model artifact"):
+        load_artifact(tmp_path)

@@ -1,0 +1,166 @@
+"""dicomflow.volume: decoding, MONOCHROME1, rescale, slice ordering and geometry checks."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+
+from dicomflow import synthetic
+from dicomflow.volume import (
+    GeometryError,
+    NotAnImageError,
+    load_image,
+    load_label_volume,
+    save_label_nifti,
+)
+
+
+@pytest.fixture(scope="module")
+def series() -> synthetic.SyntheticSeries:
+    return synthetic.hippocampus_series(1, seed=3, shape=(12, 20, 16))[0]
+
+
+def _copies(datasets: list[Dataset]) -> list[Dataset]:
+    return [copy.deepcopy(ds) for ds in datasets]
+
+
+def test_shuffled_slices_are_ordered_along_the_normal(series) -> None:
+    ordered, geom = load_image(series.datasets)
+    shuffled = _copies(series.datasets)
+    random.Random(1).shuffle(shuffled)
+    again, geom2 = load_image(shuffled)
+    assert ordered.shape == (12, 20, 16) and ordered.dtype == np.float32
+    np.testing.assert_array_equal(ordered, again)
+    assert geom2.sop_instance_uids == geom.sop_instance_uids
+    # ascending position along the normal; affine maps slice index k to the k-th position
+    normal = geom.direction[:, 2]
+    positions = [float(np.asarray(ds.ImagePositionPatient, float) @ normal) for ds in series.datasets]
+    first = np.asarray(geom.origin) @ normal
+    assert first == pytest.approx(min(positions))
+    last = geom.affine @ np.array([0, 0, 11, 1.0])
+    assert float(last[:3] @ normal) == pytest.approx(max(positions))
+    assert geom.spacing[0] == pytest.approx(series.spacing[0])
+
+
+def test_gap_duplicate_mixed_size_and_orientation_raise(series) -> None:
+    gap = _copies(series.datasets)
+    del gap[5]
+    with pytest.raises(GeometryError, match="irregular slice spacing"):
+        load_image(gap)
+    dup = _copies(series.datasets) + [copy.deepcopy(series.datasets[3])]
+    with pytest.raises(GeometryError, match="duplicate slice position"):
+        load_image(dup)
+    mixed = _copies(series.datasets)
+    mixed[2].ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    with pytest.raises(GeometryError, match="orientation"):
+        load_image(mixed)
+    sized = _copies(series.datasets[:3])
+    small = synthetic.hippocampus_series(1, seed=3, shape=(12, 10, 16))[0].datasets[0]
+    with pytest.raises(GeometryError, match="mixed image sizes"):
+        load_image(sized + [small])
+    with pytest.raises(GeometryError):
+        load_image([])
+
+
+def test_monochrome1_is_inverted_and_rescale_applied() -> None:
+    ds = synthetic.chest_radiographs(1, seed=0, size=32)[0].dataset
+    base, _ = load_image(ds)
+    inv = copy.deepcopy(ds)
+    inv.PhotometricInterpretation = "MONOCHROME1"
+    inverted, geom = load_image(inv)
+    assert inverted.shape == (32, 32)
+    np.testing.assert_allclose(inverted, (2 ** int(ds.BitsStored) - 1) - base)
+    scaled = copy.deepcopy(ds)
+    scaled.RescaleSlope, scaled.RescaleIntercept = 2, -1024
+    values, _ = load_image(scaled)
+    np.testing.assert_allclose(values, base * 2 - 1024)
+
+
+@pytest.mark.parametrize("name", [
+    "CT_small.dcm", "JPEG2000.dcm", "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "JPEG-LL.dcm",
+    "JPGExtended.dcm", "693_J2KR.dcm",
+])
+def test_real_compressed_samples_decode(name: str) -> None:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    array, geom = load_image(ds)
+    assert array.ndim == 2 and array.dtype == np.float32 and np.isfinite(array).all()
+    assert array.std() > 0
+    assert len(geom.spacing) == 2
+
+
+def test_compressed_matches_uncompressed() -> None:
+    a, _ = load_image(pydicom.dcmread(get_testdata_file("MR_small_RLE.dcm")))
+    b, _ = load_image(pydicom.dcmread(get_testdata_file("MR_small.dcm")))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_ct_rescale_gives_hounsfield_units() -> None:
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    array, _ = load_image(ds)
+    raw = ds.pixel_array.astype(np.float32)
+    np.testing.assert_allclose(array, raw * float(ds.RescaleSlope) + float(ds.RescaleIntercept))
+
+
+def test_multiframe_enhanced_mr() -> None:
+    array, geom = load_image(pydicom.dcmread(get_testdata_file("emri_small.dcm")))
+    assert array.shape == (10, 64, 64) and len(geom.spacing) == 3
+
+
+def test_sr_is_not_an_image() -> None:
+    sr = Dataset()
+    sr.Modality = "SR"
+    with pytest.raises(NotAnImageError, match="no pixel data"):
+        load_image(sr)
+
+
+def test_label_nifti_round_trip(series, tmp_path) -> None:
+    _, geom = load_image(series.datasets)
+    path = tmp_path / "label.nii.gz"
+    save_label_nifti(series.label_volume, geom, path)
+    back = load_label_volume(path, series.label_volume.shape)
+    np.testing.assert_array_equal(back, series.label_volume)
+    with pytest.raises(GeometryError, match="same voxels"):
+        load_label_volume(path, (5, 5, 5))
+
+
+def _seg(series: synthetic.SyntheticSeries, sources: list[Dataset], label: np.ndarray) -> Dataset:
+    """A DICOM SEG (highdicom, BINARY, one segment per class) of ``label`` over ``sources`` (in that order)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(name="synthetic", version="1",
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name,
+            segmented_property_category=codes.SCT.Tissue, segmented_property_type=codes.SCT.Hippocampus,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+        for number, name in ((1, "anterior"), (2, "posterior"))
+    ]
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=label, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=99,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="dicomflow", manufacturer_model_name="tests",
+        software_versions="0", device_serial_number="0")
+
+
+def test_label_dicom_seg_matches_the_label_volume(series, tmp_path) -> None:
+    image, geom = load_image(series.datasets)
+    assert series.label_volume.max() == 2 and (series.label_volume == 0).all(axis=(1, 2)).any()  # empty slices too
+    # the SEG lists its frames in the order of its own source list (here reversed): alignment is by SOP UID
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in series.datasets}
+    ordered = [by_uid[uid] for uid in geom.sop_instance_uids]
+    seg = _seg(series, ordered[::-1], np.ascontiguousarray(series.label_volume[::-1]))
+    path = tmp_path / "label.dcm"
+    seg.save_as(path)
+    label = load_label_volume(path, image.shape, geom.sop_instance_uids)
+    assert label.dtype == np.uint8 and label.shape == image.shape
+    np.testing.assert_array_equal(label, series.label_volume)
+    with pytest.raises(GeometryError, match="SOP Instance UIDs"):
+        load_label_volume(path, image.shape)
