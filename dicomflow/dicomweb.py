@@ -15,6 +15,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import queue
+import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -22,7 +25,10 @@ import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.protocol import DICOMClient
-from pydicom.dataset import FileMetaDataset
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -42,6 +48,7 @@ __all__ = [
     "store",
     "ensure_file_meta",
     "json_value",
+    "parse_part",
 ]
 
 #: Statuses retried with backoff (a restarting or overloaded server); 4xx are never retried.
@@ -257,48 +264,190 @@ def _is_plain_http(client: Any) -> bool:
 
 
 def _http_retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: str) -> list[pydicom.Dataset]:
-    """One multipart WADO-RS GET read in 1 MiB chunks and split in one pass.
+    """One multipart WADO-RS GET, parsed part by part while the rest of the body still arrives.
 
-    Same request as ``DICOMwebClient.retrieve_series``; it reads the body in 10 KiB chunks and
-    splits parts byte by byte, which made it 2-4x slower than the bare GET on loopback.
+    Same request as ``DICOMwebClient.retrieve_series``, which reads the body in 10 KiB chunks, splits
+    parts byte by byte and parses each with ``dcmread`` (2-4x the bare GET on loopback). Here a
+    thread reads the socket (the GIL is released while it waits) and this thread splits and parses
+    each part as soon as it is complete, with :func:`parse_part` (a direct reader for the
+    uncompressed little-endian syntaxes, ``dcmread`` for the rest).
     """
     url = f"{client.base_url}/studies/{study_uid}/series/{series_uid}"
     response = client._session.get(url, headers={"Accept": _ACCEPT_SERIES}, stream=True,
                                     timeout=getattr(client, "_timeout", 60))
     response.raise_for_status()
-    body = b"".join(response.iter_content(chunk_size=1 << 20))
-    return _split_multipart(body, response.headers.get("Content-Type", ""))
+    splitter = _MultipartSplitter(response.headers.get("Content-Type", ""))
+    chunks: queue.SimpleQueue = queue.SimpleQueue()
+
+    def read() -> None:
+        try:
+            for chunk in response.iter_content(chunk_size=_READ_CHUNK):
+                chunks.put(chunk)
+            chunks.put(None)
+        except BaseException as exc:  # handed to the parsing thread, which raises it
+            chunks.put(exc)
+
+    reader = threading.Thread(target=read, name="wado-rs-reader", daemon=True)
+    reader.start()
+    datasets: list[pydicom.Dataset] = []
+    try:
+        while True:
+            item = chunks.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            datasets.extend(parse_part(part) for part in splitter.feed(item))
+        splitter.close()
+    finally:
+        response.close()
+        reader.join(timeout=5)
+    return datasets
 
 
 _ACCEPT_SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+_READ_CHUNK = 256 * 1024
+
+
+class _MultipartSplitter:
+    """Incremental ``multipart/related`` (RFC 2046) splitter: ``feed`` bytes, get the complete part bodies."""
+
+    def __init__(self, content_type: str) -> None:
+        boundary = None
+        for param in content_type.split(";")[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "boundary":
+                boundary = value.strip().strip('"')
+        if not content_type.lower().startswith("multipart/") or not boundary:
+            raise PacsError(f"the PACS answered a series retrieval with {content_type or 'no content type'!r}, "
+                            "not multipart/related; is the URL a DICOMweb root?")
+        self.delimiter = b"\r\n--" + boundary.encode("ascii")
+        self.buf = bytearray(b"\r\n")  # the first delimiter may start the body without a CRLF
+        self.done = False
+        self.seen_first = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the bodies of the parts completed by it."""
+        if self.done:
+            return []
+        self.buf += data
+        parts: list[bytes] = []
+        buf, delim = self.buf, self.delimiter
+        pos = buf.find(delim)
+        if pos < 0:
+            return parts
+        if not self.seen_first:  # skip the preamble
+            del buf[:pos]
+            pos = 0
+            self.seen_first = True
+        consumed = 0
+        while True:
+            start = pos + len(delim)
+            if len(buf) < start + 2:
+                break
+            if buf[start:start + 2] == b"--":  # close delimiter
+                self.done = True
+                consumed = len(buf)
+                break
+            end = buf.find(delim, start)
+            if end < 0:
+                break
+            head_end = buf.find(b"\r\n\r\n", start, end)
+            if head_end < 0:
+                raise PacsError("malformed multipart answer from the PACS; check the DICOMweb root URL")
+            parts.append(bytes(buf[head_end + 4:end]))
+            pos = consumed = end
+        if consumed:
+            del buf[:consumed]
+        return parts
+
+    def close(self) -> None:
+        """Check that the body ended with the close delimiter."""
+        if not self.done:
+            raise PacsError("the PACS answer ended before the multipart close delimiter; the series is "
+                            "incomplete (connection dropped?) - retry")
 
 
 def _split_multipart(body: bytes, content_type: str) -> list[pydicom.Dataset]:
-    """The DICOM parts of a ``multipart/related`` body (RFC 2046), parsed."""
-    boundary = None
-    for param in content_type.split(";")[1:]:
-        key, _, value = param.strip().partition("=")
-        if key.lower() == "boundary":
-            boundary = value.strip().strip('"')
-    if not content_type.lower().startswith("multipart/") or not boundary:
-        raise PacsError(f"the PACS answered a series retrieval with {content_type or 'no content type'!r}, "
-                        "not multipart/related; is the URL a DICOMweb root?")
-    delimiter = b"\r\n--" + boundary.encode("ascii")
-    body = b"\r\n" + body if body.startswith(delimiter[2:]) else body
-    datasets = []
-    pos = body.find(delimiter)
-    while pos >= 0:
-        start = pos + len(delimiter)
-        if body.startswith(b"--", start):  # close delimiter
-            break
-        head_end = body.find(b"\r\n\r\n", start)
-        end = body.find(delimiter, start)
-        if head_end < 0 or end < 0 or head_end > end:
-            raise PacsError("malformed multipart answer from the PACS; check the DICOMweb root URL")
-        # one copy per part; BytesIO shares it, and pydicom copies only what it keeps
-        datasets.append(pydicom.dcmread(io.BytesIO(body[head_end + 4:end])))
-        pos = end
+    """The DICOM parts of a complete ``multipart/related`` body, parsed."""
+    splitter = _MultipartSplitter(content_type)
+    datasets = [parse_part(part) for part in splitter.feed(body)]
+    splitter.close()
     return datasets
+
+
+# ---- parsing a DICOM part -------------------------------------------------------------------------
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_UNDEFINED = 0xFFFFFFFF
+_FAST_SYNTAXES = {ExplicitVRLittleEndian: False, ImplicitVRLittleEndian: True}
+
+
+def parse_part(data: bytes) -> pydicom.Dataset:
+    """A DICOM Part 10 byte string as a :class:`pydicom.FileDataset` (what ``dcmread`` returns).
+
+    Explicit and implicit VR little endian with defined lengths at the top level (what a PACS
+    stores for uncompressed images) are read here in one pass, values kept raw and converted by
+    pydicom on first access, as ``dcmread`` does; anything else goes to ``dcmread``.
+    """
+    try:
+        ds = _fast_parse(data)
+    except (struct.error, ValueError, IndexError):
+        ds = None
+    return ds if ds is not None else pydicom.dcmread(io.BytesIO(data))
+
+
+def _read_elements(data: bytes, pos: int, end: int, implicit: bool, group: int | None
+                   ) -> tuple[dict[BaseTag, RawDataElement], int] | None:
+    elements: dict[BaseTag, RawDataElement] = {}
+    unpack = struct.unpack_from
+    while pos + 8 <= end:
+        grp, elem = unpack("<HH", data, pos)
+        if group is not None and grp != group:
+            break
+        if implicit:
+            vr = None
+            length = unpack("<I", data, pos + 4)[0]
+            value_at = pos + 8
+        else:
+            vr_bytes = data[pos + 4:pos + 6]
+            if vr_bytes in _LONG_VRS:
+                length = unpack("<I", data, pos + 8)[0]
+                value_at = pos + 12
+            else:
+                length = unpack("<H", data, pos + 6)[0]
+                value_at = pos + 8
+            vr = vr_bytes.decode("ascii")
+        if length == _UNDEFINED or value_at + length > end:
+            return None  # sequences / encapsulated data of undefined length: leave it to dcmread
+        tag = BaseTag(grp << 16 | elem)
+        elements[tag] = RawDataElement(tag, vr, length, data[value_at:value_at + length], value_at, implicit, True)
+        pos = value_at + length
+    return elements, pos
+
+
+def _fast_parse(data: bytes) -> pydicom.Dataset | None:
+    if len(data) < 144 or data[128:132] != b"DICM":
+        return None
+    read = _read_elements(data, 132, len(data), False, 0x0002)
+    if read is None:
+        return None
+    meta_elements, pos = read
+    meta = FileMetaDataset(meta_elements)
+    syntax = str(meta.get("TransferSyntaxUID", "")).strip("\0 ")
+    if syntax not in _FAST_SYNTAXES:
+        return None
+    implicit = _FAST_SYNTAXES[syntax]
+    read = _read_elements(data, pos, len(data), implicit, None)
+    if read is None or read[1] != len(data):
+        return None
+    elements = read[0]
+    dataset = pydicom.Dataset(elements)
+    charset = elements.get(BaseTag(0x00080005))
+    encoding = convert_encodings(convert_raw_data_element(charset).value) if charset is not None else \
+        default_encoding
+    ds = FileDataset(None, dataset, data[:128], meta, implicit, True)
+    ds.set_original_encoding(implicit, True, encoding)
+    return ds
 
 
 def retrieve_instance(client: DICOMClient, study_uid: str, series_uid: str, sop_uid: str) -> pydicom.Dataset:

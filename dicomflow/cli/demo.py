@@ -94,6 +94,7 @@ def demo(ctx: click.Context, size: str, interactive: bool, seed_value: int, as_j
     os.environ.update({**client_environment(settings), "DICOMFLOW_HOME": str(settings.data_dir)})
     for key in ("DICOMFLOW_PACS_URL", "DICOMFLOW_PACS_SECRET_ARN", "AWS_PROFILE"):
         os.environ.pop(key, None)  # the demo uses the local PACS and the emulator only
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     dctx = loop.DemoContext(settings=settings, pacs=pacs_for(settings), config=config)
     log_path = settings.data_dir / "demo" / f"{config.tag}.log"
     console.print(f"dicomflow demo ({size}): local cloud in {settings.data_dir}; logs in {log_path}",

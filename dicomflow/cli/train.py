@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import sys
 import tarfile
@@ -46,6 +47,16 @@ def parse_hps(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _sdk_logs_to_stderr() -> None:
+    """The SDK's config logger prints INFO lines to stdout unless it already has a handler: give it stderr."""
+    logger = logging.getLogger("sagemaker.config")
+    if not logger.handlers and not logging.getLogger("sagemaker").handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s - %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def _session(instance_type: str) -> Any:
     if instance_type.startswith("local"):
         try:
@@ -63,6 +74,7 @@ def train_job(task: str, data: str, *, instance_type: str = "local", instance_co
               hps: dict[str, str] | None = None, output: str | None = None, role: str | None = None,
               image_uri: str | None = None, wait: bool = True, job_name: str | None = None) -> dict[str, Any]:
     """Start (and by default wait for) a training job; returns its name, status, artifact and final metrics."""
+    _sdk_logs_to_stderr()
     from sagemaker.pytorch import PyTorch
 
     if task not in TASKS:

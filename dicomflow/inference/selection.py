@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.multival import MultiValue
 
 from dicomflow.inference.errors import NoUsableSeries, StudyNotFound, UnusableSeries
 
@@ -20,6 +23,10 @@ MODALITY, SERIES_UID, SOP_UID, IMAGE_TYPE = "00080060", "0020000E", "00080018", 
 ORIENTATION, SERIES_DESCRIPTION, SERIES_NUMBER, ROWS = "00200037", "0008103E", "00200011", "00280010"
 QIDO_FIELDS = [MODALITY, SERIES_UID, SOP_UID, IMAGE_TYPE, ORIENTATION, SERIES_DESCRIPTION, SERIES_NUMBER,
                ROWS]
+SERIES_INSTANCES = "00201209"  # NumberOfSeriesRelatedInstances
+#: Series-level QIDO fields: enough to choose without reading every instance (the PACS answers a
+#: series search from its database; an instance search with these fields reads every file).
+SERIES_FIELDS = [MODALITY, SERIES_UID, SERIES_DESCRIPTION, SERIES_NUMBER, SERIES_INSTANCES]
 
 NON_IMAGE_MODALITIES = {"SR", "SEG", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC", "AU",
                         "ECG", "FID", "PLAN", "RWV"}
@@ -41,10 +48,11 @@ class Candidate:
     modality: str
     description: str = ""
     instances: list[dict] = field(default_factory=list)
+    reported_count: int | None = None  # from a series-level search; ``instances`` then holds a sample
 
     @property
     def count(self) -> int:
-        return len(self.instances)
+        return self.reported_count if self.reported_count is not None else len(self.instances)
 
 
 @dataclass
@@ -85,6 +93,45 @@ def group_by_series(instances: Iterable[dict]) -> list[Candidate]:
             series[uid] = cand
         cand.instances.append(item)
     return list(series.values())
+
+
+def candidates_from_series(rows: Iterable[dict]) -> list[Candidate] | None:
+    """Series-level QIDO results -> candidates with their instance counts; None if a count is missing."""
+    out = []
+    for row in rows:
+        uid = _first(row, SERIES_UID)
+        count = _first(row, SERIES_INSTANCES)
+        if not uid:
+            continue
+        if not count:
+            return None  # this PACS does not report counts: use an instance-level search
+        out.append(Candidate(uid, _first(row, MODALITY).upper(), _first(row, SERIES_DESCRIPTION),
+                             reported_count=int(count)))
+    return out
+
+
+def instance_facts(ds: Any) -> dict:
+    """The QIDO_FIELDS of a retrieved dataset as a DICOM JSON object (for the post-retrieval check)."""
+    def values(keyword: str) -> list:
+        value = ds.get(keyword)
+        if value is None or value == "":
+            return []
+        return [str(v) if keyword != "ImageOrientationPatient" else float(v) for v in
+                (value if isinstance(value, list | tuple | MultiValue) else [value])]
+
+    return {MODALITY: {"Value": values("Modality")}, SERIES_UID: {"Value": values("SeriesInstanceUID")},
+            SOP_UID: {"Value": values("SOPInstanceUID")}, IMAGE_TYPE: {"Value": values("ImageType")},
+            ORIENTATION: {"Value": values("ImageOrientationPatient")},
+            SERIES_DESCRIPTION: {"Value": values("SeriesDescription")}}
+
+
+def check_retrieved(datasets: list, series_uid: str, task: str, modalities: tuple[str, ...] | None = None) -> None:
+    """Every retrieved instance fits ``task`` (image type, one orientation); else :class:`UnusableSeries`."""
+    cands = group_by_series(instance_facts(ds) for ds in datasets)
+    for cand in cands:
+        why = why_unusable(cand, task, modalities)
+        if why:
+            raise UnusableSeries(f"series {series_uid} cannot be used by the {task} model: {why}")
 
 
 def _orientation_label(iop: list[float]) -> str:
@@ -154,7 +201,12 @@ def select_series(instances: Iterable[dict], task: str, series_uid: str | None =
     :class:`StudyNotFound` for an empty study, :class:`UnusableSeries` when the named series does
     not fit, and :class:`NoUsableSeries` with every series' reason when none fits.
     """
-    candidates = group_by_series(instances)
+    return select_candidate(group_by_series(instances), task, series_uid, modalities)
+
+
+def select_candidate(candidates: list[Candidate], task: str, series_uid: str | None = None,
+                     modalities: tuple[str, ...] | None = None) -> Selection:
+    """:func:`select_series` on candidates already grouped (from instance or series-level searches)."""
     if not candidates:
         raise StudyNotFound("the study has no instances in the PACS; check the studyInstanceUID")
     if series_uid:

@@ -24,7 +24,16 @@ from dicomflow.inference import findings as F
 from dicomflow.inference.errors import BadRequest, UnusableSeries, from_pacs_error
 from dicomflow.inference.request import StudyRequest
 from dicomflow.inference.seg import build_seg
-from dicomflow.inference.selection import QIDO_FIELDS, select_series
+from dicomflow.inference.selection import (
+    QIDO_FIELDS,
+    SERIES_FIELDS,
+    Selection,
+    candidates_from_series,
+    check_retrieved,
+    select_candidate,
+    select_series,
+    why_unusable,
+)
 from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc
 from dicomflow.models import LoadedModel, load_artifact
@@ -95,13 +104,13 @@ class InferenceService:
             client = dicomweb.connect(conn, retries=2, backoff_factor=0.2)
 
         with timer.stage("query"), _pacs(f"searching study {request.study_uid}"):
-            instances = dicomweb.search_instances(client, request.study_uid, fields=QIDO_FIELDS)
-        selection = select_series(instances, self.task, request.series_uid, self.modalities)
+            selection = self._select(client, request)
 
         with timer.stage("retrieve"), _pacs(f"retrieving series {selection.series_uid}"):
             datasets = dicomweb.retrieve_series(client, request.study_uid, selection.series_uid)
 
         with timer.stage("preprocess"):
+            check_retrieved(datasets, selection.series_uid, self.task, self.modalities)
             if self.task == "classification2d":
                 datasets = datasets[:1]
             try:
@@ -158,6 +167,28 @@ class InferenceService:
                 response["occlusion"] = self._occlusion(x, result, occlusion_prefix, request)
         response["timingMs"] = timer.as_dict()
         return response
+
+    def _select(self, client: DICOMClient, request: StudyRequest) -> Selection:
+        """Choose the series with a series-level search; instance facts only where the choice needs them.
+
+        An instance-level search with image type and orientation makes the PACS read every file of
+        the study (Orthanc: ~3 ms per instance); the series search is answered from its database.
+        Only when several series pass the series-level checks is one instance of each asked for
+        (ImageType ranks ORIGINAL over DERIVED); every retrieved instance is checked afterwards. A
+        PACS that reports no instance counts gets the full instance-level search.
+        """
+        rows = dicomweb.search_series(client, request.study_uid, fields=SERIES_FIELDS)
+        candidates = candidates_from_series(rows)
+        if candidates is None:
+            instances = dicomweb.search_instances(client, request.study_uid, fields=QIDO_FIELDS)
+            return select_series(instances, self.task, request.series_uid, self.modalities)
+        passing = [c for c in candidates if why_unusable(c, self.task, self.modalities) is None
+                   and (not request.series_uid or c.series_uid == request.series_uid)]
+        if len(passing) > 1 or request.series_uid:
+            for cand in passing:
+                cand.instances = dicomweb.search_instances(client, request.study_uid, cand.series_uid, limit=1,
+                                                           fields=QIDO_FIELDS)
+        return select_candidate(candidates, self.task, request.series_uid, self.modalities)
 
     def _occlusion(self, x: torch.Tensor, result: dict, prefix: str, request: StudyRequest) -> dict:
         from dicomflow.inference.occlusion import occlusion_map, render_png

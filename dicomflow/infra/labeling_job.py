@@ -259,9 +259,12 @@ def submit_to_ground_truth(request: Mapping[str, Any]) -> str:
     except ParamValidationError as exc:
         raise InfraError(f"the labeling job request does not match CreateLabelingJob: {exc}") from exc
     except ClientError as exc:
+        from dicomflow.infra.emulator import is_emulator
+
         error = exc.response.get("Error", {})
         message = str(error.get("Message") or exc)
-        if "not been implemented" in message or error.get("Code") in ("NotImplemented", "501"):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if is_emulator() and (status in (500, 501) or "not been implemented" in message):
             raise InfraError("the emulated AWS has no Ground Truth (CreateLabelingJob is not implemented there); "
                              "run the same request locally: dicomflow label start --job FILE") from exc
         raise InfraError(f"Ground Truth refused the labeling job: {message}") from exc

@@ -164,7 +164,7 @@ def test_sdk_local_realtime_mode_predicts_and_stores_sr_and_seg(local_cloud, tra
 
         with pytest.raises(ClientError) as info:  # an expected failure comes back with our message
             predictor.predict({"studyInstanceUID": "1.2.3.4.5.404"})
-        assert "1.2.3.4.5.404" in str(info.value)
+        assert "StudyNotFound" in str(info.value) and "no instances in the PACS" in str(info.value)
     finally:
         predictor.delete_endpoint()
 
