@@ -42,7 +42,9 @@ ui:
 
 $(STAMPS)/ui: labeling_ui/package.json labeling_ui/package-lock.json $(shell find labeling_ui/src -type f 2>/dev/null) labeling_ui/vite.config.js
 	@mkdir -p $(STAMPS)
-	cd labeling_ui && npm ci --no-audit --no-fund --loglevel=error && npm run -s build
+	@# npm ci refuses this lock: the registry lacks rollup's other-platform binaries, so they are absent
+	@# from it. npm install --no-save installs exactly the locked tree and never rewrites the lock.
+	cd labeling_ui && npm install --no-save --no-audit --no-fund --loglevel=error && npm run -s build
 	@touch $@
 
 demo: setup

@@ -50,15 +50,15 @@ class DemoConfig:
     """Sizes and knobs of one demo run (see :meth:`preset`)."""
 
     size: str = "full"
-    chest_train: int = 96
+    chest_train: int = 48
     chest_holdout: int = 16
     chest_size: int = 64
-    hippo_train: int = 10
+    hippo_train: int = 8
     hippo_holdout: int = 2
     hippo_shape: tuple[int, int, int] = (24, 32, 32)
     cls_epochs: int = 8
     cls_batch: int = 8
-    seg_epochs: int = 20
+    seg_epochs: int = 15
     seg_batch: int = 2
     annotators: int = 3
     flip_rates: tuple[float, ...] = (0.0, 0.1, 0.2)

@@ -7,7 +7,7 @@ import sys
 import click
 
 from dicomflow import __version__
-from dicomflow.cli import cloud, dataset, deploy, infra, label, label_job, seed, train
+from dicomflow.cli import cloud, dataset, demo, deploy, infra, label, label_job, seed, train
 from dicomflow.cli.common import console
 from dicomflow.errors import DicomflowError
 
@@ -28,7 +28,7 @@ label.label.add_command(label_job.start)
 label.label.add_command(label_job.status)
 
 for command in (cloud.up, cloud.down, cloud.status, cloud.env, seed.seed, label.label, dataset.dataset,
-                train.train, deploy.deploy, deploy.infer, infra.infra):
+                train.train, deploy.deploy, deploy.infer, infra.infra, demo.demo):
     cli.add_command(command)
 
 
