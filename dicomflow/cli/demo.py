@@ -82,8 +82,11 @@ def _stdout_to(path: Path) -> Iterator[None]:
 @json_option
 @click.pass_context
 def demo(ctx: click.Context, size: str, interactive: bool, seed_value: int, as_json: bool) -> None:
-    """Run the whole loop: up, seed, label (3 annotators in headless Chromium), export, train both models,
-    deploy async endpoints, infer on held-out studies, print a summary. Re-running resumes finished steps."""
+    """Run the whole loop end to end on the local cloud and print a summary.
+
+    up, seed, label (3 simulated annotators in headless Chromium, or people with --interactive),
+    export, train both models with estimator.fit, deploy async endpoints, infer on held-out studies.
+    Re-running resumes finished steps."""
     from dicomflow.local.moto_server import client_environment
     from dicomflow.local.services import LocalCloud
 
