@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -212,7 +213,28 @@ def expected_majority(answers: list[list[str]]) -> list[str]:
 
 
 def _annotate_in_browser(running: Any, truth: dict[str, list[str]], ctx: DemoContext, step: Step) -> dict:
-    """Each annotator signs in with its own browser context and labels until the portal says done."""
+    """Each annotator signs in with its own browser context and labels until the portal says done.
+
+    Runs in its own thread: Playwright's sync API refuses a thread that already has an asyncio loop
+    (a notebook, or a test session that drives its own browser).
+    """
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["answers"] = _annotate(running, truth, ctx, step)
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="demo-annotators", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answers"]
+
+
+def _annotate(running: Any, truth: dict[str, list[str]], ctx: DemoContext, step: Step) -> dict:
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:

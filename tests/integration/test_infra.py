@@ -163,7 +163,12 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert f"deleted stack {STACK}" in notes
     assert stack.describe(STACK) is None
     buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
-    assert not buckets & {out["DataBucket"], out["ArtifactsBucket"], out["AsyncBucket"], deploy_bucket}
+    assert not buckets & {out["DataBucket"], out["ArtifactsBucket"], out["AsyncBucket"]}
+    others = stack.stacks_using_bucket(deploy_bucket)  # other tests' stacks share the session's deploy bucket
+    if others:
+        assert f"kept deploy bucket {deploy_bucket}: stack(s) {', '.join(others)} still use it" in notes
+    else:
+        assert deploy_bucket not in buckets and f"deleted deploy bucket {deploy_bucket}" in notes
     assert emulator.fixup_secret_arns(STACK) == []
     assert not [s for s in aws.client("sns").list_subscriptions()["Subscriptions"]
                 if s["TopicArn"] == out["ErrorTopicArn"]]
