@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -58,19 +60,39 @@ class RichHooks(loop.Hooks):
 
 
 @contextmanager
-def _stdout_to(path: Path) -> Iterator[None]:
-    """Send fd 1 (SDK and training-process logs) to ``path``; the summary goes to the real stdout after."""
+def _logs_to(path: Path) -> Iterator[Console]:
+    """Send fds 1 and 2 (SDK, training and serving output) and Python logging to ``path`` for the run;
+    yields a console on a copy of the original stderr, for the progress bars.
+
+    The root logger gets a file handler first, so the SDK's import-time ``logging.basicConfig`` (in
+    ``sagemaker.experiments``) finds one and does not add a handler of its own.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    saved = os.dup(1)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    terminal = os.fdopen(os.dup(saved[2]), "w", buffering=1)
+    root = logging.getLogger()
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
     with open(path, "ab") as log:
-        os.dup2(log.fileno(), 1)
+        for fd in (1, 2):
+            os.dup2(log.fileno(), fd)
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
         try:
-            yield
+            yield Console(file=terminal, stderr=True)
         finally:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+            root.removeHandler(handler)
+            handler.close()
+            root.setLevel(old_level)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            terminal.close()
 
 
 @click.command("demo")
@@ -104,7 +126,8 @@ def demo(ctx: click.Context, size: str, interactive: bool, seed_value: int, as_j
                   highlight=False)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=30), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("[dim]{task.fields[note]}"))
-    with _stdout_to(log_path), Progress(*columns, console=console, transient=False) as progress:
+    with _logs_to(log_path) as terminal, Progress(*columns, console=terminal, transient=False, redirect_stdout=False,
+                                                                    redirect_stderr=False) as progress:
         results = loop.run(dctx, RichHooks(progress))
     if as_json:
         print_json(_jsonable(results))
@@ -148,20 +171,25 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
         metrics.add_row(f"{task} model", res["model_artifact"])
     console.print(metrics)
     vols = Table("held-out study", "structure", "true mm³", "predicted mm³", title="hippocampal volumes")
-    places = Table("study", "task", "SR series", "SEG series", "Orthanc", title="results in the PACS")
+    places = Table("study", "model", "SR series", "SEG series", title="results stored in the PACS")
+    links = []
     for s in inf["studies"]:
-        if s["task"] == "segmentation3d":
+        hippo = s["task"] == "segmentation3d"
+        if hippo:
             for name, true in s["trueVolumesMm3"].items():
                 vols.add_row(s["StudyInstanceUID"][-16:], name, f"{true:.0f}",
                              _fmt(s["predictedVolumesMm3"].get(name), ".0f"))
+            links.append(s["orthancStudy"])
         out = s["outputs"]
-        places.add_row(s["StudyInstanceUID"][-20:], s["task"], (out.get("sr") or {}).get("SeriesInstanceUID") or "-",
-                       (out.get("seg") or {}).get("SeriesInstanceUID") or "-", s["orthancStudy"])
+        places.add_row("…" + s["StudyInstanceUID"][-12:], "hippocampus" if hippo else "chest",
+                       "…" + ((out.get("sr") or {}).get("SeriesInstanceUID") or "-")[-12:],
+                       "…" + ((out.get("seg") or {}).get("SeriesInstanceUID") or "-")[-12:] if out.get("seg") else "-")
     console.print(vols)
     console.print(places)
     secs = r.get("seconds", {})
     console.print(Panel.fit(
-        f"Orthanc web UI   {r['orthanc']}  (user/password: 'dicomflow env' / {settings.secrets_dir})\n"
+        f"Orthanc web UI   {r['orthanc']}  (user and password in {settings.secrets_dir}/orthanc.json)\n"
+        + "".join(f"SR + SEG study   {link}\n" for link in links) +
         f"worker portal    {lab['portal']} (while a job runs: dicomflow label start --job {lab['request']})\n"
         f"total {secs.get('total', 0):.0f} s: " + ", ".join(f"{k} {v:.0f}s" for k, v in secs.items() if k != "total"),
         title="where to look", border_style="green"), highlight=False)

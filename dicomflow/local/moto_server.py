@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import sys
 
-import requests
-
 from dicomflow.local.services import Service
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -15,6 +13,7 @@ DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "t
 
 class MotoService(Service):
     name = "aws"
+    _sts = None  # the health-check client, made on first use
 
     @property
     def url(self) -> str:
@@ -42,11 +41,23 @@ class MotoService(Service):
         return argv, env
 
     def healthy(self) -> bool:
+        """STS GetCallerIdentity answers. (Not ``/moto-api/data.json``: it dumps every backend and fails with
+        500 once a Lambda exists and no Docker engine does, which made ``up`` restart a healthy emulator and
+        lose its state.)"""
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+
+        if self._sts is None:
+            self._sts = boto3.session.Session().client(
+                "sts", endpoint_url=self.url, region_name=self.settings.region,
+                aws_access_key_id=DUMMY_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=DUMMY_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                config=botocore.config.Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 1}))
         try:
-            r = requests.get(f"{self.url}/moto-api/data.json", timeout=2)
-        except requests.RequestException:
+            return bool(self._sts.get_caller_identity().get("Account"))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
             return False
-        return r.status_code == 200
 
 
 def client_environment(settings) -> dict[str, str]:

@@ -417,3 +417,18 @@ def test_deleting_an_endpoint_stops_its_serving_process(aws, endpoints):
     aws["sm"].delete_endpoint(EndpointName=name)
     assert not registry.exists()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_up_again_keeps_the_emulator_and_its_state_once_lambdas_exist(aws, make_function, local_cloud):
+    """Regression: the health check once used /moto-api/data.json, which fails once a Lambda exists and no
+    Docker engine does, so a second ``up`` restarted the emulator and lost every bucket, stack and job."""
+    name = make_function("handlers.ok")
+    _invoke(aws, name, {"marker": "before-up"})
+    bucket = f"keep-{uuid.uuid4().hex[:8]}"
+    aws["s3"].create_bucket(Bucket=bucket)
+    aws_service = next(s for s in local_cloud.cloud.services if s.name == "aws")
+    pid = aws_service.process.pid()
+    local_cloud.cloud.up()
+    assert aws_service.process.pid() == pid
+    assert bucket in {b["Name"] for b in aws["s3"].list_buckets()["Buckets"]}
+    assert aws["lambda"].get_function(FunctionName=name)["Configuration"]["FunctionName"] == name
