@@ -411,9 +411,42 @@ def _delete_endpoint(original):
     return delete_endpoint
 
 
+def _update_endpoint(self: Any, endpoint_name: str, endpoint_config_name: str) -> Any:
+    """UpdateEndpoint (moto has none): point the endpoint at the new config and stop its serving process,
+    so the next invocation starts one from the new Model. Requests already running finish on the old one."""
+    from moto.core.utils import utcnow
+    from moto.sagemaker.exceptions import ValidationError
+    from moto.sagemaker.models import FakeEndpoint, FakeEndpointConfig
+
+    endpoint = self.endpoints.get(endpoint_name)
+    if endpoint is None:
+        arn = FakeEndpoint.arn_formatter(endpoint_name, self.account_id, self.region_name)
+        raise ValidationError(message=f"Could not find endpoint '{arn}'.")
+    try:
+        config = self.describe_endpoint_config(endpoint_config_name)
+    except KeyError:
+        arn = FakeEndpointConfig.arn_formatter(endpoint_config_name, self.account_id, self.region_name)
+        raise ValidationError(message=f"Could not find endpoint_config '{arn}'.") from None
+    endpoint.endpoint_config_name = endpoint_config_name
+    endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
+    endpoint.data_capture_config = config["DataCaptureConfig"]
+    endpoint.last_modified_time = utcnow()
+    endpoints.stop_serving(endpoint_name)
+    return endpoint
+
+
+def _update_endpoint_response(self: Any) -> Any:
+    from moto.core.responses import ActionResult
+
+    endpoint = self.sagemaker_backend.update_endpoint(self._get_param("EndpointName"),
+                                                      self._get_param("EndpointConfigName"))
+    return ActionResult({"EndpointArn": endpoint.arn})
+
+
 def install() -> None:
     """Patch moto's SageMaker Runtime handlers (call once, before serving)."""
     from moto.sagemaker.models import SageMakerModelBackend
+    from moto.sagemaker.responses import SageMakerResponse
     from moto.sagemakerruntime.responses import SageMakerRuntimeResponse
 
     SageMakerRuntimeResponse.use_raw_body = True  # binary payloads (images, DICOM) must not be utf-8 decoded
@@ -421,3 +454,5 @@ def install() -> None:
     SageMakerRuntimeResponse.invoke_endpoint_async = invoke_endpoint_async  # type: ignore[method-assign]
     SageMakerModelBackend.delete_endpoint = _delete_endpoint(  # type: ignore[method-assign]
         SageMakerModelBackend.delete_endpoint)
+    SageMakerModelBackend.update_endpoint = _update_endpoint  # type: ignore[attr-defined]
+    SageMakerResponse.update_endpoint = _update_endpoint_response  # type: ignore[attr-defined]

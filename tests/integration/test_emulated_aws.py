@@ -432,3 +432,28 @@ def test_up_again_keeps_the_emulator_and_its_state_once_lambdas_exist(aws, make_
     assert aws_service.process.pid() == pid
     assert bucket in {b["Name"] for b in aws["s3"].list_buckets()["Buckets"]}
     assert aws["lambda"].get_function(FunctionName=name)["Configuration"]["FunctionName"] == name
+
+
+def test_update_endpoint_serves_the_new_model(aws, endpoints):
+    sm, s3, bucket = aws["sm"], aws["s3"], endpoints["bucket"]
+    name = endpoints["make"]("upd", asynchronous=False)
+    rt = aws["rt"]
+    assert rt.invoke_endpoint(EndpointName=name, Body=b"a", ContentType="text/plain")["Body"].read() == b"model-v1:A"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("prefix.txt")
+        info.size = len(b"model-v2:")
+        tar.addfile(info, io.BytesIO(b"model-v2:"))
+    s3.put_object(Bucket=bucket, Key="model/v2/model.tar.gz", Body=buf.getvalue())
+    role = "arn:aws:iam::123456789012:role/sagemaker"
+    sm.create_model(ModelName=f"{name}-v2", ExecutionRoleArn=role, PrimaryContainer={
+        "Image": "dicomflow-test-echo", "ModelDataUrl": f"s3://{bucket}/model/v2/model.tar.gz"})
+    sm.create_endpoint_config(EndpointConfigName=f"{name}-v2", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": f"{name}-v2", "InstanceType": "ml.m5.large",
+        "InitialInstanceCount": 1}])
+    sm.update_endpoint(EndpointName=name, EndpointConfigName=f"{name}-v2")
+    desc = sm.describe_endpoint(EndpointName=name)
+    assert desc["EndpointConfigName"] == f"{name}-v2" and desc["EndpointStatus"] == "InService"
+    assert rt.invoke_endpoint(EndpointName=name, Body=b"b", ContentType="text/plain")["Body"].read() == b"model-v2:B"
+    with pytest.raises(ClientError, match="Could not find endpoint config"):
+        sm.update_endpoint(EndpointName=name, EndpointConfigName="nope")
