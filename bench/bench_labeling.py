@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--invocations", type=int, default=20)
     ap.add_argument("--opens", type=int, default=3)
     ap.add_argument("--slices", type=int, default=100)
+    ap.add_argument("--manifest-instances", type=int, default=10_000,
+                    help="instances to seed for the input-manifest timing (0: skip it)")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="dicomflow-bench-"))
@@ -119,7 +121,37 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
             browser.close()
     finally:
         running.stop()
+    if args.manifest_instances:
+        results["input_manifest"] = manifest_timing(settings, args.manifest_instances)
     print(json.dumps(results, indent=2))
+
+
+def manifest_timing(settings: Settings, instances: int) -> dict[str, object]:
+    """``label manifest --per instance`` over ``instances`` MR instances: Orthanc's /tools/find (ours, the
+    default) against one paged QIDO-RS query (the portable way); both must give the same objects."""
+    from dicomflow import dicomweb, manifest
+    from dicomflow import seed as seeding
+    from dicomflow.credentials import pacs_connection
+    from dicomflow.orthanc_ids import OrthancRest
+
+    slices = 50
+    studies = seeding.plan(chest=0, hippocampus=-(-instances // slices), real=False,
+                           hippocampus_shape=(slices, 8, 8))
+    conn = pacs_connection()
+    client = dicomweb.connect(conn)
+    t0 = time.perf_counter()
+    seeding.seed(client, settings.data_dir, studies)
+    seeded_s = time.perf_counter() - t0
+    filters = {"Modality": "MR"}
+    t0 = time.perf_counter()
+    ours = manifest.orthanc_input_lines(OrthancRest(conn), filters, "instance")
+    ours_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    qido = manifest.query_input_lines(client, filters, "instance")
+    qido_s = time.perf_counter() - t0
+    assert sorted(map(json.dumps, ours)) == sorted(map(json.dumps, qido)), "the two ways disagree"
+    return {"instances": len(ours), "seed_s": round(seeded_s, 1), "tools_find_s": round(ours_s, 2),
+            "qido_s": round(qido_s, 2), "qido_over_ours": round(qido_s / ours_s, 1)}
 
 
 if __name__ == "__main__":
