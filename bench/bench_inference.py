@@ -20,11 +20,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -72,31 +75,20 @@ def main() -> None:
     cloud = LocalCloud(settings)
     cloud.up()
     try:
-        from dicomflow import dicomweb, models, synthetic
+        from model_helpers import model_tarball, untrained_artifact
+
+        from dicomflow import aws, dicomweb, synthetic
         from dicomflow.credentials import pacs_connection
+        from dicomflow.inference import endpoint as ep
+        from dicomflow.local.endpoints import register_image
 
         conn = pacs_connection()
         client = dicomweb.connect(conn)
         session = dicomweb.make_session(conn)
-        spec = models.network_spec("segmentation3d", ["anterior", "posterior"])
-        model_dir = models.save_artifact(home / "model", task="segmentation3d", labels=["anterior", "posterior"],
-                                         network=models.build_network(spec), network_spec=spec,
-                                         preprocess=models.default_preprocess("segmentation3d"), metrics={},
-                                         manifest_sha256="0" * 64)
-        import io
-        import tarfile
-
-        from dicomflow import aws
-        from dicomflow.inference import endpoint as ep
-        from dicomflow.local.endpoints import register_image
-
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for f in sorted(Path(model_dir).iterdir()):
-                tar.add(f, arcname=f.name)
+        model_dir = untrained_artifact(home, "segmentation3d", ["anterior", "posterior"])
         s3 = aws.client("s3")
         s3.create_bucket(Bucket="bench-inference")
-        s3.put_object(Bucket="bench-inference", Key="model.tar.gz", Body=buf.getvalue())
+        s3.put_object(Bucket="bench-inference", Key="model.tar.gz", Body=model_tarball(model_dir))
         register_image(home, "dicomflow-inference-bench",
                        {"command": ["python", "-m", "inference_container.serve"],
                         "cwd": str(Path(__file__).resolve().parents[1])})

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pydicom
 import pytest
 import requests
 from click.testing import CliRunner
+from model_helpers import dciodvfy_errors, model_tarball, untrained_artifact
 
-from dicomflow import aws, dicomweb, models, synthetic
+from dicomflow import aws, dicomweb, synthetic
 from dicomflow.cli.deploy import deploy, infer
 from dicomflow.inference import endpoint as ep
 from dicomflow.local.endpoints import register_image
@@ -33,28 +31,6 @@ IMAGE = "dicomflow-inference-itest:latest"
 SEG_LABELS = ["anterior", "posterior"]
 
 
-def _artifact(root: Path, task: str, labels: list[str], size: list[int]) -> Path:
-    spec = models.network_spec(task, labels)
-    return models.save_artifact(root / task, task=task, labels=labels, network=models.build_network(spec),
-                                network_spec=spec, preprocess=models.default_preprocess(task, size),
-                                metrics={}, manifest_sha256="0" * 64)
-
-
-def _tarball(model_dir: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for f in sorted(model_dir.iterdir()):
-            tar.add(f, arcname=f.name)
-    return buf.getvalue()
-
-
-def _dciodvfy_errors(ds: pydicom.Dataset, tmp: Path) -> list[str]:
-    path = tmp / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
-
-
 @pytest.fixture(scope="module")
 def world(local_cloud, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Seeded studies, small untrained artifacts (in S3 too) and the image -> host command mapping."""
@@ -63,14 +39,14 @@ def world(local_cloud, tmp_path_factory: pytest.TempPathFactory) -> dict:
     hippo = synthetic.hippocampus_series(2, seed=61, shape=(16, 24, 20))
     chest = synthetic.chest_radiographs(1, seed=61, size=64)[0]
     dicomweb.store(client, [ds for s in hippo for ds in s.datasets] + [chest.dataset])
-    arts = {"segmentation3d": _artifact(root, "segmentation3d", SEG_LABELS, [16, 24, 16]),
-            "classification2d": _artifact(root, "classification2d", list(synthetic.CHEST_CLASSES), [32, 32])}
+    arts = {"segmentation3d": untrained_artifact(root, "segmentation3d", SEG_LABELS, [16, 24, 16]),
+            "classification2d": untrained_artifact(root, "classification2d", list(synthetic.CHEST_CLASSES), [32, 32])}
     s3 = aws.client("s3")
     bucket = f"inference-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     uris = {}
     for task, path in arts.items():
-        s3.put_object(Bucket=bucket, Key=f"models/{task}/model.tar.gz", Body=_tarball(path))
+        s3.put_object(Bucket=bucket, Key=f"models/{task}/model.tar.gz", Body=model_tarball(path))
         uris[task] = f"s3://{bucket}/models/{task}/model.tar.gz"
     register_image(local_cloud.settings.data_dir, "dicomflow-inference-itest",
                    {"command": ["python", "-m", "inference_container.serve"], "cwd": str(REPO)})
@@ -119,7 +95,7 @@ def test_sr_and_seg_land_in_the_same_study_and_pass_dciodvfy(world, seg_server) 
         ds = dicomweb.retrieve_instance(client, hippo.study_uid, ref["SeriesInstanceUID"], ref["SOPInstanceUID"])
         assert ds.Modality == modality and ds.StudyInstanceUID == hippo.study_uid
         if shutil.which("dciodvfy"):
-            assert _dciodvfy_errors(ds, world["tmp"]) == []
+            assert dciodvfy_errors(ds, world["tmp"]) == []
 
 
 @pytest.mark.parametrize(("body", "status", "needle"), [

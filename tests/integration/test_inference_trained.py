@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from botocore.exceptions import ClientError
+from model_helpers import model_tarball
 from training_channels import hippocampus_channel, run_entry, sm_layout
 
 from dicomflow import aws, dicomweb, synthetic
@@ -43,14 +44,6 @@ SHAPE = (16, 24, 24)
 VOLUME_TOLERANCE = 0.30
 
 
-def _tarball(model_dir: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for f in sorted(model_dir.iterdir()):
-            tar.add(f, arcname=f.name)
-    return buf.getvalue()
-
-
 def _true_volume_mm3(series: synthetic.SyntheticSeries) -> float:
     return float((series.label_volume > 0).sum()) * float(np.prod(series.spacing))
 
@@ -67,7 +60,7 @@ def trained(local_cloud, tmp_path_factory: pytest.TempPathFactory) -> dict:
     s3 = aws.client("s3")
     bucket = f"trained-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
-    s3.put_object(Bucket=bucket, Key="models/seg/model.tar.gz", Body=_tarball(root / "model"))
+    s3.put_object(Bucket=bucket, Key="models/seg/model.tar.gz", Body=model_tarball(root / "model"))
     return {"model_dir": root / "model", "model_uri": f"s3://{bucket}/models/seg/model.tar.gz", "root": root}
 
 

@@ -6,16 +6,14 @@ line, destroy leaves nothing behind."""
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
+from model_helpers import model_tarball, untrained_artifact
 
-from dicomflow import aws, dicomweb, manifest, models, signing, synthetic
+from dicomflow import aws, dicomweb, manifest, signing, synthetic
 from dicomflow.cli.infra import infra
 from dicomflow.cli.label_job import start as label_start
 from dicomflow.inference import endpoint as ep
@@ -28,20 +26,6 @@ STACK = "dicomflow-itest"
 GATEWAY = "http://127.0.0.1:9/wado"
 IMAGE = "dicomflow-inference:latest"  # mapped to `python -m inference_container.serve` by images.json (dicomflow up)
 WORKTEAM = "arn:aws:sagemaker:us-east-1:123456789012:workteam/private-crowd/itest"
-
-
-def _model_tarball(root: Path) -> bytes:
-    """A small untrained classification2d artifact as model.tar.gz."""
-    task, labels = "classification2d", list(synthetic.CHEST_CLASSES)
-    spec = models.network_spec(task, labels)
-    model_dir = models.save_artifact(root / task, task=task, labels=labels, network=models.build_network(spec),
-                                     network_spec=spec, preprocess=models.default_preprocess(task, [32, 32]),
-                                     metrics={}, manifest_sha256="0" * 64)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for f in sorted(model_dir.iterdir()):
-            tar.add(f, arcname=f.name)
-    return buf.getvalue()
 
 
 def _invoke(function: str, event: dict) -> dict:
@@ -128,7 +112,8 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     # 3c. a deploy with a model adds the SageMaker Model, async EndpointConfig and Endpoint; an async
     # invocation with a study JSON for the seeded study returns a result in S3OutputPath
     model_key = "models/itest/output/model.tar.gz"
-    s3.put_object(Bucket=out["ArtifactsBucket"], Key=model_key, Body=_model_tarball(tmp_path))
+    model_dir = untrained_artifact(tmp_path, "classification2d", list(synthetic.CHEST_CLASSES), [32, 32])
+    s3.put_object(Bucket=out["ArtifactsBucket"], Key=model_key, Body=model_tarball(model_dir))
     with_model = deployment.run(STACK, {"ModelDataUrl": f"s3://{out['ArtifactsBucket']}/{model_key}",
                                         "InferenceImageUri": IMAGE}, package_lambdas=False)
     assert with_model.result.action == "update"

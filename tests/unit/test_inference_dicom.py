@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
+from model_helpers import dciodvfy_errors
 
 from dicomflow import synthetic
 from dicomflow.inference import findings as F
@@ -16,13 +15,6 @@ from dicomflow.inference.seg import build_seg
 from dicomflow.inference.sr import build_sr
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) not installed")
-
-
-def dciodvfy_errors(ds: pydicom.Dataset, tmp_path: Path) -> list[str]:
-    path = tmp_path / f"{ds.SOPInstanceUID}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
 
 
 @pytest.fixture(scope="module")

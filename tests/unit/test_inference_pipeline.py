@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import requests
 from dicomweb_client import DICOMfileClient
+from model_helpers import untrained_artifact
 
-from dicomflow import dicomweb, models, synthetic
+from dicomflow import dicomweb, synthetic
 from dicomflow.inference.errors import BadRequest, NoUsableSeries, StudyNotFound
 from dicomflow.inference.request import parse_request
 from dicomflow.inference.service import InferenceService
@@ -23,19 +24,11 @@ REPO = Path(__file__).resolve().parents[2]
 SEG_LABELS = ["anterior", "posterior"]
 
 
-def make_artifact(root: Path, task: str, labels: list[str], size: list[int]) -> Path:
-    """An untrained artifact of ``task`` (what the training job writes, minus the training)."""
-    spec = models.network_spec(task, labels)
-    return models.save_artifact(root / task, task=task, labels=labels, network=models.build_network(spec),
-                                network_spec=spec, preprocess=models.default_preprocess(task, size),
-                                metrics={}, manifest_sha256="0" * 64)
-
-
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"segmentation3d": make_artifact(root, "segmentation3d", SEG_LABELS, [16, 24, 16]),
-            "classification2d": make_artifact(root, "classification2d", list(synthetic.CHEST_CLASSES), [32, 32])}
+    return {"segmentation3d": untrained_artifact(root, "segmentation3d", SEG_LABELS, [16, 24, 16]),
+            "classification2d": untrained_artifact(root, "classification2d", list(synthetic.CHEST_CLASSES), [32, 32])}
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from model_helpers import DCIODVFY, dciodvfy_errors
 
 from dicomflow import seed as seeding
 from dicomflow import synthetic, volume
@@ -119,23 +118,13 @@ def test_label_nifti_affine_matches_dicom(tmp_path: Path) -> None:
 
 
 # ---- dciodvfy ------------------------------------------------------------------------------------------
-DCIODVFY = shutil.which("dciodvfy")
-
-
-def _dciodvfy_errors(ds: pydicom.Dataset, tmp_path: Path, name: str) -> list[str]:
-    path = tmp_path / f"{name}.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    proc = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60, check=False)
-    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
-
-
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy missing: apt-get install dicom3tools")
 def test_synthetic_datasets_pass_dciodvfy(tmp_path: Path) -> None:
     cr = synthetic.chest_radiographs(1, seed=0, size=64)[0].dataset
     mr = synthetic.hippocampus_series(1, seed=0, shape=(8, 16, 12))[0].datasets
-    assert _dciodvfy_errors(cr, tmp_path, "cr") == []
-    assert _dciodvfy_errors(mr[0], tmp_path, "mr0") == []
-    assert _dciodvfy_errors(mr[-1], tmp_path, "mr7") == []
+    assert dciodvfy_errors(cr, tmp_path, "cr") == []
+    assert dciodvfy_errors(mr[0], tmp_path, "mr0") == []
+    assert dciodvfy_errors(mr[-1], tmp_path, "mr7") == []
 
 
 @pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy missing: apt-get install dicom3tools")
@@ -146,4 +135,4 @@ def test_curated_real_images_pass_dciodvfy(tmp_path: Path) -> None:
         ds = st.datasets[0]
         original = pydicom.dcmread(st.entry["path"])
         assert ds.PixelData == original.PixelData and ds.SOPInstanceUID == original.SOPInstanceUID
-        assert _dciodvfy_errors(ds, tmp_path, st.entry["name"]) == [], st.entry["name"]
+        assert dciodvfy_errors(ds, tmp_path, st.entry["name"]) == [], st.entry["name"]

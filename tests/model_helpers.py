@@ -1,0 +1,42 @@
+"""Test helpers for model artifacts and DICOM validation, shared by tests and bench scripts."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pydicom
+
+from dicomflow import models
+
+
+def untrained_artifact(root: Path, task: str, labels: list[str], size: list[int] | None = None) -> Path:
+    """An untrained artifact of ``task`` in ``root/task`` (what the training job writes, minus the training)."""
+    spec = models.network_spec(task, labels)
+    return models.save_artifact(root / task, task=task, labels=labels, network=models.build_network(spec),
+                                network_spec=spec, preprocess=models.default_preprocess(task, size),
+                                metrics={}, manifest_sha256="0" * 64)
+
+
+def model_tarball(model_dir: Path) -> bytes:
+    """``model_dir``'s files as a model.tar.gz body (the layout SageMaker uploads)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for f in sorted(Path(model_dir).iterdir()):
+            tar.add(f, arcname=f.name)
+    return buf.getvalue()
+
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+def dciodvfy_errors(ds: pydicom.Dataset, tmp: Path, name: str | None = None) -> list[str]:
+    """The ``Error`` lines dciodvfy (Debian dicom3tools) reports for ``ds``, written to ``tmp/<name>.dcm``."""
+    path = tmp / f"{name or ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    proc = subprocess.run([DCIODVFY or "dciodvfy", str(path)], capture_output=True, text=True, timeout=60,
+                          check=False)
+    return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
