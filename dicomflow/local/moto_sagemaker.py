@@ -415,18 +415,10 @@ def _update_endpoint(self: Any, endpoint_name: str, endpoint_config_name: str) -
     """UpdateEndpoint (moto has none): point the endpoint at the new config and stop its serving process,
     so the next invocation starts one from the new Model. Requests already running finish on the old one."""
     from moto.core.utils import utcnow
-    from moto.sagemaker.exceptions import ValidationError
-    from moto.sagemaker.models import FakeEndpoint, FakeEndpointConfig
 
-    endpoint = self.endpoints.get(endpoint_name)
-    if endpoint is None:
-        arn = FakeEndpoint.arn_formatter(endpoint_name, self.account_id, self.region_name)
-        raise ValidationError(message=f"Could not find endpoint '{arn}'.")
-    try:
-        config = self.describe_endpoint_config(endpoint_config_name)
-    except KeyError:
-        arn = FakeEndpointConfig.arn_formatter(endpoint_config_name, self.account_id, self.region_name)
-        raise ValidationError(message=f"Could not find endpoint_config '{arn}'.") from None
+    self.describe_endpoint(endpoint_name)  # moto's own "Could not find endpoint" ValidationError
+    config = self.describe_endpoint_config(endpoint_config_name)  # ... and "Could not find endpoint configuration"
+    endpoint = self.endpoints[endpoint_name]
     endpoint.endpoint_config_name = endpoint_config_name
     endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
     endpoint.data_capture_config = config["DataCaptureConfig"]

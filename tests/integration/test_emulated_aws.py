@@ -457,3 +457,5 @@ def test_update_endpoint_serves_the_new_model(aws, endpoints):
     assert rt.invoke_endpoint(EndpointName=name, Body=b"b", ContentType="text/plain")["Body"].read() == b"model-v2:B"
     with pytest.raises(ClientError, match="Could not find endpoint config"):
         sm.update_endpoint(EndpointName=name, EndpointConfigName="nope")
+    with pytest.raises(ClientError, match="Could not find endpoint 'arn"):
+        sm.update_endpoint(EndpointName="no-such-endpoint", EndpointConfigName=f"{name}-v2")
