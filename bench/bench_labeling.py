@@ -21,11 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "browser"
 
 from dicomflow import aws  # noqa: E402
 from dicomflow.config import Settings  # noqa: E402
+from dicomflow.demo import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 from dicomflow.local.moto_server import client_environment  # noqa: E402
 from dicomflow.local.services import LocalCloud, free_port  # noqa: E402
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -88,7 +86,7 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     running = run_job(request, data_dir=settings.data_dir)
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             signin = running.signin_url("worker-1")
             opens = []
             for _ in range(args.opens):  # fresh context each time: nothing cached

@@ -33,6 +33,7 @@ from dicomflow.errors import DicomflowError
 from dicomflow.orthanc_ids import instance_id, orthanc_id, series_id
 from dicomflow.synthetic import CHEST_CLASSES, NO_FINDING
 
+#: Debian's Chromium and its headless launch flags (the demo's annotators, the browser tests, the benchmark).
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

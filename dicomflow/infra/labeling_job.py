@@ -172,7 +172,7 @@ def upload_labeling_config(outputs: Mapping[str, str], labels: Iterable[str] = C
         files = sorted(p for p in viewer_dir.rglob("*") if p.is_file()) if viewer_dir.is_dir() else []
         if not (viewer_dir / "viewer.js").is_file():
             raise InfraError(f"the viewer bundle is not built ({viewer_dir}/viewer.js missing); run 'make setup' "
-                             "(or: cd labeling_ui && npm ci && npm run build)")
+                             "(or: cd labeling_ui && npm install --no-save && npm run build)")
         base = outputs["LabelingConfigUri"].rstrip("/") + "/" + VIEWER_PREFIX
         bucket, prefix = aws.parse_s3_uri(base)
         for f in files:

@@ -59,7 +59,7 @@ class Portal:
                  viewer_dir: Path = VIEWER_DIR) -> None:
         if not (viewer_dir / "viewer.js").is_file():
             raise PortalError(f"the viewer bundle is not built ({viewer_dir}/viewer.js missing); run "
-                              "'make setup' (or: cd labeling_ui && npm ci && npm run build)")
+                              "'make setup' (or: cd labeling_ui && npm install --no-save && npm run build)")
         self.job = job
         self.gateway = gateway
         self.viewer_dir = viewer_dir.resolve()

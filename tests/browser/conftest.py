@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 
 from dicomflow import aws
+from dicomflow.demo import CHROMIUM, CHROMIUM_ARGS
 from dicomflow.labeling import VIEWER_DIR
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +18,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install chromium, or make setup)")
     if not (VIEWER_DIR / "viewer.js").exists():
-        pytest.skip("viewer bundle not built (make setup, or cd labeling_ui && npm ci && npm run build)")
+        pytest.skip("viewer bundle not built (make setup, or cd labeling_ui && npm install --no-save && npm run build)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
