@@ -13,7 +13,6 @@ Search helpers return DICOM JSON objects (``list[dict]``, as dicomweb-client doe
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import io
 import queue
@@ -471,7 +470,9 @@ def ensure_file_meta(ds: pydicom.Dataset) -> pydicom.Dataset:
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         if keyword not in ds:
             raise PacsError(f"cannot store a dataset without {keyword}; set it before storing")
-    out = copy.copy(ds)
+    # A plain Dataset over the same elements: copy.copy of a highdicom object would dump its frame
+    # index (an SQLite database, usable only in the thread that built it) on every store.
+    out = pydicom.Dataset(dict(ds.items()))
     meta = FileMetaDataset(getattr(ds, "file_meta", None) or FileMetaDataset())
     if "TransferSyntaxUID" not in meta:
         implicit = getattr(ds, "is_implicit_VR", None)

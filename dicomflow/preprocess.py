@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.transforms import NormalizeIntensity, Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
 
 from dicomflow.errors import DicomflowError
@@ -135,6 +136,40 @@ class Preprocess:
         mode = "nearest" if labels else ("bilinear" if self.ndim == 2 else "trilinear")
         out = Resize(tuple(original_shape), mode=mode, anti_aliasing=False)(output.float())
         return torch.as_tensor(out).as_subclass(torch.Tensor)
+
+
+    def label_map(self, output: torch.Tensor, original_shape: tuple[int, ...], *, slab: int = 16) -> np.ndarray:
+        """Per-voxel argmax over the classes of ``output`` ``(C, *size)`` resized to ``original_shape`` (uint8).
+
+        The same labels as ``invert(output, original_shape).argmax(0)`` without its two costs:
+        the full-size ``C``-channel float volume (C x 4 bytes per voxel) and torch's slow strided
+        argmax over the channel axis. Linear interpolation is separable, so the output is resized
+        along the slice axis first (still small), then slab by slab in-plane, with a running
+        maximum over the channels.
+        """
+        out = output.detach().float().cpu()
+        if out.ndim != 4 or len(original_shape) != 3:
+            return _argmax_channels(self.invert(out, original_shape)[None])[0]
+        z, y, x = (int(v) for v in original_shape)
+        along_z = F.interpolate(out[None], size=(z, *out.shape[2:]), mode="trilinear", align_corners=False)[0]
+        labels = np.empty((z, y, x), dtype=np.uint8)
+        for z0 in range(0, z, slab):
+            part = along_z[:, z0:z0 + slab].transpose(0, 1).contiguous()  # (slices, C, y0, x0)
+            up = F.interpolate(part, size=(y, x), mode="bilinear", align_corners=False)
+            labels[z0:z0 + slab] = _argmax_channels(up)
+        return labels
+
+
+def _argmax_channels(t: torch.Tensor) -> np.ndarray:
+    """Argmax over axis 1 of ``(N, C, ...)`` as uint8 (first maximum wins, as ``torch.argmax``)."""
+    best = t[:, 0].clone()
+    index = torch.zeros(best.shape, dtype=torch.uint8)
+    for k in range(1, t.shape[1]):
+        channel = t[:, k]
+        higher = channel > best
+        index[higher] = k
+        best = torch.maximum(best, channel)
+    return index.numpy()
 
 
 def build_transform(spec: dict[str, Any]) -> Preprocess:

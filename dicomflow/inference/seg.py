@@ -79,6 +79,6 @@ def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, struct
         software_versions=__version__,
         device_serial_number="0",
         series_description=f"AI segmentation ({model_name})"[:64],
-        omit_empty_frames=False,
+        omit_empty_frames=True,
     )
     return seg

@@ -144,9 +144,14 @@ def _orientation_label(iop: list[float]) -> str:
     return ("sagittal", "coronal", "axial")[axis]
 
 
+def allowed_modalities(task: str, modalities: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """The modalities a ``task`` model takes: the model's own list, else the task's defaults."""
+    return tuple(m.upper() for m in (modalities or TASK_MODALITIES.get(task, ())))
+
+
 def why_unusable(cand: Candidate, task: str, modalities: tuple[str, ...] | None = None) -> str | None:
     """None if the series fits ``task``, else a short reason."""
-    allowed = tuple(m.upper() for m in (modalities or TASK_MODALITIES.get(task, ())))
+    allowed = allowed_modalities(task, modalities)
     if cand.modality in NON_IMAGE_MODALITIES:
         return f"{cand.modality} is not an image series"
     if allowed and cand.modality not in allowed:
@@ -177,6 +182,15 @@ def why_unusable(cand: Candidate, task: str, modalities: tuple[str, ...] | None 
         return f"{len(orientations)} different slice orientations in one series"
     # A PACS that ignores includefield gives no orientation: volume assembly checks it after retrieval.
     return None
+
+
+def add_other_series(selection: Selection, rows: Iterable[dict], task: str,
+                     modalities: tuple[str, ...] | None = None) -> None:
+    """Add to ``selection.rejected`` the reason for each series of ``rows`` (a full series listing) not yet named."""
+    for cand in candidates_from_series(rows) or []:
+        if cand.series_uid != selection.series_uid and cand.series_uid not in selection.rejected:
+            selection.rejected[cand.series_uid] = (why_unusable(cand, task, modalities)
+                                                   or "not listed by the PACS when the series was chosen")
 
 
 def _is_original(cand: Candidate) -> bool:

@@ -9,25 +9,29 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from dicomweb_client import DICOMwebClient
 from dicomweb_client.protocol import DICOMClient
 
 from dicomflow import aws, dicomweb
 from dicomflow.credentials import pacs_connection
 from dicomflow.inference import findings as F
-from dicomflow.inference.errors import BadRequest, UnusableSeries, from_pacs_error
+from dicomflow.inference.errors import BadRequest, NoUsableSeries, StudyNotFound, UnusableSeries, from_pacs_error
 from dicomflow.inference.request import StudyRequest
 from dicomflow.inference.seg import build_seg
 from dicomflow.inference.selection import (
     QIDO_FIELDS,
     SERIES_FIELDS,
     Selection,
+    add_other_series,
+    allowed_modalities,
     candidates_from_series,
     check_retrieved,
     select_candidate,
@@ -42,6 +46,23 @@ from dicomflow.volume import GeometryError, NotAnImageError, load_image
 log = logging.getLogger(__name__)
 
 OUTPUT_S3_ENV = "DICOMFLOW_OUTPUT_S3_URI"
+
+
+#: Worker threads for PACS calls that overlap a request's own work (full series listing, STOW of the SEG).
+_PACS_WORKERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dicomflow-pacs")
+
+
+def _in_background(client: DICOMClient, fn: Callable[..., Any], *args: Any) -> Future:
+    """``fn(*args)`` in a worker thread for an HTTP client; at once for others (a ``DICOMfileClient``'s
+    database connection belongs to its thread). Either way the outcome is in the returned future."""
+    if isinstance(client, DICOMwebClient):
+        return _PACS_WORKERS.submit(fn, *args)
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except Exception as exc:  # handed to whoever reads the future
+        done.set_exception(exc)
+    return done
 
 
 @contextmanager
@@ -104,7 +125,7 @@ class InferenceService:
             client = dicomweb.connect(conn, retries=2, backoff_factor=0.2)
 
         with timer.stage("query"), _pacs(f"searching study {request.study_uid}"):
-            selection = self._select(client, request)
+            selection, full_listing = self._select(client, request)
 
         with timer.stage("retrieve"), _pacs(f"retrieving series {selection.series_uid}"):
             datasets = dicomweb.retrieve_series(client, request.study_uid, selection.series_uid)
@@ -123,34 +144,21 @@ class InferenceService:
 
         with timer.stage("model"), torch.inference_mode():
             out = self.model.network(x)
-            if self.task == "segmentation3d":
-                logits = self.transform.invert(out[0], tuple(array.shape))
-                label = torch.argmax(logits, dim=0).to(torch.uint8).cpu().numpy()
 
         if self.task == "segmentation3d":
-            result = F.segmentation_volumes(label, geometry.spacing, self.labels)
+            with timer.stage("postprocess"):
+                label = self.transform.label_map(out[0], tuple(array.shape))
+                result = F.segmentation_volumes(label, geometry.spacing, self.labels)
         else:
             probs = F.probabilities(out[0].detach().cpu().numpy(), self.activation)
             result = F.classification_findings(probs, self.labels)
 
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
         ordered = [by_uid[u] for u in geometry.sop_instance_uids if u in by_uid] or list(datasets)
-        made: dict[str, Any] = {}
-        with timer.stage("encode"):
-            seg = sr = None
-            if "seg" in request.outputs:
-                seg = build_seg(ordered, label, self.structures, self.name)
-                made["seg"] = seg
-            if "sr" in request.outputs:
-                sr = build_sr(ordered, result, self.task, self.name, seg=seg, structures=self.structures)
-                made["sr"] = sr
-        stored: dict[str, dict] = {}
-        if made and request.store_to_pacs:
-            with timer.stage("stow"), _pacs("storing the results"):
-                dicomweb.store(client, list(made.values()))
-        for kind, ds in made.items():
-            stored[kind] = {"SOPInstanceUID": str(ds.SOPInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
-                            "SOPClassUID": str(ds.SOPClassUID), "storedToPacs": bool(request.store_to_pacs)}
+        stored = self._encode_and_store(request, timer, client, ordered, result,
+                                              label if self.task == "segmentation3d" else None)
+        with timer.stage("query"):
+            self._explain_others(selection, full_listing)
 
         response: dict[str, Any] = {
             "studyInstanceUID": request.study_uid,
@@ -168,27 +176,94 @@ class InferenceService:
         response["timingMs"] = timer.as_dict()
         return response
 
-    def _select(self, client: DICOMClient, request: StudyRequest) -> Selection:
-        """Choose the series with a series-level search; instance facts only where the choice needs them.
+    def _encode_and_store(self, request: StudyRequest, timer: StageTimer, client: DICOMClient,
+                          sources: list, result: dict, label: np.ndarray | None) -> dict[str, dict]:
+        """Build the SEG and SR asked for, STOW them, and say what was made; the SEG is sent while the SR is built.
 
-        An instance-level search with image type and orientation makes the PACS read every file of
-        the study (Orthanc: ~3 ms per instance); the series search is answered from its database.
-        Only when several series pass the series-level checks is one instance of each asked for
-        (ImageType ranks ORIGINAL over DERIVED); every retrieved instance is checked afterwards. A
-        PACS that reports no instance counts gets the full instance-level search.
+        The SR references the SEG, so the SEG comes first. Stages are wall-clock segments of the
+        request: ``encode`` covers building both (and the SEG's upload running beside the SR's
+        build), ``stow`` the wait for the uploads after that.
         """
-        rows = dicomweb.search_series(client, request.study_uid, fields=SERIES_FIELDS)
+        store = request.store_to_pacs
+        made: dict[str, Any] = {}
+        uploads: list[Future] = []
+        try:
+            with timer.stage("encode"):
+                seg = None
+                if "seg" in request.outputs:
+                    seg = made["seg"] = build_seg(sources, label, self.structures, self.name)
+                    if store:
+                        uploads.append(_in_background(client, dicomweb.store, client, [seg]))
+                if "sr" in request.outputs:
+                    made["sr"] = build_sr(sources, result, self.task, self.name, seg=seg,
+                                          structures=self.structures)
+            if store and "sr" in made:
+                uploads.append(_in_background(client, dicomweb.store, client, [made["sr"]]))
+        finally:
+            with timer.stage("stow"), _pacs("storing the results"):
+                for upload in uploads:
+                    upload.result()
+        return {kind: {"SOPInstanceUID": str(ds.SOPInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
+                       "SOPClassUID": str(ds.SOPClassUID), "storedToPacs": bool(store)}
+                for kind, ds in made.items()}
+
+    def _select(self, client: DICOMClient, request: StudyRequest) -> tuple[Selection, Future | None]:
+        """Choose the series with series-level searches; instance facts only where the choice needs them.
+
+        The choice is made from a search restricted to the model's modalities (or to the requested
+        series): the PACS then reads nothing for the SR/SEG series that earlier runs stored in the
+        study (Orthanc reads one file per listed series, which grows with every stored result).
+        The study's full series listing, which explains why every other series was passed over,
+        runs beside the retrieval; the returned future holds it (None when not needed). When
+        several series pass the series-level checks, one instance of each is asked for (ImageType
+        ranks ORIGINAL over DERIVED); every retrieved instance is checked afterwards. A PACS that
+        reports no instance counts gets the full instance-level search.
+        """
+        study = request.study_uid
+
+        def listing() -> list[dict]:
+            return dicomweb.search_series(client, study, fields=SERIES_FIELDS)
+
+        if request.series_uid:
+            searches, full = [{"SeriesInstanceUID": request.series_uid}], None
+        else:
+            searches = [{"Modality": m} for m in allowed_modalities(self.task, self.modalities)] or [{}]
+            full = _in_background(client, listing)
+        rows = [row for search in searches
+                for row in dicomweb.search_series(client, study, fields=SERIES_FIELDS, **search)]
         candidates = candidates_from_series(rows)
         if candidates is None:
-            instances = dicomweb.search_instances(client, request.study_uid, fields=QIDO_FIELDS)
-            return select_series(instances, self.task, request.series_uid, self.modalities)
-        passing = [c for c in candidates if why_unusable(c, self.task, self.modalities) is None
-                   and (not request.series_uid or c.series_uid == request.series_uid)]
+            return self._select_by_instances(client, request), None
+        passing = [c for c in candidates if why_unusable(c, self.task, self.modalities) is None]
         if len(passing) > 1 or request.series_uid:
             for cand in passing:
-                cand.instances = dicomweb.search_instances(client, request.study_uid, cand.series_uid, limit=1,
+                cand.instances = dicomweb.search_instances(client, study, cand.series_uid, limit=1,
                                                            fields=QIDO_FIELDS)
-        return select_candidate(candidates, self.task, request.series_uid, self.modalities)
+        try:
+            return select_candidate(candidates, self.task, request.series_uid, self.modalities), full
+        except (StudyNotFound, NoUsableSeries):
+            # Explain the failure with every series of the study (or say the study is unknown).
+            everything = candidates_from_series(full.result() if full is not None else listing())
+            if everything is None:
+                return self._select_by_instances(client, request), None
+            sampled = {c.series_uid: c.instances for c in candidates}
+            for cand in everything:
+                cand.instances = sampled.get(cand.series_uid, [])
+            return select_candidate(everything, self.task, request.series_uid, self.modalities), None
+
+    def _select_by_instances(self, client: DICOMClient, request: StudyRequest) -> Selection:
+        instances = dicomweb.search_instances(client, request.study_uid, fields=QIDO_FIELDS)
+        return select_series(instances, self.task, request.series_uid, self.modalities)
+
+    def _explain_others(self, selection: Selection, full: Future | None) -> None:
+        """Wait for the study's full series listing and add why each other series was not used."""
+        if full is None:
+            return
+        try:
+            add_other_series(selection, full.result(), self.task, self.modalities)
+        except dicomweb.PacsError as exc:
+            log.warning("could not list the study's other series, so 'rejected' names only series of the "
+                        "model's modalities: %s", exc)
 
     def _occlusion(self, x: torch.Tensor, result: dict, prefix: str, request: StudyRequest) -> dict:
         from dicomflow.inference.occlusion import occlusion_map, render_png

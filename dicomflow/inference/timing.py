@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-STAGES = ("queue", "query", "retrieve", "preprocess", "model", "encode", "stow", "occlusion")
+STAGES = ("queue", "query", "retrieve", "preprocess", "model", "postprocess", "encode", "stow", "occlusion")
 
 
 class StageTimer:

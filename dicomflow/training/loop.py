@@ -275,7 +275,7 @@ class Trainer:
             truth = volume.load_label_volume(item.label, array.shape, geom.sop_instance_uids)
             logits = model(pre(array)[None].to(self.device)).float()
             probs = torch.softmax(logits, dim=1)[0].cpu()
-            pred = pre.invert(probs, array.shape).argmax(dim=0).numpy()
+            pred = pre.label_map(probs, array.shape)
             per_volume[item.id] = overlap_metrics(pred, truth, len(labels))
         return segmentation_report(per_volume, labels)
 

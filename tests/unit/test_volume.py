@@ -164,3 +164,43 @@ def test_label_dicom_seg_matches_the_label_volume(series, tmp_path) -> None:
     np.testing.assert_array_equal(label, series.label_volume)
     with pytest.raises(GeometryError, match="SOP Instance UIDs"):
         load_label_volume(path, image.shape)
+
+
+def _with_pixels(name: str, raw: np.ndarray | None = None, signed: int | None = None) -> Dataset:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    if signed is not None:
+        ds.PixelRepresentation = signed
+    if raw is not None:
+        ds.PixelData = raw.tobytes()
+    return ds
+
+
+def _high_bits_set(name: str, value: int) -> np.ndarray:
+    raw = np.frombuffer(pydicom.dcmread(get_testdata_file(name)).PixelData, "<u2").copy()
+    raw[:64] = value  # bits above BitsStored: masked (unsigned) or sign-extended (signed) by pydicom
+    return raw
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _with_pixels("CT_small.dcm"),  # 16/16 signed, explicit VR
+    lambda: _with_pixels("MR_small_implicit.dcm"),  # implicit VR
+    lambda: _with_pixels("OBXXXX1A.dcm"),  # 8-bit
+    lambda: _with_pixels("MR2_UNCI.dcm", _high_bits_set("MR2_UNCI.dcm", 0xF00F)),  # 12 of 16 bits, unsigned
+    lambda: _with_pixels("MR2_UNCI.dcm", _high_bits_set("MR2_UNCI.dcm", 0x0F00), signed=1),  # 12 bits, signed
+], ids=["ct-signed", "implicit", "8-bit", "12-bit-unsigned", "12-bit-signed"])
+def test_native_pixel_reader_matches_pydicom(make) -> None:
+    from dicomflow.volume import _native_pixels
+
+    ds = make()
+    fast = _native_pixels(ds)
+    assert fast is not None
+    reference = ds.pixel_array
+    assert fast.dtype == reference.dtype
+    np.testing.assert_array_equal(fast, reference)
+
+
+@pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "SC_rgb.dcm", "rtdose.dcm", "JPEG2000.dcm"])
+def test_native_pixel_reader_leaves_other_encodings_to_pydicom(name: str) -> None:
+    from dicomflow.volume import _native_pixels
+
+    assert _native_pixels(pydicom.dcmread(get_testdata_file(name))) is None
