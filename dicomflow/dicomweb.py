@@ -400,32 +400,52 @@ def parse_part(data: bytes) -> pydicom.Dataset:
     return ds if ds is not None else pydicom.dcmread(io.BytesIO(data))
 
 
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
+_IMPLICIT_HEADER = struct.Struct("<HHI")  # group, element, 32-bit length
+_LONG_LENGTH = struct.Struct("<I")
+_VR_NAMES: dict[bytes, str] = {}
+#: The same few hundred tags recur in every instance: one BaseTag object each.
+_TAGS: dict[int, BaseTag] = {}
+_RAW_FIELDS_KNOWN = RawDataElement._fields == ("tag", "VR", "length", "value", "value_tell", "is_implicit_VR",
+                                               "is_little_endian", "is_raw", "is_buffered")
+
+
 def _read_elements(data: bytes, pos: int, end: int, implicit: bool, group: int | None
                    ) -> tuple[dict[BaseTag, RawDataElement], int] | None:
     elements: dict[BaseTag, RawDataElement] = {}
-    unpack = struct.unpack_from
+    header = _IMPLICIT_HEADER.unpack_from if implicit else _EXPLICIT_HEADER.unpack_from
+    long_length = _LONG_LENGTH.unpack_from
+    tags, vr_names = _TAGS, _VR_NAMES
+    new_raw, fast_raw = tuple.__new__, _RAW_FIELDS_KNOWN  # the NamedTuple's own __new__ is a Python-level call
     while pos + 8 <= end:
-        grp, elem = unpack("<HH", data, pos)
-        if group is not None and grp != group:
-            break
         if implicit:
+            grp, elem, length = header(data, pos)
+            if group is not None and grp != group:
+                break
             vr = None
-            length = unpack("<I", data, pos + 4)[0]
             value_at = pos + 8
         else:
-            vr_bytes = data[pos + 4:pos + 6]
+            grp, elem, vr_bytes, length = header(data, pos)
+            if group is not None and grp != group:
+                break
             if vr_bytes in _LONG_VRS:
-                length = unpack("<I", data, pos + 8)[0]
+                length = long_length(data, pos + 8)[0]
                 value_at = pos + 12
             else:
-                length = unpack("<H", data, pos + 6)[0]
                 value_at = pos + 8
-            vr = vr_bytes.decode("ascii")
+            vr = vr_names.get(vr_bytes)
+            if vr is None:
+                vr = vr_names.setdefault(vr_bytes, vr_bytes.decode("ascii"))
         if length == _UNDEFINED or value_at + length > end:
             return None  # sequences / encapsulated data of undefined length: leave it to dcmread
-        tag = BaseTag(grp << 16 | elem)
-        elements[tag] = RawDataElement(tag, vr, length, data[value_at:value_at + length], value_at, implicit, True)
+        key = grp << 16 | elem
+        tag = tags.get(key)
+        if tag is None:
+            tag = tags.setdefault(key, BaseTag(key)) if len(tags) < 65536 else BaseTag(key)
         pos = value_at + length
+        value = data[value_at:pos]
+        elements[tag] = (new_raw(RawDataElement, (tag, vr, length, value, value_at, implicit, True, True, False))
+                         if fast_raw else RawDataElement(tag, vr, length, value, value_at, implicit, True))
     return elements, pos
 
 

@@ -64,11 +64,16 @@ class Selection:
     instance_count: int
     reason: str
     rejected: dict[str, str] = field(default_factory=dict)
+    #: When the choice came from a search restricted to these modalities (series of others not listed).
+    searched_modalities: list[str] | None = None
 
     def as_dict(self) -> dict:
-        return {"seriesInstanceUID": self.series_uid, "modality": self.modality,
-                "instances": self.instance_count, "reason": self.reason,
-                "rejected": [{"seriesInstanceUID": k, "reason": v} for k, v in self.rejected.items()]}
+        out = {"seriesInstanceUID": self.series_uid, "modality": self.modality,
+               "instances": self.instance_count, "reason": self.reason,
+               "rejected": [{"seriesInstanceUID": k, "reason": v} for k, v in self.rejected.items()]}
+        if self.searched_modalities is not None:
+            out["searchedModalities"] = self.searched_modalities
+        return out
 
 
 def _values(item: dict, tag: str) -> list:
@@ -182,15 +187,6 @@ def why_unusable(cand: Candidate, task: str, modalities: tuple[str, ...] | None 
         return f"{len(orientations)} different slice orientations in one series"
     # A PACS that ignores includefield gives no orientation: volume assembly checks it after retrieval.
     return None
-
-
-def add_other_series(selection: Selection, rows: Iterable[dict], task: str,
-                     modalities: tuple[str, ...] | None = None) -> None:
-    """Add to ``selection.rejected`` the reason for each series of ``rows`` (a full series listing) not yet named."""
-    for cand in candidates_from_series(rows) or []:
-        if cand.series_uid != selection.series_uid and cand.series_uid not in selection.rejected:
-            selection.rejected[cand.series_uid] = (why_unusable(cand, task, modalities)
-                                                   or "not listed by the PACS when the series was chosen")
 
 
 def _is_original(cand: Candidate) -> bool:

@@ -30,7 +30,6 @@ from dicomflow.inference.selection import (
     QIDO_FIELDS,
     SERIES_FIELDS,
     Selection,
-    add_other_series,
     allowed_modalities,
     candidates_from_series,
     check_retrieved,
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 OUTPUT_S3_ENV = "DICOMFLOW_OUTPUT_S3_URI"
 
 
-#: Worker threads for PACS calls that overlap a request's own work (full series listing, STOW of the SEG).
+#: Worker threads for PACS calls that overlap a request's own work (the SEG's STOW while the SR is built).
 _PACS_WORKERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="dicomflow-pacs")
 
 
@@ -125,7 +124,7 @@ class InferenceService:
             client = dicomweb.connect(conn, retries=2, backoff_factor=0.2)
 
         with timer.stage("query"), _pacs(f"searching study {request.study_uid}"):
-            selection, full_listing = self._select(client, request)
+            selection = self._select(client, request)
 
         with timer.stage("retrieve"), _pacs(f"retrieving series {selection.series_uid}"):
             datasets = dicomweb.retrieve_series(client, request.study_uid, selection.series_uid)
@@ -157,8 +156,6 @@ class InferenceService:
         ordered = [by_uid[u] for u in geometry.sop_instance_uids if u in by_uid] or list(datasets)
         stored = self._encode_and_store(request, timer, client, ordered, result,
                                               label if self.task == "segmentation3d" else None)
-        with timer.stage("query"):
-            self._explain_others(selection, full_listing)
 
         response: dict[str, Any] = {
             "studyInstanceUID": request.study_uid,
@@ -207,63 +204,50 @@ class InferenceService:
                        "SOPClassUID": str(ds.SOPClassUID), "storedToPacs": bool(store)}
                 for kind, ds in made.items()}
 
-    def _select(self, client: DICOMClient, request: StudyRequest) -> tuple[Selection, Future | None]:
+    def _select(self, client: DICOMClient, request: StudyRequest) -> Selection:
         """Choose the series with series-level searches; instance facts only where the choice needs them.
 
-        The choice is made from a search restricted to the model's modalities (or to the requested
-        series): the PACS then reads nothing for the SR/SEG series that earlier runs stored in the
-        study (Orthanc reads one file per listed series, which grows with every stored result).
-        The study's full series listing, which explains why every other series was passed over,
-        runs beside the retrieval; the returned future holds it (None when not needed). When
-        several series pass the series-level checks, one instance of each is asked for (ImageType
-        ranks ORIGINAL over DERIVED); every retrieved instance is checked afterwards. A PACS that
-        reports no instance counts gets the full instance-level search.
+        Only the model's modalities are searched (or only the requested series): Orthanc's DICOMweb
+        plugin reads a file for every series it lists, so listing the whole study would also read
+        every SR and SEG that earlier runs stored there (measured: 1.1 s for a study with 33 of them,
+        against 3 ms for its one MR). The answer says which modalities were searched. When several
+        series pass the series-level checks, one instance of each is asked for (ImageType ranks
+        ORIGINAL over DERIVED); every retrieved instance is checked afterwards. When nothing fits,
+        the whole study is listed to say why; a PACS that reports no instance counts gets the full
+        instance-level search.
         """
         study = request.study_uid
-
-        def listing() -> list[dict]:
-            return dicomweb.search_series(client, study, fields=SERIES_FIELDS)
-
-        if request.series_uid:
-            searches, full = [{"SeriesInstanceUID": request.series_uid}], None
-        else:
-            searches = [{"Modality": m} for m in allowed_modalities(self.task, self.modalities)] or [{}]
-            full = _in_background(client, listing)
+        modalities = allowed_modalities(self.task, self.modalities)
+        searches = [{"SeriesInstanceUID": request.series_uid}] if request.series_uid else \
+            [{"Modality": m} for m in modalities] or [{}]
         rows = [row for search in searches
                 for row in dicomweb.search_series(client, study, fields=SERIES_FIELDS, **search)]
         candidates = candidates_from_series(rows)
         if candidates is None:
-            return self._select_by_instances(client, request), None
+            return self._select_by_instances(client, request)
         passing = [c for c in candidates if why_unusable(c, self.task, self.modalities) is None]
         if len(passing) > 1 or request.series_uid:
             for cand in passing:
                 cand.instances = dicomweb.search_instances(client, study, cand.series_uid, limit=1,
                                                            fields=QIDO_FIELDS)
         try:
-            return select_candidate(candidates, self.task, request.series_uid, self.modalities), full
+            selection = select_candidate(candidates, self.task, request.series_uid, self.modalities)
         except (StudyNotFound, NoUsableSeries):
-            # Explain the failure with every series of the study (or say the study is unknown).
-            everything = candidates_from_series(full.result() if full is not None else listing())
+            # Explain the failure with every series of the study (or say that the study is unknown).
+            everything = candidates_from_series(dicomweb.search_series(client, study, fields=SERIES_FIELDS))
             if everything is None:
-                return self._select_by_instances(client, request), None
+                return self._select_by_instances(client, request)
             sampled = {c.series_uid: c.instances for c in candidates}
             for cand in everything:
                 cand.instances = sampled.get(cand.series_uid, [])
-            return select_candidate(everything, self.task, request.series_uid, self.modalities), None
+            return select_candidate(everything, self.task, request.series_uid, self.modalities)
+        if not request.series_uid:
+            selection.searched_modalities = list(modalities)
+        return selection
 
     def _select_by_instances(self, client: DICOMClient, request: StudyRequest) -> Selection:
         instances = dicomweb.search_instances(client, request.study_uid, fields=QIDO_FIELDS)
         return select_series(instances, self.task, request.series_uid, self.modalities)
-
-    def _explain_others(self, selection: Selection, full: Future | None) -> None:
-        """Wait for the study's full series listing and add why each other series was not used."""
-        if full is None:
-            return
-        try:
-            add_other_series(selection, full.result(), self.task, self.modalities)
-        except dicomweb.PacsError as exc:
-            log.warning("could not list the study's other series, so 'rejected' names only series of the "
-                        "model's modalities: %s", exc)
 
     def _occlusion(self, x: torch.Tensor, result: dict, prefix: str, request: StudyRequest) -> dict:
         from dicomflow.inference.occlusion import occlusion_map, render_png

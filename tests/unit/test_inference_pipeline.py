@@ -56,7 +56,9 @@ def test_segmentation_pipeline_stores_sr_and_seg(artifacts, pacs) -> None:
     # a second request selects the MR again, never the SR/SEG it stored
     again = svc.run(parse_request({"studyInstanceUID": hippo.study_uid}), client=client)
     assert again["series"]["seriesInstanceUID"] == hippo.series_uid
-    assert len(again["series"]["rejected"]) == 2
+    # only the model's modalities were searched: the stored SR/SEG series were never candidates
+    assert again["series"]["searchedModalities"] == ["MR", "CT"]
+    assert again["series"]["rejected"] == []
 
 
 def test_classification_pipeline(artifacts, pacs) -> None:
