@@ -144,6 +144,7 @@ class InferenceService:
         with timer.stage("model"), torch.inference_mode():
             out = self.model.network(x)
 
+        label = None
         if self.task == "segmentation3d":
             with timer.stage("postprocess"):
                 label = self.transform.label_map(out[0], tuple(array.shape))
@@ -154,8 +155,7 @@ class InferenceService:
 
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
         ordered = [by_uid[u] for u in geometry.sop_instance_uids if u in by_uid] or list(datasets)
-        stored = self._encode_and_store(request, timer, client, ordered, result,
-                                              label if self.task == "segmentation3d" else None)
+        stored = self._encode_and_store(request, timer, client, ordered, result, label)
 
         response: dict[str, Any] = {
             "studyInstanceUID": request.study_uid,
