@@ -1,9 +1,10 @@
 """DICOM SR (TID 1500 Measurement Report, Comprehensive 3D SR) of the findings, via highdicom.
 
 Segmentation: one measurement group per structure with its volume in mm³ (UCUM ``mm3``),
-referencing the SEG segment when a SEG was made, plus one group for the total. Classification:
-one group per class with the probability (UCUM ``1``) and Present/Absent at the threshold. Every
-group references the source images, so the report sits beside its series in a viewer.
+referencing the SEG segment when a SEG was made, plus one group for the total, measured on the
+SEG (or on the source images when there is none). Classification: one group per class with the
+probability (UCUM ``1``) and Present/Absent at the threshold, referencing the source images. The
+source images are always in the evidence, so the report sits beside its series in a viewer.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_
     """A TID 1500 measurement report for ``findings`` (see :mod:`dicomflow.inference.findings`)."""
     algo = hd.sr.AlgorithmIdentification(name=model_name[:64], version=__version__)
     groups: list = []
-    sources = _source_images(source_images)
     if task == "segmentation3d":
+        # The total is measured on the SEG when there is one: one reference instead of one per slice.
+        sources = _source_images([seg] if seg is not None else source_images)
         volumes = findings["volumesMm3"]
         by_name = {name: value for value, name in (structures or {}).items()}
         for name, mm3 in volumes.items():
@@ -75,6 +77,7 @@ def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_
         procedure = codes.SCT.ImagingProcedure
         title = codes.cid7021.ImagingMeasurementReport
     else:
+        sources = _source_images(source_images)
         threshold = findings.get("threshold", 0.5)
         for name, p in findings["probabilities"].items():
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(

@@ -54,6 +54,9 @@ def test_seg_and_sr_for_segmentation_pass_dciodvfy(series, tmp_path: Path) -> No
     refs = {s.SeriesInstanceUID for e in sr.CurrentRequestedProcedureEvidenceSequence
             for s in e.ReferencedSeriesSequence}
     assert {series.series_uid, seg.SeriesInstanceUID} <= refs
+    # the content references the SEG (segments, and the image the total was measured on), not each slice
+    assert str(seg.SOPInstanceUID) in text
+    assert not any(str(ds.SOPInstanceUID) in text for ds in series.datasets)
     # without a SEG: measurements reference the source images
     alone = build_sr(series.datasets, result, "segmentation3d", "unit-test-unet")
     assert dciodvfy_errors(alone, tmp_path) == []
