@@ -12,8 +12,8 @@ Starts its own local cloud (Orthanc + emulated AWS) in a temp dir on free ports,
   the rest (S3 output, notification), and the share of it that is not the model.
 
 The model is the training job's segmentation3d UNet at its default input size (32x48x40), trained
-here for ~15 s on 12 synthetic volumes so that its masks are sparse like a real model's (an
-untrained one labels most of the volume, which inflates the SEG); ``--untrained`` skips that.
+here for ~15 s on 12 synthetic volumes so that its masks are sparse (an untrained one labels most
+of the volume, which inflates the SEG); ``--untrained`` skips that.
 
 Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--untrained]``.
 Medians in milliseconds; the wait for the S3 result polls every 20 ms, so ``rest`` includes up to
