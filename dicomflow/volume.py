@@ -293,7 +293,9 @@ def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
         dz = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
         direction, origin = np.eye(3), (0.0, 0.0, 0.0)
     ordered = [datasets[i] for i in order]
-    volume = np.stack([pixels(ds) for ds in ordered]).astype(np.float32, copy=False)
+    volume = np.empty((len(ordered), *size), dtype=np.float32)
+    for i, ds in enumerate(ordered):
+        volume[i] = pixels(ds)
     geom = Geometry(
         spacing=(dz, dy, dx),
         origin=tuple(float(v) for v in origin),
