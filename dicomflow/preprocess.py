@@ -166,9 +166,8 @@ def _argmax_channels(t: torch.Tensor) -> np.ndarray:
     index = torch.zeros(best.shape, dtype=torch.uint8)
     for k in range(1, t.shape[1]):
         channel = t[:, k]
-        higher = channel > best
-        index[higher] = k
-        best = torch.maximum(best, channel)
+        index.masked_fill_(channel > best, k)
+        torch.maximum(best, channel, out=best)
     return index.numpy()
 
 
