@@ -137,7 +137,6 @@ class Preprocess:
         out = Resize(tuple(original_shape), mode=mode, anti_aliasing=False)(output.float())
         return torch.as_tensor(out).as_subclass(torch.Tensor)
 
-
     def label_map(self, output: torch.Tensor, original_shape: tuple[int, ...], *, slab: int = 16) -> np.ndarray:
         """Per-voxel argmax over the classes of ``output`` ``(C, *size)`` resized to ``original_shape`` (uint8).
 
