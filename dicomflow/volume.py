@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomflow import geometry as _geometry
 from dicomflow.errors import DicomflowError
@@ -96,7 +97,7 @@ def _require_image(ds: Dataset) -> None:
         raise NotAnImageError(f"DICOM object (Modality {modality}) has no pixel data: not an image")
 
 
-_NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+_NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
 
 
 def _native_pixels(ds: Dataset) -> np.ndarray | None:
