@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import io
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pydicom
@@ -10,6 +13,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomflow import dicomweb, synthetic
+from dicomflow.credentials import PacsConnection
 
 
 def _part10(ds: pydicom.Dataset, implicit: bool = False) -> bytes:
@@ -34,7 +38,7 @@ def test_fast_reader_matches_dcmread_on_synthetic_images(implicit: bool) -> None
     chest = synthetic.chest_radiographs(1, seed=3, size=32)[0]
     for ds in [*series.datasets, chest.dataset]:
         data = _part10(ds, implicit)
-        fast = dicomweb._fast_parse(data)
+        fast = dicomweb._fast_parse(memoryview(data))
         assert fast is not None
         ref = pydicom.dcmread(io.BytesIO(data))
         _same(fast, ref)
@@ -69,3 +73,68 @@ def test_splitter_gives_the_same_parts_for_any_chunking() -> None:
         truncated.close()
     with pytest.raises(dicomweb.PacsError, match="not multipart/related"):
         dicomweb._MultipartSplitter("application/dicom")
+
+
+def _multipart(parts: list[bytes], boundary: str) -> bytes:
+    return b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+
+
+@pytest.fixture
+def multipart_server(request):
+    """An HTTP server answering every GET with one multipart body, framed as ``request.param`` says."""
+    mode = request.param
+    series = synthetic.hippocampus_series(1, seed=5, shape=(8, 8, 8))[0]
+    body = _multipart([_part10(ds) for ds in series.datasets], "bnd-7")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", 'multipart/related; type="application/dicom"; boundary=bnd-7')
+            payload = gzip.compress(body) if mode == "gzip" else body
+            if mode == "gzip":
+                self.send_header("Content-Encoding", "gzip")
+            if mode == "chunked":
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for i in range(0, len(payload), 1000):
+                    piece = payload[i:i + 1000]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2] if mode == "truncated" else payload)
+            self.close_connection = True
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/dicom-web", series
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("multipart_server", ["close", "chunked", "gzip"], indirect=True)
+def test_http_retrieval_parses_any_framing(multipart_server) -> None:
+    url, series = multipart_server
+    client = dicomweb.connect(PacsConnection(url, "user", "pw"), retries=0)
+    got = dicomweb.retrieve_series(client, series.study_uid, series.series_uid)
+    assert [ds.SOPInstanceUID for ds in got] == [ds.SOPInstanceUID for ds in series.datasets]
+    assert [ds.PixelData for ds in got] == [ds.PixelData for ds in series.datasets]
+    assert all(type(ds.PixelData) is bytes for ds in got)
+
+
+@pytest.mark.parametrize("multipart_server", ["truncated"], indirect=True)
+def test_http_retrieval_of_a_truncated_body_is_a_clear_error(multipart_server) -> None:
+    url, series = multipart_server
+    client = dicomweb.connect(PacsConnection(url, "user", "pw"), retries=0)
+    with pytest.raises(dicomweb.PacsError, match="incomplete"):
+        dicomweb.retrieve_series(client, series.study_uid, series.series_uid)
