@@ -48,12 +48,9 @@ def structure_names(labels: Sequence[str]) -> dict[int, str]:
 def segmentation_volumes(label_volume: np.ndarray, spacing: Sequence[float], labels: Sequence[str]) -> dict:
     """Volume in mm³ of each labelled structure and their total (voxel count × voxel volume)."""
     voxel = float(np.prod([float(s) for s in spacing]))
-    counts = np.bincount(np.asarray(label_volume, dtype=np.int64).reshape(-1))
-    volumes = {}
-    for value, name in structure_names(labels).items():
-        n = int(counts[value]) if value < len(counts) else 0
-        volumes[name] = round(n * voxel, 3)
+    label_volume = np.asarray(label_volume)
+    # one comparison per structure: bincount would first widen every voxel to int64 (8 bytes each)
+    voxels = {name: int(np.count_nonzero(label_volume == value)) for value, name in structure_names(labels).items()}
+    volumes = {name: round(n * voxel, 3) for name, n in voxels.items()}
     volumes["total"] = round(sum(volumes.values()), 3)
-    return {"volumesMm3": volumes, "voxelVolumeMm3": round(voxel, 6),
-            "voxels": {name: int(counts[v]) if v < len(counts) else 0
-                       for v, name in structure_names(labels).items()}}
+    return {"volumesMm3": volumes, "voxelVolumeMm3": round(voxel, 6), "voxels": voxels}
