@@ -295,7 +295,7 @@ def _http_retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: st
         gc_was_on = gc.isenabled()
         gc.disable()  # ~60 objects per instance, none cyclic: full collections would rescan the caller's heap
         try:
-            while splitter.fill(readinto):
+            while not splitter.done and splitter.fill(readinto):
                 datasets.extend(parse_part(part) for part in splitter.parts())
         except (OSError, http.client.HTTPException) as exc:
             raise requests.ConnectionError(exc) from exc
