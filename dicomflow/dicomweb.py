@@ -295,8 +295,7 @@ def _http_retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: st
         gc_was_on = gc.isenabled()
         gc.disable()  # ~60 objects per instance, none cyclic: full collections would rescan the caller's heap
         try:
-            while not splitter.done and splitter.fill(readinto):
-                datasets.extend(parse_part(part) for part in splitter.parts())
+            datasets.extend(parse_part(part) for part in splitter.read(readinto))
         except (OSError, http.client.HTTPException) as exc:
             raise requests.ConnectionError(exc) from exc
         finally:
@@ -337,8 +336,8 @@ _READ_BUFFER = 1 << 20
 class _MultipartSplitter:
     """Incremental ``multipart/related`` (RFC 2046) splitter over one reusable receive buffer.
 
-    ``fill`` reads into the buffer's free space; ``parts`` then yields each part body completed so
-    far as a memoryview of the buffer, valid until the next ``fill``.
+    ``read`` yields every part body of a stream as a memoryview of the buffer, valid until the
+    next one is asked for; ``fill`` and ``parts`` are its two steps.
     """
 
     def __init__(self, content_type: str, buffer_size: int = _READ_BUFFER) -> None:
@@ -404,12 +403,14 @@ class _MultipartSplitter:
             self.start = stop
             yield self.view[head_end + 4:stop]
 
+    def read(self, readinto: Callable[[memoryview], int]) -> Iterator[memoryview]:
+        """The part bodies of the stream ``readinto`` reads, up to the close delimiter or the end."""
+        while not self.done and self.fill(readinto):
+            yield from self.parts()
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add ``data``; return the bodies of the parts completed by it."""
-        source, parts = io.BytesIO(data), []
-        while self.fill(source.readinto):
-            parts += [bytes(part) for part in self.parts()]
-        return parts
+        return [bytes(part) for part in self.read(io.BytesIO(data).readinto)]
 
     def close(self) -> None:
         """Check that the body ended with the close delimiter."""
@@ -421,10 +422,7 @@ class _MultipartSplitter:
 def _split_multipart(body: bytes, content_type: str) -> list[pydicom.Dataset]:
     """The DICOM parts of a complete ``multipart/related`` body, parsed."""
     splitter = _MultipartSplitter(content_type)
-    datasets = []
-    source = io.BytesIO(body)
-    while splitter.fill(source.readinto):
-        datasets += [parse_part(part) for part in splitter.parts()]
+    datasets = [parse_part(part) for part in splitter.read(io.BytesIO(body).readinto)]
     splitter.close()
     return datasets
 

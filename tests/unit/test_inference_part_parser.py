@@ -54,11 +54,15 @@ def test_parse_part_reads_any_file_like_dcmread(name: str) -> None:
     _same(dicomweb.parse_part(data), ref)
 
 
+def _multipart(parts: list[bytes], boundary: str) -> bytes:
+    return b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+
+
 def test_splitter_gives_the_same_parts_for_any_chunking() -> None:
     parts = [_part10(ds) for ds in synthetic.hippocampus_series(1, seed=4, shape=(8, 8, 8))[0].datasets]
     boundary = "b0undary-42"
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
-                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+    body = _multipart(parts, boundary)
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
     # a 64-byte receive buffer has to compact and to grow to hold each part
     for size, buffer_size in ((1, 1 << 20), (7, 64), (100, 1 << 20), (4096, 64), (len(body), 64)):
@@ -74,11 +78,6 @@ def test_splitter_gives_the_same_parts_for_any_chunking() -> None:
         truncated.close()
     with pytest.raises(dicomweb.PacsError, match="not multipart/related"):
         dicomweb._MultipartSplitter("application/dicom")
-
-
-def _multipart(parts: list[bytes], boundary: str) -> bytes:
-    return b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
-                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
 
 
 @pytest.fixture
