@@ -104,6 +104,11 @@ def multipart_server(request):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                 self.wfile.write(b"0\r\n\r\n")
                 return
+            if mode == "length":  # a keep-alive answer framed by its Content-Length
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                return
             self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload[: len(payload) // 2] if mode == "truncated" else payload)
@@ -122,7 +127,7 @@ def multipart_server(request):
         server.server_close()
 
 
-@pytest.mark.parametrize("multipart_server", ["close", "chunked", "gzip"], indirect=True)
+@pytest.mark.parametrize("multipart_server", ["close", "length", "chunked", "gzip"], indirect=True)
 def test_http_retrieval_parses_any_framing(multipart_server) -> None:
     url, series = multipart_server
     client = dicomweb.connect(PacsConnection(url, "user", "pw"), retries=0)
