@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import NormalizeIntensity, Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
+from monai.transforms import NormalizeIntensity, Resize, ScaleIntensityRange
 
 from dicomflow.errors import DicomflowError
 
@@ -78,6 +78,22 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+class PercentileScale:
+    """Map the ``lower``..``upper`` percentiles of an image to 0..1, clipped.
+
+    MONAI's ``ScaleIntensityRangePercentiles`` with ``b_min=0, b_max=1, clip=True``, but the two
+    percentiles come from ``np.percentile`` (a selection, linear interpolation as torch's) instead
+    of ``torch.quantile`` (a full sort): 4 ms instead of 50 ms on a 64^3 input.
+    """
+
+    def __init__(self, lower: float, upper: float) -> None:
+        self.lower, self.upper = lower, upper
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        lo, hi = np.percentile(t.detach().cpu().numpy(), [self.lower, self.upper])
+        return ScaleIntensityRange(a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True)(t)
+
+
 class Preprocess:
     """Callable ``array -> tensor (1, *size)``; also prepares labels and inverts outputs."""
 
@@ -88,9 +104,7 @@ class Preprocess:
         self.ndim = len(self.size)
         intensity = self.spec["intensity"]
         if intensity["mode"] == "percentile":
-            self._intensity = ScaleIntensityRangePercentiles(
-                lower=float(intensity.get("lower", 0.5)), upper=float(intensity.get("upper", 99.5)),
-                b_min=0.0, b_max=1.0, clip=True, relative=False)
+            self._intensity = PercentileScale(float(intensity.get("lower", 0.5)), float(intensity.get("upper", 99.5)))
         elif intensity["mode"] == "range":
             self._intensity = ScaleIntensityRange(
                 a_min=float(intensity["a_min"]), a_max=float(intensity["a_max"]), b_min=0.0, b_max=1.0, clip=True)

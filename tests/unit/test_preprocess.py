@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from monai.transforms import ScaleIntensityRangePercentiles
 
-from dicomflow.preprocess import PreprocessSpecError, build_transform, default_spec
+from dicomflow.preprocess import PercentileScale, PreprocessSpecError, build_transform, default_spec
 
 
 def test_2d_transform_resizes_and_scales_to_unit_range() -> None:
@@ -70,3 +71,13 @@ def test_label_map_is_the_argmax_of_the_inverted_output(shape) -> None:
     assert got.dtype == np.uint8 and got.shape == shape
     # the same interpolation in another order: at most a float-rounding tie may flip
     assert np.mean(got == expected) > 0.99999
+
+
+@pytest.mark.parametrize("lower,upper", [(0.5, 99.5), (0.0, 100.0), (10.0, 60.0)])
+def test_percentile_scale_matches_monai(lower: float, upper: float) -> None:
+    rng = np.random.default_rng(3)
+    t = torch.as_tensor(rng.gamma(2.0, 300.0, size=(1, 12, 20, 16)).astype(np.float32))
+    monai = ScaleIntensityRangePercentiles(lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True, relative=False)
+    ours = PercentileScale(lower, upper)(t)
+    assert float(ours.min()) == 0.0 and float(ours.max()) == 1.0
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(monai(t)), atol=1e-5)
