@@ -11,11 +11,15 @@ Starts its own local cloud (Orthanc + emulated AWS) in a temp dir on free ports,
   forward pass), postprocess (label map on the original grid, volumes), encode (SR+SEG), stow and
   the rest (S3 output, notification), and the share of it that is not the model.
 
-The model is the training job's segmentation3d UNet at its default input size (32x48x40), trained
-here for ~15 s on 12 synthetic volumes so that its masks are sparse (an untrained one labels most
-of the volume, which inflates the SEG); ``--untrained`` skips that.
+The model is the training job's segmentation3d UNet, trained here (a few minutes) on synthetic
+series of the served sizes, so on the field of view it serves (256 mm in-plane), with a 64x64x64
+input (``--spatial-size``): the default 32x48x40 input is meant for hippocampus crops and cannot
+resolve a 20 mm structure in a 256 mm field (at 200 slices it labelled noise on 186 slices, Dice
+0.00, and the SEG of that noise was most of the latency). The benchmark prints the predicted and
+true hippocampus volume and the SEG frame count, so a broken model shows. ``--untrained`` serves an
+untrained UNet (dense masks: the worst case for the SEG).
 
-Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--untrained]``.
+Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--spatial-size 64,64,64]``.
 Medians in milliseconds. The end of a request is its SNS success notification, read from an SQS
 queue with long polls (no CPU spent waiting); ``rest`` is the S3 output and the notification.
 """
@@ -31,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -79,37 +84,45 @@ class _Notifications:
         raise SystemExit(f"no notification for {inference_id} in {timeout_s:.0f} s")
 
 
-def _async_split(endpoint: str, study: str, repeats: int) -> dict[str, float]:
-    """Median per-stage latency of ``repeats`` async invocations (one at a time) plus e2e and the rest."""
+def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, float], dict]:
+    """Median per-stage latency of ``repeats`` async invocations (one at a time) plus e2e and the rest,
+    and the last response."""
     from dicomflow.inference import endpoint as ep
 
     notifications = _Notifications(endpoint)
-    rows = []
+    rows, response = [], {}
     for _ in range(repeats + 1):  # the first one warms the serving process up
         inv = ep.invoke_async(endpoint, {"studyInstanceUID": study, "outputs": ["sr", "seg"], "storeToPacs": True})
         note, done = notifications.wait(inv.inference_id)
         ok, data = ep.wait_result(inv, timeout_s=60)
         if not ok or note.get("invocationStatus") != "Completed":
             raise SystemExit(f"async inference failed: {note.get('failureReason') or data[:300]!r}")
-        timing = ep.with_queue_time(inv, json.loads(data))["timingMs"]
+        response = ep.with_queue_time(inv, json.loads(data))
+        timing = response["timingMs"]
         timing["e2e"] = (done - inv.invoked_at) * 1000
         timing["rest"] = timing["e2e"] - timing["queue"] - timing["total"]
         rows.append(timing)
     rows = rows[1:]
-    return {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}
+    return {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}, response
 
 
-def _trained_artifact(home: Path) -> Path:
-    """The training job's segmentation3d model at its default input size, trained briefly on synthetic series."""
+def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], spatial_size: str, epochs: int,
+                      per_shape: int) -> Path:
+    """The training job's segmentation3d model trained on ``per_shape`` synthetic series of each served shape."""
     from training_channels import hippocampus_channel, run_entry, sm_layout
 
     root = home / "trained"
     env = sm_layout(root)
-    hippocampus_channel(root / "input/data/train", 12, seed=0, shape=(32, 48, 40))
-    r = run_entry(env, {"task": "segmentation3d", "epochs": 12, "batch_size": 2, "lr": 0.01, "val_fraction": 0.2,
-                        "test_fraction": 0.0, "seed": 0})
+    t0 = time.perf_counter()
+    hippocampus_channel(root / "input/data/train", per_shape, seed=0, shape=shapes[0], more_shapes=tuple(shapes[1:]))
+    r = run_entry(env, {"task": "segmentation3d", "epochs": epochs, "spatial_size": spatial_size, "batch_size": 2,
+                        "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.0, "seed": 0}, timeout=3600)
     if r.returncode != 0:
         raise SystemExit(f"training the benchmark model failed:\n{r.stderr[-2000:]}")
+    metrics = json.loads((root / "model" / "dicomflow_model.json").read_text())["metrics"]
+    print(f"model: segmentation3d UNet, input {spatial_size}, trained {epochs} epochs on {per_shape * len(shapes)} "
+          f"series in {time.perf_counter() - t0:.0f} s; mean Dice on its {metrics['val_items']} validation "
+          f"series {metrics['test_mean_dice']:.2f}")
     return root / "model"
 
 
@@ -117,6 +130,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="30,200")
+    parser.add_argument("--spatial-size", default="64,64,64", help="the model's input size, Z,Y,X (multiples of 8)")
+    parser.add_argument("--epochs", type=int, default=20, help="training epochs of the benchmark model")
+    parser.add_argument("--train-per-size", type=int, default=8, help="synthetic training series of each size")
     parser.add_argument("--untrained", action="store_true", help="serve an untrained UNet (dense masks)")
     args = parser.parse_args()
 
@@ -141,8 +157,10 @@ def main() -> None:
         conn = pacs_connection()
         client = dicomweb.connect(conn)
         session = dicomweb.make_session(conn)
+        sizes = [int(v) for v in args.sizes.split(",")]
+        shapes = [(n, 256, 256) for n in sizes]
         model_dir = (untrained_artifact(home, "segmentation3d", ["anterior", "posterior"]) if args.untrained
-                     else _trained_artifact(home))
+                     else _trained_artifact(home, shapes, args.spatial_size, args.epochs, args.train_per_size))
         s3 = aws.client("s3")
         s3.create_bucket(Bucket="bench-inference")
         s3.put_object(Bucket="bench-inference", Key="model.tar.gz", Body=model_tarball(model_dir))
@@ -155,8 +173,8 @@ def main() -> None:
         print(f"{'series':>14} {'MB':>6} {'floor':>8} {'retrieve':>9} {'per-inst':>9} "
               f"{'ret/floor':>9} {'perinst/ret':>11}")
         stage_rows = []
-        for n in (int(s) for s in args.sizes.split(",")):
-            series = synthetic.hippocampus_series(1, seed=1000 + n, shape=(n, 256, 256))[0]
+        for n, shape in zip(sizes, shapes, strict=True):
+            series = synthetic.hippocampus_series(1, seed=1000 + n, shape=shape)[0]
             dicomweb.store(client, series.datasets)
             study, uid = series.study_uid, series.series_uid
             sops = [str(ds.SOPInstanceUID) for ds in series.datasets]
@@ -169,13 +187,23 @@ def main() -> None:
                              max(1, args.repeats // 2))
             print(f"{n:>7} slices {size:>6.1f} {floor:>8.1f} {ret:>9.1f} {per:>9.1f} {ret / floor:>9.2f} "
                   f"{per / ret:>11.1f}")
-            stage_rows.append((n, _async_split(endpoint, study, args.repeats)))
+            stages, response = _async_split(endpoint, study, args.repeats)
+            true_mm3 = float((series.label_volume > 0).sum()) * float(np.prod(series.spacing))
+            stage_rows.append((n, stages, response, true_mm3))
         print("\nend-to-end async latency by stage (median, ms; SR+SEG encoded and stored):")
         keys = ["queue", "query", "retrieve", "preprocess", "model", "postprocess", "encode", "stow", "rest", "e2e"]
         print(f"{'series':>14} " + " ".join(f"{k:>11}" for k in keys) + f" {'non-model %':>11}")
-        for n, row in stage_rows:
+        for n, row, _, _ in stage_rows:
             share = 100 * (row["e2e"] - row["model"]) / row["e2e"]
             print(f"{n:>7} slices " + " ".join(f"{row.get(k, 0.0):>11.1f}" for k in keys) + f" {share:>11.1f}")
+        print("\nwhat the model found (total hippocampus; the SEG has one frame per marked slice and structure):")
+        for n, _, response, true_mm3 in stage_rows:
+            predicted = response["findings"]["volumesMm3"]["total"]
+            seg = response["outputs"]["seg"]
+            frames = client.retrieve_instance_metadata(response["studyInstanceUID"], seg["SeriesInstanceUID"],
+                                                       seg["SOPInstanceUID"])["00280008"]["Value"][0]
+            print(f"{n:>7} slices  predicted {predicted:>8.0f} mm3  true {true_mm3:>8.0f} mm3  "
+                  f"({100 * (predicted - true_mm3) / true_mm3:+.0f}%)  SEG frames {frames}")
     except requests.RequestException as exc:
         raise SystemExit(f"benchmark failed talking to the local cloud: {exc}") from None
     finally:

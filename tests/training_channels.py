@@ -30,11 +30,17 @@ def chest_channel(channel: Path, n: int, seed: int = 0, size: int = 64) -> list[
     return classes
 
 
-def hippocampus_channel(channel: Path, n: int, seed: int = 0, shape=(16, 24, 20), classification=False) -> None:
-    """n synthetic MR series with NIfTI labels (segmentation) or a label per series (classification3d)."""
+def hippocampus_channel(channel: Path, n: int, seed: int = 0, shape=(16, 24, 20), classification=False,
+                        more_shapes: tuple = ()) -> None:
+    """n synthetic MR series with NIfTI labels (segmentation) or a label per series (classification3d).
+
+    ``more_shapes``: n more series of each of these shapes (another seed for each shape).
+    """
     channel.mkdir(parents=True, exist_ok=True)
     lines = []
-    for i, ser in enumerate(synthetic.hippocampus_series(n, seed=seed, shape=shape)):
+    series = (ser for k, each in enumerate((shape, *more_shapes))
+              for ser in synthetic.hippocampus_series(n, seed=seed + 1000 * k, shape=each))
+    for i, ser in enumerate(series):
         folder = channel / "series" / f"{i:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         rels = []
