@@ -62,6 +62,34 @@ def test_seg_and_sr_for_segmentation_pass_dciodvfy(series, tmp_path: Path) -> No
     assert dciodvfy_errors(alone, tmp_path) == []
 
 
+def test_seg_has_frames_and_references_only_where_something_was_found(series, tmp_path: Path) -> None:
+    label = np.zeros_like(series.label_volume)
+    label[3, 5:9, 4:8] = 1
+    label[7, 10:12, 6:9] = 2
+    label[8, 10:12, 6:9] = 2
+    seg = build_seg(series.datasets, label, {1: "anterior", 2: "posterior"}, "unit-test-unet")
+    assert dciodvfy_errors(seg, tmp_path) == []
+    frames = sorted((int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+               str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID),
+               [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient])
+              for f in seg.PerFrameFunctionalGroupsSequence)
+    source = series.datasets
+    assert frames == sorted([(1, str(source[3].SOPInstanceUID), [float(v) for v in source[3].ImagePositionPatient]),
+                      (2, str(source[7].SOPInstanceUID), [float(v) for v in source[7].ImagePositionPatient]),
+                      (2, str(source[8].SOPInstanceUID), [float(v) for v in source[8].ImagePositionPatient])])
+    referenced = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence
+                  for i in s.ReferencedInstanceSequence}
+    assert referenced == {str(source[k].SOPInstanceUID) for k in (3, 7, 8)}
+    pixels = seg.pixel_array  # (frames, rows, cols), one frame per slice and segment
+    assert int(pixels.sum()) == int((label > 0).sum())
+
+
+def test_seg_of_an_empty_result_is_one_empty_frame_per_segment(series, tmp_path: Path) -> None:
+    seg = build_seg(series.datasets, np.zeros_like(series.label_volume), {1: "anterior", 2: "posterior"}, "u")
+    assert int(seg.NumberOfFrames) == 2
+    assert dciodvfy_errors(seg, tmp_path) == []
+
+
 def test_sr_for_classification_passes_dciodvfy(tmp_path: Path) -> None:
     image = synthetic.chest_radiographs(1, seed=1, size=64)[0].dataset
     result = F.classification_findings(np.array([0.9, 0.2]), ["Cardiomegaly", "Pleural Effusion"])
