@@ -73,6 +73,22 @@ def test_label_map_is_the_argmax_of_the_inverted_output(shape) -> None:
     assert np.mean(got == expected) > 0.99999
 
 
+@pytest.mark.parametrize("shape", [(200, 96, 80), (7, 33, 29), (30, 64, 48)])
+def test_label_map_of_a_sparse_output_skips_nothing_that_is_found(shape) -> None:
+    pre = build_transform(default_spec("3d", [16, 24, 16]))
+    torch.manual_seed(1)
+    out = torch.randn(3, 16, 24, 16)
+    out[0] += 6.0  # background wins almost everywhere ...
+    out[1, 7:9, 10:13, 5:8] += 9.0  # ... but here
+    out[2, 9, 14, 9] += 9.0  # and in one small-grid voxel
+    expected = pre.invert(out, shape).argmax(dim=0).numpy()
+    got = pre.label_map(out, shape, slab=3)
+    assert 0 < int((expected > 0).sum()) < expected.size // 20
+    np.testing.assert_array_equal(got, expected)
+    nothing = pre.label_map(torch.stack([out[0], out[0] - 1, out[0] - 2]), shape)
+    assert not nothing.any()
+
+
 @pytest.mark.parametrize("lower,upper", [(0.5, 99.5), (0.0, 100.0), (10.0, 60.0)])
 def test_percentile_scale_matches_monai(lower: float, upper: float) -> None:
     rng = np.random.default_rng(3)
