@@ -70,13 +70,15 @@ def test_seg_has_frames_and_references_only_where_something_was_found(series, tm
     seg = build_seg(series.datasets, label, {1: "anterior", 2: "posterior"}, "unit-test-unet")
     assert dciodvfy_errors(seg, tmp_path) == []
     frames = sorted((int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
-               str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID),
-               [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient])
-              for f in seg.PerFrameFunctionalGroupsSequence)
+                     str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID),
+                     [float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient])
+                    for f in seg.PerFrameFunctionalGroupsSequence)
     source = series.datasets
-    assert frames == sorted([(1, str(source[3].SOPInstanceUID), [float(v) for v in source[3].ImagePositionPatient]),
-                      (2, str(source[7].SOPInstanceUID), [float(v) for v in source[7].ImagePositionPatient]),
-                      (2, str(source[8].SOPInstanceUID), [float(v) for v in source[8].ImagePositionPatient])])
+
+    def on_slice(segment: int, k: int) -> tuple:
+        return segment, str(source[k].SOPInstanceUID), [float(v) for v in source[k].ImagePositionPatient]
+
+    assert frames == sorted([on_slice(1, 3), on_slice(2, 7), on_slice(2, 8)])
     referenced = {str(i.ReferencedSOPInstanceUID) for s in seg.ReferencedSeriesSequence
                   for i in s.ReferencedInstanceSequence}
     assert referenced == {str(source[k].SOPInstanceUID) for k in (3, 7, 8)}
