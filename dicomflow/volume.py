@@ -98,15 +98,53 @@ def _require_image(ds: Dataset) -> None:
 
 
 _NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
+_TRANSFER_SYNTAX, _PIXEL_DATA, _ORIENTATION_TAG = 0x00020010, 0x7FE00010, 0x00200037
+#: Samples per pixel, photometric interpretation, frames, rows, columns, bits allocated / stored,
+#: pixel representation, rescale intercept / slope: what decoding and modality values depend on.
+_PIXEL_FORMAT_TAGS = (0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100, 0x00280101,
+                      0x00280103, 0x00281052, 0x00281053)
 
 
-def _native_pixels(ds: Dataset) -> np.ndarray | None:
-    """Stored values of an uncompressed little-endian grayscale image straight from its bytes.
+def _as_stored(ds: Dataset, tag: int) -> object:
+    """An element's value as the dataset holds it (raw bytes until something reads it); for equality tests."""
+    elem = ds.get_item(tag)
+    return None if elem is None else elem.value
 
-    The common case of a series (one 8/16/32-bit frame per instance), read with ``np.frombuffer``
-    and masked / sign-extended to BitsStored exactly as ``ds.pixel_array`` does, at a tenth of the
-    cost. ``None`` for anything else (compressed, big endian, colour, multi-frame, odd sizes).
-    """
+
+def _pixel_format_key(ds: Dataset) -> tuple:
+    """What decoding ``ds`` depends on, compared without converting a value."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = _as_stored(meta, _TRANSFER_SYNTAX) if meta is not None else None
+    return (syntax, *(_as_stored(ds, tag) for tag in _PIXEL_FORMAT_TAGS))
+
+
+@dataclass(frozen=True)
+class _NativeFormat:
+    """An uncompressed little-endian grayscale frame: 8/16/32 bits allocated, ``stored`` of them used."""
+
+    rows: int
+    cols: int
+    dtype: np.dtype
+    stored: int
+
+    def frame(self, data: object) -> np.ndarray | None:
+        """The frame's allocated values straight from the PixelData bytes (a view); None if they fall short."""
+        count = self.rows * self.cols
+        if not isinstance(data, bytes | bytearray) or len(data) < count * self.dtype.itemsize:
+            return None
+        return np.frombuffer(data, dtype=self.dtype, count=count).reshape(self.rows, self.cols)
+
+    def stored_values(self, arr: np.ndarray) -> np.ndarray:
+        """Bits above BitsStored masked (unsigned) or sign-extended (signed), as ``ds.pixel_array`` does."""
+        allocated = self.dtype.itemsize * 8
+        if self.stored == allocated:
+            return arr
+        shift = allocated - self.stored
+        return (arr << shift) >> shift if self.dtype.kind == "i" else arr & ((1 << self.stored) - 1)
+
+
+def _native_format(ds: Dataset) -> _NativeFormat | None:
+    """The :class:`_NativeFormat` of ``ds``; None for anything else (compressed, big endian, colour, multi-frame)."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
     if syntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
@@ -120,15 +158,19 @@ def _native_pixels(ds: Dataset) -> np.ndarray | None:
             return None
     except (TypeError, ValueError, AttributeError):
         return None
-    data = ds.PixelData
-    if not isinstance(data, bytes | bytearray) or len(data) < rows * cols * allocated // 8:
-        return None
-    arr = np.frombuffer(data, dtype=f"<{'i' if signed else 'u'}{allocated // 8}", count=rows * cols)
-    arr = arr.reshape(rows, cols)
-    if stored < allocated:
-        shift = allocated - stored
-        arr = (arr << shift) >> shift if signed else arr & ((1 << stored) - 1)
-    return arr
+    return _NativeFormat(rows, cols, np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}"), stored)
+
+
+def _native_pixels(ds: Dataset) -> np.ndarray | None:
+    """Stored values of an uncompressed little-endian grayscale image straight from its bytes.
+
+    The common case of a series (one 8/16/32-bit frame per instance), read with ``np.frombuffer``
+    and masked / sign-extended to BitsStored exactly as ``ds.pixel_array`` does, at a tenth of the
+    cost. ``None`` for anything else (compressed, big endian, colour, multi-frame, odd sizes).
+    """
+    fmt = _native_format(ds)
+    frame = fmt.frame(ds.PixelData) if fmt is not None else None
+    return None if frame is None else fmt.stored_values(frame)
 
 
 def pixels(ds: Dataset) -> np.ndarray:
@@ -148,6 +190,11 @@ def pixels(ds: Dataset) -> np.ndarray:
             f"cannot decode pixel data ({name}): {str(exc).splitlines()[0]}; install the decoder plugin "
             "(pylibjpeg + pylibjpeg-libjpeg for JPEG lossless/extended, pyjpegls for JPEG-LS)"
         ) from exc
+    return _modality_values(arr, ds)
+
+
+def _modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values of ``ds`` (one frame or a stack of frames) -> float32 modality values."""
     samples = int(ds.get("SamplesPerPixel", 1))
     if samples > 1:
         # pydicom converts YBR to RGB by default; reduce to luminance (ITU-R BT.601).
@@ -166,6 +213,32 @@ def pixels(ds: Dataset) -> np.ndarray:
     if slope != 1.0 or intercept != 0.0:
         out = out * np.float32(slope) + np.float32(intercept)
     return out
+
+
+def _series_pixels(series: list[Dataset], size: tuple[int, int]) -> np.ndarray:
+    """``(Z, Y, X)`` modality values of single-frame instances, in the given order.
+
+    When every instance has the pixel format and rescale of the first (compared as stored, nothing
+    converted) and that format is uncompressed, it is read once and each slice is one copy of its
+    bytes; the masking and modality step then run once on the stack. Otherwise (or if a slice's
+    bytes fall short) every instance goes through :func:`pixels`. The values are the same.
+    """
+    first = series[0]
+    key = _pixel_format_key(first)
+    fmt = _native_format(first) if all(_pixel_format_key(ds) == key for ds in series[1:]) else None
+    if fmt is not None and (fmt.rows, fmt.cols) == size:
+        stack = np.empty((len(series), *size), dtype=fmt.dtype)
+        for i, ds in enumerate(series):
+            frame = fmt.frame(_as_stored(ds, _PIXEL_DATA))
+            if frame is None:
+                break
+            stack[i] = frame
+        else:
+            return _modality_values(fmt.stored_values(stack), first)
+    volume = np.empty((len(series), *size), dtype=np.float32)
+    for i, ds in enumerate(series):
+        volume[i] = pixels(ds)
+    return volume
 
 
 def _pixel_spacing(ds: Dataset) -> tuple[float, float]:
@@ -188,6 +261,14 @@ def _orientation(ds: Dataset) -> np.ndarray | None:
     if np.linalg.norm(normal) < 0.5:
         raise GeometryError("ImageOrientationPatient is degenerate (row and column directions parallel)")
     return np.stack([row, col, normal], axis=1)
+
+
+def _orientations(datasets: list[Dataset]) -> list[np.ndarray | None]:
+    """:func:`_orientation` of each instance, computed once when all store the same ImageOrientationPatient."""
+    stored = [_as_stored(ds, _ORIENTATION_TAG) for ds in datasets]
+    if stored[0] is not None and all(value == stored[0] for value in stored[1:]):
+        return [_orientation(datasets[0])] * len(datasets)
+    return [_orientation(ds) for ds in datasets]
 
 
 def _position(ds: Dataset) -> np.ndarray | None:
@@ -259,7 +340,7 @@ def _slice_spacing(positions: np.ndarray, what: str) -> float:
 def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
     first = datasets[0]
     size = (int(first.Rows), int(first.Columns))
-    for ds in datasets[1:]:
+    for ds in datasets:
         if (int(ds.Rows), int(ds.Columns)) != size:
             raise GeometryError(
                 f"mixed image sizes in one series: {size[0]}x{size[1]} and {int(ds.Rows)}x{int(ds.Columns)}; "
@@ -267,7 +348,7 @@ def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
             )
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise GeometryError("a series of multi-frame instances is not supported: pass one instance")
-    orientations = [_orientation(ds) for ds in datasets]
+    orientations = _orientations(datasets)
     positions = [_position(ds) for ds in datasets]
     has_geometry = all(o is not None for o in orientations) and all(p is not None for p in positions)
     dy, dx = _pixel_spacing(first)
@@ -279,9 +360,10 @@ def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
                     "mixed slice orientations in one series (ImageOrientationPatient differs); "
                     "a volume needs parallel slices"
                 )
-        # the same order as the pre-label Lambda's (dicomflow.geometry)
+        # the same order as the pre-label Lambda's (dicomflow.geometry), which takes the normal of
+        # the first orientation; the others were just checked against it
         order = np.array(_geometry.slice_order([list(p) for p in positions],
-                                               [ds.ImageOrientationPatient for ds in datasets]))
+                                               [first.ImageOrientationPatient] * len(datasets)))
         distance = np.array([float(p @ direction[:, 2]) for p in positions])
         dz = _slice_spacing(distance[order], "series")
         origin = tuple(positions[order[0]])
@@ -294,9 +376,7 @@ def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
         dz = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
         direction, origin = np.eye(3), (0.0, 0.0, 0.0)
     ordered = [datasets[i] for i in order]
-    volume = np.empty((len(ordered), *size), dtype=np.float32)
-    for i, ds in enumerate(ordered):
-        volume[i] = pixels(ds)
+    volume = _series_pixels(ordered, size)
     geom = Geometry(
         spacing=(dz, dy, dx),
         origin=tuple(float(v) for v in origin),

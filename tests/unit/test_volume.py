@@ -204,3 +204,57 @@ def test_native_pixel_reader_leaves_other_encodings_to_pydicom(name: str) -> Non
     from dicomflow.volume import _native_pixels
 
     assert _native_pixels(pydicom.dcmread(get_testdata_file(name))) is None
+
+
+def _as_received(datasets: list[Dataset]) -> list[Dataset]:
+    """The datasets written and read back, so their elements are raw, as a DICOMweb retrieval gives them."""
+    import io
+
+    out = []
+    for ds in datasets:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
+    return out
+
+
+def _variant(series: synthetic.SyntheticSeries, how: str) -> list[Dataset]:
+    datasets = _copies(series.datasets)
+    for k, ds in enumerate(datasets):
+        raw = np.frombuffer(ds.PixelData, "<u2").copy()
+        if how == "signed-high-bits":
+            ds.PixelRepresentation = 1
+            raw[:5] |= 0xF000
+        elif how == "rescaled":
+            ds.RescaleSlope, ds.RescaleIntercept = "2.5", "-1024"
+        elif how == "monochrome1":
+            ds.PhotometricInterpretation = "MONOCHROME1"
+        elif how == "rescale-per-slice":
+            ds.RescaleSlope, ds.RescaleIntercept = f"{1 + k / 10:.1f}", "0"
+        ds.PixelData = raw.tobytes()
+    return datasets
+
+
+@pytest.mark.parametrize("how", ["plain", "signed-high-bits", "rescaled", "monochrome1", "rescale-per-slice"])
+def test_series_decoded_once_matches_each_instance_decoded(series, how: str, monkeypatch) -> None:
+    from dicomflow import volume as volume_module
+    from dicomflow.volume import pixels
+
+    decoded_alone = []
+    monkeypatch.setattr(volume_module, "pixels", lambda ds: decoded_alone.append(ds) or pixels(ds))
+    datasets = _as_received(_variant(series, how))
+    random.Random(1).shuffle(datasets)
+    volume, geom = load_image(datasets)
+    # one format for the whole series, unless the rescale differs from slice to slice
+    assert len(decoded_alone) == (len(datasets) if how == "rescale-per-slice" else 0)
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in _as_received(_variant(series, how))}
+    expected = np.stack([pixels(by_uid[uid]) for uid in geom.sop_instance_uids])
+    assert volume.dtype == np.float32
+    np.testing.assert_array_equal(volume, expected)
+
+
+def test_series_with_a_short_slice_is_a_clear_error(series) -> None:
+    datasets = _as_received(series.datasets)
+    datasets[5].PixelData = datasets[5].PixelData[:-2]
+    with pytest.raises(NotAnImageError, match="cannot decode pixel data"):
+        load_image(datasets)
