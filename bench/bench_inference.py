@@ -111,6 +111,8 @@ def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], spatial_si
     """The training job's segmentation3d model trained on ``per_shape`` synthetic series of each served shape."""
     from training_channels import hippocampus_channel, run_entry, sm_layout
 
+    from dicomflow.models import METADATA_FILE
+
     root = home / "trained"
     env = sm_layout(root)
     t0 = time.perf_counter()
@@ -119,7 +121,7 @@ def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], spatial_si
                         "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.0, "seed": 0}, timeout=3600)
     if r.returncode != 0:
         raise SystemExit(f"training the benchmark model failed:\n{r.stderr[-2000:]}")
-    metrics = json.loads((root / "model" / "dicomflow_model.json").read_text())["metrics"]
+    metrics = json.loads((root / "model" / METADATA_FILE).read_text())["metrics"]
     print(f"model: segmentation3d UNet, input {spatial_size}, trained {epochs} epochs on {per_shape * len(shapes)} "
           f"series in {time.perf_counter() - t0:.0f} s; mean Dice on its {metrics['val_items']} validation "
           f"series {metrics['test_mean_dice']:.2f}")

@@ -33,6 +33,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from dicomflow.credentials import PacsConnection, pacs_connection
+from dicomflow.elements import stored_text
 from dicomflow.errors import DicomflowError
 
 __all__ = [
@@ -237,20 +238,11 @@ def json_value(item: dict, keyword: str, default: Any = None) -> Any:
 
 # ---- retrieve (WADO-RS) -----------------------------------------------------------------------------
 def _instance_order(ds: pydicom.Dataset) -> tuple[int, str]:
-    number, uid = _text(ds, 0x00200013), _text(ds, 0x00080018)  # InstanceNumber, SOPInstanceUID
+    number, uid = stored_text(ds, 0x00200013), stored_text(ds, 0x00080018)  # InstanceNumber, SOPInstanceUID
     try:
         return int(number or 0), uid
     except ValueError:
         return 0, uid
-
-
-def _text(ds: pydicom.Dataset, tag: int) -> str:
-    """A short text value without converting the element (pydicom's IS/UI conversion is slow)."""
-    elem = ds.get_item(tag)
-    value = elem.value if elem is not None else None
-    if isinstance(value, bytes):
-        return value.decode("ascii", "replace").strip("\0 ")
-    return "" if value is None else str(value)
 
 
 def retrieve_series(client: DICOMClient, study_uid: str, series_uid: str) -> list[pydicom.Dataset]:

@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomflow import geometry as _geometry
+from dicomflow.elements import stored_value
 from dicomflow.errors import DicomflowError
 
 #: Relative tolerance on slice spacing before a series is called irregular (gap / missing slice).
@@ -105,17 +106,11 @@ _PIXEL_FORMAT_TAGS = (0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011
                       0x00280103, 0x00281052, 0x00281053)
 
 
-def _as_stored(ds: Dataset, tag: int) -> object:
-    """An element's value as the dataset holds it (raw bytes until something reads it); for equality tests."""
-    elem = ds.get_item(tag)
-    return None if elem is None else elem.value
-
-
 def _pixel_format_key(ds: Dataset) -> tuple:
     """What decoding ``ds`` depends on, compared without converting a value."""
     meta = getattr(ds, "file_meta", None)
-    syntax = _as_stored(meta, _TRANSFER_SYNTAX) if meta is not None else None
-    return (syntax, *(_as_stored(ds, tag) for tag in _PIXEL_FORMAT_TAGS))
+    syntax = stored_value(meta, _TRANSFER_SYNTAX) if meta is not None else None
+    return (syntax, *(stored_value(ds, tag) for tag in _PIXEL_FORMAT_TAGS))
 
 
 @dataclass(frozen=True)
@@ -229,7 +224,7 @@ def _series_pixels(series: list[Dataset], size: tuple[int, int]) -> np.ndarray:
     if fmt is not None and (fmt.rows, fmt.cols) == size:
         stack = np.empty((len(series), *size), dtype=fmt.dtype)
         for i, ds in enumerate(series):
-            frame = fmt.frame(_as_stored(ds, _PIXEL_DATA))
+            frame = fmt.frame(stored_value(ds, _PIXEL_DATA))
             if frame is None:
                 break
             stack[i] = frame
@@ -265,7 +260,7 @@ def _orientation(ds: Dataset) -> np.ndarray | None:
 
 def _orientations(datasets: list[Dataset]) -> list[np.ndarray | None]:
     """:func:`_orientation` of each instance, computed once when all store the same ImageOrientationPatient."""
-    stored = [_as_stored(ds, _ORIENTATION_TAG) for ds in datasets]
+    stored = [stored_value(ds, _ORIENTATION_TAG) for ds in datasets]
     if stored[0] is not None and all(value == stored[0] for value in stored[1:]):
         return [_orientation(datasets[0])] * len(datasets)
     return [_orientation(ds) for ds in datasets]
