@@ -124,6 +124,41 @@ def save_artifact(model_dir: str | Path, *, task: str, labels: list[str], networ
     return model_dir
 
 
+class OneDnnConv3d(torch.nn.Module):
+    """A ``Conv3d`` that runs on oneDNN for float CPU input of any batch size (for inference)."""
+
+    def __init__(self, conv: torch.nn.Conv3d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled():
+            return c(x)
+        return torch.mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups)
+
+
+def use_onednn_conv3d(network: torch.nn.Module) -> torch.nn.Module:
+    """Make ``network``'s 3D convolutions run on oneDNN (in place); returns ``network``.
+
+    Eager PyTorch runs a 3D convolution of a single small volume (batch 1 and N*C*D*H < 20480,
+    i.e. most layers of these networks when a request is served) on its slow im2col path instead
+    of oneDNN, which it uses from batch 2 on. Measured on one core: the 64^3 segmentation UNet
+    250 -> 62 ms, at 32x48x40 34 -> 15 ms, DenseNet121-3D at 32x48x40 78 -> 45 ms; outputs agree
+    to ~1e-5 (the same kernels a batch of two gets). Under autograd, or on other devices and
+    dtypes, the stock convolution runs.
+    """
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch, "mkldnn_convolution")):
+        return network
+    for name, child in network.named_children():
+        if (type(child) is torch.nn.Conv3d and child.padding_mode == "zeros"
+                and not isinstance(child.padding, str)):
+            setattr(network, name, OneDnnConv3d(child))
+        else:
+            use_onednn_conv3d(child)
+    return network
+
+
 def _extract(tar_path: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="dicomflow-model-"))
     with tarfile.open(tar_path) as tar:

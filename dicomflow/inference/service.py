@@ -39,7 +39,7 @@ from dicomflow.inference.selection import (
 )
 from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc
-from dicomflow.models import LoadedModel, load_artifact
+from dicomflow.models import LoadedModel, load_artifact, use_onednn_conv3d
 from dicomflow.volume import GeometryError, NotAnImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,7 @@ class InferenceService:
         self.task = model.task
         self.labels = list(model.labels)
         self.transform = model.transform
+        self.network = use_onednn_conv3d(model.network)
         self.activation = model.metadata.get("activation", "sigmoid")
         self.name = str(model.metadata.get("name") or f"dicomflow-{model.task}")
         mods = model.metadata.get("modalities")
@@ -142,7 +143,7 @@ class InferenceService:
             x = self.transform(array).unsqueeze(0)
 
         with timer.stage("model"), torch.inference_mode():
-            out = self.model.network(x)
+            out = self.network(x)
 
         label = None
         if self.task == "segmentation3d":
@@ -253,7 +254,7 @@ class InferenceService:
         from dicomflow.inference.occlusion import occlusion_map, render_png
 
         top = result["top"]
-        image, sens = occlusion_map(self.model.network, x, top["index"], self.activation)
+        image, sens = occlusion_map(self.network, x, top["index"], self.activation)
         png = render_png(image, sens)
         try:
             bucket, key_prefix = aws.parse_s3_uri(prefix.rstrip("/") + "/")

@@ -69,7 +69,7 @@ def seg_server(world, local_cloud) -> Iterator[str]:
             try:
                 if requests.get(f"{url}/ping", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or a busy machine
                 pass
             time.sleep(0.1)
         yield url

@@ -13,7 +13,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from training_channels import chest_channel, write_manifest
 
-from dicomflow.models import ArtifactError, build_network, load_artifact, network_spec, save_artifact
+from dicomflow.models import (
+    ArtifactError,
+    OneDnnConv3d,
+    build_network,
+    load_artifact,
+    network_spec,
+    save_artifact,
+    use_onednn_conv3d,
+)
 from dicomflow.preprocess import default_spec
 from dicomflow.training import METRIC_DEFINITIONS
 from dicomflow.training.data import DatasetError, scan_manifest, split_by_patient
@@ -126,3 +134,21 @@ def test_artifact_round_trip(tmp_path) -> None:
         torch.testing.assert_close(loaded.network(x), net(x))
     with pytest.raises(ArtifactError, match="not a dicomflow model artifact"):
         load_artifact(tmp_path)
+
+
+@pytest.mark.parametrize(("task", "size"), [("segmentation3d", (16, 24, 24)), ("classification3d", (32, 32, 32))])
+def test_onednn_conv3d_gives_the_stock_outputs(task, size) -> None:
+    torch.manual_seed(0)
+    net = build_network(network_spec(task, ["a", "b"])).eval()
+    stock = build_network(network_spec(task, ["a", "b"])).eval()
+    stock.load_state_dict(net.state_dict())
+    fast = use_onednn_conv3d(net)
+    wrapped = [m for m in fast.modules() if isinstance(m, OneDnnConv3d)]
+    assert wrapped and len(wrapped) == sum(type(m) is torch.nn.Conv3d for m in fast.modules())
+    with torch.inference_mode():
+        for batch in (1, 3):  # batch 1 is where stock PyTorch takes its slow convolution path
+            x = torch.rand(batch, 1, *size)
+            torch.testing.assert_close(fast(x), stock(x), rtol=1e-4, atol=1e-4)
+    x = torch.rand(1, 1, *size, requires_grad=True)  # under autograd the stock convolution runs
+    fast(x).sum().backward()
+    assert x.grad is not None
