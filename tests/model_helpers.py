@@ -33,6 +33,16 @@ def model_tarball(model_dir: Path) -> bytes:
 DCIODVFY = shutil.which("dciodvfy")
 
 
+def as_retrieved(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The datasets written and read back: their elements stay raw until read, as after a DICOMweb retrieval."""
+    out = []
+    for ds in datasets:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
+    return out
+
+
 def dciodvfy_errors(ds: pydicom.Dataset, tmp: Path, name: str | None = None) -> list[str]:
     """The ``Error`` lines dciodvfy (Debian dicom3tools) reports for ``ds``, written to ``tmp/<name>.dcm``."""
     path = tmp / f"{name or ds.SOPInstanceUID}.dcm"

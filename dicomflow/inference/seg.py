@@ -52,12 +52,15 @@ def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, struct
     """
     if len(source_images) != label_volume.shape[0]:
         raise ValueError(f"{label_volume.shape[0]} mask frames for {len(source_images)} source images")
-    mask = np.asarray(label_volume).astype(np.uint8)
+    label = np.asarray(label_volume)
+    found = np.flatnonzero(label.any(axis=(1, 2)))  # only these slices are copied
+    mask = label[found].astype(np.uint8)
     mask[mask > max(structures)] = 0
-    marked = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
-    keep = marked if marked.size else np.array([len(mask) // 2])
+    marked = mask.any(axis=(1, 2))
+    keep, mask = found[marked], mask[marked]
+    if not keep.size:
+        keep, mask = np.array([len(label) // 2]), np.zeros((1, *label.shape[1:]), np.uint8)
     sources = [source_images[int(i)] for i in keep]
-    mask = mask[keep]
     algo = algorithm_identification(model_name)
     descriptions = [
         hd.seg.SegmentDescription(

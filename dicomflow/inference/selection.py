@@ -14,8 +14,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 
+from dicomflow.elements import stored_value
 from dicomflow.inference.errors import NoUsableSeries, StudyNotFound, UnusableSeries
 
 # Tags asked for with QIDO ``includefield``.
@@ -130,9 +133,39 @@ def instance_facts(ds: Any) -> dict:
             SERIES_DESCRIPTION: {"Value": values("SeriesDescription")}}
 
 
+# The elements the facts other than SOP_UID come from, and SpecificCharacterSet (their text's decoding).
+_FACT_TAGS = [Tag(int(tag, 16)) for tag in (MODALITY, SERIES_UID, IMAGE_TYPE, ORIENTATION, SERIES_DESCRIPTION,
+                                            "00080005")]
+
+
+def series_facts(datasets: list[Dataset]) -> list[dict]:
+    """:func:`instance_facts` less SOP_UID of each dataset, evaluated once per distinct stored values.
+
+    Instances of one series usually store the same bytes for these elements, so 200 instances cost
+    one evaluation instead of 200 (~100 µs each); those with equal stored values share one dict.
+    The values are converted in a copy holding just these elements: ``datasets`` keep their stored
+    values, which volume assembly compares (a converted and a raw one compare unequal).
+    """
+    known: dict[tuple, dict] = {}
+    out = []
+    for ds in datasets:
+        key = tuple(stored_value(ds, tag) for tag in _FACT_TAGS)
+        try:
+            facts = known.get(key)
+        except TypeError:  # an element already converted to a list is not hashable: no sharing
+            key, facts = None, None
+        if facts is None:
+            copy = Dataset({tag: ds.get_item(tag) for tag in _FACT_TAGS if tag in ds})
+            facts = {tag: value for tag, value in instance_facts(copy).items() if tag != SOP_UID}
+            if key is not None:
+                known[key] = facts
+        out.append(facts)
+    return out
+
+
 def check_retrieved(datasets: list, series_uid: str, task: str, modalities: tuple[str, ...] | None = None) -> None:
     """Every retrieved instance fits ``task`` (image type, one orientation); else :class:`UnusableSeries`."""
-    cands = group_by_series(instance_facts(ds) for ds in datasets)
+    cands = group_by_series(series_facts(datasets))
     for cand in cands:
         why = why_unusable(cand, task, modalities)
         if why:

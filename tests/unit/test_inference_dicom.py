@@ -86,6 +86,18 @@ def test_seg_has_frames_and_references_only_where_something_was_found(series, tm
     assert int(pixels.sum()) == int((label > 0).sum())
 
 
+def test_seg_leaves_out_slices_with_only_labels_beyond_the_structures(series) -> None:
+    label = np.zeros_like(series.label_volume)
+    label[2, 1:3, 1:3] = 3  # no structure 3: not in the SEG
+    label[5, 1:3, 1:3] = 3
+    label[5, 4, 4] = 1
+    seg = build_seg(series.datasets, label, {1: "anterior", 2: "posterior"}, "unit-test-unet")
+    frames = [str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+              for f in seg.PerFrameFunctionalGroupsSequence]
+    assert frames == [str(series.datasets[5].SOPInstanceUID)]
+    assert int(seg.pixel_array.sum()) == 1
+
+
 def test_seg_of_an_empty_result_is_one_empty_frame_per_segment(series, tmp_path: Path) -> None:
     seg = build_seg(series.datasets, np.zeros_like(series.label_volume), {1: "anterior", 2: "posterior"}, "u")
     assert int(seg.NumberOfFrames) == 2

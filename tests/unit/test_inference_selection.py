@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from model_helpers import as_retrieved
 
+from dicomflow import synthetic
+from dicomflow.elements import stored_value
 from dicomflow.inference.errors import NoUsableSeries, StudyNotFound, UnusableSeries
-from dicomflow.inference.selection import select_series
+from dicomflow.inference.selection import SOP_UID, check_retrieved, instance_facts, select_series, series_facts
 
 AXIAL = [1, 0, 0, 0, 1, 0]
 CORONAL = [1, 0, 0, 0, 0, -1]
@@ -78,3 +81,25 @@ def test_empty_study_is_not_found() -> None:
 def test_volume_without_qido_orientation_is_left_to_volume_assembly() -> None:
     sel = select_series(_inst("6.1", "MR", 10, iop=None), "segmentation3d")
     assert "checked on retrieval" in sel.reason
+
+
+def test_series_facts_are_the_instance_facts_evaluated_once_per_stored_values() -> None:
+    first, second = (s.datasets for s in synthetic.hippocampus_series(2, seed=5, shape=(8, 8, 8)))
+    first[2].ImageType = ["DERIVED", "SECONDARY"]
+    first[3].ImageOrientationPatient = CORONAL
+    del first[4].SeriesDescription
+    datasets = as_retrieved(first + second)
+    assert datasets[5].ImageType  # converted to a list: not hashable, evaluated on its own
+    facts = series_facts(datasets)
+    assert facts == [{tag: value for tag, value in instance_facts(ds).items() if tag != SOP_UID}
+                     for ds in as_retrieved(first + second)]
+    assert len({id(f) for f in facts}) == 6  # first series: 4 alike + 4 different; second: 8 alike
+    assert all(isinstance(stored_value(ds, 0x00200037), bytes) for ds in datasets)  # left unconverted
+
+
+def test_check_retrieved_rejects_mixed_orientations_and_passes_one_series() -> None:
+    datasets = as_retrieved(synthetic.hippocampus_series(1, seed=6, shape=(8, 8, 8))[0].datasets)
+    check_retrieved(datasets, "1.2", "segmentation3d")
+    datasets[3].ImageOrientationPatient = CORONAL
+    with pytest.raises(UnusableSeries, match="2 different slice orientations"):
+        check_retrieved(datasets, "1.2", "segmentation3d")

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pydicom
 import pytest
+from model_helpers import as_retrieved
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
@@ -206,18 +207,6 @@ def test_native_pixel_reader_leaves_other_encodings_to_pydicom(name: str) -> Non
     assert _native_pixels(pydicom.dcmread(get_testdata_file(name))) is None
 
 
-def _as_received(datasets: list[Dataset]) -> list[Dataset]:
-    """The datasets written and read back, so their elements are raw, as a DICOMweb retrieval gives them."""
-    import io
-
-    out = []
-    for ds in datasets:
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        out.append(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
-    return out
-
-
 def _variant(series: synthetic.SyntheticSeries, how: str) -> list[Dataset]:
     datasets = _copies(series.datasets)
     for k, ds in enumerate(datasets):
@@ -242,19 +231,19 @@ def test_series_decoded_once_matches_each_instance_decoded(series, how: str, mon
 
     decoded_alone = []
     monkeypatch.setattr(volume_module, "pixels", lambda ds: decoded_alone.append(ds) or pixels(ds))
-    datasets = _as_received(_variant(series, how))
+    datasets = as_retrieved(_variant(series, how))
     random.Random(1).shuffle(datasets)
     volume, geom = load_image(datasets)
     # one format for the whole series, unless the rescale differs from slice to slice
     assert len(decoded_alone) == (len(datasets) if how == "rescale-per-slice" else 0)
-    by_uid = {str(ds.SOPInstanceUID): ds for ds in _as_received(_variant(series, how))}
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in as_retrieved(_variant(series, how))}
     expected = np.stack([pixels(by_uid[uid]) for uid in geom.sop_instance_uids])
     assert volume.dtype == np.float32
     np.testing.assert_array_equal(volume, expected)
 
 
 def test_series_with_a_short_slice_is_a_clear_error(series) -> None:
-    datasets = _as_received(series.datasets)
+    datasets = as_retrieved(series.datasets)
     datasets[5].PixelData = datasets[5].PixelData[:-2]
     with pytest.raises(NotAnImageError, match="cannot decode pixel data"):
         load_image(datasets)
