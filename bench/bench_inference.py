@@ -17,9 +17,12 @@ input (``--spatial-size``): the default 32x48x40 input is meant for hippocampus 
 resolve a 20 mm structure in a 256 mm field (at 200 slices it labelled noise on 186 slices, Dice
 0.00, and the SEG of that noise was most of the latency). The benchmark prints the predicted and
 true hippocampus volume and the SEG frame count, so a broken model shows. ``--untrained`` serves an
-untrained UNet (dense masks: the worst case for the SEG).
+untrained UNet (dense masks: the worst case for the SEG). ``--spacing 1`` trains and serves the
+model at 1 mm voxels instead (random 64^3 patches in training, a sliding window of them at
+inference), the series' own in-plane resolution: slower, and the volumes it measures are accurate.
 
-Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--spatial-size 64,64,64]``.
+Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--spatial-size 64,64,64]
+[--spacing 1]``.
 Medians in milliseconds. The end of a request is its SNS success notification, read from an SQS
 queue with long polls (no CPU spent waiting); ``rest`` is the S3 output and the notification.
 """
@@ -106,8 +109,8 @@ def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, flo
     return {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}, response
 
 
-def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], spatial_size: str, epochs: int,
-                      per_shape: int) -> Path:
+def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], spatial_size: str, spacing: str,
+                      epochs: int, per_shape: int) -> Path:
     """The training job's segmentation3d model trained on ``per_shape`` synthetic series of each served shape."""
     from training_channels import hippocampus_channel, run_entry, sm_layout
 
@@ -117,12 +120,14 @@ def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], spatial_si
     env = sm_layout(root)
     t0 = time.perf_counter()
     hippocampus_channel(root / "input/data/train", per_shape, seed=0, shape=shapes[0], more_shapes=tuple(shapes[1:]))
-    r = run_entry(env, {"task": "segmentation3d", "epochs": epochs, "spatial_size": spatial_size, "batch_size": 2,
-                        "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.0, "seed": 0}, timeout=3600)
+    r = run_entry(env, {"task": "segmentation3d", "epochs": epochs, "spatial_size": spatial_size, "spacing": spacing,
+                        "batch_size": 2, "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.0, "seed": 0},
+                  timeout=3600)
     if r.returncode != 0:
         raise SystemExit(f"training the benchmark model failed:\n{r.stderr[-2000:]}")
     metrics = json.loads((root / "model" / METADATA_FILE).read_text())["metrics"]
-    print(f"model: segmentation3d UNet, input {spatial_size}, trained {epochs} epochs on {per_shape * len(shapes)} "
+    how = f"{spatial_size} patches at {spacing} mm" if spacing else spatial_size
+    print(f"model: segmentation3d UNet, input {how}, trained {epochs} epochs on {per_shape * len(shapes)} "
           f"series in {time.perf_counter() - t0:.0f} s; mean Dice on its {metrics['val_items']} validation "
           f"series {metrics['test_mean_dice']:.2f}")
     return root / "model"
@@ -133,6 +138,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="30,200")
     parser.add_argument("--spatial-size", default="64,64,64", help="the model's input size, Z,Y,X (multiples of 8)")
+    parser.add_argument("--spacing", default="", help="resample to this voxel spacing (mm; e.g. 1) and use "
+                        "--spatial-size patches with a sliding window")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs of the benchmark model")
     parser.add_argument("--train-per-size", type=int, default=8, help="synthetic training series of each size")
     parser.add_argument("--untrained", action="store_true", help="serve an untrained UNet (dense masks)")
@@ -162,7 +169,8 @@ def main() -> None:
         sizes = [int(v) for v in args.sizes.split(",")]
         shapes = [(n, 256, 256) for n in sizes]
         model_dir = (untrained_artifact(home, "segmentation3d", ["anterior", "posterior"]) if args.untrained
-                     else _trained_artifact(home, shapes, args.spatial_size, args.epochs, args.train_per_size))
+                     else _trained_artifact(home, shapes, args.spatial_size, args.spacing, args.epochs,
+                                            args.train_per_size))
         s3 = aws.client("s3")
         s3.create_bucket(Bucket="bench-inference")
         s3.put_object(Bucket="bench-inference", Key="model.tar.gz", Body=model_tarball(model_dir))

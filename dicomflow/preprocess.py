@@ -9,26 +9,40 @@ to the network's input tensor. Examples::
     {"kind": "3d", "spatial_size": [32, 48, 40],
      "intensity": {"mode": "percentile", "lower": 0.5, "upper": 99.5}}
 
+A 3D spec may also say ``"spacing": [z, y, x]`` (mm, with an optional ``"overlap"``, default
+0.25): the image is then resampled to that voxel spacing rather than resized, and ``spatial_size``
+is the patch the network sees: random patches in training, a sliding window of patches at
+inference (MONAI's ``sliding_window_inference``), so a series of any extent is segmented at one
+known resolution::
+
+    {"kind": "3d", "spatial_size": [64, 64, 64], "spacing": [1.0, 1.0, 1.0], "overlap": 0.25,
+     "intensity": {"mode": "percentile", "lower": 0.5, "upper": 99.5}}
+
 Intensity modes: ``percentile`` (lower/upper percentiles -> [0, 1], clipped), ``range``
 (``a_min``/``a_max`` -> [0, 1], clipped; e.g. a CT window) and ``zscore`` (mean 0, std 1).
 Geometry: the image (2D ``(Y, X)`` or 3D ``(Z, Y, X)``) is resized to ``image_size`` /
-``spatial_size`` (area/trilinear for images, nearest for labels); :meth:`Preprocess.invert`
-resizes network outputs back to the original grid.
+``spatial_size``, or resampled to ``spacing`` (area/trilinear for images, nearest for labels);
+:meth:`Preprocess.invert` and :meth:`Preprocess.label_map` bring network outputs back to the
+original grid, and :meth:`Preprocess.run_network` applies the network the way the spec says.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
 from monai.transforms import NormalizeIntensity, Resize, ScaleIntensityRange
 
 from dicomflow.errors import DicomflowError
 
 SPEC_VERSION = 1
+#: Patches the sliding window hands the network at once.
+SLIDING_WINDOW_BATCH = 4
 _INTENSITY_DEFAULT = {"mode": "percentile", "lower": 0.5, "upper": 99.5}
 
 
@@ -63,6 +77,18 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
             or not all(isinstance(v, int) and v > 0 for v in size)):
         raise PreprocessSpecError(f"preprocessing spec {key!r} must be {dims} positive integers, got {size!r}")
     spec[key] = [int(v) for v in size]
+    if "spacing" in spec:
+        spacing = spec["spacing"]
+        if isinstance(spacing, int | float):
+            spacing = [spacing] * 3
+        if (kind != "3d" or not isinstance(spacing, list | tuple) or len(spacing) != 3
+                or not all(isinstance(v, int | float) and v > 0 for v in spacing)):
+            raise PreprocessSpecError(f"preprocessing spec 'spacing' must be 3 positive numbers (mm, Z,Y,X) of a "
+                                      f"3d spec, got {spec['spacing']!r}")
+        spec["spacing"] = [float(v) for v in spacing]
+        overlap = spec.setdefault("overlap", 0.25)
+        if not isinstance(overlap, int | float) or not 0 <= overlap < 1:
+            raise PreprocessSpecError(f"preprocessing spec 'overlap' must be in [0, 1), got {overlap!r}")
     intensity = spec.setdefault("intensity", dict(_INTENSITY_DEFAULT))
     mode = intensity.get("mode")
     if mode == "percentile":
@@ -102,6 +128,7 @@ class Preprocess:
         self.kind: str = self.spec["kind"]
         self.size: tuple[int, ...] = tuple(self.spec["image_size" if self.kind == "2d" else "spatial_size"])
         self.ndim = len(self.size)
+        self.spacing: tuple[float, ...] | None = tuple(self.spec["spacing"]) if "spacing" in self.spec else None
         intensity = self.spec["intensity"]
         if intensity["mode"] == "percentile":
             self._intensity = PercentileScale(float(intensity.get("lower", 0.5)), float(intensity.get("upper", 99.5)))
@@ -128,17 +155,47 @@ class Preprocess:
             raise PreprocessSpecError(f"expected one channel, got shape {tuple(t.shape)}")
         return t
 
-    def __call__(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Image array ``(Y, X)`` / ``(Z, Y, X)`` -> float tensor ``(1, *size)``."""
+    def grid(self, shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> tuple[int, ...]:
+        """The network-side grid of an image of ``shape`` with voxel ``spacing`` (mm): the fixed size,
+        or with a ``spacing`` spec the voxel counts that cover the same extent at that spacing."""
+        if self.spacing is None:
+            return self.size
+        if spacing is None or len(spacing) != len(shape) or len(shape) != 3:
+            raise PreprocessSpecError(
+                f"this model resamples to {self.spacing} mm voxels: it needs a 3D image and its voxel spacing")
+        return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, self.spacing, strict=True))
+
+    def __call__(self, array: np.ndarray | torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
+        """Image array ``(Y, X)`` / ``(Z, Y, X)`` with voxel ``spacing`` (mm) -> float tensor ``(1, *grid)``.
+
+        ``spacing`` is needed only when the spec resamples to a spacing.
+        """
         t = self._channel_first(array)
-        t = torch.as_tensor(self._resize_image(t))
+        if self.spacing is None:
+            t = torch.as_tensor(self._resize_image(t))
+        else:
+            t = F.interpolate(t[None], size=self.grid(tuple(t.shape[1:]), spacing), mode="trilinear",
+                              align_corners=False)[0]
         t = torch.as_tensor(self._intensity(t))
         return t.as_subclass(torch.Tensor).contiguous().float()
 
-    def label(self, label: np.ndarray) -> torch.Tensor:
-        """Integer label volume on the image grid -> long tensor ``(1, *size)`` (nearest neighbour)."""
+    def label(self, label: np.ndarray, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
+        """Integer label volume on the image grid -> long tensor ``(1, *grid)`` (nearest neighbour)."""
         t = self._channel_first(np.asarray(label, dtype=np.float32))
-        return torch.as_tensor(self._resize_label(t)).as_subclass(torch.Tensor).round().long().contiguous()
+        if self.spacing is None:
+            t = torch.as_tensor(self._resize_label(t))
+        else:
+            t = F.interpolate(t[None], size=self.grid(tuple(t.shape[1:]), spacing), mode="nearest")[0]
+        return t.as_subclass(torch.Tensor).round().long().contiguous()
+
+    def run_network(self, network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``network`` applied to a batch ``x`` from this preprocessing: in one pass, or with a ``spacing``
+        spec as a sliding window of ``spatial_size`` patches (``overlap``) over the whole volume."""
+        if self.spacing is None:
+            return network(x)
+        out = sliding_window_inference(x, self.size, SLIDING_WINDOW_BATCH, network,
+                                       overlap=float(self.spec["overlap"]))
+        return torch.as_tensor(out).as_subclass(torch.Tensor)
 
     def invert(self, output: torch.Tensor, original_shape: tuple[int, ...], *, labels: bool = False
                ) -> torch.Tensor:

@@ -140,10 +140,10 @@ class InferenceService:
                 raise UnusableSeries(f"series {selection.series_uid}: {exc}") from None
             if self.task == "classification2d" and array.ndim == 3:
                 array = array[array.shape[0] // 2]
-            x = self.transform(array).unsqueeze(0)
+            x = self.transform(array, geometry.spacing).unsqueeze(0)
 
         with timer.stage("model"), torch.inference_mode():
-            out = self.network(x)
+            out = self.transform.run_network(self.network, x)
 
         label = None
         if self.task == "segmentation3d":

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import Transform
+from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd, Transform
 
 from dicomflow import volume
 from dicomflow.errors import DicomflowError
@@ -193,21 +193,35 @@ class LoadItem(Transform):
         array, geom = volume.load_files(item["images"])
         if self.task == "classification3d" and array.ndim == 2:
             array = array[None]
-        image = self.preprocess(array)
+        image = self.preprocess(array, geom.spacing)
         out: dict[str, Any] = {"image": image, "id": item["id"]}
         if self.task == "segmentation3d":
             label = volume.load_label_volume(item["label"], array.shape, geom.sop_instance_uids)
-            out["target"] = self.preprocess.label(label)
+            out["target"] = self.preprocess.label(label, geom.spacing)
         else:
             out["target"] = torch.tensor(item["labels"], dtype=torch.float32)
         return out
 
 
+def random_patches(size: tuple[int, ...]) -> list[Transform]:
+    """Training patches of ``size`` from a resampled volume: padded up to ``size`` where smaller, then
+    cropped around foreground and background voxels equally often (MONAI ``RandCropByPosNegLabeld``)."""
+    keys = ["image", "target"]
+    return [SpatialPadd(keys, spatial_size=size),
+            RandCropByPosNegLabeld(keys, label_key="target", spatial_size=size, pos=1, neg=1, num_samples=1)]
+
+
 def make_dataset(items: list[Item], preprocess: Preprocess, task: str, cache: str, cache_dir: Path | None,
-                 num_workers: int = 0) -> Dataset:
-    """A MONAI dataset over ``items``; ``cache`` none | memory (CacheDataset) | disk (PersistentDataset)."""
+                 num_workers: int = 0, patches: bool = False, seed: int = 0) -> Dataset:
+    """A MONAI dataset over ``items``; ``cache`` none | memory (CacheDataset) | disk (PersistentDataset).
+
+    ``patches``: each item is a random patch (:func:`random_patches`, seeded with ``seed``) of the
+    cached volume.
+    """
     data = [it.as_dict() for it in items]
-    transform = LoadItem(preprocess, task)
+    transform: Transform = LoadItem(preprocess, task)
+    if patches:
+        transform = Compose([transform, *random_patches(preprocess.size)]).set_random_state(seed=seed)
     if cache == "memory":
         return CacheDataset(data, transform, cache_rate=1.0, num_workers=max(num_workers, 1), progress=False)
     if cache == "disk":

@@ -25,7 +25,8 @@ class Hyperparameters:
     batch_size: int = 8
     lr: float = 1e-3
     image_size: int = 128  # classification2d: square side in pixels
-    spatial_size: str = "32,48,40"  # 3D tasks: Z,Y,X voxels
+    spatial_size: str = "32,48,40"  # 3D tasks: Z,Y,X voxels (with spacing: the patch size)
+    spacing: str = ""  # segmentation3d: resample to Z,Y,X mm (e.g. "1" or "1.2,1,1") and train on patches
     val_fraction: float = 0.2
     test_fraction: float = 0.2  # segmentation3d: held-out test split for the report
     seed: int = 0
@@ -50,6 +51,22 @@ class Hyperparameters:
         if len(size) != 3 or min(size) < 8:
             raise HyperparameterError(f"spatial_size must be three sizes >= 8 like 32,48,40, got {self.spatial_size!r}")
         return size
+
+    @property
+    def voxel_spacing(self) -> list[float] | None:
+        """``spacing`` as three mm values, or None when the volume is resized to ``spatial_size``."""
+        if not str(self.spacing).strip():
+            return None
+        try:
+            spacing = [float(v) for v in str(self.spacing).replace("x", ",").split(",") if v.strip()]
+        except ValueError as exc:
+            raise HyperparameterError(f"spacing must look like 1 or 1.2,1,1 (mm), got {self.spacing!r}") from exc
+        if len(spacing) == 1:
+            spacing = spacing * 3
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise HyperparameterError(
+                f"spacing must be one or three sizes > 0 in mm like 1.2,1,1, got {self.spacing!r}")
+        return spacing
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +152,10 @@ def validate(hp: Hyperparameters) -> None:
         raise HyperparameterError(
             f"spatial_size {hp.spatial_size!r}: the 3D UNet halves the size three times, so every size "
             "must be a multiple of 8 (e.g. 32,48,40)")
+    if hp.voxel_spacing is not None and hp.task != "segmentation3d":
+        raise HyperparameterError(
+            f"spacing is for segmentation3d (patches and a sliding window); a {hp.task} model sees the whole "
+            "image: leave spacing empty")
     if hp.task == "classification3d" and min(hp.spatial_shape) < 32:
         raise HyperparameterError(
             f"spatial_size {hp.spatial_size!r}: DenseNet121 downsamples 32x, so every size must be >= 32")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import list_data_collate, worker_init_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dicomflow import volume
@@ -61,6 +62,8 @@ class Trainer:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.use_amp = bool(hp.amp) and self.device.type == "cuda"
         self.distributed = False
+        self.patches = hp.voxel_spacing is not None  # resampled volumes: train on patches, validate whole
+        self.pre = build_transform(self._preprocess_spec())
 
     # -- setup ---------------------------------------------------------------------------------
     def _preprocess_spec(self) -> dict[str, Any]:
@@ -68,10 +71,16 @@ class Trainer:
         spec = default_preprocess(self.task, size)
         spec["intensity"] = {"mode": "percentile", "lower": self.hp.intensity_lower,
                              "upper": self.hp.intensity_upper}
+        if self.patches:
+            spec["spacing"] = self.hp.voxel_spacing
         return spec
 
     def _loader(self, items: list[Item], pre: Preprocess, shuffle: bool, cache_dir: Path) -> DataLoader:
-        ds = make_dataset(items, pre, self.task, self.hp.cache, cache_dir, self.hp.num_workers)
+        patches = shuffle and self.patches
+        ds = make_dataset(items, pre, self.task, self.hp.cache, cache_dir, self.hp.num_workers, patches=patches,
+                          seed=self.hp.seed + self.tenv.rank)
+        # whole resampled volumes differ in size: one at a time
+        batch_size = 1 if self.patches and not shuffle else self.hp.batch_size
         sampler = None
         if shuffle and self.distributed:
             sampler = DistributedSampler(ds, num_replicas=self.tenv.world_size, rank=self.tenv.rank,
@@ -79,10 +88,12 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.hp.seed)
         # a lone last sample breaks BatchNorm in training: drop the incomplete batch when there are others
         per_rank = len(ds) // (self.tenv.world_size if self.distributed else 1)
-        return DataLoader(ds, batch_size=self.hp.batch_size, drop_last=shuffle and per_rank > self.hp.batch_size,
+        return DataLoader(ds, batch_size=batch_size, drop_last=shuffle and per_rank > batch_size,
                           shuffle=shuffle and sampler is None, sampler=sampler, num_workers=self.hp.num_workers,
                           generator=generator, pin_memory=self.device.type == "cuda",
-                          persistent_workers=self.hp.num_workers > 0)
+                          persistent_workers=self.hp.num_workers > 0,
+                          collate_fn=list_data_collate if patches else None,
+                          worker_init_fn=worker_init_fn if patches else None)  # a random state per worker
 
     # -- run -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -94,8 +105,7 @@ class Trainer:
         scan: ManifestScan = scan_manifest(tenv.channel(hp.channel), self.task)
         labels = (scan.classes if not self.segmentation
                   else [c for c in scan.classes if c.lower() != "background"])
-        spec = self._preprocess_spec()
-        pre = build_transform(spec)
+        pre = self.pre
         net_spec = network_spec(self.task, labels)
         fingerprint = hashlib.sha256(json.dumps(
             [self.task, labels, net_spec, pre.spec, scan.manifest_sha256], sort_keys=True).encode()).hexdigest()
@@ -245,7 +255,7 @@ class Trainer:
             image = batch["image"].to(self.device)
             target = batch["target"].to(self.device)
             with torch.autocast(device_type=self.device.type, enabled=self.use_amp):
-                logits = model(image)
+                logits = self.pre.run_network(model, image)
             losses.append(float(loss_fn(logits.float(), target)) * image.shape[0])
             if self.segmentation:
                 pred = logits.argmax(dim=1).cpu().numpy()
@@ -273,7 +283,7 @@ class Trainer:
         for item in items:
             array, geom = volume.load_files(item.images)
             truth = volume.load_label_volume(item.label, array.shape, geom.sop_instance_uids)
-            logits = model(pre(array)[None].to(self.device)).float()
+            logits = pre.run_network(model, pre(array, geom.spacing)[None].to(self.device)).float()
             probs = torch.softmax(logits, dim=1)[0].cpu()
             pred = pre.label_map(probs, array.shape)
             per_volume[item.id] = overlap_metrics(pred, truth, len(labels))

@@ -9,6 +9,10 @@
 
 Training is training_job/train.py run as a subprocess, as the training tests do (12 volumes of
 16x24x24, 12 epochs: well under a minute on 2 cores).
+
+A second model is trained on random patches at a fixed voxel spacing (``spacing``): served in
+process, it resamples a series larger than anything it saw whole to that spacing, runs a sliding
+window of patches over it and measures the volume on the series' own grid.
 """
 
 from __future__ import annotations
@@ -98,6 +102,34 @@ def test_async_endpoint_predicts_the_hippocampus_volume_within_tolerance(local_c
             assert err <= VOLUME_TOLERANCE, f"predicted {predicted:.0f} mm3 vs true {true:.0f} mm3 ({err:.1%})"
     finally:
         aws.client("sagemaker").delete_endpoint(EndpointName=name)
+
+
+@pytest.fixture(scope="module")
+def trained_on_patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A segmentation3d artifact trained on 16^3 patches resampled to 1.5 mm voxels."""
+    root = tmp_path_factory.mktemp("trained-patches")
+    env = sm_layout(root)
+    hippocampus_channel(root / "input/data/train", 8, seed=0, shape=SHAPE, more_shapes=((24, 40, 40),))
+    r = run_entry(env, {"task": "segmentation3d", "epochs": 12, "spatial_size": "16,16,16", "spacing": "1.5",
+                        "batch_size": 2, "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.0, "seed": 0})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root / "model"
+
+
+def test_patch_model_segments_a_larger_series_at_its_spacing(local_cloud, trained_on_patches) -> None:
+    from dicomflow.inference.request import parse_request
+    from dicomflow.inference.service import InferenceService
+
+    service = InferenceService.from_model_dir(trained_on_patches)
+    assert service.transform.spacing == (1.5, 1.5, 1.5) and service.transform.size == (16, 16, 16)
+    series = synthetic.hippocampus_series(1, seed=4343, shape=(32, 48, 48))[0]  # bigger than any training series
+    dicomweb.store(dicomweb.connect(), series.datasets)
+    out = service.run(parse_request({"dicomweb": {"url": local_cloud.pacs.url}, "studyInstanceUID": series.study_uid,
+                                     "outputs": ["json", "seg"], "storeToPacs": False}))
+    assert out["volume"]["shape"] == [32, 48, 48]
+    predicted, true = out["findings"]["volumesMm3"]["total"], _true_volume_mm3(series)
+    print(f"\npatch model, held-out 32x48x48 series: predicted {predicted:.0f} mm3, true {true:.0f} mm3")
+    assert abs(predicted - true) / true <= VOLUME_TOLERANCE
 
 
 def test_entry_point_imports_the_vendored_dicomflow(tmp_path) -> None:

@@ -97,3 +97,50 @@ def test_percentile_scale_matches_monai(lower: float, upper: float) -> None:
     ours = PercentileScale(lower, upper)(t)
     assert float(ours.min()) == 0.0 and float(ours.max()) == 1.0
     np.testing.assert_allclose(np.asarray(ours), np.asarray(monai(t)), atol=1e-5)
+
+
+def _spacing_spec(patch=(8, 8, 8), spacing=(1.0, 1.0, 1.0), **extra) -> dict:
+    return {**default_spec("3d", list(patch)), "spacing": spacing, **extra}
+
+
+def test_spacing_spec_resamples_to_the_voxel_spacing() -> None:
+    pre = build_transform(_spacing_spec(spacing=(2.0, 1.0, 1.0)))
+    assert pre.spec["overlap"] == 0.25 and pre.spacing == (2.0, 1.0, 1.0)
+    image = np.random.default_rng(1).random((10, 20, 30)).astype(np.float32)
+    assert pre.grid(image.shape, (3.0, 0.5, 1.0)) == (15, 10, 30)  # the same extent in 2 x 1 x 1 mm voxels
+    x = pre(image, (3.0, 0.5, 1.0))
+    assert x.shape == (1, 15, 10, 30) and float(x.min()) >= 0 and float(x.max()) <= 1
+    label = np.zeros((10, 20, 30), dtype=np.uint8)
+    label[4:6, 8:12, 10:20] = 2
+    y = pre.label(label, (3.0, 0.5, 1.0))
+    assert y.shape == (1, 15, 10, 30) and set(torch.unique(y).tolist()) == {0, 2}
+    with pytest.raises(PreprocessSpecError, match="needs a 3D image and its voxel spacing"):
+        pre(image)
+    assert build_transform(_spacing_spec(spacing=1.5)).spacing == (1.5, 1.5, 1.5)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({**default_spec("2d", [32, 32]), "spacing": [1, 1, 1]}, "spacing"),
+    (_spacing_spec(spacing=(1, 0, 1)), "3 positive numbers"),
+    (_spacing_spec(spacing=(1, 1)), "3 positive numbers"),
+    (_spacing_spec(overlap=1.0), "overlap"),
+])
+def test_bad_spacing_specs_are_rejected(spec, message) -> None:
+    with pytest.raises(PreprocessSpecError, match=message):
+        build_transform(spec)
+
+
+def test_sliding_window_covers_the_whole_resampled_volume() -> None:
+    """A voxel-wise network gives the same output through the sliding window as on the whole volume."""
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 3, kernel_size=1).eval()
+    pre = build_transform(_spacing_spec(patch=(8, 8, 8)))
+    x = pre(np.random.default_rng(2).random((6, 21, 17)).astype(np.float32), (1.0, 1.0, 1.0))[None]
+    with torch.inference_mode():
+        out = pre.run_network(network, x)  # smaller than a patch along Z, several patches in-plane
+        torch.testing.assert_close(out, network(x))
+    assert out.shape == (1, 3, 6, 21, 17) and type(out) is torch.Tensor
+    labels = pre.label_map(out[0], (12, 21, 17))  # back on a grid twice as fine along Z
+    assert labels.shape == (12, 21, 17)
+    fixed = build_transform(default_spec("3d", [8, 8, 8]))
+    assert fixed.run_network(network, x) is not None and fixed.grid((6, 21, 17)) == (8, 8, 8)

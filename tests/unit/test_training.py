@@ -152,3 +152,14 @@ def test_onednn_conv3d_gives_the_stock_outputs(task, size) -> None:
     x = torch.rand(1, 1, *size, requires_grad=True)  # under autograd the stock convolution runs
     fast(x).sum().backward()
     assert x.grad is not None
+
+
+def test_spacing_hyperparameter() -> None:
+    assert parse([], {}).voxel_spacing is None
+    assert parse(["--task", "segmentation3d", "--spacing", "1"], {}).voxel_spacing == [1.0, 1.0, 1.0]
+    assert parse(["--task", "segmentation3d", "--spacing", "1.2,1,1"], {}).voxel_spacing == [1.2, 1.0, 1.0]
+    for bad in ("a", "0", "1,1"):
+        with pytest.raises(HyperparameterError, match="spacing must"):
+            parse(["--task", "segmentation3d", "--spacing", bad], {})
+    with pytest.raises(HyperparameterError, match="spacing is for segmentation3d"):
+        parse(["--task", "classification3d", "--spacing", "1"], {})
