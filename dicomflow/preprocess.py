@@ -107,17 +107,22 @@ def validate_spec(spec: dict[str, Any]) -> dict[str, Any]:
 class PercentileScale:
     """Map the ``lower``..``upper`` percentiles of an image to 0..1, clipped.
 
-    MONAI's ``ScaleIntensityRangePercentiles`` with ``b_min=0, b_max=1, clip=True``, but the two
-    percentiles come from ``np.percentile`` (a selection, linear interpolation as torch's) instead
-    of ``torch.quantile`` (a full sort): 4 ms instead of 50 ms on a 64^3 input.
+    MONAI's ``ScaleIntensityRangePercentiles`` with ``b_min=0, b_max=1, clip=True`` (the same
+    arithmetic, so the same values), but the two percentiles come from ``np.percentile`` (a
+    selection, linear interpolation as torch's) instead of ``torch.quantile`` (a full sort): 4 ms
+    instead of 50 ms on a 64^3 input; and the scaling runs in place on one new tensor instead of
+    three (~120 -> ~40 ms on a 240x256x256 volume, where each new 63 MB array costs page faults).
     """
 
     def __init__(self, lower: float, upper: float) -> None:
         self.lower, self.upper = lower, upper
 
     def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        lo, hi = np.percentile(t.detach().cpu().numpy(), [self.lower, self.upper])
-        return ScaleIntensityRange(a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True)(t)
+        lo, hi = (float(v) for v in np.percentile(t.detach().cpu().numpy(), [self.lower, self.upper]))
+        out = torch.as_tensor(t).as_subclass(torch.Tensor) - lo
+        if hi == lo:  # a constant image: MONAI shifts it and stops there
+            return out
+        return out.div_(hi - lo).clamp_(0.0, 1.0)
 
 
 class Preprocess:

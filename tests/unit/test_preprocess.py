@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.transforms import ScaleIntensityRangePercentiles
+from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
 
 from dicomflow.preprocess import PercentileScale, PreprocessSpecError, build_transform, default_spec
 
@@ -96,7 +96,12 @@ def test_percentile_scale_matches_monai(lower: float, upper: float) -> None:
     monai = ScaleIntensityRangePercentiles(lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True, relative=False)
     ours = PercentileScale(lower, upper)(t)
     assert float(ours.min()) == 0.0 and float(ours.max()) == 1.0
-    np.testing.assert_allclose(np.asarray(ours), np.asarray(monai(t)), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(monai(t)), atol=1e-5)  # percentiles differ by ulps
+    lo, hi = np.percentile(t.numpy(), [lower, upper])
+    scale = ScaleIntensityRange(a_min=float(lo), a_max=float(hi), b_min=0.0, b_max=1.0, clip=True)
+    assert torch.equal(ours, scale(t).as_tensor())  # the same arithmetic: the same values
+    flat = torch.full((1, 4, 4, 4), 7.0)
+    assert torch.equal(PercentileScale(lower, upper)(flat), torch.zeros_like(flat))
 
 
 def _spacing_spec(patch=(8, 8, 8), spacing=(1.0, 1.0, 1.0), **extra) -> dict:
