@@ -8,7 +8,7 @@ Starts its own local cloud (Orthanc + emulated AWS) in a temp dir on free ports,
 * ``per-inst``  - sequential per-instance WADO-RS GETs (the AWS sample's way);
 * end-to-end async latency through the emulated endpoint (invoke -> result in S3OutputPath) split
   into queue (invoke to start of processing), query, retrieve, preprocess, model (the network's
-  forward pass), postprocess (label map on the original grid, volumes), encode (SR+SEG), stow and
+  forward pass, or with ``--spacing`` its sliding window of passes), postprocess (label map on the original grid, volumes), encode (SR+SEG), stow and
   the rest (S3 output, notification), and the share of it that is not the model.
 
 The model is the training job's segmentation3d UNet, trained here (a few minutes) on synthetic

@@ -42,13 +42,8 @@ class Hyperparameters:
     @property
     def spatial_shape(self) -> list[int]:
         """``spatial_size`` as three ints."""
-        try:
-            size = [int(v) for v in str(self.spatial_size).replace("x", ",").split(",") if v.strip()]
-        except ValueError as exc:
-            raise HyperparameterError(f"spatial_size must look like 32,48,40, got {self.spatial_size!r}") from exc
-        if len(size) == 1:
-            size = size * 3
-        if len(size) != 3 or min(size) < 8:
+        size = _three("spatial_size", self.spatial_size, int, "32,48,40")
+        if min(size) < 8:
             raise HyperparameterError(f"spatial_size must be three sizes >= 8 like 32,48,40, got {self.spatial_size!r}")
         return size
 
@@ -57,19 +52,26 @@ class Hyperparameters:
         """``spacing`` as three mm values, or None when the volume is resized to ``spatial_size``."""
         if not str(self.spacing).strip():
             return None
-        try:
-            spacing = [float(v) for v in str(self.spacing).replace("x", ",").split(",") if v.strip()]
-        except ValueError as exc:
-            raise HyperparameterError(f"spacing must look like 1 or 1.2,1,1 (mm), got {self.spacing!r}") from exc
-        if len(spacing) == 1:
-            spacing = spacing * 3
-        if len(spacing) != 3 or min(spacing) <= 0:
-            raise HyperparameterError(
-                f"spacing must be one or three sizes > 0 in mm like 1.2,1,1, got {self.spacing!r}")
+        spacing = _three("spacing", self.spacing, float, "1 or 1.2,1,1 (mm)")
+        if min(spacing) <= 0:
+            raise HyperparameterError(f"spacing must be sizes > 0 in mm like 1.2,1,1, got {self.spacing!r}")
         return spacing
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _three(name: str, text: str, kind: type, example: str) -> list:
+    """``"a,b,c"`` (or ``"axbxc"``) as three values of ``kind``; one value is used for all three."""
+    try:
+        values = [kind(v) for v in str(text).replace("x", ",").split(",") if v.strip()]
+    except ValueError as exc:
+        raise HyperparameterError(f"{name} must look like {example}, got {text!r}") from exc
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3:
+        raise HyperparameterError(f"{name} must look like {example}, got {text!r}")
+    return values
 
 
 def _coerce(name: str, kind: type, raw: Any) -> Any:
