@@ -203,25 +203,25 @@ class LoadItem(Transform):
         return out
 
 
-def random_patches(size: tuple[int, ...]) -> list[Transform]:
-    """Training patches of ``size`` from a resampled volume: padded up to ``size`` where smaller, then
-    cropped around foreground and background voxels equally often (MONAI ``RandCropByPosNegLabeld``)."""
+def random_patches(size: tuple[int, ...], count: int = 1) -> list[Transform]:
+    """``count`` training patches of ``size`` from a resampled volume: padded up to ``size`` where smaller,
+    then cropped around foreground and background voxels equally often (MONAI ``RandCropByPosNegLabeld``)."""
     keys = ["image", "target"]
     return [SpatialPadd(keys, spatial_size=size),
-            RandCropByPosNegLabeld(keys, label_key="target", spatial_size=size, pos=1, neg=1, num_samples=1)]
+            RandCropByPosNegLabeld(keys, label_key="target", spatial_size=size, pos=1, neg=1, num_samples=count)]
 
 
 def make_dataset(items: list[Item], preprocess: Preprocess, task: str, cache: str, cache_dir: Path | None,
-                 num_workers: int = 0, patches: bool = False, seed: int = 0) -> Dataset:
+                 num_workers: int = 0, patches: int = 0, seed: int = 0) -> Dataset:
     """A MONAI dataset over ``items``; ``cache`` none | memory (CacheDataset) | disk (PersistentDataset).
 
-    ``patches``: each item is a random patch (:func:`random_patches`, seeded with ``seed``) of the
-    cached volume.
+    ``patches`` > 0: each item is that many random patches (:func:`random_patches`, seeded with
+    ``seed``) of the cached volume, a list for ``monai.data.list_data_collate``.
     """
     data = [it.as_dict() for it in items]
     transform: Transform = LoadItem(preprocess, task)
     if patches:
-        transform = Compose([transform, *random_patches(preprocess.size)]).set_random_state(seed=seed)
+        transform = Compose([transform, *random_patches(preprocess.size, patches)]).set_random_state(seed=seed)
     if cache == "memory":
         return CacheDataset(data, transform, cache_rate=1.0, num_workers=max(num_workers, 1), progress=False)
     if cache == "disk":

@@ -27,6 +27,7 @@ class Hyperparameters:
     image_size: int = 128  # classification2d: square side in pixels
     spatial_size: str = "32,48,40"  # 3D tasks: Z,Y,X voxels (with spacing: the patch size)
     spacing: str = ""  # segmentation3d: resample to Z,Y,X mm (e.g. "1" or "1.2,1,1") and train on patches
+    patches_per_volume: int = 4  # with spacing: random patches of each volume per epoch (a batch has batch_size x this)
     val_fraction: float = 0.2
     test_fraction: float = 0.2  # segmentation3d: held-out test split for the report
     seed: int = 0
@@ -140,8 +141,8 @@ def validate(hp: Hyperparameters) -> None:
     """Raise :class:`HyperparameterError` for values that cannot work."""
     if hp.task not in TASKS:
         raise HyperparameterError(f"task must be one of {', '.join(TASKS)}, got {hp.task!r}")
-    if hp.epochs < 1 or hp.batch_size < 1 or hp.num_workers < 0:
-        raise HyperparameterError("epochs and batch_size must be >= 1 and num_workers >= 0")
+    if hp.epochs < 1 or hp.batch_size < 1 or hp.patches_per_volume < 1 or hp.num_workers < 0:
+        raise HyperparameterError("epochs, batch_size and patches_per_volume must be >= 1 and num_workers >= 0")
     if not hp.lr > 0:
         raise HyperparameterError(f"lr must be > 0, got {hp.lr}")
     if hp.image_size < 16:
