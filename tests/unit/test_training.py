@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from training_channels import chest_channel, write_manifest
+from training_channels import chest_channel, hippocampus_channel, write_manifest
 
 from dicomflow.models import (
     ArtifactError,
@@ -22,9 +22,9 @@ from dicomflow.models import (
     save_artifact,
     use_onednn_conv3d,
 )
-from dicomflow.preprocess import default_spec
+from dicomflow.preprocess import build_transform, default_spec
 from dicomflow.training import METRIC_DEFINITIONS
-from dicomflow.training.data import DatasetError, scan_manifest, split_by_patient
+from dicomflow.training.data import DatasetError, make_dataset, scan_manifest, split_by_patient
 from dicomflow.training.hyperparameters import HyperparameterError, parse
 from dicomflow.training.metrics import auroc, format_metrics, overlap_metrics, segmentation_report
 
@@ -163,3 +163,21 @@ def test_spacing_hyperparameter() -> None:
             parse(["--task", "segmentation3d", "--spacing", bad], {})
     with pytest.raises(HyperparameterError, match="spacing is for segmentation3d"):
         parse(["--task", "classification3d", "--spacing", "1"], {})
+    with pytest.raises(HyperparameterError, match="patches_per_volume must be >= 1"):
+        parse(["--task", "segmentation3d", "--spacing", "1", "--patches_per_volume", "0"], {})
+
+
+def test_patch_dataset_gives_seeded_patches_around_structures_and_elsewhere(tmp_path) -> None:
+    hippocampus_channel(tmp_path, 2, seed=0, shape=(32, 64, 64))  # 26x43x43 voxels at 1.5 mm
+    items = scan_manifest(tmp_path, "segmentation3d").items
+    pre = build_transform({**default_spec("3d", [8, 8, 8]), "spacing": 1.5})
+
+    def patches(seed: int) -> list[dict]:
+        ds = make_dataset(items, pre, "segmentation3d", "none", None, patches=6, seed=seed)
+        return [patch for k in range(len(ds)) for patch in ds[k]]
+
+    first = patches(seed=3)
+    assert len(first) == 12 and all(p["image"].shape == p["target"].shape == (1, 8, 8, 8) for p in first)
+    with_structure = sum(bool((p["target"] > 0).any()) for p in first)
+    assert 0 < with_structure < 12  # around the structures and elsewhere
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, patches(seed=3), strict=True))
