@@ -8,8 +8,9 @@ Starts its own local cloud (Orthanc + emulated AWS) in a temp dir on free ports,
 * ``per-inst``  - sequential per-instance WADO-RS GETs (the AWS sample's way);
 * end-to-end async latency through the emulated endpoint (invoke -> result in S3OutputPath) split
   into queue (invoke to start of processing), query, retrieve, preprocess, model (the network's
-  forward pass, or with ``--spacing`` its sliding window of passes), postprocess (label map on the original grid, volumes), encode (SR+SEG), stow and
-  the rest (S3 output, notification), and the share of it that is not the model.
+  forward pass, or with ``--spacing`` its sliding window of passes), postprocess (label map on the
+  original grid, volumes), encode (SR+SEG), stow and the rest (S3 output, notification), and the
+  share of each request that is not the model (the median of those shares).
 
 The model is the training job's segmentation3d UNet, trained here (a few minutes) on synthetic
 series of the served sizes, so on the field of view it serves (256 mm in-plane), with a 64x64x64
@@ -88,8 +89,8 @@ class _Notifications:
 
 
 def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, float], dict]:
-    """Median per-stage latency of ``repeats`` async invocations (one at a time) plus e2e and the rest,
-    and the last response."""
+    """Median per-stage latency of ``repeats`` async invocations (one at a time) plus e2e, the rest and
+    the non-model share of each request (``share``, %), and the last response."""
     from dicomflow.inference import endpoint as ep
 
     notifications = _Notifications(endpoint)
@@ -104,6 +105,7 @@ def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, flo
         timing = response["timingMs"]
         timing["e2e"] = (done - inv.invoked_at) * 1000
         timing["rest"] = timing["e2e"] - timing["queue"] - timing["total"]
+        timing["share"] = 100 * (timing["e2e"] - timing["model"]) / timing["e2e"]  # of this request
         rows.append(timing)
     rows = rows[1:]
     return {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}, response
@@ -204,8 +206,7 @@ def main() -> None:
         keys = ["queue", "query", "retrieve", "preprocess", "model", "postprocess", "encode", "stow", "rest", "e2e"]
         print(f"{'series':>14} " + " ".join(f"{k:>11}" for k in keys) + f" {'non-model %':>11}")
         for n, row, _, _ in stage_rows:
-            share = 100 * (row["e2e"] - row["model"]) / row["e2e"]
-            print(f"{n:>7} slices " + " ".join(f"{row.get(k, 0.0):>11.1f}" for k in keys) + f" {share:>11.1f}")
+            print(f"{n:>7} slices " + " ".join(f"{row.get(k, 0.0):>11.1f}" for k in keys) + f" {row['share']:>11.1f}")
         print("\nwhat the model found (total hippocampus; the SEG has one frame per marked slice and structure):")
         for n, _, response, true_mm3 in stage_rows:
             predicted = response["findings"]["volumesMm3"]["total"]
