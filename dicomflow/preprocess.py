@@ -170,27 +170,27 @@ class Preprocess:
                 f"this model resamples to {self.spacing} mm voxels: it needs a 3D image and its voxel spacing")
         return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, self.spacing, strict=True))
 
+    def _to_grid(self, t: torch.Tensor, spacing: tuple[float, ...] | None, *, label: bool) -> torch.Tensor:
+        """A channel-first image (``label=False``, linear) or label volume (nearest) on :meth:`grid`."""
+        if self.spacing is None:
+            return torch.as_tensor((self._resize_label if label else self._resize_image)(t))
+        size = self.grid(tuple(t.shape[1:]), spacing)
+        if label:
+            return F.interpolate(t[None], size=size, mode="nearest")[0]
+        return F.interpolate(t[None], size=size, mode="trilinear", align_corners=False)[0]
+
     def __call__(self, array: np.ndarray | torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         """Image array ``(Y, X)`` / ``(Z, Y, X)`` with voxel ``spacing`` (mm) -> float tensor ``(1, *grid)``.
 
         ``spacing`` is needed only when the spec resamples to a spacing.
         """
-        t = self._channel_first(array)
-        if self.spacing is None:
-            t = torch.as_tensor(self._resize_image(t))
-        else:
-            t = F.interpolate(t[None], size=self.grid(tuple(t.shape[1:]), spacing), mode="trilinear",
-                              align_corners=False)[0]
+        t = self._to_grid(self._channel_first(array), spacing, label=False)
         t = torch.as_tensor(self._intensity(t))
         return t.as_subclass(torch.Tensor).contiguous().float()
 
     def label(self, label: np.ndarray, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         """Integer label volume on the image grid -> long tensor ``(1, *grid)`` (nearest neighbour)."""
-        t = self._channel_first(np.asarray(label, dtype=np.float32))
-        if self.spacing is None:
-            t = torch.as_tensor(self._resize_label(t))
-        else:
-            t = F.interpolate(t[None], size=self.grid(tuple(t.shape[1:]), spacing), mode="nearest")[0]
+        t = self._to_grid(self._channel_first(np.asarray(label, dtype=np.float32)), spacing, label=True)
         return t.as_subclass(torch.Tensor).round().long().contiguous()
 
     def run_network(self, network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:

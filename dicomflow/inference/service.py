@@ -80,7 +80,7 @@ class InferenceService:
         self.task = model.task
         self.labels = list(model.labels)
         self.transform = model.transform
-        self.network = use_onednn_conv3d(model.network)
+        self.network = use_onednn_conv3d(model.network)  # in place: 3D convolutions on oneDNN
         self.activation = model.metadata.get("activation", "sigmoid")
         self.name = str(model.metadata.get("name") or f"dicomflow-{model.task}")
         mods = model.metadata.get("modalities")
