@@ -20,7 +20,8 @@ resolve a 20 mm structure in a 256 mm field (at 200 slices it labelled noise on 
 true hippocampus volume and the SEG frame count, so a broken model shows. ``--untrained`` serves an
 untrained UNet (dense masks: the worst case for the SEG). ``--spacing 1`` trains and serves the
 model at 1 mm voxels instead (random 64^3 patches in training, a sliding window of them at
-inference), the series' own in-plane resolution: slower, and the volumes it measures are accurate.
+inference), the series' own in-plane resolution: the cost of whole-head segmentation at that
+resolution (its accuracy here depends on the short training: see the README).
 
 Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--spatial-size 64,64,64]
 [--spacing 1]``.
