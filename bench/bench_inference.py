@@ -112,9 +112,8 @@ def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, flo
     return {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}, response
 
 
-def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], spatial_size: str, spacing: str,
-                      epochs: int, per_shape: int) -> Path:
-    """The training job's segmentation3d model trained on ``per_shape`` synthetic series of each served shape."""
+def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], args: argparse.Namespace) -> Path:
+    """The training job's segmentation3d model trained on ``--train-per-size`` synthetic series of each served shape."""
     from training_channels import hippocampus_channel, run_entry, sm_layout
 
     from dicomflow.models import METADATA_FILE
@@ -122,15 +121,18 @@ def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], spatial_si
     root = home / "trained"
     env = sm_layout(root)
     t0 = time.perf_counter()
+    per_shape = args.train_per_size
     hippocampus_channel(root / "input/data/train", per_shape, seed=0, shape=shapes[0], more_shapes=tuple(shapes[1:]))
-    r = run_entry(env, {"task": "segmentation3d", "epochs": epochs, "spatial_size": spatial_size, "spacing": spacing,
+    r = run_entry(env, {"task": "segmentation3d", "epochs": args.epochs, "spatial_size": args.spatial_size,
+                        "spacing": args.spacing, "intensity": args.intensity, "val_every": args.val_every,
                         "batch_size": 2, "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.0, "seed": 0},
-                  timeout=3600)
+                  timeout=7200)
     if r.returncode != 0:
         raise SystemExit(f"training the benchmark model failed:\n{r.stderr[-2000:]}")
     metrics = json.loads((root / "model" / METADATA_FILE).read_text())["metrics"]
-    how = f"{spatial_size} patches at {spacing} mm" if spacing else spatial_size
-    print(f"model: segmentation3d UNet, input {how}, trained {epochs} epochs on {per_shape * len(shapes)} "
+    how = f"{args.spatial_size} patches at {args.spacing} mm" if args.spacing else args.spatial_size
+    print(f"model: segmentation3d UNet, input {how}, {args.intensity} intensity, trained {args.epochs} epochs on "
+          f"{per_shape * len(shapes)} "
           f"series in {time.perf_counter() - t0:.0f} s; mean Dice on its {metrics['val_items']} validation "
           f"series {metrics['test_mean_dice']:.2f}")
     return root / "model"
@@ -144,6 +146,9 @@ def main() -> None:
     parser.add_argument("--spacing", default="", help="resample to this voxel spacing (mm; e.g. 1) and use "
                         "--spatial-size patches with a sliding window")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs of the benchmark model")
+    parser.add_argument("--val-every", type=int, default=1, help="validate the benchmark model every N epochs")
+    parser.add_argument("--intensity", choices=["percentile", "zscore"], default="percentile",
+                        help="the benchmark model's intensity normalisation")
     parser.add_argument("--train-per-size", type=int, default=8, help="synthetic training series of each size")
     parser.add_argument("--untrained", action="store_true", help="serve an untrained UNet (dense masks)")
     args = parser.parse_args()
@@ -172,8 +177,7 @@ def main() -> None:
         sizes = [int(v) for v in args.sizes.split(",")]
         shapes = [(n, 256, 256) for n in sizes]
         model_dir = (untrained_artifact(home, "segmentation3d", ["anterior", "posterior"]) if args.untrained
-                     else _trained_artifact(home, shapes, args.spatial_size, args.spacing, args.epochs,
-                                            args.train_per_size))
+                     else _trained_artifact(home, shapes, args))
         s3 = aws.client("s3")
         s3.create_bucket(Bucket="bench-inference")
         s3.put_object(Bucket="bench-inference", Key="model.tar.gz", Body=model_tarball(model_dir))

@@ -163,7 +163,8 @@ def artifact_metrics(model_uri: str) -> dict[str, float]:
               help="Hosts; > 1 trains with torch.distributed (gloo on CPU, nccl on GPU).")
 @click.option("--hp", "hp_pairs", multiple=True, metavar="KEY=VALUE",
               help="Hyperparameter (repeatable): epochs, batch_size, lr, image_size, spatial_size, "
-                   "spacing (segmentation3d at that voxel size in mm, on patches), ...")
+                   "spacing (segmentation3d at that voxel size in mm, on patches), intensity (percentile or "
+                   "zscore), val_every (validate every N epochs), ...")
 @click.option("--output", default=None, help="S3 prefix for model.tar.gz [s3://<default bucket>/dicomflow/models/].")
 @click.option("--role", default=None, help="SageMaker execution role ARN [env DICOMFLOW_SAGEMAKER_ROLE].")
 @click.option("--image-uri", default=None, help="Training image built from training_job/Dockerfile.")

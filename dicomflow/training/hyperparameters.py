@@ -29,6 +29,7 @@ class Hyperparameters:
     spacing: str = ""  # segmentation3d: resample to Z,Y,X mm (e.g. "1" or "1.2,1,1") and train on patches
     patches_per_volume: int = 4  # with spacing: random patches of each volume per epoch (a batch has batch_size x this)
     val_fraction: float = 0.2
+    val_every: int = 1  # validate every N epochs (and after the last); the best checkpoint is chosen among those
     test_fraction: float = 0.2  # segmentation3d: held-out test split for the report
     seed: int = 0
     num_workers: int = 0
@@ -37,6 +38,7 @@ class Hyperparameters:
     channel: str = "train"
     checkpoint_dir: str = ""
     checkpoint_every: int = 1
+    intensity: str = "percentile"  # percentile (intensity_lower..upper -> 0..1, clipped) | zscore (mean 0, std 1)
     intensity_lower: float = 0.5
     intensity_upper: float = 99.5
 
@@ -141,14 +143,17 @@ def validate(hp: Hyperparameters) -> None:
     """Raise :class:`HyperparameterError` for values that cannot work."""
     if hp.task not in TASKS:
         raise HyperparameterError(f"task must be one of {', '.join(TASKS)}, got {hp.task!r}")
-    if hp.epochs < 1 or hp.batch_size < 1 or hp.patches_per_volume < 1 or hp.num_workers < 0:
-        raise HyperparameterError("epochs, batch_size and patches_per_volume must be >= 1 and num_workers >= 0")
+    if min(hp.epochs, hp.batch_size, hp.patches_per_volume, hp.val_every) < 1 or hp.num_workers < 0:
+        raise HyperparameterError("epochs, batch_size, patches_per_volume and val_every must be >= 1 and "
+                                  "num_workers >= 0")
     if not hp.lr > 0:
         raise HyperparameterError(f"lr must be > 0, got {hp.lr}")
     if hp.image_size < 16:
         raise HyperparameterError(f"image_size must be >= 16, got {hp.image_size}")
     if not 0 <= hp.val_fraction < 1 or not 0 <= hp.test_fraction < 1 or hp.val_fraction + hp.test_fraction >= 1:
         raise HyperparameterError("val_fraction and test_fraction must be in [0, 1) and sum to < 1")
+    if hp.intensity not in ("percentile", "zscore"):
+        raise HyperparameterError(f"intensity must be percentile or zscore, got {hp.intensity!r}")
     if hp.cache not in ("none", "memory", "disk"):
         raise HyperparameterError(f"cache must be none, memory or disk, got {hp.cache!r}")
     if hp.task == "segmentation3d" and any(v % 8 for v in hp.spatial_shape):

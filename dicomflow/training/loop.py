@@ -69,8 +69,8 @@ class Trainer:
     def _preprocess_spec(self) -> dict[str, Any]:
         size = [self.hp.image_size] * 2 if self.task == "classification2d" else self.hp.spatial_shape
         spec = default_preprocess(self.task, size)
-        spec["intensity"] = {"mode": "percentile", "lower": self.hp.intensity_lower,
-                             "upper": self.hp.intensity_upper}
+        spec["intensity"] = ({"mode": "zscore"} if self.hp.intensity == "zscore" else
+                             {"mode": "percentile", "lower": self.hp.intensity_lower, "upper": self.hp.intensity_upper})
         if self.patches:
             spec["spacing"] = self.hp.voxel_spacing
         return spec
@@ -165,14 +165,16 @@ class Trainer:
             values: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "images_per_second": rate}
             if tenv.is_master:
                 per_class: dict[str, float] = {}
-                if val_loader is not None:
+                validated = val_loader is not None and (epoch % hp.val_every == 0 or epoch == hp.epochs)
+                if validated:
                     values_val, per_class = self._validate(model, val_loader, loss_fn, labels)
                     values.update(values_val)
                 key = "val_mean_dice" if self.segmentation else "val_mean_auroc"
                 score = values.get(key, float("nan"))
                 if np.isnan(score):
                     score = -values.get("val_loss", train_loss)
-                improved = score > best_metric
+                # with a validation split, only validated epochs compete for the best checkpoint
+                improved = score > best_metric and (validated or val_loader is None)
                 if improved:
                     best_metric, best_epoch = float(score), epoch
                 values["best_metric"] = best_metric

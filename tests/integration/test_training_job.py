@@ -62,6 +62,18 @@ def test_resume_continues_the_epoch_count(tmp_path) -> None:
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
+def test_val_every_validates_on_those_epochs_and_the_last(tmp_path) -> None:
+    env = sm_layout(tmp_path)
+    chest_channel(tmp_path / "input/data/train", 12, size=32)
+    r = run_entry(env, {"task": "classification2d", "image_size": 32, "batch_size": 4, "val_fraction": 0.25,
+                        "epochs": 3, "val_every": 2})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _metrics(r.stdout, "epoch") == [1, 2, 3] and len(_metrics(r.stdout, "val_loss")) == 2
+    history = load_artifact(tmp_path / "model").metadata["history"]
+    assert [h["epoch"] for h in history if "val_loss" in h] == [2, 3]
+    assert load_artifact(tmp_path / "model").metadata["metrics"]["best_epoch"] in (2, 3)
+
+
 def test_segmentation3d_beats_the_empty_mask_and_reports(tmp_path) -> None:
     env = sm_layout(tmp_path)
     hippocampus_channel(tmp_path / "input/data/train", 10, seed=0, shape=(16, 24, 24))

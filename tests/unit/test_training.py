@@ -163,8 +163,24 @@ def test_spacing_hyperparameter() -> None:
             parse(["--task", "segmentation3d", "--spacing", bad], {})
     with pytest.raises(HyperparameterError, match="spacing is for segmentation3d"):
         parse(["--task", "classification3d", "--spacing", "1"], {})
-    with pytest.raises(HyperparameterError, match="patches_per_volume must be >= 1"):
-        parse(["--task", "segmentation3d", "--spacing", "1", "--patches_per_volume", "0"], {})
+    for name in ("patches_per_volume", "val_every"):
+        with pytest.raises(HyperparameterError, match="patches_per_volume and val_every must be >= 1"):
+            parse(["--task", "segmentation3d", "--spacing", "1", f"--{name}", "0"], {})
+
+
+def test_intensity_hyperparameter_sets_the_recorded_normalisation(tmp_path) -> None:
+    from dicomflow.training.environment import from_env
+    from dicomflow.training.loop import Trainer
+
+    tenv = from_env({"SM_ROOT_DIR": str(tmp_path)})
+    default = Trainer(parse(["--task", "segmentation3d"], {}), tenv).pre.spec["intensity"]
+    assert default == {"mode": "percentile", "lower": 0.5, "upper": 99.5}
+    zscore = Trainer(parse(["--task", "segmentation3d", "--spacing", "1", "--intensity", "zscore"], {}), tenv)
+    assert zscore.pre.spec["intensity"] == {"mode": "zscore"}
+    image = zscore.pre(np.arange(4 * 8 * 8, dtype=np.float32).reshape(4, 8, 8), (1.0, 1.0, 1.0))
+    assert float(image.mean()) == pytest.approx(0, abs=1e-5) and float(image.std()) == pytest.approx(1, abs=1e-2)
+    with pytest.raises(HyperparameterError, match="intensity must be percentile or zscore"):
+        parse(["--intensity", "minmax"], {})
 
 
 def test_patch_dataset_gives_seeded_patches_around_structures_and_elsewhere(tmp_path) -> None:
