@@ -8,23 +8,21 @@ Starts its own local cloud (Orthanc + emulated AWS) in a temp dir on free ports,
 * ``per-inst``  - sequential per-instance WADO-RS GETs (the AWS sample's way);
 * end-to-end async latency through the emulated endpoint (invoke -> result in S3OutputPath) split
   into queue (invoke to start of processing), query, retrieve, preprocess, model (the network's
-  forward pass, or with ``--spacing`` its sliding window of passes), postprocess (label map on the
-  original grid, volumes), encode (SR+SEG), stow and the rest (S3 output, notification), and the
-  share of each request that is not the model (the median of those shares).
+  passes), postprocess (label map on the original grid, volumes), encode (SR+SEG), stow and the
+  rest (S3 output, notification), and the share of each request that is not the model (the median
+  of those shares).
 
-The model is the training job's segmentation3d UNet, trained here (a few minutes) on synthetic
-series of the served sizes, so on the field of view it serves (256 mm in-plane), with a 64x64x64
-input (``--spatial-size``): the default 32x48x40 input is meant for hippocampus crops and cannot
-resolve a 20 mm structure in a 256 mm field (at 200 slices it labelled noise on 186 slices, Dice
-0.00, and the SEG of that noise was most of the latency). The benchmark prints the predicted and
-true hippocampus volume and the SEG frame count, so a broken model shows. ``--untrained`` serves an
-untrained UNet (dense masks: the worst case for the SEG). ``--spacing 1`` trains and serves the
-model at 1 mm voxels instead (random 64^3 patches in training, a sliding window of them at
-inference), the series' own in-plane resolution: the cost of whole-head segmentation at that
-resolution (its accuracy here depends on the short training: see the README).
+The model is the training job's segmentation3d UNet, trained here (about 5 minutes) on 16 synthetic
+series of the served sizes (256 mm field of view), as a whole-head service would run it: every
+series resampled to 1 mm voxels (``--spacing``), z-score intensities (``--intensity``), random
+64x64x64 patches in training and a sliding window of them at inference (``--spatial-size``). The
+benchmark prints the predicted and true hippocampus volume and the SEG frame count of each served
+series, so a broken model shows. ``--whole-series`` resizes the whole series to ``--spatial-size``
+instead (one quick pass, but 256 mm in 64 voxels is 4 mm in-plane: its volumes are off by tens of
+percent); ``--untrained`` serves an untrained UNet on the default 32x48x40 whole-series input (dense
+masks: the worst case for the SEG).
 
-Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--spatial-size 64,64,64]
-[--spacing 1]``.
+Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--whole-series]``.
 Medians in milliseconds. The end of a request is its SNS success notification, read from an SQS
 queue with long polls (no CPU spent waiting); ``rest`` is the S3 output and the notification.
 """
@@ -143,15 +141,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="30,200")
     parser.add_argument("--spatial-size", default="64,64,64", help="the model's input size, Z,Y,X (multiples of 8)")
-    parser.add_argument("--spacing", default="", help="resample to this voxel spacing (mm; e.g. 1) and use "
+    parser.add_argument("--spacing", default="1", help="resample to this voxel spacing (mm) and use "
                         "--spatial-size patches with a sliding window")
+    parser.add_argument("--whole-series", action="store_true", help="resize the whole series to --spatial-size "
+                        "instead of resampling to --spacing")
     parser.add_argument("--epochs", type=int, default=20, help="training epochs of the benchmark model")
-    parser.add_argument("--val-every", type=int, default=1, help="validate the benchmark model every N epochs")
-    parser.add_argument("--intensity", choices=["percentile", "zscore"], default="percentile",
+    parser.add_argument("--val-every", type=int, default=5, help="validate the benchmark model every N epochs")
+    parser.add_argument("--intensity", choices=["percentile", "zscore"], default="zscore",
                         help="the benchmark model's intensity normalisation")
     parser.add_argument("--train-per-size", type=int, default=8, help="synthetic training series of each size")
     parser.add_argument("--untrained", action="store_true", help="serve an untrained UNet (dense masks)")
     args = parser.parse_args()
+    if args.whole_series:
+        args.spacing = ""
 
     from dicomflow.config import Settings
     from dicomflow.local.moto_server import client_environment

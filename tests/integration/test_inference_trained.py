@@ -106,12 +106,13 @@ def test_async_endpoint_predicts_the_hippocampus_volume_within_tolerance(local_c
 
 @pytest.fixture(scope="module")
 def trained_on_patches(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A segmentation3d artifact trained on 16^3 patches resampled to 1.5 mm voxels."""
+    """A segmentation3d artifact trained on 16^3 patches resampled to 1.5 mm voxels, z-score intensities."""
     root = tmp_path_factory.mktemp("trained-patches")
     env = sm_layout(root)
     hippocampus_channel(root / "input/data/train", 8, seed=0, shape=SHAPE, more_shapes=((24, 40, 40),))
     r = run_entry(env, {"task": "segmentation3d", "epochs": 12, "spatial_size": "16,16,16", "spacing": "1.5",
-                        "batch_size": 2, "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.0, "seed": 0})
+                        "intensity": "zscore", "val_every": 3, "batch_size": 2, "lr": 0.01, "val_fraction": 0.2,
+                        "test_fraction": 0.0, "seed": 0})
     assert r.returncode == 0, r.stderr[-3000:]
     return root / "model"
 
@@ -122,6 +123,7 @@ def test_patch_model_segments_a_larger_series_at_its_spacing(local_cloud, traine
 
     service = InferenceService.from_model_dir(trained_on_patches)
     assert service.transform.spacing == (1.5, 1.5, 1.5) and service.transform.size == (16, 16, 16)
+    assert service.transform.spec["intensity"] == {"mode": "zscore"}
     series = synthetic.hippocampus_series(1, seed=4343, shape=(32, 48, 48))[0]  # bigger than any training series
     dicomweb.store(dicomweb.connect(), series.datasets)
     out = service.run(parse_request({"dicomweb": {"url": local_cloud.pacs.url}, "studyInstanceUID": series.study_uid,
