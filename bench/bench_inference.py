@@ -130,9 +130,8 @@ def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], args: argp
     metrics = json.loads((root / "model" / METADATA_FILE).read_text())["metrics"]
     how = f"{args.spatial_size} patches at {args.spacing} mm" if args.spacing else args.spatial_size
     print(f"model: segmentation3d UNet, input {how}, {args.intensity} intensity, trained {args.epochs} epochs on "
-          f"{per_shape * len(shapes)} "
-          f"series in {time.perf_counter() - t0:.0f} s; mean Dice on its {metrics['val_items']} validation "
-          f"series {metrics['test_mean_dice']:.2f}")
+          f"{per_shape * len(shapes)} series in {time.perf_counter() - t0:.0f} s; mean Dice on its "
+          f"{metrics['val_items']} validation series {metrics['test_mean_dice']:.2f}")
     return root / "model"
 
 

@@ -169,12 +169,13 @@ class Trainer:
                 if validated:
                     values_val, per_class = self._validate(model, val_loader, loss_fn, labels)
                     values.update(values_val)
-                key = "val_mean_dice" if self.segmentation else "val_mean_auroc"
-                score = values.get(key, float("nan"))
-                if np.isnan(score):
-                    score = -values.get("val_loss", train_loss)
-                # with a validation split, only validated epochs compete for the best checkpoint
-                improved = score > best_metric and (validated or val_loader is None)
+                improved = False
+                if validated or val_loader is None:  # with a validation split, only validated epochs compete
+                    key = "val_mean_dice" if self.segmentation else "val_mean_auroc"
+                    score = values.get(key, float("nan"))
+                    if np.isnan(score):
+                        score = -values.get("val_loss", train_loss)
+                    improved = score > best_metric
                 if improved:
                     best_metric, best_epoch = float(score), epoch
                 values["best_metric"] = best_metric

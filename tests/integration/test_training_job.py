@@ -69,9 +69,9 @@ def test_val_every_validates_on_those_epochs_and_the_last(tmp_path) -> None:
                         "epochs": 3, "val_every": 2})
     assert r.returncode == 0, r.stderr[-3000:]
     assert _metrics(r.stdout, "epoch") == [1, 2, 3] and len(_metrics(r.stdout, "val_loss")) == 2
-    history = load_artifact(tmp_path / "model").metadata["history"]
-    assert [h["epoch"] for h in history if "val_loss" in h] == [2, 3]
-    assert load_artifact(tmp_path / "model").metadata["metrics"]["best_epoch"] in (2, 3)
+    metadata = load_artifact(tmp_path / "model").metadata
+    assert [h["epoch"] for h in metadata["history"] if "val_loss" in h] == [2, 3]
+    assert metadata["metrics"]["best_epoch"] in (2, 3)
 
 
 def test_segmentation3d_beats_the_empty_mask_and_reports(tmp_path) -> None:
