@@ -51,9 +51,14 @@ def deploy(name: str, model_data: str, asynchronous: bool, image: str, instance_
 
 
 def _pacs_url(explicit: str | None) -> str | None:
+    from dicomflow.credentials import normalize_url, pacs_connection
+
     if explicit:
+        try:
+            normalize_url(explicit)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--pacs-url") from None
         return explicit
-    from dicomflow.credentials import pacs_connection
 
     try:
         return pacs_connection().url
@@ -67,7 +72,8 @@ def _pacs_url(explicit: str | None) -> str | None:
 @click.option("--series", help="SeriesInstanceUID (default: the container picks the usable series).")
 @click.option("--outputs", default="json,sr", show_default=True, help=f"Comma list of {', '.join(OUTPUTS)}.")
 @click.option("--store/--no-store", default=True, show_default=True, help="STOW the SR/SEG into the study.")
-@click.option("--pacs-url", help="DICOMweb root the container uses [the local PACS / DICOMFLOW_PACS_URL].")
+@click.option("--pacs-url", help="DICOMweb root the container uses [the local PACS / DICOMFLOW_PACS_URL]; the "
+              "endpoint refuses one it is not configured for (DICOMFLOW_ALLOWED_PACS).")
 @click.option("--secret-arn", envvar="DICOMFLOW_PACS_SECRET_ARN", help="PACS credentials secret for the container.")
 @click.option("--output-s3", "output_s3_uri", help="s3:// prefix for the occlusion PNG.")
 @click.option("--wait/--no-wait", default=False, show_default=True, help="Follow the async result and print it.")

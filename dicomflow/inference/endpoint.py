@@ -22,6 +22,8 @@ DEFAULT_IMAGE = "dicomflow-inference:latest"
 DEFAULT_INSTANCE_TYPE = "ml.m5.xlarge"
 DEFAULT_ROLE_NAME = "dicomflow-sagemaker-execution"
 OUTPUT_S3_ENV = "DICOMFLOW_OUTPUT_S3_URI"
+#: Seconds a request keeps retrying an unavailable PACS (see dicomflow.inference.service).
+PACS_RETRY_ENV = "DICOMFLOW_PACS_RETRY_SECONDS"
 
 
 class EndpointError(DicomflowError):
@@ -101,7 +103,8 @@ def deploy(endpoint: str, model_data: str, *, asynchronous: bool = True, image: 
     model_name = f"{endpoint}-{suffix}"[:63]
     config_name = f"{endpoint}-cfg-{suffix}"[:63]
     base = (output_s3_uri or f"s3://{bucket}/async-inference/{endpoint}").rstrip("/")
-    env = {OUTPUT_S3_ENV: f"{base}/artifacts", **(environment or {})}
+    # Async work may wait out a PACS restart; a real-time caller is waiting, so it gets a shorter budget.
+    env = {OUTPUT_S3_ENV: f"{base}/artifacts", PACS_RETRY_ENV: "15" if asynchronous else "4", **(environment or {})}
     dep = Deployment(endpoint, model_name, config_name, asynchronous)
     say = progress or (lambda _m: None)
     try:

@@ -24,6 +24,12 @@ class BadRequest(InferenceError):
     code = "BadRequest"
 
 
+class PacsRefused(BadRequest):
+    """The request named a PACS or a secret this endpoint is not configured to use (refused before any call)."""
+
+    code = "PacsNotAllowed"
+
+
 class PayloadTooLarge(InferenceError):
     """The inline body is larger than an async endpoint accepts."""
 
@@ -127,6 +133,8 @@ def from_pacs_error(exc: BaseException, what: str = "the request") -> InferenceE
                                  "by dicomweb.auth.secretArn (or DICOMFLOW_PACS_USERNAME/PASSWORD)")
         if status == 404:
             return StudyNotFound(message)
+        if status in (502, 503, 504):  # a gateway or a PACS that is starting or overloaded
+            return PacsUnavailable(message)
         return PacsError(message)
     if isinstance(inner, requests.exceptions.RetryError):
         return PacsUnavailable(message)

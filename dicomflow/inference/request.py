@@ -7,14 +7,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from dicomflow import safejson
+from dicomflow.credentials import normalize_url, short
 from dicomflow.inference.errors import BadRequest, PayloadTooLarge
 
 MAX_INLINE_BYTES = 128_000
+#: A study JSON nests 3 levels; anything much deeper is refused before it is walked.
+MAX_DEPTH = 16
 OUTPUTS = ("json", "sr", "seg", "occlusion")
 DEFAULT_OUTPUTS = ("json",)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -56,15 +59,17 @@ def _uid(value: Any, name: str) -> str:
         raise BadRequest(f"'{name}' must be a non-empty DICOM UID string")
     value = value.strip()
     if len(value) > 64 or not _UID.match(value):
-        raise BadRequest(f"'{name}' is not a DICOM UID (digits and dots, at most 64 characters): "
-                         f"{value[:70]!r}")
+        raise BadRequest(f"'{name}' is not a DICOM UID (digits and dots, at most 64 characters): {short(value, 70)}")
     return value
 
 
 def parse_request(body: bytes | str | dict, content_type: str | None = "application/json") -> StudyRequest:
     """Validate a study JSON (bytes, text or a decoded dict); raise BadRequest / PayloadTooLarge."""
     if isinstance(body, dict):
-        data = body
+        try:
+            data = safejson.check_depth(body, "the study JSON", MAX_DEPTH)
+        except safejson.JsonDepthError as exc:
+            raise BadRequest(str(exc)) from None
     else:
         raw = body.encode() if isinstance(body, str) else bytes(body)
         if len(raw) > MAX_INLINE_BYTES:
@@ -74,19 +79,22 @@ def parse_request(body: bytes | str | dict, content_type: str | None = "applicat
                 "Send only the study JSON (the container fetches images from the PACS itself)")
         if content_type and content_type.split(";")[0].strip().lower() not in (
                 "application/json", "text/json", "application/x-json"):
-            raise BadRequest(f"content type {content_type!r} is not supported; send the study JSON as "
+            raise BadRequest(f"content type {short(content_type)} is not supported; send the study JSON as "
                              "application/json")
         if not raw.strip():
             raise BadRequest("empty request body; send a study JSON with at least 'studyInstanceUID'")
         try:
-            data = json.loads(raw)
+            data = safejson.loads(raw, "the study JSON", MAX_DEPTH)
+        except safejson.JsonDepthError as exc:
+            raise BadRequest(str(exc)) from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON ({exc}); send a study JSON object") from None
+            raise BadRequest(f"request body is not valid JSON ({str(exc)[:120]}); send a study JSON object") from None
     if not isinstance(data, dict):
         raise BadRequest("the study JSON must be an object like {\"studyInstanceUID\": \"1.2.3\"}")
     unknown = sorted(set(data) - _KNOWN_KEYS)
     if unknown:
-        raise BadRequest(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_KNOWN_KEYS))}")
+        raise BadRequest(f"unknown field(s) {', '.join(str(k)[:40] for k in unknown[:5])}; "
+                         f"allowed: {', '.join(sorted(_KNOWN_KEYS))}")
     if "studyInstanceUID" not in data:
         raise BadRequest("missing 'studyInstanceUID': say which study to analyse")
     study = _uid(data["studyInstanceUID"], "studyInstanceUID")
@@ -100,7 +108,7 @@ def parse_request(body: bytes | str | dict, content_type: str | None = "applicat
         raise BadRequest(f"'outputs' must be a non-empty list drawn from {', '.join(OUTPUTS)}")
     bad = [o for o in outputs if o not in OUTPUTS]
     if bad:
-        raise BadRequest(f"unknown output(s) {', '.join(map(repr, bad))}; choose from {', '.join(OUTPUTS)}")
+        raise BadRequest(f"unknown output(s) {', '.join(map(short, bad[:5]))}; choose from {', '.join(OUTPUTS)}")
     outputs_t = tuple(dict.fromkeys(["json", *outputs]))  # json is always returned; keep order, no dupes
 
     store = data.get("storeToPacs", True)
@@ -110,12 +118,15 @@ def parse_request(body: bytes | str | dict, content_type: str | None = "applicat
     dw = data.get("dicomweb") or {}
     if not isinstance(dw, dict):
         raise BadRequest("'dicomweb' must be an object like {\"url\": \"https://pacs/dicom-web\"}")
+    unknown_dw = sorted(set(dw) - {"url", "auth"})
+    if unknown_dw:
+        raise BadRequest(f"unknown field(s) {', '.join(map(short, unknown_dw))} in 'dicomweb'; allowed: auth, url")
     url = dw.get("url")
-    if url is not None and (not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url)):
-        raise BadRequest(f"'dicomweb.url' must be an http(s) URL, got {str(url)[:80]!r}")
-    if url and re.match(r"^https?://[^/]*@", url):
-        raise BadRequest("'dicomweb.url' must not contain credentials; put them in a secret and pass "
-                         "'dicomweb.auth.secretArn'")
+    if url is not None:
+        try:
+            normalize_url(url)
+        except ValueError as exc:
+            raise BadRequest(f"'dicomweb.url' must be an http(s) URL of a DICOMweb root: {exc}") from None
     auth = dw.get("auth") or {}
     if not isinstance(auth, dict):
         raise BadRequest("'dicomweb.auth' must be an object like "
@@ -124,14 +135,13 @@ def parse_request(body: bytes | str | dict, content_type: str | None = "applicat
     if extra_auth:
         raise BadRequest("'dicomweb.auth' takes only 'secretArn' (credentials never travel in the request)")
     secret = auth.get("secretArn")
-    if secret is not None and (not isinstance(secret, str) or not secret.strip()):
+    if secret is not None and (not isinstance(secret, str) or not secret.strip() or len(secret) > 2048):
         raise BadRequest("'dicomweb.auth.secretArn' must be a Secrets Manager ARN or name")
 
     out_uri = data.get("outputS3Uri")
-    if out_uri is not None and (not isinstance(out_uri, str) or not out_uri.startswith("s3://")
-                                or len(out_uri) < 6):
-        raise BadRequest(f"'outputS3Uri' must be an S3 URI like s3://bucket/prefix, "
-                         f"got {str(out_uri)[:80]!r}")
+    if out_uri is not None and (not isinstance(out_uri, str) or len(out_uri) > 1024
+                                or not re.match(r"^s3://[^/\s]+(/|$)", out_uri)):
+        raise BadRequest(f"'outputS3Uri' must be an S3 URI like s3://bucket/prefix, got {short(out_uri)}")
     return StudyRequest(study_uid=study, series_uid=series, outputs=outputs_t, store_to_pacs=store,
                         dicomweb_url=url.rstrip("/") if url else None, secret_arn=secret,
                         output_s3_uri=out_uri)

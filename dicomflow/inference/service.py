@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,14 +22,26 @@ from dicomweb_client import DICOMwebClient
 from dicomweb_client.protocol import DICOMClient
 
 from dicomflow import aws, dicomweb
-from dicomflow.credentials import pacs_connection
+from dicomflow.credentials import PacsNotAllowed, pacs_connection
+from dicomflow.geometry import GeometryError
 from dicomflow.inference import findings as F
-from dicomflow.inference.errors import BadRequest, NoUsableSeries, StudyNotFound, UnusableSeries, from_pacs_error
+from dicomflow.inference.endpoint import OUTPUT_S3_ENV, PACS_RETRY_ENV
+from dicomflow.inference.errors import (
+    BadRequest,
+    NoUsableSeries,
+    PacsRefused,
+    PacsUnavailable,
+    StudyNotFound,
+    UnusableSeries,
+    from_pacs_error,
+)
 from dicomflow.inference.request import StudyRequest
 from dicomflow.inference.seg import build_seg
 from dicomflow.inference.selection import (
+    NON_IMAGE_MODALITIES,
     QIDO_FIELDS,
     SERIES_FIELDS,
+    TASK_MIN_SLICES,
     Selection,
     allowed_modalities,
     candidates_from_series,
@@ -40,11 +53,14 @@ from dicomflow.inference.selection import (
 from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc
 from dicomflow.models import LoadedModel, load_artifact, use_onednn_conv3d
-from dicomflow.volume import GeometryError, NotAnImageError, load_image
+from dicomflow.volume import NotAnImageError, load_image
 
 log = logging.getLogger(__name__)
 
-OUTPUT_S3_ENV = "DICOMFLOW_OUTPUT_S3_URI"
+#: How long a request keeps retrying an unreachable or restarting PACS (503, refused connections)
+#: before it fails with PacsUnavailable (env PACS_RETRY_ENV). ``dicomflow deploy`` sets 15 s for async
+#: endpoints, 4 s for real-time ones (whose callers wait); unset means 15 s.
+DEFAULT_PACS_RETRY_SECONDS = 15.0
 
 
 #: Worker threads for PACS calls that overlap a request's own work (the SEG's STOW while the SR is built).
@@ -70,6 +86,42 @@ def _pacs(what: str) -> Iterator[None]:
         yield
     except dicomweb.PacsError as exc:
         raise from_pacs_error(exc, what) from exc
+
+
+def pacs_retry_seconds() -> float:
+    """The PACS retry budget from ``DICOMFLOW_PACS_RETRY_SECONDS`` (a bad value is a clear error)."""
+    raw = os.environ.get(PACS_RETRY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_PACS_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        from dicomflow.config import ConfigError
+
+        raise ConfigError(f"{PACS_RETRY_ENV}={raw!r} must be a number of seconds from 0 to 3600")
+    return value
+
+
+def _retrying(deadline: float, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with PACS failures mapped; while the PACS is unavailable, again with backoff until ``deadline``.
+
+    Only :class:`PacsUnavailable` (connection refused or dropped, 502/503/504 after the session's own
+    quick retries) is retried: a restarting PACS comes back within seconds. Every call here is
+    idempotent (searches, retrievals, and STOW of the same instance).
+    """
+    pause = 0.25
+    while True:
+        try:
+            with _pacs(what):
+                return fn(*args)
+        except PacsUnavailable:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.info("PACS unavailable while %s; retrying in %.2f s", what, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 class InferenceService:
@@ -120,15 +172,20 @@ class InferenceService:
         """
         timer = StageTimer()
         occlusion_prefix = self._check_outputs(request)
+        deadline = time.monotonic() + pacs_retry_seconds()
         if client is None:
-            conn = pacs_connection(request.dicomweb_url, request.secret_arn)
+            try:
+                conn = pacs_connection(request.dicomweb_url, request.secret_arn)
+            except PacsNotAllowed as exc:
+                raise PacsRefused(str(exc)) from None
             client = dicomweb.connect(conn, retries=2, backoff_factor=0.2)
 
-        with timer.stage("query"), _pacs(f"searching study {request.study_uid}"):
-            selection = self._select(client, request)
+        with timer.stage("query"):
+            selection = _retrying(deadline, f"searching study {request.study_uid}", self._select, client, request)
 
-        with timer.stage("retrieve"), _pacs(f"retrieving series {selection.series_uid}"):
-            datasets = dicomweb.retrieve_series(client, request.study_uid, selection.series_uid)
+        with timer.stage("retrieve"):
+            datasets = _retrying(deadline, f"retrieving series {selection.series_uid}", dicomweb.retrieve_series,
+                                 client, request.study_uid, selection.series_uid)
 
         with timer.stage("preprocess"):
             check_retrieved(datasets, selection.series_uid, self.task, self.modalities)
@@ -140,6 +197,9 @@ class InferenceService:
                 raise UnusableSeries(f"series {selection.series_uid}: {exc}") from None
             if self.task == "classification2d" and array.ndim == 3:
                 array = array[array.shape[0] // 2]
+            elif len(datasets) > 1 and not geometry.has_patient_geometry:
+                selection.reason += ("; slices ordered by InstanceNumber and spaced by the header's "
+                                     "SpacingBetweenSlices/SliceThickness: no slice has ImagePositionPatient")
             x = self.transform(array, geometry.spacing).unsqueeze(0)
 
         with timer.stage("model"), torch.inference_mode():
@@ -156,7 +216,7 @@ class InferenceService:
 
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
         ordered = [by_uid[u] for u in geometry.sop_instance_uids if u in by_uid] or list(datasets)
-        stored = self._encode_and_store(request, timer, client, ordered, result, label)
+        stored = self._encode_and_store(request, timer, client, ordered, result, label, deadline)
 
         response: dict[str, Any] = {
             "studyInstanceUID": request.study_uid,
@@ -175,7 +235,8 @@ class InferenceService:
         return response
 
     def _encode_and_store(self, request: StudyRequest, timer: StageTimer, client: DICOMClient,
-                          sources: list, result: dict, label: np.ndarray | None) -> dict[str, dict]:
+                          sources: list, result: dict, label: np.ndarray | None,
+                          deadline: float) -> dict[str, dict]:
         """Build the SEG and SR asked for, STOW them, and say what was made; the SEG is sent while the SR is built.
 
         The SR references the SEG, so the SEG comes first. Stages are wall-clock segments of the
@@ -185,22 +246,26 @@ class InferenceService:
         store = request.store_to_pacs
         made: dict[str, Any] = {}
         uploads: list[Future] = []
+
+        def upload(ds: Any) -> Future:
+            return _in_background(client, _retrying, deadline, "storing the results", dicomweb.store, client, [ds])
+
         try:
             with timer.stage("encode"):
                 seg = None
                 if "seg" in request.outputs:
                     seg = made["seg"] = build_seg(sources, label, self.structures, self.name)
                     if store:
-                        uploads.append(_in_background(client, dicomweb.store, client, [seg]))
+                        uploads.append(upload(seg))
                 if "sr" in request.outputs:
                     made["sr"] = build_sr(sources, result, self.task, self.name, seg=seg,
                                           structures=self.structures)
             if store and "sr" in made:
-                uploads.append(_in_background(client, dicomweb.store, client, [made["sr"]]))
+                uploads.append(upload(made["sr"]))
         finally:
-            with timer.stage("stow"), _pacs("storing the results"):
-                for upload in uploads:
-                    upload.result()
+            with timer.stage("stow"):
+                for pending in uploads:
+                    pending.result()
         return {kind: {"SOPInstanceUID": str(ds.SOPInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
                        "SOPClassUID": str(ds.SOPClassUID), "storedToPacs": bool(store)}
                 for kind, ds in made.items()}
@@ -226,6 +291,10 @@ class InferenceService:
         candidates = candidates_from_series(rows)
         if candidates is None:
             return self._select_by_instances(client, request)
+        need = TASK_MIN_SLICES.get(self.task, 1)
+        for cand in candidates:  # too few instances, unless they are multi-frame: count their frames
+            if cand.count < need and cand.modality not in NON_IMAGE_MODALITIES:
+                cand.instances = dicomweb.search_instances(client, study, cand.series_uid, fields=QIDO_FIELDS)
         passing = [c for c in candidates if why_unusable(c, self.task, self.modalities) is None]
         if len(passing) > 1 or request.series_uid:
             for cand in passing:

@@ -56,9 +56,19 @@ def world(local_cloud, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def seg_server(world, local_cloud) -> Iterator[str]:
-    """The serving process on a free port with the segmentation artifact."""
+    """The serving process on a free port with the segmentation artifact.
+
+    Configured as a deployment would be for these tests: a second PACS (allow-listed, not running)
+    and a second secret (allowed, holding a wrong password for the real PACS); 2 s of PACS retries.
+    """
     port = free_port()
-    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": str(world["artifacts"]["segmentation3d"])}
+    world["down_url"] = f"http://127.0.0.1:{free_port()}/dicom-web"
+    world["wrong_secret"] = aws.client("secretsmanager").create_secret(
+        Name=f"wrong-{uuid.uuid4().hex[:6]}", SecretString=json.dumps(
+            {"username": "orthanc", "password": "not-the-password", "url": world["pacs"].url}))["ARN"]
+    env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": str(world["artifacts"]["segmentation3d"]),
+           "DICOMFLOW_ALLOWED_PACS": world["down_url"], "DICOMFLOW_ALLOWED_PACS_SECRETS": world["wrong_secret"],
+           "DICOMFLOW_PACS_RETRY_SECONDS": "2"}
     log = open(world["tmp"] / "serve.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "inference_container.serve"], cwd=REPO, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -125,16 +135,72 @@ def test_study_without_usable_series_is_422(world, seg_server) -> None:
 
 def test_unreachable_pacs_and_wrong_credentials(world, seg_server) -> None:
     study = world["hippo"][0].study_uid
+    started = time.monotonic()
     r = requests.post(f"{seg_server}/invocations", json={
-        "dicomweb": {"url": f"http://127.0.0.1:{free_port()}/dicom-web"}, "studyInstanceUID": study}, timeout=60)
+        "dicomweb": {"url": world["down_url"]}, "studyInstanceUID": study}, timeout=60)
     assert r.status_code == 503 and "unreachable" in r.json()["message"]
-    sm = aws.client("secretsmanager")
-    arn = sm.create_secret(Name=f"wrong-{uuid.uuid4().hex[:6]}",
-                           SecretString=json.dumps({"username": "orthanc", "password": "not-the-password"}))["ARN"]
+    assert 1.5 <= time.monotonic() - started < 20  # retried within the configured 2 s, then gave up
     r = requests.post(f"{seg_server}/invocations", json={
-        "dicomweb": {"url": world["pacs"].url, "auth": {"secretArn": arn}}, "studyInstanceUID": study}, timeout=60)
+        "dicomweb": {"url": world["pacs"].url, "auth": {"secretArn": world["wrong_secret"]}},
+        "studyInstanceUID": study}, timeout=60)
     assert r.status_code == 502 and "PACS rejected the credentials" in r.json()["message"]
     assert "not-the-password" not in r.text
+
+
+class _Listener:
+    """A TCP listener on a free loopback port that counts every connection (nothing may ever arrive)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.settimeout(2)
+            try:
+                self.received.append(conn.recv(65536) or b"(connected)")
+            except OSError:
+                self.received.append(b"(connected)")
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_pacs_credentials_never_reach_a_url_the_request_names(world, seg_server) -> None:
+    """The field attack: a study JSON naming any URL received the PACS password. Now: 400, no connection."""
+    listener = _Listener()
+    study = world["hippo"][0].study_uid
+    unconfigured = aws.client("secretsmanager").create_secret(
+        Name=f"unconfigured-{uuid.uuid4().hex[:6]}",
+        SecretString=json.dumps({"username": "u", "password": "p", "url": f"http://127.0.0.1:{listener.port}"}))["ARN"]
+    try:
+        for host in ("127.0.0.1", "localhost"):
+            url = f"http://{host}:{listener.port}/dicom-web"
+            for auth in ({}, {"auth": {"secretArn": world["wrong_secret"]}}):
+                r = requests.post(f"{seg_server}/invocations", json={
+                    "dicomweb": {"url": url, **auth}, "studyInstanceUID": study}, timeout=60)
+                assert r.status_code == 400, r.text
+                assert r.json()["error"] == "PacsNotAllowed" and "DICOMFLOW_ALLOWED_PACS" in r.json()["message"]
+        r = requests.post(f"{seg_server}/invocations", json={
+            "dicomweb": {"auth": {"secretArn": unconfigured}}, "studyInstanceUID": study}, timeout=60)
+        assert r.status_code == 400 and "DICOMFLOW_ALLOWED_PACS_SECRETS" in r.json()["message"]
+        time.sleep(0.5)
+        assert listener.received == []
+    finally:
+        listener.close()
 
 
 @pytest.fixture(scope="module")

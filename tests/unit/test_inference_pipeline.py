@@ -89,7 +89,7 @@ def test_serving_process_contract(artifacts, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "SAGEMAKER_BIND_TO_PORT": str(port), "SM_MODEL_DIR": str(artifacts["classification2d"]),
            "DICOMFLOW_PACS_URL": f"http://127.0.0.1:{free_port()}/dicom-web", "DICOMFLOW_PACS_USERNAME": "u",
-           "DICOMFLOW_PACS_PASSWORD": "p", "DICOMFLOW_HOME": str(tmp_path)}
+           "DICOMFLOW_PACS_PASSWORD": "p", "DICOMFLOW_HOME": str(tmp_path), "DICOMFLOW_PACS_RETRY_SECONDS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "inference_container.serve"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
