@@ -2,24 +2,30 @@
 
 Port ``SAGEMAKER_BIND_TO_PORT`` (8080), host ``SAGEMAKER_BIND_HOST`` (127.0.0.1; the Dockerfile sets
 0.0.0.0), model from ``SM_MODEL_DIR`` (/opt/ml/model), loaded once in the background: ``/ping``
-answers 503 until it is loaded, 200 after. Requests are served on threads and share only the
-read-only model. SIGTERM stops the server and exits 0. Log lines carry status, time and the study
-UID, never patient data.
+answers 503 until it is loaded, 200 after. HTTP is uvicorn + Starlette through
+:mod:`dicomflow.webserver` (request head and body timeouts, the 128 000-byte inline limit as 413,
+malformed framing as 400); requests run on worker threads and share only the read-only model.
+SIGTERM stops the server after running requests and exits 0. Log lines carry status, time and the
+study UID, never patient data.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dicomflow import webserver
 from dicomflow.inference.errors import ModelNotLoaded, PayloadTooLarge, error_body, http_status
 from dicomflow.inference.request import MAX_INLINE_BYTES
 from inference_container import inference
@@ -48,75 +54,65 @@ class ModelHolder:
             self.loaded.set()
 
 
-class Handler(BaseHTTPRequestHandler):
-    server_version = "dicomflow-serve"
-    protocol_version = "HTTP/1.1"
-    holder: ModelHolder
+def _invoke(holder: ModelHolder, body: bytes, content_type: str, accept: str) -> tuple[str, str, str]:
+    """(payload, content type, study UID) of one request; raises the request's error."""
+    if holder.model is None:
+        raise ModelNotLoaded(holder.error or "the model is still loading; retry after GET /ping is 200")
+    request = inference.input_fn(body, content_type)
+    prediction = inference.predict_fn(request, holder.model)
+    payload, rtype = inference.output_fn(prediction, accept)
+    return payload, rtype, request.study_uid
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler API
-        log.debug(format, *args)
 
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def make_app(holder: ModelHolder, limits: webserver.Limits) -> Starlette:
+    """The serving contract over ``holder``'s model."""
 
-    def _send_json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode())
+    async def ping(_request: Request) -> Response:
+        if holder.model is not None:
+            return webserver.json_response(200, {"status": "healthy"})
+        return webserver.json_response(503, {"status": "loading" if holder.error is None else "failed",
+                                             "message": holder.error or "model is loading"})
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
-        if self.path == "/ping":
-            if self.holder.model is not None:
-                self._send_json(200, {"status": "healthy"})
-            else:
-                self._send_json(503, {"status": "loading" if self.holder.error is None else "failed",
-                                      "message": self.holder.error or "model is loading"})
-        elif self.path == "/execution-parameters":
-            self._send_json(200, {"MaxConcurrentTransforms": 4, "BatchStrategy": "SINGLE_RECORD",
-                                  "MaxPayloadInMB": 1})
-        else:
-            self._send_json(404, {"error": "NotFound", "message": "use GET /ping or POST /invocations"})
+    async def execution_parameters(_request: Request) -> Response:
+        return webserver.json_response(200, {"MaxConcurrentTransforms": 4, "BatchStrategy": "SINGLE_RECORD",
+                                             "MaxPayloadInMB": 1})
 
-    def do_POST(self) -> None:  # noqa: N802
-        if self.path != "/invocations":
-            self._send_json(404, {"error": "NotFound", "message": "use POST /invocations"})
-            return
+    async def invocations(request: Request) -> Response:
         t0 = time.perf_counter()
         study = "-"
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_INLINE_BYTES:
-                self.close_connection = True  # do not read a body we refuse
-                raise PayloadTooLarge(
-                    f"request body is {length} bytes; the limit for an inline study JSON is {MAX_INLINE_BYTES}")
-            body = self.rfile.read(length) if length else b""
-            if self.holder.model is None:
-                raise ModelNotLoaded(self.holder.error or "the model is still loading; retry after GET /ping is 200")
-            request = inference.input_fn(body, self.headers.get("Content-Type") or "application/json")
-            study = request.study_uid
-            prediction = inference.predict_fn(request, self.holder.model)
-            payload, content_type = inference.output_fn(prediction, self.headers.get("Accept") or "*/*")
-            self._send(200, payload.encode(), content_type)
-            log.info("POST /invocations 200 study=%s %.0f ms", study, (time.perf_counter() - t0) * 1000)
+            try:
+                body = await webserver.read_body(request, limits)
+            except webserver.HTTPProblem as problem:
+                if problem.status != 413:
+                    return webserver.problem_response(problem)
+                raise PayloadTooLarge(f"{problem.message} for an inline study JSON; send only the study JSON "
+                                      "(the container fetches images from the PACS itself)") from None
+            payload, rtype, study = await run_in_threadpool(
+                _invoke, holder, body, request.headers.get("content-type") or "application/json",
+                request.headers.get("accept") or "*/*")
         except Exception as exc:
             cause = exc.__cause__ if type(exc).__name__ == "GenericInferenceToolkitError" else exc
             status = http_status(cause)
             if status >= 500 and status not in (502, 503):
                 log.exception("POST /invocations %d study=%s", status, study)
             else:
-                log.warning("POST /invocations %d study=%s: %s", status, study, cause)
-            self._send_json(status, error_body(cause))
+                log.warning("POST /invocations %d study=%s: %s", status, study, str(cause)[:300])
+            headers = {"Connection": "close"} if status == 413 else None
+            return webserver.json_response(status, error_body(cause), headers)
+        log.info("POST /invocations 200 study=%s %.0f ms", study, (time.perf_counter() - t0) * 1000)
+        return Response(payload, media_type=rtype)
 
+    async def not_found(_request: Request) -> Response:
+        return webserver.json_response(404, {"error": "NotFound", "message": "use GET /ping or POST /invocations",
+                                             "status": 404})
 
-def make_server(model_dir: str, host: str, port: int) -> tuple[ThreadingHTTPServer, ModelHolder]:
-    """A threaded server with its model loading in the background."""
-    holder = ModelHolder(model_dir)
-    handler = type("BoundHandler", (Handler,), {"holder": holder})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server, holder
+    return Starlette(routes=[
+        Route("/ping", ping, methods=["GET"]),
+        Route("/execution-parameters", execution_parameters, methods=["GET"]),
+        Route("/invocations", invocations, methods=["POST"]),
+        Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,33 +130,28 @@ def main(argv: list[str] | None = None) -> int:
         log.error("model dir %s does not exist; set SM_MODEL_DIR or --model-dir", args.model_dir)
         return 2
     try:
-        server, holder = make_server(args.model_dir, args.host, args.port)
+        sock = webserver.bind(args.host, args.port)
     except OSError as exc:
         log.error("cannot listen on %s:%d (%s); set SAGEMAKER_BIND_TO_PORT", args.host, args.port, exc.strerror)
         return 2
 
-    exit_code = {"code": 0}
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("signal %d: shutting down", signum)
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    try:
+        limits = webserver.Limits.from_env(max_body=MAX_INLINE_BYTES)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    holder = ModelHolder(args.model_dir)
+    server = webserver.make_server(make_app(holder, limits), limits)
 
     def load_then_check() -> None:
         holder.load()
         if holder.model is None:
-            exit_code["code"] = 1
-            server.shutdown()
+            server.should_exit = True
 
     threading.Thread(target=load_then_check, name="model-loader", daemon=True).start()
     log.info("serving on http://%s:%d (model %s)", args.host, args.port, args.model_dir)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
-    return exit_code["code"]
+    server.run(sockets=[sock])
+    return 1 if holder.loaded.is_set() and holder.model is None else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ leaves the address bar) · ``GET /`` / ``GET /task`` the worker's next task page
 template) · ``POST /submit`` the crowd-form answer · ``GET /wado?..&sig=`` the gateway (signed
 WADO-URIs; also needs a signed-in worker) · ``GET /ui/..`` the built viewer · ``GET /static/..`` the
 crowd-elements shim · ``GET /api/status`` progress JSON.
+
+HTTP is uvicorn + Starlette through :mod:`dicomflow.webserver`; every answer carries ``nosniff``,
+``no-referrer``, ``DENY`` framing and (unless cacheable) ``no-store``.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
-import json
 import logging
 import mimetypes
-import threading
-from http import HTTPStatus
-from http.cookies import SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomflow import safejson, webserver
 from dicomflow.errors import DicomflowError
 from dicomflow.labeling.gateway import WadoGateway
 from dicomflow.labeling.job import LabelingJobError, LocalLabelingJob
@@ -52,6 +57,65 @@ def _page(title: str, body: str, done: bool = False) -> str:
             f"<h1>{html.escape(title)}</h1>{body}</body></html>")
 
 
+LIMITS = webserver.Limits(max_body=MAX_BODY)
+_SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                     (b"x-frame-options", b"DENY")]
+
+
+class _SecurityHeaders:
+    """ASGI middleware: the portal's security headers on every answer, ``no-store`` unless one says otherwise."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [h for h in _SECURITY_HEADERS if h[0] not in names]
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def _html(status: int, title: str, body: str, done: bool = False, headers: dict[str, str] | None = None) -> Response:
+    return Response(_page(title, body, done), status_code=status, media_type="text/html; charset=utf-8",
+                    headers=headers)
+
+
+def _text(status: int, text: str) -> Response:
+    return Response(text, status_code=status, media_type="text/plain; charset=utf-8")
+
+
+def _error(status: int, message: str) -> Response:
+    headers = {"Connection": "close"} if status in (408, 413) else None
+    return webserver.json_response(status, {"error": message}, headers)
+
+
+def _file(root: Path, rel: str, cache: bool = False) -> Response:
+    try:
+        target = (root / rel).resolve()
+    except (OSError, ValueError):
+        return _text(404, "not found\n")
+    if not target.is_file() or root.resolve() not in target.parents:
+        return _text(404, "not found\n")
+    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if target.suffix in (".js", ".mjs"):
+        ctype = "text/javascript; charset=utf-8"
+    elif target.suffix == ".wasm":
+        ctype = "application/wasm"
+    headers = {"Cache-Control": "public, max-age=3600"} if cache else {}
+    return Response(target.read_bytes(), media_type=ctype, headers=headers)
+
+
 class Portal:
     """Serves one local labeling job until :meth:`stop`."""
 
@@ -63,29 +127,24 @@ class Portal:
         self.job = job
         self.gateway = gateway
         self.viewer_dir = viewer_dir.resolve()
-        self.server = ThreadingHTTPServer((host, port), self._handler())
-        self.server.daemon_threads = True
-        self._thread: threading.Thread | None = None
+        try:
+            self.server = webserver.ServerThread(self.app(), host, port, LIMITS)
+        except OSError as exc:
+            raise PortalError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another port") from None
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.server.url
 
     def signin_url(self, token: str) -> str:
         return f"{self.url}/login?token={token}"
 
     def start(self) -> Portal:
-        self._thread = threading.Thread(target=self.server.serve_forever, name="portal", daemon=True)
-        self._thread.start()
+        self.server.start()
         return self
 
-    def serve_forever(self) -> None:
-        self.server.serve_forever()
-
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
     # ---- auth ------------------------------------------------------------------------------------
     def worker_for_token(self, token: str) -> str | None:
@@ -98,170 +157,118 @@ class Portal:
     def cookie_value(self, worker: str) -> str:
         return f"{worker}.{_sign(self.job.worker_record['cookieSecret'], worker)}"
 
-    def worker_from_cookie(self, header: str | None) -> str | None:
-        if not header:
+    def worker_from_cookie(self, value: str | None) -> str | None:
+        """The worker a ``dicomflow_worker`` cookie value signs, or None."""
+        if not value or "." not in value:
             return None
-        cookie = SimpleCookie()
-        try:
-            cookie.load(header)
-        except Exception:  # noqa: BLE001 - a garbled cookie is no sign-in
-            return None
-        morsel = cookie.get(COOKIE)
-        if morsel is None or "." not in morsel.value:
-            return None
-        worker, sig = morsel.value.rsplit(".", 1)
+        worker, sig = value.rsplit(".", 1)
         if worker in self.job.worker_record["workers"] and hmac.compare_digest(
                 sig, _sign(self.job.worker_record["cookieSecret"], worker)):
             return worker
         return None
 
     # ---- HTTP ------------------------------------------------------------------------------------
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def app(self) -> ASGIApp:
+        """The portal's routes (see the module docstring)."""
         portal = self
 
-        class Handler(BaseHTTPRequestHandler):
-            server_version = "dicomflow-portal"
-            protocol_version = "HTTP/1.1"
+        def worker(request: Request) -> str | None:
+            return portal.worker_from_cookie(request.cookies.get(COOKIE))
 
-            def log_message(self, fmt: str, *args: Any) -> None:  # no query strings (tokens) in logs
-                log.debug("%s %s", self.command, urlsplit(self.path).path)
+        async def login(request: Request) -> Response:
+            token = request.query_params.get("token", "")
+            who = portal.worker_for_token(token) if token else None
+            if who is None:
+                return _html(403, "Sign-in failed", "<p>This sign-in link is not valid for this labeling job.</p>")
+            cookie = f"{COOKIE}={portal.cookie_value(who)}; HttpOnly; SameSite=Strict; Path=/"
+            return Response(b"", status_code=303, headers={"Location": "/task", "Set-Cookie": cookie})
 
-            def _send(self, status: int, body: bytes | str, ctype: str = "text/html; charset=utf-8",
-                      headers: dict[str, str] | None = None) -> None:
-                data = body.encode() if isinstance(body, str) else body
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("X-Content-Type-Options", "nosniff")
-                self.send_header("Referrer-Policy", "no-referrer")
-                self.send_header("X-Frame-Options", "DENY")
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                if "Cache-Control" not in (headers or {}):
-                    self.send_header("Cache-Control", "no-store")
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
+        async def favicon(_request: Request) -> Response:
+            return Response(b"", status_code=204, media_type="image/x-icon")
 
-            def _json(self, status: int, obj: Any) -> None:
-                self._send(status, json.dumps(obj), "application/json")
+        async def static(request: Request) -> Response:
+            return _file(STATIC_DIR, request.path_params["path"])
 
-            def _worker(self) -> str | None:
-                return portal.worker_from_cookie(self.headers.get("Cookie"))
+        async def viewer(request: Request) -> Response:
+            return _file(portal.viewer_dir, request.path_params["path"], cache=True)
 
-            def do_HEAD(self) -> None:  # noqa: N802
-                self.do_GET()
+        def signed_in(handler: Any) -> Any:
+            async def guarded(request: Request) -> Response:
+                who = worker(request)
+                if who is None:
+                    if request.url.path == "/wado":
+                        return _text(401, "sign in first\n")
+                    if request.method == "POST":
+                        return _error(401, "sign in first")
+                    return _html(401, "Sign in", "<p>Open the sign-in link you were given (it contains your "
+                                                 "personal token).</p>")
+                return await handler(request, who)
+            return guarded
 
-            def do_GET(self) -> None:  # noqa: N802
-                parts = urlsplit(self.path)
-                path = parts.path
-                try:
-                    if path == "/login":
-                        return self._login(parse_qs(parts.query).get("token", [""])[0])
-                    if path == "/favicon.ico":
-                        return self._send(204, b"", "image/x-icon")
-                    if path.startswith("/static/"):
-                        return self._file(STATIC_DIR, path[len("/static/"):])
-                    if path.startswith("/ui/"):
-                        return self._file(portal.viewer_dir, path[len("/ui/"):], cache=True)
-                    worker = self._worker()
-                    if worker is None:
-                        status = HTTPStatus.UNAUTHORIZED
-                        if path == "/wado":
-                            return self._send(status, "sign in first\n", "text/plain; charset=utf-8")
-                        return self._send(status, _page("Sign in", "<p>Open the sign-in link you were given "
-                                                        "(it contains your personal token).</p>"))
-                    if path == "/wado":
-                        return self._wado(parts.query)
-                    if path in ("/", "/task"):
-                        return self._task(worker)
-                    if path == "/api/status":
-                        return self._json(200, portal.job.status())
-                    return self._send(404, _page("Not found", ""))
-                except (BrokenPipeError, ConnectionResetError):
-                    return None
+        async def task(_request: Request, who: str) -> Response:
+            try:
+                a = await run_in_threadpool(portal.job.next_assignment, who)
+                if a is None:
+                    st = portal.job.status()
+                    return _html(200, "No tasks for you right now",
+                                 f"<p>{st['answers']} of {st['answersNeeded']} answers are in; job "
+                                 f"{html.escape(st['status'])}.</p>", done=True)
+                page = await run_in_threadpool(portal.job.render, a, "/ui/")
+            except (TemplateError, DicomflowError) as exc:
+                return _html(500, "Task failed", f"<p>{html.escape(str(exc))}</p>")
+            return Response(localize(page, shim_url="/static/crowd-shim.js", submit_url="/submit",
+                                     assignment_id=a.id, title=portal.job.request.title),
+                            media_type="text/html; charset=utf-8")
 
-            def _reject(self, status: int, message: str) -> None:
-                """Answer without reading the body; close the connection so an unread body is not taken
-                for the next request on a keep-alive connection."""
-                self.close_connection = True
-                self._send(status, json.dumps({"error": message}), "application/json", {"Connection": "close"})
+        async def status(_request: Request, _who: str) -> Response:
+            return webserver.json_response(200, portal.job.status())
 
-            def do_POST(self) -> None:  # noqa: N802
-                if urlsplit(self.path).path != "/submit":
-                    return self._reject(404, "not found")
-                worker = self._worker()
-                if worker is None:
-                    return self._reject(401, "sign in first")
-                if not self.headers.get("Content-Type", "").startswith("application/json"):
-                    return self._reject(415, "send the answer as application/json")
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = -1
-                if length <= 0 or length > MAX_BODY:
-                    return self._reject(413, "answer missing or too large")
-                try:
-                    body = json.loads(self.rfile.read(length))
-                    result = portal.job.submit(worker, str(body.get("assignmentId", "")), body.get("answer"))
-                except (ValueError, AttributeError):
-                    return self._json(400, {"error": "the body must be JSON {assignmentId, answer}"})
-                except LabelingJobError as exc:
-                    return self._json(409, {"error": str(exc)})
-                return self._json(200, {**result, "next": "/task"})
+        async def wado(request: Request, _who: str) -> Response:
+            resp = await run_in_threadpool(portal.gateway.fetch, request.url.query)
+            ctype = resp.headers.pop("Content-Type", "application/octet-stream")
+            if isinstance(resp.body, bytes):
+                return Response(resp.body, status_code=resp.status, media_type=ctype, headers=resp.headers)
+            return StreamingResponse(resp.body, status_code=resp.status, media_type=ctype, headers=resp.headers)
 
-            def _login(self, token: str) -> None:
-                worker = portal.worker_for_token(token) if token else None
-                if worker is None:
-                    return self._send(403, _page("Sign-in failed", "<p>This sign-in link is not valid for "
-                                                 "this labeling job.</p>"))
-                cookie = f"{COOKIE}={portal.cookie_value(worker)}; HttpOnly; SameSite=Strict; Path=/"
-                self._send(303, "", headers={"Location": "/task", "Set-Cookie": cookie})
+        async def submit(request: Request, who: str) -> Response:
+            if not request.headers.get("content-type", "").startswith("application/json"):
+                return _error(415, "send the answer as application/json")
+            try:
+                raw = await webserver.read_body(request, LIMITS)
+            except webserver.HTTPProblem as problem:
+                return _error(problem.status, "answer too large" if problem.status == 413 else problem.message)
+            if not raw:
+                return _error(400, "the body must be JSON {assignmentId, answer}")
+            try:
+                body = safejson.loads(raw, "the answer")
+                if not isinstance(body, dict):
+                    raise ValueError("not an object")
+                result = await run_in_threadpool(portal.job.submit, who, str(body.get("assignmentId", ""))[:200],
+                                                 body.get("answer"))
+            except (ValueError, UnicodeDecodeError):
+                return _error(400, "the body must be JSON {assignmentId, answer} (at most 64 levels deep)")
+            except LabelingJobError as exc:
+                return _error(409, str(exc))
+            return webserver.json_response(200, {**result, "next": "/task"})
 
-            def _task(self, worker: str) -> None:
-                try:
-                    a = portal.job.next_assignment(worker)
-                    if a is None:
-                        st = portal.job.status()
-                        return self._send(200, _page("No tasks for you right now",
-                                                     f"<p>{st['answers']} of {st['answersNeeded']} answers are "
-                                                     f"in; job {html.escape(st['status'])}.</p>", done=True))
-                    page = portal.job.render(a, viewer_base_url="/ui/")
-                except (TemplateError, DicomflowError) as exc:
-                    return self._send(500, _page("Task failed", f"<p>{html.escape(str(exc))}</p>"))
-                self._send(200, localize(page, shim_url="/static/crowd-shim.js", submit_url="/submit",
-                                         assignment_id=a.id, title=portal.job.request.title))
+        async def not_found(request: Request) -> Response:
+            if request.method == "POST":
+                return _error(404, "not found")
+            if worker(request) is None:
+                return _html(401, "Sign in", "<p>Open the sign-in link you were given (it contains your personal "
+                                             "token).</p>")
+            return _html(404, "Not found", "")
 
-            def _wado(self, query: str) -> None:
-                resp = portal.gateway.fetch(query)
-                if isinstance(resp.body, bytes):
-                    return self._send(resp.status, resp.body, resp.headers.pop("Content-Type"), resp.headers)
-                self.send_response(resp.status)
-                chunked = "Content-Length" not in resp.headers
-                for k, v in resp.headers.items():
-                    self.send_header(k, v)
-                self.send_header("X-Content-Type-Options", "nosniff")
-                if chunked:
-                    self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                for chunk in resp.body:
-                    if chunked:
-                        self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-                    else:
-                        self.wfile.write(chunk)
-                if chunked:
-                    self.wfile.write(b"0\r\n\r\n")
-
-            def _file(self, root: Path, rel: str, cache: bool = False) -> None:
-                target = (root / rel).resolve()
-                if not target.is_file() or root.resolve() not in target.parents:
-                    return self._send(404, "not found\n", "text/plain; charset=utf-8")
-                ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-                if target.suffix in (".js", ".mjs"):
-                    ctype = "text/javascript; charset=utf-8"
-                elif target.suffix == ".wasm":
-                    ctype = "application/wasm"
-                headers = {"Cache-Control": "public, max-age=3600"} if cache else {}
-                self._send(200, target.read_bytes(), ctype, headers)
-
-        return Handler
+        methods = ["GET", "HEAD"]
+        return _SecurityHeaders(Starlette(routes=[
+            Route("/login", login, methods=methods),
+            Route("/favicon.ico", favicon, methods=methods),
+            Route("/static/{path:path}", static, methods=methods),
+            Route("/ui/{path:path}", viewer, methods=methods),
+            Route("/", signed_in(task), methods=methods),
+            Route("/task", signed_in(task), methods=methods),
+            Route("/api/status", signed_in(status), methods=methods),
+            Route("/wado", signed_in(wado), methods=methods),
+            Route("/submit", signed_in(submit), methods=["POST"]),
+            Route("/{path:path}", not_found, methods=["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]),
+        ]))

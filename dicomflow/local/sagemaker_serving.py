@@ -14,7 +14,8 @@ Any function the module does not define falls back to a default: JSON / NPY / CS
 encoding, ``model(data)`` for prediction (under ``torch.no_grad`` for torch modules), and a
 TorchScript ``model.pt`` for the model. The model is loaded before the port opens, so ``/ping``
 answers 200 as soon as it answers at all. Errors map to HTTP statuses in one place
-(:func:`_status_for`). SIGTERM shuts the server down and exits 0.
+(:func:`_status_for`) and are answered as JSON ``{"error", "message", "status"}``. HTTP is
+uvicorn + Starlette through :mod:`dicomflow.webserver`. SIGTERM shuts the server down and exits 0.
 
 Run as ``python -m dicomflow.local.sagemaker_serving --port N --model-dir DIR [--code-dir DIR
 --program inference.py]``.
@@ -28,22 +29,29 @@ import io
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import traceback
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dicomflow import webserver
 
 logger = logging.getLogger("dicomflow.serving")
 
 JSON = "application/json"
 NPY = "application/x-npy"
 CSV = "text/csv"
+#: The largest payload SageMaker hands a container (asynchronous inference: 1 GB; real-time: 6 MB).
+LIMITS = webserver.Limits(max_body=1_000_000_000, body_seconds=300.0)
 
 
 class UnsupportedFormatError(ValueError):
@@ -187,63 +195,45 @@ def load_module(code_dir: Path | None, program: str | None) -> ModuleType | None
     return module
 
 
-def make_handler(handlers: Handlers) -> type[BaseHTTPRequestHandler]:
-    class _Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def make_app(handlers: Handlers) -> Starlette:
+    """``GET /ping`` and ``POST /invocations`` over the user's handlers."""
 
-        def log_message(self, fmt: str, *args: Any) -> None:
-            logger.info("%s %s", self.command, fmt % args)
+    async def ping(_request: Request) -> Response:
+        return Response(b"", media_type="text/plain")
 
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    async def invocations(request: Request) -> Response:
+        try:
+            body = await webserver.read_body(request, LIMITS)
+        except webserver.HTTPProblem as problem:
+            return webserver.problem_response(problem)
+        try:
+            payload, rtype = await run_in_threadpool(handlers.invoke, body, request.headers.get("content-type", ""),
+                                                     request.headers.get("accept", ""))
+        except Exception as exc:
+            status = _status_for(exc)
+            logger.error("invocation failed (%d): %s", status, traceback.format_exc())
+            return webserver.json_response(status, {"error": type(exc).__name__, "message": str(exc)[:2000],
+                                                    "status": int(status)})
+        return Response(payload, media_type=rtype)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
-            if self.path.split("?")[0] == "/ping":
-                self._send(200, b"", "text/plain")
-            else:
-                self._send(404, b"not found\n", "text/plain")
+    async def not_found(_request: Request) -> Response:
+        return webserver.json_response(404, {"error": "NotFound", "message": "use GET /ping or POST /invocations",
+                                             "status": 404})
 
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path.split("?")[0] != "/invocations":
-                self._send(404, b"not found\n", "text/plain")
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            try:
-                payload, rtype = handlers.invoke(body, self.headers.get("Content-Type", ""),
-                                                 self.headers.get("Accept", ""))
-            except Exception as exc:
-                status = _status_for(exc)
-                logger.error("invocation failed (%d): %s", status, traceback.format_exc())
-                self._send(status, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain")
-                return
-            self._send(200, payload, rtype)
-
-    return _Handler
+    return Starlette(routes=[Route("/ping", ping, methods=["GET"]),
+                             Route("/invocations", invocations, methods=["POST"]),
+                             Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE"])])
 
 
 def serve(host: str, port: int, handlers: Handlers) -> int:
-    """Serve until SIGTERM/SIGINT; returns 0."""
-    server = ThreadingHTTPServer((host, port), make_handler(handlers))
-    server.daemon_threads = True
-    stopping = threading.Event()
-
-    def _stop(_signum: int, _frame: object) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    logger.info("serving on http://%s:%d (/ping, /invocations)", host, port)
+    """Serve until SIGTERM/SIGINT; returns 0 (1 if the port cannot be bound)."""
     try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
+        sock = webserver.bind(host, port)
+    except OSError as exc:
+        logger.error("cannot listen on %s:%d: %s", host, port, exc.strerror)
+        return 1
+    logger.info("serving on http://%s:%d (/ping, /invocations)", host, port)
+    webserver.serve(make_app(handlers), sock, LIMITS)
     logger.info("stopped")
     return 0
 
@@ -264,11 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         logger.error("cannot start serving: %s", exc)
         return 1
-    try:
-        return serve(args.host, args.port, handlers)
-    except OSError as exc:
-        logger.error("cannot listen on %s:%d: %s", args.host, args.port, exc.strerror)
-        return 1
+    return serve(args.host, args.port, handlers)
 
 
 if __name__ == "__main__":
