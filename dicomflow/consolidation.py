@@ -28,7 +28,6 @@ Per-slice labels are voted per slice with the same rule.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -38,6 +37,7 @@ from fractions import Fraction
 from statistics import median
 from typing import Any
 
+from dicomflow import safejson
 from dicomflow.errors import DicomflowError
 
 THRESHOLD_ENV = "DICOMFLOW_VOTE_THRESHOLD"
@@ -48,6 +48,8 @@ _ANSWER_KEYS = ("labels", "rois", "sliceLabels")
 _WRAPPER_KEYS = ("annotation", "answer", "taskOutput", "crowd-form")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MAX_UNWRAP = 8
+#: Bounds on one answer (clustering is quadratic in ROIs): far above what a person draws on one object.
+MAX_ROIS, MAX_POINTS, MAX_SLICES = 500, 10_000, 5_000
 
 
 class AnswerError(DicomflowError):
@@ -103,12 +105,18 @@ def _decode(content: Any) -> Mapping[str, Any]:
             if not obj.strip():
                 raise AnswerError("empty", "answer content is empty")
             try:
-                obj = json.loads(obj)
+                obj = safejson.loads(obj, "the answer")
+            except safejson.JsonDepthError as exc:
+                raise AnswerError("garbled", str(exc)) from None
             except ValueError:
                 raise AnswerError("garbled", "answer content is not JSON") from None
             continue
         if not isinstance(obj, Mapping):
             raise AnswerError("garbled", f"answer content is a JSON {type(obj).__name__}, not an object")
+        try:
+            safejson.check_depth(obj, "the answer")
+        except safejson.JsonDepthError as exc:
+            raise AnswerError("garbled", str(exc)) from None
         if any(k in obj for k in _ANSWER_KEYS):
             return obj
         wrapped = [obj[k] for k in _WRAPPER_KEYS if k in obj]
@@ -141,7 +149,7 @@ def _roi(raw: Any, allowed: set[str] | None) -> dict[str, Any] | None:
     kind = raw.get("type", "rectangle")
     if kind == "freehand":
         pts = raw.get("points")
-        if not isinstance(pts, Sequence) or isinstance(pts, str) or len(pts) < 3:
+        if not isinstance(pts, Sequence) or isinstance(pts, str) or not 3 <= len(pts) <= MAX_POINTS:
             return None
         points = []
         for p in pts:
@@ -193,6 +201,8 @@ def parse_answer(worker_id: str, content: Any, label_set: Iterable[str] | None =
     rois_raw = obj.get("rois") or []
     if not isinstance(rois_raw, Sequence) or isinstance(rois_raw, str):
         raise AnswerError("garbled", "rois must be a list")
+    if len(rois_raw) > MAX_ROIS:
+        raise AnswerError("garbled", f"{len(rois_raw)} ROIs in one answer; at most {MAX_ROIS} are accepted")
     rois = []
     for r in rois_raw:
         roi = _roi(r, allowed)
@@ -203,6 +213,8 @@ def parse_answer(worker_id: str, content: Any, label_set: Iterable[str] | None =
     slices_raw = obj.get("sliceLabels") or {}
     if not isinstance(slices_raw, Mapping):
         raise AnswerError("garbled", "sliceLabels must be an object of SOPInstanceUID -> labels")
+    if len(slices_raw) > MAX_SLICES:
+        raise AnswerError("garbled", f"sliceLabels for {len(slices_raw)} slices; at most {MAX_SLICES} are accepted")
     slice_labels: dict[str, list[str]] = {}
     for sop, values in slices_raw.items():
         if not isinstance(sop, str) or not _UID.match(sop):
@@ -418,8 +430,9 @@ def consolidation_response(event: Mapping[str, Any], payload: Any, threshold: fl
         raise ConsolidationError("the consolidation payload must be a JSON list of data objects")
     response = []
     for item in payload:
-        if not isinstance(item, Mapping) or not item.get("datasetObjectId"):
-            raise ConsolidationError("a payload entry lacks datasetObjectId")
+        if not isinstance(item, Mapping) or item.get("datasetObjectId") in (None, "") \
+                or isinstance(item.get("datasetObjectId"), bool | dict | list):
+            raise ConsolidationError("a payload entry lacks datasetObjectId (a string or number naming the object)")
         annotations = item.get("annotations") or []
         content = consolidate_object(annotations if isinstance(annotations, list) else [annotations],
                                      label_set, threshold)

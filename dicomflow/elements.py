@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from pydicom import Dataset
 
+#: Modalities of objects that carry no image to look at or analyse (reports, segmentations, key
+#: object selections, presentation states, RT plans, waveforms, ...).
+NON_IMAGE_MODALITIES = frozenset({"SR", "SEG", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG",
+                                  "DOC", "AU", "ECG", "FID", "PLAN", "RWV"})
+
 
 def stored_value(ds: Dataset, tag: int) -> object:
     """The element's value as ``ds`` holds it (raw bytes until something reads it), None if absent.

@@ -54,16 +54,26 @@ def slice_order(positions: Sequence[Sequence[float | str] | None],
                 instance_numbers: Sequence[int | str | None] | None = None) -> list[int]:
     """Indices of the slices sorted by position along their common normal (ascending).
 
-    If any slice lacks position or orientation, fall back to ``InstanceNumber`` (then input order).
-    Slices of one series must share an orientation; a mixed series raises :class:`GeometryError`.
+    If no slice has a position and an orientation, the order is ``InstanceNumber`` (then input
+    order). If some have them and others not, the order is unknown: :class:`GeometryError` names
+    the slices (geometry is never guessed). Slices of one series must share an orientation; a
+    mixed series raises :class:`GeometryError`.
     """
     n = len(positions)
     if len(orientations) != n or (instance_numbers is not None and len(instance_numbers) != n):
         raise GeometryError("positions, orientations and instance numbers must have one entry per slice")
     if n == 0:
         return []
-    if any(p is None or len(p) == 0 for p in positions) or any(o is None or len(o) == 0 for o in orientations):
+    placed = [not (p is None or len(p) == 0 or o is None or len(o) == 0)
+              for p, o in zip(positions, orientations, strict=True)]
+    if not any(placed):
         return _by_instance_number(n, instance_numbers)
+    if not all(placed):
+        missing = [i for i, ok in enumerate(placed) if not ok]
+        names = ", ".join(f"#{instance_numbers[i] if instance_numbers is not None else i + 1}" for i in missing[:5])
+        raise GeometryError(f"{len(missing)} of {n} slices lack ImagePositionPatient/ImageOrientationPatient "
+                            f"({names}{' ...' if len(missing) > 5 else ''}) while the others have them; "
+                            "the slice order is unknown: resend the series with complete geometry")
     normal = slice_normal(orientations[0])  # type: ignore[arg-type]
     for o in orientations[1:]:
         other = slice_normal(o)  # type: ignore[arg-type]

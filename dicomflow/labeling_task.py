@@ -27,7 +27,6 @@ PACS settings of :mod:`dicomflow.credentials`.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -39,7 +38,8 @@ from typing import Any
 
 import requests
 
-from dicomflow import geometry, signing
+from dicomflow import geometry, safejson, signing
+from dicomflow.elements import NON_IMAGE_MODALITIES
 from dicomflow.errors import DicomflowError
 from dicomflow.labels import label_set_from_env
 from dicomflow.orthanc_ids import OrthancLookupError, ResolvedObject, is_orthanc_id
@@ -130,7 +130,9 @@ def parse_source(source: Any) -> ObjectRef | str:
             return text
         if text.startswith("{"):
             try:
-                source = json.loads(text)
+                source = safejson.loads(text, "the source")
+            except safejson.JsonDepthError as exc:
+                raise LabelingTaskError("invalid", str(exc)) from None
             except ValueError:
                 raise LabelingTaskError("invalid", "source looks like JSON but does not parse") from None
         elif text.startswith("s3://"):
@@ -140,6 +142,10 @@ def parse_source(source: Any) -> ObjectRef | str:
             raise LabelingTaskError("invalid", f"source {text[:80]!r} is neither an Orthanc ID nor a UID object")
     if not isinstance(source, Mapping):
         raise LabelingTaskError("invalid", "source must be an Orthanc ID string or a UID object")
+    try:
+        safejson.check_depth(source, "the source")
+    except safejson.JsonDepthError as exc:
+        raise LabelingTaskError("invalid", str(exc)) from None
     if not source.get("SeriesInstanceUID") or not source.get("StudyInstanceUID"):
         raise LabelingTaskError("invalid", "a UID source needs StudyInstanceUID and SeriesInstanceUID "
                                            "(plus SOPInstanceUID for one instance)")
@@ -218,6 +224,12 @@ def fetch_metadata(client: Any, ref: ObjectRef) -> list[dict[str, Any]]:
     meta = [m for m in meta if isinstance(m, Mapping)]
     if not meta:
         raise LabelingTaskError("not-found", f"{what} is not on the PACS (no instances)")
+    for m in meta:
+        modality = str(value(m, "Modality") or "")
+        if modality.upper() in NON_IMAGE_MODALITIES or value(m, "Rows") is None or value(m, "Columns") is None:
+            kind = f"a {modality} object" if modality else "an object without Rows/Columns"
+            raise LabelingTaskError("invalid", f"{what} holds {kind}, not an image: a worker cannot display it; "
+                                               "label image instances or series only (remove it from the manifest)")
     return meta
 
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from dicomflow import safejson
 from dicomflow.errors import DicomflowError
 
 SOURCE_KEYS = ("source", "source-ref")
@@ -45,9 +46,11 @@ def loads_jsonl(body: bytes | str, *, where: str = "manifest") -> list[dict[str,
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = safejson.loads(raw, f"{where} line {number}")
+        except safejson.JsonDepthError as exc:
+            raise ManifestError(str(exc)) from None
         except ValueError as exc:
-            raise ManifestError(f"{where} line {number} is not JSON ({exc.msg})") from None
+            raise ManifestError(f"{where} line {number} is not JSON ({getattr(exc, 'msg', exc)})") from None
         if not isinstance(obj, dict):
             raise ManifestError(f"{where} line {number} is not a JSON object")
         out.append(obj)
@@ -149,9 +152,11 @@ def read_json_s3(uri: str, s3: Any = None) -> Any:
     """Read one JSON document from S3 (e.g. GT's consolidation payload)."""
     body = get_object(uri, s3=s3)
     try:
-        return json.loads(body)
+        return safejson.loads(body, uri)
+    except safejson.JsonDepthError as exc:
+        raise ManifestError(str(exc)) from None
     except ValueError as exc:
-        raise ManifestError(f"{uri} is not JSON ({exc})") from None
+        raise ManifestError(f"{uri} is not JSON ({str(exc)[:120]})") from None
 
 
 # ---- input manifest from a QIDO query ----------------------------------------------------------

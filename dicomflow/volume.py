@@ -92,10 +92,26 @@ def is_image(ds: Dataset) -> bool:
     return "Rows" in ds and "Columns" in ds
 
 
+class InvalidImageError(NotAnImageError):
+    """An image whose header or pixel data cannot be used as it is (missing attribute, zero slope, corrupt pixels)."""
+
+
+#: Image Pixel attributes every image must carry (Type 1 in the Image Pixel module).
+_REQUIRED_PIXEL_ATTRIBUTES = ("Rows", "Columns", "BitsAllocated")
+
+
 def _require_image(ds: Dataset) -> None:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         modality = ds.get("Modality", "?")
         raise NotAnImageError(f"DICOM object (Modality {modality}) has no pixel data: not an image")
+    for keyword in _REQUIRED_PIXEL_ATTRIBUTES:
+        value = ds.get(keyword)
+        if value is None or value == "" or not isinstance(value, int) or value <= 0:
+            tag = pydicom.datadict.tag_for_keyword(keyword)
+            raise InvalidImageError(
+                f"instance {ds.get('SOPInstanceUID', '?')} lacks a valid {keyword} "
+                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) (got {value!r}); the image cannot be decoded without it: "
+                "fix the object at its source")
 
 
 _NATIVE_LITTLE_ENDIAN = {ImplicitVRLittleEndian, ExplicitVRLittleEndian}
@@ -178,14 +194,34 @@ def pixels(ds: Dataset) -> np.ndarray:
     try:
         if arr is None:
             arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError per plugin
-        ts = ds.file_meta.get("TransferSyntaxUID", "?") if hasattr(ds, "file_meta") else "?"
-        name = getattr(ts, "name", ts)
-        raise NotAnImageError(
-            f"cannot decode pixel data ({name}): {str(exc).splitlines()[0]}; install the decoder plugin "
-            "(pylibjpeg + pylibjpeg-libjpeg for JPEG lossless/extended, pyjpegls for JPEG-LS)"
-        ) from exc
+    except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError per plugin
+        raise InvalidImageError(_decode_failure(ds, exc)) from exc
     return _modality_values(arr, ds)
+
+
+def _decode_failure(ds: Dataset, exc: BaseException) -> str:
+    """What failed when the pixel data would not decode, and the fix: a missing plugin or a broken object."""
+    ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    name = getattr(ts, "name", None) or str(ts or "no transfer syntax")
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    where = f"instance {ds.get('SOPInstanceUID', '?')}"
+    available = False
+    if ts is not None:
+        try:
+            from pydicom.pixels import get_decoder
+
+            available = get_decoder(ts).is_available
+        except (NotImplementedError, ValueError, ImportError):
+            available = False
+        if not getattr(ts, "is_compressed", True):
+            available = True  # native pixel data needs no plugin
+    if available:
+        return (f"cannot decode the pixel data of {where} ({name}): {first}; the decoder is installed, so the "
+                "pixel data or its header (Rows, Columns, BitsAllocated, NumberOfFrames) is corrupt or truncated: "
+                "resend the object from its source")
+    return (f"cannot decode the pixel data of {where} ({name}): {first}; no decoder for this transfer syntax is "
+            "installed (pylibjpeg + pylibjpeg-libjpeg for JPEG lossless/extended, pyjpegls for JPEG-LS, Pillow for "
+            "JPEG baseline/2000), or ask the PACS for an uncompressed transfer syntax")
 
 
 def _modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -203,11 +239,29 @@ def _modality_values(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         else:
             arr = -1 - arr.astype(np.int64)
     out = arr.astype(np.float32)
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope, intercept = _rescale(ds)
     if slope != 1.0 or intercept != 0.0:
         out = out * np.float32(slope) + np.float32(intercept)
     return out
+
+
+def _rescale(ds: Dataset) -> tuple[float, float]:
+    """(RescaleSlope, RescaleIntercept), 1 and 0 when absent; a zero or non-finite value is refused, not guessed."""
+    values = []
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        raw = ds.get(keyword)
+        try:
+            value = default if raw is None or raw == "" else float(raw)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value):
+            raise InvalidImageError(f"instance {ds.get('SOPInstanceUID', '?')} has {keyword} {raw!r}, not a finite "
+                                    "number; modality values cannot be computed: fix the header at its source")
+        values.append(value)
+    if values[0] == 0.0:
+        raise InvalidImageError(f"instance {ds.get('SOPInstanceUID', '?')} has RescaleSlope 0: every pixel would "
+                                "equal the intercept; the header is wrong (fix it at its source; it is not read as 1)")
+    return values[0], values[1]
 
 
 def _series_pixels(series: list[Dataset], size: tuple[int, int]) -> np.ndarray:
@@ -267,8 +321,25 @@ def _orientations(datasets: list[Dataset]) -> list[np.ndarray | None]:
 
 
 def _position(ds: Dataset) -> np.ndarray | None:
+    """ImagePositionPatient as 3 finite floats; None when absent; GeometryError when present but unusable."""
     ipp = ds.get("ImagePositionPatient")
-    return None if ipp is None or len(ipp) != 3 else np.array(ipp, dtype=float)
+    if ipp is None or ipp == "":
+        return None
+    try:
+        values = np.array([float(v) for v in (ipp if isinstance(ipp, Sequence) else [ipp])], dtype=float)
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
+    if values.shape != (3,) or not np.isfinite(values).all():
+        raise GeometryError(f"instance {ds.get('SOPInstanceUID', '?')} has ImagePositionPatient {list(ipp)!r}, not "
+                            "three finite numbers; the slice cannot be placed: fix the header at its source")
+    return values
+
+
+def _slice_names(datasets: Sequence[Dataset], indices: Sequence[int], limit: int = 5) -> str:
+    shown = [f"#{datasets[i].get('InstanceNumber', '?')} ({datasets[i].get('SOPInstanceUID', '?')})"
+             for i in indices[:limit]]
+    more = f" and {len(indices) - limit} more" if len(indices) > limit else ""
+    return ", ".join(shown) + more
 
 
 def load_image(datasets: Dataset | Sequence[Dataset]) -> tuple[np.ndarray, Geometry]:
@@ -345,7 +416,14 @@ def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
             raise GeometryError("a series of multi-frame instances is not supported: pass one instance")
     orientations = _orientations(datasets)
     positions = [_position(ds) for ds in datasets]
-    has_geometry = all(o is not None for o in orientations) and all(p is not None for p in positions)
+    placed = [o is not None and p is not None for o, p in zip(orientations, positions, strict=True)]
+    has_geometry = all(placed)
+    if any(placed) and not has_geometry:
+        missing = [i for i, ok in enumerate(placed) if not ok]
+        raise GeometryError(
+            f"{len(missing)} of {len(datasets)} slices lack ImagePositionPatient/ImageOrientationPatient "
+            f"({_slice_names(datasets, missing)}) while the others have them; their place in the volume is unknown "
+            "and is not guessed from InstanceNumber: resend the series with complete geometry")
     dy, dx = _pixel_spacing(first)
     if has_geometry:
         direction = orientations[0]
@@ -363,8 +441,9 @@ def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
         dz = _slice_spacing(distance[order], "series")
         origin = tuple(positions[order[0]])
     else:
-        # No patient geometry: order by InstanceNumber, spacing from the header.
-        numbers = [int(ds.get("InstanceNumber", i) or i) for i, ds in enumerate(datasets)]
+        # No slice has patient geometry: order by InstanceNumber, spacing from the header; the
+        # Geometry says so (has_patient_geometry False) and the inference response reports it.
+        numbers = [_instance_number(ds, i) for i, ds in enumerate(datasets)]
         order = np.argsort(numbers, kind="stable")
         if len(set(numbers)) != len(numbers):
             raise GeometryError("series without ImagePositionPatient has duplicate InstanceNumbers")
@@ -382,6 +461,15 @@ def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
         shape=tuple(volume.shape),
     )
     return volume, geom
+
+
+def _instance_number(ds: Dataset, default: int) -> int:
+    raw = ds.get("InstanceNumber")
+    try:
+        return int(raw) if raw not in (None, "") else default
+    except (TypeError, ValueError):
+        raise GeometryError(f"instance {ds.get('SOPInstanceUID', '?')} has InstanceNumber {raw!r}, not an integer, "
+                            "and the series has no ImagePositionPatient to order it by") from None
 
 
 def _load_multiframe(ds: Dataset) -> tuple[np.ndarray, Geometry]:
@@ -402,8 +490,13 @@ def _load_multiframe(ds: Dataset) -> tuple[np.ndarray, Geometry]:
             direction = _orientation(item.PlaneOrientationSequence[0])
         if "PixelMeasuresSequence" in item:
             dy, dx = _pixel_spacing(item.PixelMeasuresSequence[0])
-    has_geometry = direction is not None and len(positions) == arr.shape[0] and all(
-        p is not None for p in positions)
+    known = [p for p in positions if p is not None]
+    has_geometry = direction is not None and len(known) == arr.shape[0]
+    if known and not has_geometry:
+        raise GeometryError(
+            f"multi-frame instance {ds.get('SOPInstanceUID', '?')}: {len(known)} of {arr.shape[0]} frames have a "
+            "PlanePositionSequence (and the orientation is "
+            f"{'known' if direction is not None else 'missing'}); frames are not placed by guess: fix the object")
     if has_geometry:
         distance = np.array([float(p @ direction[:, 2]) for p in positions])
         order = np.argsort(distance, kind="stable")

@@ -18,21 +18,20 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dicomflow.elements import stored_value
+from dicomflow.elements import NON_IMAGE_MODALITIES, stored_value
 from dicomflow.inference.errors import NoUsableSeries, StudyNotFound, UnusableSeries
 
 # Tags asked for with QIDO ``includefield``.
 MODALITY, SERIES_UID, SOP_UID, IMAGE_TYPE = "00080060", "0020000E", "00080018", "00080008"
 ORIENTATION, SERIES_DESCRIPTION, SERIES_NUMBER, ROWS = "00200037", "0008103E", "00200011", "00280010"
+FRAMES = "00280008"  # NumberOfFrames: an enhanced (multi-frame) instance holds a whole series
 QIDO_FIELDS = [MODALITY, SERIES_UID, SOP_UID, IMAGE_TYPE, ORIENTATION, SERIES_DESCRIPTION, SERIES_NUMBER,
-               ROWS]
+               ROWS, FRAMES]
 SERIES_INSTANCES = "00201209"  # NumberOfSeriesRelatedInstances
 #: Series-level QIDO fields: enough to choose without reading every instance (the PACS answers a
 #: series search from its database; an instance search with these fields reads every file).
 SERIES_FIELDS = [MODALITY, SERIES_UID, SERIES_DESCRIPTION, SERIES_NUMBER, SERIES_INSTANCES]
 
-NON_IMAGE_MODALITIES = {"SR", "SEG", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTDOSE", "REG", "DOC", "AU",
-                        "ECG", "FID", "PLAN", "RWV"}
 TASK_MODALITIES = {
     "classification2d": ("CR", "DX"),
     "classification3d": ("MR", "CT"),
@@ -55,6 +54,10 @@ class Candidate:
 
     @property
     def count(self) -> int:
+        """Slices: frames summed over the instances when all are known, else the reported instance count."""
+        complete = self.reported_count is None or len(self.instances) >= self.reported_count
+        if self.instances and complete:
+            return sum(_frames(item) for item in self.instances)
         return self.reported_count if self.reported_count is not None else len(self.instances)
 
 
@@ -86,6 +89,13 @@ def _values(item: dict, tag: str) -> list:
 def _first(item: dict, tag: str, default: str = "") -> str:
     values = _values(item, tag)
     return str(values[0]) if values else default
+
+
+def _frames(item: dict) -> int:
+    try:
+        return max(1, int(float(_first(item, FRAMES, "1") or 1)))
+    except ValueError:
+        return 1
 
 
 def group_by_series(instances: Iterable[dict]) -> list[Candidate]:
@@ -130,12 +140,13 @@ def instance_facts(ds: Any) -> dict:
     return {MODALITY: {"Value": values("Modality")}, SERIES_UID: {"Value": values("SeriesInstanceUID")},
             SOP_UID: {"Value": values("SOPInstanceUID")}, IMAGE_TYPE: {"Value": values("ImageType")},
             ORIENTATION: {"Value": values("ImageOrientationPatient")},
-            SERIES_DESCRIPTION: {"Value": values("SeriesDescription")}}
+            SERIES_DESCRIPTION: {"Value": values("SeriesDescription")},
+            FRAMES: {"Value": values("NumberOfFrames")}}
 
 
 # The elements the facts other than SOP_UID come from, and SpecificCharacterSet (their text's decoding).
 _FACT_TAGS = [Tag(int(tag, 16)) for tag in (MODALITY, SERIES_UID, IMAGE_TYPE, ORIENTATION, SERIES_DESCRIPTION,
-                                            "00080005")]
+                                            FRAMES, "00080005")]
 
 
 def series_facts(datasets: list[Dataset]) -> list[dict]:

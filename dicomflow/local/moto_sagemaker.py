@@ -258,10 +258,17 @@ def _pool(view: EndpointView) -> ThreadPoolExecutor:
 
 
 class _Failure(Exception):
-    def __init__(self, reason: str, body: bytes | None = None, content_type: str = "text/plain") -> None:
+    """Why an async request failed; without the model's own answer, the body is the JSON error shape of
+    every other failure: ``{"error": "ClientError"|"ServerError"|"InternalFailure", "message", "status"}``."""
+
+    def __init__(self, reason: str, status: int, body: bytes | None = None,
+                 content_type: str = "application/json") -> None:
         super().__init__(reason)
         self.reason = reason
-        self.body = body if body is not None else reason.encode("utf-8")
+        if body is None:
+            kind = reason.split(":", 1)[0] if ":" in reason else "ServerError"
+            body = json.dumps({"error": kind, "message": reason, "status": status}).encode("utf-8")
+        self.body = body
         self.content_type = content_type
 
 
@@ -276,7 +283,7 @@ def _run_job(job: AsyncJob) -> None:
     except Exception:  # a worker must never die silently
         log.exception("async invocation %s of %s could not complete", job.inference_id, job.view.name)
         try:
-            _fail(job, _Failure("InternalFailure: the emulator failed while processing the request"))
+            _fail(job, _Failure("InternalFailure: the emulator failed while processing the request", 500))
         except Exception:
             log.exception("could not record the failure of %s", job.inference_id)
 
@@ -285,16 +292,16 @@ def _execute(job: AsyncJob) -> str:
     """Run one async request; returns the response content type or raises :class:`_Failure`."""
     if time.monotonic() - job.received_monotonic > job.request_ttl:
         raise _Failure(f"ClientError: Request {job.inference_id} expired after {job.request_ttl:.0f} seconds "
-                       "(RequestTTLSeconds) in the queue.")
+                       "(RequestTTLSeconds) in the queue.", 408)
     try:
         body = _fetcher(job.view.account_id)(job.input_location)
     except Exception as exc:
         raise _Failure(f"ClientError: Failed to download input data from {job.input_location}: "
-                       f"{type(exc).__name__}: {exc}") from None
+                       f"{type(exc).__name__}: {exc}", 400) from None
     try:
         url = endpoints.resolve_serving(job.view.name, job.view.spec)
     except EndpointUnavailable as exc:
-        raise _Failure(f"ServerError: {exc}") from None
+        raise _Failure(f"ServerError: {exc}", 503) from None
     headers = {}
     if job.content_type:
         headers["Content-Type"] = job.content_type
@@ -307,22 +314,22 @@ def _execute(job: AsyncJob) -> str:
                              timeout=(5, job.invocation_timeout))
     except requests.Timeout:
         raise _Failure(f"ClientError: Model did not respond within {job.invocation_timeout:.0f} seconds "
-                       "(InvocationTimeoutSeconds).") from None
+                       "(InvocationTimeoutSeconds).", 504) from None
     except requests.RequestException as exc:
         raise _Failure(f"ServerError: the model container closed the connection or could not be reached "
                        f"({type(exc).__name__}); see the endpoint log "
-                       f"{endpoints.data_home() / 'logs' / ('endpoint-' + job.view.name + '.log')}") from None
+                       f"{endpoints.data_home() / 'logs' / ('endpoint-' + job.view.name + '.log')}", 502) from None
     content_type = resp.headers.get("Content-Type", "application/octet-stream")
     if not 200 <= resp.status_code < 300:
         kind = "client" if resp.status_code < 500 else "server"
         raise _Failure(f"ClientError: Received {kind} error ({resp.status_code}) from model. See the endpoint "
-                       "log for more information.", resp.content, content_type)
+                       "log for more information.", resp.status_code, resp.content, content_type)
     bucket, key = _split_s3(job.output_location)
     try:
         _put(job.view.account_id, bucket, key, resp.content, content_type)
     except Exception as exc:
         raise _Failure(f"ClientError: Could not write the response to {job.output_location}: "
-                       f"{type(exc).__name__}: {exc}") from None
+                       f"{type(exc).__name__}: {exc}", 400) from None
     return content_type
 
 

@@ -331,7 +331,8 @@ def test_missing_input_object_fails(aws, endpoints):
     topic, message = endpoints["notes"].wait(resp["InferenceId"])
     assert topic == endpoints["error"]
     assert missing in message["failureReason"]
-    assert b"does-not-exist" in _object(aws["s3"], resp["FailureLocation"])
+    failure = json.loads(_object(aws["s3"], resp["FailureLocation"]))
+    assert failure["status"] == 400 and "does-not-exist" in failure["message"]
 
 
 def test_invocation_timeout_fails(aws, endpoints):
@@ -348,7 +349,9 @@ def test_crash_mid_request_fails_and_the_next_request_gets_a_new_process(aws, en
     topic, message = endpoints["notes"].wait(resp["InferenceId"])
     assert topic == endpoints["error"]
     assert "closed the connection" in message["failureReason"]
-    assert _object(aws["s3"], resp["FailureLocation"]) is not None
+    failure = json.loads(_object(aws["s3"], resp["FailureLocation"]))  # the JSON error shape, not text/plain
+    assert failure["error"] == "ServerError" and failure["status"] == 502 and "closed" in failure["message"]
+    assert message["responseParameters"]["contentType"] == "application/json"
     again = _async(aws, name, _input(aws, endpoints, b"after"))
     topic, message = endpoints["notes"].wait(again["InferenceId"])
     assert message["invocationStatus"] == "Completed"

@@ -103,3 +103,13 @@ def test_check_retrieved_rejects_mixed_orientations_and_passes_one_series() -> N
     datasets[3].ImageOrientationPatient = CORONAL
     with pytest.raises(UnusableSeries, match="2 different slice orientations"):
         check_retrieved(datasets, "1.2", "segmentation3d")
+
+
+def test_a_multiframe_instance_counts_its_frames_as_slices() -> None:
+    enhanced = _inst("1.2.9", "MR", 1)
+    enhanced[0]["00280008"] = {"vr": "IS", "Value": [24]}
+    chosen = select_series(enhanced, "segmentation3d")
+    assert chosen.series_uid == "1.2.9" and chosen.instance_count == 24 and "24 slices" in chosen.reason
+    single = _inst("1.2.10", "MR", 1)
+    with pytest.raises(NoUsableSeries, match="1 slice"):
+        select_series(single, "segmentation3d")

@@ -245,5 +245,52 @@ def test_series_decoded_once_matches_each_instance_decoded(series, how: str, mon
 def test_series_with_a_short_slice_is_a_clear_error(series) -> None:
     datasets = as_retrieved(series.datasets)
     datasets[5].PixelData = datasets[5].PixelData[:-2]
-    with pytest.raises(NotAnImageError, match="cannot decode pixel data"):
+    with pytest.raises(NotAnImageError, match="cannot decode the pixel data.*corrupt or truncated"):
         load_image(datasets)
+
+
+def test_a_series_partly_without_positions_is_refused_naming_the_slices(series) -> None:
+    datasets = _copies(series.datasets)
+    random.Random(4).shuffle(datasets)
+    for i, ds in enumerate(datasets):
+        ds.InstanceNumber = i + 1  # shuffled numbers: ordering by them would silently scramble the volume
+    del datasets[3].ImagePositionPatient
+    with pytest.raises(GeometryError, match=r"1 of 12 slices lack ImagePositionPatient.*#4") as info:
+        load_image(datasets)
+    assert str(datasets[3].SOPInstanceUID) in str(info.value)
+
+
+def test_a_series_without_any_position_is_ordered_by_instance_number_and_says_so(series) -> None:
+    datasets = _copies(series.datasets)
+    for ds in datasets:
+        del ds.ImagePositionPatient
+    reversed_order = list(reversed(datasets))
+    array, geom = load_image(reversed_order)
+    assert not geom.has_patient_geometry
+    assert geom.sop_instance_uids == tuple(str(ds.SOPInstanceUID) for ds in datasets)  # by InstanceNumber
+    np.testing.assert_array_equal(array, load_image(datasets)[0])
+
+
+@pytest.mark.parametrize(("keyword", "value", "needle"), [
+    ("Rows", None, r"lacks a valid Rows \(0028,0010\)"),
+    ("Columns", 0, r"lacks a valid Columns \(0028,0011\)"),
+    ("ImagePositionPatient", ["nan", "0", "0"], "not three finite numbers"),
+    ("RescaleSlope", "0", "RescaleSlope 0"),
+    ("RescaleIntercept", "inf", "RescaleIntercept"),
+])
+def test_unusable_headers_are_refused_not_guessed(series, keyword: str, value, needle: str) -> None:
+    datasets = _copies(series.datasets)
+    if value is None:
+        delattr(datasets[2], keyword)
+    else:
+        setattr(datasets[2], keyword, value)
+    with pytest.raises((GeometryError, NotAnImageError), match=needle):
+        load_image(datasets)
+
+
+def test_a_decode_failure_says_what_failed(series) -> None:
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    ds.PixelData = ds.PixelData[:200]  # a supported syntax, broken data: not a missing plugin
+    with pytest.raises(NotAnImageError, match="decoder is installed") as info:
+        load_image(ds)
+    assert "install" not in str(info.value).split("decoder is installed")[1]
