@@ -15,6 +15,7 @@ import requests
 from dicomflow.config import generate_password, read_secret_file, write_secret_file
 from dicomflow.credentials import local_orthanc_secret_path
 from dicomflow.local.services import Service, ServiceError, require_executable
+from dicomflow.paths import private_dir, restrict_tree
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"
 PLUGIN_DIR = "/usr/share/orthanc/plugins"
@@ -57,9 +58,9 @@ class OrthancService(Service):
 
     def prepare(self) -> None:
         user, password = self.credentials()
-        storage = self.dir / "storage"
-        storage.mkdir(parents=True, exist_ok=True)
-        (self.dir / "logs").mkdir(exist_ok=True)
+        storage = private_dir(self.dir / "storage")
+        private_dir(self.dir / "logs")
+        restrict_tree(self.dir)  # PHI: storage from before this rule may be 0755/0644
         s = self.settings
         config = {
             "Name": "dicomflow",

@@ -87,6 +87,7 @@ class ManagedProcess:
                 env=dict(env) if env is not None else None,
                 cwd=cwd,
                 start_new_session=True,
+                umask=0o077,  # what the local cloud writes (DICOM storage, S3 objects, logs) is the owner's only
             )
         create_time = psutil.Process(proc.pid).create_time()
         self.pid_path.write_text(json.dumps({"pid": proc.pid, "create_time": create_time, "argv": list(argv)}))

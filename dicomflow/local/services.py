@@ -17,6 +17,7 @@ from pathlib import Path
 from dicomflow.config import Settings, read_state, write_state
 from dicomflow.errors import DicomflowError
 from dicomflow.local.process import ManagedProcess, wait_until
+from dicomflow.paths import private_dir
 
 
 class ServiceError(DicomflowError):
@@ -138,7 +139,7 @@ class LocalCloud:
     def _ensure_data_dir(self) -> None:
         try:
             for d in (self.settings.data_dir, self.settings.run_dir, self.settings.log_dir):
-                d.mkdir(parents=True, exist_ok=True)
+                private_dir(d)  # the data dir holds PHI (DICOM, S3 objects) and secrets: 0700
             probe = self.settings.data_dir / ".write-test"
             probe.write_text("")
             probe.unlink()

@@ -99,6 +99,38 @@ def test_secrets_are_private_and_never_printed(tmp_path: Path) -> None:
         cloud.down()
 
 
+def _modes(root: Path) -> set[tuple[str, int]]:
+    """(kind, permission bits) of every folder and file under ``root``."""
+    out = {("dir", root.stat().st_mode & 0o777)}
+    for path in root.rglob("*"):
+        out.add(("dir" if path.is_dir() else "file", path.stat().st_mode & 0o777))
+    return out
+
+
+def test_phi_is_owner_only_and_wider_modes_are_fixed_on_up(tmp_path: Path) -> None:
+    s = _settings(tmp_path)
+    flags = ["--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port", str(s.orthanc_dicom_port),
+             "--aws-port", str(s.aws_port)]
+    assert _cli(s, "up", *flags).returncode == 0
+    try:
+        creds = json.loads(local_orthanc_secret_path(s.data_dir).read_text())
+        raw = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        r = requests.post(f"{s.orthanc_url}/instances", data=raw, auth=(creds["username"], creds["password"]),
+                          timeout=10)
+        assert r.status_code == 200
+        storage = s.data_dir / "orthanc" / "storage"
+        assert s.data_dir.stat().st_mode & 0o777 == 0o700
+        assert _modes(storage) == {("dir", 0o700), ("file", 0o600)}
+        assert _cli(s, "down").returncode == 0
+        for path in [s.data_dir, *storage.rglob("*"), storage]:  # as an older version left them
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        assert _cli(s, "up").returncode == 0
+        assert s.data_dir.stat().st_mode & 0o777 == 0o700
+        assert _modes(storage) == {("dir", 0o700), ("file", 0o600)}
+    finally:
+        _cli(s, "down")
+
+
 def test_busy_port_fails_with_one_clear_line_and_leaves_nothing_running(tmp_path: Path) -> None:
     s = _settings(tmp_path)
     with socket.socket() as blocker:

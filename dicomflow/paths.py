@@ -1,0 +1,41 @@
+"""Folders that hold PHI or secrets: created owner-only (0700), their files 0600, fixed when found wider."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def private_dir(path: str | Path) -> Path:
+    """``path`` as a directory only its owner can enter (created with its parents if missing)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    if stat.S_IMODE(path.stat().st_mode) != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def restrict_tree(root: str | Path) -> int:
+    """Make every folder under ``root`` 0700 and every file 0600 (group/other bits removed); the count changed."""
+    changed = 0
+    root = Path(root)
+    if not root.exists():
+        return 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name, mode in [(dirpath, PRIVATE_DIR_MODE)] + [(os.path.join(dirpath, f), PRIVATE_FILE_MODE)
+                                                          for f in filenames]:
+            try:
+                st = os.lstat(name)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if stat.S_IMODE(st.st_mode) & 0o077:
+                os.chmod(name, stat.S_IMODE(st.st_mode) & 0o700 | (mode & 0o600))
+                changed += 1
+        dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+    return changed
