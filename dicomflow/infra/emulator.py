@@ -186,7 +186,34 @@ def apply_fixups(stack: str, template: Mapping[str, Any], parameters: Mapping[st
             notes.extend(_subscribe(resolver.resolve(props)))
         elif rtype == "AWS::Lambda::Function" and logical in deployed:
             notes.extend(_lambda_environment(deployed[logical]["physical"], resolver.resolve(props)))
+        elif rtype == "AWS::SageMaker::Model" and logical in deployed:
+            notes.extend(_model_environment(deployed[logical]["physical"], resolver.resolve(props), deployed))
     return notes, resolver
+
+
+def _model_environment(model: str, props: Mapping[str, Any], deployed: Mapping[str, Any]) -> list[str]:
+    """Re-create a Model whose container environment lost variables (moto drops those that reference a
+    resource it did not create, such as the PACS secret). SageMaker has no UpdateModel: the Model is
+    deleted and created again under the same name, and the stack's endpoints are updated in place so a
+    serving process started from the old Model is replaced."""
+    name = model.rsplit("/", 1)[-1]
+    sm = aws.client("sagemaker")
+    current = sm.describe_model(ModelName=name)
+    container = dict(current.get("PrimaryContainer") or {})
+    wanted = {k: str(v) for k, v in ((props.get("PrimaryContainer") or {}).get("Environment") or {}).items()}
+    actual = {k: str(v) for k, v in (container.get("Environment") or {}).items()}
+    if actual == wanted:
+        return []
+    container["Environment"] = wanted
+    sm.delete_model(ModelName=name)
+    sm.create_model(ModelName=name, PrimaryContainer=container, ExecutionRoleArn=current["ExecutionRoleArn"])
+    for res in deployed.values():
+        if res["type"] == "AWS::SageMaker::Endpoint":
+            endpoint = res["physical"].rsplit("/", 1)[-1]
+            config = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config)
+    missing = sorted(set(wanted) - set(actual))
+    return [f"set environment of Model {name} ({'added ' + ', '.join(missing) if missing else 'values'})"]
 
 
 def _bucket_policy(logical: str, bucket: str, document: Mapping[str, Any], quiet: bool = False) -> list[str]:
