@@ -1,0 +1,114 @@
+"""Simulated annotators: people's answers in the real worker template, typed by Playwright into Debian's
+headless Chromium.
+
+Annotator 1 ticks the seeder's truth; the others flip one class on a share of the images
+(:func:`annotator_labels`), so consolidation votes on real disagreement. The browser is Debian's
+``chromium`` (never a downloaded one) with the flags this machine needs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dicomflow.demo.synthetic import CHEST_CLASSES, NO_FINDING
+from dicomflow.errors import DicomflowError
+
+#: Debian's Chromium and its headless launch flags (the demo's annotators, the browser tests, the benchmark).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LABEL_SET = [NO_FINDING, *CHEST_CLASSES]
+
+
+class AnnotatorError(DicomflowError):
+    """The simulated annotators cannot run (no browser) or the worker page failed."""
+
+
+def annotator_labels(truth: list[str], annotator: int, sop: str, seed: int,
+                     flip_rates: tuple[float, ...]) -> list[str]:
+    """What simulated annotator ``annotator`` (0-based) ticks: the truth, with one class flipped on a share
+    ``flip_rates[annotator]`` of the images (deterministic in seed, image and annotator)."""
+    rate = flip_rates[annotator] if annotator < len(flip_rates) else flip_rates[-1]
+    rng = random.Random(f"{seed}:{annotator}:{sop}")  # noqa: S311 - simulation, not security
+    labels = [c for c in truth if c != NO_FINDING]
+    if rng.random() < rate:
+        flipped = rng.choice(CHEST_CLASSES)
+        labels = [c for c in labels if c != flipped] if flipped in labels else [*labels, flipped]
+    return [c for c in LABEL_SET if c in labels] or [NO_FINDING]
+
+
+def expected_majority(answers: list[list[str]]) -> list[str]:
+    """Classes ticked by more than half of the answers (what the consolidation Lambda should keep)."""
+    return [c for c in LABEL_SET if sum(c in a for a in answers) * 2 > len(answers)]
+
+
+def annotate_in_browser(signin_url: Callable[[str], str], workers: list[str],
+                        choose: Callable[[int, str], list[str]], total: int,
+                        on_progress: Callable[[int, int], None]) -> dict[str, list[list[str]]]:
+    """Each worker signs in with its own browser context and labels until the portal says done.
+
+    ``choose(worker index, SOP Instance UID)`` gives the classes to tick; the answers by SOP Instance
+    UID are returned. Runs in its own thread: Playwright's sync API refuses a thread that already has
+    an asyncio loop (a notebook, or a test session that drives its own browser).
+    """
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["answers"] = _annotate(signin_url, workers, choose, total, on_progress)
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=work, name="demo-annotators", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["answers"]
+
+
+def _annotate(signin_url: Callable[[str], str], workers: list[str], choose: Callable[[int, str], list[str]],
+              total: int, on_progress: Callable[[int, int], None]) -> dict[str, list[list[str]]]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise AnnotatorError("the simulated annotators need playwright: pip install playwright "
+                             "(the browser is Debian's chromium; never run 'playwright install')") from exc
+    if not Path(CHROMIUM).exists():
+        raise AnnotatorError(f"{CHROMIUM} not found: apt-get install chromium (or run 'make setup'), "
+                             "or use --interactive and label in your own browser")
+    answers: dict[str, list[list[str]]] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            for a, worker in enumerate(workers):
+                page = browser.new_context(viewport={"width": 1100, "height": 800}).new_page()
+                page.goto(signin_url(worker))
+                while True:
+                    page.wait_for_function(
+                        "() => document.body && (document.body.dataset.done === 'true' || (window.dicomflowViewer"
+                        " && (window.dicomflowViewer.ready || window.dicomflowViewer.error)))", timeout=120_000)
+                    if page.evaluate("document.body.dataset.done === 'true'"):
+                        break
+                    error = page.evaluate("window.dicomflowViewer.error")
+                    if error:
+                        raise AnnotatorError(f"{worker}: the viewer failed: {error}")
+                    task = json.loads(page.locator("#dicomflow-viewer").get_attribute("data-task") or "{}")
+                    sop = task.get("sopInstanceUID") or task["instances"][0]["sopInstanceUID"]
+                    labels = choose(a, sop)
+                    box = page.locator("[data-testid=image-labels]")
+                    for name in labels:
+                        box.get_by_label(name, exact=True).check()
+                    with page.expect_navigation():
+                        page.locator("#dicomflow-submit").click()
+                    answers.setdefault(sop, []).append(labels)
+                    on_progress(sum(len(v) for v in answers.values()), total)
+                page.context.close()
+        finally:
+            browser.close()
+    return answers

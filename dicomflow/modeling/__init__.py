@@ -1,0 +1,1 @@
+"""The model artifact format, the networks and the one preprocessing definition."""
