@@ -4,7 +4,7 @@ Starts its own local cloud (Orthanc + emulated AWS) in a temp dir on free ports,
 200-slice synthetic MR series (256x256), then prints, per series:
 
 * ``floor``     - Orthanc's bare WADO-RS series retrieval: one multipart GET, bytes only, no parsing;
-* ``retrieve``  - ``dicomflow.dicomweb.retrieve_series`` (one multipart request, parsed to datasets);
+* ``retrieve``  - ``dicomflow.dicom.dicomweb.retrieve_series`` (one multipart request, parsed to datasets);
 * ``per-inst``  - sequential per-instance WADO-RS GETs (the AWS sample's way);
 * end-to-end async latency through the emulated endpoint (invoke -> result in S3OutputPath) split
   into queue (invoke to start of processing), query, retrieve, preprocess, model (the network's
@@ -114,7 +114,7 @@ def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], args: argp
     """The training job's segmentation3d model trained on ``--train-per-size`` synthetic series of each served shape."""
     from training_channels import hippocampus_channel, run_entry, sm_layout
 
-    from dicomflow.models import METADATA_FILE
+    from dicomflow.modeling.artifact import METADATA_FILE
 
     root = home / "trained"
     env = sm_layout(root)
@@ -155,8 +155,9 @@ def main() -> None:
         args.spacing = ""
 
     from dicomflow.config import Settings
-    from dicomflow.local.moto_server import client_environment
-    from dicomflow.local.services import LocalCloud, free_port
+    from dicomflow.emulator.cloud.cloud import LocalCloud
+    from dicomflow.emulator.cloud.moto import client_environment
+    from dicomflow.emulator.cloud.service import free_port
 
     home = Path(tempfile.mkdtemp(prefix="dicomflow-bench-"))
     settings = Settings.load(data_dir=home, orthanc_http_port=free_port(), orthanc_dicom_port=free_port(),
@@ -167,10 +168,12 @@ def main() -> None:
     try:
         from model_helpers import model_tarball, untrained_artifact
 
-        from dicomflow import aws, dicomweb, synthetic
+        from dicomflow import aws
         from dicomflow.credentials import pacs_connection
+        from dicomflow.demo import synthetic
+        from dicomflow.dicom import dicomweb
+        from dicomflow.emulator.moto.endpoints import register_image
         from dicomflow.inference import endpoint as ep
-        from dicomflow.local.endpoints import register_image
 
         conn = pacs_connection()
         client = dicomweb.connect(conn)

@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "browser"
 
 from dicomflow import aws  # noqa: E402
 from dicomflow.config import Settings  # noqa: E402
-from dicomflow.demo import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from dicomflow.local.moto_server import client_environment  # noqa: E402
-from dicomflow.local.services import LocalCloud, free_port  # noqa: E402
+from dicomflow.demo.annotators import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from dicomflow.emulator.cloud.cloud import LocalCloud  # noqa: E402
+from dicomflow.emulator.cloud.moto import client_environment  # noqa: E402
+from dicomflow.emulator.cloud.service import free_port  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
@@ -60,7 +61,7 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     from playwright.sync_api import sync_playwright
 
     from dicomflow.credentials import pacs_connection
-    from dicomflow.labeling import run_job
+    from dicomflow.emulator.groundtruth import run_job
 
     bucket = "dicomflow-bench-labeling"
     aws.client("s3").create_bucket(Bucket=bucket)
@@ -127,10 +128,11 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
 def manifest_timing(settings: Settings, instances: int) -> dict[str, object]:
     """``label manifest --per instance`` over ``instances`` MR instances: Orthanc's /tools/find (ours, the
     default) against one paged QIDO-RS query (the portable way); both must give the same objects."""
-    from dicomflow import dicomweb, manifest
-    from dicomflow import seed as seeding
     from dicomflow.credentials import pacs_connection
-    from dicomflow.orthanc_ids import OrthancRest
+    from dicomflow.demo import seed as seeding
+    from dicomflow.dicom import dicomweb
+    from dicomflow.dicom.orthanc import OrthancRest
+    from dicomflow.groundtruth import manifest
 
     slices = 50
     studies = seeding.plan(chest=0, hippocampus=-(-instances // slices), real=False,

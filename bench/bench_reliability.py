@@ -151,8 +151,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from dicomflow.config import Settings
-    from dicomflow.local.moto_server import client_environment
-    from dicomflow.local.services import LocalCloud, free_port
+    from dicomflow.emulator.cloud.cloud import LocalCloud
+    from dicomflow.emulator.cloud.moto import client_environment
+    from dicomflow.emulator.cloud.service import free_port
 
     home = Path(tempfile.mkdtemp(prefix="dicomflow-reliability-"))
     settings = Settings.load(data_dir=home, orthanc_http_port=free_port(), orthanc_dicom_port=free_port(),
@@ -163,9 +164,11 @@ def main() -> None:
     try:
         from model_helpers import model_tarball, untrained_artifact
 
-        from dicomflow import aws, dicomweb, synthetic
+        from dicomflow import aws
+        from dicomflow.demo import synthetic
+        from dicomflow.dicom import dicomweb
+        from dicomflow.emulator.moto.endpoints import register_image, registry_path
         from dicomflow.inference import endpoint as ep
-        from dicomflow.local.endpoints import register_image, registry_path
 
         client = dicomweb.connect()
         series = synthetic.hippocampus_series(6, seed=90, shape=SHAPE)

@@ -4,7 +4,7 @@ Starts its own Orthanc on free ports in a temporary data dir, stores a 30-slice 
 200-slice 256x256 synthetic MR series, then times (median of ``--repeats`` after one warm-up):
 
 * ``floor``: one WADO-RS series GET with requests, body read into memory, nothing parsed;
-* ``ours``: :func:`dicomflow.dicomweb.retrieve_series` (one multipart request, parsed to datasets);
+* ``ours``: :func:`dicomflow.dicom.dicomweb.retrieve_series` (one multipart request, parsed to datasets);
 * ``per-instance``: QIDO for the instances, then one WADO-RS GET per instance, sequentially and
   parsed (what the AWS sample does).
 
@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from dicomflow import dicomweb, synthetic
 from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection
-from dicomflow.local.orthanc import OrthancService
-from dicomflow.local.services import LocalCloud, free_port
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.emulator.cloud.cloud import LocalCloud
+from dicomflow.emulator.cloud.orthanc import OrthancService
+from dicomflow.emulator.cloud.service import free_port
 
 SERIES = ((30, 512), (200, 256))  # (slices, rows = columns)
 ACCEPT_SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'

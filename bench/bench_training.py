@@ -2,7 +2,7 @@
 
 For classification2d (DenseNet121 at 224x224) and segmentation3d (3D UNet at 32x48x40 by default):
 synthetic DICOM files are written to a temp dir, loaded through dicomflow.training's dataset
-(pydicom decode + dicomflow.preprocess, MONAI CacheDataset) and DataLoader, and trained for a few
+(pydicom decode + dicomflow.modeling.preprocess, MONAI CacheDataset) and DataLoader, and trained for a few
 steps; then the same model trains the same number of steps on batches already in memory on the
 device. data stall = 1 - ready_time / pipeline_time (the share of step time spent waiting on data).
 
@@ -23,8 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from training_channels import chest_channel, hippocampus_channel  # noqa: E402
 
-from dicomflow.models import build_network, default_preprocess, network_spec  # noqa: E402
-from dicomflow.preprocess import build_transform  # noqa: E402
+from dicomflow.modeling.artifact import default_preprocess  # noqa: E402
+from dicomflow.modeling.networks import build_network, network_spec  # noqa: E402
+from dicomflow.modeling.preprocess import build_transform  # noqa: E402
 from dicomflow.training.data import make_dataset, scan_manifest  # noqa: E402
 
 

@@ -2,7 +2,8 @@
 
 ``AWS_ENDPOINT_URL`` (and the per-service ``AWS_ENDPOINT_URL_<SERVICE>``), ``AWS_PROFILE``,
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` and the credential chain are read by boto3 itself;
-with them unset the same code talks to real AWS. Nothing here knows about the emulator.
+with them unset the same code talks to real AWS. :func:`is_emulated` is the one place that asks
+whether the endpoint is overridden.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def client(service: str, **kwargs: Any) -> Any:
     """A boto3 client with retries on; endpoint and credentials come from the standard chain."""
     cfg = Config(retries={"max_attempts": 5, "mode": "standard"})
     return session().client(service, config=kwargs.pop("config", cfg), **kwargs)
+
+
+def is_emulated() -> bool:
+    """True when the AWS endpoint is overridden (the local emulator, LocalStack), i.e. not real AWS."""
+    return bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_CLOUDFORMATION"))
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:

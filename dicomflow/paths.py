@@ -1,10 +1,14 @@
-"""Folders that hold PHI or secrets: created owner-only (0700), their files 0600, fixed when found wider."""
+"""Where things are: the repository checkout, and folders that hold PHI or secrets (owner-only: 0700
+folders, 0600 files, fixed when found wider)."""
 
 from __future__ import annotations
 
 import os
 import stat
 from pathlib import Path
+
+#: The checkout this package runs from (``labeling_ui/``, ``lambdas/``, ``training_job/`` ... beside it).
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600

@@ -11,8 +11,9 @@ import pytest
 
 from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection, pacs_connection
-from dicomflow.local.moto_server import client_environment
-from dicomflow.local.services import LocalCloud, free_port
+from dicomflow.emulator.cloud.cloud import LocalCloud
+from dicomflow.emulator.cloud.moto import client_environment
+from dicomflow.emulator.cloud.service import free_port
 
 
 @dataclass

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pydicom
 
-from dicomflow import models
+from dicomflow.modeling import artifact, networks
 
 
 def untrained_artifact(root: Path, task: str, labels: list[str], size: list[int] | None = None) -> Path:
     """An untrained artifact of ``task`` in ``root/task`` (what the training job writes, minus the training)."""
-    spec = models.network_spec(task, labels)
-    return models.save_artifact(root / task, task=task, labels=labels, network=models.build_network(spec),
-                                network_spec=spec, preprocess=models.default_preprocess(task, size),
-                                metrics={}, manifest_sha256="0" * 64)
+    spec = networks.network_spec(task, labels)
+    return artifact.save_artifact(root / task, task=task, labels=labels, network=networks.build_network(spec),
+                                  network_spec=spec, preprocess=artifact.default_preprocess(task, size),
+                                  metrics={}, manifest_sha256="0" * 64)
 
 
 def model_tarball(model_dir: Path) -> bytes:

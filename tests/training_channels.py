@@ -1,4 +1,4 @@
-"""Write tiny training channels from :mod:`dicomflow.synthetic`, and run the entry point as SageMaker would."""
+"""Write tiny training channels from :mod:`dicomflow.demo.synthetic`, and run the entry point as SageMaker would."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dicomflow import synthetic
-from dicomflow.volume import load_image, save_label_nifti
+from dicomflow.demo import synthetic
+from dicomflow.dicom.volume import load_image, save_label_nifti
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = ROOT / "training_job" / "train.py"

@@ -6,8 +6,8 @@ import click
 from rich.table import Table
 
 from dicomflow.cli.common import console, json_option, out, print_json, settings_from
-from dicomflow.local.moto_server import client_environment
-from dicomflow.local.services import LocalCloud
+from dicomflow.emulator.cloud.cloud import LocalCloud
+from dicomflow.emulator.cloud.moto import client_environment
 
 
 @click.command()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dicomflow import dicomweb
 from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
-from dicomflow.export import export_dataset
-from dicomflow.models import TASKS
-from dicomflow.seed import sidecar_path
+from dicomflow.demo.seed import sidecar_path
+from dicomflow.dicom import dicomweb
+from dicomflow.modeling.networks import TASKS
+from dicomflow.training.export import export_dataset
 
 
 @click.group("dataset")

@@ -1,4 +1,4 @@
-"""``dicomflow demo``: start the local cloud and run the whole loop (see :mod:`dicomflow.demo`)."""
+"""``dicomflow demo``: start the local cloud and run the whole loop (see :mod:`dicomflow.demo.loop`)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from dicomflow import demo as loop
 from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
+from dicomflow.demo import loop
 
 
 class RichStep(loop.Step):
@@ -109,8 +109,8 @@ def demo(ctx: click.Context, size: str, interactive: bool, seed_value: int, as_j
     up, seed, label (3 simulated annotators in headless Chromium, or people with --interactive),
     export, train both models with estimator.fit, deploy async endpoints, infer on held-out studies.
     Re-running resumes finished steps."""
-    from dicomflow.local.moto_server import client_environment
-    from dicomflow.local.services import LocalCloud
+    from dicomflow.emulator.cloud.cloud import LocalCloud
+    from dicomflow.emulator.cloud.moto import client_environment
 
     settings = settings_from(ctx)
     config = loop.DemoConfig.preset(size, interactive=interactive, seed=seed_value)

@@ -16,7 +16,8 @@ from rich.table import Table
 
 from dicomflow import aws
 from dicomflow.cli.common import console, json_option, out, print_json
-from dicomflow.infra import deployment, emulator, labeling_job, package, stack
+from dicomflow.groundtruth import job_request, submit
+from dicomflow.infra import deployment, package, stack
 from dicomflow.infra.template import parse_param_args
 
 stack_option = click.option("--stack", "stack_name", default=stack.DEFAULT_STACK, show_default=True,
@@ -112,7 +113,7 @@ def deploy(stack_name: str, params: tuple[str, ...], template_path: str | None, 
 def destroy(stack_name: str, keep_deploy_bucket: bool, yes: bool, timeout: float) -> None:
     """Empty the stack's buckets (their data is lost), delete the stack and what deploy added."""
     target = _target()
-    if not yes and not emulator.is_emulator():
+    if not yes and not aws.is_emulated():
         click.confirm(f"delete stack {stack_name} and ALL data in its buckets ({target})?", abort=True)
     desc = stack.describe(stack_name)
     bucket = None
@@ -160,10 +161,10 @@ def labeling_job_cmd(stack_name: str, job_name: str, manifest_uri: str, workteam
     """Write the Ground Truth CreateLabelingJob request built from the stack's outputs."""
     values = stack.outputs(stack_name)
     if upload_config:
-        up = labeling_job.upload_labeling_config(values, viewer_dir=labeling_job.VIEWER_DIST)
+        up = submit.upload_labeling_config(values, viewer_dir=submit.VIEWER_DIST)
         console.print(f"uploaded {up.template_uri}, {up.categories_uri} and the viewer bundle ({up.viewer_files} "
                       f"files) to {up.viewer_uri}; workers load it from {up.viewer_base_url}", highlight=False)
-    request = labeling_job.labeling_job_request(values, job_name, manifest_uri, workteam,
+    request = job_request.labeling_job_request(values, job_name, manifest_uri, workteam,
                                                 label_attribute_name=label_attribute_name,
                                                 workers_per_object=workers)
     text = json.dumps(request, indent=2) + "\n"

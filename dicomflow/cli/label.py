@@ -1,19 +1,21 @@
-"""``dicomflow label ...``: Ground Truth labeling. ``manifest`` builds the input manifest from a QIDO query.
-
-Other subcommands (``start``, ``status``) attach to the :data:`label` group from their own modules
-(``label.add_command(...)``).
+"""``dicomflow label ...``: Ground Truth labeling. ``manifest`` builds the input manifest from a PACS query,
+``start`` runs a CreateLabelingJob request locally (or submits it to Ground Truth), ``status`` reports progress.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
-from dicomflow import dicomweb, manifest
 from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
-from dicomflow.orthanc_ids import OrthancLookupError, OrthancRest
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.orthanc import OrthancLookupError, OrthancRest
+from dicomflow.errors import DicomflowError
+from dicomflow.groundtruth import manifest
 
 
 @click.group("label")
@@ -71,3 +73,157 @@ def manifest_cmd(ctx: click.Context, queries: tuple[str, ...], per: str, target:
         print_json({"to": target, "per": per, "via": via, "lines": count, "filters": filters, "seconds": seconds})
     else:
         console.print(f"wrote {count} {per} line(s) to {target} in {seconds:.2f}s", highlight=False)
+
+
+@label.command("start")
+@click.option("--job", "job_file", type=click.Path(dir_okay=False),
+              help="CreateLabelingJob request JSON (the same file real Ground Truth takes).")
+@click.option("--target", type=click.Choice(["local", "aws"]), default="local", show_default=True,
+              help="local: run the job here (portal + gateway). aws: submit it to Ground Truth "
+                   "(the emulator when AWS_ENDPOINT_URL is set).")
+@click.option("--workteam", help="[aws] Private workteam ARN (arn:aws:sagemaker:REGION:ACCOUNT:workteam/...).")
+@click.option("--stack", "stack_name", default="dicomflow", show_default=True,
+              help="[aws] Stack whose outputs give the Lambdas, role, buckets and gateway.")
+@click.option("--job-name", help="[aws, without --job] Labeling job name.")
+@click.option("--manifest", "manifest_uri", help="[aws, without --job] s3:// URI of the input manifest.")
+@click.option("--viewer-base-url", help="[aws] Where workers' browsers load viewer.js [GatewayUrl origin + /ui/].")
+@click.option("--workers", type=click.IntRange(1, 50), default=None,
+              help="Local workers to create [NumberOfHumanWorkersPerDataObject]; with --target aws and no "
+                   "--job: workers per data object (1-9).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Portal port on 127.0.0.1 (0: a free one).")
+@click.option("--template", "template_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Use this local worker template instead of UiTemplateS3Uri (while editing it).")
+@click.option("--exit-when-done/--keep-serving", default=True, show_default=True,
+              help="Stop once every data object is consolidated.")
+@json_option
+@click.pass_context
+def start(ctx: click.Context, job_file: str | None, target: str, workteam: str | None, stack_name: str,
+          job_name: str | None, manifest_uri: str | None, viewer_base_url: str | None, workers: int | None,
+          port: int, template_file: str | None, exit_when_done: bool, as_json: bool) -> None:
+    """Run a labeling job locally (worker portal, signed-image gateway, Lambdas, output manifest in S3), or
+    submit it to Ground Truth with --target aws."""
+    if target == "aws":
+        _start_on_aws(job_file, workteam, stack_name, job_name, manifest_uri, viewer_base_url, workers,
+                      template_file, as_json)
+        return
+    if not job_file:
+        raise click.UsageError("--job FILE is required (the CreateLabelingJob request JSON; "
+                               "'dicomflow infra labeling-job' writes one)")
+    from dicomflow.emulator.groundtruth import run_job
+
+    settings = settings_from(ctx)
+    template = Path(template_file).read_text() if template_file else None
+    running = run_job(job_file, data_dir=settings.data_dir, workers=workers, port=port,
+                      template_source=template)
+    job = running.job
+    console.print(f"labeling job [bold]{job.request.name}[/bold]: {len(job.objects)} data objects, "
+                  f"{job.request.workers_per_object} worker(s) each; portal {running.url}")
+    if running.signin_urls:
+        console.print("sign-in links (shown once; also in "
+                      f"{job.store.signin_path}, mode 0600):")
+        for worker, url in running.signin_urls.items():
+            click.echo(f"  {worker}: {url}")
+    else:
+        console.print(f"workers keep their sign-in links from {job.store.signin_path} (port may differ)")
+    last = None
+    try:
+        while True:
+            st = job.status()
+            line = (f"{st['answers']}/{st['answersNeeded']} answers, {st['consolidated']} consolidated, "
+                    f"{len(st['failed'])} failed")
+            if line != last:
+                console.print(line)
+                last = line
+            if exit_when_done and job.done:
+                job.wait_idle()
+                console.print(f"done: output manifest {st['outputManifest']}")
+                break
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("stopped; answers so far are kept in S3, 'label start' again resumes the job")
+    finally:
+        running.stop()
+
+
+def _start_on_aws(job_file: str | None, workteam: str | None, stack_name: str, job_name: str | None,
+                  manifest_uri: str | None, viewer_base_url: str | None, workers: int | None,
+                  template_file: str | None, as_json: bool) -> None:
+    """Upload template + viewer bundle + label categories, then submit the request to Ground Truth."""
+    from dicomflow.groundtruth import submit
+    from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
+    from dicomflow.infra import stack
+
+    if not workteam:
+        raise click.UsageError("--target aws needs --workteam "
+                               "arn:aws:sagemaker:REGION:ACCOUNT:workteam/private-crowd/NAME")
+    request = None
+    if job_file:
+        if job_name or manifest_uri:
+            raise click.UsageError("give either --job FILE or --job-name/--manifest, not both")
+        try:
+            request = json.loads(Path(job_file).read_text())
+        except (OSError, ValueError) as exc:
+            raise click.UsageError(f"cannot read the request {job_file}: {exc}") from None
+        if not isinstance(request, dict):
+            raise click.UsageError(f"{job_file} is not a CreateLabelingJob request (a JSON object)")
+    elif not (job_name and manifest_uri):
+        raise click.UsageError("--target aws needs --job FILE, or --job-name NAME and --manifest s3://...")
+    outputs = stack.outputs(stack_name)
+    labels = list(CHEXPERT_CLASSES)
+    label_set = stack.deployed_parameters(stack.describe(stack_name) or {}).get("LabelSet", "")
+    if label_set.strip():
+        try:
+            labels = json.loads(label_set)
+        except ValueError:
+            raise click.UsageError(f"the stack's LabelSet parameter is not a JSON list: {label_set!r}") from None
+    done = submit.submit_job(outputs, workteam, request=request, job_name=job_name, manifest_uri=manifest_uri,
+                             workers=workers or 1, labels=labels, template_path=template_file or submit.UI_TEMPLATE,
+                             viewer_base_url=viewer_base_url)
+    for note in done.notes:
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    up = done.uploaded
+    console.print(f"uploaded the worker template, {up.viewer_files} viewer files and {len(done.labels)} label "
+                  f"categories under {up.template_uri.rsplit('/', 1)[0]}/; workers load the viewer from "
+                  f"{up.viewer_base_url}", highlight=False)
+    if as_json:
+        print_json({"labelingJobArn": done.arn, "request": done.request, "uploaded": up.summary()})
+    else:
+        console.print(f"submitted labeling job {done.request['LabelingJobName']}: {done.arn}", highlight=False)
+        click.echo(done.arn)
+
+
+def _requests(data_dir: Path, job_file: str | None) -> list:
+    from dicomflow.groundtruth.job_request import load_request, parse_request
+
+    if job_file:
+        return [load_request(job_file)]
+    found = []
+    for state in sorted((data_dir / "labeling").glob("*/state.json")):
+        try:
+            found.append(parse_request(json.loads(state.read_text())["request"]))
+        except (ValueError, KeyError, DicomflowError):
+            console.print(f"[yellow]skipping unreadable {state}[/yellow]")
+    return found
+
+
+@label.command("status")
+@click.option("--job", "job_file", type=click.Path(dir_okay=False), default=None,
+              help="The job's request JSON (default: every job started from this data dir).")
+@json_option
+@click.pass_context
+def status(ctx: click.Context, job_file: str | None, as_json: bool) -> None:
+    """Per-job progress: answers, consolidated objects, failures, output manifest."""
+    from dicomflow.emulator.groundtruth import job_status
+
+    settings = settings_from(ctx)
+    rows = [job_status(r, settings.data_dir) for r in _requests(settings.data_dir, job_file)]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no labeling jobs started from this data dir; run 'dicomflow label start --job FILE'")
+        return
+    for r in rows:
+        click.echo(f"{r['job']}: {r['status']} - {r['consolidated']}/{r['objects']} objects consolidated, "
+                   f"{r['answers']} answers, {len(r['failed'])} failed; {r['outputManifest']}")

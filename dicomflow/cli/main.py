@@ -7,7 +7,7 @@ import sys
 import click
 
 from dicomflow import __version__
-from dicomflow.cli import cloud, dataset, demo, deploy, infra, label, label_job, seed, train
+from dicomflow.cli import cloud, dataset, demo, deploy, infra, label, seed, train
 from dicomflow.cli.common import console
 from dicomflow.errors import DicomflowError
 
@@ -23,9 +23,6 @@ def cli(data_dir: str | None) -> None:
     AWS_ENDPOINT_URL unset, every AWS call goes to your configured account.
     """
 
-
-label.label.add_command(label_job.start)
-label.label.add_command(label_job.status)
 
 for command in (cloud.up, cloud.down, cloud.status, cloud.env, seed.seed, label.label, dataset.dataset,
                 train.train, deploy.deploy, deploy.infer, infra.infra, demo.demo):

@@ -1,13 +1,13 @@
-"""``dicomflow seed``: load sample studies into the PACS (thin wrapper over :mod:`dicomflow.seed`)."""
+"""``dicomflow seed``: load sample studies into the PACS (thin wrapper over :mod:`dicomflow.demo.seed`)."""
 
 from __future__ import annotations
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dicomflow import dicomweb
-from dicomflow import seed as seeding
 from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
+from dicomflow.demo import seed as seeding
+from dicomflow.dicom import dicomweb
 
 
 @click.command("seed")

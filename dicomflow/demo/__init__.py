@@ -1,1 +1,1 @@
-"""The demo loop and its sample data (synthetic studies, the seeder, simulated annotators)."""
+"""The demo loop and its sample data: synthetic studies with known truth, the seeder, simulated annotators."""

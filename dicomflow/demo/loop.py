@@ -4,41 +4,34 @@ Each step is a function over a :class:`DemoContext` (settings, PACS connection, 
 steps produced) and is idempotent where it can be: the stack deploy is a no-op the second time, seeding
 skips studies the PACS holds, the labeling job resumes from its S3 state, export skips staged objects.
 The local cloud itself is started by the caller (``dicomflow demo`` in :mod:`dicomflow.cli.demo`):
-this module only talks to AWS APIs and the PACS, so it never imports :mod:`dicomflow.local`.
+this module only talks to AWS APIs and the PACS, so it never imports :mod:`dicomflow.emulator.sagemaker_sdk`.
 
-Three simulated annotators label every chest image in Debian's headless Chromium through the real worker
-portal and template; annotator 1 copies the seeder's truth, the others flip one class on a share of the
-images (:func:`annotator_labels`), so the consolidation Lambda has real disagreement to vote on.
+Three simulated annotators (:mod:`.annotators`) label every chest image in Debian's headless Chromium
+through the real worker portal and template, so the consolidation Lambda has real disagreement to vote on.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dicomflow import dicomweb, manifest
-from dicomflow import seed as seeding
 from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection
+from dicomflow.demo import seed as seeding
+from dicomflow.demo.annotators import LABEL_SET, annotate_in_browser, annotator_labels, expected_majority
+from dicomflow.demo.synthetic import CHEST_CLASSES, NO_FINDING
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.orthanc import instance_id, orthanc_id, series_id
 from dicomflow.errors import DicomflowError
-from dicomflow.orthanc_ids import instance_id, orthanc_id, series_id
-from dicomflow.synthetic import CHEST_CLASSES, NO_FINDING
+from dicomflow.groundtruth import manifest
 
-#: Debian's Chromium and its headless launch flags (the demo's annotators, the browser tests, the benchmark).
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SEG_LABELS = ["anterior", "posterior"]
-LABEL_SET = [NO_FINDING, *CHEST_CLASSES]
 SIZES = ("small", "full")
 LOCAL_GATEWAY = "http://127.0.0.1/wado"
 
@@ -188,100 +181,17 @@ def write_input_manifest(ctx: DemoContext) -> str:
 
 def labeling_request(ctx: DemoContext, manifest_uri: str) -> dict[str, Any]:
     """The CreateLabelingJob request from the stack outputs, worker template and label config uploaded."""
-    from dicomflow.infra import labeling_job
+    from dicomflow.groundtruth import job_request, submit
 
-    labeling_job.upload_labeling_config(ctx.outputs, LABEL_SET)
-    return labeling_job.labeling_job_request(ctx.outputs, ctx.config.tag, manifest_uri,
+    submit.upload_labeling_config(ctx.outputs, LABEL_SET)
+    return job_request.labeling_job_request(ctx.outputs, ctx.config.tag, manifest_uri,
                                              label_attribute_name=ctx.config.label_attribute,
                                              workers_per_object=ctx.config.annotators)
 
 
-def annotator_labels(truth: list[str], annotator: int, sop: str, config: DemoConfig) -> list[str]:
-    """What simulated annotator ``annotator`` (0-based) ticks: the truth, with one class flipped on a share
-    ``flip_rates[annotator]`` of the images (deterministic in seed, image and annotator)."""
-    rate = config.flip_rates[annotator] if annotator < len(config.flip_rates) else config.flip_rates[-1]
-    rng = random.Random(f"{config.seed}:{annotator}:{sop}")  # noqa: S311 - simulation, not security
-    labels = [c for c in truth if c != NO_FINDING]
-    if rng.random() < rate:
-        flipped = rng.choice(CHEST_CLASSES)
-        labels = [c for c in labels if c != flipped] if flipped in labels else [*labels, flipped]
-    return [c for c in LABEL_SET if c in labels] or [NO_FINDING]
-
-
-def expected_majority(answers: list[list[str]]) -> list[str]:
-    """Classes ticked by more than half of the answers (what the consolidation Lambda should keep)."""
-    return [c for c in LABEL_SET if sum(c in a for a in answers) * 2 > len(answers)]
-
-
-def _annotate_in_browser(running: Any, truth: dict[str, list[str]], ctx: DemoContext, step: Step) -> dict:
-    """Each annotator signs in with its own browser context and labels until the portal says done.
-
-    Runs in its own thread: Playwright's sync API refuses a thread that already has an asyncio loop
-    (a notebook, or a test session that drives its own browser).
-    """
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            outcome["answers"] = _annotate(running, truth, ctx, step)
-        except BaseException as exc:  # re-raised in the caller's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=work, name="demo-annotators", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["answers"]
-
-
-def _annotate(running: Any, truth: dict[str, list[str]], ctx: DemoContext, step: Step) -> dict:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        raise DemoError("the simulated annotators need playwright: pip install playwright "
-                        "(the browser is Debian's chromium; never run 'playwright install')") from exc
-    if not Path(CHROMIUM).exists():
-        raise DemoError(f"{CHROMIUM} not found: apt-get install chromium (or run 'make setup'), "
-                        "or use --interactive and label in your own browser")
-    cfg = ctx.config
-    answers: dict[str, list[list[str]]] = {}
-    needed = len(ctx.chest_train) * cfg.annotators
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            for a in range(cfg.annotators):
-                worker = f"worker-{a + 1}"
-                page = browser.new_context(viewport={"width": 1100, "height": 800}).new_page()
-                page.goto(running.signin_url(worker))
-                while True:
-                    page.wait_for_function(
-                        "() => document.body && (document.body.dataset.done === 'true' || (window.dicomflowViewer"
-                        " && (window.dicomflowViewer.ready || window.dicomflowViewer.error)))", timeout=120_000)
-                    if page.evaluate("document.body.dataset.done === 'true'"):
-                        break
-                    error = page.evaluate("window.dicomflowViewer.error")
-                    if error:
-                        raise DemoError(f"{worker}: the viewer failed: {error}")
-                    task = json.loads(page.locator("#dicomflow-viewer").get_attribute("data-task") or "{}")
-                    sop = task.get("sopInstanceUID") or task["instances"][0]["sopInstanceUID"]
-                    labels = annotator_labels(truth.get(sop, [NO_FINDING]), a, sop, cfg)
-                    box = page.locator("[data-testid=image-labels]")
-                    for name in labels:
-                        box.get_by_label(name, exact=True).check()
-                    with page.expect_navigation():
-                        page.locator("#dicomflow-submit").click()
-                    answers.setdefault(sop, []).append(labels)
-                    step.update(completed=sum(len(v) for v in answers.values()), total=needed)
-                page.context.close()
-        finally:
-            browser.close()
-    return answers
-
-
 def run_labeling(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """Input manifest -> labeling job with the worker portal -> three annotators -> consolidated output."""
-    from dicomflow.labeling import run_job
+    from dicomflow.emulator.groundtruth import run_job
 
     cfg = ctx.config
     with hooks.step("labeling job: input manifest and request") as st:
@@ -308,7 +218,11 @@ def run_labeling(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         elif not job.done:
             with hooks.step(f"{cfg.annotators} annotators label in headless Chromium",
                             total=len(job.objects) * cfg.annotators) as st:
-                answers = _annotate_in_browser(running, truth, ctx, st)
+                answers = annotate_in_browser(
+                    running.signin_url, [f"worker-{a + 1}" for a in range(cfg.annotators)],
+                    lambda a, sop: annotator_labels(truth.get(sop, [NO_FINDING]), a, sop, cfg.seed, cfg.flip_rates),
+                    total=len(ctx.chest_train) * cfg.annotators,
+                    on_progress=lambda done, total: st.update(completed=done, total=total))
         with hooks.step("consolidation (post-label Lambda)"):
             job.wait_idle(timeout=300)
             status = job.status()
@@ -364,7 +278,7 @@ def write_hippocampus_manifest(ctx: DemoContext) -> str:
 
 def export_datasets(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
     """``dataset export`` of the chest output manifest (classification2d) and the hippocampus series."""
-    from dicomflow.export import export_dataset
+    from dicomflow.training.export import export_dataset
 
     tag = ctx.config.tag
     side = seeding.sidecar_path(ctx.settings.data_dir)
@@ -387,7 +301,8 @@ def export_datasets(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
 # ---- 5. training ------------------------------------------------------------------------------------
 def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
     """``estimator.fit`` in local mode (the ``dicomflow train`` code path) for both tasks."""
-    from dicomflow.cli.train import train_job
+    from dicomflow.emulator.sagemaker_sdk import sagemaker_session
+    from dicomflow.training.launch import train_job
 
     cfg = ctx.config
     plans = {
@@ -402,7 +317,8 @@ def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
         data = ctx.results["datasets"][task]["channel"]
         with hooks.step(f"train {task} ({hps['epochs']} epochs, estimator.fit local mode)"):
             res = train_job(task, data, hps={k: str(v) for k, v in hps.items()},
-                            output=ctx.outputs["ModelArtifactsUri"], role=ctx.outputs.get("SageMakerRoleArn"))
+                            output=ctx.outputs["ModelArtifactsUri"], role=ctx.outputs.get("SageMakerRoleArn"),
+                            session=sagemaker_session())
         if res.get("status") == "Failed" or not res.get("model_artifact"):
             raise DemoError(f"training {task} failed: {res.get('failure_reason') or 'no model artifact'}")
         trained[task] = res

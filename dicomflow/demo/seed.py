@@ -5,7 +5,7 @@ Three kinds of study:
 * ``real``: the images ``pydicom-data`` ships (PA chest CR ``RG1_UNCR``, shoulder MR ``MR2_UNCR``,
   head CT ``693_UNCR``), curated just enough to pass ``dciodvfy`` (see :func:`curate_real`); pixel
   data and UIDs are untouched;
-* ``chest``: synthetic CR images with known CheXpert labels (:func:`dicomflow.synthetic.chest_radiographs`);
+* ``chest``: synthetic CR images with known CheXpert labels (:func:`dicomflow.demo.synthetic.chest_radiographs`);
 * ``hippocampus``: synthetic MR series with an anterior/posterior label volume, written as NIfTI.
 
 Seeding is idempotent: a study the PACS already holds completely (QIDO ``NumberOfStudyRelatedInstances``)
@@ -27,7 +27,8 @@ import pydicom
 from dicomweb_client.protocol import DICOMClient
 from pydicom.data import get_testdata_file
 
-from dicomflow import dicomweb, synthetic, volume
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb, volume
 from dicomflow.errors import DicomflowError
 
 __all__ = [
@@ -147,7 +148,7 @@ def plan(chest: int = 24, hippocampus: int = 6, seed: int = 0, real: bool = True
 def write_label_nifti(label_volume: np.ndarray, datasets: list[pydicom.Dataset], path: Path) -> Path:
     """Write a (z, y, x) label volume of ``datasets`` as NIfTI ((x, y, z) order, the series' RAS affine).
 
-    The geometry comes from :func:`dicomflow.volume.load_image`, so training reads it back aligned.
+    The geometry comes from :func:`dicomflow.dicom.volume.load_image`, so training reads it back aligned.
     """
     _, geometry = volume.load_image(datasets)
     if tuple(geometry.shape or label_volume.shape) != tuple(label_volume.shape):

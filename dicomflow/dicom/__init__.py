@@ -1,1 +1,2 @@
-"""DICOM plumbing: DICOMweb client layer, element access, slice geometry, volume assembly, Orthanc REST lookups."""
+"""DICOM plumbing: the DICOMweb client layer, element and DICOM JSON access, UIDs, slice geometry, volume
+assembly, Orthanc REST lookups. Needs no torch."""

@@ -33,7 +33,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from dicomflow.credentials import PacsConnection, pacs_connection
-from dicomflow.elements import stored_text
+from dicomflow.dicom.elements import stored_text
 from dicomflow.errors import DicomflowError
 
 __all__ = [

@@ -28,8 +28,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from dicomflow import geometry as _geometry
-from dicomflow.elements import stored_value
+from dicomflow.dicom import geometry as _geometry
+from dicomflow.dicom.elements import stored_value
 from dicomflow.errors import DicomflowError
 
 #: Relative tolerance on slice spacing before a series is called irregular (gap / missing slice).
@@ -433,7 +433,7 @@ def _load_series(datasets: list[Dataset]) -> tuple[np.ndarray, Geometry]:
                     "mixed slice orientations in one series (ImageOrientationPatient differs); "
                     "a volume needs parallel slices"
                 )
-        # the same order as the pre-label Lambda's (dicomflow.geometry), which takes the normal of
+        # the same order as the pre-label Lambda's (dicomflow.dicom.geometry), which takes the normal of
         # the first orientation; the others were just checked against it
         order = np.array(_geometry.slice_order([list(p) for p in positions],
                                                [first.ImageOrientationPatient] * len(datasets)))

@@ -1,1 +1,5 @@
-"""SageMaker Ground Truth's custom-workflow logic: manifests, the pre-label task, consolidation, label sets, signed URLs, the CreateLabelingJob request. Lambda-safe: no torch."""
+"""SageMaker Ground Truth's custom-workflow logic, as the Lambdas and the CLI use it: input manifests, the
+pre-label task, consolidation, label sets, signed WADO URLs, the CreateLabelingJob request and its submission.
+
+Lambda-safe: needs no torch.
+"""

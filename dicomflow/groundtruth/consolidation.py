@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -38,7 +37,9 @@ from statistics import median
 from typing import Any
 
 from dicomflow import safejson
+from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
+from dicomflow.groundtruth.source import LabelingTaskError, ObjectRef, parse_source
 
 THRESHOLD_ENV = "DICOMFLOW_VOTE_THRESHOLD"
 DEFAULT_THRESHOLD = 0.5
@@ -46,7 +47,6 @@ IOU_THRESHOLD = 0.5
 VOTE_RULE = "present if share of workers > threshold; share == threshold is a tie: absent, listed in ties"
 _ANSWER_KEYS = ("labels", "rois", "sliceLabels")
 _WRAPPER_KEYS = ("annotation", "answer", "taskOutput", "crowd-form")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _MAX_UNWRAP = 8
 #: Bounds on one answer (clustering is quadratic in ROIs): far above what a person draws on one object.
 MAX_ROIS, MAX_POINTS, MAX_SLICES = 500, 10_000, 5_000
@@ -144,7 +144,7 @@ def _roi(raw: Any, allowed: set[str] | None) -> dict[str, Any] | None:
     label, sop = raw.get("label"), raw.get("sopInstanceUID")
     if not isinstance(label, str) or (allowed is not None and label not in allowed):
         return None
-    if not isinstance(sop, str) or not _UID.match(sop):
+    if not is_uid(sop):
         return None
     kind = raw.get("type", "rectangle")
     if kind == "freehand":
@@ -217,7 +217,7 @@ def parse_answer(worker_id: str, content: Any, label_set: Iterable[str] | None =
         raise AnswerError("garbled", f"sliceLabels for {len(slices_raw)} slices; at most {MAX_SLICES} are accepted")
     slice_labels: dict[str, list[str]] = {}
     for sop, values in slices_raw.items():
-        if not isinstance(sop, str) or not _UID.match(sop):
+        if not is_uid(sop):
             dropped += 1
             continue
         cleaned = clean(values)
@@ -388,8 +388,6 @@ def dicom_reference(data_object: Any, resolver: Callable[[str], Any] | None) -> 
     ``source``/``source-ref``). UID objects are read directly; Orthanc IDs need ``resolver``
     (``OrthancRest.resolve``), which also yields PatientID. None when neither works.
     """
-    from dicomflow.labeling_task import LabelingTaskError, ObjectRef, parse_source
-
     if not isinstance(data_object, Mapping):
         return None
     raw = next((data_object[k] for k in ("content", "source", "source-ref") if data_object.get(k)), None)
@@ -419,7 +417,7 @@ def dicom_reference(data_object: Any, resolver: Callable[[str], Any] | None) -> 
 def consolidation_response(event: Mapping[str, Any], payload: Any, threshold: float,
                            resolver: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
     """GT's consolidation response for a payload (the list read from ``payload.s3Uri``)."""
-    from dicomflow.labels import label_set_from_categories
+    from dicomflow.groundtruth.labels import label_set_from_categories
 
     attribute = event.get("labelAttributeName")
     if not isinstance(attribute, str) or not attribute:

@@ -198,7 +198,7 @@ def input_lines_from_qido(results: Iterable[Mapping[str, Any]], per: str,
     ``orthanc-id`` sources are computed (SHA-1 of the UIDs, as Orthanc names resources);
     ``uids`` sources are UID JSON strings and work with any DICOMweb PACS.
     """
-    from dicomflow.orthanc_ids import orthanc_id
+    from dicomflow.dicom.orthanc import orthanc_id
 
     if per not in PER_LEVELS:
         raise ManifestError(f"--per must be one of {', '.join(PER_LEVELS)}, not {per!r}")
@@ -238,7 +238,7 @@ def orthanc_input_lines(orthanc: Any, filters: Mapping[str, str], per: str) -> l
 def query_input_lines(client: Any, filters: Mapping[str, str], per: str,
                       source_format: str = "orthanc-id") -> list[dict[str, Any]]:
     """Run one QIDO query over the whole PACS (paged to the end) and return the input manifest lines."""
-    from dicomflow import dicomweb
+    from dicomflow.dicom import dicomweb
 
     fields = ["PatientID", "StudyInstanceUID", "SeriesInstanceUID"]
     if per == "instance":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,18 +37,17 @@ from typing import Any
 
 import requests
 
-from dicomflow import geometry, safejson, signing
-from dicomflow.elements import NON_IMAGE_MODALITIES
-from dicomflow.errors import DicomflowError
-from dicomflow.labels import label_set_from_env
-from dicomflow.orthanc_ids import OrthancLookupError, ResolvedObject, is_orthanc_id
+from dicomflow.dicom import geometry
+from dicomflow.dicom.elements import NON_IMAGE_MODALITIES
+from dicomflow.dicom.orthanc import ResolvedObject
+from dicomflow.groundtruth import signing
+from dicomflow.groundtruth.labels import label_set_from_env
+from dicomflow.groundtruth.source import LabelingTaskError, ObjectRef, event_source, require_uid, resolve
 
 log = logging.getLogger(__name__)
 
 GATEWAY_ENV = "DICOMFLOW_GATEWAY_URL"
 SCHEMA_VERSION = 1
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_UID_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _TAGS = {
     "SOPInstanceUID": "00080018", "Modality": "00080060", "InstanceNumber": "00200013",
     "ImagePositionPatient": "00200032", "ImageOrientationPatient": "00200037", "NumberOfFrames": "00280008",
@@ -58,28 +56,6 @@ _TAGS = {
     "LargestImagePixelValue": "00280107", "WindowCenter": "00281050", "WindowWidth": "00281051",
     "RescaleIntercept": "00281052", "RescaleSlope": "00281053", "PhotometricInterpretation": "00280004",
 }
-
-
-class LabelingTaskError(DicomflowError):
-    """This data object cannot become a task. ``reason``: ``invalid``, ``not-found`` or ``unavailable``."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class ObjectRef:
-    """The DICOM object a task is about; ``sop_uid`` is None for a whole series."""
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str | None = None
-    object_id: str | None = None  # the Orthanc ID it came from, if any
-
-    @property
-    def level(self) -> str:
-        return "series" if self.sop_uid is None else "instance"
 
 
 @dataclass(frozen=True)
@@ -103,72 +79,6 @@ class TaskSettings:
                    ttl=signing.url_ttl_seconds())
 
 
-# ---- source -> object ----------------------------------------------------------------------------
-def event_source(event: Mapping[str, Any]) -> Any:
-    """``dataObject.source`` (or ``source-ref``) of a GT pre-annotation event."""
-    data = event.get("dataObject") if isinstance(event, Mapping) else None
-    if not isinstance(data, Mapping):
-        raise LabelingTaskError("invalid", "event has no dataObject; expected Ground Truth's pre-annotation event")
-    for key in ("source", "source-ref"):
-        if data.get(key) not in (None, ""):
-            return data[key]
-    raise LabelingTaskError("invalid", "dataObject has neither source nor source-ref; each manifest line needs "
-                                       "{\"source\": \"<Orthanc ID or UID JSON>\"}")
-
-
-def _uid(value: Any, name: str) -> str:
-    if not isinstance(value, str) or len(value) > 64 or not _UID.match(value.strip()):
-        raise LabelingTaskError("invalid", f"{name} {value!r} is not a DICOM UID")
-    return value.strip()
-
-
-def parse_source(source: Any) -> ObjectRef | str:
-    """A UID object becomes an :class:`ObjectRef`; an Orthanc ID is returned as is (resolve it next)."""
-    if isinstance(source, str):
-        text = source.strip()
-        if is_orthanc_id(text):
-            return text
-        if text.startswith("{"):
-            try:
-                source = safejson.loads(text, "the source")
-            except safejson.JsonDepthError as exc:
-                raise LabelingTaskError("invalid", str(exc)) from None
-            except ValueError:
-                raise LabelingTaskError("invalid", "source looks like JSON but does not parse") from None
-        elif text.startswith("s3://"):
-            raise LabelingTaskError("invalid", "source is an S3 URI; give an Orthanc instance/series ID or "
-                                               "{\"StudyInstanceUID\",\"SeriesInstanceUID\",\"SOPInstanceUID\"}")
-        else:
-            raise LabelingTaskError("invalid", f"source {text[:80]!r} is neither an Orthanc ID nor a UID object")
-    if not isinstance(source, Mapping):
-        raise LabelingTaskError("invalid", "source must be an Orthanc ID string or a UID object")
-    try:
-        safejson.check_depth(source, "the source")
-    except safejson.JsonDepthError as exc:
-        raise LabelingTaskError("invalid", str(exc)) from None
-    if not source.get("SeriesInstanceUID") or not source.get("StudyInstanceUID"):
-        raise LabelingTaskError("invalid", "a UID source needs StudyInstanceUID and SeriesInstanceUID "
-                                           "(plus SOPInstanceUID for one instance)")
-    sop = source.get("SOPInstanceUID")
-    return ObjectRef(_uid(source["StudyInstanceUID"], "StudyInstanceUID"),
-                     _uid(source["SeriesInstanceUID"], "SeriesInstanceUID"),
-                     _uid(sop, "SOPInstanceUID") if sop else None)
-
-
-def resolve(source: Any, resolver: Callable[[str], ResolvedObject] | None) -> ObjectRef:
-    """The object a source names; Orthanc IDs go through ``resolver`` (``OrthancRest.resolve``)."""
-    parsed = parse_source(source)
-    if isinstance(parsed, ObjectRef):
-        return parsed
-    if resolver is None:
-        raise LabelingTaskError("invalid", "source is an Orthanc ID but no Orthanc REST access is configured")
-    try:
-        found = resolver(parsed)
-    except OrthancLookupError as exc:
-        raise LabelingTaskError("not-found" if exc.not_found else "unavailable", str(exc)) from None
-    return ObjectRef(found.study_uid, found.series_uid, found.sop_uid, object_id=parsed)
-
-
 # ---- metadata ------------------------------------------------------------------------------------
 def values(meta: Mapping[str, Any], keyword: str) -> list[Any]:
     """All values of ``keyword`` in a DICOM JSON object ([] if absent)."""
@@ -190,7 +100,7 @@ def _number(raw: Any) -> float | None:
 
 
 def _exists(client: Any, ref: ObjectRef) -> bool:
-    from dicomflow import dicomweb
+    from dicomflow.dicom import dicomweb
 
     filters = {"SOPInstanceUID": ref.sop_uid} if ref.sop_uid else {}
     return bool(dicomweb.search_instances(client, ref.study_uid, ref.series_uid, limit=1, **filters))
@@ -198,7 +108,7 @@ def _exists(client: Any, ref: ObjectRef) -> bool:
 
 def fetch_metadata(client: Any, ref: ObjectRef) -> list[dict[str, Any]]:
     """WADO-RS metadata of the instance, or of every instance of the series."""
-    from dicomflow import dicomweb
+    from dicomflow.dicom import dicomweb
 
     what = f"{ref.level} {ref.sop_uid or ref.series_uid}"
     try:
@@ -295,7 +205,7 @@ def _pixel_loader(client: Any, ref: ObjectRef, sop_uid: str) -> Callable[[], Any
     def load() -> Any:
         from pydicom.pixels import apply_modality_lut
 
-        from dicomflow import dicomweb
+        from dicomflow.dicom import dicomweb
 
         ds = dicomweb.retrieve_instance(client, ref.study_uid, ref.series_uid, sop_uid)
         return apply_modality_lut(ds.pixel_array, ds)
@@ -315,7 +225,7 @@ def build_task_input(client: Any, ref: ObjectRef, settings: TaskSettings, now: f
         sop = value(m, "SOPInstanceUID") or (ref.sop_uid if len(meta) == 1 else None)
         if not sop:
             raise LabelingTaskError("invalid", "the PACS returned an instance without SOPInstanceUID")
-        sop = _uid(sop, "SOPInstanceUID")
+        sop = require_uid(sop, "SOPInstanceUID")
         number = value(m, "InstanceNumber")
         instances.append({
             "sopInstanceUID": sop,

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote
 
+from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 
 SIGNING_KEY_ENV = "DICOMFLOW_SIGNING_KEY"
@@ -38,7 +39,6 @@ MAX_TTL_SECONDS = 7 * 24 * 3600
 MIN_KEY_BYTES = 16
 CONTENT_TYPE = "application/dicom"
 _VERSION = "v1"
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,255}$")
 _SIGNED = ("requestType", "studyUID", "seriesUID", "objectUID", "contentType", "scope", "expires", "sig")
 _KEY_CACHE: dict[str, tuple[float, bytes]] = {}
@@ -143,7 +143,7 @@ def _key_from_secret(secret_arn: str) -> bytes:
 
 
 def _check_uid(name: str, value: str) -> str:
-    if not isinstance(value, str) or len(value) > 64 or not _UID.match(value):
+    if not is_uid(value):
         raise SignatureError("malformed", f"{name} {value!r} is not a DICOM UID")
     return value
 

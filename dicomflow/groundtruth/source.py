@@ -6,17 +6,14 @@ Used by the pre-label Lambda (what to show) and the consolidation Lambda (what t
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dicomflow import safejson
 from dicomflow.dicom.orthanc import OrthancLookupError, ResolvedObject, is_orthanc_id
+from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
-
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class LabelingTaskError(DicomflowError):
@@ -53,8 +50,9 @@ def event_source(event: Mapping[str, Any]) -> Any:
                                        "{\"source\": \"<Orthanc ID or UID JSON>\"}")
 
 
-def _uid(value: Any, name: str) -> str:
-    if not isinstance(value, str) or len(value) > 64 or not _UID.match(value.strip()):
+def require_uid(value: Any, name: str) -> str:
+    """``value`` stripped if it is a DICOM UID, else :class:`LabelingTaskError` ("invalid")."""
+    if not isinstance(value, str) or not is_uid(value.strip()):
         raise LabelingTaskError("invalid", f"{name} {value!r} is not a DICOM UID")
     return value.strip()
 
@@ -87,9 +85,9 @@ def parse_source(source: Any) -> ObjectRef | str:
         raise LabelingTaskError("invalid", "a UID source needs StudyInstanceUID and SeriesInstanceUID "
                                            "(plus SOPInstanceUID for one instance)")
     sop = source.get("SOPInstanceUID")
-    return ObjectRef(_uid(source["StudyInstanceUID"], "StudyInstanceUID"),
-                     _uid(source["SeriesInstanceUID"], "SeriesInstanceUID"),
-                     _uid(sop, "SOPInstanceUID") if sop else None)
+    return ObjectRef(require_uid(source["StudyInstanceUID"], "StudyInstanceUID"),
+                     require_uid(source["SeriesInstanceUID"], "SeriesInstanceUID"),
+                     require_uid(sop, "SOPInstanceUID") if sop else None)
 
 
 def resolve(source: Any, resolver: Callable[[str], ResolvedObject] | None) -> ObjectRef:

@@ -50,18 +50,13 @@ def _execution_role(role: str | None) -> str:
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in ("NoSuchEntity", "NoSuchEntityException"):
             raise _aws_error(exc, "looking up the execution role") from exc
-    if not _is_emulated():
+    if not aws.is_emulated():
         raise EndpointError(f"no execution role: pass --role ARN (a SageMaker execution role), or create "
                             f"IAM role {DEFAULT_ROLE_NAME}")
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                       "Principal": {"Service": "sagemaker.amazonaws.com"}}]}
     return iam.create_role(RoleName=DEFAULT_ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
 
-
-def _is_emulated() -> bool:
-    import os
-
-    return bool(os.environ.get("AWS_ENDPOINT_URL"))
 
 
 @dataclass
@@ -159,7 +154,7 @@ def wait_in_service(endpoint: str, timeout_s: float = 1800) -> str:
             raise EndpointError(f"endpoint {endpoint} failed: {desc.get('FailureReason', 'no reason given')}")
         if time.monotonic() > deadline:
             raise EndpointError(f"endpoint {endpoint} is still {status} after {timeout_s:.0f}s")
-        time.sleep(5 if not _is_emulated() else 0.2)
+        time.sleep(5 if not aws.is_emulated() else 0.2)
 
 
 def async_config(endpoint: str) -> dict | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from dicomflow import safejson
 from dicomflow.credentials import normalize_url, short
+from dicomflow.dicom.uid import is_uid
 from dicomflow.inference.errors import BadRequest, PayloadTooLarge
 
 MAX_INLINE_BYTES = 128_000
@@ -20,7 +21,6 @@ MAX_INLINE_BYTES = 128_000
 MAX_DEPTH = 16
 OUTPUTS = ("json", "sr", "seg", "occlusion")
 DEFAULT_OUTPUTS = ("json",)
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _KNOWN_KEYS = {"dicomweb", "studyInstanceUID", "seriesInstanceUID", "outputs", "storeToPacs", "outputS3Uri"}
 
 
@@ -58,7 +58,7 @@ def _uid(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise BadRequest(f"'{name}' must be a non-empty DICOM UID string")
     value = value.strip()
-    if len(value) > 64 or not _UID.match(value):
+    if not is_uid(value):
         raise BadRequest(f"'{name}' is not a DICOM UID (digits and dots, at most 64 characters): {short(value, 70)}")
     return value
 

@@ -18,7 +18,7 @@ from pydicom import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dicomflow.elements import NON_IMAGE_MODALITIES, stored_value
+from dicomflow.dicom.elements import NON_IMAGE_MODALITIES, stored_value
 from dicomflow.inference.errors import NoUsableSeries, StudyNotFound, UnusableSeries
 
 # Tags asked for with QIDO ``includefield``.

@@ -21,9 +21,11 @@ import torch
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.protocol import DICOMClient
 
-from dicomflow import aws, dicomweb
+from dicomflow import aws
 from dicomflow.credentials import PacsNotAllowed, pacs_connection
-from dicomflow.geometry import GeometryError
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.geometry import GeometryError
+from dicomflow.dicom.volume import NotAnImageError, load_image
 from dicomflow.inference import findings as F
 from dicomflow.inference.endpoint import OUTPUT_S3_ENV, PACS_RETRY_ENV
 from dicomflow.inference.errors import (
@@ -52,8 +54,8 @@ from dicomflow.inference.selection import (
 )
 from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc
-from dicomflow.models import LoadedModel, load_artifact, use_onednn_conv3d
-from dicomflow.volume import NotAnImageError, load_image
+from dicomflow.modeling.artifact import LoadedModel, load_artifact
+from dicomflow.modeling.networks import use_onednn_conv3d
 
 log = logging.getLogger(__name__)
 

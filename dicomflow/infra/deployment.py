@@ -24,7 +24,7 @@ from dicomflow import aws
 from dicomflow.config import Settings
 from dicomflow.credentials import pacs_connection
 from dicomflow.errors import DicomflowError
-from dicomflow.infra import emulator, package, stack
+from dicomflow.infra import package, stack
 from dicomflow.infra.errors import InfraError
 
 PACS_MODES = ("auto", "skip")
@@ -48,7 +48,7 @@ class Deployment:
 
 
 def default_deps() -> str:
-    return "venv" if emulator.is_emulator() else "pip"
+    return "venv" if aws.is_emulated() else "pip"
 
 
 def run(stack_name: str = stack.DEFAULT_STACK, params: Mapping[str, str] | None = None, *,
@@ -60,12 +60,12 @@ def run(stack_name: str = stack.DEFAULT_STACK, params: Mapping[str, str] | None 
         raise InfraError(f"--pacs-credentials {pacs_credentials!r} is not one of {', '.join(PACS_MODES)}")
     params = dict(params or {})
     notes: list[str] = []
-    if emulator.is_emulator() and "PacsDicomwebUrl" not in params and stack.describe(stack_name) is None:
+    if aws.is_emulated() and "PacsDicomwebUrl" not in params and stack.describe(stack_name) is None:
         settings = Settings.load()
         if settings.state_path.exists():
             params["PacsDicomwebUrl"] = settings.dicomweb_url
             notes.append(f"PacsDicomwebUrl defaults to the local Orthanc {settings.dicomweb_url}")
-    if emulator.is_emulator() and "GatewayUrl" not in params and stack.describe(stack_name) is None:
+    if aws.is_emulated() and "GatewayUrl" not in params and stack.describe(stack_name) is None:
         params["GatewayUrl"] = LOCAL_GATEWAY_URL
         notes.append(f"GatewayUrl defaults to {LOCAL_GATEWAY_URL} (the local portal of 'dicomflow label start' "
                      "serves the gateway on its own origin)")
@@ -88,7 +88,7 @@ def _set_pacs_secret(outputs: Mapping[str, str]) -> str:
     username = os.environ.get("DICOMFLOW_PACS_USERNAME")
     password = os.environ.get("DICOMFLOW_PACS_PASSWORD")
     source = "DICOMFLOW_PACS_USERNAME/PASSWORD"
-    if not (username and password) and emulator.is_emulator():
+    if not (username and password) and aws.is_emulated():
         try:
             conn = pacs_connection(url=url)
         except DicomflowError:

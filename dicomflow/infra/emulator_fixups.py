@@ -21,7 +21,6 @@ Each fix-up returns a one-line description; ``dicomflow infra deploy`` prints th
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 from collections.abc import Mapping
@@ -34,10 +33,6 @@ from dicomflow.infra.template import Resolver
 #: Where a secret the emulator did not create lives: ``<stack>/<LogicalId>``.
 SECRET_NAME = "{stack}/{logical}"  # noqa: S105 - a name pattern
 
-
-def is_emulator() -> bool:
-    """True when the AWS endpoint is overridden (moto / LocalStack), i.e. not real AWS."""
-    return bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_CLOUDFORMATION"))
 
 
 def stack_resources(stack: str) -> dict[str, dict[str, str]]:

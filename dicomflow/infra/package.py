@@ -40,9 +40,8 @@ from typing import Any
 from packaging.requirements import Requirement
 
 from dicomflow import aws
-from dicomflow.infra.emulator import is_emulator
 from dicomflow.infra.errors import InfraError
-from dicomflow.infra.template import REPO_ROOT
+from dicomflow.paths import REPO_ROOT
 
 LAMBDAS_DIR = REPO_ROOT / "lambdas"
 PACKAGE_ROOT = REPO_ROOT / "dicomflow"
@@ -301,7 +300,7 @@ def ensure_deploy_bucket(bucket: str) -> bool:
         "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]})
     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
         "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
-    if not is_emulator():  # the emulator speaks plain HTTP: a TLS-only policy would deny every request
+    if not aws.is_emulated():  # the emulator speaks plain HTTP: a TLS-only policy would deny every request
         s3.put_bucket_policy(Bucket=bucket, Policy=tls_only_policy(bucket))
     return True
 

@@ -3,7 +3,7 @@
 ``deploy`` validates parameters against the template first (one clear line for a bad one),
 creates the stack or updates it (an unchanged template + parameters is a reported no-op, on AWS
 and on the emulator), reports stack events as they arrive, and, only on the emulator, applies what
-moto skipped (:mod:`dicomflow.infra.emulator`). ``destroy`` empties the stack's buckets, deletes the
+moto skipped (:mod:`dicomflow.infra.emulator_fixups`). ``destroy`` empties the stack's buckets, deletes the
 stack, removes what the fix-ups added and the deploy bucket holding the Lambda zips.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from dicomflow import aws
-from dicomflow.infra import emulator
+from dicomflow.infra import emulator_fixups
 from dicomflow.infra.errors import InfraError
 from dicomflow.infra.template import load_template, template_body, validate_parameters
 
@@ -72,16 +72,16 @@ def outputs(stack: str = DEFAULT_STACK, template_path: str | Path | None = None)
     if desc is None:
         raise InfraError(f"stack {stack} does not exist; run 'dicomflow infra deploy --stack {stack}'")
     result = {o["OutputKey"]: str(o["OutputValue"]) for o in desc.get("Outputs") or []}
-    if emulator.is_emulator():
+    if aws.is_emulated():
         template = load_template(template_path)
         extra = {}
-        arns = emulator.fixup_secret_arns(stack)
+        arns = emulator_fixups.fixup_secret_arns(stack)
         if arns:
             sm = aws.client("secretsmanager")
             for arn in arns:
                 tags = {t["Key"]: t["Value"] for t in sm.describe_secret(SecretId=arn).get("Tags") or []}
                 extra[tags["dicomflow:logical-id"]] = {"type": "AWS::SecretsManager::Secret", "physical": arn}
-        resolver = emulator.resolver_for(stack, template, deployed_parameters(desc), extra)
+        resolver = emulator_fixups.resolver_for(stack, template, deployed_parameters(desc), extra)
         for key, spec in (template.get("Outputs") or {}).items():
             if key not in result and resolver.active(spec):
                 try:
@@ -188,9 +188,9 @@ def deploy(stack: str = DEFAULT_STACK, params: Mapping[str, str] | None = None,
     if status not in _TERMINAL_OK:
         raise InfraError(f"stack {stack} ended {status}: {_failure_reason(stack)}")
     fixups: list[str] = []
-    is_emulator = emulator.is_emulator()
+    is_emulator = aws.is_emulated()
     if is_emulator:
-        fixups, _ = emulator.apply_fixups(stack, template, values, quiet=action == "no-op")
+        fixups, _ = emulator_fixups.apply_fixups(stack, template, values, quiet=action == "no-op")
     return DeployResult(stack=stack, action=action, status=status, outputs=outputs(stack, template_path),
                         fixups=fixups, emulator=is_emulator)
 
@@ -243,18 +243,18 @@ def destroy(stack: str = DEFAULT_STACK, on_event: EventCallback | None = None, d
     """Delete the stack and everything deploy made around it; returns one line per step."""
     notes: list[str] = []
     desc = describe(stack)
-    is_emulator = emulator.is_emulator()
+    is_emulator = aws.is_emulated()
     if desc is None:
         notes.append(f"stack {stack} does not exist")
     else:
-        resources = emulator.stack_resources(stack)
+        resources = emulator_fixups.stack_resources(stack)
         buckets = [r["physical"] for r in resources.values() if r["type"] == "AWS::S3::Bucket"]
         topics = [r["physical"] for r in resources.values() if r["type"] == "AWS::SNS::Topic"]
         for bucket in buckets:
             n = empty_bucket(bucket)
             notes.append(f"emptied bucket {bucket} ({n} objects)")
         if is_emulator:
-            notes.extend(emulator.unsubscribe_topics(topics))
+            notes.extend(emulator_fixups.unsubscribe_topics(topics))
         seen: set[str] = set()
         _events_since(stack, seen)
         aws.client("cloudformation").delete_stack(StackName=stack)
@@ -266,7 +266,7 @@ def destroy(stack: str = DEFAULT_STACK, on_event: EventCallback | None = None, d
             if _delete_bucket(bucket):
                 notes.append(f"deleted bucket {bucket} (left behind by the stack delete)")
     if is_emulator:
-        notes.extend(emulator.remove_fixups(stack))
+        notes.extend(emulator_fixups.remove_fixups(stack))
     if deploy_bucket:
         users = stacks_using_bucket(deploy_bucket)
         if users:

@@ -19,8 +19,8 @@ from typing import Any
 import yaml
 
 from dicomflow.infra.errors import InfraError
+from dicomflow.paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TEMPLATE = REPO_ROOT / "infrastructure" / "dicomflow.yaml"
 NO_VALUE = object()
 

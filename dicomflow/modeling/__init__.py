@@ -1,1 +1,2 @@
-"""The model artifact format, the networks and the one preprocessing definition."""
+"""The model artifact format (``model.tar.gz``), the networks, and the one preprocessing definition that
+training and serving share."""

@@ -1,7 +1,7 @@
 """The one preprocessing definition shared by training and inference.
 
 A *spec* is a JSON-able dict recorded in the model artifact; :func:`build_transform` turns it into
-a :class:`Preprocess` (MONAI transforms) that maps an array from :func:`dicomflow.volume.load_image`
+a :class:`Preprocess` (MONAI transforms) that maps an array from :func:`dicomflow.dicom.volume.load_image`
 to the network's input tensor. Examples::
 
     {"kind": "2d", "image_size": [128, 128],

@@ -21,9 +21,9 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd, Transform
 
-from dicomflow import volume
+from dicomflow.dicom import volume
 from dicomflow.errors import DicomflowError
-from dicomflow.preprocess import Preprocess
+from dicomflow.modeling.preprocess import Preprocess
 
 log = logging.getLogger("dicomflow.training")
 MANIFEST_FILE = "manifest.jsonl"

@@ -23,11 +23,13 @@ from typing import Any
 
 import pydicom
 
-from dicomflow import aws, dicomweb, manifest
+from dicomflow import aws
+from dicomflow.dicom import dicomweb
 from dicomflow.errors import DicomflowError
-from dicomflow.models import TASKS
+from dicomflow.groundtruth import manifest
+from dicomflow.modeling.networks import TASKS
 
-log = logging.getLogger("dicomflow.export")
+log = logging.getLogger("dicomflow.training.export")
 SEGMENTATION_CLASSES = ["anterior", "posterior"]
 
 
@@ -166,7 +168,7 @@ def export_dataset(manifest_uri: str, to_uri: str, *, client_factory: Callable[[
     """Stage the objects of a Ground Truth output manifest into a training channel at ``to_uri``.
 
     ``client_factory`` makes one DICOMweb client per worker thread (default
-    :func:`dicomflow.dicomweb.connect`); ``on_progress(done, total)`` is called after each line.
+    :func:`dicomflow.dicom.dicomweb.connect`); ``on_progress(done, total)`` is called after each line.
     """
     if task is not None and task not in TASKS:
         raise ExportError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")

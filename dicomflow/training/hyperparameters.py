@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from dicomflow.errors import DicomflowError
-from dicomflow.models import TASKS
+from dicomflow.modeling.networks import TASKS
 
 
 class HyperparameterError(DicomflowError):

@@ -17,9 +17,10 @@ import torch
 from monai.data import list_data_collate, worker_init_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from dicomflow import volume
-from dicomflow.models import build_network, default_preprocess, network_spec, save_artifact
-from dicomflow.preprocess import Preprocess, build_transform
+from dicomflow.dicom import volume
+from dicomflow.modeling.artifact import default_preprocess, save_artifact
+from dicomflow.modeling.networks import build_network, network_spec
+from dicomflow.modeling.preprocess import Preprocess, build_transform
 from dicomflow.training import checkpoints
 from dicomflow.training.data import Item, ManifestScan, make_dataset, scan_manifest, split_by_patient
 from dicomflow.training.environment import TrainingEnvironment, init_distributed

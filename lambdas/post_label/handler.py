@@ -5,7 +5,7 @@ Event: ``{"version": "2018-10-16", "labelingJobArn": .., "labelCategories": [..]
 The payload object is a list of ``{"datasetObjectId", "dataObject", "annotations": [{"workerId",
 "annotationData": {"content": "<json>"}}]}``. Response: a list of ``{"datasetObjectId",
 "consolidatedAnnotation": {"content": {"<labelAttributeName>": {...}}}}``; the rules (vote threshold
-``DICOMFLOW_VOTE_THRESHOLD``, ties, ROI clustering) are in ``dicomflow.consolidation``.
+``DICOMFLOW_VOTE_THRESHOLD``, ties, ROI clustering) are in ``dicomflow.groundtruth.consolidation``.
 
 Garbled or empty worker answers are skipped and counted per object, never fatal. When the PACS is
 configured, Orthanc-ID sources are resolved to UIDs (+ PatientID) for the ``dicom`` block.
@@ -18,11 +18,11 @@ import logging
 import time
 from typing import Any
 
-from dicomflow import consolidation, manifest
 from dicomflow.config import ConfigError
 from dicomflow.credentials import pacs_connection
+from dicomflow.dicom.orthanc import OrthancRest
 from dicomflow.errors import DicomflowError
-from dicomflow.orthanc_ids import OrthancRest
+from dicomflow.groundtruth import consolidation, manifest
 
 log = logging.getLogger("dicomflow.post_label")
 log.setLevel(logging.INFO)

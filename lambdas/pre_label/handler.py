@@ -3,7 +3,7 @@
 Event: ``{"version": "2018-10-16", "labelingJobArn": "arn:...:labeling-job/<name>",
 "dataObject": {"source": "<Orthanc instance/series ID or UID JSON>"}}`` (or ``source-ref``).
 Response: ``{"taskInput": {...}, "isHumanAnnotationRequired": "true"}`` (shape in
-``dicomflow.labeling_task``). Any failure raises: Ground Truth marks that one object failed.
+``dicomflow.groundtruth.pre_label``). Any failure raises: Ground Truth marks that one object failed.
 
 PACS credentials come from Secrets Manager / env (``dicomflow.credentials``), never from the event.
 Logs carry the job, object level and timing; never patient data or credentials.
@@ -16,10 +16,11 @@ import logging
 import time
 from typing import Any
 
-from dicomflow import dicomweb, labeling_task
 from dicomflow.credentials import PacsConnection, pacs_connection
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.orthanc import OrthancRest
 from dicomflow.errors import DicomflowError
-from dicomflow.orthanc_ids import OrthancRest
+from dicomflow.groundtruth import pre_label
 
 log = logging.getLogger("dicomflow.pre_label")
 log.setLevel(logging.INFO)
@@ -44,11 +45,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     job = "?"
     try:
         if not isinstance(event, dict):
-            raise labeling_task.LabelingTaskError("invalid", "event must be a JSON object")
-        settings = labeling_task.TaskSettings.from_env(event.get("labelingJobArn", ""))
+            raise pre_label.LabelingTaskError("invalid", "event must be a JSON object")
+        settings = pre_label.TaskSettings.from_env(event.get("labelingJobArn", ""))
         job = settings.scope
         conn = _connection()
-        response = labeling_task.pre_label(event, dicomweb.connect(conn, retries=2), OrthancRest(conn).resolve,
+        response = pre_label.pre_label(event, dicomweb.connect(conn, retries=2), OrthancRest(conn).resolve,
                                            settings)
     except DicomflowError as exc:
         log.error(json.dumps({"event": "pre-label-failed", "job": job, "error": type(exc).__name__,

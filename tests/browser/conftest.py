@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from dicomflow import aws
-from dicomflow.demo import CHROMIUM, CHROMIUM_ARGS
-from dicomflow.labeling import VIEWER_DIR
+from dicomflow.demo.annotators import CHROMIUM, CHROMIUM_ARGS
+from dicomflow.emulator.groundtruth import VIEWER_DIR
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,13 @@ from typing import Any
 import pydicom
 from pydicom.data import get_testdata_file
 
-from dicomflow import aws, dicomweb, signing, synthetic
+from dicomflow import aws
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.orthanc import instance_id, series_id
+from dicomflow.groundtruth import signing
+from dicomflow.groundtruth.labels import label_category_config
 from dicomflow.infra import package
-from dicomflow.labels import label_category_config
-from dicomflow.orthanc_ids import instance_id, series_id
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["No Finding", "Cardiomegaly", "Edema", "Pneumothorax", "Support Devices"]

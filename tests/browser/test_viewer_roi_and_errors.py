@@ -7,8 +7,9 @@ import pytest
 import requests
 from labeling_setup import deploy_lambdas, job_request, new_key, store_objects
 
-from dicomflow import dicomweb, synthetic
-from dicomflow.orthanc_ids import instance_id, rest_root
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.orthanc import instance_id, rest_root
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 TAG = "ui-roi-job"
@@ -16,7 +17,7 @@ TAG = "ui-roi-job"
 
 @pytest.fixture(scope="module")
 def job(local_cloud, bucket):
-    from dicomflow.labeling import run_job
+    from dicomflow.emulator.groundtruth import run_job
 
     objs = store_objects(local_cloud.pacs, n_slices=8, seed=808)
     gone = synthetic.chest_radiographs(1, seed=808, size=64)[0].dataset

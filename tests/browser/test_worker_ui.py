@@ -11,7 +11,8 @@ import pytest
 from labeling_setup import LABELS, deploy_lambdas, job_request, new_key, store_objects
 from PIL import Image
 
-from dicomflow import aws, manifest
+from dicomflow import aws
+from dicomflow.groundtruth import manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
 TAG = "ui-job"
@@ -19,7 +20,7 @@ TAG = "ui-job"
 
 @pytest.fixture(scope="module")
 def job(local_cloud, bucket, tmp_path_factory):
-    from dicomflow.labeling import run_job
+    from dicomflow.emulator.groundtruth import run_job
 
     objs = store_objects(local_cloud.pacs)
     arns = deploy_lambdas(TAG, local_cloud.settings.dicomweb_url, new_key())

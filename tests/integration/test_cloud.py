@@ -17,7 +17,8 @@ from pydicom.data import get_testdata_file
 
 from dicomflow.config import Settings
 from dicomflow.credentials import local_orthanc_secret_path
-from dicomflow.local.services import LocalCloud, ServiceError, free_port
+from dicomflow.emulator.cloud.cloud import LocalCloud
+from dicomflow.emulator.cloud.service import ServiceError, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -177,7 +178,7 @@ def test_data_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_missing_orthanc_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import dicomflow.local.orthanc as orthanc
+    from dicomflow.emulator.cloud import orthanc
 
     monkeypatch.setattr(orthanc, "ORTHANC_BIN", str(tmp_path / "no-such-Orthanc"))
     with pytest.raises(ServiceError, match="apt-get install orthanc"):

@@ -1,9 +1,9 @@
 """``dicomflow dataset export`` against the real Orthanc and the emulated S3, then training on the channel.
 
 The output manifest is built the way the consolidation Lambda builds it: worker answers consolidated by
-:func:`dicomflow.consolidation.consolidate_object`, the DICOM reference resolved from the Orthanc ID in the
-input line (:func:`dicomflow.consolidation.dicom_reference` + ``OrthancRest.resolve``), the line written
-by :func:`dicomflow.manifest.output_line`.
+:func:`dicomflow.groundtruth.consolidation.consolidate_object`, the DICOM reference resolved from the Orthanc ID in the
+input line (:func:`dicomflow.groundtruth.consolidation.dicom_reference` + ``OrthancRest.resolve``), the line written
+by :func:`dicomflow.groundtruth.manifest.output_line`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicomflow import aws, dicomweb, manifest, seed
-from dicomflow.consolidation import consolidate_object, dicom_reference
-from dicomflow.export import export_dataset, patient_key
-from dicomflow.labels import CHEXPERT_CLASSES
-from dicomflow.orthanc_ids import OrthancRest, instance_id, series_id
+from dicomflow import aws
+from dicomflow.demo import seed
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.orthanc import OrthancRest, instance_id, series_id
+from dicomflow.groundtruth import manifest
+from dicomflow.groundtruth.consolidation import consolidate_object, dicom_reference
+from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
+from dicomflow.training.export import export_dataset, patient_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ATTR = "chest-labels"
@@ -169,8 +172,9 @@ def test_training_runs_on_the_exported_channels(seeded, capsys, monkeypatch, tmp
     """Both exported channels train with estimator.fit; the SR staged with the chest images is skipped, counted."""
     monkeypatch.setenv("DICOMFLOW_SAGEMAKER_MODE", "host")
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    from dicomflow.cli.train import train_job
-    from dicomflow.models import load_artifact
+    from dicomflow.emulator.sagemaker_sdk import sagemaker_session
+    from dicomflow.modeling.artifact import load_artifact
+    from dicomflow.training.launch import train_job
 
     bucket = seeded["bucket"]
     if "manifest.jsonl" not in _keys(bucket, "channels/chest/"):
@@ -179,13 +183,14 @@ def test_training_runs_on_the_exported_channels(seeded, capsys, monkeypatch, tmp
         export_dataset(f"s3://{bucket}/jobs/hippo/output.manifest", f"s3://{bucket}/channels/hippo/",
                        sidecar=seeded["sidecar"])
     chest = train_job("classification2d", f"s3://{bucket}/channels/chest/",
-                      hps={"epochs": "1", "image_size": "32", "batch_size": "4", "val_fraction": "0.25"})
+                      hps={"epochs": "1", "image_size": "32", "batch_size": "4", "val_fraction": "0.25"},
+                      session=sagemaker_session())
     log = capsys.readouterr().err
     assert chest["status"] == "Completed", log[-3000:]
     assert "skipped_items=1;" in log and "not image" in log
     assert chest["metrics"]["skipped_items"] == 1 and chest["metrics"]["train_items"] == 6
     seg = train_job("segmentation3d", f"s3://{bucket}/channels/hippo/",
-                    hps={"epochs": "1", "spatial_size": "16,24,24", "batch_size": "2"})
+                    hps={"epochs": "1", "spatial_size": "16,24,24", "batch_size": "2"}, session=sagemaker_session())
     assert seg["status"] == "Completed", capsys.readouterr().err[-3000:]
     path = tmp_path / "model.tar.gz"
     b, key = aws.parse_s3_uri(seg["model_artifact"])

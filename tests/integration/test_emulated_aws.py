@@ -21,7 +21,7 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
-from dicomflow.local.endpoints import register_image
+from dicomflow.emulator.moto.endpoints import register_image
 
 pytestmark = pytest.mark.integration
 

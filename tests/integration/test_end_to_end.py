@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dicomflow import aws, dicomweb, manifest
-from dicomflow import demo as loop
+from dicomflow import aws
+from dicomflow.demo import annotators, loop
+from dicomflow.dicom import dicomweb
+from dicomflow.groundtruth import manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
@@ -21,9 +23,9 @@ def _keys(uri: str) -> list[str]:
 
 
 def test_whole_loop_small(local_cloud) -> None:
-    if not Path(loop.CHROMIUM).exists():
+    if not Path(annotators.CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install chromium, or make setup)")
-    from dicomflow.labeling import VIEWER_DIR
+    from dicomflow.emulator.groundtruth import VIEWER_DIR
 
     if not (VIEWER_DIR / "viewer.js").exists():
         pytest.skip("viewer bundle not built (make setup)")

@@ -21,11 +21,12 @@ from fuzz_corpus import copy_series, raw_http_requests, series_mutations, study_
 from model_helpers import untrained_artifact
 from pydicom.uid import generate_uid
 
-from dicomflow import dicomweb, synthetic
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.emulator.cloud.service import free_port
 from dicomflow.inference.errors import InferenceError
 from dicomflow.inference.request import parse_request
 from dicomflow.inference.service import InferenceService
-from dicomflow.local.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]

@@ -18,11 +18,13 @@ import requests
 from click.testing import CliRunner
 from model_helpers import dciodvfy_errors, model_tarball, untrained_artifact
 
-from dicomflow import aws, dicomweb, synthetic
+from dicomflow import aws
 from dicomflow.cli.deploy import deploy, infer
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.emulator.cloud.service import free_port
+from dicomflow.emulator.moto.endpoints import register_image
 from dicomflow.inference import endpoint as ep
-from dicomflow.local.endpoints import register_image
-from dicomflow.local.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

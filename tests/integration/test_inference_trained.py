@@ -32,9 +32,11 @@ from botocore.exceptions import ClientError
 from model_helpers import model_tarball
 from training_channels import hippocampus_channel, run_entry, sm_layout
 
-from dicomflow import aws, dicomweb, synthetic
+from dicomflow import aws
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.emulator.moto.endpoints import register_image
 from dicomflow.inference import endpoint as ep
-from dicomflow.local.endpoints import register_image
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -159,7 +161,7 @@ def test_sdk_local_realtime_mode_predicts_and_stores_sr_and_seg(local_cloud, tra
     from sagemaker.pytorch import PyTorchModel
     from sagemaker.serializers import JSONSerializer
 
-    from dicomflow.local.sagemaker import sagemaker_session
+    from dicomflow.emulator.sagemaker_sdk.session import sagemaker_session
 
     sm = sagemaker_session()
     model = PyTorchModel(model_data=trained["model_uri"], role=ROLE, entry_point="inference.py",

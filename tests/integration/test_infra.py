@@ -13,13 +13,17 @@ import pytest
 from click.testing import CliRunner
 from model_helpers import model_tarball, untrained_artifact
 
-from dicomflow import aws, dicomweb, manifest, signing, synthetic
+from dicomflow import aws
 from dicomflow.cli.infra import infra
-from dicomflow.cli.label_job import start as label_start
+from dicomflow.cli.label import start as label_start
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.groundtruth import job_request, manifest, signing
+from dicomflow.groundtruth.job_request import JobRequestError
+from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
 from dicomflow.inference import endpoint as ep
-from dicomflow.infra import deployment, emulator, labeling_job, package, stack
+from dicomflow.infra import deployment, emulator_fixups, package, stack
 from dicomflow.infra.errors import InfraError
-from dicomflow.labels import CHEXPERT_CLASSES
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STACK = "dicomflow-itest"
@@ -86,7 +90,7 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     result = CliRunner().invoke(label_start, ["--target", "aws", "--stack", STACK, "--workteam", WORKTEAM,
                                               "--job-name", "itest-job", "--manifest", s3_manifest,
                                               "--workers", "3", "--json"])
-    ui_uri, categories_uri = labeling_job.labeling_config_uris(out)
+    ui_uri, categories_uri = job_request.labeling_config_uris(out)
     bucket, key = aws.parse_s3_uri(ui_uri)
     template = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
     assert template.startswith('{% assign viewer_base_url = viewer_base_url | default: "http://127.0.0.1:9/ui/" %}')
@@ -96,9 +100,9 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert [c["label"] for c in categories["labels"]] == list(CHEXPERT_CLASSES)
     viewer = s3.list_objects_v2(Bucket=out["DataBucket"], Prefix="labeling/config/viewer/")["Contents"]
     assert "labeling/config/viewer/viewer.js" in {o["Key"] for o in viewer}
-    request = labeling_job.with_workteam(labeling_job.labeling_job_request(
+    request = job_request.with_workteam(job_request.labeling_job_request(
         out, "itest-job", s3_manifest, WORKTEAM, workers_per_object=3), WORKTEAM)
-    labeling_job.check_request(request)
+    job_request.check_request(request)
     if result.exit_code == 0:  # an emulator with CreateLabelingJob: it was accepted as sent
         submitted = json.loads(result.stdout)
         assert submitted["labelingJobArn"].endswith(":labeling-job/itest-job")
@@ -106,7 +110,7 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
         job = aws.client("sagemaker").describe_labeling_job(LabelingJobName="itest-job")
         assert job["HumanTaskConfig"]["PreHumanTaskLambdaArn"] == out["PreLabelFunctionArn"]
     else:  # moto 5.2.5 has no Ground Truth: one clear line that says what to run instead
-        assert isinstance(result.exception, InfraError), result.output
+        assert isinstance(result.exception, JobRequestError), result.output
         assert "dicomflow label start --job FILE" in str(result.exception)
 
     # 3c. a deploy with a model adds the SageMaker Model, async EndpointConfig and Endpoint; an async
@@ -154,7 +158,7 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
         assert f"kept deploy bucket {deploy_bucket}: stack(s) {', '.join(others)} still use it" in notes
     else:
         assert deploy_bucket not in buckets and f"deleted deploy bucket {deploy_bucket}" in notes
-    assert emulator.fixup_secret_arns(STACK) == []
+    assert emulator_fixups.fixup_secret_arns(STACK) == []
     assert not [s for s in aws.client("sns").list_subscriptions()["Subscriptions"]
                 if s["TopicArn"] == out["ErrorTopicArn"]]
     functions = {f["FunctionName"] for f in aws.client("lambda").list_functions()["Functions"]}

@@ -17,10 +17,13 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from dicomflow import aws, dicomweb, manifest, signing, synthetic
+from dicomflow import aws
 from dicomflow.cli.label import label
-from dicomflow.labeling_task import LabelingTaskError
-from dicomflow.orthanc_ids import OrthancRest, instance_id, rest_root, series_id
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.orthanc import OrthancRest, instance_id, rest_root, series_id
+from dicomflow.groundtruth import manifest, signing
+from dicomflow.groundtruth.source import LabelingTaskError
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from dicomflow import aws, manifest, signing
+from dicomflow import aws
+from dicomflow.groundtruth import manifest, signing
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,8 +56,8 @@ def _submit(running, s: requests.Session, assignment: str, answer: dict) -> requ
 
 
 def test_three_workers_majority_and_restart(env):
-    from dicomflow.cli.label_job import status
-    from dicomflow.labeling import run_job
+    from dicomflow.cli.label import status
+    from dicomflow.emulator.groundtruth import run_job
 
     request = setup.job_request("vote-job", BUCKET, [env["objs"]["cr"]], env["arns"], workers=3)
     running = run_job(request, data_dir=env["home"])
@@ -109,7 +110,7 @@ def test_three_workers_majority_and_restart(env):
 
 
 def test_gateway_refuses_bad_signatures(env):
-    from dicomflow.labeling import run_job
+    from dicomflow.emulator.groundtruth import run_job
 
     request = setup.job_request("gate-job", BUCKET, [env["objs"]["cr"], env["objs"]["series"]], env["arns"])
     running = run_job(request, data_dir=env["home"])

@@ -11,11 +11,11 @@ import requests
 from click.testing import CliRunner
 from pydicom.data import get_testdata_file
 
-from dicomflow import dicomweb
-from dicomflow import seed as seeding
 from dicomflow.cli.seed import seed as seed_command
 from dicomflow.credentials import PacsConnection
-from dicomflow.dicomweb import PacsError
+from dicomflow.demo import seed as seeding
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.dicomweb import PacsError
 
 pytestmark = pytest.mark.integration
 

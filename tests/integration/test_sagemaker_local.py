@@ -27,7 +27,7 @@ ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 def sm(local_cloud, monkeypatch_module):
     """A host-mode session (the probe says no Docker engine here; forced so a machine with one agrees)."""
     monkeypatch_module.setenv("DICOMFLOW_SAGEMAKER_MODE", "host")
-    from dicomflow.local.sagemaker import sagemaker_session
+    from dicomflow.emulator.sagemaker_sdk.session import sagemaker_session
 
     return sagemaker_session()
 
@@ -121,7 +121,7 @@ def test_fit_output_tar_holds_the_output_data(trained) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_failing_script_raises_with_the_failure_reason(sm, train_uri) -> None:
-    from dicomflow.local.sagemaker import LocalTrainingJobError
+    from dicomflow.emulator.sagemaker_sdk.session import LocalTrainingJobError
 
     est = _estimator(sm, "failing")
     with pytest.raises(LocalTrainingJobError, match="no images in channel 'train'") as info:
@@ -133,7 +133,7 @@ def test_failing_script_raises_with_the_failure_reason(sm, train_uri) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_failure_file_written_by_the_script_is_the_reason(sm, train_uri) -> None:
-    from dicomflow.local.sagemaker import LocalTrainingJobError
+    from dicomflow.emulator.sagemaker_sdk.session import LocalTrainingJobError
 
     est = _estimator(sm, "failing", hyperparameters={"mode": "file"})
     with pytest.raises(LocalTrainingJobError) as info:
@@ -144,7 +144,7 @@ def test_failure_file_written_by_the_script_is_the_reason(sm, train_uri) -> None
 @pytest.mark.integration
 @pytest.mark.slow
 def test_unsatisfied_requirements_fail_with_a_fix_it_message(sm, train_uri, tmp_path) -> None:
-    from dicomflow.local.sagemaker import LocalTrainingJobError
+    from dicomflow.emulator.sagemaker_sdk.session import LocalTrainingJobError
 
     src = tmp_path / "src"
     src.mkdir()
@@ -191,7 +191,7 @@ def test_serving_process_that_dies_at_start_fails_deploy_at_once(sm, trained) ->
     from sagemaker.local.local_session import LocalSagemakerClient
     from sagemaker.pytorch import PyTorchModel
 
-    from dicomflow.local.sagemaker import SageMakerLocalError
+    from dicomflow.emulator.sagemaker_sdk.session import SageMakerLocalError
 
     model = PyTorchModel(model_data=trained.model_data, role=ROLE, entry_point="train.py",
                          source_dir=str(SCRIPTS / "failing"), framework_version="2.5", py_version="py311",
@@ -204,7 +204,7 @@ def test_serving_process_that_dies_at_start_fails_deploy_at_once(sm, trained) ->
 @pytest.mark.integration
 @pytest.mark.slow
 def test_local_code_runs_the_source_dir_in_place(local_cloud, monkeypatch_module, train_uri, tmp_path) -> None:
-    from dicomflow.local.sagemaker import sagemaker_session
+    from dicomflow.emulator.sagemaker_sdk.session import sagemaker_session
 
     src = tmp_path / "src"
     src.mkdir()
@@ -237,7 +237,7 @@ def test_two_instances_rendezvous_on_loopback(sm, train_uri) -> None:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_one_failing_host_stops_the_others_and_gives_its_reason(sm, train_uri) -> None:
-    from dicomflow.local.sagemaker import LocalTrainingJobError
+    from dicomflow.emulator.sagemaker_sdk.session import LocalTrainingJobError
 
     est = _estimator(sm, "one_host_fails", instance_count=2)
     with pytest.raises(LocalTrainingJobError, match="worker 2 lost its shard"):
@@ -245,7 +245,7 @@ def test_one_failing_host_stops_the_others_and_gives_its_reason(sm, train_uri) -
 
 # ---- no services needed ---------------------------------------------------------------------
 def test_layout_maps_opt_ml_to_the_sdk_dirs_longest_volume_first(tmp_path) -> None:
-    from dicomflow.local.sagemaker_toolkit import HostLayout
+    from dicomflow.emulator.sagemaker_sdk.toolkit import HostLayout
 
     layout = HostLayout.from_compose(tmp_path, "algo-1-x", [
         f"{tmp_path}/algo-1-x/input:/opt/ml/input", "/data/train:/opt/ml/input/data/train",
@@ -258,7 +258,7 @@ def test_layout_maps_opt_ml_to_the_sdk_dirs_longest_volume_first(tmp_path) -> No
 
 
 def test_hyperparameters_become_toolkit_style_arguments() -> None:
-    from dicomflow.local.sagemaker_toolkit import decode_hyperparameters, to_cmd_args
+    from dicomflow.emulator.sagemaker_sdk.toolkit import decode_hyperparameters, to_cmd_args
 
     hps = decode_hyperparameters({"epochs": "1", "lr": "0.01", "name": '"x y"', "raw": "plain", "d": '{"a": 1}'})
     assert hps == {"epochs": 1, "lr": 0.01, "name": "x y", "raw": "plain", "d": {"a": 1}}
@@ -266,7 +266,7 @@ def test_hyperparameters_become_toolkit_style_arguments() -> None:
 
 
 def test_requirements_check_uses_installed_metadata(tmp_path) -> None:
-    from dicomflow.local.sagemaker_toolkit import unsatisfied_requirements
+    from dicomflow.emulator.sagemaker_sdk.toolkit import unsatisfied_requirements
 
     req = tmp_path / "requirements.txt"
     req.write_text("# comment\nnumpy>=1.0\nnumpy<1.0\nnot-a-real-dist-xyz\ngit+https://example.invalid/x.git\n"
@@ -276,7 +276,7 @@ def test_requirements_check_uses_installed_metadata(tmp_path) -> None:
 
 
 def test_bad_session_input_gives_a_fix_it_error(monkeypatch) -> None:
-    from dicomflow.local.sagemaker import SageMakerLocalError, sagemaker_session
+    from dicomflow.emulator.sagemaker_sdk.session import SageMakerLocalError, sagemaker_session
 
     with pytest.raises(SageMakerLocalError, match="not a valid S3 bucket name"):
         sagemaker_session(default_bucket="Bad_Bucket")
@@ -294,7 +294,7 @@ def test_probe_is_not_fooled_by_the_docker_client_binary() -> None:
     import shutil
     import subprocess
 
-    from dicomflow.local.sagemaker import docker_engine_available
+    from dicomflow.emulator.sagemaker_sdk.session import docker_engine_available
 
     engine = bool(shutil.which("docker")) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
     assert docker_engine_available() is engine
@@ -303,7 +303,7 @@ def test_probe_is_not_fooled_by_the_docker_client_binary() -> None:
 def test_sdk_names_are_unchanged_outside_host_mode_calls() -> None:
     from sagemaker.local import image
 
-    from dicomflow.local import sagemaker as sm_local
+    from dicomflow.emulator.sagemaker_sdk import session as sm_local
 
     sm_local._install_hooks()
     try:

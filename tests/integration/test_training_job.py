@@ -1,6 +1,6 @@
 """training_job/train.py run as SageMaker runs it: a subprocess with an /opt/ml-like layout and SM_* env.
 
-Tiny synthetic data (dicomflow.synthetic); thresholds are quality thresholds, not timings.
+Tiny synthetic data (dicomflow.demo.synthetic); thresholds are quality thresholds, not timings.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from training_channels import ENTRY, chest_channel, hippocampus_channel, run_entry, sm_layout, write_manifest
 
-from dicomflow.models import load_artifact
+from dicomflow.modeling.artifact import load_artifact
 
 pytestmark = pytest.mark.slow
 

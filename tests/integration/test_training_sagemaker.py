@@ -3,7 +3,7 @@
 Channels are tiny synthetic datasets uploaded to the emulated S3; the SDK stages ``training_job/`` plus the
 ``dicomflow/`` package (``dependencies``) as ``sourcedir.tar.gz`` exactly as for SageMaker, the job runs
 ``train.py`` from the extracted copy, and the SDK uploads ``model.tar.gz``, which must load with
-:func:`dicomflow.models.load_artifact`.
+:func:`dicomflow.modeling.artifact.load_artifact`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 from training_channels import chest_channel, hippocampus_channel, upload_channel, write_manifest
 
 from dicomflow import aws
-from dicomflow.cli.train import TrainError, train_job
-from dicomflow.local.sagemaker import LocalTrainingJobError
-from dicomflow.models import load_artifact
+from dicomflow.emulator.sagemaker_sdk.session import LocalTrainingJobError
+from dicomflow.modeling.artifact import load_artifact
+from dicomflow.training.launch import TrainError, train_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,7 +34,7 @@ def host_mode(local_cloud):
     mp = pytest.MonkeyPatch()
     mp.setenv("DICOMFLOW_SAGEMAKER_MODE", "host")
     mp.setenv("OMP_NUM_THREADS", "2")
-    from dicomflow.local import sagemaker_session
+    from dicomflow.emulator.sagemaker_sdk import sagemaker_session
 
     yield sagemaker_session()
     mp.undo()
@@ -91,8 +91,8 @@ def _shipped_from(log: str) -> str:
 
 
 @pytest.mark.parametrize("task", ["classification2d", "classification3d"])
-def test_estimator_fit_trains_each_task_and_the_artifact_loads(task, channels, capsys, tmp_path) -> None:
-    result = train_job(task, channels[task], hps=HPS[task])
+def test_estimator_fit_trains_each_task_and_the_artifact_loads(task, channels, host_mode, capsys, tmp_path) -> None:
+    result = train_job(task, channels[task], hps=HPS[task], session=host_mode)
     log = capsys.readouterr().err
     assert result["status"] == "Completed", log[-3000:]
     assert result["model_artifact"].startswith("s3://") and result["model_artifact"].endswith("model.tar.gz")
@@ -138,9 +138,10 @@ def test_cli_human_output_prints_final_metrics(channels, host_mode) -> None:
     assert re.search(r"model: s3://\S+/model\.tar\.gz", proc.stderr)
 
 
-def test_two_instances_train_together_and_produce_one_artifact(channels, capsys, tmp_path) -> None:
+def test_two_instances_train_together_and_produce_one_artifact(channels, host_mode, capsys, tmp_path) -> None:
     result = train_job("classification2d", channels["classification2d"], instance_count=2,
-                       hps={"epochs": "2", "image_size": "32", "batch_size": "2", "val_fraction": "0.25"})
+                       hps={"epochs": "2", "image_size": "32", "batch_size": "2", "val_fraction": "0.25"},
+                       session=host_mode)
     log = capsys.readouterr().err
     assert result["status"] == "Completed", log[-3000:]
     hosts = sorted(set(re.findall(r"^(algo-\d)-\w+\s+\|", log, flags=re.M)))
@@ -161,10 +162,10 @@ def test_no_usable_image_fails_with_the_reason(host_mode, tmp_path) -> None:
                    classes)
     uri = upload_channel(channel, f"s3://{host_mode.default_bucket()}/tests/train-empty/")
     with pytest.raises(LocalTrainingJobError) as info:
-        train_job("classification2d", uri, hps={"epochs": "1", "image_size": "32"})
+        train_job("classification2d", uri, hps={"epochs": "1", "image_size": "32"}, session=host_mode)
     assert info.value.reason.startswith("DatasetError: no usable image") and "missing=1" in info.value.reason
 
 
 def test_a_channel_without_manifest_is_refused_before_any_job(host_mode) -> None:
     with pytest.raises(TrainError, match="export the dataset first"):
-        train_job("classification2d", f"s3://{host_mode.default_bucket()}/tests/nothing-here/")
+        train_job("classification2d", f"s3://{host_mode.default_bucket()}/tests/nothing-here/", session=host_mode)

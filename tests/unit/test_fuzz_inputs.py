@@ -15,8 +15,10 @@ from fuzz_corpus import consolidation_cases, pre_label_events, study_json_bodies
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from dicomflow import consolidation, dicomweb, labeling_task, synthetic
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
 from dicomflow.errors import DicomflowError
+from dicomflow.groundtruth import consolidation, pre_label
 from dicomflow.inference.errors import InferenceError, error_body, http_status
 from dicomflow.inference.request import StudyRequest, parse_request
 
@@ -74,14 +76,14 @@ def test_pre_label_event_corpus_gets_a_task_or_one_clear_error(file_pacs) -> Non
     p = file_pacs
     corpus = pre_label_events(p["study"], p["series"], p["sop"], p["sr_series"], p["sr_sop"], seed=1)
     assert len(corpus) >= 50
-    settings = labeling_task.TaskSettings(gateway_url="http://127.0.0.1:1/wado", key=b"k" * 32, scope="fuzz",
+    settings = pre_label.TaskSettings(gateway_url="http://127.0.0.1:1/wado", key=b"k" * 32, scope="fuzz",
                                           labels=LABELS)
     outcomes: Counter = Counter()
     crashes, reasons = [], {}
     for name, event in corpus:
         try:
-            result = labeling_task.pre_label(event, p["client"], None, settings, now=1_700_000_000)
-        except labeling_task.LabelingTaskError as exc:
+            result = pre_label.pre_label(event, p["client"], None, settings, now=1_700_000_000)
+        except pre_label.LabelingTaskError as exc:
             outcomes["clear"] += 1
             reasons[name] = (exc.reason, str(exc))
             assert len(str(exc)) < 600, name

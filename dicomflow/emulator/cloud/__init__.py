@@ -1,1 +1,2 @@
-"""The process supervisor: Orthanc and the moto server as services that `dicomflow up` starts, `status` checks and `down` stops."""
+"""The process supervisor: Orthanc and the moto server as services that ``dicomflow up`` starts, ``status``
+checks and ``down`` stops."""

@@ -1,12 +1,12 @@
 """The emulated AWS: a moto server on 127.0.0.1 (default port 4566, LocalStack's) with dicomflow's
-additions loaded (see :mod:`dicomflow.local.moto_main`)."""
+additions loaded (see :mod:`dicomflow.emulator.moto.main`)."""
 
 from __future__ import annotations
 
 import os
 import sys
 
-from dicomflow.local.services import Service
+from dicomflow.emulator.cloud.service import Service
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -24,7 +24,7 @@ class MotoService(Service):
 
     def prepare(self) -> None:
         """Map the project's inference image to its host command unless the user mapped it already."""
-        from dicomflow.local.endpoints import DEFAULT_IMAGES, load_image_map, register_image
+        from dicomflow.emulator.moto.endpoints import DEFAULT_IMAGES, load_image_map, register_image
 
         path = self.settings.data_dir / "images.json"
         existing = load_image_map() if path.exists() else {}
@@ -36,7 +36,7 @@ class MotoService(Service):
         env = dict(os.environ)
         env.update(client_environment(self.settings))
         env["DICOMFLOW_HOME"] = str(self.settings.data_dir)
-        argv = [sys.executable, "-m", "dicomflow.local.moto_main", "--host", self.settings.host,
+        argv = [sys.executable, "-m", "dicomflow.emulator.moto.main", "--host", self.settings.host,
                 "--port", str(self.settings.aws_port)]
         return argv, env
 

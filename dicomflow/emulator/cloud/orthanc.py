@@ -14,7 +14,7 @@ import requests
 
 from dicomflow.config import generate_password, read_secret_file, write_secret_file
 from dicomflow.credentials import local_orthanc_secret_path
-from dicomflow.local.services import Service, ServiceError, require_executable
+from dicomflow.emulator.cloud.service import Service, ServiceError, require_executable
 from dicomflow.paths import private_dir, restrict_tree
 
 ORTHANC_BIN = "/usr/sbin/Orthanc"

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from dicomflow.credentials import PacsConnection, pacs_connection
-from dicomflow.labeling.gateway import WadoGateway
-from dicomflow.labeling.job import LabelingJobError, LocalLabelingJob
-from dicomflow.labeling.portal import VIEWER_DIR, Portal, PortalError
-from dicomflow.labeling.request import JobRequest, JobRequestError, load_request, parse_request
-from dicomflow.labeling.store import JobStore
+from dicomflow.emulator.groundtruth.gateway import WadoGateway
+from dicomflow.emulator.groundtruth.job import LabelingJobError, LocalLabelingJob
+from dicomflow.emulator.groundtruth.portal import VIEWER_DIR, Portal, PortalError
+from dicomflow.emulator.groundtruth.store import JobStore
+from dicomflow.groundtruth.job_request import JobRequest, JobRequestError, load_request, parse_request
 
 __all__ = ["JobRequest", "JobRequestError", "LabelingJobError", "LocalLabelingJob", "Portal", "PortalError",
            "RunningJob", "load_request", "parse_request", "run_job", "job_status"]
@@ -72,7 +72,7 @@ def job_status(request: JobRequest, data_dir: Path | None = None) -> dict[str, A
     state = store.read_state()
     responses = store.worker_responses()
     consolidated = store.consolidation_responses()
-    from dicomflow import manifest
+    from dicomflow.groundtruth import manifest
 
     try:
         objects = len(manifest.read_jsonl_s3(request.manifest_uri))

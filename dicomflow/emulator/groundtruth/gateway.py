@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import requests
 
-from dicomflow import signing
 from dicomflow.credentials import PacsConnection
-from dicomflow.orthanc_ids import rest_root
+from dicomflow.dicom.orthanc import rest_root
+from dicomflow.groundtruth import signing
 
 CHUNK = 256 * 1024
 

@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from dicomflow import aws, manifest, signing
+from dicomflow import aws
+from dicomflow.emulator.groundtruth.render import WorkerTemplate
+from dicomflow.emulator.groundtruth.store import JobStore, iso_now
 from dicomflow.errors import DicomflowError
-from dicomflow.labeling.render import WorkerTemplate
-from dicomflow.labeling.request import JobRequest
-from dicomflow.labeling.store import JobStore, iso_now
-from dicomflow.labels import CHEXPERT_CLASSES, parse_label_category_config
+from dicomflow.groundtruth import manifest, signing
+from dicomflow.groundtruth.job_request import JobRequest
+from dicomflow.groundtruth.labels import CHEXPERT_CLASSES, parse_label_category_config
 
 log = logging.getLogger(__name__)
 MAX_ANSWER_BYTES = 1_000_000

@@ -29,16 +29,17 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomflow import safejson, webserver
+from dicomflow.emulator.groundtruth.gateway import WadoGateway
+from dicomflow.emulator.groundtruth.job import LabelingJobError, LocalLabelingJob
+from dicomflow.emulator.groundtruth.render import TemplateError, localize
+from dicomflow.emulator.groundtruth.store import hash_token
 from dicomflow.errors import DicomflowError
-from dicomflow.labeling.gateway import WadoGateway
-from dicomflow.labeling.job import LabelingJobError, LocalLabelingJob
-from dicomflow.labeling.render import TemplateError, localize
-from dicomflow.labeling.store import hash_token
+from dicomflow.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
 COOKIE = "dicomflow_worker"
 STATIC_DIR = Path(__file__).with_name("static")
-VIEWER_DIR = Path(__file__).resolve().parents[2] / "labeling_ui" / "dist"
+VIEWER_DIR = REPO_ROOT / "labeling_ui" / "dist"
 MAX_BODY = 2_000_000
 
 

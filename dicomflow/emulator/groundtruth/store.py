@@ -24,7 +24,7 @@ from typing import Any
 
 from dicomflow import aws
 from dicomflow.config import Settings, write_secret_file
-from dicomflow.labeling.request import JobRequest
+from dicomflow.groundtruth.job_request import JobRequest
 
 ITERATION = "iteration-1"
 

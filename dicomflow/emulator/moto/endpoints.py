@@ -41,8 +41,8 @@ from pathlib import Path
 import psutil
 import requests
 
+from dicomflow.emulator.cloud.service import free_port
 from dicomflow.errors import DicomflowError
-from dicomflow.local.services import free_port
 
 START_TIMEOUT_ENV = "DICOMFLOW_ENDPOINT_START_TIMEOUT"
 IMAGES_ENV = "DICOMFLOW_LOCAL_IMAGES"

@@ -1,6 +1,6 @@
 """Runtime shim of a host-executed Lambda function (run as a script, standard library only).
 
-The emulator (:mod:`dicomflow.local.lambda_host`) starts it as
+The emulator (:mod:`dicomflow.emulator.moto.lambda_host`) starts it as
 ``python -I lambda_bootstrap.py <task_root> <handler> <event.json> <result.json> <deadline-ms> <status-fd>``
 with the function's environment. It imports the handler the way the AWS Python runtime does
 (``dir/module.function``, task root first on ``sys.path``, cwd = task root), writes one byte to

@@ -8,7 +8,7 @@ One invocation:
 
 * the function's zip (``code_bytes``) is unpacked once per code SHA-256 into
   ``<DICOMFLOW_HOME>/lambda/<sha>/`` (the task root);
-* :mod:`dicomflow.local.lambda_bootstrap` runs with this interpreter (``python -I``, so this
+* :mod:`dicomflow.emulator.moto.lambda_bootstrap` runs with this interpreter (``python -I``, so this
   virtual environment's site-packages are there, the task root first on ``sys.path``), the function's
   Environment variables, the Lambda reserved variables, ``AWS_ENDPOINT_URL`` / region / credentials
   pointing at the emulator;

@@ -2,10 +2,10 @@
 
 Additions (each documented in its module):
 
-* :mod:`dicomflow.local.lambda_host` - zip Lambda functions run as host Python subprocesses (invoke,
+* :mod:`dicomflow.emulator.moto.lambda_host` - zip Lambda functions run as host Python subprocesses (invoke,
   ``InvocationType=Event``, S3 ObjectCreated notifications), logs in CloudWatch Logs;
-* :mod:`dicomflow.local.moto_sagemaker` - ``InvokeEndpoint`` / ``InvokeEndpointAsync`` dispatched to the
-  endpoint's local serving process found by :func:`dicomflow.local.endpoints.resolve_serving`.
+* :mod:`dicomflow.emulator.moto.sagemaker_runtime` - ``InvokeEndpoint`` / ``InvokeEndpointAsync`` dispatched to the
+  endpoint's local serving process found by :func:`dicomflow.emulator.moto.endpoints.resolve_serving`.
 
 On SIGTERM / SIGINT the handler processes and serving processes it started are stopped first.
 """
@@ -21,18 +21,18 @@ from types import FrameType
 
 def install(endpoint_url: str) -> None:
     """Load the additions into moto (in this process)."""
-    from dicomflow.local import lambda_host, moto_sagemaker
+    from dicomflow.emulator.moto import lambda_host, sagemaker_runtime
 
     lambda_host.configure(endpoint_url)
     lambda_host.install()
-    moto_sagemaker.install()
+    sagemaker_runtime.install()
 
 
 def _shutdown(signum: int, _frame: FrameType | None) -> None:
-    from dicomflow.local import endpoints, lambda_host, moto_sagemaker
+    from dicomflow.emulator.moto import endpoints, lambda_host, sagemaker_runtime
 
     lambda_host.stop_all()
-    moto_sagemaker.stop_all()
+    sagemaker_runtime.stop_all()
     endpoints.stop_all()
     sys.exit(0)
 

@@ -4,7 +4,7 @@ moto 5.2.5 answers both with canned data. :func:`install` replaces the two handl
 ``SageMakerRuntimeResponse`` (and ``DeleteEndpoint``, to stop what was started) inside the moto server:
 
 * the endpoint -> EndpointConfig -> Model chain is read from moto's SageMaker state and handed to
-  :func:`dicomflow.local.endpoints.resolve_serving` (the seam that finds or starts the serving process);
+  :func:`dicomflow.emulator.moto.endpoints.resolve_serving` (the seam that finds or starts the serving process);
 * ``InvokeEndpoint`` POSTs the body to ``<serving>/invocations`` (ContentType, Accept, CustomAttributes
   forwarded; 60 s limit like AWS) and returns its answer; a non-2xx answer is ``ModelError`` (424);
 * ``InvokeEndpointAsync`` needs ``AsyncInferenceConfig``; it returns ``OutputLocation``
@@ -31,8 +31,8 @@ from typing import Any
 
 import requests
 
-from dicomflow.local import endpoints
-from dicomflow.local.endpoints import EndpointUnavailable, ServingSpec
+from dicomflow.emulator.moto import endpoints
+from dicomflow.emulator.moto.endpoints import EndpointUnavailable, ServingSpec
 
 log = logging.getLogger("dicomflow.sagemaker")
 

@@ -1,14 +1,11 @@
-"""The local cloud (Orthanc PACS + emulated AWS) and its helpers for local mode.
-
-Only the CLI and the tests import this package; lambdas, containers and the core library never
-do: the endpoint URL is the only switch between emulated and real AWS.
-"""
+"""SageMaker Python SDK v2 local mode without Docker: training and serving containers run as host processes
+that honour the SageMaker contracts (:mod:`.session`, :mod:`.compose`, :mod:`.toolkit`, :mod:`.serving`)."""
 
 
 def __getattr__(name: str):
-    """Lazy re-export: ``from dicomflow.local import sagemaker_session`` without importing the SDK eagerly."""
+    """Lazy re-export of :func:`.session.sagemaker_session` (importing the SDK is slow)."""
     if name == "sagemaker_session":
-        from dicomflow.local.sagemaker import sagemaker_session
+        from dicomflow.emulator.sagemaker_sdk.session import sagemaker_session
 
         return sagemaker_session
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,15 +2,15 @@
 
 The SageMaker SDK (v2 local mode) writes a compose file with one service per host (``algo-1-xxxxx``
 ...), each with its ``/opt/ml`` volumes, environment and command (``train`` or ``serve``), and then
-runs ``<compose> -f FILE up ...``. In host mode :mod:`dicomflow.local.sagemaker` makes that command
-``python -m dicomflow.local.sagemaker_compose -f FILE up ...``; this module reads the same file and,
+runs ``<compose> -f FILE up ...``. In host mode :mod:`dicomflow.emulator.sagemaker_sdk.session` makes that command
+``python -m dicomflow.emulator.sagemaker_sdk.compose -f FILE up ...``; this module reads the same file and,
 for each service, starts a host process instead of a container:
 
 * ``train``: the user's entry point with the training toolkit's environment
-  (:mod:`dicomflow.local.sagemaker_toolkit`). All hosts run together; the first one that fails
+  (:mod:`dicomflow.emulator.sagemaker_sdk.toolkit`). All hosts run together; the first one that fails
   stops the others (``--abort-on-container-exit``) and the exit code is non-zero, with the reason in
   that host's ``/opt/ml/output/failure`` (the SDK then packs ``output.tar.gz`` as usual).
-* ``serve``: :mod:`dicomflow.local.sagemaker_serving` on 127.0.0.1 at the host port the compose
+* ``serve``: :mod:`dicomflow.emulator.sagemaker_sdk.serving` on 127.0.0.1 at the host port the compose
   file maps to the container's 8080.
 
 Output of every host is streamed to stdout prefixed with the host name, as compose does. SIGTERM or
@@ -29,7 +29,7 @@ import sys
 import threading
 from pathlib import Path
 
-from dicomflow.local.sagemaker_toolkit import (
+from dicomflow.emulator.sagemaker_sdk.toolkit import (
     OPT_ML,
     HostLayout,
     ToolkitError,
@@ -91,7 +91,7 @@ def _spawn(name: str, layout: HostLayout, argv: list[str], env: dict[str, str], 
 
 
 def _free_port() -> int:
-    from dicomflow.local.services import free_port
+    from dicomflow.emulator.cloud.service import free_port
 
     return free_port()
 
@@ -220,7 +220,7 @@ class Runner:
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(p for p in (str(code_dir), os.environ.get("PYTHONPATH", "")) if p),
         })
-        argv = [sys.executable, "-m", "dicomflow.local.sagemaker_serving", "--host", "127.0.0.1",
+        argv = [sys.executable, "-m", "dicomflow.emulator.sagemaker_sdk.serving", "--host", "127.0.0.1",
                 "--port", str(port), "--model-dir", str(model_dir), "--code-dir", str(code_dir)]
         if program:
             argv += ["--program", program]
@@ -236,7 +236,7 @@ class Runner:
 
 def main(argv: list[str] | None = None) -> int:
     """``-f FILE up [compose flags]``; the flags (``--build``, ``--abort-on-container-exit``) are implied."""
-    parser = argparse.ArgumentParser(prog="dicomflow.local.sagemaker_compose",
+    parser = argparse.ArgumentParser(prog="dicomflow.emulator.sagemaker_sdk.compose",
                                      description="Run a SageMaker local-mode compose file as host processes.")
     parser.add_argument("-f", "--file", required=True, type=Path)
     parser.add_argument("action", choices=["up"])

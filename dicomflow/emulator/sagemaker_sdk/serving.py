@@ -17,7 +17,7 @@ answers 200 as soon as it answers at all. Errors map to HTTP statuses in one pla
 (:func:`_status_for`) and are answered as JSON ``{"error", "message", "status"}``. HTTP is
 uvicorn + Starlette through :mod:`dicomflow.webserver`. SIGTERM shuts the server down and exits 0.
 
-Run as ``python -m dicomflow.local.sagemaker_serving --port N --model-dir DIR [--code-dir DIR
+Run as ``python -m dicomflow.emulator.sagemaker_sdk.serving --port N --model-dir DIR [--code-dir DIR
 --program inference.py]``.
 """
 
@@ -239,7 +239,8 @@ def serve(host: str, port: int, handlers: Handlers) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dicomflow.local.sagemaker_serving", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="dicomflow.emulator.sagemaker_sdk.serving",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")))
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))

@@ -13,7 +13,7 @@ Where a Docker engine answers (``docker info`` exits 0) the SDK's own Docker loc
 unchanged. Without one ("host mode") only the container launch is replaced: the SDK still stages
 the code, downloads the channels from S3, writes the compose file and the ``/opt/ml`` directories,
 and packs and uploads ``model.tar.gz``; the command it runs is
-``python -m dicomflow.local.sagemaker_compose -f docker-compose.yaml up`` instead of
+``python -m dicomflow.emulator.sagemaker_sdk.compose -f docker-compose.yaml up`` instead of
 ``docker compose ...``, which runs each compose service as a host process (see that module for the
 ``/opt/ml`` path mapping). The seam is five SDK names, replaced once by wrappers that change
 behaviour only while a host-mode session's call is on the stack (a context variable):
@@ -22,7 +22,7 @@ behaviour only while a host-mode session's call is on the stack (a context varia
 dead serving process) and ``image._HostingContainer`` (remembered, for that check). A host-mode session
 also gives every endpoint its own free port (the SDK has one fixed ``local.serving_port``), answers
 ``invoke_endpoint`` by endpoint name, records the endpoint in the local endpoint registry
-(``<DICOMFLOW_HOME>/endpoints/<EndpointName>.json``, see :mod:`dicomflow.local.endpoints`), turns a
+(``<DICOMFLOW_HOME>/endpoints/<EndpointName>.json``, see :mod:`dicomflow.emulator.moto.endpoints`), turns a
 non-2xx answer into a ``ModelError`` as SageMaker does, and turns a failed training run into
 :class:`LocalTrainingJobError` carrying the job's ``/opt/ml/output/failure``.
 
@@ -52,8 +52,8 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dicomflow import aws
+from dicomflow.emulator.cloud.service import free_port
 from dicomflow.errors import DicomflowError
-from dicomflow.local.services import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def _host_call() -> Iterator[_HostCall]:
 
 def compose_command_prefix() -> list[str]:
     """The command that stands in for ``docker compose`` in host mode."""
-    return [sys.executable, "-m", "dicomflow.local.sagemaker_compose"]
+    return [sys.executable, "-m", "dicomflow.emulator.sagemaker_sdk.compose"]
 
 
 def _install_hooks() -> None:
@@ -319,7 +319,7 @@ def _hosting_pid(endpoint: Any) -> int | None:
 
 def _register_endpoint(name: str, port: int, pid: int) -> None:
     """Record the endpoint in the local endpoint registry, so the emulator's invoke can reach it too."""
-    from dicomflow.local.endpoints import write_registry
+    from dicomflow.emulator.moto.endpoints import write_registry
 
     try:
         write_registry(name, f"http://127.0.0.1:{port}", pid)
@@ -330,7 +330,7 @@ def _register_endpoint(name: str, port: int, pid: int) -> None:
 def _unregister_endpoint(name: str, pid: int | None) -> None:
     import json
 
-    from dicomflow.local.endpoints import registry_path
+    from dicomflow.emulator.moto.endpoints import registry_path
 
     path = registry_path(name)
     try:

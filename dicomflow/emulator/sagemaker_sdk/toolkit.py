@@ -3,7 +3,7 @@
 The job of ``sagemaker-training-toolkit`` / ``sagemaker-inference-toolkit`` inside the real
 containers: map the ``/opt/ml`` layout, stage the user's source directory, check its
 ``requirements.txt`` and build the ``SM_*`` environment. Used by
-:mod:`dicomflow.local.sagemaker_compose`, which runs one host process per compose service.
+:mod:`dicomflow.emulator.sagemaker_sdk.compose`, which runs one host process per compose service.
 
 ``/opt/ml`` is a fixed path that need not exist or be writable on the host, and two "hosts" on
 one machine must not share it. So every container path is translated to the host directory the

@@ -10,9 +10,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from dicomflow import consolidation
-from dicomflow.labels import CHEXPERT_CLASSES
-from dicomflow.orthanc_ids import OrthancLookupError, ResolvedObject
+from dicomflow.dicom.orthanc import OrthancLookupError, ResolvedObject
+from dicomflow.groundtruth import consolidation
+from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
 
 JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/chest-job-1"
 UIDS = {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4", "SOPInstanceUID": "1.2.3.4.5"}
@@ -20,7 +20,7 @@ OID = "0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d"
 
 
 def load_handler():
-    path = Path(__file__).resolve().parents[2] / "lambdas" / "post_label" / "handler.py"
+    path = Path(__file__).resolve().parents[3] / "lambdas" / "post_label" / "handler.py"
     spec = importlib.util.spec_from_file_location("post_label_handler", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -12,8 +12,9 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomflow import dicomweb, synthetic
 from dicomflow.credentials import PacsConnection
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
 
 
 def _part10(ds: pydicom.Dataset, implicit: bool = False) -> bytes:

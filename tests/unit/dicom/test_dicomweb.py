@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from dicomweb_client import DICOMfileClient
 
-from dicomflow import dicomweb, synthetic
 from dicomflow.credentials import PacsConnection
-from dicomflow.dicomweb import PacsError
-from dicomflow.local.services import free_port
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.dicomweb import PacsError
+from dicomflow.emulator.cloud.service import free_port
 
 # dicomweb-client encodes with a pydicom 3 deprecated argument; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore:.write_like_original.:DeprecationWarning")

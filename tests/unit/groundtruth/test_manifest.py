@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dicomflow import manifest
-from dicomflow.orthanc_ids import instance_id, orthanc_id, series_id
+from dicomflow.dicom.orthanc import instance_id, orthanc_id, series_id
+from dicomflow.groundtruth import manifest
 
 
 def qido(patient: str, study: str, series: str, sop: str | None = None) -> dict:
@@ -83,7 +83,7 @@ def test_output_line():
 @pytest.mark.parametrize("name", ["pre_label", "post_label"])
 def test_lambda_imports_stay_light(name):
     """A Lambda zip carries only light dicomflow modules: no torch, monai, sagemaker, numpy-heavy stacks."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     code = (f"import sys, importlib.util; sys.path.insert(0, {str(root)!r}); "
             f"spec = importlib.util.spec_from_file_location('h', {str(root / 'lambdas' / name / 'handler.py')!r}); "
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from model_helpers import as_retrieved
 
-from dicomflow import synthetic
-from dicomflow.elements import stored_value
+from dicomflow.demo import synthetic
+from dicomflow.dicom.elements import stored_value
 from dicomflow.inference.errors import NoUsableSeries, StudyNotFound, UnusableSeries
 from dicomflow.inference.selection import SOP_UID, check_retrieved, instance_facts, select_series, series_facts
 

@@ -14,13 +14,14 @@ import requests
 from dicomweb_client import DICOMfileClient
 from model_helpers import untrained_artifact
 
-from dicomflow import dicomweb, synthetic
+from dicomflow.demo import synthetic
+from dicomflow.dicom import dicomweb
+from dicomflow.emulator.cloud.service import free_port
 from dicomflow.inference.errors import BadRequest, NoUsableSeries, StudyNotFound
 from dicomflow.inference.request import parse_request
 from dicomflow.inference.service import InferenceService
-from dicomflow.local.services import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SEG_LABELS = ["anterior", "posterior"]
 
 

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from dicomflow import signing
+from dicomflow.groundtruth import signing
 
 KEY = "unit-test-signing-key-0123456789"
 NOW = 1_800_000_000

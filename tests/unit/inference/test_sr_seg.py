@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from model_helpers import dciodvfy_errors
 
-from dicomflow import synthetic
+from dicomflow.demo import synthetic
 from dicomflow.inference import findings as F
 from dicomflow.inference.seg import build_seg
 from dicomflow.inference.sr import build_sr
@@ -116,12 +116,12 @@ def test_sr_for_classification_passes_dciodvfy(tmp_path: Path) -> None:
 def test_occlusion_png_for_2d_and_3d_classifiers() -> None:
     import torch
 
-    from dicomflow import models
     from dicomflow.inference.occlusion import occlusion_map, render_png
+    from dicomflow.modeling import networks
 
     for task, size in (("classification2d", (32, 32)), ("classification3d", (32, 32, 32))):
-        spec = models.network_spec(task, ["a", "b"])
-        net = models.build_network(spec).eval()
+        spec = networks.network_spec(task, ["a", "b"])
+        net = networks.build_network(spec).eval()
         image, sens = occlusion_map(net, torch.rand(1, 1, *size), 1)
         assert image.shape == size[-2:] and sens.shape == size[-2:]
         assert render_png(image, sens).startswith(b"\x89PNG")

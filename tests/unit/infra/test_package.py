@@ -24,14 +24,15 @@ def _names(pkg: package.BuiltPackage) -> list[str]:
 
 
 def test_closure_follows_dicomflow_imports_only(tmp_path: Path) -> None:
-    d = _handler(tmp_path, "sign_it", "import json\nfrom dicomflow import signing\n\n"
+    d = _handler(tmp_path, "sign_it", "import json\nfrom dicomflow.groundtruth import signing\n\n"
                                       "def lambda_handler(event, context):\n"
                                       "    from helpers import x\n    return x\n")
     (d / "helpers.py").write_text("x = 1\n")
     files, third = package.import_closure(d)
     # signing imports dicomflow.aws inside a function: followed too (and aws brings boto3)
-    assert sorted(files) == ["dicomflow/__init__.py", "dicomflow/aws.py", "dicomflow/errors.py",
-                             "dicomflow/signing.py", "handler.py", "helpers.py"]
+    assert sorted(files) == ["dicomflow/__init__.py", "dicomflow/aws.py", "dicomflow/dicom/__init__.py",
+                             "dicomflow/dicom/uid.py", "dicomflow/errors.py", "dicomflow/groundtruth/__init__.py",
+                             "dicomflow/groundtruth/signing.py", "handler.py", "helpers.py"]
     assert third == {"boto3", "botocore"}
     pkg = package.build(d, deps="none")
     assert _names(pkg) == sorted(files)
@@ -48,7 +49,8 @@ def test_lazy_imports_inside_functions_are_followed(tmp_path: Path) -> None:
 
 
 def test_build_is_deterministic_with_fixed_metadata(tmp_path: Path) -> None:
-    d = _handler(tmp_path, "det", "from dicomflow import labels\n\ndef lambda_handler(e, c):\n    return 1\n")
+    d = _handler(tmp_path, "det",
+                 "from dicomflow.groundtruth import labels\n\ndef lambda_handler(e, c):\n    return 1\n")
     a, b = package.build(d, deps="none"), package.build(d, deps="none")
     assert a.sha256 == b.sha256 and a.data == b.data
     infos = zipfile.ZipFile(io.BytesIO(a.data)).infolist()
@@ -92,7 +94,7 @@ def test_project_lambdas_contain_only_what_they_need() -> None:
         assert "handler.py" in names
         dicomflow_files = {n for n in names if n.startswith("dicomflow/")}
         assert dicomflow_files == set(pkg.modules)
-        for forbidden in ("dicomflow/local/", "dicomflow/cli/", "dicomflow/infra/", "dicomflow/models.py",
+        for forbidden in ("dicomflow/emulator/", "dicomflow/cli/", "dicomflow/infra/", "dicomflow/modeling/",
                           "dicomflow/training/", "dicomflow/inference/"):
             assert not any(n.startswith(forbidden) for n in names), (handler_dir.name, forbidden)
         files, third = package.import_closure(handler_dir)

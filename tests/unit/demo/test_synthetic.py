@@ -10,8 +10,9 @@ import pydicom
 import pytest
 from model_helpers import DCIODVFY, dciodvfy_errors
 
-from dicomflow import seed as seeding
-from dicomflow import synthetic, volume
+from dicomflow.demo import seed as seeding
+from dicomflow.demo import synthetic
+from dicomflow.dicom import volume
 
 
 def test_chest_is_deterministic_and_extends_with_n() -> None:
@@ -52,9 +53,9 @@ def test_chest_labels_and_image() -> None:
 
 
 def _chexpert_classes() -> list[str] | None:
-    """The 14 CheXpert names from ``dicomflow.labels`` (another engineer's module; None until it exists)."""
+    """The 14 CheXpert names from ``dicomflow.groundtruth.labels`` (another engineer's module; None until it exists)."""
     try:
-        from dicomflow.labels import CHEXPERT_CLASSES
+        from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
     except ImportError:
         return None
     return list(CHEXPERT_CLASSES)

@@ -1,4 +1,4 @@
-"""dicomflow.preprocess: one spec, validated, shared by training and inference."""
+"""dicomflow.modeling.preprocess: one spec, validated, shared by training and inference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
 
-from dicomflow.preprocess import PercentileScale, PreprocessSpecError, build_transform, default_spec
+from dicomflow.modeling.preprocess import PercentileScale, PreprocessSpecError, build_transform, default_spec
 
 
 def test_2d_transform_resizes_and_scales_to_unit_range() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from botocore.stub import Stubber
 
-from dicomflow.infra import labeling_job
-from dicomflow.infra.errors import InfraError
+from dicomflow.groundtruth import job_request, submit
+from dicomflow.groundtruth.job_request import JobRequestError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "infrastructure" / "labeling-job.example.json"
 ACCOUNT = "123456789012"
 OUTPUTS = {
@@ -27,7 +27,7 @@ EXAMPLE_ARGS = {"job_name": "chest-xray-2026-11", "manifest_uri":
 
 
 def test_request_has_every_field_ground_truth_needs() -> None:
-    req = labeling_job.labeling_job_request(OUTPUTS, **EXAMPLE_ARGS, workers_per_object=3)
+    req = job_request.labeling_job_request(OUTPUTS, **EXAMPLE_ARGS, workers_per_object=3)
     htc = req["HumanTaskConfig"]
     assert htc["PreHumanTaskLambdaArn"] == OUTPUTS["PreLabelFunctionArn"]
     assert htc["AnnotationConsolidationConfig"]["AnnotationConsolidationLambdaArn"] == OUTPUTS["PostLabelFunctionArn"]
@@ -35,7 +35,7 @@ def test_request_has_every_field_ground_truth_needs() -> None:
     assert htc["NumberOfHumanWorkersPerDataObject"] == 3 and htc["TaskTimeLimitInSeconds"] == 600
     assert htc["WorkteamArn"] == EXAMPLE_ARGS["workteam_arn"]
     assert req["LabelAttributeName"] == "chest-xray-2026-11"
-    assert req["LabelCategoryConfigS3Uri"] == OUTPUTS["LabelingConfigUri"] + labeling_job.CATEGORIES_NAME
+    assert req["LabelCategoryConfigS3Uri"] == OUTPUTS["LabelingConfigUri"] + job_request.CATEGORIES_NAME
     assert req["InputConfig"]["DataSource"]["S3DataSource"]["ManifestS3Uri"] == EXAMPLE_ARGS["manifest_uri"]
     assert req["OutputConfig"]["S3OutputPath"] == OUTPUTS["LabelingOutputUri"]
     assert req["RoleArn"] == OUTPUTS["GroundTruthRoleArn"]
@@ -44,7 +44,7 @@ def test_request_has_every_field_ground_truth_needs() -> None:
 def test_request_is_accepted_by_the_sagemaker_api_shape() -> None:
     import boto3
 
-    req = labeling_job.labeling_job_request(OUTPUTS, **EXAMPLE_ARGS)
+    req = job_request.labeling_job_request(OUTPUTS, **EXAMPLE_ARGS)
     sm = boto3.client("sagemaker", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
     with Stubber(sm) as stub:  # validates the request against botocore's CreateLabelingJob model
         stub.add_response("create_labeling_job", {"LabelingJobArn": "arn:aws:sagemaker:us-east-1:1:labeling-job/x"},
@@ -53,7 +53,7 @@ def test_request_is_accepted_by_the_sagemaker_api_shape() -> None:
 
 
 def test_example_file_matches_the_generator() -> None:
-    expected = labeling_job.labeling_job_request(OUTPUTS, **EXAMPLE_ARGS, workers_per_object=3)
+    expected = job_request.labeling_job_request(OUTPUTS, **EXAMPLE_ARGS, workers_per_object=3)
     assert json.loads(EXAMPLE.read_text()) == expected
 
 
@@ -65,14 +65,14 @@ def test_example_file_matches_the_generator() -> None:
     ({"workers_per_object": 10}, "1 to 9"),
 ])
 def test_bad_arguments_get_one_clear_line(kwargs: dict, message: str) -> None:
-    with pytest.raises(InfraError, match=message):
-        labeling_job.labeling_job_request(OUTPUTS, **{**EXAMPLE_ARGS, **kwargs})
+    with pytest.raises(JobRequestError, match=message):
+        job_request.labeling_job_request(OUTPUTS, **{**EXAMPLE_ARGS, **kwargs})
 
 
 def test_missing_outputs_and_placeholder_workteam() -> None:
-    with pytest.raises(InfraError, match="PreLabelFunctionArn"):
-        labeling_job.labeling_job_request({}, **EXAMPLE_ARGS)
-    req = labeling_job.labeling_job_request(OUTPUTS, **{**EXAMPLE_ARGS, "workteam_arn": None})
+    with pytest.raises(JobRequestError, match="PreLabelFunctionArn"):
+        job_request.labeling_job_request({}, **EXAMPLE_ARGS)
+    req = job_request.labeling_job_request(OUTPUTS, **{**EXAMPLE_ARGS, "workteam_arn": None})
     assert "REPLACE-WITH-YOUR-WORKTEAM" in req["HumanTaskConfig"]["WorkteamArn"]
-    with pytest.raises(InfraError, match="--workteam"):
-        labeling_job.submit_to_ground_truth(req)
+    with pytest.raises(JobRequestError, match="--workteam"):
+        submit.submit_to_ground_truth(req)

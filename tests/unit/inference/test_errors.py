@@ -6,7 +6,7 @@ import pytest
 import requests
 
 from dicomflow.config import ConfigError
-from dicomflow.dicomweb import PacsError as LayerPacsError
+from dicomflow.dicom.dicomweb import PacsError as LayerPacsError
 from dicomflow.inference import errors as E
 
 

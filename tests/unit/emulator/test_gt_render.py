@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from dicomflow.labeling.render import TemplateError, WorkerTemplate, environment, localize
+from dicomflow.emulator.groundtruth.render import TemplateError, WorkerTemplate, environment, localize
 
 TASK = {"labels": ["Edema", "No Finding"], "note": "<b>\"x\" & 'y'</b>",
         "instances": [{"url": "/wado?requestType=WADO&studyUID=1.2&sig=ab"}]}
@@ -73,7 +73,7 @@ def test_grant_read_access_default_presigns_with_s3(monkeypatch) -> None:
 
 
 def test_the_real_worker_template_renders_and_embeds_the_task() -> None:
-    from dicomflow.infra.labeling_job import UI_TEMPLATE
+    from dicomflow.groundtruth.submit import UI_TEMPLATE
 
     page = WorkerTemplate(UI_TEMPLATE.read_text()).render(TASK, viewer_base_url="/ui/")
     assert '<script type="module" src="/ui/viewer.js">' in page
@@ -84,7 +84,7 @@ def test_the_real_worker_template_renders_and_embeds_the_task() -> None:
 
 
 def test_uploaded_template_default_viewer_base_yields_to_the_portal() -> None:
-    from dicomflow.infra.labeling_job import UI_TEMPLATE, worker_template_for
+    from dicomflow.groundtruth.submit import UI_TEMPLATE, worker_template_for
 
     source = worker_template_for(UI_TEMPLATE.read_text(), "https://label.example.org/ui/")
     assert 'src="https://label.example.org/ui/viewer.js"' in WorkerTemplate(source).render(TASK)  # real GT

@@ -11,10 +11,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from dicomweb_client import DICOMfileClient
 
-from dicomflow import geometry, labeling_task, signing, synthetic
-from dicomflow.labels import CHEXPERT_CLASSES
-from dicomflow.local.services import free_port
-from dicomflow.orthanc_ids import OrthancLookupError, ResolvedObject, instance_id, series_id
+from dicomflow.demo import synthetic
+from dicomflow.dicom import geometry
+from dicomflow.dicom.orthanc import OrthancLookupError, ResolvedObject, instance_id, series_id
+from dicomflow.emulator.cloud.service import free_port
+from dicomflow.groundtruth import pre_label, signing
+from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
 
 KEY = "unit-test-signing-key-0123456789"
 JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/chest-job-1"
@@ -58,7 +60,7 @@ def pacs(tmp_path_factory):
 
 @pytest.fixture
 def settings():
-    return labeling_task.TaskSettings(gateway_url=GATEWAY, key=KEY.encode(), scope=signing.job_scope(JOB_ARN),
+    return pre_label.TaskSettings(gateway_url=GATEWAY, key=KEY.encode(), scope=signing.job_scope(JOB_ARN),
                                       labels=list(CHEXPERT_CLASSES), ttl=600)
 
 
@@ -67,7 +69,7 @@ def event(data_object: dict) -> dict:
 
 
 def run(pacs, settings, data_object):
-    return labeling_task.pre_label(event(data_object), pacs["client"], pacs["resolver"], settings, now=NOW)
+    return pre_label.pre_label(event(data_object), pacs["client"], pacs["resolver"], settings, now=NOW)
 
 
 def check_url(url: str, study: str, series: str, sop: str) -> None:
@@ -135,15 +137,15 @@ def test_window_computed_from_pixels(pacs, settings):
 
 def test_window_fallbacks():
     meta = {"00280101": {"vr": "US", "Value": [12]}, "00280103": {"vr": "US", "Value": [0]}}
-    assert labeling_task.window_hint(meta) == {"center": 2047.5, "width": 4095.0, "source": "bits"}
+    assert pre_label.window_hint(meta) == {"center": 2047.5, "width": 4095.0, "source": "bits"}
     ct = {"00280101": {"vr": "US", "Value": [12]}, "00280103": {"vr": "US", "Value": [0]},
           "00281052": {"vr": "DS", "Value": [-1024]}, "00281053": {"vr": "DS", "Value": [1]},
           "00280106": {"vr": "US", "Value": [0]}, "00280107": {"vr": "US", "Value": [2048]}}
-    assert labeling_task.window_hint(ct) == {"center": 0.0, "width": 2048.0, "source": "pixel-range"}
+    assert pre_label.window_hint(ct) == {"center": 0.0, "width": 2048.0, "source": "pixel-range"}
 
 
 def test_unknown_orthanc_id_is_not_found(pacs, settings):
-    with pytest.raises(labeling_task.LabelingTaskError, match="no instance or series") as err:
+    with pytest.raises(pre_label.LabelingTaskError, match="no instance or series") as err:
         run(pacs, settings, {"source": "00000000-11111111-22222222-33333333-44444444"})
     assert err.value.reason == "not-found"
 
@@ -153,7 +155,7 @@ def test_unknown_orthanc_id_is_not_found(pacs, settings):
     {"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4"},
 ])
 def test_missing_object_is_not_found(pacs, settings, uids):
-    with pytest.raises(labeling_task.LabelingTaskError, match="not on the PACS") as err:
+    with pytest.raises(pre_label.LabelingTaskError, match="not on the PACS") as err:
         run(pacs, settings, {"source": uids})
     assert err.value.reason == "not-found"
 
@@ -167,14 +169,14 @@ def test_missing_object_is_not_found(pacs, settings, uids):
     ({"source": {"StudyInstanceUID": "1.2", "SeriesInstanceUID": "x.y"}}, "not a DICOM UID"),
 ])
 def test_invalid_sources(pacs, settings, data_object, message):
-    with pytest.raises(labeling_task.LabelingTaskError, match=message) as err:
+    with pytest.raises(pre_label.LabelingTaskError, match=message) as err:
         run(pacs, settings, data_object)
     assert err.value.reason == "invalid"
 
 
 # ---- the handler itself: configuration and an unreachable PACS ---------------------------------
 def load_handler():
-    path = Path(__file__).resolve().parents[2] / "lambdas" / "pre_label" / "handler.py"
+    path = Path(__file__).resolve().parents[3] / "lambdas" / "pre_label" / "handler.py"
     spec = importlib.util.spec_from_file_location("pre_label_handler", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -196,14 +198,14 @@ def handler_env(monkeypatch, tmp_path):
 
 def test_handler_unreachable_pacs(handler_env):
     handler = load_handler()
-    with pytest.raises(labeling_task.LabelingTaskError, match="unreachable") as err:
+    with pytest.raises(pre_label.LabelingTaskError, match="unreachable") as err:
         handler.lambda_handler(event({"source": "00000000-11111111-22222222-33333333-44444444"}), None)
     assert err.value.reason == "unavailable"
 
 
 def test_handler_needs_gateway(handler_env):
     handler_env.delenv("DICOMFLOW_GATEWAY_URL")
-    with pytest.raises(labeling_task.LabelingTaskError, match="DICOMFLOW_GATEWAY_URL"):
+    with pytest.raises(pre_label.LabelingTaskError, match="DICOMFLOW_GATEWAY_URL"):
         load_handler().lambda_handler(event({"source": "x"}), None)
 
 
@@ -215,10 +217,10 @@ def test_handler_needs_key(handler_env):
 
 def test_labels_from_env(handler_env):
     handler_env.setenv("DICOMFLOW_LABELS", '["Nodule", "Mass"]')
-    assert labeling_task.TaskSettings.from_env(JOB_ARN).labels == ["Nodule", "Mass"]
+    assert pre_label.TaskSettings.from_env(JOB_ARN).labels == ["Nodule", "Mass"]
     handler_env.setenv("DICOMFLOW_LABELS", "Nodule")
     with pytest.raises(Exception, match="DICOMFLOW_LABELS is not JSON"):
-        labeling_task.TaskSettings.from_env(JOB_ARN)
+        pre_label.TaskSettings.from_env(JOB_ARN)
 
 
 # ---- geometry ---------------------------------------------------------------------------------------

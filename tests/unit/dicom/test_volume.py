@@ -1,4 +1,4 @@
-"""dicomflow.volume: decoding, MONOCHROME1, rescale, slice ordering and geometry checks."""
+"""dicomflow.dicom.volume: decoding, MONOCHROME1, rescale, slice ordering and geometry checks."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from model_helpers import as_retrieved
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 
-from dicomflow import synthetic
-from dicomflow.volume import (
+from dicomflow.demo import synthetic
+from dicomflow.dicom.volume import (
     GeometryError,
     NotAnImageError,
     load_image,
@@ -190,7 +190,7 @@ def _high_bits_set(name: str, value: int) -> np.ndarray:
     lambda: _with_pixels("MR2_UNCI.dcm", _high_bits_set("MR2_UNCI.dcm", 0x0F00), signed=1),  # 12 bits, signed
 ], ids=["ct-signed", "implicit", "8-bit", "12-bit-unsigned", "12-bit-signed"])
 def test_native_pixel_reader_matches_pydicom(make) -> None:
-    from dicomflow.volume import _native_pixels
+    from dicomflow.dicom.volume import _native_pixels
 
     ds = make()
     fast = _native_pixels(ds)
@@ -202,7 +202,7 @@ def test_native_pixel_reader_matches_pydicom(make) -> None:
 
 @pytest.mark.parametrize("name", ["MR_small_bigendian.dcm", "SC_rgb.dcm", "rtdose.dcm", "JPEG2000.dcm"])
 def test_native_pixel_reader_leaves_other_encodings_to_pydicom(name: str) -> None:
-    from dicomflow.volume import _native_pixels
+    from dicomflow.dicom.volume import _native_pixels
 
     assert _native_pixels(pydicom.dcmread(get_testdata_file(name))) is None
 
@@ -226,8 +226,8 @@ def _variant(series: synthetic.SyntheticSeries, how: str) -> list[Dataset]:
 
 @pytest.mark.parametrize("how", ["plain", "signed-high-bits", "rescaled", "monochrome1", "rescale-per-slice"])
 def test_series_decoded_once_matches_each_instance_decoded(series, how: str, monkeypatch) -> None:
-    from dicomflow import volume as volume_module
-    from dicomflow.volume import pixels
+    from dicomflow.dicom import volume as volume_module
+    from dicomflow.dicom.volume import pixels
 
     decoded_alone = []
     monkeypatch.setattr(volume_module, "pixels", lambda ds: decoded_alone.append(ds) or pixels(ds))

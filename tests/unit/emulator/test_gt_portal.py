@@ -17,13 +17,13 @@ import pytest
 import requests
 from moto import mock_aws
 
-from dicomflow import signing
 from dicomflow.credentials import PacsConnection
-from dicomflow.labeling.gateway import WadoGateway
-from dicomflow.labeling.job import LocalLabelingJob
-from dicomflow.labeling.portal import COOKIE, Portal
-from dicomflow.labeling.request import JobRequestError, parse_request
-from dicomflow.labels import label_category_config
+from dicomflow.emulator.groundtruth.gateway import WadoGateway
+from dicomflow.emulator.groundtruth.job import LocalLabelingJob
+from dicomflow.emulator.groundtruth.portal import COOKIE, Portal
+from dicomflow.groundtruth import signing
+from dicomflow.groundtruth.job_request import JobRequestError, parse_request
+from dicomflow.groundtruth.labels import label_category_config
 
 BUCKET = "portal-unit"
 LABELS = ["Edema", "No Finding"]

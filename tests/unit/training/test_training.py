@@ -13,16 +13,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from training_channels import chest_channel, hippocampus_channel, write_manifest
 
-from dicomflow.models import (
-    ArtifactError,
-    OneDnnConv3d,
-    build_network,
-    load_artifact,
-    network_spec,
-    save_artifact,
-    use_onednn_conv3d,
-)
-from dicomflow.preprocess import build_transform, default_spec
+from dicomflow.modeling.artifact import ArtifactError, load_artifact, save_artifact
+from dicomflow.modeling.networks import OneDnnConv3d, build_network, network_spec, use_onednn_conv3d
+from dicomflow.modeling.preprocess import build_transform, default_spec
 from dicomflow.training import METRIC_DEFINITIONS
 from dicomflow.training.data import DatasetError, make_dataset, scan_manifest, split_by_patient
 from dicomflow.training.hyperparameters import HyperparameterError, parse

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dicomflow import consolidation as c
+from dicomflow.groundtruth import consolidation as c
 
 LABELS = ["No Finding", "Cardiomegaly", "Edema", "Fracture"]
 SOP, SOP2 = "1.2.3.4.1", "1.2.3.4.2"
