@@ -27,6 +27,7 @@ from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
+from dicomflow.dicom import json as dj
 from dicomflow.emulator.cloud.cloud import LocalCloud
 from dicomflow.emulator.cloud.orthanc import OrthancService
 from dicomflow.emulator.cloud.service import free_port
@@ -93,7 +94,7 @@ def main() -> None:
 
                 def per_instance(study: str = study, series: str = series, n: int = slices) -> list:
                     found = dicomweb.search_instances(client, study, series)
-                    got = [dicomweb.retrieve_instance(client, study, series, dicomweb.json_value(i, "SOPInstanceUID"))
+                    got = [dicomweb.retrieve_instance(client, study, series, dj.value(i, "SOPInstanceUID"))
                            for i in found]
                     assert len(got) == n
                     return got

@@ -29,6 +29,7 @@ from pydicom.data import get_testdata_file
 
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb, volume
+from dicomflow.dicom import json as dj
 from dicomflow.errors import DicomflowError
 
 __all__ = [
@@ -192,7 +193,7 @@ def present_instances(client: DICOMClient, study_uid: str) -> int:
     found = dicomweb.search_studies(client, StudyInstanceUID=study_uid, fields=["NumberOfStudyRelatedInstances"])
     if not found:
         return 0
-    return int(dicomweb.json_value(found[0], "NumberOfStudyRelatedInstances", 0) or 0)
+    return int(dj.value(found[0], "NumberOfStudyRelatedInstances", 0) or 0)
 
 
 def seed(client: DICOMClient, data_dir: Path, studies: list[SeedStudy],

@@ -6,8 +6,8 @@ in unit tests. Every helper turns transport and HTTP failures into :class:`PacsE
 saying what went wrong and how to fix it; credentials never appear in messages (Basic auth travels
 in a header, not in the URL).
 
-Search helpers return DICOM JSON objects (``list[dict]``, as dicomweb-client does); use
-:func:`json_value` to read an attribute from one.
+Search helpers return DICOM JSON objects (``list[dict]``, as dicomweb-client does); read attributes
+from them with :mod:`dicomflow.dicom.json`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,6 @@ __all__ = [
     "retrieve_instance",
     "store",
     "ensure_file_meta",
-    "json_value",
     "parse_part",
 ]
 
@@ -217,23 +216,6 @@ def search_instances(client: DICOMClient, study_uid: str | None = None, series_u
     with _pacs_errors(client, f"search instances of series {series_uid or '*'}"):
         return list(client.search_for_instances(study_instance_uid=study_uid, series_instance_uid=series_uid,
                                                 search_filters=search or None, **options))
-
-
-def json_value(item: dict, keyword: str, default: Any = None) -> Any:
-    """First value of DICOM keyword ``keyword`` in a DICOM JSON object (a QIDO result), or ``default``.
-
-    Person names come back as their ``Alphabetic`` string.
-    """
-    tag = pydicom.datadict.tag_for_keyword(keyword)
-    if tag is None:
-        raise ValueError(f"{keyword!r} is not a DICOM keyword")
-    element = item.get(f"{tag:08X}")
-    if not element or not element.get("Value"):
-        return default
-    value = element["Value"][0]
-    if isinstance(value, dict) and "Alphabetic" in value:
-        return value["Alphabetic"]
-    return value
 
 
 # ---- retrieve (WADO-RS) -----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dicomflow import safejson
+from dicomflow.dicom import json as dj
 from dicomflow.errors import DicomflowError
 
 SOURCE_KEYS = ("source", "source-ref")
@@ -162,8 +163,6 @@ def read_json_s3(uri: str, s3: Any = None) -> Any:
 # ---- input manifest from a QIDO query ----------------------------------------------------------
 PER_LEVELS = ("instance", "series")
 SOURCE_FORMATS = ("orthanc-id", "uids")
-_UID_TAGS = {"StudyInstanceUID": "0020000D", "SeriesInstanceUID": "0020000E", "SOPInstanceUID": "00080018",
-             "PatientID": "00100020"}
 
 
 def parse_query_filters(queries: Iterable[str]) -> dict[str, str]:
@@ -185,12 +184,6 @@ def parse_query_filters(queries: Iterable[str]) -> dict[str, str]:
     return filters
 
 
-def _first(item: Mapping[str, Any], keyword: str) -> str | None:
-    element = item.get(_UID_TAGS[keyword])
-    vals = element.get("Value") if isinstance(element, Mapping) else None
-    return str(vals[0]) if vals else None
-
-
 def input_lines_from_qido(results: Iterable[Mapping[str, Any]], per: str,
                           source_format: str = "orthanc-id") -> list[dict[str, Any]]:
     """Input manifest lines for QIDO results (instances or series), in result order, deduplicated.
@@ -208,7 +201,7 @@ def input_lines_from_qido(results: Iterable[Mapping[str, Any]], per: str,
     lines: list[dict[str, Any]] = []
     seen: set[tuple[str, ...]] = set()
     for item in results:
-        uids = [_first(item, k) for k in keys]
+        uids = [dj.text(item, k) or None for k in keys]
         missing = [k for k, u in zip(keys, uids, strict=True) if u is None]
         if missing:
             raise ManifestError(f"the PACS returned a {per} without {', '.join(missing)}")
@@ -219,7 +212,7 @@ def input_lines_from_qido(results: Iterable[Mapping[str, Any]], per: str,
         if source_format == "uids":
             lines.append(input_line(dict(zip(keys, ident, strict=True))))
         else:
-            lines.append(input_line(orthanc_id(_first(item, "PatientID") or "", *ident)))
+            lines.append(input_line(orthanc_id(dj.text(item, "PatientID"), *ident)))
     return lines
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import requests
 
 from dicomflow.dicom import geometry
+from dicomflow.dicom import json as dj
 from dicomflow.dicom.elements import NON_IMAGE_MODALITIES
 from dicomflow.dicom.orthanc import ResolvedObject
 from dicomflow.groundtruth import signing
@@ -48,16 +49,6 @@ log = logging.getLogger(__name__)
 
 GATEWAY_ENV = "DICOMFLOW_GATEWAY_URL"
 SCHEMA_VERSION = 1
-_TAGS = {
-    "SOPInstanceUID": "00080018", "Modality": "00080060", "InstanceNumber": "00200013",
-    "ImagePositionPatient": "00200032", "ImageOrientationPatient": "00200037", "NumberOfFrames": "00280008",
-    "Rows": "00280010", "Columns": "00280011", "PixelSpacing": "00280030", "BitsStored": "00280101",
-    "PixelRepresentation": "00280103", "SmallestImagePixelValue": "00280106",
-    "LargestImagePixelValue": "00280107", "WindowCenter": "00281050", "WindowWidth": "00281051",
-    "RescaleIntercept": "00281052", "RescaleSlope": "00281053", "PhotometricInterpretation": "00280004",
-}
-
-
 @dataclass(frozen=True)
 class TaskSettings:
     """Everything besides the PACS that a task input needs."""
@@ -80,17 +71,6 @@ class TaskSettings:
 
 
 # ---- metadata ------------------------------------------------------------------------------------
-def values(meta: Mapping[str, Any], keyword: str) -> list[Any]:
-    """All values of ``keyword`` in a DICOM JSON object ([] if absent)."""
-    element = meta.get(_TAGS[keyword])
-    return list(element.get("Value") or []) if isinstance(element, Mapping) else []
-
-
-def value(meta: Mapping[str, Any], keyword: str, default: Any = None) -> Any:
-    found = values(meta, keyword)
-    return found[0] if found else default
-
-
 def _number(raw: Any) -> float | None:
     try:
         out = float(raw)
@@ -135,8 +115,8 @@ def fetch_metadata(client: Any, ref: ObjectRef) -> list[dict[str, Any]]:
     if not meta:
         raise LabelingTaskError("not-found", f"{what} is not on the PACS (no instances)")
     for m in meta:
-        modality = str(value(m, "Modality") or "")
-        if modality.upper() in NON_IMAGE_MODALITIES or value(m, "Rows") is None or value(m, "Columns") is None:
+        modality = str(dj.value(m, "Modality") or "")
+        if modality.upper() in NON_IMAGE_MODALITIES or dj.value(m, "Rows") is None or dj.value(m, "Columns") is None:
             kind = f"a {modality} object" if modality else "an object without Rows/Columns"
             raise LabelingTaskError("invalid", f"{what} holds {kind}, not an image: a worker cannot display it; "
                                                "label image instances or series only (remove it from the manifest)")
@@ -145,9 +125,9 @@ def fetch_metadata(client: Any, ref: ObjectRef) -> list[dict[str, Any]]:
 
 def order_instances(meta: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[float | None]]:
     """Order along the slice normal, and each instance's position (None without geometry)."""
-    positions = [values(m, "ImagePositionPatient") or None for m in meta]
-    orientations = [values(m, "ImageOrientationPatient") or None for m in meta]
-    numbers = [value(m, "InstanceNumber") for m in meta]
+    positions = [dj.values(m, "ImagePositionPatient") or None for m in meta]
+    orientations = [dj.values(m, "ImageOrientationPatient") or None for m in meta]
+    numbers = [dj.value(m, "InstanceNumber") for m in meta]
     try:
         order = geometry.slice_order(positions, orientations, numbers)
         if all(p is not None for p in positions) and all(o is not None for o in orientations):
@@ -163,7 +143,7 @@ def order_instances(meta: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[
 
 # ---- window hint ---------------------------------------------------------------------------------
 def _rescale(meta: Mapping[str, Any]) -> tuple[float, float]:
-    return (_number(value(meta, "RescaleSlope")) or 1.0, _number(value(meta, "RescaleIntercept")) or 0.0)
+    return (_number(dj.value(meta, "RescaleSlope")) or 1.0, _number(dj.value(meta, "RescaleIntercept")) or 0.0)
 
 
 def _window(center: float, width: float, source: str) -> dict[str, Any]:
@@ -176,11 +156,11 @@ def window_hint(meta: Mapping[str, Any], pixels: Callable[[], Any] | None = None
     ``pixels`` (optional) returns the instance's modality-rescaled pixel array; it is only called
     when the header has no window and no pixel range.
     """
-    center, width = _number(value(meta, "WindowCenter")), _number(value(meta, "WindowWidth"))
+    center, width = _number(dj.value(meta, "WindowCenter")), _number(dj.value(meta, "WindowWidth"))
     if center is not None and width is not None and width > 0:
         return _window(center, width, "dicom")
     slope, intercept = _rescale(meta)
-    lo, hi = _number(value(meta, "SmallestImagePixelValue")), _number(value(meta, "LargestImagePixelValue"))
+    lo, hi = _number(dj.value(meta, "SmallestImagePixelValue")), _number(dj.value(meta, "LargestImagePixelValue"))
     if lo is not None and hi is not None and hi > lo:
         a, b = sorted((lo * slope + intercept, hi * slope + intercept))
         return _window((a + b) / 2, b - a, "pixel-range")
@@ -194,8 +174,8 @@ def window_hint(meta: Mapping[str, Any], pixels: Callable[[], Any] | None = None
                 return _window((a + b) / 2, b - a, "computed")
         except Exception as exc:  # noqa: BLE001 - a hint only: fall back to the bit depth
             log.info("window from pixels failed (%s); using bit depth", type(exc).__name__)
-    bits = int(_number(value(meta, "BitsStored")) or 12)
-    signed = value(meta, "PixelRepresentation") == 1
+    bits = int(_number(dj.value(meta, "BitsStored")) or 12)
+    signed = dj.value(meta, "PixelRepresentation") == 1
     raw_lo, raw_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
     a, b = sorted((raw_lo * slope + intercept, raw_hi * slope + intercept))
     return _window((a + b) / 2, b - a, "bits")
@@ -222,21 +202,21 @@ def build_task_input(client: Any, ref: ObjectRef, settings: TaskSettings, now: f
     instances = []
     for i in order:
         m = meta[i]
-        sop = value(m, "SOPInstanceUID") or (ref.sop_uid if len(meta) == 1 else None)
+        sop = dj.value(m, "SOPInstanceUID") or (ref.sop_uid if len(meta) == 1 else None)
         if not sop:
             raise LabelingTaskError("invalid", "the PACS returned an instance without SOPInstanceUID")
         sop = require_uid(sop, "SOPInstanceUID")
-        number = value(m, "InstanceNumber")
+        number = dj.value(m, "InstanceNumber")
         instances.append({
             "sopInstanceUID": sop,
             "instanceNumber": int(number) if _number(number) is not None else None,
-            "frames": int(_number(value(m, "NumberOfFrames")) or 1),
+            "frames": int(_number(dj.value(m, "NumberOfFrames")) or 1),
             "position": positions[i],
             "url": signing.sign_wado(settings.gateway_url, ref.study_uid, ref.series_uid, sop,
                                      scope=settings.scope, key=settings.key, ttl=settings.ttl, now=now),
         })
     middle = meta[order[len(order) // 2]]
-    spacing = [_number(v) for v in values(middle, "PixelSpacing")]
+    spacing = [_number(v) for v in dj.values(middle, "PixelSpacing")]
     return {
         "schemaVersion": SCHEMA_VERSION,
         "scope": settings.scope,
@@ -245,10 +225,10 @@ def build_task_input(client: Any, ref: ObjectRef, settings: TaskSettings, now: f
         "studyInstanceUID": ref.study_uid,
         "seriesInstanceUID": ref.series_uid,
         "sopInstanceUID": ref.sop_uid,
-        "modality": value(middle, "Modality"),
-        "photometricInterpretation": value(middle, "PhotometricInterpretation"),
-        "rows": value(middle, "Rows"),
-        "columns": value(middle, "Columns"),
+        "modality": dj.value(middle, "Modality"),
+        "photometricInterpretation": dj.value(middle, "PhotometricInterpretation"),
+        "rows": dj.value(middle, "Rows"),
+        "columns": dj.value(middle, "Columns"),
         "pixelSpacing": spacing if len(spacing) == 2 and all(s and s > 0 for s in spacing) else None,
         "labels": list(settings.labels),
         "numberOfSlices": sum(inst["frames"] for inst in instances),

@@ -25,6 +25,7 @@ import pydicom
 
 from dicomflow import aws
 from dicomflow.dicom import dicomweb
+from dicomflow.dicom import json as dj
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
 from dicomflow.modeling.networks import TASKS
@@ -139,7 +140,7 @@ class _Stager:
 
     def series(self, study: str, series: str) -> list[str]:
         found = dicomweb.search_instances(self.client, study, series)
-        sops = [dicomweb.json_value(item, "SOPInstanceUID") for item in found]
+        sops = [dj.value(item, "SOPInstanceUID") for item in found]
         if not sops:
             raise ExportError(f"series {series} has no instances in the PACS")
         keys = {sop: f"images/{study}/{series}/{sop}.dcm" for sop in sops}

@@ -12,6 +12,7 @@ import pytest
 from dicomflow import aws
 from dicomflow.demo import annotators, loop
 from dicomflow.dicom import dicomweb
+from dicomflow.dicom import json as dj
 from dicomflow.groundtruth import manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
@@ -71,7 +72,7 @@ def test_whole_loop_small(local_cloud) -> None:
     assert len(seg) == 2
     for s in seg:
         assert s["predictedVolumesMm3"]["total"] >= 0 and s["trueVolumesMm3"]["total"] > 0
-        modalities = {dicomweb.json_value(x, "Modality") for x in dicomweb.search_series(client, s["StudyInstanceUID"])}
+        modalities = {dj.value(x, "Modality") for x in dicomweb.search_series(client, s["StudyInstanceUID"])}
         assert {"MR", "SR", "SEG"} <= modalities
         assert s["outputs"]["seg"]["stored"] and s["outputs"]["sr"]["stored"]
     chest = [s for s in inf["studies"] if s["task"] == "classification2d"]

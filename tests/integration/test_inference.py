@@ -22,6 +22,7 @@ from dicomflow import aws
 from dicomflow.cli.deploy import deploy, infer
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
+from dicomflow.dicom import json as dj
 from dicomflow.emulator.cloud.service import free_port
 from dicomflow.emulator.moto.endpoints import register_image
 from dicomflow.inference import endpoint as ep
@@ -239,7 +240,7 @@ def test_async_endpoint_via_cli(world, seg_endpoint) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["series"]["seriesInstanceUID"] == hippo.series_uid
-    series = {dicomweb.json_value(s, "Modality") for s in dicomweb.search_series(world["client"], hippo.study_uid)}
+    series = {dj.value(s, "Modality") for s in dicomweb.search_series(world["client"], hippo.study_uid)}
     assert {"SR", "SEG"} <= series
     # the output object is in S3OutputPath
     bucket, prefix = aws.parse_s3_uri(seg_endpoint["output_path"])

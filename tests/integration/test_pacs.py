@@ -15,6 +15,7 @@ from dicomflow.cli.seed import seed as seed_command
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import seed as seeding
 from dicomflow.dicom import dicomweb
+from dicomflow.dicom import json as dj
 from dicomflow.dicom.dicomweb import PacsError
 
 pytestmark = pytest.mark.integration
@@ -64,12 +65,12 @@ def test_seed_is_found_by_qido(client, seeded) -> None:
     chest = _my_studies(client, "chest")
     hippo = _my_studies(client, "hippocampus")
     assert len(chest) == N_CHEST and len(hippo) == N_HIPPO
-    assert {int(dicomweb.json_value(s, "NumberOfStudyRelatedInstances")) for s in hippo} == {32}
+    assert {int(dj.value(s, "NumberOfStudyRelatedInstances")) for s in hippo} == {32}
     for name in seeding.REAL_IMAGES:
         entry = next(e for e in sidecar["real"] if e["name"] == name)
         assert dicomweb.search_instances(client, entry["StudyInstanceUID"], entry["SeriesInstanceUID"],
                                          SOPInstanceUID=entry["SOPInstanceUID"])
-    mine = {dicomweb.json_value(s, "StudyInstanceUID") for s in chest}
+    mine = {dj.value(s, "StudyInstanceUID") for s in chest}
     labelled = [e for e in sidecar["chest"] if e["StudyInstanceUID"] in mine]
     assert len(labelled) == N_CHEST and all(e["labels"] for e in labelled)
     for entry in sidecar["hippocampus"]:

@@ -16,6 +16,7 @@ from model_helpers import untrained_artifact
 
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
+from dicomflow.dicom import json as dj
 from dicomflow.emulator.cloud.service import free_port
 from dicomflow.inference.errors import BadRequest, NoUsableSeries, StudyNotFound
 from dicomflow.inference.request import parse_request
@@ -52,7 +53,7 @@ def test_segmentation_pipeline_stores_sr_and_seg(artifacts, pacs) -> None:
     assert vols["total"] == pytest.approx(vols["anterior"] + vols["posterior"], abs=0.01)
     assert out["volume"]["shape"] == [12, 24, 20]
     assert {"query", "retrieve", "preprocess", "model", "encode", "stow", "total"} <= set(out["timingMs"])
-    modalities = sorted(dicomweb.json_value(s, "Modality") for s in dicomweb.search_series(client, hippo.study_uid))
+    modalities = sorted(dj.value(s, "Modality") for s in dicomweb.search_series(client, hippo.study_uid))
     assert modalities == ["MR", "SEG", "SR"]
     # a second request selects the MR again, never the SR/SEG it stored
     again = svc.run(parse_request({"studyInstanceUID": hippo.study_uid}), client=client)

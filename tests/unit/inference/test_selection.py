@@ -6,9 +6,12 @@ import pytest
 from model_helpers import as_retrieved
 
 from dicomflow.demo import synthetic
+from dicomflow.dicom import json as dj
 from dicomflow.dicom.elements import stored_value
 from dicomflow.inference.errors import NoUsableSeries, StudyNotFound, UnusableSeries
-from dicomflow.inference.selection import SOP_UID, check_retrieved, instance_facts, select_series, series_facts
+from dicomflow.inference.selection import check_retrieved, instance_facts, select_series, series_facts
+
+SOP_UID = dj.tag("SOPInstanceUID")
 
 AXIAL = [1, 0, 0, 0, 1, 0]
 CORONAL = [1, 0, 0, 0, 0, -1]
