@@ -13,7 +13,7 @@ import click
 
 from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
 from dicomflow.dicom import dicomweb
-from dicomflow.dicom.orthanc import OrthancLookupError, OrthancRest
+from dicomflow.dicom.orthanc import OrthancRest
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
 
@@ -54,10 +54,7 @@ def manifest_cmd(ctx: click.Context, queries: tuple[str, ...], per: str, target:
         raise click.UsageError("--via orthanc gives Orthanc IDs; use it with --source-format orthanc-id")
     conn = pacs_for(settings)
     if via == "orthanc":
-        try:
-            lines = manifest.orthanc_input_lines(OrthancRest(conn), filters, per)
-        except OrthancLookupError as exc:
-            raise manifest.ManifestError(str(exc)) from None
+        lines = manifest.orthanc_input_lines(OrthancRest(conn), filters, per)
     else:
         lines = manifest.query_input_lines(dicomweb.connect(conn), filters, per, source_format)
     if not lines:

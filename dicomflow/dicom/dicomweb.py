@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import http.client
-import io
-import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -24,17 +22,15 @@ import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
 from dicomweb_client.protocol import DICOMClient
-from pydicom.charset import convert_encodings, default_encoding
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.tag import BaseTag
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from dicomflow.credentials import PacsConnection, pacs_connection
+from dicomflow.dicom._multipart import MultipartSplitter, parse_part
 from dicomflow.dicom.elements import stored_text
-from dicomflow.errors import DicomflowError
+from dicomflow.dicom.errors import PacsError
 
 __all__ = [
     "PacsError",
@@ -45,9 +41,9 @@ __all__ = [
     "search_instances",
     "retrieve_series",
     "retrieve_instance",
+    "retrieve_metadata",
     "store",
     "ensure_file_meta",
-    "parse_part",
 ]
 
 #: Statuses retried with backoff (a restarting or overloaded server); 4xx are never retried.
@@ -58,10 +54,6 @@ STORE_BATCH_BYTES = 32 * 1024 * 1024
 ORIGINAL_SYNTAX = (("application/dicom", "*"),)
 
 _QIDO_OPTIONS = {"limit", "offset", "fields", "fuzzymatching", "get_remaining"}
-
-
-class PacsError(DicomflowError):
-    """The PACS refused, could not be reached, or does not hold what was asked for."""
 
 
 # ---- connecting ------------------------------------------------------------------------------------
@@ -121,7 +113,7 @@ def connect(
         conn = pacs_connection()
     if not conn.url.startswith(("http://", "https://")):
         raise PacsError(f"PACS URL {conn.url!r} is not http(s); set DICOMFLOW_PACS_URL to the DICOMweb root "
-                        "(e.g. http://127.0.0.1:8042/dicom-web)")
+                        "(e.g. http://127.0.0.1:8042/dicom-web)", "protocol")
     session = make_session(conn, retries=retries, backoff_factor=backoff_factor)
     # A large chunk size keeps STOW bodies as bytes (not a generator), so a retried POST resends them.
     client = DICOMwebClient(url=conn.url, session=session, chunk_size=1 << 40, timeout=timeout)
@@ -148,24 +140,28 @@ def _pacs_errors(client: Any, what: str) -> Iterator[None]:
             has_auth = getattr(getattr(client, "_session", None), "auth", None) is not None
             if has_auth:
                 raise PacsError(f"wrong PACS credentials: {base} answered 401 Unauthorized to {what}; check "
-                                "DICOMFLOW_PACS_USERNAME/DICOMFLOW_PACS_PASSWORD or the PACS secret") from None
+                                "DICOMFLOW_PACS_USERNAME/DICOMFLOW_PACS_PASSWORD or the PACS secret",
+                                "unauthorized", 401) from None
             raise PacsError(f"no PACS credentials: {base} answered 401 Unauthorized to {what}; set "
                             "DICOMFLOW_PACS_USERNAME/DICOMFLOW_PACS_PASSWORD or DICOMFLOW_PACS_SECRET_ARN "
-                            "(or run 'dicomflow up' locally)") from None
+                            "(or run 'dicomflow up' locally)", "unauthorized", 401) from None
         if status == 403:
             raise PacsError(f"the PACS user may not {what} ({url} answered 403 Forbidden); "
-                            "grant it the right or use another account") from None
+                            "grant it the right or use another account", "forbidden", 403) from None
         if status == 404:
             raise PacsError(f"not found on the PACS: {what} ({url} answered 404); check the UIDs "
-                            "(search first) and the DICOMweb root in DICOMFLOW_PACS_URL") from None
+                            "(search first) and the DICOMweb root in DICOMFLOW_PACS_URL", "not-found", 404) from None
         reason = resp.reason if resp is not None else str(exc)
-        raise PacsError(f"the PACS answered {status} {reason} to {what} ({url}); see the PACS log") from None
+        kind = "unavailable" if status in (502, 503, 504) else "refused"
+        raise PacsError(f"the PACS answered {status} {reason} to {what} ({url}); see the PACS log", kind,
+                        status) from None
     except requests.exceptions.RetryError as exc:
         raise PacsError(f"the PACS kept failing for {what} at {base} after retries ({_short(exc)}); "
-                        "check that it is healthy ('dicomflow status')") from None
+                        "check that it is healthy ('dicomflow status')", "unavailable") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
         raise PacsError(f"PACS unreachable at {base} for {what} ({_short(exc)}); start it with "
-                        "'dicomflow up' or set DICOMFLOW_PACS_URL to a running DICOMweb server") from None
+                        "'dicomflow up' or set DICOMFLOW_PACS_URL to a running DICOMweb server",
+                        "unreachable") from None
 
 
 def _short(exc: BaseException) -> str:
@@ -239,7 +235,7 @@ def retrieve_series(client: DICOMClient, study_uid: str, series_uid: str) -> lis
         else:
             datasets = list(client.retrieve_series(study_uid, series_uid, media_types=ORIGINAL_SYNTAX))
     if not datasets:
-        raise PacsError(f"series {series_uid} of study {study_uid} has no instances on the PACS")
+        raise PacsError(f"series {series_uid} of study {study_uid} has no instances on the PACS", "not-found")
     return sorted(datasets, key=_instance_order)
 
 
@@ -263,7 +259,7 @@ def _http_retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: st
                                     timeout=getattr(client, "_timeout", 60))
     try:
         response.raise_for_status()
-        splitter = _MultipartSplitter(response.headers.get("Content-Type", ""))
+        splitter = MultipartSplitter(response.headers.get("Content-Type", ""))
         readinto = _body_readinto(response)
         datasets: list[pydicom.Dataset] = []
         gc_was_on = gc.isenabled()
@@ -303,206 +299,19 @@ def _body_readinto(response: requests.Response) -> Callable[[memoryview], int]:
 
 
 _ACCEPT_SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
-#: Initial receive buffer; it doubles while a single part does not fit in half of it.
-_READ_BUFFER = 1 << 20
-
-
-class _MultipartSplitter:
-    """Incremental ``multipart/related`` (RFC 2046) splitter over one reusable receive buffer.
-
-    ``read`` yields every part body of a stream as a memoryview of the buffer, valid until the
-    next one is asked for; ``fill`` and ``parts`` are its two steps.
-    """
-
-    def __init__(self, content_type: str, buffer_size: int = _READ_BUFFER) -> None:
-        boundary = None
-        for param in content_type.split(";")[1:]:
-            key, _, value = param.strip().partition("=")
-            if key.lower() == "boundary":
-                boundary = value.strip().strip('"')
-        if not content_type.lower().startswith("multipart/") or not boundary:
-            raise PacsError(f"the PACS answered a series retrieval with {content_type or 'no content type'!r}, "
-                            "not multipart/related; is the URL a DICOMweb root?")
-        self.delimiter = b"\r\n--" + boundary.encode("ascii")
-        self.buf = bytearray(max(buffer_size, 2 * len(self.delimiter) + 8))
-        self.view = memoryview(self.buf)
-        self.buf[:2] = b"\r\n"  # the first delimiter may start the body without a CRLF
-        self.start, self.end = 0, 2  # the unconsumed bytes are buf[start:end]
-        self.done = False
-        self.seen_first = False
-
-    def fill(self, readinto: Callable[[memoryview], int]) -> bool:
-        """Read once with ``readinto`` into the free space; False at the end of the body."""
-        if self.end == len(self.buf):
-            self._make_room()
-        n = readinto(self.view[self.end:])
-        self.end += n or 0
-        return bool(n)
-
-    def _make_room(self) -> None:
-        pending = self.end - self.start
-        if 2 * pending > len(self.buf):  # a part larger than half the buffer: grow it
-            buf = bytearray(2 * len(self.buf))
-            buf[:pending] = self.view[self.start:self.end]
-            self.view.release()
-            self.buf, self.view = buf, memoryview(buf)
-        else:  # the pending bytes lie in the upper half: no overlap
-            self.view[:pending] = self.view[self.start:self.end]
-        self.start, self.end = 0, pending
-
-    def parts(self) -> Iterator[memoryview]:
-        """The bodies of the parts completed in the buffer, each a view valid until the next ``fill``."""
-        buf, delim, end = self.buf, self.delimiter, self.end
-        while not self.done:
-            pos = buf.find(delim, self.start, end)
-            if pos < 0:
-                if not self.seen_first:  # preamble: keep only what may begin a delimiter
-                    self.start = max(self.start, end - len(delim))
-                return
-            if not self.seen_first:
-                self.start, self.seen_first = pos, True
-            begin = pos + len(delim)
-            if end < begin + 2:
-                return
-            if buf[begin:begin + 2] == b"--":  # close delimiter
-                self.done = True
-                self.start = end
-                return
-            stop = buf.find(delim, begin, end)
-            if stop < 0:
-                return
-            head_end = buf.find(b"\r\n\r\n", begin, stop)
-            if head_end < 0:
-                raise PacsError("malformed multipart answer from the PACS; check the DICOMweb root URL")
-            self.start = stop
-            yield self.view[head_end + 4:stop]
-
-    def read(self, readinto: Callable[[memoryview], int]) -> Iterator[memoryview]:
-        """The part bodies of the stream ``readinto`` reads, up to the close delimiter or the end."""
-        while not self.done and self.fill(readinto):
-            yield from self.parts()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add ``data``; return the bodies of the parts completed by it."""
-        return [bytes(part) for part in self.read(io.BytesIO(data).readinto)]
-
-    def close(self) -> None:
-        """Check that the body ended with the close delimiter."""
-        if not self.done:
-            raise PacsError("the PACS answer ended before the multipart close delimiter; the series is "
-                            "incomplete (connection dropped?) - retry")
-
-
-def _split_multipart(body: bytes, content_type: str) -> list[pydicom.Dataset]:
-    """The DICOM parts of a complete ``multipart/related`` body, parsed."""
-    splitter = _MultipartSplitter(content_type)
-    datasets = [parse_part(part) for part in splitter.read(io.BytesIO(body).readinto)]
-    splitter.close()
-    return datasets
-
-
-# ---- parsing a DICOM part -------------------------------------------------------------------------
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-_UNDEFINED = 0xFFFFFFFF
-_FAST_SYNTAXES = {ExplicitVRLittleEndian: False, ImplicitVRLittleEndian: True}
-_TRANSFER_SYNTAX = BaseTag(0x00020010)
-
-
-def parse_part(data: bytes | memoryview) -> pydicom.Dataset:
-    """A DICOM Part 10 byte string as a :class:`pydicom.FileDataset` (what ``dcmread`` returns).
-
-    Explicit and implicit VR little endian with defined lengths at the top level (what a PACS
-    stores for uncompressed images) are read here in one pass, each value copied once out of
-    ``data`` and kept raw, converted by pydicom on first access as ``dcmread`` does; anything else
-    goes to ``dcmread``.
-    """
-    view = memoryview(data)
-    try:
-        ds = _fast_parse(view)
-    except (struct.error, ValueError, IndexError):
-        ds = None
-    return ds if ds is not None else pydicom.dcmread(io.BytesIO(view.tobytes()))
-
-
-_EXPLICIT_HEADER = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length
-_IMPLICIT_HEADER = struct.Struct("<HHI")  # group, element, 32-bit length
-_LONG_LENGTH = struct.Struct("<I")
-_VR_NAMES: dict[bytes, str] = {}
-#: The same few hundred tags recur in every instance: one BaseTag object each.
-_TAGS: dict[int, BaseTag] = {}
-_RAW_FIELDS_KNOWN = RawDataElement._fields == ("tag", "VR", "length", "value", "value_tell", "is_implicit_VR",
-                                               "is_little_endian", "is_raw", "is_buffered")
-
-
-def _read_elements(data: memoryview, pos: int, end: int, implicit: bool, group: int | None
-                   ) -> tuple[dict[BaseTag, RawDataElement], int] | None:
-    elements: dict[BaseTag, RawDataElement] = {}
-    header = _IMPLICIT_HEADER.unpack_from if implicit else _EXPLICIT_HEADER.unpack_from
-    long_length = _LONG_LENGTH.unpack_from
-    tags, vr_names = _TAGS, _VR_NAMES
-    new_raw, fast_raw = tuple.__new__, _RAW_FIELDS_KNOWN  # the NamedTuple's own __new__ is a Python-level call
-    while pos + 8 <= end:
-        if implicit:
-            grp, elem, length = header(data, pos)
-            if group is not None and grp != group:
-                break
-            vr = None
-            value_at = pos + 8
-        else:
-            grp, elem, vr_bytes, length = header(data, pos)
-            if group is not None and grp != group:
-                break
-            if vr_bytes in _LONG_VRS:
-                length = long_length(data, pos + 8)[0]
-                value_at = pos + 12
-            else:
-                value_at = pos + 8
-            vr = vr_names.get(vr_bytes)
-            if vr is None:
-                vr = vr_names.setdefault(vr_bytes, vr_bytes.decode("ascii"))
-        if length == _UNDEFINED or value_at + length > end:
-            return None  # sequences / encapsulated data of undefined length: leave it to dcmread
-        key = grp << 16 | elem
-        tag = tags.get(key)
-        if tag is None:
-            tag = tags.setdefault(key, BaseTag(key)) if len(tags) < 65536 else BaseTag(key)
-        pos = value_at + length
-        value = data[value_at:pos].tobytes()
-        elements[tag] = (new_raw(RawDataElement, (tag, vr, length, value, value_at, implicit, True, True, False))
-                         if fast_raw else RawDataElement(tag, vr, length, value, value_at, implicit, True))
-    return elements, pos
-
-
-def _fast_parse(data: memoryview) -> pydicom.Dataset | None:
-    if len(data) < 144 or data[128:132] != b"DICM":
-        return None
-    read = _read_elements(data, 132, len(data), False, 0x0002)
-    if read is None:
-        return None
-    meta_elements, pos = read
-    syntax = meta_elements.get(_TRANSFER_SYNTAX)
-    syntax = syntax.value.decode("ascii", "replace").strip("\0 ") if syntax is not None else ""
-    if syntax not in _FAST_SYNTAXES:
-        return None
-    meta = FileMetaDataset(meta_elements)
-    implicit = _FAST_SYNTAXES[syntax]
-    read = _read_elements(data, pos, len(data), implicit, None)
-    if read is None or read[1] != len(data):
-        return None
-    elements = read[0]
-    dataset = pydicom.Dataset(elements)
-    charset = elements.get(BaseTag(0x00080005))
-    encoding = convert_encodings(convert_raw_data_element(charset).value) if charset is not None else \
-        default_encoding
-    ds = FileDataset(None, dataset, data[:128].tobytes(), meta, implicit, True)
-    ds.set_original_encoding(implicit, True, encoding)
-    return ds
-
-
 def retrieve_instance(client: DICOMClient, study_uid: str, series_uid: str, sop_uid: str) -> pydicom.Dataset:
     """One instance by WADO-RS, in the stored transfer syntax."""
     with _pacs_errors(client, f"retrieve instance {sop_uid}"):
         return client.retrieve_instance(study_uid, series_uid, sop_uid, media_types=ORIGINAL_SYNTAX)
+
+
+def retrieve_metadata(client: DICOMClient, study_uid: str, series_uid: str,
+                      sop_uid: str | None = None) -> list[dict]:
+    """WADO-RS metadata (DICOM JSON) of one instance, or of every instance of the series when ``sop_uid`` is None."""
+    with _pacs_errors(client, f"retrieve metadata of {'instance ' + sop_uid if sop_uid else 'series ' + series_uid}"):
+        if sop_uid:
+            return [client.retrieve_instance_metadata(study_uid, series_uid, sop_uid)]
+        return list(client.retrieve_series_metadata(study_uid, series_uid))
 
 
 # ---- store (STOW-RS) --------------------------------------------------------------------------------
@@ -514,7 +323,7 @@ def ensure_file_meta(ds: pydicom.Dataset) -> pydicom.Dataset:
     """
     for keyword in ("SOPClassUID", "SOPInstanceUID"):
         if keyword not in ds:
-            raise PacsError(f"cannot store a dataset without {keyword}; set it before storing")
+            raise PacsError(f"cannot store a dataset without {keyword}; set it before storing", "protocol")
     # A plain Dataset over the same elements: copy.copy of a highdicom object would dump its frame
     # index (an SQLite database, usable only in the thread that built it) on every store.
     out = pydicom.Dataset(dict(ds.items()))

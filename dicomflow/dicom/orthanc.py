@@ -17,18 +17,10 @@ from typing import Any
 import requests
 
 from dicomflow.credentials import PacsConnection
-from dicomflow.errors import DicomflowError
+from dicomflow.dicom.errors import PacsError
 
 ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
 TIMEOUT = (5, 30)
-
-
-class OrthancLookupError(DicomflowError):
-    """An Orthanc ID cannot be resolved; ``not_found`` tells a missing object from an unreachable PACS."""
-
-    def __init__(self, message: str, *, not_found: bool) -> None:
-        super().__init__(message)
-        self.not_found = not_found
 
 
 def orthanc_id(*parts: str) -> str:
@@ -75,27 +67,32 @@ class OrthancRest:
         self.session.auth = conn.auth
         self.session.headers["Accept-Encoding"] = "identity"
 
-    def _get(self, path: str) -> dict[str, Any] | None:
-        try:
-            resp = self.session.get(f"{self.root}{path}", timeout=TIMEOUT)
-        except requests.RequestException as exc:
-            raise OrthancLookupError(f"PACS at {self.root} is unreachable ({type(exc).__name__}); "
-                                     "check DICOMFLOW_PACS_URL and that Orthanc runs", not_found=False) from None
-        if resp.status_code == 404:
-            return None
+    def _answer(self, resp: requests.Response, what: str) -> None:
+        """:class:`PacsError` for an error answer (404 is the caller's to read)."""
         if resp.status_code in (401, 403):
-            raise OrthancLookupError(f"PACS at {self.root} refused the credentials (HTTP {resp.status_code}); "
-                                     "check the PACS secret", not_found=False)
-        if resp.status_code >= 400:
-            raise OrthancLookupError(f"PACS at {self.root} answered HTTP {resp.status_code} to {path}",
-                                     not_found=False)
-        return resp.json()
+            raise PacsError(f"PACS at {self.root} refused the credentials (HTTP {resp.status_code}) to {what}; "
+                            "check the PACS secret", "unauthorized" if resp.status_code == 401 else "forbidden",
+                            resp.status_code)
+        if resp.status_code >= 400 and resp.status_code != 404:
+            raise PacsError(f"PACS at {self.root} answered HTTP {resp.status_code} to {what}",
+                            "unavailable" if resp.status_code in (502, 503, 504) else "refused", resp.status_code)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        try:
+            return self.session.request(method, f"{self.root}{path}", **kwargs)
+        except requests.RequestException as exc:
+            raise PacsError(f"PACS at {self.root} is unreachable ({type(exc).__name__}); "
+                            "check DICOMFLOW_PACS_URL and that Orthanc runs", "unreachable") from None
+
+    def _get(self, path: str) -> dict[str, Any] | None:
+        resp = self._request("GET", path, timeout=TIMEOUT)
+        self._answer(resp, path)
+        return None if resp.status_code == 404 else resp.json()
 
     def resolve(self, resource_id: str) -> ResolvedObject:
-        """UIDs of an Orthanc instance or series ID; :class:`OrthancLookupError` if neither."""
+        """UIDs of an Orthanc instance or series ID; :class:`PacsError` (``not-found``) if neither."""
         if not is_orthanc_id(resource_id):
-            raise OrthancLookupError(f"{resource_id!r} is not an Orthanc ID (5 groups of 8 hex digits)",
-                                     not_found=True)
+            raise PacsError(f"{resource_id!r} is not an Orthanc ID (5 groups of 8 hex digits)", "not-found")
         sop_uid = None
         level = "series"
         instance = self._get(f"/instances/{resource_id}")
@@ -106,11 +103,10 @@ class OrthancRest:
         else:
             series = self._get(f"/series/{resource_id}")
             if series is None:
-                raise OrthancLookupError(f"no instance or series with Orthanc ID {resource_id} in the PACS",
-                                         not_found=True)
+                raise PacsError(f"no instance or series with Orthanc ID {resource_id} in the PACS", "not-found")
         study = self._get(f"/studies/{series['ParentStudy']}") if series else None
         if series is None or study is None:
-            raise OrthancLookupError(f"Orthanc ID {resource_id} vanished while being resolved", not_found=True)
+            raise PacsError(f"Orthanc ID {resource_id} vanished while being resolved", "not-found")
         return ResolvedObject(
             level=level,
             study_uid=study["MainDicomTags"]["StudyInstanceUID"],
@@ -126,28 +122,19 @@ class OrthancRest:
         One request and no DICOM file reads for indexed tags: ~30x faster than Orthanc's QIDO-RS.
         """
         body = {"Level": level, "Query": dict(query), "Expand": False}
-        try:
-            resp = self.session.post(f"{self.root}/tools/find", json=body, timeout=(5, 300))
-        except requests.RequestException as exc:
-            raise OrthancLookupError(f"PACS at {self.root} is unreachable ({type(exc).__name__}); "
-                                     "check DICOMFLOW_PACS_URL and that Orthanc runs", not_found=False) from None
-        if resp.status_code in (401, 403):
-            raise OrthancLookupError(f"PACS at {self.root} refused the credentials (HTTP {resp.status_code})",
-                                     not_found=False)
+        resp = self._request("POST", "/tools/find", json=body, timeout=(5, 300))
         if resp.status_code == 404:
-            raise OrthancLookupError(f"{self.root} has no Orthanc REST API (/tools/find); "
-                                     "use QIDO instead (--via qido)", not_found=False)
-        if resp.status_code >= 400:
-            raise OrthancLookupError(f"Orthanc refused the query (HTTP {resp.status_code}); check the keywords "
-                                     "and values", not_found=False)
+            raise PacsError(f"{self.root} has no Orthanc REST API (/tools/find); use QIDO instead (--via qido)",
+                            "not-found", 404)
+        if resp.status_code == 400:
+            raise PacsError("Orthanc refused the query (HTTP 400); check the keywords and values", "refused", 400)
+        self._answer(resp, "/tools/find")
         return [str(i) for i in resp.json()]
 
     def lookup(self, uid: str) -> list[dict[str, Any]]:
         """Orthanc's ``POST /tools/lookup``: resources carrying ``uid`` (``[{"ID","Type","Path"}]``)."""
-        try:
-            resp = self.session.post(f"{self.root}/tools/lookup", data=uid, timeout=TIMEOUT)
-            resp.raise_for_status()
-        except requests.RequestException as exc:
-            raise OrthancLookupError(f"PACS lookup at {self.root} failed ({type(exc).__name__})",
-                                     not_found=False) from None
+        resp = self._request("POST", "/tools/lookup", data=uid, timeout=TIMEOUT)
+        self._answer(resp, "/tools/lookup")
+        if resp.status_code == 404:
+            raise PacsError(f"PACS lookup at {self.root} failed (HTTP 404)", "not-found", 404)
         return resp.json()

@@ -35,11 +35,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import requests
+from dicomweb_client.protocol import DICOMClient
 
-from dicomflow.dicom import geometry
+from dicomflow.dicom import dicomweb, geometry
 from dicomflow.dicom import json as dj
 from dicomflow.dicom.elements import NON_IMAGE_MODALITIES
+from dicomflow.dicom.errors import PacsError
 from dicomflow.dicom.orthanc import ResolvedObject
 from dicomflow.groundtruth import signing
 from dicomflow.groundtruth.labels import label_set_from_env
@@ -79,37 +80,26 @@ def _number(raw: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def _exists(client: Any, ref: ObjectRef) -> bool:
-    from dicomflow.dicom import dicomweb
-
+def _exists(client: DICOMClient, ref: ObjectRef) -> bool:
     filters = {"SOPInstanceUID": ref.sop_uid} if ref.sop_uid else {}
     return bool(dicomweb.search_instances(client, ref.study_uid, ref.series_uid, limit=1, **filters))
 
 
-def fetch_metadata(client: Any, ref: ObjectRef) -> list[dict[str, Any]]:
-    """WADO-RS metadata of the instance, or of every instance of the series."""
-    from dicomflow.dicom import dicomweb
+def fetch_metadata(client: DICOMClient, ref: ObjectRef) -> list[dict[str, Any]]:
+    """WADO-RS metadata of the instance, or of every instance of the series; image objects only.
 
+    PACS failures become :class:`LabelingTaskError`: ``not-found`` when the object is not there (a
+    PACS that answers otherwise is asked by a search), ``unavailable`` when the PACS cannot say.
+    """
     what = f"{ref.level} {ref.sop_uid or ref.series_uid}"
     try:
         try:
-            if ref.sop_uid:
-                meta = [client.retrieve_instance_metadata(ref.study_uid, ref.series_uid, ref.sop_uid)]
-            else:
-                meta = list(client.retrieve_series_metadata(ref.study_uid, ref.series_uid))
-        except requests.HTTPError as exc:
-            status = exc.response.status_code if exc.response is not None else None
-            if status in (401, 403):
-                raise LabelingTaskError("unavailable", f"the PACS refused the credentials (HTTP {status}); "
-                                                       "check the PACS secret") from None
-            if status == 404 or not _exists(client, ref):
+            meta = dicomweb.retrieve_metadata(client, ref.study_uid, ref.series_uid, ref.sop_uid)
+        except PacsError as exc:
+            if exc.not_found or (exc.kind == "refused" and not _exists(client, ref)):
                 raise LabelingTaskError("not-found", f"{what} is not on the PACS") from None
-            raise LabelingTaskError("unavailable", f"the PACS failed to return metadata of {what} "
-                                                   f"(HTTP {status})") from None
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.RetryError) as exc:
-            raise LabelingTaskError("unavailable", f"PACS unreachable ({type(exc).__name__}); check "
-                                                   "DICOMFLOW_PACS_URL and that the PACS runs") from None
-    except dicomweb.PacsError as exc:  # raised by the existence check
+            raise
+    except PacsError as exc:
         raise LabelingTaskError("unavailable", str(exc)) from None
     meta = [m for m in meta if isinstance(m, Mapping)]
     if not meta:
@@ -181,11 +171,9 @@ def window_hint(meta: Mapping[str, Any], pixels: Callable[[], Any] | None = None
     return _window((a + b) / 2, b - a, "bits")
 
 
-def _pixel_loader(client: Any, ref: ObjectRef, sop_uid: str) -> Callable[[], Any]:
+def _pixel_loader(client: DICOMClient, ref: ObjectRef, sop_uid: str) -> Callable[[], Any]:
     def load() -> Any:
         from pydicom.pixels import apply_modality_lut
-
-        from dicomflow.dicom import dicomweb
 
         ds = dicomweb.retrieve_instance(client, ref.study_uid, ref.series_uid, sop_uid)
         return apply_modality_lut(ds.pixel_array, ds)
@@ -194,7 +182,7 @@ def _pixel_loader(client: Any, ref: ObjectRef, sop_uid: str) -> Callable[[], Any
 
 
 # ---- the task input --------------------------------------------------------------------------------
-def build_task_input(client: Any, ref: ObjectRef, settings: TaskSettings, now: float | None = None) -> dict:
+def build_task_input(client: DICOMClient, ref: ObjectRef, settings: TaskSettings, now: float | None = None) -> dict:
     """The ``taskInput`` for one object (see the module docstring)."""
     meta = fetch_metadata(client, ref)
     order, positions = order_instances(meta)
@@ -238,7 +226,7 @@ def build_task_input(client: Any, ref: ObjectRef, settings: TaskSettings, now: f
     }
 
 
-def pre_label(event: Mapping[str, Any], client: Any, resolver: Callable[[str], ResolvedObject] | None,
+def pre_label(event: Mapping[str, Any], client: DICOMClient, resolver: Callable[[str], ResolvedObject] | None,
               settings: TaskSettings, now: float | None = None) -> dict[str, Any]:
     """GT pre-annotation: event -> ``{"taskInput": .., "isHumanAnnotationRequired": "true"}``."""
     ref = resolve(event_source(event), resolver)

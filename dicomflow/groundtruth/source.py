@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dicomflow import safejson
-from dicomflow.dicom.orthanc import OrthancLookupError, ResolvedObject, is_orthanc_id
+from dicomflow.dicom.errors import PacsError
+from dicomflow.dicom.orthanc import ResolvedObject, is_orthanc_id
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 
@@ -99,6 +100,6 @@ def resolve(source: Any, resolver: Callable[[str], ResolvedObject] | None) -> Ob
         raise LabelingTaskError("invalid", "source is an Orthanc ID but no Orthanc REST access is configured")
     try:
         found = resolver(parsed)
-    except OrthancLookupError as exc:
+    except PacsError as exc:
         raise LabelingTaskError("not-found" if exc.not_found else "unavailable", str(exc)) from None
     return ObjectRef(found.study_uid, found.series_uid, found.sop_uid, object_id=parsed)

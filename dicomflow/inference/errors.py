@@ -7,6 +7,7 @@ process, the SageMaker PyTorch serving image and the tests agree on codes and me
 
 from __future__ import annotations
 
+from dicomflow.dicom.errors import PacsError
 from dicomflow.errors import DicomflowError
 
 
@@ -72,7 +73,7 @@ class PacsAuthError(InferenceError):
     code = "PacsAuthError"
 
 
-class PacsError(InferenceError):
+class PacsFailed(InferenceError):
     """The PACS answered with an unexpected error."""
 
     status = 502
@@ -116,28 +117,14 @@ def error_body(exc: BaseException) -> dict:
     return {"error": code, "message": message, "status": status}
 
 
-def from_pacs_error(exc: BaseException, what: str = "the request") -> InferenceError:
-    """A DICOMweb-layer failure as an :class:`InferenceError` with the right status.
-
-    The DICOMweb layer raises one ``PacsError`` type; the underlying requests error (kept as
-    ``__context__``) tells unreachable (503) from refused credentials (502) and not found (404).
-    """
-    import requests
-
-    inner = exc.__cause__ or exc.__context__
+def from_pacs_error(exc: PacsError, what: str = "the request") -> InferenceError:
+    """A PACS failure (:class:`dicomflow.dicom.errors.PacsError`) as the request's answer, by its kind."""
     message = str(exc)
-    if isinstance(inner, requests.HTTPError) and inner.response is not None:
-        status = inner.response.status_code
-        if status in (401, 403):
-            return PacsAuthError(f"PACS rejected the credentials ({status}) for {what}; check the secret named "
-                                 "by dicomweb.auth.secretArn (or DICOMFLOW_PACS_USERNAME/PASSWORD)")
-        if status == 404:
-            return StudyNotFound(message)
-        if status in (502, 503, 504):  # a gateway or a PACS that is starting or overloaded
-            return PacsUnavailable(message)
-        return PacsError(message)
-    if isinstance(inner, requests.exceptions.RetryError):
+    if exc.kind in ("unauthorized", "forbidden"):
+        return PacsAuthError(f"PACS rejected the credentials ({exc.status}) for {what}; check the secret named by "
+                             "dicomweb.auth.secretArn (or DICOMFLOW_PACS_USERNAME/PASSWORD)")
+    if exc.kind == "not-found":
+        return StudyNotFound(message)
+    if exc.transient:
         return PacsUnavailable(message)
-    if isinstance(inner, requests.ConnectionError | requests.Timeout):
-        return PacsUnavailable(message)
-    return PacsError(message)
+    return PacsFailed(message)

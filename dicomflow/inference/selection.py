@@ -300,7 +300,7 @@ def choose_series(client: DICOMClient, study_uid: str, series_uid: str | None, t
     ORIGINAL over DERIVED); a series with too few instances is listed in full (multi-frame instances
     count their frames). When nothing fits, the whole study is listed to say why; a PACS that reports
     no instance counts gets the full instance-level search. Every retrieved instance is checked again
-    afterwards (:func:`check_retrieved`). Raises :class:`dicomflow.dicom.dicomweb.PacsError` for PACS
+    afterwards (:func:`check_retrieved`). Raises :class:`dicomflow.dicom.errors.PacsError` for PACS
     failures and the selection errors of :func:`select_candidate`.
     """
     allowed = allowed_modalities(task, modalities)

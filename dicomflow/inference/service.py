@@ -24,6 +24,7 @@ from dicomweb_client.protocol import DICOMClient
 from dicomflow import aws
 from dicomflow.credentials import PacsNotAllowed, pacs_connection
 from dicomflow.dicom import dicomweb
+from dicomflow.dicom.errors import PacsError
 from dicomflow.dicom.geometry import GeometryError
 from dicomflow.dicom.volume import NotAnImageError, load_image
 from dicomflow.inference import findings as F
@@ -72,7 +73,7 @@ def _in_background(client: DICOMClient, fn: Callable[..., Any], *args: Any) -> F
 def _pacs(what: str) -> Iterator[None]:
     try:
         yield
-    except dicomweb.PacsError as exc:
+    except PacsError as exc:
         raise from_pacs_error(exc, what) from exc
 
 

@@ -16,7 +16,7 @@ from dicomflow.credentials import PacsConnection
 from dicomflow.demo import seed as seeding
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
-from dicomflow.dicom.dicomweb import PacsError
+from dicomflow.dicom.errors import PacsError
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from dicomweb_client import DICOMfileClient
 
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import synthetic
-from dicomflow.dicom import dicomweb
+from dicomflow.dicom import _multipart, dicomweb
 from dicomflow.dicom import json as dj
-from dicomflow.dicom.dicomweb import PacsError
+from dicomflow.dicom.errors import PacsError
 from dicomflow.emulator.cloud.service import free_port
 
 # dicomweb-client encodes with a pydicom 3 deprecated argument; not ours to fix
@@ -195,8 +195,8 @@ def test_multipart_split_round_trip() -> None:
     boundary = "b0undary-1234"
     body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + _part10(im.dataset)
                     + b"\r\n" for im in images) + b"--" + boundary.encode() + b"--\r\n"
-    got = dicomweb._split_multipart(body, f'multipart/related; type="application/dicom"; boundary={boundary}')
+    got = _multipart.split_multipart(body, f'multipart/related; type="application/dicom"; boundary={boundary}')
     assert [ds.SOPInstanceUID for ds in got] == [im.dataset.SOPInstanceUID for im in images]
     assert [ds.PixelData for ds in got] == [im.dataset.PixelData for im in images]
     with pytest.raises(PacsError, match="not multipart/related"):
-        dicomweb._split_multipart(b"<html>", "text/html")
+        _multipart.split_multipart(b"<html>", "text/html")

@@ -14,7 +14,9 @@ from pydicom.data import get_testdata_file
 
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import synthetic
+from dicomflow.dicom import _multipart as multipart
 from dicomflow.dicom import dicomweb
+from dicomflow.dicom.errors import PacsError
 
 
 def _part10(ds: pydicom.Dataset, implicit: bool = False) -> bytes:
@@ -39,7 +41,7 @@ def test_fast_reader_matches_dcmread_on_synthetic_images(implicit: bool) -> None
     chest = synthetic.chest_radiographs(1, seed=3, size=32)[0]
     for ds in [*series.datasets, chest.dataset]:
         data = _part10(ds, implicit)
-        fast = dicomweb._fast_parse(memoryview(data))
+        fast = multipart._fast_parse(memoryview(data))
         assert fast is not None
         ref = pydicom.dcmread(io.BytesIO(data))
         _same(fast, ref)
@@ -52,10 +54,10 @@ def test_fast_reader_matches_dcmread_on_synthetic_images(implicit: bool) -> None
 def test_parse_part_reads_any_file_like_dcmread(name: str) -> None:
     data = open(get_testdata_file(name), "rb").read()  # noqa: SIM115 - tiny test file
     ref = pydicom.dcmread(io.BytesIO(data))
-    _same(dicomweb.parse_part(data), ref)
+    _same(multipart.parse_part(data), ref)
 
 
-def _multipart(parts: list[bytes], boundary: str) -> bytes:
+def _body(parts: list[bytes], boundary: str) -> bytes:
     return b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
                     for p in parts) + b"--" + boundary.encode() + b"--\r\n"
 
@@ -63,22 +65,22 @@ def _multipart(parts: list[bytes], boundary: str) -> bytes:
 def test_splitter_gives_the_same_parts_for_any_chunking() -> None:
     parts = [_part10(ds) for ds in synthetic.hippocampus_series(1, seed=4, shape=(8, 8, 8))[0].datasets]
     boundary = "b0undary-42"
-    body = _multipart(parts, boundary)
+    body = _body(parts, boundary)
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
     # a 64-byte receive buffer has to compact and to grow to hold each part
     for size, buffer_size in ((1, 1 << 20), (7, 64), (100, 1 << 20), (4096, 64), (len(body), 64)):
-        splitter = dicomweb._MultipartSplitter(ctype, buffer_size=buffer_size)
+        splitter = multipart.MultipartSplitter(ctype, buffer_size=buffer_size)
         got = []
         for i in range(0, len(body), size):
             got += splitter.feed(body[i:i + size])
         splitter.close()
         assert got == parts, (size, buffer_size)
-    truncated = dicomweb._MultipartSplitter(ctype)
+    truncated = multipart.MultipartSplitter(ctype)
     truncated.feed(body[: len(body) // 2])
-    with pytest.raises(dicomweb.PacsError, match="incomplete"):
+    with pytest.raises(PacsError, match="incomplete"):
         truncated.close()
-    with pytest.raises(dicomweb.PacsError, match="not multipart/related"):
-        dicomweb._MultipartSplitter("application/dicom")
+    with pytest.raises(PacsError, match="not multipart/related"):
+        multipart.MultipartSplitter("application/dicom")
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ def multipart_server(request):
     """An HTTP server answering every GET with one multipart body, framed as ``request.param`` says."""
     mode = request.param
     series = synthetic.hippocampus_series(1, seed=5, shape=(8, 8, 8))[0]
-    body = _multipart([_part10(ds) for ds in series.datasets], "bnd-7")
+    body = _body([_part10(ds) for ds in series.datasets], "bnd-7")
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -142,5 +144,5 @@ def test_http_retrieval_parses_any_framing(multipart_server) -> None:
 def test_http_retrieval_of_a_truncated_body_is_a_clear_error(multipart_server) -> None:
     url, series = multipart_server
     client = dicomweb.connect(PacsConnection(url, "user", "pw"), retries=0)
-    with pytest.raises(dicomweb.PacsError, match="incomplete"):
+    with pytest.raises(PacsError, match="incomplete"):
         dicomweb.retrieve_series(client, series.study_uid, series.series_uid)

@@ -10,7 +10,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from dicomflow.dicom.orthanc import OrthancLookupError, ResolvedObject
+from dicomflow.dicom.errors import PacsError
+from dicomflow.dicom.orthanc import ResolvedObject
 from dicomflow.groundtruth import consolidation
 from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
 
@@ -102,7 +103,7 @@ def test_handler_bad_events(s3_env, event, message):
 def test_orthanc_source_resolved_with_patient():
     def resolver(oid: str) -> ResolvedObject:
         if oid != OID:
-            raise OrthancLookupError("no such", not_found=True)
+            raise PacsError("no such", "not-found")
         return ResolvedObject("instance", "1.2.3", "1.2.3.4", "1.2.3.4.5", "PAT-1")
 
     response = consolidation.consolidation_response(

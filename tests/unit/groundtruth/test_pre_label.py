@@ -13,7 +13,8 @@ from dicomweb_client import DICOMfileClient
 
 from dicomflow.demo import synthetic
 from dicomflow.dicom import geometry
-from dicomflow.dicom.orthanc import OrthancLookupError, ResolvedObject, instance_id, series_id
+from dicomflow.dicom.errors import PacsError
+from dicomflow.dicom.orthanc import ResolvedObject, instance_id, series_id
 from dicomflow.emulator.cloud.service import free_port
 from dicomflow.groundtruth import pre_label, signing
 from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
@@ -37,7 +38,7 @@ class IndexResolver:
 
     def __call__(self, resource_id: str) -> ResolvedObject:
         if resource_id not in self.index:
-            raise OrthancLookupError(f"no instance or series with Orthanc ID {resource_id}", not_found=True)
+            raise PacsError(f"no instance or series with Orthanc ID {resource_id}", "not-found")
         return self.index[resource_id]
 
 

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import requests
 
 from dicomflow.config import ConfigError
-from dicomflow.dicom.dicomweb import PacsError as LayerPacsError
+from dicomflow.dicom.errors import PacsError
 from dicomflow.inference import errors as E
 
 
@@ -18,7 +17,7 @@ from dicomflow.inference import errors as E
     (E.NoUsableSeries("x"), 422, "NoUsableSeries"),
     (E.UnusableSeries("x"), 422, "UnusableSeries"),
     (E.PacsAuthError("x"), 502, "PacsAuthError"),
-    (E.PacsError("x"), 502, "PacsError"),
+    (E.PacsFailed("x"), 502, "PacsError"),
     (E.PacsUnavailable("x"), 503, "PacsUnavailable"),
     (E.ModelNotLoaded("x"), 503, "ModelNotLoaded"),
     (ConfigError("no secret"), 400, "ConfigError"),
@@ -30,27 +29,20 @@ def test_status_and_body(exc: Exception, status: int, code: str) -> None:
     assert body["status"] == status and body["error"] == code and body["message"]
 
 
-def _layer_error(inner: BaseException) -> LayerPacsError:
-    try:
-        try:
-            raise inner
-        except BaseException:
-            raise LayerPacsError("layer message") from None
-    except LayerPacsError as exc:
-        return exc
+@pytest.mark.parametrize(("kind", "status", "answer"), [
+    ("unauthorized", 401, E.PacsAuthError), ("forbidden", 403, E.PacsAuthError), ("not-found", 404, E.StudyNotFound),
+    ("refused", 500, E.PacsFailed), ("unavailable", 503, E.PacsUnavailable), ("unreachable", None, E.PacsUnavailable),
+    ("protocol", None, E.PacsFailed),
+])
+def test_pacs_errors_map_by_their_kind(kind: str, status: int | None, answer: type) -> None:
+    mapped = E.from_pacs_error(PacsError("layer message", kind, status))
+    assert type(mapped) is answer
+    if answer is E.PacsAuthError:
+        assert "PACS rejected the credentials" in str(mapped)
+    else:
+        assert str(mapped) == "layer message"
 
 
-def _http_error(status: int) -> requests.HTTPError:
-    resp = requests.Response()
-    resp.status_code = status
-    return requests.HTTPError(response=resp)
-
-
-def test_pacs_layer_errors_map_by_their_cause() -> None:
-    auth = E.from_pacs_error(_layer_error(_http_error(401)))
-    assert isinstance(auth, E.PacsAuthError) and "PACS rejected the credentials" in str(auth)
-    assert isinstance(E.from_pacs_error(_layer_error(_http_error(403))), E.PacsAuthError)
-    assert isinstance(E.from_pacs_error(_layer_error(_http_error(404))), E.StudyNotFound)
-    assert isinstance(E.from_pacs_error(_layer_error(_http_error(500))), E.PacsError)
-    assert isinstance(E.from_pacs_error(_layer_error(requests.ConnectionError("refused"))), E.PacsUnavailable)
-    assert isinstance(E.from_pacs_error(_layer_error(ValueError("odd"))), E.PacsError)
+def test_an_unknown_kind_is_a_programming_error() -> None:
+    with pytest.raises(ValueError, match="unknown PACS error kind"):
+        PacsError("x", "odd")
