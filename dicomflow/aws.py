@@ -1,4 +1,4 @@
-"""boto3 access that honours the standard AWS configuration.
+"""boto3 access that honours the standard AWS configuration, and S3 objects by URI.
 
 ``AWS_ENDPOINT_URL`` (and the per-service ``AWS_ENDPOINT_URL_<SERVICE>``), ``AWS_PROFILE``,
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION`` and the credential chain are read by boto3 itself;
@@ -15,6 +15,9 @@ from urllib.parse import urlparse
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from dicomflow.errors import DicomflowError
 
 DEFAULT_REGION = "us-east-1"
 
@@ -55,3 +58,92 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
 
 def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
+
+
+# ---- S3 objects by URI: the one place that reads, writes and asks for them ----------------------------
+_MISSING = ("404", "NoSuchKey", "NotFound", "NoSuchBucket")
+
+
+class S3Error(DicomflowError):
+    """An S3 object could not be read or written; the message names the URI, the error and the fix."""
+
+
+def is_missing(exc: ClientError) -> bool:
+    """True when an S3 ``ClientError`` says the object (or its bucket) does not exist."""
+    return exc.response.get("Error", {}).get("Code") in _MISSING
+
+
+def _object(uri: str) -> tuple[str, str]:
+    try:
+        bucket, key = parse_s3_uri(uri)
+    except ValueError as exc:
+        raise S3Error(str(exc)) from None
+    if not key or key.endswith("/"):
+        raise S3Error(f"{uri} names a folder; give an object key such as s3://bucket/prefix/object")
+    return bucket, key
+
+
+def _failed(verb: str, uri: str, exc: Exception) -> S3Error:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "error")
+        hint = "check the bucket exists and you may write it" if verb == "write" else "check the URI"
+        return S3Error(f"cannot {verb} {uri}: {code}; {hint}")
+    return S3Error(f"cannot {verb} {uri}: S3 does not answer ({exc}); for the local cloud run `dicomflow up`")
+
+
+def read_bytes(uri: str, s3: Any = None) -> bytes | None:
+    """The bytes of the object at ``uri``, or None if it does not exist; other failures are :class:`S3Error`."""
+    bucket, key = _object(uri)
+    try:
+        return (s3 or client("s3")).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if is_missing(exc):
+            return None
+        raise _failed("read", uri, exc) from None
+    except BotoCoreError as exc:
+        raise _failed("read", uri, exc) from None
+
+
+def read(uri: str, s3: Any = None) -> bytes:
+    """The bytes of the object at ``uri``; a missing object is an :class:`S3Error` too."""
+    data = read_bytes(uri, s3)
+    if data is None:
+        raise S3Error(f"cannot read {uri}: NoSuchKey; check the URI")
+    return data
+
+
+def write(uri: str, body: bytes, content_type: str = "application/octet-stream", s3: Any = None,
+          **extra: Any) -> None:
+    """One PUT of ``body`` to ``uri`` (``extra``: e.g. ``ServerSideEncryption``); failures are :class:`S3Error`."""
+    bucket, key = _object(uri)
+    try:
+        (s3 or client("s3")).put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **extra)
+    except (ClientError, BotoCoreError) as exc:
+        raise _failed("write", uri, exc) from None
+
+
+def exists(uri: str, s3: Any = None) -> bool:
+    """True if the object at ``uri`` exists (a HEAD request); failures other than "missing" are :class:`S3Error`."""
+    bucket, key = _object(uri)
+    try:
+        (s3 or client("s3")).head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if is_missing(exc):
+            return False
+        raise _failed("read", uri, exc) from None
+    except BotoCoreError as exc:
+        raise _failed("read", uri, exc) from None
+
+
+def bucket_exists(bucket: str, s3: Any = None) -> bool:
+    """True if ``bucket`` exists and may be used; other failures are :class:`S3Error`."""
+    try:
+        (s3 or client("s3")).head_bucket(Bucket=bucket)
+        return True
+    except ClientError as exc:
+        if is_missing(exc):
+            return False
+        raise _failed("use bucket", s3_uri(bucket, ""), exc) from None
+    except BotoCoreError as exc:
+        raise _failed("use bucket", s3_uri(bucket, ""), exc) from None

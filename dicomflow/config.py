@@ -1,11 +1,13 @@
-"""Settings in one place: CLI flags > ``DICOMFLOW_*`` environment > state file > defaults.
+"""Settings in one place.
 
-The state file (``<data_dir>/state.json``) records what ``dicomflow up`` started (ports,
-URLs), so later commands, tests, lambdas and containers running locally find the same
-services without repeating flags.
+* :class:`Settings` - the local cloud (data dir, ports): CLI flags > ``DICOMFLOW_*`` environment >
+  the state file > defaults. The state file (``<data_dir>/state.json``) records what ``dicomflow up``
+  started, so later commands, tests, lambdas and containers running locally find the same services.
+* :class:`Runtime` - what code running in a Lambda, a container, the training job or the emulator is
+  configured with: every other ``DICOMFLOW_*`` variable, typed and checked in :data:`VARIABLES`, read by
+  :func:`runtime` at the moment of use. A bad value is a :class:`ConfigError` naming the variable.
 
-Lambdas and containers import :func:`pacs_settings_from_env` and friends; nothing here
-starts a process.
+Nothing here starts a process.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dicomflow import paths
 from dicomflow.errors import DicomflowError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -74,9 +78,7 @@ class Settings:
     @classmethod
     def load(cls, data_dir: str | Path | None = None, **flags: Any) -> Settings:
         """Resolve settings: ``flags`` (None = unset) > env > state file > defaults."""
-        if data_dir is None:
-            data_dir = os.environ.get(f"{ENV_PREFIX}HOME") or Path.home() / ".dicomflow"
-        data_dir = Path(data_dir).expanduser().absolute()
+        data_dir = paths.data_dir(data_dir)
         values: dict[str, Any] = {}
         state = read_state(data_dir)
         for f in fields(cls):
@@ -102,6 +104,131 @@ class Settings:
         d = asdict(self)
         d["data_dir"] = str(self.data_dir)
         return d
+
+
+# ---- runtime settings ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Variable:
+    """One ``DICOMFLOW_*`` runtime variable: its field, type (``str``, ``list``, ``json``, ``int``, ``float``,
+    ``bool`` or a tuple of choices), default, bounds and what it is for."""
+
+    field: str
+    env: str
+    kind: Any = "str"
+    default: Any = None
+    low: float | None = None
+    high: float | None = None
+    high_inclusive: bool = True
+    secret: bool = False
+    doc: str = ""
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("pacs_url", "DICOMFLOW_PACS_URL", doc="DICOMweb root of the configured PACS"),
+    Variable("pacs_username", "DICOMFLOW_PACS_USERNAME", doc="PACS user (without a secret)"),
+    Variable("pacs_password", "DICOMFLOW_PACS_PASSWORD", secret=True, doc="PACS password (without a secret)"),
+    Variable("pacs_secret_arn", "DICOMFLOW_PACS_SECRET_ARN", doc="Secrets Manager secret with the PACS credentials"),
+    Variable("allowed_pacs", "DICOMFLOW_ALLOWED_PACS", "list", (), doc="further DICOMweb roots a request may name"),
+    Variable("allowed_pacs_secrets", "DICOMFLOW_ALLOWED_PACS_SECRETS", "list", (),
+             doc="further secret ARNs a request may name"),
+    Variable("pacs_retry_seconds", "DICOMFLOW_PACS_RETRY_SECONDS", "float", 15.0, 0, 3600,
+             doc="how long a request rides out an unavailable PACS"),
+    Variable("gateway_url", "DICOMFLOW_GATEWAY_URL", doc="the WADO gateway workers' browsers reach"),
+    Variable("signing_secret_arn", "DICOMFLOW_SIGNING_SECRET_ARN", doc="secret holding the URL signing key"),
+    Variable("signing_key", "DICOMFLOW_SIGNING_KEY", secret=True, doc="the URL signing key itself (local use)"),
+    Variable("url_ttl_seconds", "DICOMFLOW_URL_TTL_SECONDS", "int", 3600, 1, 7 * 24 * 3600,
+             doc="lifetime of a signed WADO URL"),
+    Variable("labels", "DICOMFLOW_LABELS", "json", None, doc="the label set, a JSON list of class names"),
+    Variable("vote_threshold", "DICOMFLOW_VOTE_THRESHOLD", "float", 0.5, 0, 1, high_inclusive=False,
+             doc="share of workers above which a class is present"),
+    Variable("output_s3_uri", "DICOMFLOW_OUTPUT_S3_URI",
+             doc="where the endpoint writes files it makes (occlusion PNG)"),
+    Variable("http_header_seconds", "DICOMFLOW_HTTP_HEADER_SECONDS", "float", 10.0, 0.001, 3600,
+             doc="time a client has to send a request head"),
+    Variable("http_body_seconds", "DICOMFLOW_HTTP_BODY_SECONDS", "float", 30.0, 0.001, 3600,
+             doc="time a client has to send a request body"),
+    Variable("log_level", "DICOMFLOW_LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO",
+             doc="log level of the serving container and the training job"),
+    Variable("sagemaker_role", "DICOMFLOW_SAGEMAKER_ROLE", doc="SageMaker execution role for training jobs"),
+    Variable("sagemaker_mode", "DICOMFLOW_SAGEMAKER_MODE", ("auto", "host", "docker"), "auto",
+             doc="how local mode runs containers: host processes, Docker, or host when Docker is absent"),
+    Variable("local_images", "DICOMFLOW_LOCAL_IMAGES",
+             doc="container image -> host command map of the emulator, JSON (over images.json)"),
+    Variable("endpoint_start_timeout", "DICOMFLOW_ENDPOINT_START_TIMEOUT", "float", 120.0, 1, 3600,
+             doc="seconds the emulator waits for a serving process to answer /ping"),
+    Variable("install_requirements", "DICOMFLOW_INSTALL_REQUIREMENTS", "bool", False,
+             doc="local mode installs a source_dir's requirements.txt (1) instead of checking it"),
+)
+
+
+def _parse(var: Variable, raw: str) -> Any:
+    kind = var.kind
+    if isinstance(kind, tuple):
+        value = raw.upper() if all(c.isupper() for c in kind) else raw.lower()
+        if value not in kind:
+            raise ConfigError(f"{var.env}={raw!r} must be one of {', '.join(kind)}; fix or unset it")
+        return value
+    if kind == "str":
+        return raw
+    if kind == "list":
+        return tuple(item for item in (p.strip() for p in raw.replace(",", " ").split()) if item)
+    if kind == "json":
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{var.env} is not JSON; fix it or unset it") from None
+    if kind == "bool":
+        if raw.lower() not in ("0", "1", "true", "false", "yes", "no"):
+            raise ConfigError(f"{var.env}={raw!r} must be 1 or 0")
+        return raw.lower() in ("1", "true", "yes")
+    try:
+        value = int(raw) if kind == "int" else float(raw)
+    except ValueError:
+        value = float("nan")
+    too_high = value > var.high if var.high_inclusive else value >= var.high
+    if not (value >= var.low and not too_high):  # also false for NaN
+        what = "a whole number" if kind == "int" else "a number"
+        upper = f"{var.high:g} ({'inclusive' if var.high_inclusive else 'exclusive'})"
+        raise ConfigError(f"{var.env}={raw!r} must be {what} from {var.low:g} to {upper}; fix or unset it")
+    return value
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The runtime settings (see :data:`VARIABLES` for each one's variable, type and default)."""
+
+    pacs_url: str | None
+    pacs_username: str | None
+    pacs_password: str | None = field(repr=False)
+    pacs_secret_arn: str | None
+    allowed_pacs: tuple[str, ...]
+    allowed_pacs_secrets: tuple[str, ...]
+    pacs_retry_seconds: float
+    gateway_url: str | None
+    signing_secret_arn: str | None
+    signing_key: str | None = field(repr=False)
+    url_ttl_seconds: int
+    labels: Any
+    vote_threshold: float
+    output_s3_uri: str | None
+    http_header_seconds: float
+    http_body_seconds: float
+    log_level: str
+    sagemaker_role: str | None
+    sagemaker_mode: str
+    local_images: str | None
+    endpoint_start_timeout: float
+    install_requirements: bool
+
+
+def runtime(env: Mapping[str, str] | None = None) -> Runtime:
+    """The runtime settings from ``env`` (default: the process environment), typed and checked now."""
+    env = os.environ if env is None else env
+    values = {}
+    for var in VARIABLES:
+        raw = (env.get(var.env) or "").strip()
+        values[var.field] = _parse(var, raw) if raw else var.default
+    return Runtime(**values)
 
 
 def _coerce(name: str, raw: str, typ: type) -> Any:

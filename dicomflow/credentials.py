@@ -23,14 +23,13 @@ network call. Credentials are never logged: :class:`PacsConnection` hides them f
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from dicomflow import aws
-from dicomflow.config import ConfigError, Settings, read_secret_file
+from dicomflow.config import ConfigError, Settings, read_secret_file, runtime
 
 ORTHANC_SECRET_FILE = "orthanc.json"  # noqa: S105 - a file name, not a secret
 ALLOWED_PACS_ENV = "DICOMFLOW_ALLOWED_PACS"
@@ -109,14 +108,10 @@ def _under(target: str, root: str) -> bool:
     return target == root or target.startswith(root + "/")
 
 
-def _env_list(name: str) -> list[str]:
-    return [item.strip() for item in re.split(r"[,\s]+", os.environ.get(name, "")) if item.strip()]
-
-
 def allowed_roots() -> list[str]:
     """The normalised roots of ``DICOMFLOW_ALLOWED_PACS`` (a bad entry is a clear ConfigError)."""
     roots = []
-    for entry in _env_list(ALLOWED_PACS_ENV):
+    for entry in runtime().allowed_pacs:
         try:
             roots.append(normalize_url(entry))
         except ValueError as exc:
@@ -141,7 +136,7 @@ def secret_from_secrets_manager(secret_arn: str) -> dict:
 
 
 def _check_secret(secret_arn: str, configured: str | None) -> None:
-    allowed = [s for s in [configured, *_env_list(ALLOWED_SECRETS_ENV)] if s]
+    allowed = [s for s in [configured, *runtime().allowed_pacs_secrets] if s]
     if secret_arn in allowed:
         return
     shown = ", ".join(allowed) if allowed else "none"
@@ -174,7 +169,8 @@ def _local_url() -> str | None:
 
 
 def _resolve_credentials(secret_arn: str | None) -> _Credentials:
-    env_url = os.environ.get("DICOMFLOW_PACS_URL") or None
+    settings = runtime()
+    env_url = settings.pacs_url
     configured_url = env_url or _local_url()
     configured = _normalized(configured_url, "DICOMFLOW_PACS_URL" if env_url else "the local state file")
     if secret_arn:
@@ -184,7 +180,7 @@ def _resolve_credentials(secret_arn: str | None) -> _Credentials:
         bound = tuple(u for u in (own, _normalized(env_url, "DICOMFLOW_PACS_URL") if own else configured) if u)
         return _Credentials(secret.get("username"), secret.get("password"), bound,
                             env_url or secret_url or configured_url)
-    username, password = os.environ.get("DICOMFLOW_PACS_USERNAME"), os.environ.get("DICOMFLOW_PACS_PASSWORD")
+    username, password = settings.pacs_username, settings.pacs_password
     if username is not None:
         return _Credentials(username, password, (configured,) if configured else (), configured_url)
     local = Settings.load().secrets_dir / ORTHANC_SECRET_FILE
@@ -202,7 +198,7 @@ def pacs_connection(url: str | None = None, secret_arn: str | None = None) -> Pa
     checked against the configuration before anything is read or sent, and
     :class:`PacsNotAllowed` says what is allowed and how to allow more.
     """
-    configured_secret = os.environ.get("DICOMFLOW_PACS_SECRET_ARN") or None
+    configured_secret = runtime().pacs_secret_arn
     if secret_arn:
         _check_secret(secret_arn, configured_secret)
     named = None

@@ -9,6 +9,15 @@ from pathlib import Path
 
 #: The checkout this package runs from (``labeling_ui/``, ``lambdas/``, ``training_job/`` ... beside it).
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The variable that names the local cloud's data dir, and the data dir when it is unset.
+DATA_DIR_ENV = "DICOMFLOW_HOME"
+DEFAULT_DATA_DIR = "~/.dicomflow"
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """The local cloud's data dir: ``explicit``, else ``$DICOMFLOW_HOME``, else ``~/.dicomflow`` (absolute)."""
+    chosen = explicit or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+    return Path(chosen).expanduser().absolute()
 
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import socket
 import threading
@@ -34,6 +33,8 @@ import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from dicomflow.config import runtime
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,10 @@ class Limits:
 
     @classmethod
     def from_env(cls, **defaults: Any) -> Limits:
-        """``defaults`` with the timeouts from ``DICOMFLOW_HTTP_HEADER_SECONDS`` / ``DICOMFLOW_HTTP_BODY_SECONDS``."""
-        values = dict(defaults)
-        for field, env in (("header_seconds", "DICOMFLOW_HTTP_HEADER_SECONDS"),
-                           ("body_seconds", "DICOMFLOW_HTTP_BODY_SECONDS")):
-            raw = os.environ.get(env, "").strip()
-            if raw:
-                try:
-                    value = float(raw)
-                except ValueError:
-                    value = -1.0
-                if not 0 < value <= 3600:
-                    raise ValueError(f"{env}={raw!r} must be a number of seconds from 0 to 3600")
-                values[field] = value
-        return cls(**values)
+        """``defaults`` with the head and body timeouts of the runtime settings (``DICOMFLOW_HTTP_*_SECONDS``)."""
+        settings = runtime()
+        return cls(**{"header_seconds": settings.http_header_seconds, "body_seconds": settings.http_body_seconds,
+                      **defaults})
 
 
 class HTTPProblem(Exception):

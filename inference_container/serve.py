@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomflow import webserver
+from dicomflow.config import ConfigError, runtime
 from dicomflow.inference.errors import ModelNotLoaded, PayloadTooLarge, error_body, http_status
 from dicomflow.inference.request import MAX_INLINE_BYTES
 from inference_container import inference
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("SAGEMAKER_BIND_TO_PORT", "8080")))
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "/opt/ml/model"))
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("DICOMFLOW_LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=runtime().log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.command != "serve":
         parser.error(f"unknown command {args.command!r}; the container only knows 'serve'")
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         limits = webserver.Limits.from_env(max_body=MAX_INLINE_BYTES)
-    except ValueError as exc:
+    except ConfigError as exc:
         log.error("%s", exc)
         return 2
     holder = ModelHolder(args.model_dir)

@@ -12,7 +12,7 @@ import click
 from dicomflow import aws
 from dicomflow.cli.common import console, json_option, print_json
 from dicomflow.modeling.networks import TASKS
-from dicomflow.training.launch import TrainError, parse_hps, train_job
+from dicomflow.training.launch import TrainError, parse_hps, sdk_logs_to_stderr, train_job
 
 
 @click.command("train")
@@ -39,6 +39,7 @@ def train(task: str, data: str, instance_type: str, instance_count: int, hp_pair
     except ValueError as exc:
         raise TrainError(f"--data: {exc}") from None
     session = None
+    sdk_logs_to_stderr()  # stdout is for the result (and --json) alone
     if instance_type.startswith("local"):
         from dicomflow.emulator.sagemaker_sdk import sagemaker_session
 

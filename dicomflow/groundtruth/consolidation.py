@@ -29,7 +29,6 @@ Per-slice labels are voted per slice with the same rule.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -37,12 +36,12 @@ from statistics import median
 from typing import Any
 
 from dicomflow import safejson
+from dicomflow.config import runtime
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth.source import LabelingTaskError, ObjectRef, parse_source
 
 THRESHOLD_ENV = "DICOMFLOW_VOTE_THRESHOLD"
-DEFAULT_THRESHOLD = 0.5
 IOU_THRESHOLD = 0.5
 VOTE_RULE = "present if share of workers > threshold; share == threshold is a tie: absent, listed in ties"
 _ANSWER_KEYS = ("labels", "rois", "sliceLabels")
@@ -64,10 +63,6 @@ class ConsolidationError(DicomflowError):
     """The consolidation event or payload as a whole is malformed."""
 
 
-class ThresholdError(DicomflowError):
-    """The vote threshold is not a number in [0, 1)."""
-
-
 @dataclass
 class WorkerAnswer:
     """One worker's validated answer."""
@@ -82,17 +77,7 @@ class WorkerAnswer:
 
 def vote_threshold(env: Mapping[str, str] | None = None) -> float:
     """The threshold from ``DICOMFLOW_VOTE_THRESHOLD`` (default 0.5), checked to be in [0, 1)."""
-    env = os.environ if env is None else env
-    raw = env.get(THRESHOLD_ENV, "").strip()
-    if not raw:
-        return DEFAULT_THRESHOLD
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value < 1.0:
-        raise ThresholdError(f"{THRESHOLD_ENV}={raw!r} must be a number from 0 (inclusive) to 1 (exclusive)")
-    return value
+    return runtime(env).vote_threshold
 
 
 # ---- parsing -------------------------------------------------------------------------------

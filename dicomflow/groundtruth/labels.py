@@ -7,11 +7,10 @@ config (``{"document-version": "2018-11-28", "labels": [{"label": ..}, ..]}``).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from dicomflow.config import runtime
 from dicomflow.errors import DicomflowError
 
 #: The 14 CheXpert observations, in the order of the CheXpert label files.
@@ -65,16 +64,9 @@ def validate_label_set(labels: Any, *, where: str = "label set") -> list[str]:
 
 def label_set_from_env(env: Mapping[str, str] | None = None) -> list[str]:
     """The label set from ``DICOMFLOW_LABELS`` (JSON list), else the 14 CheXpert classes."""
-    env = os.environ if env is None else env
-    raw = env.get(LABELS_ENV, "").strip()
-    if not raw:
+    value = runtime(env).labels
+    if value is None:
         return list(CHEXPERT_CLASSES)
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        raise LabelSetError(
-            f"{LABELS_ENV} is not JSON; set it to a JSON list such as '[\"Edema\", \"Fracture\"]' or unset it"
-        ) from None
     return validate_label_set(value, where=LABELS_ENV)
 
 

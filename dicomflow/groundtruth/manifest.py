@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from dicomflow import safejson
+from dicomflow import aws, safejson
 from dicomflow.dicom import json as dj
 from dicomflow.errors import DicomflowError
 
@@ -88,15 +88,8 @@ def output_line(input_obj: Mapping[str, Any], label_attribute: str, content: Map
     }
 
 
-def _s3() -> Any:
-    from dicomflow import aws
-
-    return aws.client("s3")
-
-
 def check_object_uri(uri: str) -> tuple[str, str]:
-    from dicomflow import aws
-
+    """``(bucket, key)`` of an S3 object URI, or :class:`ManifestError` saying how to write one."""
     try:
         bucket, key = aws.parse_s3_uri(uri)
     except ValueError as exc:
@@ -110,48 +103,20 @@ def write_jsonl_s3(uri: str, lines: Iterable[Mapping[str, Any]], s3: Any = None)
     """Upload ``lines`` as one JSON Lines object (one request, all or nothing); returns the line count."""
     check_object_uri(uri)  # fail on a bad URI before building the body
     body = dumps_jsonl(lines)
-    put_object(uri, body, s3=s3, content_type="application/jsonl")
+    aws.write(uri, body, "application/jsonl", s3=s3)
     return body.count(b"\n")
-
-
-def put_object(uri: str, body: bytes, s3: Any = None, content_type: str = "application/json") -> None:
-    """One ``put_object``; S3 errors become a :class:`ManifestError` naming the URI."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = check_object_uri(uri)
-    s3 = s3 or _s3()
-    try:
-        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "error")
-        raise ManifestError(f"cannot write {uri}: {code}; check the bucket exists and you may write it") from None
-    except BotoCoreError as exc:
-        raise ManifestError(f"cannot write {uri}: {exc}") from None
-
-
-def get_object(uri: str, s3: Any = None) -> bytes:
-    """The bytes of an S3 object; a missing one is a :class:`ManifestError`."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, key = check_object_uri(uri)
-    s3 = s3 or _s3()
-    try:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "error")
-        raise ManifestError(f"cannot read {uri}: {code}") from None
-    except BotoCoreError as exc:
-        raise ManifestError(f"cannot read {uri}: {exc}") from None
 
 
 def read_jsonl_s3(uri: str, s3: Any = None) -> list[dict[str, Any]]:
     """Read a JSON Lines object from S3."""
-    return loads_jsonl(get_object(uri, s3=s3), where=uri)
+    check_object_uri(uri)
+    return loads_jsonl(aws.read(uri, s3=s3), where=uri)
 
 
 def read_json_s3(uri: str, s3: Any = None) -> Any:
     """Read one JSON document from S3 (e.g. GT's consolidation payload)."""
-    body = get_object(uri, s3=s3)
+    check_object_uri(uri)
+    body = aws.read(uri, s3=s3)
     try:
         return safejson.loads(body, uri)
     except safejson.JsonDepthError as exc:

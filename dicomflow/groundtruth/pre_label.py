@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any
 
 from dicomweb_client.protocol import DICOMClient
 
+from dicomflow.config import runtime
 from dicomflow.dicom import dicomweb, geometry
 from dicomflow.dicom import json as dj
 from dicomflow.dicom.elements import NON_IMAGE_MODALITIES
@@ -62,7 +62,7 @@ class TaskSettings:
 
     @classmethod
     def from_env(cls, labeling_job_arn: str) -> TaskSettings:
-        gateway = os.environ.get(GATEWAY_ENV, "").strip()
+        gateway = (runtime().gateway_url or "").strip()
         if not gateway:
             raise LabelingTaskError("invalid", f"{GATEWAY_ENV} is not set; set it to the WADO gateway URL "
                                                "workers reach (e.g. https://label.example.org/wado)")

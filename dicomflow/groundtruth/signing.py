@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 import time
@@ -28,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote
 
+from dicomflow.config import ConfigError, runtime
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 
@@ -53,7 +53,7 @@ class SignatureError(DicomflowError):
         self.reason = reason
 
 
-class SigningKeyError(DicomflowError):
+class SigningKeyError(ConfigError):
     """No usable signing key is configured."""
 
 
@@ -79,18 +79,8 @@ def job_scope(labeling_job_arn: str) -> str:
 
 
 def url_ttl_seconds(env: Mapping[str, str] | None = None) -> int:
-    """URL lifetime from ``DICOMFLOW_URL_TTL_SECONDS`` (default 3600), checked to be 1..7 days."""
-    env = os.environ if env is None else env
-    raw = env.get(TTL_ENV, "").strip()
-    if not raw:
-        return DEFAULT_TTL_SECONDS
-    try:
-        ttl = int(raw)
-    except ValueError:
-        ttl = 0
-    if not 0 < ttl <= MAX_TTL_SECONDS:
-        raise SigningKeyError(f"{TTL_ENV}={raw!r} must be a whole number of seconds from 1 to {MAX_TTL_SECONDS}")
-    return ttl
+    """URL lifetime from ``DICOMFLOW_URL_TTL_SECONDS`` (default 3600), checked to be 1 s .. 7 days."""
+    return runtime(env).url_ttl_seconds
 
 
 def generate_key() -> str:
@@ -110,7 +100,8 @@ def signing_key(secret_arn: str | None = None) -> bytes:
 
     Secrets are cached for a few minutes per process (warm Lambdas), so rotation takes effect soon.
     """
-    secret_arn = secret_arn or os.environ.get(SIGNING_SECRET_ENV)
+    settings = runtime()
+    secret_arn = secret_arn or settings.signing_secret_arn
     if secret_arn:
         cached = _KEY_CACHE.get(secret_arn)
         if cached and time.monotonic() - cached[0] < _KEY_CACHE_SECONDS:
@@ -118,9 +109,8 @@ def signing_key(secret_arn: str | None = None) -> bytes:
         key = _key_from_secret(secret_arn)
         _KEY_CACHE[secret_arn] = (time.monotonic(), key)
         return key
-    env_key = os.environ.get(SIGNING_KEY_ENV)
-    if env_key:
-        return _coerce_key(env_key)
+    if settings.signing_key:
+        return _coerce_key(settings.signing_key)
     raise SigningKeyError(
         f"no URL signing key: set {SIGNING_SECRET_ENV} (Secrets Manager) or {SIGNING_KEY_ENV}"
     )

@@ -98,18 +98,16 @@ def upload_labeling_config(outputs: Mapping[str, str], labels: Iterable[str] = C
             ctype = "text/javascript" if f.suffix in (".js", ".mjs") else (
                 "application/wasm" if f.suffix == ".wasm" else mimetypes.guess_type(f.name)[0]
                 or "application/octet-stream")
-            s3.put_object(Bucket=bucket, Key=prefix + f.relative_to(viewer_dir).as_posix(), Body=f.read_bytes(),
-                          ContentType=ctype, ServerSideEncryption="AES256")
+            aws.write(aws.s3_uri(bucket, prefix + f.relative_to(viewer_dir).as_posix()), f.read_bytes(), ctype,
+                      s3=s3, ServerSideEncryption="AES256")
         uploaded.viewer_uri, uploaded.viewer_files = base, len(files)
         if viewer_base_url is None and outputs.get("GatewayUrl"):
             viewer_base_url = viewer_base_from_gateway(outputs["GatewayUrl"])
     uploaded.viewer_base_url = viewer_base_url
-    bucket, key = aws.parse_s3_uri(ui_uri)
-    s3.put_object(Bucket=bucket, Key=key, Body=worker_template_for(template_path.read_text(), viewer_base_url)
-                  .encode(), ContentType="text/html", ServerSideEncryption="AES256")
-    bucket, key = aws.parse_s3_uri(categories_uri)
-    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(categories).encode(),
-                  ContentType="application/json", ServerSideEncryption="AES256")
+    aws.write(ui_uri, worker_template_for(template_path.read_text(), viewer_base_url).encode(), "text/html", s3=s3,
+              ServerSideEncryption="AES256")
+    aws.write(categories_uri, json.dumps(categories).encode(), "application/json", s3=s3,
+              ServerSideEncryption="AES256")
     return uploaded
 
 

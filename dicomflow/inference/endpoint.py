@@ -89,11 +89,9 @@ def deploy(endpoint: str, model_data: str, *, asynchronous: bool = True, image: 
         raise EndpointError(f"--model: {exc}") from None
     if max_concurrency < 1:
         raise EndpointError("--max-concurrency must be at least 1")
-    s3, sm = aws.client("s3"), aws.client("sagemaker")
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        raise EndpointError(f"model artifact {model_data} not found; train a model first or check the URI") from exc
+    sm = aws.client("sagemaker")
+    if not aws.exists(model_data):
+        raise EndpointError(f"model artifact {model_data} not found; train a model first or check the URI")
     suffix = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:4]
     model_name = f"{endpoint}-{suffix}"[:63]
     config_name = f"{endpoint}-cfg-{suffix}"[:63]
@@ -188,8 +186,7 @@ def invoke_async(endpoint: str, body: dict, config: dict | None = None) -> Async
     bucket, prefix = aws.parse_s3_uri(out)
     base = prefix.rsplit("/", 1)[0] if "/" in prefix else prefix
     key = f"{base}/input/{uuid.uuid4().hex}.json".lstrip("/")
-    aws.client("s3").put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(),
-                                ContentType="application/json")
+    aws.write(aws.s3_uri(bucket, key), json.dumps(body).encode(), "application/json")
     runtime = aws.client("sagemaker-runtime")
     invoked_at = time.time()
     try:
@@ -215,25 +212,15 @@ def with_queue_time(inv: AsyncInvocation, result: dict) -> dict:
     return result
 
 
-def _read(uri: str) -> bytes | None:
-    bucket, key = aws.parse_s3_uri(uri)
-    try:
-        return aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-            return None
-        raise
-
-
 def wait_result(inv: AsyncInvocation, timeout_s: float = 900, interval: float = 0.5) -> tuple[bool, bytes]:
     """Poll OutputLocation / FailureLocation: ``(True, response)`` or ``(False, failure body)``."""
     deadline = time.monotonic() + timeout_s
     while True:
-        data = _read(inv.output_location)
+        data = aws.read_bytes(inv.output_location)
         if data is not None:
             return True, data
         if inv.failure_location:
-            data = _read(inv.failure_location)
+            data = aws.read_bytes(inv.failure_location)
             if data is not None:
                 return False, data
         if time.monotonic() > deadline:

@@ -7,7 +7,6 @@ from many threads at once: each request keeps its state in local variables, neve
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,13 +21,14 @@ from dicomweb_client import DICOMwebClient
 from dicomweb_client.protocol import DICOMClient
 
 from dicomflow import aws
+from dicomflow.config import runtime
 from dicomflow.credentials import PacsNotAllowed, pacs_connection
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom.errors import PacsError
 from dicomflow.dicom.geometry import GeometryError
 from dicomflow.dicom.volume import NotAnImageError, load_image
 from dicomflow.inference import findings as F
-from dicomflow.inference.endpoint import OUTPUT_S3_ENV, PACS_RETRY_ENV
+from dicomflow.inference.endpoint import OUTPUT_S3_ENV
 from dicomflow.inference.errors import (
     BadRequest,
     PacsRefused,
@@ -46,10 +46,6 @@ from dicomflow.modeling.networks import use_onednn_conv3d
 
 log = logging.getLogger(__name__)
 
-#: How long a request keeps retrying an unreachable or restarting PACS (503, refused connections)
-#: before it fails with PacsUnavailable (env PACS_RETRY_ENV). ``dicomflow deploy`` sets 15 s for async
-#: endpoints, 4 s for real-time ones (whose callers wait); unset means 15 s.
-DEFAULT_PACS_RETRY_SECONDS = 15.0
 
 
 #: Worker threads for PACS calls that overlap a request's own work (the SEG's STOW while the SR is built).
@@ -75,22 +71,6 @@ def _pacs(what: str) -> Iterator[None]:
         yield
     except PacsError as exc:
         raise from_pacs_error(exc, what) from exc
-
-
-def pacs_retry_seconds() -> float:
-    """The PACS retry budget from ``DICOMFLOW_PACS_RETRY_SECONDS`` (a bad value is a clear error)."""
-    raw = os.environ.get(PACS_RETRY_ENV, "").strip()
-    if not raw:
-        return DEFAULT_PACS_RETRY_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 3600:
-        from dicomflow.config import ConfigError
-
-        raise ConfigError(f"{PACS_RETRY_ENV}={raw!r} must be a number of seconds from 0 to 3600")
-    return value
 
 
 def _retrying(deadline: float, what: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -146,7 +126,7 @@ class InferenceService:
             return None
         if self.task == "segmentation3d":
             raise BadRequest("output 'occlusion' is for classifiers; this endpoint serves segmentation3d")
-        prefix = request.output_s3_uri or os.environ.get(OUTPUT_S3_ENV)
+        prefix = request.output_s3_uri or runtime().output_s3_uri
         if not prefix:
             raise BadRequest(f"output 'occlusion' needs 'outputS3Uri' in the request (or {OUTPUT_S3_ENV} on the "
                              "endpoint) to say where the PNG goes")
@@ -161,7 +141,7 @@ class InferenceService:
         """
         timer = StageTimer()
         occlusion_prefix = self._check_outputs(request)
-        deadline = time.monotonic() + pacs_retry_seconds()
+        deadline = time.monotonic() + runtime().pacs_retry_seconds
         if client is None:
             try:
                 conn = pacs_connection(request.dicomweb_url, request.secret_arn)
@@ -271,5 +251,5 @@ class InferenceService:
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         key = f"{key_prefix}occlusion/{request.study_uid}/{uuid.uuid4().hex}.png"
-        aws.client("s3").put_object(Bucket=bucket, Key=key, Body=png, ContentType="image/png")
+        aws.write(aws.s3_uri(bucket, key), png, "image/png")
         return {"label": top["label"], "s3Uri": aws.s3_uri(bucket, key), "shape": list(np.shape(image))}

@@ -15,13 +15,12 @@ Orthanc's credentials), and only when it differs from what is stored.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomflow import aws
-from dicomflow.config import Settings
+from dicomflow.config import Settings, runtime
 from dicomflow.credentials import pacs_connection
 from dicomflow.errors import DicomflowError
 from dicomflow.infra import package, stack
@@ -85,8 +84,8 @@ def _set_pacs_secret(outputs: Mapping[str, str]) -> str:
     arn, url = outputs.get("PacsSecretArn"), outputs.get("PacsDicomwebUrl", "")
     if not arn:
         return "stack has no PacsSecretArn output; PACS secret not set"
-    username = os.environ.get("DICOMFLOW_PACS_USERNAME")
-    password = os.environ.get("DICOMFLOW_PACS_PASSWORD")
+    settings = runtime()
+    username, password = settings.pacs_username, settings.pacs_password
     source = "DICOMFLOW_PACS_USERNAME/PASSWORD"
     if not (username and password) and aws.is_emulated():
         try:

@@ -286,11 +286,10 @@ def ensure_deploy_bucket(bucket: str) -> bool:
     """Create the deploy bucket (SSE, public access blocked, TLS-only) if missing; True if created."""
     s3 = aws.client("s3")
     try:
-        s3.head_bucket(Bucket=bucket)
-        return False
-    except s3.exceptions.ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-            raise InfraError(f"cannot use deploy bucket {bucket}: {exc}") from exc
+        if aws.bucket_exists(bucket, s3):
+            return False
+    except aws.S3Error as exc:
+        raise InfraError(f"cannot use deploy bucket {bucket}: {exc}") from exc
     region = aws.region()
     kwargs: dict[str, Any] = {"Bucket": bucket}
     if region != "us-east-1":
@@ -315,13 +314,10 @@ def tls_only_policy(bucket: str) -> str:
 
 def upload(pkg: BuiltPackage, bucket: str) -> BuiltPackage:
     """Put the zip at ``lambdas/<name>/<sha256>.zip`` unless that key already exists (same hash, same bytes)."""
-    s3 = aws.client("s3")
     key = f"lambdas/{pkg.name}/{pkg.sha256[:32]}.zip"
-    try:
-        s3.head_object(Bucket=bucket, Key=key)
-    except s3.exceptions.ClientError:
-        s3.put_object(Bucket=bucket, Key=key, Body=pkg.data, ContentType="application/zip",
-                      ServerSideEncryption="AES256")
+    uri = aws.s3_uri(bucket, key)
+    if not aws.exists(uri):
+        aws.write(uri, pkg.data, "application/zip", ServerSideEncryption="AES256")
     pkg.bucket, pkg.key = bucket, key
     return pkg
 

@@ -1,8 +1,6 @@
-"""Training manifest (``manifest.jsonl`` + ``classes.json`` in a channel) -> datasets.
+"""A training channel (:mod:`dicomflow.training.channel`) -> datasets.
 
-A manifest line is ``{"id", "patient", "images": [paths], "labels": [names]}`` (classification) or
-``{"id", "patient", "images": [paths], "label": path}`` (segmentation); paths are relative to the
-channel root. Lines whose files are missing, unreadable or not images (e.g. a DICOM SR) are skipped
+Lines whose files are missing, unreadable or not images (e.g. a DICOM SR) are skipped
 with a warning and counted in :class:`ManifestScan.skipped`.
 """
 
@@ -24,10 +22,9 @@ from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd, Trans
 from dicomflow.dicom import volume
 from dicomflow.errors import DicomflowError
 from dicomflow.modeling.preprocess import Preprocess
+from dicomflow.training.channel import CLASSES, MANIFEST
 
 log = logging.getLogger("dicomflow.training")
-MANIFEST_FILE = "manifest.jsonl"
-CLASSES_FILE = "classes.json"
 
 
 class DatasetError(DicomflowError):
@@ -84,14 +81,14 @@ def _check_image(path: Path) -> str | None:
 def scan_manifest(channel: str | Path, task: str) -> ManifestScan:
     """Read and check the manifest of a channel folder (headers only; pixels are decoded later)."""
     channel = Path(channel)
-    manifest = channel / MANIFEST_FILE
+    manifest = channel / MANIFEST
     if not manifest.is_file():
         found = sorted(p.name for p in channel.iterdir())[:10] if channel.is_dir() else []
         raise DatasetError(
-            f"no {MANIFEST_FILE} in the training channel (found: {found or 'nothing'}); "
+            f"no {MANIFEST} in the training channel (found: {found or 'nothing'}); "
             "create it with `dicomflow dataset export`")
     raw = manifest.read_bytes()
-    classes_path = channel / CLASSES_FILE
+    classes_path = channel / CLASSES
     classes: list[str] = json.loads(classes_path.read_text()) if classes_path.is_file() else []
     segmentation = task == "segmentation3d"
     items: list[Item] = []
@@ -141,7 +138,7 @@ def scan_manifest(channel: str | Path, task: str) -> ManifestScan:
     if not segmentation:
         unknown = sorted({n for it in items for n in it.labels} - set(classes))  # type: ignore[arg-type]
         if unknown:
-            raise DatasetError(f"labels {unknown} are not in {CLASSES_FILE}; add them or fix the manifest")
+            raise DatasetError(f"labels {unknown} are not in {CLASSES}; add them or fix the manifest")
         for it in items:
             names = set(it.labels)  # type: ignore[arg-type]
             it.labels = [1.0 if c in names else 0.0 for c in classes]

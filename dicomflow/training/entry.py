@@ -7,12 +7,12 @@ Exit status 0 on success; on failure the reason goes to ``<SM_OUTPUT_DIR or /opt
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+from dicomflow.config import runtime
 from dicomflow.errors import DicomflowError
 from dicomflow.training.environment import failure_path, from_env
 from dicomflow.training.hyperparameters import HyperparameterError, parse
@@ -31,7 +31,7 @@ def _write_failure(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse hyperparameters and the environment, train, write the artifact; returns the exit status."""
-    logging.basicConfig(level=os.environ.get("DICOMFLOW_LOG_LEVEL", "INFO"),
+    logging.basicConfig(level=runtime().log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     argv = sys.argv[1:] if argv is None else list(argv)
     import dicomflow

@@ -3,7 +3,7 @@
 For every labeled line the DICOM objects are fetched from the PACS over DICOMweb (one instance for
 an image, one multipart request for a series) and put under ``<to>/images/<study>/<series>/<sop>.dcm``;
 segmentation label volumes come from the seeder sidecar's NIfTI files (``<to>/labels/<series>.nii.gz``).
-``<to>/manifest.jsonl`` and ``<to>/classes.json`` follow the training manifest contract. Objects
+``<to>/manifest.jsonl`` and ``<to>/classes.json`` follow the channel layout (:mod:`.channel`). Objects
 already in S3 are not fetched again (``head_object``), so a re-run only stages what is missing.
 Patient IDs are replaced by a one-way hash (``patient``) - the channel holds no PatientID in clear.
 """
@@ -29,6 +29,7 @@ from dicomflow.dicom import json as dj
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
 from dicomflow.modeling.networks import TASKS
+from dicomflow.training.channel import CLASSES, MANIFEST
 
 log = logging.getLogger("dicomflow.training.export")
 SEGMENTATION_CLASSES = ["anterior", "posterior"]
@@ -104,19 +105,14 @@ class _Stager:
             self._local.client = self.client_factory()
         return self._local.client
 
-    def _exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
+    def _uri(self, key: str) -> str:
+        return aws.s3_uri(self.bucket, self.prefix + key)
 
-        try:
-            self.s3.head_object(Bucket=self.bucket, Key=self.prefix + key)
-            return True
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+    def _exists(self, key: str) -> bool:
+        return aws.exists(self._uri(key), s3=self.s3)
 
     def _put(self, key: str, body: bytes, content_type: str) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=body, ContentType=content_type)
+        aws.write(self._uri(key), body, content_type, s3=self.s3)
         with self._lock:
             self.staged += 1
 
@@ -241,9 +237,8 @@ def export_dataset(manifest_uri: str, to_uri: str, *, client_factory: Callable[[
         raise ExportError(f"no line could be exported ({result.failures[0] if result.failures else 'unknown'})")
     out_lines.sort()
     body = "".join(json.dumps(line) + "\n" for _, line in out_lines).encode()
-    s3.put_object(Bucket=bucket, Key=prefix + "manifest.jsonl", Body=body, ContentType="application/jsonl")
-    s3.put_object(Bucket=bucket, Key=prefix + "classes.json", Body=json.dumps(class_names).encode(),
-                  ContentType="application/json")
+    aws.write(aws.s3_uri(bucket, prefix + MANIFEST), body, "application/jsonl", s3=s3)
+    aws.write(aws.s3_uri(bucket, prefix + CLASSES), json.dumps(class_names).encode(), "application/json", s3=s3)
     result.staged_objects, result.existing_objects = stager.staged, stager.existing
-    result.manifest_uri = aws.s3_uri(bucket, prefix + "manifest.jsonl")
+    result.manifest_uri = aws.s3_uri(bucket, prefix + MANIFEST)
     return result

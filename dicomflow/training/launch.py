@@ -11,16 +11,17 @@ import contextlib
 import io
 import json
 import logging
-import os
 import sys
 import tarfile
 from typing import Any
 
 from dicomflow import aws
+from dicomflow.config import runtime
 from dicomflow.errors import DicomflowError
 from dicomflow.modeling.artifact import METADATA_FILE
 from dicomflow.modeling.networks import TASKS
 from dicomflow.paths import REPO_ROOT
+from dicomflow.training.channel import MANIFEST, channel_uri
 from dicomflow.training.metrics import METRIC_DEFINITIONS
 
 SOURCE_DIR = REPO_ROOT / "training_job"
@@ -44,7 +45,7 @@ def parse_hps(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _sdk_logs_to_stderr() -> None:
+def sdk_logs_to_stderr() -> None:
     """The SDK's config logger prints INFO lines to stdout unless it already has a handler: give it stderr."""
     logger = logging.getLogger("sagemaker.config")
     if not logger.handlers and not logging.getLogger("sagemaker").handlers:
@@ -74,7 +75,7 @@ def train_job(task: str, data: str, *, instance_type: str = "local", instance_co
     ``session`` is the SageMaker session to use: for ``local`` instance types, the local cloud's
     (the SDK's local mode without Docker); by default ``sagemaker.Session()`` for ``ml.*`` types.
     """
-    _sdk_logs_to_stderr()
+    sdk_logs_to_stderr()
     from sagemaker.pytorch import PyTorch
 
     if task not in TASKS:
@@ -82,7 +83,7 @@ def train_job(task: str, data: str, *, instance_type: str = "local", instance_co
     aws.parse_s3_uri(data)
     check_channel(data)
     local = instance_type.startswith("local")
-    role = role or os.environ.get("DICOMFLOW_SAGEMAKER_ROLE") or (LOCAL_ROLE if local else None)
+    role = role or runtime().sagemaker_role or (LOCAL_ROLE if local else None)
     if not role:
         raise TrainError("a SageMaker execution role is needed: pass --role ARN or set DICOMFLOW_SAGEMAKER_ROLE")
     session = _session(instance_type, session)
@@ -118,20 +119,14 @@ def train_job(task: str, data: str, *, instance_type: str = "local", instance_co
 
 def check_channel(data: str) -> None:
     """Fail early, with the fix, when the channel has no ``manifest.jsonl`` (an export not yet run)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, prefix = aws.parse_s3_uri(data)
-    key = (prefix.rstrip("/") + "/" if prefix.strip("/") else "") + "manifest.jsonl"
+    manifest_uri = channel_uri(data, MANIFEST)
     try:
-        aws.client("s3").head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("404", "NoSuchKey", "NotFound", "NoSuchBucket"):
-            raise TrainError(f"{aws.s3_uri(bucket, key)} does not exist: export the dataset first with "
-                             "`dicomflow dataset export --manifest ... --to " + data + "`") from None
+        found = aws.exists(manifest_uri)
+    except aws.S3Error as exc:
         raise TrainError(f"cannot read the training channel {data}: {exc}") from None
-    except BotoCoreError as exc:
-        raise TrainError(f"S3 does not answer ({exc}); for the local cloud run `dicomflow up`") from None
+    if not found:
+        raise TrainError(f"{manifest_uri} does not exist: export the dataset first with "
+                         f"`dicomflow dataset export --manifest ... --to {data}`")
 
 
 def artifact_metrics(model_uri: str) -> dict[str, float]:
@@ -139,8 +134,7 @@ def artifact_metrics(model_uri: str) -> dict[str, float]:
     if model_uri.startswith("file://"):
         fileobj: Any = open(model_uri.removeprefix("file://"), "rb")  # closed below
     else:
-        bucket, key = aws.parse_s3_uri(model_uri)
-        fileobj = io.BytesIO(aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read())
+        fileobj = io.BytesIO(aws.read(model_uri))
     try:
         with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
             member = next((m for m in tar.getmembers() if m.name.lstrip("./") == METADATA_FILE), None)

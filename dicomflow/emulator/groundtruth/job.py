@@ -150,7 +150,7 @@ class LocalLabelingJob:
 
     def _read_template(self) -> str:
         try:
-            return manifest.get_object(self.request.ui_template_uri, s3=self.s3).decode()
+            return aws.read(self.request.ui_template_uri, s3=self.s3).decode()
         except DicomflowError as exc:
             raise LabelingJobError(f"UiTemplateS3Uri: {exc}; upload the template "
                                    "(labeling_ui/template.liquid.html)") from None

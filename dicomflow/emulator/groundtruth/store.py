@@ -60,7 +60,7 @@ class JobStore:
         return aws.s3_uri(self.bucket, key)
 
     def _put(self, key: str, body: bytes, content_type: str = "application/json") -> str:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
+        aws.write(self.uri(key), body, content_type, s3=self.s3)
         return self.uri(key)
 
     def _list(self, prefix: str) -> list[str]:
@@ -70,7 +70,7 @@ class JobStore:
         return sorted(keys)
 
     def _get_json(self, key: str) -> Any:
-        return json.loads(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+        return json.loads(aws.read(self.uri(key), s3=self.s3))
 
     def write_worker_response(self, index: int, answer: dict[str, Any]) -> str:
         key = self.key("annotations", "worker-response", ITERATION, str(index), f"{now_stamp()}.json")

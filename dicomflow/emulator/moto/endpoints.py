@@ -41,8 +41,10 @@ from pathlib import Path
 import psutil
 import requests
 
+from dicomflow.config import runtime
 from dicomflow.emulator.cloud.service import free_port
 from dicomflow.errors import DicomflowError
+from dicomflow.paths import data_dir
 
 START_TIMEOUT_ENV = "DICOMFLOW_ENDPOINT_START_TIMEOUT"
 IMAGES_ENV = "DICOMFLOW_LOCAL_IMAGES"
@@ -73,12 +75,8 @@ _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def data_home() -> Path:
-    return Path(os.environ.get("DICOMFLOW_HOME") or Path.home() / ".dicomflow").expanduser().absolute()
-
-
 def registry_path(endpoint_name: str) -> Path:
-    return data_home() / "endpoints" / f"{endpoint_name}.json"
+    return data_dir() / "endpoints" / f"{endpoint_name}.json"
 
 
 def read_registry(endpoint_name: str) -> str | None:
@@ -125,10 +123,10 @@ def register_image(data_dir: Path, image: str, command: object) -> None:
 
 def load_image_map() -> dict[str, object]:
     """The image -> host command map (env ``DICOMFLOW_LOCAL_IMAGES`` wins over ``images.json``)."""
-    raw = os.environ.get(IMAGES_ENV)
+    raw = runtime().local_images
     where = IMAGES_ENV
     if not raw:
-        path = data_home() / "images.json"
+        path = data_dir() / "images.json"
         where = str(path)
         try:
             raw = path.read_text()
@@ -187,7 +185,7 @@ def _unavailable(endpoint_name: str, spec: ServingSpec | None) -> EndpointUnavai
     image = spec.image if spec else "?"
     return EndpointUnavailable(
         f"endpoint {endpoint_name} has no local serving process: no live entry in "
-        f"{registry_path(endpoint_name)} and image {image!r} has no command in {data_home() / 'images.json'} "
+        f"{registry_path(endpoint_name)} and image {image!r} has no command in {data_dir() / 'images.json'} "
         f"or ${IMAGES_ENV}; add e.g. {{\"{image.rsplit('/', 1)[-1].split(':')[0]}\": "
         f"[\"python\", \"-m\", \"inference_container.serve\"]}} there, or deploy with the SageMaker SDK local mode")
 
@@ -215,7 +213,7 @@ def resolve_serving(endpoint_name: str, spec: ServingSpec | None = None) -> str:
 
 
 def _extract_model(endpoint_name: str, spec: ServingSpec) -> Path:
-    model_dir = data_home() / "endpoints" / endpoint_name / "model"
+    model_dir = data_dir() / "endpoints" / endpoint_name / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model_dir.mkdir(parents=True)
@@ -251,7 +249,7 @@ def _start(endpoint_name: str, spec: ServingSpec, argv: list[str], cwd: Path | N
     env.update(extra_env)
     env.update({"SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
                 "SAGEMAKER_SAFE_PORT_RANGE": f"{port}-{port}", "SAGEMAKER_ENDPOINT_NAME": endpoint_name})
-    log_dir = data_home() / "logs"
+    log_dir = data_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"endpoint-{endpoint_name}.log"
     with open(log_path, "ab") as log:
@@ -259,7 +257,7 @@ def _start(endpoint_name: str, spec: ServingSpec, argv: list[str], cwd: Path | N
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             cwd=cwd or model_dir)
     url = f"http://127.0.0.1:{port}"
-    timeout = float(os.environ.get(START_TIMEOUT_ENV) or 120)
+    timeout = runtime().endpoint_start_timeout
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:

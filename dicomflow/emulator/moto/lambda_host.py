@@ -47,6 +47,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dicomflow.paths import data_dir
+
 log = logging.getLogger("dicomflow.lambda")
 
 BOOTSTRAP = Path(__file__).with_name("lambda_bootstrap.py")
@@ -82,15 +84,10 @@ def configure(endpoint_url: str) -> None:
     _config["endpoint_url"] = endpoint_url
 
 
-def data_home() -> Path:
-    """``DICOMFLOW_HOME`` (the moto process is started with it), else ``~/.dicomflow``."""
-    return Path(os.environ.get("DICOMFLOW_HOME") or Path.home() / ".dicomflow").expanduser().absolute()
-
-
 def task_root(code: bytes) -> Path:
     """Unpack a function zip once per content hash; returns the directory."""
     digest = hashlib.sha256(code).hexdigest()
-    root = data_home() / "lambda" / digest
+    root = data_dir() / "lambda" / digest
     if root.is_dir():
         return root
     with _extract_lock:

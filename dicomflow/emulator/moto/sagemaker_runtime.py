@@ -33,6 +33,7 @@ import requests
 
 from dicomflow.emulator.moto import endpoints
 from dicomflow.emulator.moto.endpoints import EndpointUnavailable, ServingSpec
+from dicomflow.paths import data_dir
 
 log = logging.getLogger("dicomflow.sagemaker")
 
@@ -165,7 +166,7 @@ def invoke_endpoint(self: Any) -> tuple[int, dict[str, str], bytes]:
         text = resp.text[:1024]
         raise _model_error(
             f'Received {kind} error ({resp.status_code}) from primary with message "{text}". See '
-            f"the endpoint log {endpoints.data_home() / 'logs' / ('endpoint-' + name + '.log')} for more "
+            f"the endpoint log {data_dir() / 'logs' / ('endpoint-' + name + '.log')} for more "
             "information.", resp.status_code, text, name, self.region, self.current_account)
     headers = {"Content-Type": resp.headers.get("Content-Type", "application/octet-stream"),
                "x-Amzn-Invoked-Production-Variant": "AllTraffic"}
@@ -318,7 +319,7 @@ def _execute(job: AsyncJob) -> str:
     except requests.RequestException as exc:
         raise _Failure(f"ServerError: the model container closed the connection or could not be reached "
                        f"({type(exc).__name__}); see the endpoint log "
-                       f"{endpoints.data_home() / 'logs' / ('endpoint-' + job.view.name + '.log')}", 502) from None
+                       f"{data_dir() / 'logs' / ('endpoint-' + job.view.name + '.log')}", 502) from None
     content_type = resp.headers.get("Content-Type", "application/octet-stream")
     if not 200 <= resp.status_code < 300:
         kind = "client" if resp.status_code < 500 else "server"

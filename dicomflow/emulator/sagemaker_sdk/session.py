@@ -52,6 +52,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from dicomflow import aws
+from dicomflow.config import runtime
 from dicomflow.emulator.cloud.service import free_port
 from dicomflow.errors import DicomflowError
 
@@ -91,9 +92,7 @@ def use_host_mode(host_mode: bool | None = None) -> bool:
     """Explicit flag > ``DICOMFLOW_SAGEMAKER_MODE`` > probe (host mode when no engine answers)."""
     if host_mode is not None:
         return host_mode
-    mode = os.environ.get(MODE_ENV, "auto").strip().lower() or "auto"
-    if mode not in ("auto", "host", "docker"):
-        raise SageMakerLocalError(f"{MODE_ENV}={mode!r} is not valid; use auto, host or docker")
+    mode = runtime().sagemaker_mode
     if mode == "auto":
         return not docker_engine_available()
     return mode == "host"
@@ -347,7 +346,7 @@ def _failure_reason(session: Any, output_config: dict, job_name: str) -> str | N
         if base.startswith("s3://"):
             bucket, prefix = aws.parse_s3_uri(base)
             key = "/".join(p for p in (prefix.rstrip("/"), job_name, "output", "output.tar.gz") if p)
-            data = session.s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            data = aws.read(aws.s3_uri(bucket, key), s3=session.s3_client)
         elif base.startswith("file://"):
             parsed = urlparse(base)
             path = os.path.join(parsed.netloc + parsed.path, job_name, "output", "output.tar.gz")
@@ -379,14 +378,10 @@ def _telemetry_off(config: dict | None) -> dict:
 def _ensure_bucket(boto_session: boto3.session.Session, endpoint: str | None, bucket: str) -> None:
     s3 = boto_session.client("s3", endpoint_url=endpoint)
     try:
-        s3.head_bucket(Bucket=bucket)
-        return
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
-            raise SageMakerLocalError(f"cannot use bucket {bucket}: {exc}") from None
-    except BotoCoreError as exc:
-        raise SageMakerLocalError(f"S3 at {endpoint or 'AWS'} does not answer ({exc}); "
-                                  "start the local cloud with 'dicomflow up'") from None
+        if aws.bucket_exists(bucket, s3):
+            return
+    except aws.S3Error as exc:
+        raise SageMakerLocalError(str(exc)) from None
     region = boto_session.region_name
     kwargs: dict[str, Any] = {"Bucket": bucket}
     if region and region != "us-east-1":

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from dicomflow.config import runtime
 from dicomflow.errors import DicomflowError
 
 OPT_ML = "/opt/ml"
@@ -193,7 +194,7 @@ def check_requirements(code_dir: Path, log=print) -> None:
     if not missing:
         log(f"requirements.txt: all {_count_lines(req_file)} requirement(s) already satisfied")
         return
-    if os.environ.get(INSTALL_REQUIREMENTS_ENV) == "1":
+    if runtime().install_requirements:
         log(f"requirements.txt: installing ({', '.join(missing)})")
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "-r", str(req_file)],
                               capture_output=True, text=True, check=False)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from dicomflow.config import ConfigError
 from dicomflow.groundtruth import consolidation as c
 
 LABELS = ["No Finding", "Cardiomegaly", "Edema", "Fracture"]
@@ -58,7 +59,7 @@ def test_threshold_env(raw, value):
 
 @pytest.mark.parametrize("raw", ["1", "1.5", "-0.1", "half", "nan"])
 def test_threshold_env_invalid(raw):
-    with pytest.raises(c.ThresholdError, match="DICOMFLOW_VOTE_THRESHOLD"):
+    with pytest.raises(ConfigError, match="DICOMFLOW_VOTE_THRESHOLD"):
         c.vote_threshold({c.THRESHOLD_ENV: raw})
 
 

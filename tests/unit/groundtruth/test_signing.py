@@ -6,6 +6,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from dicomflow.config import ConfigError
 from dicomflow.groundtruth import signing
 
 KEY = "unit-test-signing-key-0123456789"
@@ -113,7 +114,7 @@ def test_keys_and_ttl(monkeypatch):
     assert signing.url_ttl_seconds({}) == 3600
     assert signing.url_ttl_seconds({signing.TTL_ENV: "120"}) == 120
     for bad in ("0", "-5", "abc", str(10**9)):
-        with pytest.raises(signing.SigningKeyError, match="DICOMFLOW_URL_TTL_SECONDS"):
+        with pytest.raises(ConfigError, match="DICOMFLOW_URL_TTL_SECONDS"):
             signing.url_ttl_seconds({signing.TTL_ENV: bad})
 
 

@@ -30,9 +30,10 @@ def test_closure_follows_dicomflow_imports_only(tmp_path: Path) -> None:
     (d / "helpers.py").write_text("x = 1\n")
     files, third = package.import_closure(d)
     # signing imports dicomflow.aws inside a function: followed too (and aws brings boto3)
-    assert sorted(files) == ["dicomflow/__init__.py", "dicomflow/aws.py", "dicomflow/dicom/__init__.py",
-                             "dicomflow/dicom/uid.py", "dicomflow/errors.py", "dicomflow/groundtruth/__init__.py",
-                             "dicomflow/groundtruth/signing.py", "handler.py", "helpers.py"]
+    assert sorted(files) == ["dicomflow/__init__.py", "dicomflow/aws.py", "dicomflow/config.py",
+                             "dicomflow/dicom/__init__.py", "dicomflow/dicom/uid.py", "dicomflow/errors.py",
+                             "dicomflow/groundtruth/__init__.py", "dicomflow/groundtruth/signing.py",
+                             "dicomflow/paths.py", "handler.py", "helpers.py"]
     assert third == {"boto3", "botocore"}
     pkg = package.build(d, deps="none")
     assert _names(pkg) == sorted(files)
