@@ -25,13 +25,13 @@ from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import seed as seeding
 from dicomflow.demo.annotators import LABEL_SET, annotate_in_browser, annotator_labels, expected_majority
-from dicomflow.demo.synthetic import CHEST_CLASSES, NO_FINDING
+from dicomflow.demo.synthetic import CHEST_CLASSES, HIPPOCAMPUS_STRUCTURES, NO_FINDING
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import instance_id, orthanc_id, series_id
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
 
-SEG_LABELS = ["anterior", "posterior"]
+SEG_LABELS = [s["name"] for s in HIPPOCAMPUS_STRUCTURES]
 SIZES = ("small", "full")
 LOCAL_GATEWAY = "http://127.0.0.1/wado"
 

@@ -93,6 +93,15 @@ class SyntheticSeries:
 _UID_NAMESPACE = uuid.UUID("6f1c1f0e-4d3a-5b8e-9a57-0d1c0f1a2b3c")
 
 
+#: The structures of the synthetic hippocampus label volumes (label value 1 and 2), with their SNOMED CT code:
+#: what a channel's ``classes.json`` says for them (``dicomflow.modeling.structures``).
+HIPPOCAMPUS_STRUCTURES = [
+    {"name": name, "label": f"Hippocampus {name}",
+     "type": {"value": "5366008", "scheme": "SCT", "meaning": "Hippocampus"}}
+    for name in ("anterior", "posterior")
+]
+
+
 def synthetic_uid(*parts: object) -> str:
     """A deterministic ``2.25`` UID from ``parts`` (same parts, same UID).
 

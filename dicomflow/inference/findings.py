@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dicomflow.modeling.structures import parse_structures
+
 POSITIVE_THRESHOLD = 0.5
-BACKGROUND_NAMES = {"background", "bg", "none"}
 
 
 def probabilities(logits: np.ndarray, activation: str = "sigmoid") -> np.ndarray:
@@ -37,20 +38,12 @@ def classification_findings(probs: np.ndarray, labels: Sequence[str],
     }
 
 
-def structure_names(labels: Sequence[str]) -> dict[int, str]:
-    """Label value -> structure name; a leading background label is label value 0."""
-    names = list(labels)
-    if names and names[0].lower() in BACKGROUND_NAMES:
-        names = names[1:]
-    return {i + 1: name for i, name in enumerate(names)}
-
-
 def segmentation_volumes(label_volume: np.ndarray, spacing: Sequence[float], labels: Sequence[str]) -> dict:
     """Volume in mm³ of each labelled structure and their total (voxel count × voxel volume)."""
     voxel = float(np.prod([float(s) for s in spacing]))
     label_volume = np.asarray(label_volume)
     # one comparison per structure: bincount would first widen every voxel to int64 (8 bytes each)
-    voxels = {name: int(np.count_nonzero(label_volume == value)) for value, name in structure_names(labels).items()}
+    voxels = {st.name: int(np.count_nonzero(label_volume == st.value)) for st in parse_structures(labels)}
     volumes = {name: round(n * voxel, 3) for name, n in voxels.items()}
     volumes["total"] = round(sum(volumes.values()), 3)
     return {"volumesMm3": volumes, "voxelVolumeMm3": round(voxel, 6), "voxels": voxels}

@@ -10,29 +10,13 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomflow import __version__
+from dicomflow.modeling.structures import Code, Structure
 
 MANUFACTURER = "dicomflow"
 SEG_SERIES_NUMBER = 9101
 
-# Structure name -> (property category, property type); unknown names are anatomical structures
-# with the structure name as a private code.
-_PROPERTY_TYPES = {
-    "anterior": codes.SCT.Hippocampus,
-    "posterior": codes.SCT.Hippocampus,
-    "hippocampus": codes.SCT.Hippocampus,
-}
-
-
-def property_type(name: str) -> hd.sr.CodedConcept:
-    """The segmented property type for a structure name (private code when none is known)."""
-    code = _PROPERTY_TYPES.get(name.lower())
-    if code is not None:
-        return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
-    return hd.sr.CodedConcept(name.upper().replace(" ", "_")[:16], "99DCMFLOW", name)
-
-
-def segment_label(name: str) -> str:
-    return f"Hippocampus {name}" if name.lower() in ("anterior", "posterior") else name
+def coded(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 
 def algorithm_identification(model_name: str) -> hd.AlgorithmIdentificationSequence:
@@ -40,22 +24,23 @@ def algorithm_identification(model_name: str) -> hd.AlgorithmIdentificationSeque
         name=model_name[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__)
 
 
-def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, structures: dict[int, str],
+def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, structures: Sequence[Structure],
               model_name: str, series_uid: str | None = None) -> Dataset:
     """A BINARY SEG: ``label_volume`` is (frames, rows, cols), frame i on ``source_images[i]``.
 
-    ``structures`` maps label value -> name; each becomes one segment (empty ones included, so
-    the segment numbers match the label values). Only the slices where something was found are
-    handed to highdicom, which omits empty frames anyway but does ~0.5 ms of work per source image
-    (positions, references): the SEG costs what was found, not the series length. An empty
-    result is one empty frame per segment on the middle slice (highdicom would keep every frame).
+    Each structure (the model artifact's: label value, name, segment label, codes) becomes one
+    segment, empty ones included, so the segment numbers match the label values. Only the slices
+    where something was found are handed to highdicom, which omits empty frames anyway but does
+    ~0.5 ms of work per source image (positions, references): the SEG costs what was found, not the
+    series length. An empty result is one empty frame per segment on the middle slice (highdicom
+    would keep every frame).
     """
     if len(source_images) != label_volume.shape[0]:
         raise ValueError(f"{label_volume.shape[0]} mask frames for {len(source_images)} source images")
     label = np.asarray(label_volume)
     found = np.flatnonzero(label.any(axis=(1, 2)))  # only these slices are copied
     mask = label[found].astype(np.uint8)
-    mask[mask > max(structures)] = 0
+    mask[mask > max(st.value for st in structures)] = 0
     marked = mask.any(axis=(1, 2))
     keep, mask = found[marked], mask[marked]
     if not keep.size:
@@ -64,16 +49,16 @@ def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, struct
     algo = algorithm_identification(model_name)
     descriptions = [
         hd.seg.SegmentDescription(
-            segment_number=value,
-            segment_label=segment_label(name),
-            segmented_property_category=codes.SCT.AnatomicalStructure,
-            segmented_property_type=property_type(name),
+            segment_number=st.value,
+            segment_label=st.label[:64],
+            segmented_property_category=coded(st.category),
+            segmented_property_type=coded(st.type_code),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algo,
             tracking_uid=hd.UID(),
-            tracking_id=f"{model_name} {name}"[:64],
+            tracking_id=f"{model_name} {st.name}"[:64],
         )
-        for value, name in sorted(structures.items())
+        for st in sorted(structures, key=lambda st: st.value)
     ]
     seg = hd.seg.Segmentation(
         source_images=sources,

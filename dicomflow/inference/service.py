@@ -106,7 +106,7 @@ class InferenceService:
         self.name = str(model.metadata.get("name") or f"dicomflow-{model.task}")
         mods = model.metadata.get("modalities")
         self.modalities = tuple(mods) if mods else None
-        self.structures = F.structure_names(self.labels) if self.task == "segmentation3d" else {}
+        self.structures = model.structures
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> InferenceService:

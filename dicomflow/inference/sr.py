@@ -16,15 +16,11 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomflow import __version__
-from dicomflow.inference.seg import MANUFACTURER, property_type
+from dicomflow.inference.seg import MANUFACTURER, coded
+from dicomflow.modeling.structures import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, Structure
 
 SR_SERIES_NUMBER = 9102
-PRIVATE_SCHEME = "99DCMFLOW"
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
-
-
-def _cc(code) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(code.value, code.scheme_designator, code.meaning)
 
 
 def class_concept(name: str) -> hd.sr.CodedConcept:
@@ -47,7 +43,7 @@ def _source_images(images: Sequence[Dataset]) -> list[hd.sr.SourceImageForMeasur
 
 
 def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_name: str,
-             seg: Dataset | None = None, structures: dict[int, str] | None = None,
+             seg: Dataset | None = None, structures: Sequence[Structure] = (),
              series_uid: str | None = None) -> Dataset:
     """A TID 1500 measurement report for ``findings`` (see :mod:`dicomflow.inference.findings`)."""
     algo = hd.sr.AlgorithmIdentification(name=model_name[:64], version=__version__)
@@ -56,18 +52,20 @@ def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_
         # The total is measured on the SEG when there is one: one reference instead of one per slice.
         sources = _source_images([seg] if seg is not None else source_images)
         volumes = findings["volumesMm3"]
-        by_name = {name: value for value, name in (structures or {}).items()}
+        by_name = {st.name: st for st in structures}
+        types = {st.type_code for st in structures}
+        total_type = coded(types.pop() if len(types) == 1 else ANATOMICAL_STRUCTURE)  # one kind of structure
         for name, mm3 in volumes.items():
             measurement = hd.sr.Measurement(name=codes.SCT.Volume, value=float(mm3),
                                             unit=codes.UCUM.CubicMillimeter, algorithm_id=algo)
             tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{name} volume"[:64])
-            finding = _cc(codes.SCT.Hippocampus) if name == "total" else property_type(name)
+            finding = total_type if name not in by_name else coded(by_name[name].type_code)
             if seg is not None and name in by_name:
                 groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                     tracking_identifier=tracking,
                     referenced_segment=hd.sr.ReferencedSegment(
                         sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
-                        segment_number=by_name[name],
+                        segment_number=by_name[name].value,
                         source_series=hd.sr.SourceSeriesForSegmentation(source_images[0].SeriesInstanceUID)),
                     finding_type=finding, algorithm_id=algo, measurements=[measurement]))
             else:

@@ -17,6 +17,7 @@ import torch
 from dicomflow.errors import DicomflowError
 from dicomflow.modeling.networks import build_network, check_task
 from dicomflow.modeling.preprocess import Preprocess, build_transform, default_spec, validate_spec
+from dicomflow.modeling.structures import Structure, parse_structures
 
 FORMAT_VERSION = 1
 METADATA_FILE = "dicomflow_model.json"
@@ -47,6 +48,13 @@ class LoadedModel:
     def transform(self) -> Preprocess:
         """The preprocessing callable built from the recorded spec."""
         return build_transform(self.preprocess)
+
+    @property
+    def structures(self) -> list[Structure]:
+        """A segmentation model's structures (label value, name, codes); recorded ones, else from the labels."""
+        if self.task != "segmentation3d":
+            return []
+        return parse_structures(self.metadata.get("structures") or self.labels, where="the model artifact")
 
 
 def save_artifact(model_dir: str | Path, *, task: str, labels: list[str], network: torch.nn.Module,

@@ -21,7 +21,9 @@ from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd, Trans
 
 from dicomflow.dicom import volume
 from dicomflow.errors import DicomflowError
+from dicomflow.modeling import structures as structure_defs
 from dicomflow.modeling.preprocess import Preprocess
+from dicomflow.modeling.structures import Structure, StructureError, parse_structures
 from dicomflow.training.channel import CLASSES, MANIFEST
 
 log = logging.getLogger("dicomflow.training")
@@ -54,6 +56,7 @@ class ManifestScan:
     classes: list[str]
     skipped: Counter
     manifest_sha256: str
+    structures: list[Structure] = field(default_factory=list)  # segmentation: what each label value is
 
     @property
     def skipped_total(self) -> int:
@@ -89,8 +92,13 @@ def scan_manifest(channel: str | Path, task: str) -> ManifestScan:
             "create it with `dicomflow dataset export`")
     raw = manifest.read_bytes()
     classes_path = channel / CLASSES
-    classes: list[str] = json.loads(classes_path.read_text()) if classes_path.is_file() else []
     segmentation = task == "segmentation3d"
+    entries = json.loads(classes_path.read_text()) if classes_path.is_file() else []
+    try:
+        structures = parse_structures(entries) if segmentation else []
+    except StructureError as exc:
+        raise DatasetError(str(exc)) from None
+    classes: list[str] = structure_defs.names(structures) if segmentation else [str(c) for c in entries]
     items: list[Item] = []
     skipped: Counter = Counter()
     seen_labels: list[str] = []
@@ -148,7 +156,9 @@ def scan_manifest(channel: str | Path, task: str) -> ManifestScan:
     if not items:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(skipped.items())) or "manifest empty"
         raise DatasetError(f"no usable image in the training data ({counts}); check the export and the channel")
-    return ManifestScan(items, classes, skipped, hashlib.sha256(raw).hexdigest())
+    if segmentation and not structures:
+        structures = parse_structures(classes)
+    return ManifestScan(items, classes, skipped, hashlib.sha256(raw).hexdigest(), structures)
 
 
 def split_by_patient(items: list[Item], fractions: list[float], seed: int) -> list[list[Item]]:

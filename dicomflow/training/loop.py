@@ -221,7 +221,9 @@ class Trainer:
                 (tenv.model_dir / REPORT_FILE).write_text(text)
             save_artifact(tenv.model_dir, task=self.task, labels=labels, network=model, network_spec=net_spec,
                           preprocess=pre.spec, metrics=final, manifest_sha256=scan.manifest_sha256,
-                          extra={"hyperparameters": hp.to_dict(), "history": history})
+                          extra={"hyperparameters": hp.to_dict(), "history": history,
+                                 **({"structures": [s.to_dict() for s in scan.structures]} if self.segmentation
+                                    else {})})
             writer.close()
             result = final
         if self.distributed:

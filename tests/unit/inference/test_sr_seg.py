@@ -13,8 +13,11 @@ from dicomflow.demo import synthetic
 from dicomflow.inference import findings as F
 from dicomflow.inference.seg import build_seg
 from dicomflow.inference.sr import build_sr
+from dicomflow.modeling.structures import parse_structures
 
 pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) not installed")
+
+STRUCTURES = parse_structures(synthetic.HIPPOCAMPUS_STRUCTURES)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +31,8 @@ def test_volumes_from_label_counts() -> None:
     label[1, 0, 0] = 2
     out = F.segmentation_volumes(label, (2.0, 0.5, 0.5), ["anterior", "posterior"])
     assert out["volumesMm3"] == {"anterior": 3.0, "posterior": 0.5, "total": 3.5}
-    assert F.structure_names(["background", "a"]) == {1: "a"}
+    background = F.segmentation_volumes(label, (2.0, 0.5, 0.5), ["background", "anterior"])
+    assert background["volumesMm3"] == {"anterior": 3.0, "total": 3.0}  # a leading background is value 0
 
 
 def test_classification_findings() -> None:
@@ -39,7 +43,7 @@ def test_classification_findings() -> None:
 
 
 def test_seg_and_sr_for_segmentation_pass_dciodvfy(series, tmp_path: Path) -> None:
-    structures = F.structure_names(["anterior", "posterior"])
+    structures = STRUCTURES
     result = F.segmentation_volumes(series.label_volume, series.spacing, ["anterior", "posterior"])
     seg = build_seg(series.datasets, series.label_volume, structures, "unit-test-unet")
     assert seg.StudyInstanceUID == series.study_uid and seg.SegmentationType == "BINARY"
@@ -67,7 +71,7 @@ def test_seg_has_frames_and_references_only_where_something_was_found(series, tm
     label[3, 5:9, 4:8] = 1
     label[7, 10:12, 6:9] = 2
     label[8, 10:12, 6:9] = 2
-    seg = build_seg(series.datasets, label, {1: "anterior", 2: "posterior"}, "unit-test-unet")
+    seg = build_seg(series.datasets, label, STRUCTURES, "unit-test-unet")
     assert dciodvfy_errors(seg, tmp_path) == []
     frames = sorted((int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
                      str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID),
@@ -91,7 +95,7 @@ def test_seg_leaves_out_slices_with_only_labels_beyond_the_structures(series) ->
     label[2, 1:3, 1:3] = 3  # no structure 3: not in the SEG
     label[5, 1:3, 1:3] = 3
     label[5, 4, 4] = 1
-    seg = build_seg(series.datasets, label, {1: "anterior", 2: "posterior"}, "unit-test-unet")
+    seg = build_seg(series.datasets, label, STRUCTURES, "unit-test-unet")
     frames = [str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
               for f in seg.PerFrameFunctionalGroupsSequence]
     assert frames == [str(series.datasets[5].SOPInstanceUID)]
@@ -99,7 +103,7 @@ def test_seg_leaves_out_slices_with_only_labels_beyond_the_structures(series) ->
 
 
 def test_seg_of_an_empty_result_is_one_empty_frame_per_segment(series, tmp_path: Path) -> None:
-    seg = build_seg(series.datasets, np.zeros_like(series.label_volume), {1: "anterior", 2: "posterior"}, "u")
+    seg = build_seg(series.datasets, np.zeros_like(series.label_volume), STRUCTURES, "u")
     assert int(seg.NumberOfFrames) == 2
     assert dciodvfy_errors(seg, tmp_path) == []
 
