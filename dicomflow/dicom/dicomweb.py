@@ -122,12 +122,12 @@ def connect(
 
 
 # ---- errors -----------------------------------------------------------------------------------------
-def _base_url(client: Any) -> str:
+def _base_url(client: DICOMClient) -> str:
     return str(getattr(client, "base_url", "the PACS"))
 
 
 @contextlib.contextmanager
-def _pacs_errors(client: Any, what: str) -> Iterator[None]:
+def _pacs_errors(client: DICOMClient, what: str) -> Iterator[None]:
     """Map requests failures raised inside the block to one-line :class:`PacsError` messages."""
     base = _base_url(client)
     try:
@@ -239,7 +239,7 @@ def retrieve_series(client: DICOMClient, study_uid: str, series_uid: str) -> lis
     return sorted(datasets, key=_instance_order)
 
 
-def _is_plain_http(client: Any) -> bool:
+def _is_plain_http(client: DICOMClient) -> bool:
     """An HTTP client without per-service URL prefixes (what :func:`connect` makes)."""
     return isinstance(client, DICOMwebClient) and client.wado_url_prefix is None
 

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from dicomweb_client.protocol import DICOMClient
+
 from dicomflow import aws, safejson
 from dicomflow.dicom import json as dj
 from dicomflow.errors import DicomflowError
@@ -193,7 +195,7 @@ def orthanc_input_lines(orthanc: Any, filters: Mapping[str, str], per: str) -> l
     return [input_line(i) for i in dict.fromkeys(ids)]
 
 
-def query_input_lines(client: Any, filters: Mapping[str, str], per: str,
+def query_input_lines(client: DICOMClient, filters: Mapping[str, str], per: str,
                       source_format: str = "orthanc-id") -> list[dict[str, Any]]:
     """Run one QIDO query over the whole PACS (paged to the end) and return the input manifest lines."""
     from dicomflow.dicom import dicomweb

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from dicomweb_client.protocol import DICOMClient
 
 from dicomflow import aws
 from dicomflow.dicom import dicomweb
@@ -90,7 +91,7 @@ def load_sidecar(path: Path | None) -> dict[str, str]:
 
 
 class _Stager:
-    def __init__(self, bucket: str, prefix: str, client_factory: Callable[[], Any], s3: Any):
+    def __init__(self, bucket: str, prefix: str, client_factory: Callable[[], DICOMClient], s3: Any):
         self.bucket, self.prefix = bucket, prefix
         self.client_factory = client_factory
         self.s3 = s3
@@ -158,7 +159,7 @@ class _Stager:
         return key
 
 
-def export_dataset(manifest_uri: str, to_uri: str, *, client_factory: Callable[[], Any] | None = None,
+def export_dataset(manifest_uri: str, to_uri: str, *, client_factory: Callable[[], DICOMClient] | None = None,
                    label_attribute: str | None = None, task: str | None = None, sidecar: Path | None = None,
                    classes: list[str] | None = None, workers: int = 8,
                    on_progress: Callable[[int, int], None] | None = None, s3: Any = None) -> ExportResult:
