@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -30,7 +29,6 @@ def model_tarball(model_dir: Path) -> bytes:
     return buf.getvalue()
 
 
-DCIODVFY = shutil.which("dciodvfy")
 
 
 def as_retrieved(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
@@ -45,8 +43,11 @@ def as_retrieved(datasets: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
 
 def dciodvfy_errors(ds: pydicom.Dataset, tmp: Path, name: str | None = None) -> list[str]:
     """The ``Error`` lines dciodvfy (Debian dicom3tools) reports for ``ds``, written to ``tmp/<name>.dcm``."""
+    from setup_tools import require
+
+    require("dciodvfy")
     path = tmp / f"{name or ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
-    proc = subprocess.run([DCIODVFY or "dciodvfy", str(path)], capture_output=True, text=True, timeout=60,
+    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60,
                           check=False)
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from setup_tools import require
 
 from dicomflow import aws
 from dicomflow.demo.annotators import CHROMIUM, CHROMIUM_ARGS
-from dicomflow.emulator.groundtruth import VIEWER_DIR
 
 
 @pytest.fixture(scope="session")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install chromium, or make setup)")
-    if not (VIEWER_DIR / "viewer.js").exists():
-        pytest.skip("viewer bundle not built (make setup, or cd labeling_ui && npm install --no-save && npm run build)")
+    require("chromium", "viewer")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

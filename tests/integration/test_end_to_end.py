@@ -5,12 +5,11 @@ S3OutputPath -> SR + SEG in the held-out study in Orthanc, predicted volume pres
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from setup_tools import require
 
 from dicomflow import aws
-from dicomflow.demo import annotators, loop
+from dicomflow.demo import loop
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
 from dicomflow.groundtruth import manifest
@@ -24,12 +23,7 @@ def _keys(uri: str) -> list[str]:
 
 
 def test_whole_loop_small(local_cloud) -> None:
-    if not Path(annotators.CHROMIUM).exists():
-        pytest.skip("Debian chromium is not installed (apt-get install chromium, or make setup)")
-    from dicomflow.emulator.groundtruth import VIEWER_DIR
-
-    if not (VIEWER_DIR / "viewer.js").exists():
-        pytest.skip("viewer bundle not built (make setup)")
+    require("chromium", "viewer")
     ctx = loop.DemoContext(settings=local_cloud.settings, pacs=local_cloud.pacs,
                            config=loop.DemoConfig.preset("small", seed=3, stack="dicomflow-e2e"))
     hooks = loop.Hooks()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from click.testing import CliRunner
@@ -100,15 +100,20 @@ def test_sr_and_seg_land_in_the_same_study_and_pass_dciodvfy(world, seg_server) 
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["series"]["seriesInstanceUID"] == hippo.series_uid
-    assert out["findings"]["volumesMm3"]["total"] >= 0
+    volumes = out["findings"]["volumesMm3"]
+    assert volumes["total"] == pytest.approx(volumes["anterior"] + volumes["posterior"], abs=0.01)
     client = world["client"]
+    stored = {}
     for kind, modality in (("seg", "SEG"), ("sr", "SR")):
         ref = out["outputs"][kind]
         assert ref["storedToPacs"] is True
-        ds = dicomweb.retrieve_instance(client, hippo.study_uid, ref["SeriesInstanceUID"], ref["SOPInstanceUID"])
+        ds = stored[kind] = dicomweb.retrieve_instance(client, hippo.study_uid, ref["SeriesInstanceUID"],
+                                                       ref["SOPInstanceUID"])
         assert ds.Modality == modality and ds.StudyInstanceUID == hippo.study_uid
-        if shutil.which("dciodvfy"):
-            assert dciodvfy_errors(ds, world["tmp"]) == []
+        assert dciodvfy_errors(ds, world["tmp"]) == []
+    # The volumes the response reports are the voxels the stored SEG marks (segments do not overlap).
+    voxel_mm3 = float(np.prod(out["volume"]["spacingMm"]))
+    assert int(stored["seg"].pixel_array.sum()) * voxel_mm3 == pytest.approx(volumes["total"], rel=1e-6, abs=1e-3)
     # Again: the MR is chosen from a Modality-restricted search that never lists the stored SR/SEG.
     again = requests.post(f"{seg_server}/invocations", json={
         "dicomweb": {"url": world["pacs"].url}, "studyInstanceUID": hippo.study_uid, "outputs": ["json"]},

@@ -14,6 +14,7 @@ from pydicom.data import get_testdata_file
 from dicomflow.cli.seed import seed as seed_command
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import seed as seeding
+from dicomflow.dicom import _multipart as multipart
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
 from dicomflow.dicom.errors import PacsError
@@ -91,10 +92,22 @@ def test_wado_rs_returns_what_was_stored(client, seeded) -> None:
             assert theirs.file_meta.TransferSyntaxUID == mine.file_meta.TransferSyntaxUID
 
 
-def test_real_instance_is_byte_identical(client, seeded) -> None:
+def test_real_instance_is_byte_identical(local_cloud, client, seeded) -> None:
+    """WADO-RS hands back the stored Part 10 file byte for byte (no transcoding, no rewritten header)."""
     original = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm"))
-    got = dicomweb.retrieve_instance(client, original.StudyInstanceUID, original.SeriesInstanceUID,
-                                     original.SOPInstanceUID)
+    ids = (original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID)
+    session = dicomweb.make_session(local_cloud.pacs)
+    orthanc = local_cloud.pacs.url.removesuffix("/dicom-web")
+    found = session.post(f"{orthanc}/tools/lookup", data=ids[2], timeout=10).json()
+    stored = session.get(f"{orthanc}/instances/{found[0]['ID']}/file", timeout=30).content
+    answer = session.get(f"{local_cloud.pacs.url}/studies/{ids[0]}/series/{ids[1]}/instances/{ids[2]}",
+                         headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                         timeout=30)
+    splitter = multipart.MultipartSplitter(answer.headers["Content-Type"])
+    parts = splitter.feed(answer.content)
+    splitter.close()
+    assert parts == [stored] and stored[128:132] == b"DICM"
+    got = dicomweb.retrieve_instance(client, *ids)
     assert got.PixelData == original.PixelData
     assert (got.Rows, got.Columns, got.PhotometricInterpretation) == (1955, 1841, "MONOCHROME1")
 

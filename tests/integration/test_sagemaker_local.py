@@ -18,6 +18,7 @@ import requests
 from botocore.exceptions import ClientError
 
 from dicomflow import aws
+from dicomflow.config import ConfigError
 
 SCRIPTS = Path(__file__).parent / "sm_scripts"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -281,7 +282,7 @@ def test_bad_session_input_gives_a_fix_it_error(monkeypatch) -> None:
     with pytest.raises(SageMakerLocalError, match="not a valid S3 bucket name"):
         sagemaker_session(default_bucket="Bad_Bucket")
     monkeypatch.setenv("DICOMFLOW_SAGEMAKER_MODE", "podman")
-    with pytest.raises(SageMakerLocalError, match="use auto, host or docker"):
+    with pytest.raises(ConfigError, match="DICOMFLOW_SAGEMAKER_MODE='podman' must be one of auto, host, docker"):
         sagemaker_session()
     monkeypatch.setenv("DICOMFLOW_SAGEMAKER_MODE", "host")
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
@@ -290,14 +291,26 @@ def test_bad_session_input_gives_a_fix_it_error(monkeypatch) -> None:
         sagemaker_session()
 
 
-def test_probe_is_not_fooled_by_the_docker_client_binary() -> None:
-    import shutil
-    import subprocess
+def _fake_docker(folder, info_exit: int) -> None:
+    folder.mkdir()
+    docker = folder / "docker"
+    docker.write_text(f"#!/bin/sh\n[ \"$1\" = info ] && exit {info_exit}\nexit 0\n")
+    docker.chmod(0o755)
 
-    from dicomflow.emulator.sagemaker_sdk.session import docker_engine_available
 
-    engine = bool(shutil.which("docker")) and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-    assert docker_engine_available() is engine
+def test_probe_is_not_fooled_by_the_docker_client_binary(tmp_path, monkeypatch) -> None:
+    """A docker client whose `docker info` fails (no engine, as here) means host mode; one that answers, Docker."""
+    from dicomflow.emulator.sagemaker_sdk.session import docker_engine_available, use_host_mode
+
+    monkeypatch.delenv("DICOMFLOW_SAGEMAKER_MODE", raising=False)
+    _fake_docker(tmp_path / "client-only", 1)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'client-only'}:/usr/bin:/bin")
+    assert docker_engine_available() is False and use_host_mode() is True
+    _fake_docker(tmp_path / "with-engine", 0)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'with-engine'}:/usr/bin:/bin")
+    assert docker_engine_available() is True and use_host_mode() is False
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert docker_engine_available() is False
 
 
 def test_sdk_names_are_unchanged_outside_host_mode_calls() -> None:

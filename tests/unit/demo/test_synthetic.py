@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from model_helpers import DCIODVFY, dciodvfy_errors
+from model_helpers import dciodvfy_errors
 
 from dicomflow.demo import seed as seeding
 from dicomflow.demo import synthetic
@@ -119,7 +119,6 @@ def test_label_nifti_affine_matches_dicom(tmp_path: Path) -> None:
 
 
 # ---- dciodvfy ------------------------------------------------------------------------------------------
-@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy missing: apt-get install dicom3tools")
 def test_synthetic_datasets_pass_dciodvfy(tmp_path: Path) -> None:
     cr = synthetic.chest_radiographs(1, seed=0, size=64)[0].dataset
     mr = synthetic.hippocampus_series(1, seed=0, shape=(8, 16, 12))[0].datasets
@@ -128,7 +127,6 @@ def test_synthetic_datasets_pass_dciodvfy(tmp_path: Path) -> None:
     assert dciodvfy_errors(mr[-1], tmp_path, "mr7") == []
 
 
-@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy missing: apt-get install dicom3tools")
 def test_curated_real_images_pass_dciodvfy(tmp_path: Path) -> None:
     studies = seeding.real_studies()
     assert [st.entry["name"] for st in studies] == list(seeding.REAL_IMAGES)

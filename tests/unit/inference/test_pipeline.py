@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,10 @@ def test_serving_process_contract(artifacts, tmp_path: Path) -> None:
             time.sleep(0.1)
         else:
             pytest.fail("serving process never became healthy")
+        with ThreadPoolExecutor(8) as pool:  # pings answered side by side, while a slow request runs too
+            slow = pool.submit(requests.post, f"{url}/invocations", json={"studyInstanceUID": "1.2.3"}, timeout=60)
+            pings = list(pool.map(lambda _: requests.get(f"{url}/ping", timeout=10).status_code, range(24)))
+            assert pings == [200] * 24 and slow.result().status_code == 503
         bad = requests.post(f"{url}/invocations", data=b"{oops", headers={"Content-Type": "application/json"},
                             timeout=30)
         assert bad.status_code == 400 and "not valid JSON" in bad.json()["message"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,6 @@ from dicomflow.inference import findings as F
 from dicomflow.inference.seg import build_seg
 from dicomflow.inference.sr import build_sr
 from dicomflow.modeling.structures import parse_structures
-
-pytestmark = pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools (dciodvfy) not installed")
 
 STRUCTURES = parse_structures(synthetic.HIPPOCAMPUS_STRUCTURES)
 
