@@ -6,7 +6,6 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
-from dicomflow.demo.seed import sidecar_path
 from dicomflow.dicom import dicomweb
 from dicomflow.modeling.networks import TASKS
 from dicomflow.training.export import export_dataset
@@ -22,26 +21,23 @@ def dataset() -> None:
 @click.option("--to", "to_uri", required=True, help="Training channel prefix to write (s3://bucket/train/).")
 @click.option("--label-attribute", default=None, help="Label attribute name [auto-detected].")
 @click.option("--task", type=click.Choice(TASKS), default=None,
-              help="Task the channel is for [images -> classification2d; series -> segmentation3d when the "
-                   "seeder has label volumes, else classification3d].")
+              help="Task the channel is for [images -> classification2d; series with a SEG -> segmentation3d, "
+                   "else classification3d].")
 @click.option("--classes", default=None, help="Comma-separated class list [from the manifest].")
-@click.option("--sidecar", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="Seeder sidecar with label volumes [<data_dir>/seed/labels.json].")
 @click.option("--workers", default=8, show_default=True, type=click.IntRange(1, 64), help="Parallel fetches.")
 @json_option
 @click.pass_context
 def export(ctx: click.Context, manifest_uri: str, to_uri: str, label_attribute: str | None, task: str | None,
-           classes: str | None, sidecar: str | None, workers: int, as_json: bool) -> None:
+           classes: str | None, workers: int, as_json: bool) -> None:
     """Stage the labeled images/series into S3 with manifest.jsonl + classes.json (re-runs skip staged objects)."""
     settings = settings_from(ctx)
     conn = pacs_for(settings)
-    side = sidecar or sidecar_path(settings.data_dir)
     with Progress(TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=as_json) as progress:
         bar = progress.add_task("export", total=None)
         result = export_dataset(
             manifest_uri, to_uri, client_factory=lambda: dicomweb.connect(conn), label_attribute=label_attribute,
-            task=task, sidecar=side, classes=[c.strip() for c in classes.split(",")] if classes else None,
+            task=task, classes=[c.strip() for c in classes.split(",")] if classes else None,
             workers=workers, on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
     if as_json:
         print_json(result.to_dict())

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
 from dicomflow.dicom import dicomweb
@@ -224,3 +225,56 @@ def status(ctx: click.Context, job_file: str | None, as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['job']}: {r['status']} - {r['consolidated']}/{r['objects']} objects consolidated, "
                    f"{r['answers']} answers, {len(r['failed'])} failed; {r['outputManifest']}")
+
+
+@label.command("import")
+@click.option("--labels", "labels_file", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="JSON Lines, one series a line: {StudyInstanceUID, SeriesInstanceUID, label: NIfTI path} or "
+                   "{..., seg: {SeriesInstanceUID, SOPInstanceUID}} of a SEG in the PACS.")
+@click.option("--structures", "structures_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="JSON list of the label values' structures, names or {name, label, type: {value, scheme, "
+                   "meaning}} (needed for NIfTI labels).")
+@click.option("--to", "target", required=True, metavar="s3://BUCKET/KEY", help="Where to write the output manifest.")
+@click.option("--label-attribute", default="labels", show_default=True, help="The manifest's label attribute.")
+@json_option
+@click.pass_context
+def import_cmd(ctx: click.Context, labels_file: str, structures_file: str | None, target: str,
+               label_attribute: str, as_json: bool) -> None:
+    """Bring labels you already have: NIfTI label volumes become DICOM SEGs in their studies (or SEGs already in
+    the PACS are checked), listed in a Ground Truth output manifest for `dataset export`."""
+    from dicomflow import safejson
+    from dicomflow.dicom.structures import StructureError, parse_structures
+    from dicomflow.groundtruth import label_import
+
+    manifest.check_object_uri(target)
+    structures = []
+    if structures_file:
+        try:
+            structures = parse_structures(safejson.loads(Path(structures_file).read_text(), structures_file),
+                                          where=structures_file)
+        except (ValueError, StructureError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--structures") from None
+    requests = label_import.read_requests(labels_file)
+    if not structures and any("label" in line for line in requests):
+        raise click.UsageError("NIfTI labels need --structures (the name of each label value)")
+    conn = pacs_for(settings_from(ctx))
+    with Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=as_json) as progress:
+        bar = progress.add_task("import", total=len(requests))
+        result = label_import.import_labels(
+            requests, dicomweb.connect(conn), structures, label_attribute,
+            on_progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    if result.lines:
+        manifest.write_jsonl_s3(target, result.lines)
+    summary = {"to": target if result.lines else None, "lines": len(result.lines), "segsStored": result.stored,
+               "segsReused": result.reused, "failures": result.failures}
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"{len(result.lines)}/{len(requests)} series imported ({result.stored} SEG(s) stored, "
+                      f"{result.reused} already there) -> {target if result.lines else 'nothing written'}",
+                      highlight=False, soft_wrap=True)
+        for failure in result.failures[:10]:
+            console.print(f"[yellow]failed[/yellow] {failure}", highlight=False, soft_wrap=True)
+    if not result.lines:
+        raise label_import.LabelImportError(f"no series could be imported ({result.failures[0]})")

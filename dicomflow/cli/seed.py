@@ -24,9 +24,12 @@ from dicomflow.dicom import dicomweb
 @click.pass_context
 def seed(ctx: click.Context, chest: int, hippocampus: int, seed_value: int, chest_size: int, no_real: bool,
          as_json: bool) -> None:
-    """Load sample studies into the PACS by STOW-RS; labels go to <data-dir>/seed/labels.json.
+    """Load sample studies into the PACS by STOW-RS.
 
-    Seeding again stores nothing twice: studies already present are reported as such.
+    The seeded truth (chest findings, hippocampus label volumes) goes to a sidecar under
+    <data-dir>/seed/ for scoring demos; nothing else reads it. Bring label volumes into training with
+    `dicomflow label import`. Seeding again stores nothing twice: studies already present are
+    reported as such.
     """
     settings = settings_from(ctx)
     client = dicomweb.connect(pacs_for(settings))
@@ -44,4 +47,4 @@ def seed(ctx: click.Context, chest: int, hippocampus: int, seed_value: int, ches
         stored, present = result.stored.get(kind, 0), result.already_present.get(kind, 0)
         if stored or present:
             console.print(f"{kind:12} {stored} stored, {present} already present", highlight=False)
-    console.print(f"{result.instances_stored} instance(s) stored; labels in {result.sidecar}", highlight=False)
+    console.print(f"{result.instances_stored} instance(s) stored; seeded truth in {result.sidecar}", highlight=False)

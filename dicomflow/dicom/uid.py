@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 MAX_LENGTH = 64
@@ -12,3 +13,13 @@ _PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 def is_uid(value: Any) -> bool:
     """True for a string that is a DICOM UID (surrounding spaces are not part of it)."""
     return isinstance(value, str) and len(value) <= MAX_LENGTH and _PATTERN.match(value) is not None
+
+
+def derived_uid(namespace: str, *parts: object) -> str:
+    """A deterministic ``2.25`` UID from ``namespace`` and ``parts``: the same parts give the same UID.
+
+    UUID v5 of the joined parts, as PS3.5 B.2 allows for ``2.25`` UIDs. (``pydicom.uid.generate_uid``
+    with ``prefix=None`` ignores ``entropy_srcs`` and is random.)
+    """
+    name = "\x1f".join([namespace, *map(str, parts)])
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"

@@ -523,48 +523,54 @@ def load_files(paths: Sequence[str | Path]) -> tuple[np.ndarray, Geometry]:
     return load_image([read(p) for p in paths])
 
 
-def load_label_volume(path: str | Path, image_shape: tuple[int, ...],
-                      sop_instance_uids: Sequence[str] = ()) -> np.ndarray:
-    """A label volume aligned with a ``(Z, Y, X)`` image: NIfTI (.nii / .nii.gz) or DICOM SEG.
+#: How far a label volume's NIfTI affine may be from the image's (mm, and direction cosines).
+AFFINE_TOLERANCE_MM = 0.1
+AFFINE_TOLERANCE_COSINE = 1e-3
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
-    NIfTI arrays stored ``(X, Y, Z)`` (the NIfTI convention) are transposed; arrays already stored
-    ``(Z, Y, X)`` are taken as they are. A DICOM SEG is matched to the image slices by
-    ``sop_instance_uids`` (the image's :attr:`Geometry.sop_instance_uids`); the value of a voxel is
-    its segment number.
+
+def load_label_volume(path: str | Path, geometry: Geometry) -> np.ndarray:
+    """A label volume on the voxels of an image with ``geometry``: NIfTI (.nii / .nii.gz) or DICOM SEG.
+
+    A NIfTI label must be stored as NIfTI stores it, ``(X, Y, Z)`` with a RAS affine, and that affine
+    must place its voxels where the image's are (within :data:`AFFINE_TOLERANCE_MM`): a label of
+    another grid is refused with both affines, never transposed, flipped or resampled to fit. A DICOM
+    SEG is matched to the image slices by SOP Instance UID; a voxel's value is its segment number.
     """
     path = Path(path)
-    name = path.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
+    target = tuple(geometry.shape)
+    if path.name.lower().endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
-        data = np.asarray(nib.load(str(path)).dataobj)
-        data = np.squeeze(data)
-        target = tuple(image_shape)
-        if data.shape == target[::-1]:
-            data = data.transpose(2, 1, 0)
-        elif data.shape != target:
+        image = nib.load(str(path))
+        data = np.squeeze(np.asarray(image.dataobj))
+        if data.shape != target[::-1]:
+            raise GeometryError(f"label volume {path.name} has shape {data.shape} (X, Y, Z), the image "
+                                f"{target[::-1]}: they must cover the same voxels")
+        expected = _LPS_TO_RAS @ geometry.affine
+        actual = np.asarray(image.affine, dtype=float)
+        off = np.abs(actual - expected)
+        if off[:3, 3].max() > AFFINE_TOLERANCE_MM or off[:3, :3].max() > AFFINE_TOLERANCE_COSINE * max(
+                1.0, float(np.abs(expected[:3, :3]).max())):
             raise GeometryError(
-                f"label volume {path.name} has shape {data.shape}, the image {target} (Z, Y, X): "
-                "they must cover the same voxels"
-            )
-        return np.rint(data).astype(np.uint8)
-    import highdicom as hd
+                f"label volume {path.name} is not on the image's grid: its affine {np.round(actual, 3).tolist()} "
+                f"against the image's {np.round(expected, 3).tolist()} (RAS); write it on the series' own grid")
+        return np.rint(data.transpose(2, 1, 0)).astype(np.uint8)
+    from dicomflow.dicom.seg import read_seg
+    from dicomflow.dicom.structures import StructureError
 
-    seg = hd.seg.segread(str(path))
-    if not sop_instance_uids:
-        raise GeometryError(f"{path.name}: a DICOM SEG label needs the image's SOP Instance UIDs to align")
-    data = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=list(sop_instance_uids), combine_segments=True, skip_overlap_checks=True)
-    data = np.asarray(data)
-    if data.shape != tuple(image_shape):
-        raise GeometryError(f"{path.name}: SEG frames {data.shape} do not match the image {tuple(image_shape)}")
-    return data.astype(np.uint8)
+    try:
+        data, _ = read_seg(pydicom.dcmread(str(path)), list(geometry.sop_instance_uids))
+    except StructureError as exc:
+        raise GeometryError(f"{path.name}: {exc}") from None
+    if data.shape != target:
+        raise GeometryError(f"{path.name}: SEG frames {data.shape[1:]} do not match the image's {target[1:]}")
+    return data
 
 
 def save_label_nifti(label: np.ndarray, geometry: Geometry, path: str | Path) -> None:
     """Write a ``(Z, Y, X)`` label volume as NIfTI in the NIfTI convention ((X, Y, Z), RAS affine)."""
     import nibabel as nib
 
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
-    img = nib.Nifti1Image(np.asarray(label, dtype=np.uint8).transpose(2, 1, 0), lps_to_ras @ geometry.affine)
+    img = nib.Nifti1Image(np.asarray(label, dtype=np.uint8).transpose(2, 1, 0), _LPS_TO_RAS @ geometry.affine)
     nib.save(img, str(path))

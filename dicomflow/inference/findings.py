@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dicomflow.modeling.structures import parse_structures
+from dicomflow.dicom.structures import parse_structures
 
 POSITIVE_THRESHOLD = 0.5
 

@@ -26,6 +26,7 @@ from dicomflow.credentials import PacsNotAllowed, pacs_connection
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom.errors import PacsError
 from dicomflow.dicom.geometry import GeometryError
+from dicomflow.dicom.seg import build_seg
 from dicomflow.dicom.volume import NotAnImageError, load_image
 from dicomflow.inference import findings as F
 from dicomflow.inference.endpoint import OUTPUT_S3_ENV
@@ -37,7 +38,6 @@ from dicomflow.inference.errors import (
     from_pacs_error,
 )
 from dicomflow.inference.request import StudyRequest
-from dicomflow.inference.seg import build_seg
 from dicomflow.inference.selection import check_retrieved, choose_series
 from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc

@@ -16,8 +16,8 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomflow import __version__
-from dicomflow.inference.seg import MANUFACTURER, coded
-from dicomflow.modeling.structures import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, Structure
+from dicomflow.dicom.seg import MANUFACTURER, coded
+from dicomflow.dicom.structures import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, Structure
 
 SR_SERIES_NUMBER = 9102
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")

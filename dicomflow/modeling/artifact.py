@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from dicomflow.dicom.structures import Structure, parse_structures
 from dicomflow.errors import DicomflowError
 from dicomflow.modeling.networks import build_network, check_task
 from dicomflow.modeling.preprocess import Preprocess, build_transform, default_spec, validate_spec
-from dicomflow.modeling.structures import Structure, parse_structures
 
 FORMAT_VERSION = 1
 METADATA_FILE = "dicomflow_model.json"

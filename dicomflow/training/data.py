@@ -19,11 +19,11 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd, Transform
 
+from dicomflow.dicom import structures as structure_defs
 from dicomflow.dicom import volume
+from dicomflow.dicom.structures import Structure, StructureError, parse_structures
 from dicomflow.errors import DicomflowError
-from dicomflow.modeling import structures as structure_defs
 from dicomflow.modeling.preprocess import Preprocess
-from dicomflow.modeling.structures import Structure, StructureError, parse_structures
 from dicomflow.training.channel import CLASSES, MANIFEST
 
 log = logging.getLogger("dicomflow.training")
@@ -203,7 +203,7 @@ class LoadItem(Transform):
         image = self.preprocess(array, geom.spacing)
         out: dict[str, Any] = {"image": image, "id": item["id"]}
         if self.task == "segmentation3d":
-            label = volume.load_label_volume(item["label"], array.shape, geom.sop_instance_uids)
+            label = volume.load_label_volume(item["label"], geom)
             out["target"] = self.preprocess.label(label, geom.spacing)
         else:
             out["target"] = torch.tensor(item["labels"], dtype=torch.float32)

@@ -1,8 +1,10 @@
 """Dataset export: a Ground Truth output manifest -> a training channel in S3.
 
 For every labeled line the DICOM objects are fetched from the PACS over DICOMweb (one instance for
-an image, one multipart request for a series) and put under ``<to>/images/<study>/<series>/<sop>.dcm``;
-segmentation label volumes come from the seeder sidecar's NIfTI files (``<to>/labels/<series>.nii.gz``).
+an image, one multipart request for a series) and put under ``<to>/images/<study>/<series>/<sop>.dcm``.
+A segmentation line names its DICOM SEG (``segmentation``: consolidated from annotators, or brought by
+``dicomflow label import``); the SEG, checked to lie on the series' slices, is staged as the series'
+label (``<to>/labels/<series>/<sop>.dcm``), and ``classes.json`` lists its structures with their codes.
 ``<to>/manifest.jsonl`` and ``<to>/classes.json`` follow the channel layout (:mod:`.channel`). Objects
 already in S3 are not fetched again (``head_object``), so a re-run only stages what is missing.
 Patient IDs are replaced by a one-way hash (``patient``) - the channel holds no PatientID in clear.
@@ -18,7 +20,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -27,13 +28,15 @@ from dicomweb_client.protocol import DICOMClient
 from dicomflow import aws
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
+from dicomflow.dicom.seg import read_seg
+from dicomflow.dicom.structures import Structure, StructureError, names
+from dicomflow.dicom.volume import load_image
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
 from dicomflow.modeling.networks import TASKS
 from dicomflow.training.channel import CLASSES, MANIFEST
 
 log = logging.getLogger("dicomflow.training.export")
-SEGMENTATION_CLASSES = ["anterior", "posterior"]
 
 
 class ExportError(DicomflowError):
@@ -80,14 +83,6 @@ def _classes_of(lines: list[dict[str, Any]], attr: str) -> list[str]:
             if name not in classes:
                 classes.append(name)
     return classes
-
-
-def load_sidecar(path: Path | None) -> dict[str, str]:
-    """SeriesInstanceUID -> label NIfTI path from the seeder sidecar (``<data_dir>/seed/labels.json``)."""
-    if path is None or not Path(path).is_file():
-        return {}
-    doc = json.loads(Path(path).read_text())
-    return {e["SeriesInstanceUID"]: e["label_path"] for e in doc.get("hippocampus", []) if e.get("label_path")}
 
 
 class _Stager:
@@ -150,17 +145,24 @@ class _Stager:
                     self._put_dataset(keys.setdefault(sop, f"images/{study}/{series}/{sop}.dcm"), ds)
         return sorted(keys.values())
 
-    def label_file(self, series: str, path: str) -> str:
-        key = f"labels/{series}.nii.gz"
+    def seg_label(self, study: str, series: str, seg_ref: dict[str, Any]) -> tuple[str, list[Structure]]:
+        """The SEG of ``seg_ref`` staged as the series' label (checked to lie on its slices) and its structures."""
+        seg = dicomweb.retrieve_instance(self.client, study, seg_ref["SeriesInstanceUID"], seg_ref["SOPInstanceUID"])
+        _, geometry = load_image(dicomweb.retrieve_series(self.client, study, series))
+        try:
+            _, structures = read_seg(seg, list(geometry.sop_instance_uids))
+        except StructureError as exc:
+            raise ExportError(f"series {series}: {exc}") from None
+        key = f"labels/{series}/{seg_ref['SOPInstanceUID']}.dcm"
         if self._exists(key):
             self._skip()
         else:
-            self._put(key, Path(path).read_bytes(), "application/gzip")
-        return key
+            self._put_dataset(key, seg)
+        return key, structures
 
 
 def export_dataset(manifest_uri: str, to_uri: str, *, client_factory: Callable[[], DICOMClient] | None = None,
-                   label_attribute: str | None = None, task: str | None = None, sidecar: Path | None = None,
+                   label_attribute: str | None = None, task: str | None = None,
                    classes: list[str] | None = None, workers: int = 8,
                    on_progress: Callable[[int, int], None] | None = None, s3: Any = None) -> ExportResult:
     """Stage the objects of a Ground Truth output manifest into a training channel at ``to_uri``.
@@ -184,21 +186,21 @@ def export_dataset(manifest_uri: str, to_uri: str, *, client_factory: Callable[[
     if not labeled:
         raise ExportError(f"no line of {manifest_uri} has a '{attr}' label with its 'dicom' UIDs; "
                           "is this the labeling job's output.manifest (check --label-attribute)?")
-    labels_by_series = load_sidecar(sidecar)
-    first = labeled[0][attr]["dicom"]
+    first = labeled[0][attr]
     if task is None:
-        if first.get("SOPInstanceUID"):
-            task = "classification2d"
-        elif first.get("SeriesInstanceUID") in labels_by_series:
+        if first.get("segmentation"):
             task = "segmentation3d"
+        elif first["dicom"].get("SOPInstanceUID"):
+            task = "classification2d"
         else:
             task = "classification3d"
-    if task == "segmentation3d" and not labels_by_series:
-        raise ExportError("segmentation3d needs label volumes: run `dicomflow seed` (it writes the sidecar "
-                          "<data_dir>/seed/labels.json) or pass --sidecar")
-    class_names = classes or (SEGMENTATION_CLASSES if task == "segmentation3d" else _classes_of(labeled, attr))
+    if task == "segmentation3d" and not any(line[attr].get("segmentation") for line in labeled):
+        raise ExportError("segmentation3d needs label volumes: the manifest's lines name no SEG; import your labels "
+                          "with `dicomflow label import` (NIfTI or SEG) or label the series with a segmentation job")
+    class_names = classes or ([] if task == "segmentation3d" else _classes_of(labeled, attr))
     stager = _Stager(bucket, prefix, client_factory or dicomweb.connect, s3)
     result = ExportResult(lines=len(labeled), task=task, classes=class_names)
+    found_structures: list[list[Structure]] = []
 
     def one(index: int, line: dict[str, Any]) -> dict[str, Any]:
         content = line[attr]
@@ -213,10 +215,11 @@ def export_dataset(manifest_uri: str, to_uri: str, *, client_factory: Callable[[
         else:
             out["images"] = stager.series(study, series)
         if task == "segmentation3d":
-            path = labels_by_series.get(series)
-            if not path:
-                raise ExportError(f"no label volume for series {series} in the sidecar")
-            out["label"] = stager.label_file(series, path)
+            seg_ref = content.get("segmentation")
+            if not isinstance(seg_ref, dict):
+                raise ExportError(f"line {index + 1} names no SEG ('segmentation') for series {series}")
+            out["label"], structures = stager.seg_label(study, series, seg_ref)
+            found_structures.append(structures)
         else:
             out["labels"] = [n for n in content.get("labels", []) if n in class_names]
         return out
@@ -237,9 +240,17 @@ def export_dataset(manifest_uri: str, to_uri: str, *, client_factory: Callable[[
     if not out_lines:
         raise ExportError(f"no line could be exported ({result.failures[0] if result.failures else 'unknown'})")
     out_lines.sort()
+    classes_doc: list[Any] = list(class_names)
+    if task == "segmentation3d":
+        definitions = {tuple(json.dumps(st.to_dict(), sort_keys=True) for st in each) for each in found_structures}
+        if len(definitions) != 1:
+            raise ExportError("the SEGs of the manifest define different structures; export one structure set at a "
+                              "time (check the labels with `dicomflow label import`)")
+        classes_doc = [st.to_dict() for st in found_structures[0]]
+        result.classes = names(found_structures[0])
     body = "".join(json.dumps(line) + "\n" for _, line in out_lines).encode()
     aws.write(aws.s3_uri(bucket, prefix + MANIFEST), body, "application/jsonl", s3=s3)
-    aws.write(aws.s3_uri(bucket, prefix + CLASSES), json.dumps(class_names).encode(), "application/json", s3=s3)
+    aws.write(aws.s3_uri(bucket, prefix + CLASSES), json.dumps(classes_doc).encode(), "application/json", s3=s3)
     result.staged_objects, result.existing_objects = stager.staged, stager.existing
     result.manifest_uri = aws.s3_uri(bucket, prefix + MANIFEST)
     return result

@@ -288,7 +288,7 @@ class Trainer:
         per_volume = {}
         for item in items:
             array, geom = volume.load_files(item.images)
-            truth = volume.load_label_volume(item.label, array.shape, geom.sop_instance_uids)
+            truth = volume.load_label_volume(item.label, geom)
             logits = pre.run_network(model, pre(array, geom.spacing)[None].to(self.device)).float()
             probs = torch.softmax(logits, dim=1)[0].cpu()
             pred = pre.label_map(probs, array.shape)

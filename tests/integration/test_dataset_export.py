@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,11 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomflow import aws
 from dicomflow.demo import seed
+from dicomflow.demo.synthetic import HIPPOCAMPUS_STRUCTURES
 from dicomflow.dicom import dicomweb
-from dicomflow.dicom.orthanc import OrthancRest, instance_id, series_id
+from dicomflow.dicom.orthanc import OrthancRest, instance_id
+from dicomflow.dicom.seg import read_seg
+from dicomflow.dicom.volume import load_image, save_label_nifti
 from dicomflow.groundtruth import manifest
 from dicomflow.groundtruth.consolidation import consolidate_object, dicom_reference
 from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
@@ -83,12 +87,18 @@ def seeded(local_cloud, tmp_path_factory) -> dict:
                "SOPInstanceUID": "1.2.826.0.1.9.1.1"}  # labeled, then deleted from the PACS
     chest_lines.append(_line(json.dumps(missing), ["Edema"], rest))
     hippo = [st for st in studies if st.kind == "hippocampus"]
-    hippo_lines = [_line(series_id(e["PatientID"], e["StudyInstanceUID"], e["SeriesInstanceUID"]),
-                         ["No Finding"], rest) for e in (st.entry for st in hippo)]
     manifest.write_jsonl_s3(f"s3://{bucket}/jobs/chest/output.manifest", chest_lines)
-    manifest.write_jsonl_s3(f"s3://{bucket}/jobs/hippo/output.manifest", hippo_lines)
+    # the hippocampus labels are NIfTI volumes brought with `dicomflow label import`, as a user would bring theirs
+    labels = data_dir / "labels.jsonl"
+    labels.write_text("".join(json.dumps({k: st.entry[k] for k in ("StudyInstanceUID", "SeriesInstanceUID")}
+                                         | {"label": st.entry["label_path"]}) + "\n" for st in hippo))
+    structures = data_dir / "structures.json"
+    structures.write_text(json.dumps(HIPPOCAMPUS_STRUCTURES))
+    imported = _cli("label", "import", "--labels", str(labels), "--structures", str(structures),
+                    "--to", f"s3://{bucket}/jobs/hippo/output.manifest", "--label-attribute", "hippo", "--json")
+    assert imported.returncode == 0, imported.stderr[-3000:]
     return {"bucket": bucket, "chest": chest, "sr": sr, "hippo": hippo, "missing": missing,
-            "sidecar": seed.sidecar_path(data_dir)}
+            "labels": labels, "structures": structures, "import": json.loads(imported.stdout)}
 
 
 def _get(bucket: str, key: str) -> bytes:
@@ -146,25 +156,59 @@ def test_export_chest_instances_stages_objects_and_manifest(seeded) -> None:
     assert seeded["missing"]["SOPInstanceUID"] in result["failures"][0]
 
 
-def test_export_hippocampus_series_with_label_volumes(seeded) -> None:
+def test_label_import_stores_segs_on_the_series_grid_and_refuses_what_does_not_fit(local_cloud, seeded,
+                                                                                      tmp_path) -> None:
+    assert seeded["import"]["lines"] == 4 and seeded["import"]["segsStored"] == 4 and not seeded["import"]["failures"]
+    lines = manifest.read_jsonl_s3(f"s3://{seeded['bucket']}/jobs/hippo/output.manifest")
+    client = dicomweb.connect(local_cloud.pacs)
+    for st, line in zip(seeded["hippo"], lines, strict=True):
+        ref = line["hippo"]["segmentation"]
+        seg = dicomweb.retrieve_instance(client, st.entry["StudyInstanceUID"], ref["SeriesInstanceUID"],
+                                         ref["SOPInstanceUID"])
+        _, geometry = load_image(st.datasets)
+        label, structures = read_seg(seg, list(geometry.sop_instance_uids))
+        np.testing.assert_array_equal(label, st.label_volume)  # the NIfTI's voxels, on the series' slices
+        assert [x.name for x in structures] == ["anterior", "posterior"] and line["hippo"]["structures"] == [
+            "anterior", "posterior"] and line["hippo-metadata"]["job-name"] == "label-import"
+    again = _cli("label", "import", "--labels", str(seeded["labels"]), "--structures", str(seeded["structures"]),
+                 "--to", f"s3://{seeded['bucket']}/jobs/hippo/again.manifest", "--json")
+    assert json.loads(again.stdout)["segsStored"] == 0 and json.loads(again.stdout)["segsReused"] == 4  # idempotent
+    # a label volume 3 mm off the series' grid, and one for a series the PACS lacks: refused, reported, not guessed
+    st = seeded["hippo"][0]
+    _, geometry = load_image(st.datasets)
+    shifted = tmp_path / "shifted.nii.gz"
+    save_label_nifti(st.label_volume, replace(geometry, origin=(geometry.origin[0] + 3, *geometry.origin[1:])),
+                     shifted)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"StudyInstanceUID": st.entry["StudyInstanceUID"],
+                               "SeriesInstanceUID": st.entry["SeriesInstanceUID"], "label": str(shifted)}) + "\n"
+                   + json.dumps({"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.4",
+                                 "label": st.entry["label_path"]}) + "\n")
+    refused = _cli("label", "import", "--labels", str(bad), "--structures", str(seeded["structures"]),
+                   "--to", f"s3://{seeded['bucket']}/jobs/hippo/bad.manifest")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "not on the image's grid" in refused.stderr and "line 2" in refused.stderr
+    assert aws.read_bytes(f"s3://{seeded['bucket']}/jobs/hippo/bad.manifest") is None
+
+
+def test_export_hippocampus_series_with_their_segs(seeded) -> None:
     bucket, prefix = seeded["bucket"], "channels/hippo/"
-    result = export_dataset(f"s3://{bucket}/jobs/hippo/output.manifest", f"s3://{bucket}/{prefix}",
-                            sidecar=seeded["sidecar"], workers=2)
+    result = export_dataset(f"s3://{bucket}/jobs/hippo/output.manifest", f"s3://{bucket}/{prefix}", workers=2)
     assert result.task == "segmentation3d" and result.classes == ["anterior", "posterior"]
     slices = sum(len(st.datasets) for st in seeded["hippo"])
     assert (result.lines, result.failed_lines, result.staged_objects) == (4, 0, slices + 4)
     lines = {x["id"]: x for x in map(json.loads, _get(bucket, prefix + "manifest.jsonl").decode().splitlines())}
-    sidecar = {e["SeriesInstanceUID"]: e for e in json.loads(Path(seeded["sidecar"]).read_text())["hippocampus"]}
+    classes = json.loads(_get(bucket, prefix + "classes.json"))
+    assert [c["name"] for c in classes] == ["anterior", "posterior"] and classes[0]["type"]["value"] == "5366008"
     for st in seeded["hippo"]:
         series = st.entry["SeriesInstanceUID"]
         line = lines[series]
         assert len(line["images"]) == len(st.datasets) == st.entry["instances"]
         assert sorted(Path(p).stem for p in line["images"]) == sorted(str(ds.SOPInstanceUID) for ds in st.datasets)
-        assert line["label"] == f"labels/{series}.nii.gz"
-        assert _get(bucket, prefix + line["label"]) == Path(sidecar[series]["label_path"]).read_bytes()
+        assert line["label"].startswith(f"labels/{series}/") and line["label"].endswith(".dcm")
+        assert pydicom.dcmread(io.BytesIO(_get(bucket, prefix + line["label"]))).Modality == "SEG"
         assert "labels" not in line
-    rerun = export_dataset(f"s3://{bucket}/jobs/hippo/output.manifest", f"s3://{bucket}/{prefix}",
-                           sidecar=seeded["sidecar"], workers=2)
+    rerun = export_dataset(f"s3://{bucket}/jobs/hippo/output.manifest", f"s3://{bucket}/{prefix}", workers=2)
     assert (rerun.staged_objects, rerun.existing_objects) == (0, slices + 4)
 
 
@@ -180,8 +224,7 @@ def test_training_runs_on_the_exported_channels(seeded, capsys, monkeypatch, tmp
     if "manifest.jsonl" not in _keys(bucket, "channels/chest/"):
         export_dataset(f"s3://{bucket}/jobs/chest/output.manifest", f"s3://{bucket}/channels/chest/")
     if "manifest.jsonl" not in _keys(bucket, "channels/hippo/"):
-        export_dataset(f"s3://{bucket}/jobs/hippo/output.manifest", f"s3://{bucket}/channels/hippo/",
-                       sidecar=seeded["sidecar"])
+        export_dataset(f"s3://{bucket}/jobs/hippo/output.manifest", f"s3://{bucket}/channels/hippo/")
     chest = train_job("classification2d", f"s3://{bucket}/channels/chest/",
                       hps={"epochs": "1", "image_size": "32", "batch_size": "4", "val_fraction": "0.25"},
                       session=sagemaker_session())

@@ -115,7 +115,7 @@ def test_label_nifti_affine_matches_dicom(tmp_path: Path) -> None:
     array, geometry = volume.load_image(ser.datasets)
     np.testing.assert_array_equal(array, ser.image_volume.astype(np.float32))
     assert geometry.spacing == pytest.approx(ser.spacing)
-    np.testing.assert_array_equal(volume.load_label_volume(path, array.shape), ser.label_volume)
+    np.testing.assert_array_equal(volume.load_label_volume(path, geometry), ser.label_volume)
 
 
 # ---- dciodvfy ------------------------------------------------------------------------------------------

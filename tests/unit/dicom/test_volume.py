@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from dataclasses import replace
 
 import numpy as np
 import pydicom
@@ -120,14 +121,22 @@ def test_sr_is_not_an_image() -> None:
         load_image(sr)
 
 
-def test_label_nifti_round_trip(series, tmp_path) -> None:
+def test_label_nifti_round_trip_and_a_label_off_the_grid_is_refused(series, tmp_path) -> None:
     _, geom = load_image(series.datasets)
     path = tmp_path / "label.nii.gz"
     save_label_nifti(series.label_volume, geom, path)
-    back = load_label_volume(path, series.label_volume.shape)
+    back = load_label_volume(path, geom)
     np.testing.assert_array_equal(back, series.label_volume)
     with pytest.raises(GeometryError, match="same voxels"):
-        load_label_volume(path, (5, 5, 5))
+        load_label_volume(path, replace(geom, shape=(5, 5, 5)))
+    shifted = replace(geom, origin=(geom.origin[0] + 2.0, geom.origin[1], geom.origin[2]))
+    with pytest.raises(GeometryError, match="not on the image's grid"):
+        load_label_volume(path, shifted)  # the same shape 2 mm off: never taken as aligned
+    import nibabel as nib  # a (Z, Y, X) array with an identity affine: the shape guess of old is refused
+
+    nib.save(nib.Nifti1Image(series.label_volume, np.eye(4)), tmp_path / "zyx.nii.gz")
+    with pytest.raises(GeometryError):
+        load_label_volume(tmp_path / "zyx.nii.gz", geom)
 
 
 def _seg(series: synthetic.SyntheticSeries, sources: list[Dataset], label: np.ndarray) -> Dataset:
@@ -160,11 +169,9 @@ def test_label_dicom_seg_matches_the_label_volume(series, tmp_path) -> None:
     seg = _seg(series, ordered[::-1], np.ascontiguousarray(series.label_volume[::-1]))
     path = tmp_path / "label.dcm"
     seg.save_as(path)
-    label = load_label_volume(path, image.shape, geom.sop_instance_uids)
+    label = load_label_volume(path, geom)
     assert label.dtype == np.uint8 and label.shape == image.shape
     np.testing.assert_array_equal(label, series.label_volume)
-    with pytest.raises(GeometryError, match="SOP Instance UIDs"):
-        load_label_volume(path, image.shape)
 
 
 def _with_pixels(name: str, raw: np.ndarray | None = None, signed: int | None = None) -> Dataset:

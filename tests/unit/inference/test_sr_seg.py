@@ -9,10 +9,10 @@ import pytest
 from model_helpers import dciodvfy_errors
 
 from dicomflow.demo import synthetic
+from dicomflow.dicom.seg import build_seg
+from dicomflow.dicom.structures import parse_structures
 from dicomflow.inference import findings as F
-from dicomflow.inference.seg import build_seg
 from dicomflow.inference.sr import build_sr
-from dicomflow.modeling.structures import parse_structures
 
 STRUCTURES = parse_structures(synthetic.HIPPOCAMPUS_STRUCTURES)
 
