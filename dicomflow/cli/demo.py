@@ -167,6 +167,7 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     metrics.add_row("classification2d held-out mean AUROC", _fmt(inf.get("heldOutMeanAuroc")))
     metrics.add_row("segmentation3d validation mean Dice (best)", _fmt(seg_m.get("best_metric")))
     metrics.add_row("segmentation3d test mean Dice", _fmt(seg_m.get("test_mean_dice")))
+    metrics.add_row("segmentation3d held-out mean Dice (the SEGs in the PACS)", _fmt(inf.get("heldOutMeanDice")))
     for task, res in tr.items():
         metrics.add_row(f"{task} model", res["model_artifact"])
     console.print(metrics)

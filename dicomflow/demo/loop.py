@@ -27,7 +27,7 @@ from dicomflow.demo import seed as seeding
 from dicomflow.demo.annotators import LABEL_SET, annotate_in_browser, annotator_labels, expected_majority
 from dicomflow.demo.synthetic import CHEST_CLASSES, HIPPOCAMPUS_STRUCTURES, NO_FINDING
 from dicomflow.dicom import dicomweb
-from dicomflow.dicom.orthanc import instance_id, orthanc_id, series_id
+from dicomflow.dicom.orthanc import instance_id, orthanc_id
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
 
@@ -48,12 +48,12 @@ class DemoConfig:
     chest_train: int = 48
     chest_holdout: int = 16
     chest_size: int = 64
-    hippo_train: int = 8
-    hippo_holdout: int = 2
-    hippo_shape: tuple[int, int, int] = (24, 32, 32)
+    hippo_train: int = 20
+    hippo_holdout: int = 4
+    hippo_shape: tuple[int, int, int] = (32, 48, 48)
     cls_epochs: int = 8
     cls_batch: int = 8
-    seg_epochs: int = 15
+    seg_epochs: int = 25
     seg_batch: int = 2
     annotators: int = 3
     flip_rates: tuple[float, ...] = (0.0, 0.1, 0.2)
@@ -70,8 +70,8 @@ class DemoConfig:
             raise DemoError(f"--size {size!r}: use one of {', '.join(SIZES)}")
         base = cls(size=size)
         if size == "small":
-            base = replace(base, chest_train=16, chest_holdout=4, chest_size=64, hippo_train=4, hippo_holdout=2,
-                           hippo_shape=(16, 24, 24), cls_epochs=2, cls_batch=4, seg_epochs=2, seg_batch=2)
+            base = replace(base, chest_train=16, chest_holdout=4, chest_size=64, hippo_train=12, hippo_holdout=3,
+                           hippo_shape=(24, 40, 40), cls_epochs=2, cls_batch=4, seg_epochs=20, seg_batch=2)
         return replace(base, **overrides)
 
     @property
@@ -260,19 +260,21 @@ def summarize_labels(lines: list[dict[str, Any]], attr: str, truth: dict[str, li
 
 
 # ---- 4. datasets ------------------------------------------------------------------------------------
-def write_hippocampus_manifest(ctx: DemoContext) -> str:
-    """An output manifest for the training hippocampus series: label volumes come from the seeder."""
-    attr = "hippocampus"
-    lines = []
-    for s in ctx.hippo_train:
-        e = s.entry
-        source = series_id(e["PatientID"], e["StudyInstanceUID"], e["SeriesInstanceUID"])
-        lines.append(manifest.output_line(manifest.input_line(source), attr, {
-            "labels": list(SEG_LABELS), "workerCount": 0,
-            "dicom": {k: e[k] for k in ("StudyInstanceUID", "SeriesInstanceUID", "PatientID")}}, "seeded-labels"))
-        lines[-1][f"{attr}-metadata"]["human-annotated"] = "no"
+def import_hippocampus_labels(ctx: DemoContext) -> str:
+    """The seeder's label volumes of the training hippocampus series, brought in the way any user brings their
+    own: ``dicomflow label import`` stores them as DICOM SEGs in the studies and writes an output manifest.
+    (Until segmentation labeling is in the demo, this is where its hippocampus labels come from.)"""
+    from dicomflow.dicom.structures import parse_structures
+    from dicomflow.groundtruth.label_import import import_labels
+
+    requests = [{"StudyInstanceUID": s.entry["StudyInstanceUID"], "SeriesInstanceUID": s.entry["SeriesInstanceUID"],
+                 "label": s.entry["label_path"]} for s in ctx.hippo_train]
+    result = import_labels(requests, dicomweb.connect(ctx.pacs), parse_structures(HIPPOCAMPUS_STRUCTURES),
+                           label_attribute="hippocampus")
+    if result.failures:
+        raise DemoError(f"label import failed for {len(result.failures)} series: {result.failures[:2]}")
     uri = _uri("LabelingOutputUri", ctx, f"{ctx.config.tag}-hippocampus/manifests/output/output.manifest")
-    manifest.write_jsonl_s3(uri, lines)
+    manifest.write_jsonl_s3(uri, result.lines)
     return uri
 
 
@@ -281,15 +283,14 @@ def export_datasets(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
     from dicomflow.training.export import export_dataset
 
     tag = ctx.config.tag
-    side = seeding.sidecar_path(ctx.settings.data_dir)
     jobs = [("chest", ctx.results["labeling"]["outputManifest"], "classification2d", list(CHEST_CLASSES)),
-            ("hippocampus", write_hippocampus_manifest(ctx), "segmentation3d", None)]
+            ("hippocampus", import_hippocampus_labels(ctx), "segmentation3d", None)]
     channels = {}
     for name, uri, task, classes in jobs:
         to = _uri("DatasetsUri", ctx, f"{tag}-{name}/")
         with hooks.step(f"export the {name} dataset") as st:
             res = export_dataset(uri, to, client_factory=lambda: dicomweb.connect(ctx.pacs), task=task,
-                                 classes=classes, sidecar=side, workers=4,
+                                 classes=classes, workers=4,
                                  on_progress=lambda d, t, st=st: st.update(completed=d, total=t))
         if res.failed_lines:
             raise DemoError(f"export of {name}: {res.failed_lines} line(s) failed: {res.failures[:3]}")
@@ -379,13 +380,26 @@ def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     return ctx.results["inference"]
 
 
+def stored_seg_dice(ctx: DemoContext, study: seeding.SeedStudy, seg_ref: dict[str, Any]) -> dict[str, float]:
+    """Dice per structure of the SEG the model stored in the PACS, read back onto the series, against the truth."""
+    from dicomflow.dicom.seg import read_seg
+    from dicomflow.training.metrics import overlap_metrics
+
+    seg = dicomweb.retrieve_instance(dicomweb.connect(ctx.pacs), study.study_uid, seg_ref["SeriesInstanceUID"],
+                                     seg_ref["SOPInstanceUID"])
+    label, _ = read_seg(seg, [str(ds.SOPInstanceUID) for ds in study.datasets])
+    per_class = overlap_metrics(label, study.label_volume, len(SEG_LABELS))
+    return {name: per_class[i + 1]["dice"] for i, name in enumerate(SEG_LABELS)}
+
+
 def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Held-out AUROC (chest) and predicted vs true volumes (hippocampus), plus where the SR/SEG landed."""
+    """Held-out AUROC (chest); predicted vs true volumes and the Dice of the stored SEG (hippocampus); where the
+    SR/SEG landed. The demo's scoring is the one place that reads the seeder's truth."""
     from dicomflow.inference.findings import segmentation_volumes
     from dicomflow.training.metrics import multilabel_auroc, nanmean
 
     orthanc = ctx.settings.orthanc_url
-    studies, scores, targets = [], [], []
+    studies, scores, targets, dice = [], [], [], []
     for r in results:
         s, out = r["study"], r["output"]
         e = s.entry
@@ -405,10 +419,14 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
             spacing = [float(v) for v in e["spacing"]]
             true = segmentation_volumes(s.label_volume, spacing, SEG_LABELS)["volumesMm3"]
             row.update(trueVolumesMm3=true, predictedVolumesMm3=findings.get("volumesMm3", {}))
+            if "seg" in out.get("outputs", {}):
+                row["dice"] = stored_seg_dice(ctx, s, out["outputs"]["seg"])
+                dice.append(float(np.mean(list(row["dice"].values()))))
         studies.append(row)
     per_class = multilabel_auroc(np.asarray(scores), np.asarray(targets), list(CHEST_CLASSES)) if scores else {}
     return {"studies": studies, "heldOutAuroc": per_class,
-            "heldOutMeanAuroc": nanmean(list(per_class.values())) if per_class else None}
+            "heldOutMeanAuroc": nanmean(list(per_class.values())) if per_class else None,
+            "heldOutMeanDice": float(np.mean(dice)) if dice else None}
 
 
 # ---- the loop ---------------------------------------------------------------------------------------

@@ -6,12 +6,15 @@ extends a smaller one). UIDs are ``2.25`` UIDs hashed from the seed and index (:
 Each image / series is its own study of its own obviously synthetic patient (``SYNTH-...``). All datasets carry the
 mandatory modules of their IOD (checked with dicom3tools' ``dciodvfy`` in the tests).
 
-Chest patterns (MONOCHROME2: bright = dense), each placed with random jitter over a random body
-shape, noise and ribs, so a small CNN learns them in a few epochs at 64-128 px:
+Chest patterns (MONOCHROME2: bright = dense), each placed at a random place, side, size and contrast
+over a random patient size and position, ribs, noise and exposure, so that the finding is a shape
+against the anatomy a CNN must learn, not a region a thumbnail-level linear model can weigh:
 
-* ``Cardiomegaly``: the heart blob is much larger (normal: small);
-* ``Pleural Effusion``: a bright band with a meniscus at the bottom of one or both lungs;
-* ``Support Devices``: a bright thin tube from the top plus a small bright box (pacemaker);
+* ``Cardiomegaly``: the heart is wide for its thorax (cardiothoracic ratio ~0.65 against ~0.45);
+* ``Pleural Effusion``: fluid filling the base of one or both lungs, its meniscus rising laterally
+  (every image has its own diaphragm height and bright abdomen below the lungs);
+* ``Support Devices``: a thin tube from the top plus a small box (pacemaker); small bright dots
+  (ECG leads, buttons) appear in any image;
 * ``Lung Opacity``: several soft bright patches inside the lungs;
 * ``Pneumothorax``: a dark, texture-free band along the outer edge of one lung;
 * ``Lung Lesion``: one small, sharp, round bright nodule.
@@ -20,18 +23,20 @@ The other CheXpert classes never occur; ``No Finding`` is set when none of the a
 
 Hippocampus volumes are (z, y, x) arrays on an axial grid in LPS: ``x`` (columns) runs to the
 patient's left, ``y`` (rows) to posterior, ``z`` (slices) to superior. Label 1 (anterior, the head)
-lies at smaller ``y`` than label 2 (posterior, body and tail).
+lies at smaller ``y`` than label 2 (posterior, body and tail). Size, in-plane orientation, position
+in the field of view, contrast, bias field and noise vary by subject (a fixed mask does not fit).
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+from dicomflow.dicom.uid import derived_uid
 
 __all__ = [
     "CHEST_CLASSES",
@@ -90,11 +95,10 @@ class SyntheticSeries:
         return str(self.datasets[0].SeriesInstanceUID)
 
 
-_UID_NAMESPACE = uuid.UUID("6f1c1f0e-4d3a-5b8e-9a57-0d1c0f1a2b3c")
 
 
 #: The structures of the synthetic hippocampus label volumes (label value 1 and 2), with their SNOMED CT code:
-#: what a channel's ``classes.json`` says for them (``dicomflow.modeling.structures``).
+#: what a channel's ``classes.json`` says for them (``dicomflow.dicom.structures``).
 HIPPOCAMPUS_STRUCTURES = [
     {"name": name, "label": f"Hippocampus {name}",
      "type": {"value": "5366008", "scheme": "SCT", "meaning": "Hippocampus"}}
@@ -103,13 +107,8 @@ HIPPOCAMPUS_STRUCTURES = [
 
 
 def synthetic_uid(*parts: object) -> str:
-    """A deterministic ``2.25`` UID from ``parts`` (same parts, same UID).
-
-    ``pydicom.uid.generate_uid(prefix=None, ...)`` ignores ``entropy_srcs`` and is random, so the
-    UUID is derived here (UUID v5 of the parts, as PS3.5 B.2 allows for ``2.25`` UIDs).
-    """
-    name = "\x1f".join(["dicomflow-synthetic", *map(str, parts)])
-    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, name).int}"
+    """A deterministic ``2.25`` UID from ``parts`` (same parts, same UID)."""
+    return derived_uid("dicomflow-synthetic", *parts)
 
 
 # ---- common modules -----------------------------------------------------------------------------
@@ -194,63 +193,86 @@ def _soft(d2: np.ndarray, edge: float = 0.15) -> np.ndarray:
 
 
 def _chest_image(rng: np.random.Generator, size: int, labels: set[str]) -> np.ndarray:
-    """A float image in [0, 1] drawing the patterns of ``labels`` (see the module docstring)."""
+    """A float image in [0, 1] drawing the patterns of ``labels`` (see the module docstring).
+
+    The image must matter at more than a thumbnail: the patient's size and position, the exposure
+    (gain and offset), and each finding's place, side, size and contrast vary by image, so a finding
+    is a shape relative to the anatomy (a heart wide for its thorax, a meniscus at one lung base), not
+    a fixed bright region.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     j = lambda s: rng.uniform(-s, s)  # noqa: E731 - position jitter
+    k = rng.uniform(0.7, 1.2)  # thorax size
+    by, bx = 0.58 + j(0.06), 0.5 + j(0.06)  # body centre
     img = np.full((size, size), 0.08, np.float32)
     # body (soft tissue) and lungs (dark, air)
-    body = _soft(_ellipse(yy, xx, 0.58 + j(0.03), 0.5 + j(0.03), 0.55, 0.45 + j(0.03)), 0.2)
+    body = _soft(_ellipse(yy, xx, by, bx, 0.55 * k, (0.45 + j(0.03)) * k), 0.2)
     img += 0.35 * body
-    lung_c = [(0.5 + j(0.03), 0.31 + j(0.02)), (0.5 + j(0.03), 0.69 + j(0.02))]
-    lung_r = (0.27 + j(0.02), 0.13 + j(0.015))
+    lung_c = [(by - 0.08 * k + j(0.02), bx - 0.19 * k + j(0.02)), (by - 0.08 * k + j(0.02), bx + 0.19 * k + j(0.02))]
+    lung_r = ((0.27 + j(0.02)) * k, (0.13 + j(0.015)) * k)
+    # each lung ends at its diaphragm dome (its own height); below it the abdomen is bright
     lungs = np.zeros_like(img)
     for cy, cx in lung_c:
-        lungs = np.maximum(lungs, _soft(_ellipse(yy, xx, cy, cx, *lung_r), 0.3))
-    img -= 0.22 * lungs
+        dome = cy + lung_r[0] * rng.uniform(0.5, 0.9) + 0.1 * k * ((xx - cx) / lung_r[1]) ** 2
+        lung = _soft(_ellipse(yy, xx, cy, cx, *lung_r), 0.3) * np.clip((dome - yy) / 0.015, 0, 1)
+        lungs = np.maximum(lungs, lung)
+        img += rng.uniform(0.08, 0.2) * np.clip((yy - dome) / 0.03, 0, 1) * (np.abs(xx - cx) < lung_r[1]) * body
+    img -= rng.uniform(0.16, 0.26) * lungs
+    # ECG leads, buttons: small bright dots anywhere, in any image
+    for _ in range(int(rng.integers(0, 4))):
+        py, px, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.012, 0.03)
+        img += rng.uniform(0.3, 0.6) * _soft(_ellipse(yy, xx, py, px, r, r), 0.3)
     # ribs: faint periodic arcs over the lungs, spine: a bright central column
     phase = rng.uniform(0, 2 * np.pi)
-    img += 0.05 * lungs * (np.sin((yy + 0.15 * np.abs(xx - 0.5)) * 2 * np.pi * 9 + phase) > 0.6)
-    img += 0.12 * np.clip(1 - np.abs(xx - 0.5 - j(0.01)) / 0.045, 0, 1) * body
+    img += 0.05 * lungs * (np.sin((yy + 0.15 * np.abs(xx - bx)) * 2 * np.pi * 9 / k + phase) > 0.6)
+    img += 0.12 * np.clip(1 - np.abs(xx - bx - j(0.01)) / (0.045 * k), 0, 1) * body
 
     if "Pneumothorax" in labels:  # dark, texture-free crescent at the outer edge of one lung
         side = rng.integers(2)
         cy, cx = lung_c[side]
-        outer = cx + (-1 if side == 0 else 1) * lung_r[1] * 0.55
-        band = _soft(_ellipse(yy, xx, cy - 0.05, outer, lung_r[0] * 0.9, lung_r[1] * 0.45), 0.2)
-        img = img * (1 - 0.9 * band) + 0.01 * band
-    # heart: small normally, large with cardiomegaly
-    heart_r = (0.17, 0.2) if "Cardiomegaly" in labels else (0.1, 0.1)
-    heart_r = (heart_r[0] * (1 + j(0.1)), heart_r[1] * (1 + j(0.1)))
-    img += 0.3 * _soft(_ellipse(yy, xx, 0.63 + j(0.03), 0.53 + j(0.03), *heart_r), 0.25)
-    if "Pleural Effusion" in labels:  # bright band with a meniscus at the lung base(s)
-        sides = [0, 1] if rng.random() < 0.5 else [int(rng.integers(2))]
+        outer = cx + (-1 if side == 0 else 1) * lung_r[1] * rng.uniform(0.45, 0.65)
+        band = _soft(_ellipse(yy, xx, cy + j(0.06), outer, lung_r[0] * rng.uniform(0.6, 0.95),
+                              lung_r[1] * rng.uniform(0.35, 0.55)), 0.2)
+        img = img * (1 - rng.uniform(0.7, 0.95) * band) + 0.01 * band
+    # heart: its width against the thorax is what cardiomegaly means (ratio ~0.45 normal, ~0.65 enlarged)
+    ratio = rng.uniform(0.57, 0.7) if "Cardiomegaly" in labels else rng.uniform(0.41, 0.52)
+    heart_rx = ratio * (lung_c[1][1] - lung_c[0][1] + 2 * lung_r[1]) / 2
+    heart_r = (heart_rx * rng.uniform(0.8, 0.95), heart_rx)
+    img += rng.uniform(0.22, 0.36) * _soft(_ellipse(yy, xx, by + 0.05 * k + j(0.02), bx + 0.03 * k + j(0.02),
+                                                    *heart_r), 0.25)
+    if "Pleural Effusion" in labels:  # fluid filling the lung base, its meniscus rising at the lateral edge
+        sides = [0, 1] if rng.random() < 0.4 else [int(rng.integers(2))]
+        bright = rng.uniform(0.14, 0.26)
         for side in sides:
             cy, cx = lung_c[side]
-            level = cy + lung_r[0] * rng.uniform(0.25, 0.5)
-            meniscus = level - 0.08 * ((xx - cx) / lung_r[1]) ** 2 * (1 if side == 0 else 1)
-            fluid = np.clip((yy - meniscus) / 0.02, 0, 1) * (np.abs(xx - cx) < lung_r[1] * 1.1)
-            img += 0.32 * fluid * (body > 0.2)
+            outer = -1 if side == 0 else 1
+            level = cy + lung_r[0] * rng.uniform(0.15, 0.5)
+            meniscus = level - 0.1 * k * np.clip(outer * (xx - cx) / lung_r[1], 0, 1.2) ** 2
+            fluid = np.clip((yy - meniscus) / 0.02, 0, 1) * _soft(_ellipse(yy, xx, cy, cx, *lung_r), 0.3)
+            img += bright * fluid
     if "Lung Opacity" in labels:  # soft bright patches inside a lung
+        bright = rng.uniform(0.14, 0.26)
         for _ in range(int(rng.integers(2, 5))):
             cy, cx = lung_c[int(rng.integers(2))]
             py, px = cy + j(lung_r[0] * 0.6), cx + j(lung_r[1] * 0.6)
-            r = rng.uniform(0.04, 0.07)
-            img += 0.22 * np.exp(-(((yy - py) ** 2 + (xx - px) ** 2) / (2 * r * r)))
+            r = rng.uniform(0.035, 0.07) * k
+            img += bright * np.exp(-(((yy - py) ** 2 + (xx - px) ** 2) / (2 * r * r)))
     if "Lung Lesion" in labels:  # one small, sharp, round nodule
         cy, cx = lung_c[int(rng.integers(2))]
-        py, px = cy + j(lung_r[0] * 0.6), cx + j(lung_r[1] * 0.5)
-        r = rng.uniform(0.025, 0.035)
-        img += 0.4 * _soft(_ellipse(yy, xx, py, px, r, r), 0.3)
+        py, px = cy + j(lung_r[0] * 0.7), cx + j(lung_r[1] * 0.6)
+        r = rng.uniform(0.022, 0.038) * k
+        img += rng.uniform(0.28, 0.45) * _soft(_ellipse(yy, xx, py, px, r, r), 0.3)
     if "Support Devices" in labels:  # a thin bright tube from the top plus a pacemaker-like box
-        x0 = 0.5 + j(0.04)
-        x1 = x0 + j(0.12)
-        y_end = rng.uniform(0.45, 0.7)
+        x0 = rng.uniform(0.25, 0.75)
+        x1 = x0 + j(0.2)
+        y_end = rng.uniform(0.4, 0.72)
         t = np.clip(yy / y_end, 0, 1)
         path = x0 + (x1 - x0) * t**2
-        width = 1.5 / size + 0.004
-        img += 0.6 * (np.abs(xx - path) < width) * (yy < y_end)
-        by, bx = rng.uniform(0.14, 0.24), rng.choice([0.2, 0.8]) + j(0.04)
-        img += 0.6 * ((np.abs(yy - by) < 0.03) & (np.abs(xx - bx) < 0.045))
+        width = 1.2 / size + rng.uniform(0.001, 0.004)
+        img += rng.uniform(0.25, 0.5) * (np.abs(xx - path) < width) * (yy < y_end)
+        py, px = rng.uniform(0.1, 0.45), rng.uniform(0.12, 0.88)
+        img += rng.uniform(0.3, 0.55) * ((np.abs(yy - py) < 0.022) & (np.abs(xx - px) < 0.03))
+    img = img * rng.uniform(0.75, 1.25) + rng.uniform(-0.06, 0.06)  # exposure: gain and offset
     img += rng.normal(0, 0.02, img.shape).astype(np.float32)  # quantum noise
     return np.clip(img, 0.0, 1.0)
 
@@ -319,42 +341,64 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], scale: 
 
 def _hippocampus_volumes(rng: np.random.Generator, shape: tuple[int, int, int],
                          spacing: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """(image in [0, 1], labels uint8) for one subject; sizes in mm so spacing changes nothing anatomical."""
+    """(image in [0, 1], labels uint8) for one subject; sizes in mm so spacing changes nothing anatomical.
+
+    The image must matter: the structure's size, in-plane orientation, position in the field of view
+    (anywhere it fits), brightness against the background, the bias field and the noise all vary by
+    subject, so no fixed mask fits the subjects and no intensity threshold finds it alone.
+    """
     nz, ny, nx = shape
     sz, sy, sx = spacing
     zz, yy, xx = np.mgrid[0:nz, 0:ny, 0:nx].astype(np.float32)
     zz, yy, xx = zz * sz, yy * sy, xx * sx  # mm
-    cz, cy, cx = nz * sz / 2, ny * sy / 2, nx * sx / 2
-    scale = rng.uniform(0.8, 1.2)  # subject size
-    # head (anterior, label 1): a rounder ellipsoid at smaller y
-    head_c = (cz + rng.uniform(-2, 2), cy - ny * sy * 0.25 + rng.uniform(-1.5, 1.5), cx + rng.uniform(-3, 3))
+    scale = rng.uniform(0.7, 1.2)  # subject size
     head_r = (6.0 * scale * rng.uniform(0.9, 1.1), 9.0 * scale * rng.uniform(0.9, 1.1),
               7.0 * scale * rng.uniform(0.9, 1.1))
-    # body + tail (posterior, label 2): elongated along y, rising in z and curving medially
     tail_len = 13.0 * scale * rng.uniform(0.9, 1.15)
-    tail_c = (head_c[0] + rng.uniform(0.5, 2.5), head_c[1] + head_r[1] * 0.7 + tail_len * 0.7,
-              head_c[2] + rng.uniform(-2.5, 2.5))
     tail_r = (4.5 * scale, tail_len, 5.0 * scale)
-    bend = rng.uniform(-0.08, 0.08)
+    # along the long axis u (posterior, rotated in-plane by `angle`): the head, then the body and tail
+    head_u = 0.0
+    tail_u = head_u + head_r[1] * 0.7 + tail_len * 0.7
+    front, back = head_u - head_r[1], tail_u + tail_len
+    mid = (front + back) / 2
+    head_u, tail_u = head_u - mid, tail_u - mid
+    half_u = (back - front) / 2
+    half_v = max(head_r[2], tail_r[2]) + 3.0
+    half_z = max(head_r[0], tail_r[0]) + 3.0
+    angle = rng.uniform(-0.45, 0.45)  # radians (about +-25 degrees)
+    ca, sa = float(np.cos(angle)), float(np.sin(angle))
+    half = (half_z, half_u * abs(ca) + half_v * abs(sa), half_u * abs(sa) + half_v * abs(ca))
 
-    def ellipsoid(c: tuple[float, float, float], r: tuple[float, float, float], tilt: float = 0.0):
-        dz = zz - c[0] - tilt * (yy - c[1])
-        return (dz / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2
+    def centre(extent: float, h: float) -> float:  # anywhere the structure fits (else the middle)
+        return rng.uniform(h, extent - h) if extent > 2 * h else extent / 2 + rng.uniform(-1, 1)
 
-    head_d = ellipsoid(head_c, head_r)
-    tail_d = ellipsoid(tail_c, tail_r, tilt=0.15 + bend)
+    cz, cy, cx = (centre(n * s, h) for n, s, h in zip(shape, spacing, half, strict=True))
+    u = (yy - cy) * ca + (xx - cx) * sa
+    v = -(yy - cy) * sa + (xx - cx) * ca
+    w = zz - cz
+    tail_dz, tail_dv, bend = rng.uniform(0.5, 2.5), rng.uniform(-2.5, 2.5), rng.uniform(-0.08, 0.08)
+
+    def ellipsoid(cw: float, cu: float, cv: float, r: tuple[float, float, float], tilt: float = 0.0):
+        dw = w - cw - tilt * (u - cu)
+        return (dw / r[0]) ** 2 + ((u - cu) / r[1]) ** 2 + ((v - cv) / r[2]) ** 2
+
+    head_d = ellipsoid(0.0, head_u, 0.0, head_r)
+    tail_d = ellipsoid(tail_dz, tail_u, tail_dv, tail_r, tilt=0.15 + bend)
     labels = np.zeros(shape, np.uint8)
     labels[tail_d <= 1] = 2
     labels[head_d <= 1] = 1  # the head wins where they touch
-    # image: white-matter-like background with smooth inhomogeneity, grey-matter-bright structure
+    # image: a background level, bias field and noise of this subject; the structure brighter by a
+    # subject-specific contrast (grey matter in white), with partial volume at its border
     tissue = np.clip(np.minimum(head_d, tail_d), 0, 2)
-    structure = np.clip((1.25 - tissue) / 0.5, 0, 1)  # partial volume at the border
-    img = 0.35 + 0.06 * _smooth_noise(rng, shape)
-    img += 0.35 * structure * np.where(head_d < tail_d, 1.0, 0.85)
+    structure = np.clip((1.25 - tissue) / 0.5, 0, 1)
+    background = rng.uniform(0.25, 0.45)
+    contrast = rng.uniform(0.18, 0.4)
+    img = background + rng.uniform(0.03, 0.12) * _smooth_noise(rng, shape)
+    img += contrast * structure * np.where(head_d < tail_d, 1.0, rng.uniform(0.8, 0.95))
     # a dark CSF-like cleft (temporal horn) above the head
-    horn = ellipsoid((head_c[0] + head_r[0] + 2.0, head_c[1], head_c[2]), (1.5, head_r[1] * 0.8, 3.0))
+    horn = ellipsoid(head_r[0] + 2.0, head_u, 0.0, (1.5, head_r[1] * 0.8, 3.0))
     img -= 0.2 * np.clip(1.5 - horn, 0, 1) * (labels == 0)
-    img += rng.normal(0, 0.025, shape)
+    img += rng.normal(0, rng.uniform(0.015, 0.035), shape)
     return np.clip(img, 0, 1).astype(np.float32), labels
 
 

@@ -1,20 +1,36 @@
 """The whole loop at small size on the session local cloud, asserting every hand-off:
 stack -> seed -> labeling job (3 annotators in headless Chromium) -> output manifest with majority labels ->
-dataset export -> estimator.fit (both tasks) -> model.tar.gz in S3 -> async endpoints -> outputs in
-S3OutputPath -> SR + SEG in the held-out study in Orthanc, predicted volume present."""
+label import of the hippocampus volumes (DICOM SEGs) -> dataset export -> estimator.fit (both tasks) ->
+model.tar.gz in S3 -> async endpoints -> outputs in S3OutputPath -> SR + SEG in the held-out studies in Orthanc.
+
+Quality, at this size: the hippocampus SEGs the endpoint stored, read back from the PACS, must beat the
+no-image prior mask of the training labels by MARGIN_DICE and reach MIN_DICE, and each predicted
+volume must be within VOLUME_TOLERANCE of the truth. The chest model is trained for 2 epochs on 16
+labelled images and scored on 4: too few for a meaningful AUROC, so here it is only checked to have
+stored its SRs; its quality is held to the thumbnail baseline in test_training_job.py on 160 images.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from baselines import mean_dice, prior_mask_dice
 from setup_tools import require
 
 from dicomflow import aws
 from dicomflow.demo import loop
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
+from dicomflow.dicom.seg import read_seg
 from dicomflow.groundtruth import manifest
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
+
+#: 12 training series of 24x40x40 (about 7 train / 3 val / 2 test after the split), 20 epochs, 3 held out.
+#: Measured on this machine: held-out Dice 0.90-0.93 against a prior mask of 0.20, volumes off by 9-19 %.
+MIN_DICE = 0.65
+MARGIN_DICE = 0.3
+VOLUME_TOLERANCE = 0.35
 
 
 def _keys(uri: str) -> list[str]:
@@ -33,7 +49,7 @@ def test_whole_loop_small(local_cloud) -> None:
 
     loop.seed_studies(ctx, hooks)
     client = dicomweb.connect(ctx.pacs)
-    assert len(ctx.chest_train) == 16 and len(ctx.hippo_holdout) == 2
+    assert len(ctx.chest_train) == 16 and (len(ctx.hippo_train), len(ctx.hippo_holdout)) == (12, 3)
     assert dicomweb.search_studies(client, StudyInstanceUID=ctx.hippo_holdout[0].study_uid)
 
     # labeling: every training image labelled by 3 workers; the output line holds the majority of the votes
@@ -51,7 +67,9 @@ def test_whole_loop_small(local_cloud) -> None:
 
     channels = loop.export_datasets(ctx, hooks)
     assert _keys(channels["classification2d"] + "manifest.jsonl")
-    assert any(k.endswith(".nii.gz") for k in _keys(channels["segmentation3d"] + "labels/"))
+    # the hippocampus labels came in as DICOM SEGs (label import), staged beside their series
+    seg_labels = [k for k in _keys(channels["segmentation3d"] + "labels/") if k.endswith(".dcm")]
+    assert len(seg_labels) == len(ctx.hippo_train)
 
     trained = loop.train_models(ctx, hooks)
     for task in ("classification2d", "segmentation3d"):
@@ -63,11 +81,29 @@ def test_whole_loop_small(local_cloud) -> None:
     for task, dep in deployed.items():
         assert _keys(dep["output_path"]), f"no async output for {task} in {dep['output_path']}"
     seg = [s for s in inf["studies"] if s["task"] == "segmentation3d"]
-    assert len(seg) == 2
+    assert len(seg) == len(ctx.hippo_holdout) == 3
+    by_uid = {st.study_uid: st for st in ctx.hippo_holdout}
+    figures = []
     for s in seg:
-        assert s["predictedVolumesMm3"]["total"] >= 0 and s["trueVolumesMm3"]["total"] > 0
         modalities = {dj.value(x, "Modality") for x in dicomweb.search_series(client, s["StudyInstanceUID"])}
         assert {"MR", "SR", "SEG"} <= modalities
         assert s["outputs"]["seg"]["stored"] and s["outputs"]["sr"]["stored"]
+        study = by_uid[s["StudyInstanceUID"]]
+        stored = dicomweb.retrieve_instance(client, study.study_uid, s["outputs"]["seg"]["SeriesInstanceUID"],
+                                            s["outputs"]["seg"]["SOPInstanceUID"])
+        label, structures = read_seg(stored, [str(ds.SOPInstanceUID) for ds in study.datasets])
+        assert [x.name for x in structures] == ["anterior", "posterior"]
+        dice = mean_dice(label, study.label_volume, 2)
+        assert dice == pytest.approx(float(np.mean(list(s["dice"].values()))), abs=1e-9)  # the demo's own score
+        true, predicted = s["trueVolumesMm3"]["total"], s["predictedVolumesMm3"]["total"]
+        figures.append((dice, round(true), round(predicted)))
+        assert abs(predicted - true) / true <= VOLUME_TOLERANCE, figures
+    prior = prior_mask_dice([st.label_volume for st in ctx.hippo_train],
+                            [st.label_volume for st in ctx.hippo_holdout], 2)
+    print("\nend to end: held-out (Dice, true mm3, predicted mm3)", [(round(d, 3), t, p) for d, t, p in figures],
+          f"; no-image prior mask Dice {prior:.3f}")
+    held_out_dice = float(np.mean([d for d, _, _ in figures]))
+    assert held_out_dice == pytest.approx(inf["heldOutMeanDice"], abs=1e-9)
+    assert held_out_dice >= MIN_DICE and held_out_dice >= prior + MARGIN_DICE, (figures, prior)
     chest = [s for s in inf["studies"] if s["task"] == "classification2d"]
     assert len(chest) == 4 and all(s["outputs"]["sr"]["stored"] for s in chest)

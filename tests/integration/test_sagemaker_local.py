@@ -302,15 +302,20 @@ def test_probe_is_not_fooled_by_the_docker_client_binary(tmp_path, monkeypatch) 
     """A docker client whose `docker info` fails (no engine, as here) means host mode; one that answers, Docker."""
     from dicomflow.emulator.sagemaker_sdk.session import docker_engine_available, use_host_mode
 
+    def probe_with(path: str) -> bool:
+        monkeypatch.setenv("PATH", path)
+        docker_engine_available.cache_clear()  # the probe is cached per process; each PATH here is a new machine
+        return docker_engine_available()
+
     monkeypatch.delenv("DICOMFLOW_SAGEMAKER_MODE", raising=False)
-    _fake_docker(tmp_path / "client-only", 1)
-    monkeypatch.setenv("PATH", f"{tmp_path / 'client-only'}:/usr/bin:/bin")
-    assert docker_engine_available() is False and use_host_mode() is True
-    _fake_docker(tmp_path / "with-engine", 0)
-    monkeypatch.setenv("PATH", f"{tmp_path / 'with-engine'}:/usr/bin:/bin")
-    assert docker_engine_available() is True and use_host_mode() is False
-    monkeypatch.setenv("PATH", "/nonexistent")
-    assert docker_engine_available() is False
+    try:
+        _fake_docker(tmp_path / "client-only", 1)
+        assert probe_with(f"{tmp_path / 'client-only'}:/usr/bin:/bin") is False and use_host_mode() is True
+        _fake_docker(tmp_path / "with-engine", 0)
+        assert probe_with(f"{tmp_path / 'with-engine'}:/usr/bin:/bin") is True and use_host_mode() is False
+        assert probe_with("/nonexistent") is False
+    finally:
+        docker_engine_available.cache_clear()
 
 
 def test_sdk_names_are_unchanged_outside_host_mode_calls() -> None:
