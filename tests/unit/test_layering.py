@@ -151,3 +151,15 @@ def test_the_guards_see_the_rooms() -> None:
     rooms = {room(m) for m in _modules()}
     assert rooms == set(ALLOWED)  # a new room must be placed in the table above
     assert len(_modules()) > 60
+
+
+#: what only the seeder and the demo's scoring may name: the sidecar that records the synthetic data's truth
+SEEDER_TRUTH = ("labels.json", "sidecar_path", "SIDECAR_FILE", "label_path")
+
+
+def test_no_product_code_reads_the_seeders_truth() -> None:
+    files = list(_product_files())
+    files += [(p, p.relative_to(ROOT).as_posix()) for m, p in _modules().items() if room(m) != "demo"]
+    offenders = [f"{rel}: {word}" for path, rel in files for word in SEEDER_TRUTH if word in path.read_text()]
+    assert offenders == []
+    assert any(word in (ROOT / "dicomflow/demo/seed.py").read_text() for word in SEEDER_TRUTH)  # the guard sees it
