@@ -1,16 +1,18 @@
-"""Inference benchmark: series retrieval vs the WADO-RS floor vs per-instance GETs; latency by stage.
+"""Inference benchmark: latency by stage of the async endpoint, and its retrieval against the raw transfer.
 
 Starts its own local cloud (Orthanc + emulated AWS) in a temp dir on free ports, seeds a 30- and a
-200-slice synthetic MR series (256x256), then prints, per series:
+200-slice synthetic MR series (256x256), then prints, per series, in milliseconds, median (min-max)
+over ``--repeats``:
 
-* ``floor``     - Orthanc's bare WADO-RS series retrieval: one multipart GET, bytes only, no parsing;
-* ``retrieve``  - ``dicomflow.dicom.dicomweb.retrieve_series`` (one multipart request, parsed to datasets);
-* ``per-inst``  - sequential per-instance WADO-RS GETs (the AWS sample's way);
+* ``raw read``  - the floor: the series' multipart WADO-RS answer read from the socket into one
+  preallocated buffer (``bench_retrieval.RawReader``), nothing parsed;
+* ``retrieve``  - ``dicomflow.dicom.dicomweb.retrieve_series`` (one request, parsed to datasets);
+  (``bench_retrieval.py`` compares it with the decode floor and the dicomweb-client, MONAI Label and
+  per-instance ways);
 * end-to-end async latency through the emulated endpoint (invoke -> result in S3OutputPath) split
   into queue (invoke to start of processing), query, retrieve, preprocess, model (the network's
   passes), postprocess (label map on the original grid, volumes), encode (SR+SEG), stow and the
-  rest (S3 output, notification), and the share of each request that is not the model (the median
-  of those shares).
+  rest (S3 output, notification), and the share of each request that is not the model.
 
 The model is the training job's segmentation3d UNet, trained here (about 5 minutes) on 16 synthetic
 series of the served sizes (256 mm field of view), as a whole-head service would run it: every
@@ -23,8 +25,8 @@ percent); ``--untrained`` serves an untrained UNet on the default 32x48x40 whole
 masks: the worst case for the SEG).
 
 Run: ``.venv/bin/python bench/bench_inference.py [--repeats 5] [--sizes 30,200] [--whole-series]``.
-Medians in milliseconds. The end of a request is its SNS success notification, read from an SQS
-queue with long polls (no CPU spent waiting); ``rest`` is the S3 output and the notification.
+The end of a request is its SNS success notification, read from an SQS queue with long polls (no
+CPU spent waiting); ``rest`` is the S3 output and the notification.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -40,17 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from _stats import MIN_REPEATS, Sample, check_repeats, interleaved, ratio, table
+from bench_retrieval import RawReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
 
 
 class _Notifications:
@@ -87,9 +81,9 @@ class _Notifications:
         raise SystemExit(f"no notification for {inference_id} in {timeout_s:.0f} s")
 
 
-def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, float], dict]:
-    """Median per-stage latency of ``repeats`` async invocations (one at a time) plus e2e, the rest and
-    the non-model share of each request (``share``, %), and the last response."""
+def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, Sample], dict]:
+    """Per-stage latency of ``repeats`` async invocations (one at a time, after one warm-up), plus e2e, the
+    rest and the non-model share of each request (``share``, %), and the last response."""
     from dicomflow.inference import endpoint as ep
 
     notifications = _Notifications(endpoint)
@@ -107,7 +101,7 @@ def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, flo
         timing["share"] = 100 * (timing["e2e"] - timing["model"]) / timing["e2e"]  # of this request
         rows.append(timing)
     rows = rows[1:]
-    return {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}, response
+    return {k: Sample(tuple(r.get(k, 0.0) for r in rows)) for k in rows[0]}, response
 
 
 def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], args: argparse.Namespace) -> Path:
@@ -137,7 +131,7 @@ def _trained_artifact(home: Path, shapes: list[tuple[int, int, int]], args: argp
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help=f"timed repeats (>= {MIN_REPEATS})")
     parser.add_argument("--sizes", default="30,200")
     parser.add_argument("--spatial-size", default="64,64,64", help="the model's input size, Z,Y,X (multiples of 8)")
     parser.add_argument("--spacing", default="1", help="resample to this voxel spacing (mm) and use "
@@ -151,6 +145,7 @@ def main() -> None:
     parser.add_argument("--train-per-size", type=int, default=8, help="synthetic training series of each size")
     parser.add_argument("--untrained", action="store_true", help="serve an untrained UNet (dense masks)")
     args = parser.parse_args()
+    check_repeats(args.repeats)
     if args.whole_series:
         args.spacing = ""
 
@@ -191,31 +186,28 @@ def main() -> None:
         endpoint = "bench-seg"
         ep.deploy(endpoint, "s3://bench-inference/model.tar.gz", image="dicomflow-inference-bench:latest",
                   max_concurrency=1)
-        print(f"{'series':>14} {'MB':>6} {'floor':>8} {'retrieve':>9} {'per-inst':>9} "
-              f"{'ret/floor':>9} {'perinst/ret':>11}")
-        stage_rows = []
+        retrieval, stage_rows = [], []
         for n, shape in zip(sizes, shapes, strict=True):
             series = synthetic.hippocampus_series(1, seed=1000 + n, shape=shape)[0]
             dicomweb.store(client, series.datasets)
             study, uid = series.study_uid, series.series_uid
-            sops = [str(ds.SOPInstanceUID) for ds in series.datasets]
-            url = f"{conn.url}/studies/{study}/series/{uid}"
-            accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
-            size = len(session.get(url, headers=accept, timeout=120).content) / 1e6
-            floor = _median_ms(lambda: session.get(url, headers=accept, timeout=120).content, args.repeats)  # noqa: B023
-            ret = _median_ms(lambda: dicomweb.retrieve_series(client, study, uid), args.repeats)  # noqa: B023
-            per = _median_ms(lambda: [dicomweb.retrieve_instance(client, study, uid, s) for s in sops],  # noqa: B023
-                             max(1, args.repeats // 2))
-            print(f"{n:>7} slices {size:>6.1f} {floor:>8.1f} {ret:>9.1f} {per:>9.1f} {ret / floor:>9.2f} "
-                  f"{per / ret:>11.1f}")
+            raw = RawReader(session, f"{conn.url}/studies/{study}/series/{uid}")
+            times = interleaved({"raw read": raw,
+                                 "retrieve": lambda: dicomweb.retrieve_series(client, study, uid)},  # noqa: B023
+                                args.repeats)
+            retrieval.append([f"{n} slices", f"{len(raw.buffer) / 1e6:.1f}", times["raw read"].text(),
+                              times["retrieve"].text(), f"{ratio(times['retrieve'], times['raw read']):.2f}"])
             stages, response = _async_split(endpoint, study, args.repeats)
             true_mm3 = float((series.label_volume > 0).sum()) * float(np.prod(series.spacing))
             stage_rows.append((n, stages, response, true_mm3))
-        print("\nend-to-end async latency by stage (median, ms; SR+SEG encoded and stored):")
-        keys = ["queue", "query", "retrieve", "preprocess", "model", "postprocess", "encode", "stow", "rest", "e2e"]
-        print(f"{'series':>14} " + " ".join(f"{k:>11}" for k in keys) + f" {'non-model %':>11}")
-        for n, row, _, _ in stage_rows:
-            print(f"{n:>7} slices " + " ".join(f"{row.get(k, 0.0):>11.1f}" for k in keys) + f" {row['share']:>11.1f}")
+        print(f"\nseries retrieval, ms median (min-max) over {args.repeats} repeats:")
+        print(table(["series", "MB", "raw read (floor)", "retrieve (ours)", "x floor"], retrieval))
+        print(f"\nend-to-end async latency by stage, ms median over {args.repeats} requests (SR+SEG encoded and "
+              "stored); e2e and the non-model share with (min-max):")
+        keys = ["queue", "query", "retrieve", "preprocess", "model", "postprocess", "encode", "stow", "rest"]
+        print(table(["series", *keys, "e2e", "non-model %"],
+                    [[f"{n} slices", *(f"{row[k].median:.1f}" if k in row else "-" for k in keys),
+                      row["e2e"].text(), row["share"].text()] for n, row, _, _ in stage_rows]))
         print("\nwhat the model found (total hippocampus; the SEG has one frame per marked slice and structure):")
         for n, _, response, true_mm3 in stage_rows:
             predicted = response["findings"]["volumesMm3"]["total"]

@@ -1,8 +1,10 @@
 """Labeling benchmarks on a private local cloud: pre-label Lambda latency (through lambda:Invoke on the
 emulator, which runs the handler as a host subprocess), task open -> first image on screen for the 7 MB
-chest CR, and slice-scroll frames per second on a 100-slice series, in Debian's headless Chromium.
+chest CR, and slice-scroll frames per second on a 100-slice series, in Debian's headless Chromium;
+and the input manifest of 10 000 instances built with Orthanc's /tools/find against one paged QIDO-RS
+query (interleaved, ``--repeats`` each). Figures are median (min-max), p95 where there are 20.
 
-    .venv/bin/python bench/bench_labeling.py [--invocations 20] [--opens 3] [--slices 100]
+    .venv/bin/python bench/bench_labeling.py [--invocations 20] [--opens 5] [--slices 100] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "browser"))
+
+from _stats import MIN_REPEATS, Sample, check_repeats, interleaved  # noqa: E402
 
 from dicomflow import aws  # noqa: E402
 from dicomflow.config import Settings  # noqa: E402
@@ -35,11 +38,14 @@ def pct(values: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--invocations", type=int, default=20)
-    ap.add_argument("--opens", type=int, default=3)
+    ap.add_argument("--opens", type=int, default=5)
     ap.add_argument("--slices", type=int, default=100)
     ap.add_argument("--manifest-instances", type=int, default=10_000,
                     help="instances to seed for the input-manifest timing (0: skip it)")
+    ap.add_argument("--repeats", type=int, default=5, help=f"timed runs of each manifest way (>= {MIN_REPEATS})")
     args = ap.parse_args()
+    check_repeats(args.repeats)
+    check_repeats(args.opens)
 
     home = Path(tempfile.mkdtemp(prefix="dicomflow-bench-"))
     settings = Settings.load(data_dir=home, orthanc_http_port=free_port(), orthanc_dicom_port=free_port(),
@@ -80,8 +86,7 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
             resp["Payload"].read()
             times.append((time.perf_counter() - t0) * 1000)
         times = times[1:]  # first call unzips the code
-        results[f"pre_label_{what}_ms"] = {"p50": round(statistics.median(times), 1),
-                                           "p95": round(pct(times, 0.95), 1), "n": len(times)}
+        results[f"pre_label_{what}_ms"] = {**Sample(tuple(times)).as_dict(1), "p95": round(pct(times, 0.95), 1)}
 
     request = setup.job_request("bench", bucket, [objs["cr"], objs["series"]], arns, workers=1)
     running = run_job(request, data_dir=settings.data_dir)
@@ -99,8 +104,7 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
                 assert not page.evaluate("window.dicomflowViewer.error")
                 opens.append(page.evaluate("window.dicomflowViewer.timing.firstImage"))
                 ctx.close()
-            results["cr_task_open_to_first_image_ms"] = {"median": round(statistics.median(opens)),
-                                                         "runs": [round(v) for v in opens]}
+            results["cr_task_open_to_first_image_ms"] = Sample(tuple(opens)).as_dict(0)
             # submit the CR so the series comes next
             ctx = browser.new_context(viewport={"width": 1280, "height": 900})
             page = ctx.new_page()
@@ -121,13 +125,13 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     finally:
         running.stop()
     if args.manifest_instances:
-        results["input_manifest"] = manifest_timing(settings, args.manifest_instances)
+        results["input_manifest"] = manifest_timing(settings, args.manifest_instances, args.repeats)
     print(json.dumps(results, indent=2))
 
 
-def manifest_timing(settings: Settings, instances: int) -> dict[str, object]:
+def manifest_timing(settings: Settings, instances: int, repeats: int) -> dict[str, object]:
     """``label manifest --per instance`` over ``instances`` MR instances: Orthanc's /tools/find (ours, the
-    default) against one paged QIDO-RS query (the portable way); both must give the same objects."""
+    default) against one paged QIDO-RS query (the portable way), in seconds; both give the same objects."""
     from dicomflow.credentials import pacs_connection
     from dicomflow.demo import seed as seeding
     from dicomflow.dicom import dicomweb
@@ -143,15 +147,15 @@ def manifest_timing(settings: Settings, instances: int) -> dict[str, object]:
     seeding.seed(client, settings.data_dir, studies)
     seeded_s = time.perf_counter() - t0
     filters = {"Modality": "MR"}
-    t0 = time.perf_counter()
     ours = manifest.orthanc_input_lines(OrthancRest(conn), filters, "instance")
-    ours_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
     qido = manifest.query_input_lines(client, filters, "instance")
-    qido_s = time.perf_counter() - t0
     assert sorted(map(json.dumps, ours)) == sorted(map(json.dumps, qido)), "the two ways disagree"
-    return {"instances": len(ours), "seed_s": round(seeded_s, 1), "tools_find_s": round(ours_s, 2),
-            "qido_s": round(qido_s, 2), "qido_over_ours": round(qido_s / ours_s, 1)}
+    times = interleaved({"tools_find": lambda: manifest.orthanc_input_lines(OrthancRest(conn), filters, "instance"),
+                         "qido": lambda: manifest.query_input_lines(client, filters, "instance")}, repeats, warmup=0)
+    seconds = {k: Sample(tuple(v / 1000 for v in s.values)) for k, s in times.items()}
+    return {"instances": len(ours), "seed_s": round(seeded_s, 1),
+            "tools_find_s": seconds["tools_find"].as_dict(3), "qido_s": seconds["qido"].as_dict(3),
+            "qido_over_ours": round(seconds["qido"].median / seconds["tools_find"].median, 1)}
 
 
 if __name__ == "__main__":

@@ -1,39 +1,56 @@
-"""Series retrieval from Orthanc: our ``retrieve_series`` vs the bare WADO-RS GET vs per-instance GETs.
+"""Series retrieval from Orthanc: ours against the raw transfer, the bare decode, and the ways peers do it.
 
 Starts its own Orthanc on free ports in a temporary data dir, stores a 30-slice 512x512 and a
-200-slice 256x256 synthetic MR series, then times (median of ``--repeats`` after one warm-up):
+200-slice 256x256 synthetic MR series (uncompressed, as most PACS store MR), then times every way
+in turn within each repeat (one untimed warm-up of each), in milliseconds, median (min-max):
 
-* ``floor``: one WADO-RS series GET with requests, body read into memory, nothing parsed;
-* ``ours``: :func:`dicomflow.dicom.dicomweb.retrieve_series` (one multipart request, parsed to datasets);
-* ``per-instance``: QIDO for the instances, then one WADO-RS GET per instance, sequentially and
-  parsed (what the AWS sample does).
+floors, the fastest known way to do the bare part:
+* ``raw read``: the same multipart WADO-RS answer read from the socket into one preallocated buffer
+  (``http.client``'s ``readinto``, the transfer coding undone, nothing else);
+* ``decode``: the pixel bytes of the already parsed datasets to one float32 volume
+  (``np.frombuffer`` per slice into a preallocated array: no checks, no rescale, no geometry);
+ours:
+* ``ours: datasets``: :func:`dicomflow.dicom.dicomweb.retrieve_series`, one request parsed to datasets;
+* ``ours: volume``: that plus :func:`dicomflow.dicom.volume.load_image` (checks, geometry, rescale);
+the ways a user or a peer would do it, each to the same float32 volume:
+* ``dicomweb-client``: ``DICOMwebClient.retrieve_series`` (the library's reader) then ``load_image``;
+* ``MONAI Label``: its DICOMweb datastore's download (``retrieve_series``, each instance written as a
+  ``.dcm`` file) then the files read back;
+* ``per-instance``: QIDO for the instances then one WADO-RS GET per instance, in sequence (the AWS
+  sample's way).
 
-Usage: ``.venv/bin/python bench/bench_retrieval.py [--repeats 7]``
+Targets: ours (datasets) within 2x the raw read, and ours (volume) at least 2x faster than the
+dicomweb-client way.
+
+Usage: ``.venv/bin/python bench/bench_retrieval.py [--repeats 7] [--json]``
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import json
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import requests
+from _stats import MIN_REPEATS, check_repeats, interleaved, ratio, table
+from dicomweb_client.api import DICOMwebClient
 
 from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
+from dicomflow.dicom.volume import load_files, load_image
 from dicomflow.emulator.cloud.cloud import LocalCloud
 from dicomflow.emulator.cloud.orthanc import OrthancService
 from dicomflow.emulator.cloud.service import free_port
 
 SERIES = ((30, 512), (200, 256))  # (slices, rows = columns)
 ACCEPT_SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+#: ours (datasets) / raw read at most; dicomweb-client volume / ours volume at least
+TARGET_OVER_RAW, TARGET_OVER_CLIENT = 2.0, 2.0
 
 
 def make_series(slices: int, size: int, seed: int) -> list:
@@ -46,20 +63,49 @@ def make_series(slices: int, size: int, seed: int) -> list:
     return series.datasets
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (connections, caches)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+class RawReader:
+    """The floor of the transfer: one GET of the series, its body read into a buffer allocated once."""
+
+    def __init__(self, session: requests.Session, url: str) -> None:
+        self.session, self.url = session, url
+        first = session.get(url, headers={"Accept": ACCEPT_SERIES}, timeout=120)  # learns the answer's size
+        first.raise_for_status()
+        self.buffer = bytearray(len(first.content))
+
+    def _read(self) -> int:
+        response = self.session.get(self.url, headers={"Accept": ACCEPT_SERIES}, stream=True, timeout=120)
+        response.raise_for_status()
+        readinto = response.raw._fp.readinto  # http.client: de-chunked, straight from the socket
+        view, filled = memoryview(self.buffer), 0
+        while filled < len(view):
+            n = readinto(view[filled:])
+            if not n:
+                break
+            filled += n
+        if filled != len(view) or response.raw._fp.read(1):
+            raise AssertionError(f"the answer changed size between two reads ({filled} of {len(view)} bytes)")
+        response.close()
+        return filled
+
+    def __call__(self) -> int:
+        return self._read()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
+def decode_floor(datasets: list) -> tuple:
+    """The bare decode: the uint16 pixel bytes of each slice into one preallocated float32 volume."""
+    rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+    pixels = [ds.PixelData for ds in datasets]
+
+    def decode() -> np.ndarray:
+        out = np.empty((len(pixels), rows, cols), np.float32)
+        for k, raw in enumerate(pixels):
+            out[k] = np.frombuffer(raw, np.uint16).reshape(rows, cols)
+        return out
+
+    return decode
+
+
+def run(repeats: int) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="dicomflow-bench-") as tmp:
         settings = Settings.load(data_dir=Path(tmp), orthanc_http_port=free_port(), orthanc_dicom_port=free_port())
         orthanc = OrthancService(settings)
@@ -72,46 +118,82 @@ def main() -> None:
             bare = requests.Session()
             bare.auth = conn.auth
             bare.headers["Accept-Encoding"] = "identity"
+            library = DICOMwebClient(conn.url, session=bare)  # the library as a user would call it
             rows = []
             for k, (slices, size) in enumerate(SERIES):
                 datasets = make_series(slices, size, seed=k)
-                t0 = time.perf_counter()
                 dicomweb.store(client, datasets)
-                stow_s = time.perf_counter() - t0
-                study, series = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
-                url = f"{conn.url}/studies/{study}/series/{series}"
-                mb = len(bare.get(url, headers={"Accept": ACCEPT_SERIES}, timeout=60).content) / 1e6
+                study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
+                raw = RawReader(bare, f"{conn.url}/studies/{study}/series/{series}")
+                parsed = dicomweb.retrieve_series(client, study, series)
+                volume, _ = load_image(parsed)
+                assert volume.shape == (slices, size, size)
+                files = Path(tmp) / f"monai-label-{k}"
 
-                def floor(url: str = url) -> bytes:
-                    r = bare.get(url, headers={"Accept": ACCEPT_SERIES}, timeout=60)
-                    r.raise_for_status()
-                    return r.content
-
-                def ours(study: str = study, series: str = series, n: int = slices) -> list:
-                    got = dicomweb.retrieve_series(client, study, series)
-                    assert len(got) == n
+                def checked(got: np.ndarray, n: int = slices) -> np.ndarray:
+                    assert got.shape[0] == n
                     return got
 
-                def per_instance(study: str = study, series: str = series, n: int = slices) -> list:
+                def ours_volume(study: str = study, series: str = series) -> np.ndarray:
+                    return checked(load_image(dicomweb.retrieve_series(client, study, series))[0])
+
+                def dicomweb_client(study: str = study, series: str = series) -> np.ndarray:
+                    return checked(load_image(library.retrieve_series(study, series))[0])
+
+                def monai_label(study: str = study, series: str = series, files: Path = files) -> np.ndarray:
+                    files.mkdir(exist_ok=True)
+                    paths = []
+                    for ds in library.retrieve_series(study, series):
+                        paths.append(files / f"{ds.SOPInstanceUID}.dcm")
+                        ds.save_as(paths[-1])
+                    return checked(load_files(paths)[0])
+
+                def per_instance(study: str = study, series: str = series) -> np.ndarray:
                     found = dicomweb.search_instances(client, study, series)
                     got = [dicomweb.retrieve_instance(client, study, series, dj.value(i, "SOPInstanceUID"))
                            for i in found]
-                    assert len(got) == n
-                    return got
+                    return checked(load_image(got)[0])
 
-                times = {name: median_ms(fn, args.repeats)
-                         for name, fn in (("floor", floor), ("ours", ours), ("per-instance", per_instance))}
-                rows.append((f"{slices}x{size}x{size}", mb, slices / stow_s, times))
+                times = interleaved({
+                    "raw read": raw,
+                    "decode": decode_floor(parsed),
+                    "ours: datasets": lambda study=study, series=series: dicomweb.retrieve_series(client, study,
+                                                                                                  series),
+                    "ours: volume": ours_volume,
+                    "dicomweb-client": dicomweb_client,
+                    "MONAI Label": monai_label,
+                    "per-instance": per_instance,
+                }, repeats)
+                rows.append({"series": f"{slices}x{size}x{size}", "mb": len(raw.buffer) / 1e6, "times": times})
         finally:
             cloud.down()
+    return rows
 
-    head = f"{'series':>14} {'MB':>6} {'STOW inst/s':>11} {'floor ms':>9} {'ours ms':>8} {'per-inst ms':>11} " \
-           f"{'ours/floor':>10} {'per-inst/ours':>13}"
-    print(head)
-    print("-" * len(head))
-    for name, mb, stow, t in rows:
-        print(f"{name:>14} {mb:6.1f} {stow:11.0f} {t['floor']:9.1f} {t['ours']:8.1f} {t['per-instance']:11.1f} "
-              f"{t['ours'] / t['floor']:10.2f} {t['per-instance'] / t['ours']:13.2f}")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7, help=f"timed repeats of each way (>= {MIN_REPEATS})")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    rows = run(check_repeats(args.repeats))
+    if args.json:
+        print(json.dumps([{"series": r["series"], "mb": round(r["mb"], 2),
+                           "ms": {k: v.as_dict() for k, v in r["times"].items()}} for r in rows], indent=2))
+        return
+    for r in rows:
+        t = r["times"]
+        print(f"\n{r['series']} MR, {r['mb']:.1f} MB answer, ms median (min-max) over {args.repeats} repeats")
+        print(table(["way", "ms", "x raw read", "x ours: volume"],
+                    [[name, s.text(), f"{ratio(s, t['raw read']):.2f}", f"{ratio(s, t['ours: volume']):.2f}"]
+                     for name, s in t.items()]))
+        over_raw = ratio(t["ours: datasets"], t["raw read"])
+        over_client = ratio(t["dicomweb-client"], t["ours: volume"])
+        decode_ours = t["ours: volume"].median - t["ours: datasets"].median
+        raw_met = "met" if over_raw <= TARGET_OVER_RAW else "NOT met"
+        client_met = "met" if over_client >= TARGET_OVER_CLIENT else "NOT met"
+        print(f"ours: datasets {over_raw:.2f}x the raw read (target <= {TARGET_OVER_RAW}: {raw_met}); volume "
+              f"{over_client:.1f}x faster than dicomweb-client (target >= {TARGET_OVER_CLIENT}: {client_met}); our "
+              f"decode step ~{decode_ours:.1f} ms against the bare decode {t['decode'].median:.1f} ms")
 
 
 if __name__ == "__main__":

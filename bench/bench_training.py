@@ -4,9 +4,11 @@ For classification2d (DenseNet121 at 224x224) and segmentation3d (3D UNet at 32x
 synthetic DICOM files are written to a temp dir, loaded through dicomflow.training's dataset
 (pydicom decode + dicomflow.modeling.preprocess, MONAI CacheDataset) and DataLoader, and trained for a few
 steps; then the same model trains the same number of steps on batches already in memory on the
-device. data stall = 1 - ready_time / pipeline_time (the share of step time spent waiting on data).
+device (the floor: no data work at all). The two alternate ``--repeats`` times; data stall =
+1 - ready_time / pipeline_time of each pair (the share of step time spent waiting on data), reported
+as median (min-max) and never clamped: a negative stall means the two were within the noise.
 
-    .venv/bin/python bench/bench_training.py [--steps 3] [--batch 4] [--cache memory|disk|none]
+    .venv/bin/python bench/bench_training.py [--steps 3] [--repeats 5] [--batch 4] [--cache memory|disk|none]
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from _stats import MIN_REPEATS, Sample, check_repeats, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from training_channels import chest_channel, hippocampus_channel  # noqa: E402
@@ -34,8 +37,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench(task: str, channel: Path, size: list[int], steps: int, batch: int, cache: str, workers: int,
-          device: torch.device) -> dict:
+def bench(task: str, channel: Path, size: list[int], steps: int, repeats: int, batch: int, cache: str,
+          workers: int, device: torch.device) -> dict:
     scan = scan_manifest(channel, task)
     labels = scan.classes
     pre = build_transform(default_preprocess(task, size))
@@ -82,20 +85,23 @@ def bench(task: str, channel: Path, size: list[int], steps: int, batch: int, cac
         _sync(device)
         return time.perf_counter() - t0
 
-    # alternate the two twice and keep the best of each: less noise from other load on the machine
-    pipeline = run_pipeline()
-    ready = run_ready()
-    pipeline = min(pipeline, run_pipeline())
-    ready = min(ready, run_ready())
+    pipeline, ready = [], []
+    for _ in range(repeats):  # alternate, so a slow spell of the machine falls on both
+        pipeline.append(run_pipeline())
+        ready.append(run_ready())
     n = steps * batch
+    stall = Sample(tuple(100 * (1 - r / p) for p, r in zip(pipeline, ready, strict=True)))
     return {"task": task, "size": "x".join(map(str, size)), "batch": batch, "steps": steps, "cache": cache,
-            "cache_fill_s": round(cache_fill, 2), "pipeline_per_s": round(n / pipeline, 2),
-            "ready_per_s": round(n / ready, 2), "data_stall": round(max(0.0, 1 - ready / pipeline), 3)}
+            "repeats": repeats, "cache_fill_s": round(cache_fill, 2),
+            "pipeline_per_s": Sample(tuple(n / t for t in pipeline)).as_dict(),
+            "ready_per_s": Sample(tuple(n / t for t in ready)).as_dict(),
+            "data_stall_pct": stall.as_dict(1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3, help="training steps per timed run")
+    ap.add_argument("--repeats", type=int, default=5, help=f"timed runs of each way (>= {MIN_REPEATS})")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--cache", default="memory", choices=["memory", "disk", "none"])
     ap.add_argument("--workers", type=int, default=0)
@@ -103,6 +109,7 @@ def main() -> None:
     ap.add_argument("--spatial-size", default="32,48,40")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    check_repeats(args.repeats)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     n_items = args.batch * 2
     tmp = Path(tempfile.mkdtemp(prefix="dicomflow-bench-"))
@@ -110,20 +117,25 @@ def main() -> None:
     spatial = [int(v) for v in args.spatial_size.split(",")]
     hippocampus_channel(tmp / "hippo", n_items, shape=tuple(spatial))
     rows = [
-        bench("classification2d", tmp / "chest", [args.image_size] * 2, args.steps, args.batch, args.cache,
+        bench("classification2d", tmp / "chest", [args.image_size] * 2, args.steps, args.repeats, args.batch,
+              args.cache, args.workers, device),
+        bench("segmentation3d", tmp / "hippo", spatial, args.steps, args.repeats, args.batch, args.cache,
               args.workers, device),
-        bench("segmentation3d", tmp / "hippo", spatial, args.steps, args.batch, args.cache, args.workers, device),
     ]
     if args.json:
         print(json.dumps({"device": str(device), "rows": rows}, indent=2))
         return
     unit = {"classification2d": "img/s", "segmentation3d": "vol/s"}
-    print(f"device: {device} ({torch.get_num_threads()} threads), cache={args.cache}, workers={args.workers}")
-    print(f"{'task':<18}{'size':>10}{'batch':>6}{'pipeline':>12}{'ready':>12}{'stall':>8}{'cache fill':>12}")
-    for r in rows:
-        u = unit[r["task"]]
-        print(f"{r['task']:<18}{r['size']:>10}{r['batch']:>6}{r['pipeline_per_s']:>8.2f} {u}"
-              f"{r['ready_per_s']:>8.2f} {u}{r['data_stall'] * 100:>7.1f}%{r['cache_fill_s']:>11.2f}s")
+    print(f"device: {device} ({torch.get_num_threads()} threads), cache={args.cache}, workers={args.workers}; "
+          f"median (min-max) over {args.repeats} alternating runs of {args.steps} steps")
+
+    def text(d: dict, digits: int = 2) -> str:
+        return f"{d['median']:.{digits}f} ({d['min']:.{digits}f}-{d['max']:.{digits}f})"
+
+    print(table(["task", "size", "batch", "pipeline", "ready tensors (floor)", "data stall %", "cache fill s"],
+                [[r["task"], r["size"], str(r["batch"]), f"{text(r['pipeline_per_s'])} {unit[r['task']]}",
+                  f"{text(r['ready_per_s'])} {unit[r['task']]}", text(r["data_stall_pct"], 1),
+                  f"{r['cache_fill_s']:.2f}"] for r in rows]))
 
 
 if __name__ == "__main__":

@@ -227,11 +227,16 @@ def _variant(series: synthetic.SyntheticSeries, how: str) -> list[Dataset]:
             ds.PhotometricInterpretation = "MONOCHROME1"
         elif how == "rescale-per-slice":
             ds.RescaleSlope, ds.RescaleIntercept = f"{1 + k / 10:.1f}", "0"
+        elif how == "all-at-once":  # signed, high bits set, MONOCHROME1 and rescaled
+            ds.PixelRepresentation, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+            ds.RescaleSlope, ds.RescaleIntercept = "0.7", "12.5"
+            raw[:5] |= 0xF000
         ds.PixelData = raw.tobytes()
     return datasets
 
 
-@pytest.mark.parametrize("how", ["plain", "signed-high-bits", "rescaled", "monochrome1", "rescale-per-slice"])
+@pytest.mark.parametrize("how", ["plain", "signed-high-bits", "rescaled", "monochrome1", "rescale-per-slice",
+                                 "all-at-once"])
 def test_series_decoded_once_matches_each_instance_decoded(series, how: str, monkeypatch) -> None:
     from dicomflow.dicom import volume as volume_module
     from dicomflow.dicom.volume import pixels
