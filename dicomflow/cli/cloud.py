@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import click
-from rich.table import Table
 
-from dicomflow.cli.common import console, json_option, out, print_json, settings_from
+from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
 from dicomflow.emulator.cloud.cloud import LocalCloud
 from dicomflow.emulator.cloud.moto import client_environment
 
@@ -67,9 +66,7 @@ def _show(statuses, as_json: bool, settings) -> None:
     if as_json:
         print_json({"data_dir": str(settings.data_dir), "services": [s.as_dict() for s in statuses]})
         return
-    table = Table(title=f"local cloud ({settings.data_dir})")
-    for col in ("service", "url", "state", "pid"):
-        table.add_column(col)
+    table = value_table("service", "url", "state", "pid", title=f"local cloud ({settings.data_dir})")
     for s in statuses:
         state = "[green]healthy" if s.healthy else ("[yellow]running, not healthy" if s.running else "[red]stopped")
         table.add_row(s.name, s.url, state, str(s.pid or "-"))

@@ -9,12 +9,28 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.table import Table
 
 from dicomflow.config import ConfigError, Settings, read_secret_file
 from dicomflow.credentials import PacsConnection, local_orthanc_secret_path, pacs_connection
 
-console = Console(stderr=True)
-out = Console()
+
+def make_console(**kwargs: Any) -> Console:
+    """A console that prints values as they are: no emoji codes (``:secret:`` in an ARN stays text), no
+    highlighting; callers fold long values (``soft_wrap``/``overflow="fold"``) rather than cut them."""
+    return Console(emoji=False, highlight=False, **kwargs)
+
+
+console = make_console(stderr=True)
+out = make_console()
+
+
+def value_table(*columns: str, title: str | None = None) -> Table:
+    """A table whose cells fold onto more lines instead of ending in "…": ARNs, URIs and UIDs stay whole."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
 
 
 def settings_from(ctx: click.Context, **flags: Any) -> Settings:

@@ -15,9 +15,8 @@ import click
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
+from dicomflow.cli.common import console, json_option, make_console, pacs_for, print_json, settings_from, value_table
 from dicomflow.demo import loop
 
 
@@ -82,7 +81,7 @@ def _logs_to(path: Path) -> Iterator[Console]:
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         try:
-            yield Console(file=terminal, stderr=True)
+            yield make_console(file=terminal, stderr=True)
         finally:
             root.removeHandler(handler)
             handler.close()
@@ -162,7 +161,7 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     tr = r["training"]
     cls_m, seg_m = tr["classification2d"].get("metrics") or {}, tr["segmentation3d"].get("metrics") or {}
     inf = r["inference"]
-    metrics = Table("metric", "value", title="models")
+    metrics = value_table("metric", "value", title="models")
     metrics.add_row("classification2d validation mean AUROC (best)", _fmt(cls_m.get("best_metric")))
     metrics.add_row("classification2d held-out mean AUROC", _fmt(inf.get("heldOutMeanAuroc")))
     metrics.add_row("segmentation3d validation mean Dice (best)", _fmt(seg_m.get("best_metric")))
@@ -171,20 +170,20 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     for task, res in tr.items():
         metrics.add_row(f"{task} model", res["model_artifact"])
     console.print(metrics)
-    vols = Table("held-out study", "structure", "true mm³", "predicted mm³", title="hippocampal volumes")
-    places = Table("study", "model", "SR series", "SEG series", title="results stored in the PACS")
+    vols = value_table("held-out study", "structure", "true mm³", "predicted mm³", title="hippocampal volumes")
+    places = value_table("study", "model", "SR series", "SEG series", title="results stored in the PACS")
     links = []
     for s in inf["studies"]:
         hippo = s["task"] == "segmentation3d"
         if hippo:
             for name, true in s["trueVolumesMm3"].items():
-                vols.add_row(s["StudyInstanceUID"][-16:], name, f"{true:.0f}",
+                vols.add_row(s["StudyInstanceUID"], name, f"{true:.0f}",
                              _fmt(s["predictedVolumesMm3"].get(name), ".0f"))
             links.append(s["orthancStudy"])
         out = s["outputs"]
-        places.add_row("…" + s["StudyInstanceUID"][-12:], "hippocampus" if hippo else "chest",
-                       "…" + ((out.get("sr") or {}).get("SeriesInstanceUID") or "-")[-12:],
-                       "…" + ((out.get("seg") or {}).get("SeriesInstanceUID") or "-")[-12:] if out.get("seg") else "-")
+        places.add_row(s["StudyInstanceUID"], "hippocampus" if hippo else "chest",
+                       (out.get("sr") or {}).get("SeriesInstanceUID") or "-",
+                       (out.get("seg") or {}).get("SeriesInstanceUID") or "-")
     console.print(vols)
     console.print(places)
     secs = r.get("seconds", {})

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from dicomflow import aws
-from dicomflow.cli.common import console, json_option, out, print_json
+from dicomflow.cli.common import console, json_option, out, print_json, value_table
 from dicomflow.groundtruth import job_request, submit
 from dicomflow.infra import deployment, package, stack
 from dicomflow.infra.template import parse_param_args
@@ -61,9 +60,9 @@ def package_cmd(deps: str | None, bucket: str | None, no_upload: bool, as_json: 
     if as_json:
         print_json([p.summary() for p in built])
         return
-    table = Table("lambda", "sha256", "size", "dicomflow modules", "vendored", "s3")
+    table = value_table("lambda", "sha256", "size", "dicomflow modules", "vendored", "s3")
     for p in built:
-        table.add_row(p.name, p.sha256[:16], f"{p.size / 1e6:.2f} MB", str(len(p.modules)),
+        table.add_row(p.name, p.sha256, f"{p.size / 1e6:.2f} MB", str(len(p.modules)),
                       ", ".join(p.distributions) or "-", p.summary()["s3"] or "-")
     out.print(table)
 
@@ -93,7 +92,7 @@ def deploy(stack_name: str, params: tuple[str, ...], template_path: str | None, 
         print_json(done.summary())
         return
     for p in done.packages:
-        console.print(f"  lambda {p.name}: {p.sha256[:16]} {p.size / 1e6:.1f} MB -> s3://{p.bucket}/{p.key}",
+        console.print(f"  lambda {p.name}: {p.sha256} {p.size / 1e6:.1f} MB -> s3://{p.bucket}/{p.key}",
                       highlight=False)
     if r.action == "no-op":
         console.print(f"stack {stack_name}: no changes (template and parameters are as deployed)")
@@ -137,7 +136,7 @@ def outputs_cmd(stack_name: str, template_path: str | None, as_json: bool) -> No
     if as_json:
         print_json(values)
         return
-    table = Table("output", "value")
+    table = value_table("output", "value")
     for key in sorted(values):
         table.add_row(key, values[key])
     out.print(table)
