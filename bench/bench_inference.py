@@ -33,52 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import requests
+from _cloud import Notifications, private_cloud, serve_model
 from _stats import MIN_REPEATS, Sample, check_repeats, interleaved, ratio, table
 from bench_retrieval import RawReader
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-class _Notifications:
-    """The endpoint's Success/Error SNS topics delivered to an SQS queue, read with long polls.
-
-    A long poll waits on the emulator's condition variable, so the benchmark takes no CPU while the
-    service works; polling S3 every 20 ms did (two boto3 calls and two moto requests per poll),
-    and on two cores that slowed the model's OpenMP threads 2-3x.
-    """
-
-    def __init__(self, endpoint: str) -> None:
-        from dicomflow import aws
-        from dicomflow.inference import endpoint as ep
-
-        topics = ep.async_config(endpoint)["OutputConfig"]["NotificationConfig"]
-        self.sqs = aws.client("sqs")
-        self.queue = self.sqs.create_queue(QueueName=f"{endpoint}-bench")["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        sns = aws.client("sns")
-        for topic in (topics["SuccessTopic"], topics["ErrorTopic"]):
-            sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-
-    def wait(self, inference_id: str, timeout_s: float = 900) -> tuple[dict, float]:
-        """The notification of ``inference_id`` and the time it arrived."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10, WaitTimeSeconds=20)
-            for msg in got.get("Messages", []):
-                arrived = time.time()
-                self.sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=msg["ReceiptHandle"])
-                body = json.loads(msg["Body"])
-                if body.get("inferenceId") == inference_id:
-                    return body, arrived
-        raise SystemExit(f"no notification for {inference_id} in {timeout_s:.0f} s")
 
 
 def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, Sample], dict]:
@@ -86,7 +48,7 @@ def _async_split(endpoint: str, study: str, repeats: int) -> tuple[dict[str, Sam
     rest and the non-model share of each request (``share``, %), and the last response."""
     from dicomflow.inference import endpoint as ep
 
-    notifications = _Notifications(endpoint)
+    notifications = Notifications(endpoint)
     rows, response = [], {}
     for _ in range(repeats + 1):  # the first one warms the serving process up
         inv = ep.invoke_async(endpoint, {"studyInstanceUID": study, "outputs": ["sr", "seg"], "storeToPacs": True})
@@ -149,77 +111,58 @@ def main() -> None:
     if args.whole_series:
         args.spacing = ""
 
-    from dicomflow.config import Settings
-    from dicomflow.emulator.cloud.cloud import LocalCloud
-    from dicomflow.emulator.cloud.moto import client_environment
-    from dicomflow.emulator.cloud.service import free_port
-
-    home = Path(tempfile.mkdtemp(prefix="dicomflow-bench-"))
-    settings = Settings.load(data_dir=home, orthanc_http_port=free_port(), orthanc_dicom_port=free_port(),
-                             aws_port=free_port())
-    os.environ.update({**client_environment(settings), "DICOMFLOW_HOME": str(home)})
-    cloud = LocalCloud(settings)
-    cloud.up()
     try:
-        from model_helpers import model_tarball, untrained_artifact
-
-        from dicomflow import aws
-        from dicomflow.credentials import pacs_connection
-        from dicomflow.demo import synthetic
-        from dicomflow.dicom import dicomweb
-        from dicomflow.emulator.moto.endpoints import register_image
-        from dicomflow.inference import endpoint as ep
-
-        conn = pacs_connection()
-        client = dicomweb.connect(conn)
-        session = dicomweb.make_session(conn)
-        sizes = [int(v) for v in args.sizes.split(",")]
-        shapes = [(n, 256, 256) for n in sizes]
-        model_dir = (untrained_artifact(home, "segmentation3d", ["anterior", "posterior"]) if args.untrained
-                     else _trained_artifact(home, shapes, args))
-        s3 = aws.client("s3")
-        s3.create_bucket(Bucket="bench-inference")
-        s3.put_object(Bucket="bench-inference", Key="model.tar.gz", Body=model_tarball(model_dir))
-        register_image(home, "dicomflow-inference-bench",
-                       {"command": ["python", "-m", "inference_container.serve"],
-                        "cwd": str(Path(__file__).resolve().parents[1])})
-        endpoint = "bench-seg"
-        ep.deploy(endpoint, "s3://bench-inference/model.tar.gz", image="dicomflow-inference-bench:latest",
-                  max_concurrency=1)
-        retrieval, stage_rows = [], []
-        for n, shape in zip(sizes, shapes, strict=True):
-            series = synthetic.hippocampus_series(1, seed=1000 + n, shape=shape)[0]
-            dicomweb.store(client, series.datasets)
-            study, uid = series.study_uid, series.series_uid
-            raw = RawReader(session, f"{conn.url}/studies/{study}/series/{uid}")
-            times = interleaved({"raw read": raw,
-                                 "retrieve": lambda: dicomweb.retrieve_series(client, study, uid)},  # noqa: B023
-                                args.repeats)
-            retrieval.append([f"{n} slices", f"{len(raw.buffer) / 1e6:.1f}", times["raw read"].text(),
-                              times["retrieve"].text(), f"{ratio(times['retrieve'], times['raw read']):.2f}"])
-            stages, response = _async_split(endpoint, study, args.repeats)
-            true_mm3 = float((series.label_volume > 0).sum()) * float(np.prod(series.spacing))
-            stage_rows.append((n, stages, response, true_mm3))
-        print(f"\nseries retrieval, ms median (min-max) over {args.repeats} repeats:")
-        print(table(["series", "MB", "raw read (floor)", "retrieve (ours)", "x floor"], retrieval))
-        print(f"\nend-to-end async latency by stage, ms median over {args.repeats} requests (SR+SEG encoded and "
-              "stored); e2e and the non-model share with (min-max):")
-        keys = ["queue", "query", "retrieve", "preprocess", "model", "postprocess", "encode", "stow", "rest"]
-        print(table(["series", *keys, "e2e", "non-model %"],
-                    [[f"{n} slices", *(f"{row[k].median:.1f}" if k in row else "-" for k in keys),
-                      row["e2e"].text(), row["share"].text()] for n, row, _, _ in stage_rows]))
-        print("\nwhat the model found (total hippocampus; the SEG has one frame per marked slice and structure):")
-        for n, _, response, true_mm3 in stage_rows:
-            predicted = response["findings"]["volumesMm3"]["total"]
-            seg = response["outputs"]["seg"]
-            frames = client.retrieve_instance_metadata(response["studyInstanceUID"], seg["SeriesInstanceUID"],
-                                                       seg["SOPInstanceUID"])["00280008"]["Value"][0]
-            print(f"{n:>7} slices  predicted {predicted:>8.0f} mm3  true {true_mm3:>8.0f} mm3  "
-                  f"({100 * (predicted - true_mm3) / true_mm3:+.0f}%)  SEG frames {frames}")
+        with private_cloud() as local:
+            run(local.home, args)
     except requests.RequestException as exc:
         raise SystemExit(f"benchmark failed talking to the local cloud: {exc}") from None
-    finally:
-        cloud.down()
+
+
+def run(home: Path, args: argparse.Namespace) -> None:
+    from model_helpers import untrained_artifact
+
+    from dicomflow.credentials import pacs_connection
+    from dicomflow.demo import synthetic
+    from dicomflow.dicom import dicomweb
+
+    conn = pacs_connection()
+    client = dicomweb.connect(conn)
+    session = dicomweb.make_session(conn)
+    sizes = [int(v) for v in args.sizes.split(",")]
+    shapes = [(n, 256, 256) for n in sizes]
+    model_dir = (untrained_artifact(home, "segmentation3d", ["anterior", "posterior"]) if args.untrained
+                 else _trained_artifact(home, shapes, args))
+    endpoint = serve_model(home, model_dir, "bench-seg", max_concurrency=1)
+    retrieval, stage_rows = [], []
+    for n, shape in zip(sizes, shapes, strict=True):
+        series = synthetic.hippocampus_series(1, seed=1000 + n, shape=shape)[0]
+        dicomweb.store(client, series.datasets)
+        study, uid = series.study_uid, series.series_uid
+        raw = RawReader(session, f"{conn.url}/studies/{study}/series/{uid}")
+        times = interleaved({"raw read": raw,
+                             "retrieve": lambda: dicomweb.retrieve_series(client, study, uid)},  # noqa: B023
+                            args.repeats)
+        retrieval.append([f"{n} slices", f"{len(raw.buffer) / 1e6:.1f}", times["raw read"].text(),
+                          times["retrieve"].text(), f"{ratio(times['retrieve'], times['raw read']):.2f}"])
+        stages, response = _async_split(endpoint, study, args.repeats)
+        true_mm3 = float((series.label_volume > 0).sum()) * float(np.prod(series.spacing))
+        stage_rows.append((n, stages, response, true_mm3))
+    print(f"\nseries retrieval, ms median (min-max) over {args.repeats} repeats:")
+    print(table(["series", "MB", "raw read (floor)", "retrieve (ours)", "x floor"], retrieval))
+    print(f"\nend-to-end async latency by stage, ms median over {args.repeats} requests (SR+SEG encoded and "
+          "stored); e2e and the non-model share with (min-max):")
+    keys = ["queue", "query", "retrieve", "preprocess", "model", "postprocess", "encode", "stow", "rest"]
+    print(table(["series", *keys, "e2e", "non-model %"],
+                [[f"{n} slices", *(f"{row[k].median:.1f}" if k in row else "-" for k in keys),
+                  row["e2e"].text(), row["share"].text()] for n, row, _, _ in stage_rows]))
+    print("\nwhat the model found (total hippocampus; the SEG has one frame per marked slice and structure):")
+    for n, _, response, true_mm3 in stage_rows:
+        predicted = response["findings"]["volumesMm3"]["total"]
+        seg = response["outputs"]["seg"]
+        frames = client.retrieve_instance_metadata(response["studyInstanceUID"], seg["SeriesInstanceUID"],
+                                                   seg["SOPInstanceUID"])["00280008"]["Value"][0]
+        print(f"{n:>7} slices  predicted {predicted:>8.0f} mm3  true {true_mm3:>8.0f} mm3  "
+              f"({100 * (predicted - true_mm3) / true_mm3:+.0f}%)  SEG frames {frames}")
 
 
 if __name__ == "__main__":

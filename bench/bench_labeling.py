@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "browser"))
+from _cloud import REPO, private_cloud
+from _stats import MIN_REPEATS, Sample, check_repeats, interleaved
 
-from _stats import MIN_REPEATS, Sample, check_repeats, interleaved  # noqa: E402
+from dicomflow import aws
+from dicomflow.config import Settings
+from dicomflow.demo.annotators import CHROMIUM, CHROMIUM_ARGS
 
-from dicomflow import aws  # noqa: E402
-from dicomflow.config import Settings  # noqa: E402
-from dicomflow.demo.annotators import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
-from dicomflow.emulator.cloud.cloud import LocalCloud  # noqa: E402
-from dicomflow.emulator.cloud.moto import client_environment  # noqa: E402
-from dicomflow.emulator.cloud.service import free_port  # noqa: E402
+sys.path.insert(0, str(REPO / "tests" / "browser"))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -47,19 +41,8 @@ def main() -> None:
     check_repeats(args.repeats)
     check_repeats(args.opens)
 
-    home = Path(tempfile.mkdtemp(prefix="dicomflow-bench-"))
-    settings = Settings.load(data_dir=home, orthanc_http_port=free_port(), orthanc_dicom_port=free_port(),
-                             aws_port=free_port())
-    os.environ.update({**client_environment(settings), "DICOMFLOW_HOME": str(home)})
-    for k in ("DICOMFLOW_PACS_URL", "DICOMFLOW_PACS_USERNAME", "DICOMFLOW_PACS_PASSWORD", "AWS_PROFILE"):
-        os.environ.pop(k, None)
-    cloud = LocalCloud(settings)
-    cloud.up()
-    try:
-        run(settings, args)
-    finally:
-        cloud.down()
-        shutil.rmtree(home, ignore_errors=True)
+    with private_cloud() as local:
+        run(local.settings, args)
 
 
 def run(settings: Settings, args: argparse.Namespace) -> None:

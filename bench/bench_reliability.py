@@ -25,42 +25,14 @@ import argparse
 import json
 import os
 import signal
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _cloud import Notifications, private_cloud, serve_model
+
 SHAPE = (12, 24, 20)
-
-
-class _Notifications:
-    """Every message of the endpoint's Success/Error topics, collected by inference id."""
-
-    def __init__(self, endpoint: str) -> None:
-        from dicomflow import aws
-        from dicomflow.inference import endpoint as ep
-
-        topics = ep.async_config(endpoint)["OutputConfig"]["NotificationConfig"]
-        self.sqs = aws.client("sqs")
-        self.queue = self.sqs.create_queue(QueueName=f"{endpoint}-reliability")["QueueUrl"]
-        arn = self.sqs.get_queue_attributes(QueueUrl=self.queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        for topic in (topics["SuccessTopic"], topics["ErrorTopic"]):
-            aws.client("sns").subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn,
-                                        Attributes={"RawMessageDelivery": "true"})
-        self.seen: dict[str, dict] = {}
-
-    def drain(self, ids: set[str], timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not ids <= set(self.seen) and time.monotonic() < deadline:
-            got = self.sqs.receive_message(QueueUrl=self.queue, MaxNumberOfMessages=10, WaitTimeSeconds=2)
-            for msg in got.get("Messages", []):
-                body = json.loads(msg["Body"])
-                self.seen[body.get("inferenceId", "?")] = body
-                self.sqs.delete_message(QueueUrl=self.queue, ReceiptHandle=msg["ReceiptHandle"])
 
 
 def _requests(studies: list[str], n: int) -> list[tuple[str, dict | bytes]]:
@@ -111,7 +83,7 @@ def _classify(kind: str, ok: bool | None, data: bytes | None) -> str:
     return "clear" if 400 <= status < 600 and failure.get("message") else "unclear"
 
 
-def _phase(name: str, endpoint: str, config: dict, notes: _Notifications, batch: list, fault=None,
+def _phase(name: str, endpoint: str, config: dict, notes: Notifications, batch: list, fault=None,
            timeout_s: float = 300) -> Counter:
     from dicomflow.inference import endpoint as ep
 
@@ -136,8 +108,8 @@ def _phase(name: str, endpoint: str, config: dict, notes: _Notifications, batch:
         if kind != "valid" and outcome == "correct":
             outcome = "wrong"
         tally[outcome] += 1
-        note = notes.seen.get(inv.inference_id)
-        if note is None or note.get("invocationStatus") != ("Completed" if ok else "Failed"):
+        note = notes.seen.get(inv.inference_id, ({}, 0.0))[0]
+        if note.get("invocationStatus") != ("Completed" if ok else "Failed"):
             tally["no-notification"] += 1
     tally["tried"] = len(batch)
     return tally
@@ -150,46 +122,26 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=2.0, help="seconds the PACS stays down")
     args = parser.parse_args()
 
-    from dicomflow.config import Settings
-    from dicomflow.emulator.cloud.cloud import LocalCloud
-    from dicomflow.emulator.cloud.moto import client_environment
-    from dicomflow.emulator.cloud.service import free_port
+    with private_cloud("dicomflow-reliability-") as local:
+        from model_helpers import untrained_artifact
 
-    home = Path(tempfile.mkdtemp(prefix="dicomflow-reliability-"))
-    settings = Settings.load(data_dir=home, orthanc_http_port=free_port(), orthanc_dicom_port=free_port(),
-                             aws_port=free_port())
-    os.environ.update({**client_environment(settings), "DICOMFLOW_HOME": str(home)})
-    cloud = LocalCloud(settings)
-    cloud.up()
-    try:
-        from model_helpers import model_tarball, untrained_artifact
-
-        from dicomflow import aws
         from dicomflow.demo import synthetic
         from dicomflow.dicom import dicomweb
-        from dicomflow.emulator.moto.endpoints import register_image, registry_path
+        from dicomflow.emulator.moto.endpoints import registry_path
         from dicomflow.inference import endpoint as ep
 
         client = dicomweb.connect()
         series = synthetic.hippocampus_series(6, seed=90, shape=SHAPE)
         dicomweb.store(client, [ds for s in series for ds in s.datasets])
         studies = [s.study_uid for s in series]
-        artifact = untrained_artifact(home, "segmentation3d", ["anterior", "posterior"], [16, 24, 16])
-        s3 = aws.client("s3")
-        s3.create_bucket(Bucket="bench-reliability")
-        s3.put_object(Bucket="bench-reliability", Key="model.tar.gz", Body=model_tarball(artifact))
-        register_image(home, "dicomflow-inference-reliability",
-                       {"command": ["python", "-m", "inference_container.serve"],
-                        "cwd": str(Path(__file__).resolve().parents[1])})
-        endpoint = "reliability"
-        ep.deploy(endpoint, "s3://bench-reliability/model.tar.gz", image="dicomflow-inference-reliability:latest",
-                  max_concurrency=4)
+        artifact = untrained_artifact(local.home, "segmentation3d", ["anterior", "posterior"], [16, 24, 16])
+        endpoint = serve_model(local.home, artifact, "reliability", max_concurrency=4)
         config = ep.async_config(endpoint)
-        notes = _Notifications(endpoint)
+        notes = Notifications(endpoint)
         warm = _phase("warm-up", endpoint, config, notes, _requests(studies, 1))
         if warm["correct"] != 1:
             raise SystemExit(f"the endpoint does not serve: {dict(warm)}")
-        orthanc = next(s for s in cloud.services if s.name == "orthanc")
+        orthanc = local.service("orthanc")
 
         def pacs_outage() -> None:
             time.sleep(0.5)
@@ -219,8 +171,6 @@ def main() -> None:
         print(f"{'all':<18}" + "".join(f"{total.get(c, 0):>19}" for c in cols))
         if total["lost"] or total["traceback"] or total["wrong"] or total["unclear"] or total["no-notification"]:
             raise SystemExit("reliability promise broken: see the table")
-    finally:
-        cloud.down()
 
 
 if __name__ == "__main__":

@@ -29,23 +29,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import requests
+from _cloud import private_cloud
 from _stats import MIN_REPEATS, check_repeats, interleaved, ratio, table
 from dicomweb_client.api import DICOMwebClient
 
-from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
 from dicomflow.dicom.volume import load_files, load_image
-from dicomflow.emulator.cloud.cloud import LocalCloud
-from dicomflow.emulator.cloud.orthanc import OrthancService
-from dicomflow.emulator.cloud.service import free_port
 
 SERIES = ((30, 512), (200, 256))  # (slices, rows = columns)
 ACCEPT_SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -106,67 +102,60 @@ def decode_floor(datasets: list) -> tuple:
 
 
 def run(repeats: int) -> list[dict]:
-    with tempfile.TemporaryDirectory(prefix="dicomflow-bench-") as tmp:
-        settings = Settings.load(data_dir=Path(tmp), orthanc_http_port=free_port(), orthanc_dicom_port=free_port())
-        orthanc = OrthancService(settings)
-        cloud = LocalCloud(settings, [orthanc])
-        cloud.up()
-        try:
-            user, password = orthanc.credentials()
-            conn = PacsConnection(settings.dicomweb_url, user, password)
-            client = dicomweb.connect(conn)
-            bare = requests.Session()
-            bare.auth = conn.auth
-            bare.headers["Accept-Encoding"] = "identity"
-            library = DICOMwebClient(conn.url, session=bare)  # the library as a user would call it
-            rows = []
-            for k, (slices, size) in enumerate(SERIES):
-                datasets = make_series(slices, size, seed=k)
-                dicomweb.store(client, datasets)
-                study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
-                raw = RawReader(bare, f"{conn.url}/studies/{study}/series/{series}")
-                parsed = dicomweb.retrieve_series(client, study, series)
-                volume, _ = load_image(parsed)
-                assert volume.shape == (slices, size, size)
-                files = Path(tmp) / f"monai-label-{k}"
+    with private_cloud(pacs_only=True) as local:
+        user, password = local.service("orthanc").credentials()
+        conn = PacsConnection(local.settings.dicomweb_url, user, password)
+        client = dicomweb.connect(conn)
+        bare = requests.Session()
+        bare.auth = conn.auth
+        bare.headers["Accept-Encoding"] = "identity"
+        library = DICOMwebClient(conn.url, session=bare)  # the library as a user would call it
+        rows = []
+        for k, (slices, size) in enumerate(SERIES):
+            datasets = make_series(slices, size, seed=k)
+            dicomweb.store(client, datasets)
+            study, series = str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID)
+            raw = RawReader(bare, f"{conn.url}/studies/{study}/series/{series}")
+            parsed = dicomweb.retrieve_series(client, study, series)
+            volume, _ = load_image(parsed)
+            assert volume.shape == (slices, size, size)
+            files = local.home / f"monai-label-{k}"
 
-                def checked(got: np.ndarray, n: int = slices) -> np.ndarray:
-                    assert got.shape[0] == n
-                    return got
+            def checked(got: np.ndarray, n: int = slices) -> np.ndarray:
+                assert got.shape[0] == n
+                return got
 
-                def ours_volume(study: str = study, series: str = series) -> np.ndarray:
-                    return checked(load_image(dicomweb.retrieve_series(client, study, series))[0])
+            def ours_volume(study: str = study, series: str = series) -> np.ndarray:
+                return checked(load_image(dicomweb.retrieve_series(client, study, series))[0])
 
-                def dicomweb_client(study: str = study, series: str = series) -> np.ndarray:
-                    return checked(load_image(library.retrieve_series(study, series))[0])
+            def dicomweb_client(study: str = study, series: str = series) -> np.ndarray:
+                return checked(load_image(library.retrieve_series(study, series))[0])
 
-                def monai_label(study: str = study, series: str = series, files: Path = files) -> np.ndarray:
-                    files.mkdir(exist_ok=True)
-                    paths = []
-                    for ds in library.retrieve_series(study, series):
-                        paths.append(files / f"{ds.SOPInstanceUID}.dcm")
-                        ds.save_as(paths[-1])
-                    return checked(load_files(paths)[0])
+            def monai_label(study: str = study, series: str = series, files: Path = files) -> np.ndarray:
+                files.mkdir(exist_ok=True)
+                paths = []
+                for ds in library.retrieve_series(study, series):
+                    paths.append(files / f"{ds.SOPInstanceUID}.dcm")
+                    ds.save_as(paths[-1])
+                return checked(load_files(paths)[0])
 
-                def per_instance(study: str = study, series: str = series) -> np.ndarray:
-                    found = dicomweb.search_instances(client, study, series)
-                    got = [dicomweb.retrieve_instance(client, study, series, dj.value(i, "SOPInstanceUID"))
-                           for i in found]
-                    return checked(load_image(got)[0])
+            def per_instance(study: str = study, series: str = series) -> np.ndarray:
+                found = dicomweb.search_instances(client, study, series)
+                got = [dicomweb.retrieve_instance(client, study, series, dj.value(i, "SOPInstanceUID"))
+                       for i in found]
+                return checked(load_image(got)[0])
 
-                times = interleaved({
-                    "raw read": raw,
-                    "decode": decode_floor(parsed),
-                    "ours: datasets": lambda study=study, series=series: dicomweb.retrieve_series(client, study,
-                                                                                                  series),
-                    "ours: volume": ours_volume,
-                    "dicomweb-client": dicomweb_client,
-                    "MONAI Label": monai_label,
-                    "per-instance": per_instance,
-                }, repeats)
-                rows.append({"series": f"{slices}x{size}x{size}", "mb": len(raw.buffer) / 1e6, "times": times})
-        finally:
-            cloud.down()
+            times = interleaved({
+                "raw read": raw,
+                "decode": decode_floor(parsed),
+                "ours: datasets": lambda study=study, series=series: dicomweb.retrieve_series(client, study,
+                                                                                              series),
+                "ours: volume": ours_volume,
+                "dicomweb-client": dicomweb_client,
+                "MONAI Label": monai_label,
+                "per-instance": per_instance,
+            }, repeats)
+            rows.append({"series": f"{slices}x{size}x{size}", "mb": len(raw.buffer) / 1e6, "times": times})
     return rows
 
 

@@ -3,8 +3,8 @@ direct reader of uncompressed little-endian DICOM parts.
 
 Private to :mod:`dicomflow.dicom.dicomweb` (``retrieve_series``); measured against the bare transfer
 and dicomweb-client by ``bench/bench_retrieval.py``. Every byte of an answer is copied once, into its
-element value: on this machine each fresh copy of a 26 MB series costs ~15 ms of page faults, which
-was the cost, not the parsing. Anything the direct reader does not handle goes to ``pydicom.dcmread``.
+element value (each fresh copy of a series costs page faults); the rest of the cost is Python work
+per element. Anything the direct reader does not handle goes to ``pydicom.dcmread``.
 """
 
 from __future__ import annotations

@@ -251,8 +251,9 @@ def _http_retrieve_series(client: DICOMwebClient, study_uid: str, series_uid: st
     parts byte by byte and parses each with ``dcmread`` (2-4x the bare GET on loopback). Here the
     socket is read into one reusable buffer, each complete part is parsed in place by
     :func:`parse_part` (a direct reader for the uncompressed little-endian syntaxes, ``dcmread`` for
-    the rest), and every byte is copied once, into its element value. Copies, not parsing, were the
-    cost: each fresh 26 MB costs ~15 ms of page faults, and a thread per side fought over the GIL.
+    the rest), and every byte is copied once, into its element value (each fresh copy of a 26 MB
+    series costs page faults), in the calling thread (a reader thread would fight the parser for the
+    GIL). What remains above the raw transfer is Python work per element (``bench/bench_retrieval.py``).
     """
     url = f"{client.base_url}/studies/{study_uid}/series/{series_uid}"
     response = client._session.get(url, headers={"Accept": _ACCEPT_SERIES}, stream=True,
