@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +18,16 @@ from typing import Any
 
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd, Transform
+from monai.transforms import (
+    Compose,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandGaussianNoised,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPadd,
+    Transform,
+)
 
 from dicomflow.dicom import structures as structure_defs
 from dicomflow.dicom import volume
@@ -218,17 +228,40 @@ def random_patches(size: tuple[int, ...], count: int = 1) -> list[Transform]:
             RandCropByPosNegLabeld(keys, label_key="target", spatial_size=size, pos=1, neg=1, num_samples=count)]
 
 
+#: What ``augment=light`` does to a 2D training image (after preprocessing, so on the network's grid): the
+#: patient a little rotated, larger or smaller and off centre, the exposure a little different, some noise.
+#: Never flipped: left and right are anatomy (the heart is on the left).
+LIGHT_2D = {"rotate_degrees": 10, "scale": 0.1, "translate": 0.08, "intensity_scale": 0.1, "intensity_shift": 0.1,
+            "noise_std": 0.05}
+
+
+def light_augmentation(size: tuple[int, ...]) -> list[Transform]:
+    """The ``augment=light`` transforms of :data:`LIGHT_2D` for 2D images of ``size`` pixels."""
+    if len(size) != 2:
+        raise DatasetError("augment=light is defined for 2D images (classification2d)")
+    a = LIGHT_2D
+    return [RandAffined("image", prob=0.8, rotate_range=math.radians(a["rotate_degrees"]),
+                        scale_range=(a["scale"], a["scale"]),
+                        translate_range=tuple(a["translate"] * s for s in size), padding_mode="border"),
+            RandScaleIntensityd("image", factors=a["intensity_scale"], prob=0.8),
+            RandShiftIntensityd("image", offsets=a["intensity_shift"], prob=0.8),
+            RandGaussianNoised("image", std=a["noise_std"], prob=0.5)]
+
+
 def make_dataset(items: list[Item], preprocess: Preprocess, task: str, cache: str, cache_dir: Path | None,
-                 num_workers: int = 0, patches: int = 0, seed: int = 0) -> Dataset:
+                 num_workers: int = 0, patches: int = 0, seed: int = 0, augment: bool = False) -> Dataset:
     """A MONAI dataset over ``items``; ``cache`` none | memory (CacheDataset) | disk (PersistentDataset).
 
     ``patches`` > 0: each item is that many random patches (:func:`random_patches`, seeded with
-    ``seed``) of the cached volume, a list for ``monai.data.list_data_collate``.
+    ``seed``) of the cached volume, a list for ``monai.data.list_data_collate``. ``augment``: the
+    :func:`light_augmentation` of a 2D image, applied after the cache (a new draw each epoch).
     """
     data = [it.as_dict() for it in items]
     transform: Transform = LoadItem(preprocess, task)
     if patches:
         transform = Compose([transform, *random_patches(preprocess.size, patches)]).set_random_state(seed=seed)
+    elif augment:
+        transform = Compose([transform, *light_augmentation(tuple(preprocess.size))]).set_random_state(seed=seed)
     if cache == "memory":
         return CacheDataset(data, transform, cache_rate=1.0, num_workers=max(num_workers, 1), progress=False)
     if cache == "disk":

@@ -41,6 +41,7 @@ class Hyperparameters:
     intensity: str = "percentile"  # percentile (intensity_lower..upper -> 0..1, clipped) | zscore (mean 0, std 1)
     intensity_lower: float = 0.5
     intensity_upper: float = 99.5
+    augment: str = "none"  # none | light (classification2d: random affine, exposure and noise in training)
 
     @property
     def spatial_shape(self) -> list[int]:
@@ -156,6 +157,10 @@ def validate(hp: Hyperparameters) -> None:
         raise HyperparameterError(f"intensity must be percentile or zscore, got {hp.intensity!r}")
     if hp.cache not in ("none", "memory", "disk"):
         raise HyperparameterError(f"cache must be none, memory or disk, got {hp.cache!r}")
+    if hp.augment not in ("none", "light"):
+        raise HyperparameterError(f"augment must be none or light, got {hp.augment!r}")
+    if hp.augment == "light" and hp.task != "classification2d":
+        raise HyperparameterError("augment=light is for classification2d images; use none for 3D tasks")
     if hp.task == "segmentation3d" and any(v % 8 for v in hp.spatial_shape):
         raise HyperparameterError(
             f"spatial_size {hp.spatial_size!r}: the 3D UNet halves the size three times, so every size "

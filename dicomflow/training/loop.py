@@ -79,7 +79,8 @@ class Trainer:
     def _loader(self, items: list[Item], pre: Preprocess, shuffle: bool, cache_dir: Path) -> DataLoader:
         patches = shuffle and self.patches
         ds = make_dataset(items, pre, self.task, self.hp.cache, cache_dir, self.hp.num_workers,
-                          patches=self.hp.patches_per_volume if patches else 0, seed=self.hp.seed + self.tenv.rank)
+                          patches=self.hp.patches_per_volume if patches else 0, seed=self.hp.seed + self.tenv.rank,
+                          augment=shuffle and self.hp.augment == "light")
         # whole resampled volumes differ in size: one at a time
         batch_size = 1 if self.patches and not shuffle else self.hp.batch_size
         sampler = None
