@@ -1,8 +1,9 @@
 """Labeling benchmarks on a private local cloud: pre-label Lambda latency (through lambda:Invoke on the
-emulator, which runs the handler as a host subprocess), task open -> first image on screen for the 7 MB
-chest CR, and slice-scroll frames per second on a 100-slice series, in Debian's headless Chromium;
-and the input manifest of 10 000 instances built with Orthanc's /tools/find against one paged QIDO-RS
-query (interleaved, ``--repeats`` each). Figures are median (min-max), p95 where there are 20.
+emulator; warm environment, cold start, and the floor of the handler called in-process), task open ->
+first image on screen for the 7 MB chest CR, and slice-scroll frames per second on a 100-slice series,
+in Debian's headless Chromium; and the input manifest of 10 000 instances built with Orthanc's
+/tools/find against one paged QIDO-RS query (interleaved, ``--repeats`` each). Figures are median
+(min-max), p95 where there are 20.
 
     .venv/bin/python bench/bench_labeling.py [--invocations 20] [--opens 5] [--slices 100] [--repeats 5]
 """
@@ -10,12 +11,17 @@ query (interleaved, ``--repeats`` each). Figures are median (min-max), p95 where
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
 import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
 
 from _cloud import REPO, private_cloud
-from _stats import MIN_REPEATS, Sample, check_repeats, interleaved
+from _stats import MIN_REPEATS, Sample, check_repeats, interleaved, ratio
 
 from dicomflow import aws
 from dicomflow.config import Settings
@@ -61,15 +67,7 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     for what in ("cr", "series"):
         event = {"version": "2018-10-16", "labelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:"
                  "labeling-job/bench", "dataObject": objs[what]}
-        times = []
-        for _ in range(args.invocations + 1):
-            t0 = time.perf_counter()
-            resp = lam.invoke(FunctionName=arns["pre_label"], Payload=json.dumps(event))
-            assert not resp.get("FunctionError"), resp["Payload"].read()
-            resp["Payload"].read()
-            times.append((time.perf_counter() - t0) * 1000)
-        times = times[1:]  # first call unzips the code
-        results[f"pre_label_{what}_ms"] = {**Sample(tuple(times)).as_dict(1), "p95": round(pct(times, 0.95), 1)}
+        results[f"pre_label_{what}"] = pre_label_timing(lam, arns["pre_label"], event, args)
 
     request = setup.job_request("bench", bucket, [objs["cr"], objs["series"]], arns, workers=1)
     running = run_job(request, data_dir=settings.data_dir)
@@ -110,6 +108,45 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     if args.manifest_instances:
         results["input_manifest"] = manifest_timing(settings, args.manifest_instances, args.repeats)
     print(json.dumps(results, indent=2))
+
+
+def pre_label_timing(lam: Any, arn: str, event: dict[str, Any], args: argparse.Namespace) -> dict[str, object]:
+    """Pre-label through lambda:Invoke, warm (a kept environment) and cold (a new configuration version
+    each time, so module import and init run again), against the floor: the handler called in this process."""
+
+    def invoke() -> float:
+        t0 = time.perf_counter()
+        resp = lam.invoke(FunctionName=arn, Payload=json.dumps(event))
+        body = resp["Payload"].read()
+        assert not resp.get("FunctionError"), body
+        return (time.perf_counter() - t0) * 1000
+
+    variables = lam.get_function_configuration(FunctionName=arn)["Environment"]["Variables"]
+    cold = []
+    for i in range(args.repeats):
+        lam.update_function_configuration(FunctionName=arn, Environment={"Variables": {
+            **variables, "BENCH_VERSION": str(i)}})
+        cold.append(invoke())
+    warm = [invoke() for _ in range(args.invocations)]
+    handler = _load_handler(REPO / "lambdas" / "pre_label" / "handler.py")
+    with mock.patch.dict(os.environ, variables):
+        handler(event, None)  # the first call opens the PACS connection, as the warm Lambda's first did
+        floor = []
+        for _ in range(args.invocations):
+            t0 = time.perf_counter()
+            handler(event, None)
+            floor.append((time.perf_counter() - t0) * 1000)
+    w, c, f = Sample(tuple(warm)), Sample(tuple(cold)), Sample(tuple(floor))
+    return {"warm_ms": {**w.as_dict(1), "p95": round(pct(warm, 0.95), 1)}, "cold_ms": c.as_dict(1),
+            "in_process_floor_ms": f.as_dict(1), "warm_over_floor": round(ratio(w, f), 2),
+            "cold_over_warm": round(ratio(c, w), 1)}
+
+
+def _load_handler(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("bench_pre_label_handler", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.lambda_handler
 
 
 def manifest_timing(settings: Settings, instances: int, repeats: int) -> dict[str, object]:

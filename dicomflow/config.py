@@ -158,6 +158,10 @@ VARIABLES: tuple[Variable, ...] = (
              doc="seconds the emulator waits for a serving process to answer /ping"),
     Variable("install_requirements", "DICOMFLOW_INSTALL_REQUIREMENTS", "bool", False,
              doc="local mode installs a source_dir's requirements.txt (1) instead of checking it"),
+    Variable("lambda_idle_seconds", "DICOMFLOW_LAMBDA_IDLE_SECONDS", "float", 600.0, 1, 24 * 3600,
+             doc="how long the emulator keeps an idle warm Lambda environment"),
+    Variable("lambda_concurrency", "DICOMFLOW_LAMBDA_CONCURRENCY", "int", 10, 1, 1000,
+             doc="warm environments per function when it has no reserved concurrency"),
 )
 
 
@@ -219,6 +223,8 @@ class Runtime:
     local_images: str | None
     endpoint_start_timeout: float
     install_requirements: bool
+    lambda_idle_seconds: float
+    lambda_concurrency: int
 
 
 def runtime(env: Mapping[str, str] | None = None) -> Runtime:

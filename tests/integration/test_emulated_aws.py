@@ -62,6 +62,18 @@ def on_s3(event, context):
 
 def write_marker(event, context):
     boto3.client("s3").put_object(Bucket=event["bucket"], Key=event["key"], Body=b"done")
+
+
+print("init-ran")
+INVOKES = 0
+
+
+def count(event, context):
+    global INVOKES
+    INVOKES += 1
+    if event.get("crash"):
+        os._exit(3)
+    return {"invokes": INVOKES, "pid": os.getpid(), "version": os.environ.get("VERSION")}
 '''
 
 
@@ -188,6 +200,67 @@ def test_hanging_handler_is_killed_at_its_timeout(aws, make_function, tmp_path):
         assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         pass
+
+
+def _report(tail: str) -> str:
+    return next(line for line in tail.splitlines() if line.startswith("REPORT RequestId:"))
+
+
+def test_environment_stays_warm_between_invokes(aws, make_function):
+    name = make_function("handlers.count")
+    tails = []
+    for expected in (1, 2, 3):
+        _, payload, tail = _invoke(aws, name, {})
+        assert payload["invokes"] == expected  # module-level state survives, as in a warm Lambda
+        tails.append(tail)
+    assert "Init Duration:" in _report(tails[0]) and "init-ran" in tails[0]
+    assert all("Init Duration:" not in _report(t) and "init-ran" not in t for t in tails[1:])
+    streams = aws["logs"].describe_log_streams(logGroupName=f"/aws/lambda/{name}")["logStreams"]
+    assert len(streams) == 1  # one stream per execution environment
+    messages = [e["message"] for e in aws["logs"].filter_log_events(logGroupName=f"/aws/lambda/{name}")["events"]]
+    assert sum(m.startswith("REPORT RequestId:") for m in messages) == 3
+
+
+def test_a_new_version_starts_fresh_environments(aws, make_function):
+    name = make_function("handlers.count", env={"VERSION": "1"})
+    _invoke(aws, name, {})
+    _, before, _ = _invoke(aws, name, {})
+    assert before["invokes"] == 2
+    aws["lambda"].update_function_configuration(FunctionName=name, Environment={"Variables": {"VERSION": "2"}})
+    _, after, tail = _invoke(aws, name, {})
+    assert after == {"invokes": 1, "pid": after["pid"], "version": "2"} and after["pid"] != before["pid"]
+    assert "Init Duration:" in _report(tail)
+    assert not psutil.pid_exists(before["pid"]) or psutil.Process(before["pid"]).status() == psutil.STATUS_ZOMBIE
+    aws["lambda"].update_function_code(FunctionName=name, ZipFile=_zip({"handlers.py": HANDLERS + "\n# v3\n"}))
+    _, code_update, _ = _invoke(aws, name, {})
+    assert code_update["invokes"] == 1 and code_update["pid"] != after["pid"]
+
+
+def test_a_crashed_environment_is_replaced(aws, make_function):
+    name = make_function("handlers.count")
+    _, first, _ = _invoke(aws, name, {})
+    resp, crash, _ = _invoke(aws, name, {"crash": True})
+    assert resp["FunctionError"] == "Unhandled" and crash["errorType"] == "Runtime.ExitError"
+    assert "exit status 3" in crash["errorMessage"]
+    _, again, tail = _invoke(aws, name, {})
+    assert again["invokes"] == 1 and again["pid"] != first["pid"] and "Init Duration:" in _report(tail)
+
+
+def test_concurrent_invokes_get_their_own_environments(aws, make_function):
+    name = make_function("handlers.count")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: _invoke(aws, name, {})[1], range(12)))
+    pids = {r["pid"] for r in results}
+    assert 1 <= len(pids) <= 10  # the default cap of environments per function
+    # every environment counts its own invokes from 1 without gaps: no invoke was served twice
+    for pid in pids:
+        counts = sorted(r["invokes"] for r in results if r["pid"] == pid)
+        assert counts == list(range(1, len(counts) + 1))
+    aws["lambda"].put_function_concurrency(FunctionName=name, ReservedConcurrentExecutions=1)
+    with ThreadPoolExecutor(4) as pool:
+        capped = list(pool.map(lambda _: _invoke(aws, name, {})[1], range(6)))
+    assert len({r["pid"] for r in capped}) == 1  # reserved concurrency 1: one environment, invokes queue
+    assert sorted(r["invokes"] for r in capped)[-1] - sorted(r["invokes"] for r in capped)[0] == 5
 
 
 def test_event_invocation_runs_in_background(aws, make_function):

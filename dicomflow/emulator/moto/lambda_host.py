@@ -1,25 +1,31 @@
-"""Lambda execution for the emulated AWS: a zip function runs as a host Python subprocess.
+"""Lambda execution for the emulated AWS: a zip function runs in warm host Python processes.
 
 moto 5.2.5 runs Lambda code only inside Docker. :func:`install` replaces, inside the moto server
 process, ``LambdaFunction._invoke_lambda`` / ``LambdaFunction.invoke`` with :func:`execute`, and makes
 moto's S3 -> Lambda notification path asynchronous (a small worker pool), as it is on AWS.
 
-One invocation:
+Execution environments, as Lambda keeps them:
 
 * the function's zip (``code_bytes``) is unpacked once per code SHA-256 into
   ``<DICOMFLOW_HOME>/lambda/<sha>/`` (the task root);
-* :mod:`dicomflow.emulator.moto.lambda_bootstrap` runs with this interpreter (``python -I``, so this
-  virtual environment's site-packages are there, the task root first on ``sys.path``), the function's
-  Environment variables, the Lambda reserved variables, ``AWS_ENDPOINT_URL`` / region / credentials
-  pointing at the emulator;
+* an environment is one :mod:`dicomflow.emulator.moto.lambda_bootstrap` process run with this
+  interpreter (``python -I``, so this virtual environment's site-packages are there, the task root first
+  on ``sys.path``), the function's Environment variables, the Lambda reserved variables and
+  ``AWS_ENDPOINT_URL`` / region / credentials pointing at the emulator. Its module-level code runs once
+  (the cold start, reported as ``Init Duration``); later invokes reuse it;
+* a function has up to its reserved concurrency (or ``DICOMFLOW_LAMBDA_CONCURRENCY``) environments; an
+  invoke beyond that waits for one to be free. A new version of the function (code, handler, timeout,
+  memory, runtime or variables) retires the old environments; one idle for
+  ``DICOMFLOW_LAMBDA_IDLE_SECONDS`` is stopped; one that crashes or times out is killed and replaced;
 * the handler gets the event and a context (``function_name``, ``aws_request_id``,
-  ``get_remaining_time_in_millis()`` ...); the process group is killed at the function's Timeout
-  (counted from the end of module import, like the invoke phase on AWS);
+  ``get_remaining_time_in_millis()`` ...); at the function's Timeout (counted from the start of the
+  invoke; init has its own ``INIT_TIMEOUT_S``) the environment's process group is killed;
 * the result or error comes back as Lambda's Invoke API returns it: ``X-Amz-Function-Error:
   Unhandled`` and ``{"errorMessage", "errorType", "requestId", "stackTrace"}``; a timeout gives
   ``Sandbox.Timedout`` / ``"... Task timed out after N.NN seconds"``;
 * output (print, logging, tracebacks) plus START/END/REPORT lines go to the CloudWatch Logs group
-  ``/aws/lambda/<name>``, a new stream per invocation; ``LogType=Tail`` returns the last 4 KB.
+  ``/aws/lambda/<name>``, one stream per environment; ``LogType=Tail`` returns the last 4 KB of the
+  invoke's own lines.
 """
 
 from __future__ import annotations
@@ -42,18 +48,20 @@ import uuid
 import zipfile
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dicomflow.config import runtime
 from dicomflow.paths import data_dir
 
 log = logging.getLogger("dicomflow.lambda")
 
 BOOTSTRAP = Path(__file__).with_name("lambda_bootstrap.py")
-INIT_TIMEOUT_S = 10.0  # Lambda's init phase limit; on AWS a slow init is retried within the timeout
+INIT_TIMEOUT_S = 10.0  # Lambda's init phase limit
 LOG_TAIL_BYTES = 4096
+READY = b"READY\n"
 # Environment variables Lambda reserves: a function's Environment cannot override these.
 RESERVED = ("_HANDLER", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_EXECUTION_ENV", "AWS_LAMBDA_FUNCTION_NAME",
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "AWS_LAMBDA_FUNCTION_VERSION", "AWS_LAMBDA_LOG_GROUP_NAME",
@@ -63,20 +71,19 @@ _PASSTHROUGH = ("PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "DICOMFLOW_HOME")
 
 _config: dict[str, str] = {}
 _extract_lock = threading.Lock()
-_running: dict[int, subprocess.Popen] = {}
-_running_lock = threading.Lock()
 _events = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lambda-event")
 
 
 @dataclass
 class Invocation:
-    """Outcome of one run: ``payload`` is the JSON text Invoke returns; ``error`` the errorType or None."""
+    """Outcome of one invoke: ``payload`` is the JSON text Invoke returns; ``error`` the errorType or None."""
 
     request_id: str
     payload: str
     error: str | None
     logs: str
     duration_ms: float
+    init_ms: float | None = None
 
 
 def configure(endpoint_url: str) -> None:
@@ -85,7 +92,7 @@ def configure(endpoint_url: str) -> None:
 
 
 def task_root(code: bytes) -> Path:
-    """Unpack a function zip once per content hash; returns the directory."""
+    """Unpack a function zip once per content hash; returns the directory (named by the hash)."""
     digest = hashlib.sha256(code).hexdigest()
     root = data_dir() / "lambda" / digest
     if root.is_dir():
@@ -105,7 +112,7 @@ def task_root(code: bytes) -> Path:
     return root
 
 
-def function_environment(fn: Any, request_id: str, stream: str, root: Path) -> dict[str, str]:
+def function_environment(fn: Any, stream: str, root: Path) -> dict[str, str]:
     """What the handler process sees: passthrough basics, the function's variables, reserved ones."""
     env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
     env["AWS_ENDPOINT_URL"] = _config.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL", "")
@@ -125,7 +132,6 @@ def function_environment(fn: Any, request_id: str, stream: str, root: Path) -> d
         "LAMBDA_TASK_ROOT": str(root),
         "LAMBDA_RUNTIME_DIR": str(BOOTSTRAP.parent),
         "TZ": ":UTC",
-        "DICOMFLOW_LAMBDA_REQUEST_ID": request_id,
         "DICOMFLOW_LAMBDA_FUNCTION_ARN": fn.function_arn,
     })
     if os.environ.get("AWS_SESSION_TOKEN"):
@@ -135,9 +141,11 @@ def function_environment(fn: Any, request_id: str, stream: str, root: Path) -> d
     return env
 
 
-def _stream_name(fn: Any, request_id: str) -> str:
-    day = datetime.now(UTC).strftime("%Y/%m/%d")
-    return f"{day}/[{fn.version}]{request_id.replace('-', '')}"
+def _version_key(fn: Any, root: Path) -> str:
+    """Identity of what an environment runs: a change to any of these needs a fresh environment."""
+    parts = [root.name, str(fn.handler), str(fn.timeout), str(fn.memory_size), str(fn.run_time),
+             json.dumps(fn.environment_vars or {}, sort_keys=True, default=str)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
 def _error_payload(error_type: str, message: str, request_id: str) -> str:
@@ -145,118 +153,316 @@ def _error_payload(error_type: str, message: str, request_id: str) -> str:
                        "stackTrace": []})
 
 
-def execute(fn: Any, event: Any) -> Invocation:
-    """Run ``fn`` (a moto ``LambdaFunction``) on ``event`` as a host subprocess; never raises for
-    function failures (they come back as the Invoke API's error payload)."""
-    request_id = str(uuid.uuid4())
-    stream = _stream_name(fn, request_id)
-    started = time.monotonic()
-    timeout = float(fn.timeout or 3)
-    if getattr(fn, "package_type", "Zip") != "Zip" or not getattr(fn, "code_bytes", None):
-        inv = Invocation(request_id, _error_payload(
-            "Runtime.InvalidEntrypoint",
-            "the local emulator runs zip-packaged Python functions only; create the function with a zip "
-            "(Code.ZipFile or Code.S3Bucket/S3Key)", request_id), "Runtime.InvalidEntrypoint", "", 0.0)
-        _save_logs(fn, stream, inv, timeout)
-        return inv
-    try:
-        root = task_root(fn.code_bytes)
-    except (zipfile.BadZipFile, OSError) as exc:
-        inv = Invocation(request_id, _error_payload(
-            "Runtime.InvalidEntrypoint", f"could not unzip the function code: {exc}", request_id),
-            "Runtime.InvalidEntrypoint", "", 0.0)
-        _save_logs(fn, stream, inv, timeout)
-        return inv
-    with tempfile.TemporaryDirectory(prefix="invoke-", dir=root.parent) as tmp:
-        event_path, result_path, log_path = (Path(tmp) / n for n in ("event.json", "result.json", "output.log"))
-        event_path.write_text(json.dumps(event), encoding="utf-8")
-        status_r, status_w = os.pipe()
-        argv = [sys.executable, "-I", str(BOOTSTRAP), str(root), str(fn.handler), str(event_path),
-                str(result_path), str(int(timeout * 1000)), str(status_w)]
-        with open(log_path, "wb") as out:
-            proc = subprocess.Popen(  # noqa: S603 - our interpreter and bootstrap, fixed argv
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=root,
-                env=function_environment(fn, request_id, stream, root), pass_fds=(status_w,),
-                start_new_session=True)
-        os.close(status_w)
-        with _running_lock:
-            _running[proc.pid] = proc
-        try:
-            timed_out = _wait(proc, status_r, timeout)
-        finally:
-            os.close(status_r)
-            with _running_lock:
-                _running.pop(proc.pid, None)
-        output = log_path.read_text(encoding="utf-8", errors="replace")
-        if timed_out:
-            message = f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
-            payload, error = _error_payload("Sandbox.Timedout", message, request_id), "Sandbox.Timedout"
-            output += f"{_now_iso()} {request_id} Task timed out after {timeout:.2f} seconds\n"
-        elif result_path.exists():
-            outcome = json.loads(result_path.read_text(encoding="utf-8"))
-            if outcome["ok"]:
-                payload, error = outcome["payload"], None
-            else:
-                payload, error = json.dumps(outcome["error"]), outcome["error"]["errorType"]
-        else:
-            code = proc.returncode
-            why = f"signal: {signal.Signals(-code).name}" if code and code < 0 else f"exit status {code}"
-            message = f"RequestId: {request_id} Error: Runtime exited with error: {why}"
-            payload, error = _error_payload("Runtime.ExitError", message, request_id), "Runtime.ExitError"
-    inv = Invocation(request_id, payload, error, output, (time.monotonic() - started) * 1000)
-    _save_logs(fn, stream, inv, timeout)
-    return inv
-
-
-def _wait(proc: subprocess.Popen, status_fd: int, timeout: float) -> bool:
-    """Wait for import (<= INIT_TIMEOUT_S + timeout), then for the handler (<= timeout). True if killed."""
-    ready, _, _ = select.select([status_fd], [], [], INIT_TIMEOUT_S + timeout)
-    if not ready:
-        _kill(proc)
-        return True
-    loaded = os.read(status_fd, 1) == b"I"
-    try:
-        proc.wait(timeout if loaded else INIT_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        _kill(proc)
-        return True
-    return False
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def stop_all() -> None:
-    """Drop queued Event invocations and kill every handler process still running (shutdown)."""
-    _events.shutdown(wait=False, cancel_futures=True)
-    with _running_lock:
-        procs = list(_running.values())
-    for proc in procs:
-        if proc.poll() is None:
-            _kill(proc)
-
-
 def _now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _save_logs(fn: Any, stream: str, inv: Invocation, timeout: float) -> None:
+class _Exited(Exception):
+    """The environment's process ended or stopped answering; ``timed_out`` tells which."""
+
+    def __init__(self, timed_out: bool) -> None:
+        self.timed_out = timed_out
+
+
+@dataclass(eq=False)  # identity semantics: environments live in sets
+class _Environment:
+    """One warm execution environment: a bootstrap process, its reply pipe and its output file."""
+
+    key: str
+    stream: str
+    proc: subprocess.Popen
+    replies: int
+    log_path: Path
+    init_ms: float | None = None  # set after a cold start, reported (then cleared) by the first invoke
+    last_used: float = field(default_factory=time.monotonic)
+    _buffer: bytes = b""
+
+    @classmethod
+    def start(cls, fn: Any, key: str, root: Path) -> _Environment:
+        env_id = uuid.uuid4().hex
+        stream = f"{datetime.now(UTC):%Y/%m/%d}/[{fn.version}]{env_id}"
+        log_dir = root.parent / "env"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"{env_id}.log"
+        replies_r, replies_w = os.pipe()
+        argv = [sys.executable, "-I", str(BOOTSTRAP), str(root), str(fn.handler), str(replies_w)]
+        try:
+            with open(log_path, "wb") as out:
+                proc = subprocess.Popen(  # noqa: S603 - our interpreter and bootstrap, fixed argv
+                    argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, cwd=root,
+                    env=function_environment(fn, stream, root), pass_fds=(replies_w,), start_new_session=True)
+        except BaseException:
+            os.close(replies_r)
+            raise
+        finally:
+            os.close(replies_w)
+        return cls(key, stream, proc, replies_r, log_path)
+
+    def reply(self, timeout: float) -> bytes:
+        """The next line the bootstrap writes; :class:`_Exited` on EOF or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.replies], [], [], max(0.0, left))
+            if not ready:
+                raise _Exited(timed_out=True)
+            chunk = os.read(self.replies, 65536)
+            if not chunk:
+                raise _Exited(timed_out=False)
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line + b"\n"
+
+    def send(self, request: dict[str, Any]) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(request).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise _Exited(timed_out=False) from None
+
+    def output_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def output_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def exit_reason(self) -> str:
+        try:
+            code = self.proc.wait(1)
+        except subprocess.TimeoutExpired:
+            return "signal: SIGKILL"
+        return f"signal: {signal.Signals(-code).name}" if code and code < 0 else f"exit status {code}"
+
+    def stop(self) -> None:
+        """Kill the process group and release the pipes and the output file."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        try:
+            os.close(self.replies)
+        except OSError:
+            pass
+        self.log_path.unlink(missing_ok=True)
+
+
+class _Pools:
+    """Idle and busy environments of every function (by ARN), a cap per function, an idle reaper."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._idle: dict[str, list[_Environment]] = {}
+        self._busy: dict[str, set[_Environment]] = {}
+        self._starting: dict[str, int] = {}  # environments being started count against the cap
+        self._current: dict[str, str] = {}  # ARN -> version key now served
+        self._reaper: threading.Thread | None = None
+        self._closed = False
+
+    def acquire(self, fn: Any, key: str, root: Path) -> tuple[_Environment, bool]:
+        """A free environment of this version (True if it must be started), waiting while at the cap."""
+        arn = fn.function_arn
+        cap = int(fn.reserved_concurrency or 0) or runtime().lambda_concurrency
+        retired: list[_Environment] = []
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the emulator is stopping")
+            if self._current.get(arn) != key:
+                self._current[arn] = key
+                retired = self._idle.pop(arn, [])
+            while True:
+                idle = self._idle.setdefault(arn, [])
+                in_use = len(self._busy.setdefault(arn, set())) + self._starting.get(arn, 0)
+                while idle and len(idle) + in_use > cap:  # the cap was lowered
+                    retired.append(idle.pop(0))
+                if idle:
+                    env, cold = idle.pop(), False
+                    self._busy[arn].add(env)
+                    break
+                if in_use < cap:
+                    env, cold = None, True
+                    self._starting[arn] = self._starting.get(arn, 0) + 1
+                    break
+                self._lock.wait(1.0)
+            self._start_reaper()
+        for old in retired:
+            old.stop()
+        if not cold:
+            return env, False
+        try:
+            env = _Environment.start(fn, key, root)
+        finally:
+            with self._lock:
+                self._starting[arn] -= 1
+                if env is not None:
+                    self._busy[arn].add(env)
+                self._lock.notify_all()
+        return env, True
+
+    def release(self, arn: str, env: _Environment, healthy: bool) -> None:
+        """Back to the idle list if it is still healthy and current, else stopped."""
+        with self._lock:
+            self._busy.get(arn, set()).discard(env)
+            keep = healthy and not self._closed and self._current.get(arn) == env.key
+            if keep:
+                env.last_used = time.monotonic()
+                self._idle.setdefault(arn, []).append(env)
+            self._lock.notify_all()
+        if not keep:
+            env.stop()
+
+    def _start_reaper(self) -> None:
+        if self._reaper is None:
+            self._reaper = threading.Thread(target=self._reap, name="lambda-reaper", daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        while not self._closed:
+            idle_s = runtime().lambda_idle_seconds
+            time.sleep(min(idle_s / 4, 15.0))
+            cutoff = time.monotonic() - idle_s
+            with self._lock:
+                stale = [e for envs in self._idle.values() for e in envs if e.last_used < cutoff]
+                for envs in self._idle.values():
+                    envs[:] = [e for e in envs if e.last_used >= cutoff]
+            for env in stale:
+                env.stop()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            envs = [e for v in self._idle.values() for e in v] + [e for v in self._busy.values() for e in v]
+            self._idle.clear()
+            self._lock.notify_all()
+        for env in envs:
+            env.stop()
+
+    def count(self, arn: str) -> int:
+        """Environments (idle and busy) the function has now."""
+        with self._lock:
+            return len(self._idle.get(arn, ())) + len(self._busy.get(arn, ()))
+
+
+_pools = _Pools()
+
+
+def _refusal(fn: Any, request_id: str, message: str) -> Invocation:
+    inv = Invocation(request_id, _error_payload("Runtime.InvalidEntrypoint", message, request_id),
+                     "Runtime.InvalidEntrypoint", "", 0.0)
+    stream = f"{datetime.now(UTC):%Y/%m/%d}/[{fn.version}]{request_id.replace('-', '')}"
+    _save_logs(fn, stream, inv, create_stream=True)
+    return inv
+
+
+def execute(fn: Any, event: Any) -> Invocation:
+    """Invoke ``fn`` (a moto ``LambdaFunction``) on ``event`` in a warm (or new) environment; never
+    raises for function failures (they come back as the Invoke API's error payload)."""
+    request_id = str(uuid.uuid4())
+    if getattr(fn, "package_type", "Zip") != "Zip" or not getattr(fn, "code_bytes", None):
+        return _refusal(fn, request_id, "the local emulator runs zip-packaged Python functions only; create "
+                                        "the function with a zip (Code.ZipFile or Code.S3Bucket/S3Key)")
+    try:
+        root = task_root(fn.code_bytes)
+    except (zipfile.BadZipFile, OSError) as exc:
+        return _refusal(fn, request_id, f"could not unzip the function code: {exc}")
+    env, cold = _pools.acquire(fn, _version_key(fn, root), root)
+    healthy = False
+    try:
+        inv, healthy = _run(fn, env, cold, request_id, event)
+        _save_logs(fn, env.stream, inv, create_stream=cold)
+    finally:
+        _pools.release(fn.function_arn, env, healthy)
+    return inv
+
+
+def _run(fn: Any, env: _Environment, cold: bool, request_id: str, event: Any) -> tuple[Invocation, bool]:
+    """(the outcome, whether the environment may serve again)."""
+    timeout = float(fn.timeout or 3)
+    offset = 0 if cold else env.output_size()
+    init_ms = None
+    if cold:
+        began = time.monotonic()
+        try:
+            ready = env.reply(INIT_TIMEOUT_S)
+        except _Exited as exc:
+            what = (f"Init timed out after {INIT_TIMEOUT_S:.2f} seconds" if exc.timed_out
+                    else f"Runtime exited with error: {env.exit_reason()}")
+            return _failed(env, request_id, offset, "Runtime.ExitError", what, init_ms), False
+        init_ms = (time.monotonic() - began) * 1000
+        if ready != READY:  # the import failed: the bootstrap reported it and exits
+            error = json.loads(ready)["error"]
+            error["requestId"] = request_id
+            return _finish(env, request_id, offset, json.dumps(error), error["errorType"], 0.0, init_ms), False
+    started = time.monotonic()
+    try:
+        env.send({"requestId": request_id, "deadlineMs": int((time.time() + timeout) * 1000), "event": event})
+        outcome = json.loads(env.reply(timeout))
+    except _Exited as exc:
+        if exc.timed_out:  # release() kills the environment's process group
+            message = f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
+            inv = _finish(env, request_id, offset, _error_payload("Sandbox.Timedout", message, request_id),
+                          "Sandbox.Timedout", (time.monotonic() - started) * 1000, init_ms)
+            inv.logs += f"{_now_iso()} {request_id} Task timed out after {timeout:.2f} seconds\n"
+            return inv, False
+        message = f"RequestId: {request_id} Error: Runtime exited with error: {env.exit_reason()}"
+        return _finish(env, request_id, offset, _error_payload("Runtime.ExitError", message, request_id),
+                       "Runtime.ExitError", (time.monotonic() - started) * 1000, init_ms), False
+    duration = (time.monotonic() - started) * 1000
+    if outcome["ok"]:
+        return _finish(env, request_id, offset, outcome["payload"], None, duration, init_ms), True
+    return _finish(env, request_id, offset, json.dumps(outcome["error"]), outcome["error"]["errorType"],
+                   duration, init_ms), True
+
+
+def _failed(env: _Environment, request_id: str, offset: int, error_type: str, what: str,
+            init_ms: float | None) -> Invocation:
+    message = f"RequestId: {request_id} Error: {what}"
+    return _finish(env, request_id, offset, _error_payload(error_type, message, request_id), error_type, 0.0,
+                   init_ms)
+
+
+def _finish(env: _Environment, request_id: str, offset: int, payload: str, error: str | None,
+            duration_ms: float, init_ms: float | None) -> Invocation:
+    return Invocation(request_id, payload, error, env.output_since(offset), duration_ms, init_ms)
+
+
+def stop_all() -> None:
+    """Drop queued Event invocations and stop every execution environment (shutdown)."""
+    _events.shutdown(wait=False, cancel_futures=True)
+    _pools.close()
+
+
+def _save_logs(fn: Any, stream: str, inv: Invocation, create_stream: bool) -> None:
+    """Frame the invoke's output with START/END/REPORT (``inv.logs`` becomes that) and store it."""
     lines = [f"START RequestId: {inv.request_id} Version: {fn.version}"]
     lines += inv.logs.splitlines()
     lines.append(f"END RequestId: {inv.request_id}")
     billed = int(-(-inv.duration_ms // 1))
-    lines.append(f"REPORT RequestId: {inv.request_id}\tDuration: {inv.duration_ms:.2f} ms\t"
-                 f"Billed Duration: {billed} ms\tMemory Size: {fn.memory_size} MB")
+    report = (f"REPORT RequestId: {inv.request_id}\tDuration: {inv.duration_ms:.2f} ms\t"
+              f"Billed Duration: {billed} ms\tMemory Size: {fn.memory_size} MB")
+    if inv.init_ms is not None:
+        report += f"\tInit Duration: {inv.init_ms:.2f} ms"
+    lines.append(report)
     inv.logs = "\n".join(lines) + "\n"
     try:
         backend = fn.logs_backend
         backend.ensure_log_group(fn.logs_group_name)
-        backend.create_log_stream(fn.logs_group_name, stream)
+        if create_stream:
+            backend.create_log_stream(fn.logs_group_name, stream)
         now = int(time.time() * 1000)
         backend.put_log_events(fn.logs_group_name, stream,
                                [{"timestamp": now, "message": line} for line in lines if line])
