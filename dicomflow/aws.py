@@ -43,6 +43,14 @@ def client(service: str, **kwargs: Any) -> Any:
     return session().client(service, config=kwargs.pop("config", cfg), **kwargs)
 
 
+def require_credentials() -> None:
+    """Raise botocore's ``NoCredentialsError`` now, before long work, if the credential chain finds none."""
+    if session().get_credentials() is None:
+        from botocore.exceptions import NoCredentialsError
+
+        raise NoCredentialsError()
+
+
 def is_emulated() -> bool:
     """True when the AWS endpoint is overridden (the local emulator, LocalStack), i.e. not real AWS."""
     return bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_CLOUDFORMATION"))

@@ -7,7 +7,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
 from dicomflow.dicom import dicomweb
-from dicomflow.modeling.networks import TASKS
+from dicomflow.modeling.contract import TASKS
 from dicomflow.training.export import export_dataset
 
 

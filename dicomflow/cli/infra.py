@@ -54,6 +54,8 @@ def infra() -> None:
 @json_option
 def package_cmd(deps: str | None, bucket: str | None, no_upload: bool, as_json: bool) -> None:
     """Zip each lambdas/<name>/ handler with the dicomflow modules it imports and upload it."""
+    if not no_upload:
+        aws.require_credentials()
     with console.status(f"packaging Lambdas ({_target()})…"):
         built = package.package_all(deps=deps or deployment.default_deps(), bucket=bucket,
                                     upload_zips=not no_upload)
@@ -82,6 +84,7 @@ def deploy(stack_name: str, params: tuple[str, ...], template_path: str | None, 
            pacs_credentials: str, timeout: float, as_json: bool) -> None:
     """Create or update the stack and wait for it, showing stack events."""
     parsed = parse_param_args(params)
+    aws.require_credentials()
     console.print(f"deploying stack [bold]{stack_name}[/bold] to {_target()}", highlight=False)
     with console.status("packaging and deploying…"):
         done = deployment.run(stack_name, parsed, deps=deps, template_path=template_path,

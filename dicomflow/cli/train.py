@@ -11,7 +11,7 @@ import click
 
 from dicomflow import aws
 from dicomflow.cli.common import console, json_option, print_json
-from dicomflow.modeling.networks import TASKS
+from dicomflow.modeling.contract import TASKS
 from dicomflow.training.launch import TrainError, parse_hps, sdk_logs_to_stderr, train_job
 
 

@@ -16,11 +16,11 @@ import torch
 
 from dicomflow.dicom.structures import Structure, parse_structures
 from dicomflow.errors import DicomflowError
+from dicomflow.modeling.contract import METADATA_FILE
 from dicomflow.modeling.networks import build_network, check_task
 from dicomflow.modeling.preprocess import Preprocess, build_transform, default_spec, validate_spec
 
 FORMAT_VERSION = 1
-METADATA_FILE = "dicomflow_model.json"
 WEIGHTS_FILE = "model.pt"
 TORCHSCRIPT_FILE = "model.ts"
 

@@ -16,8 +16,8 @@ import torch
 from monai.networks import nets
 
 from dicomflow.errors import DicomflowError
+from dicomflow.modeling.contract import TASKS
 
-TASKS = ("classification2d", "classification3d", "segmentation3d")
 _NETWORKS = {"DenseNet121": nets.DenseNet121, "UNet": nets.UNet}
 
 

@@ -33,7 +33,7 @@ from dicomflow.dicom.structures import Structure, StructureError, names
 from dicomflow.dicom.volume import load_image
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
-from dicomflow.modeling.networks import TASKS
+from dicomflow.modeling.contract import TASKS
 from dicomflow.training.channel import CLASSES, MANIFEST
 
 log = logging.getLogger("dicomflow.training.export")

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from dicomflow.errors import DicomflowError
-from dicomflow.modeling.networks import TASKS
+from dicomflow.modeling.contract import TASKS
 
 
 class HyperparameterError(DicomflowError):

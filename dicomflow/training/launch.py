@@ -18,8 +18,7 @@ from typing import Any
 from dicomflow import aws
 from dicomflow.config import runtime
 from dicomflow.errors import DicomflowError
-from dicomflow.modeling.artifact import METADATA_FILE
-from dicomflow.modeling.networks import TASKS
+from dicomflow.modeling.contract import METADATA_FILE, TASKS
 from dicomflow.paths import REPO_ROOT
 from dicomflow.training.channel import MANIFEST, channel_uri
 from dicomflow.training.metrics import METRIC_DEFINITIONS

@@ -124,6 +124,13 @@ def test_the_lambda_safe_rooms_load_without_torch() -> None:
     assert offenders == {}
 
 
+def test_the_cli_starts_without_torch() -> None:
+    """``dicomflow --help``, ``env``, ``status`` ... answer in well under a second: torch loads only in the
+    commands that train or read a model, inside the command."""
+    heavy = sorted(m for m in _loaded_at_import("dicomflow.cli.main") if m.split(".")[0] in HEAVY)
+    assert heavy == []
+
+
 def test_there_is_no_import_cycle_in_dicomflow() -> None:
     graph = {m: {n for n in _imports(p, top_level_only=True) if n in _modules() and n != m}
              for m, p in _modules().items()}
