@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMPS := .stamps
-APT_PACKAGES := orthanc orthanc-dicomweb dicom3tools chromium
+APT_PACKAGES := orthanc orthanc-dicomweb dicom3tools dcmtk chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup demo test lint bench clean ui

@@ -363,6 +363,16 @@ def _batches(datasets: Iterable[pydicom.Dataset], max_bytes: int) -> Iterator[li
         yield batch
 
 
+def store_batch(client: DICOMClient, batch: Sequence[pydicom.Dataset]) -> dict[str, str]:
+    """STOW-RS one request of datasets that already have File Meta; returns the instances the PACS
+    refused (SOP Instance UID -> failure reason). Raises :class:`PacsError` if the request itself fails."""
+    with _pacs_errors(client, f"store {len(batch)} instance(s)"):
+        result = client.store_instances(list(batch))
+    failed = result.get("FailedSOPSequence") if result is not None else None
+    return {str(item.get("ReferencedSOPInstanceUID", "?")): str(item.get("FailureReason", "unknown"))
+            for item in failed or ()}
+
+
 def store(client: DICOMClient, datasets: Sequence[pydicom.Dataset] | Iterable[pydicom.Dataset],
           *, max_batch_bytes: int = STORE_BATCH_BYTES) -> None:
     """STOW-RS ``datasets`` (any number; sent in batches of at most ``max_batch_bytes``).
@@ -372,13 +382,10 @@ def store(client: DICOMClient, datasets: Sequence[pydicom.Dataset] | Iterable[py
     """
     prepared = [ensure_file_meta(ds) for ds in datasets]
     for batch in _batches(prepared, max_batch_bytes):
-        with _pacs_errors(client, f"store {len(batch)} instance(s)"):
-            result = client.store_instances(batch)
-        failed = result.get("FailedSOPSequence") if result is not None else None
+        failed = store_batch(client, batch)
         if failed:
-            first = failed[0]
-            reason = first.get("FailureReason", "unknown")
+            sop, reason = next(iter(failed.items()))
             raise PacsError(
-                f"the PACS rejected {len(failed)} of {len(batch)} instance(s) (first: "
-                f"{first.get('ReferencedSOPInstanceUID', '?')}, failure reason {reason}); see the PACS log"
+                f"the PACS rejected {len(failed)} of {len(batch)} instance(s) (first: {sop}, failure reason "
+                f"{reason}); see the PACS log"
             )

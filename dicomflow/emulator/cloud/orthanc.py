@@ -74,6 +74,12 @@ class OrthancService(Service):
             "RegisteredUsers": {user: password},
             "HttpCompressionEnabled": False,
             "HttpsVerifyPeers": True,
+            "DicomCheckCalledAet": True,
+            # DIMSE from a modality: only this calling AE title, only from this machine, only echo and store
+            "DicomModalities": {"modality": {
+                "AET": s.modality_aet, "Host": "127.0.0.1", "Port": 104, "AllowEcho": True, "AllowStore": True,
+                "AllowFind": False, "AllowMove": False, "AllowGet": False, "AllowStorageCommitment": False}},
+            "DicomAlwaysAllowEcho": False,
             "DicomAlwaysAllowStore": False,
             "DicomAlwaysAllowFind": False,
             "DicomAlwaysAllowGet": False,

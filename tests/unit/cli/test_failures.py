@@ -44,7 +44,9 @@ def _required_values(tmp: Path) -> dict[str, str]:
 def _argv(path: tuple[str, ...], cmd: click.Command, values: dict[str, str], tmp: Path) -> list[str]:
     argv = list(path)
     for param in cmd.params:
-        if param.required:
+        if isinstance(param, click.Argument):
+            argv.append(values["--labels"])  # an existing folder: the one argument any command takes is paths
+        elif param.required:
             assert param.opts[0] in values, f"add a value for {' '.join(path)} {param.opts[0]} to the test"
             argv += [param.opts[0], values[param.opts[0]]]
         if "--yes" in param.opts:
