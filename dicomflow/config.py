@@ -163,6 +163,8 @@ VARIABLES: tuple[Variable, ...] = (
              doc="how long the emulator keeps an idle warm Lambda environment"),
     Variable("lambda_concurrency", "DICOMFLOW_LAMBDA_CONCURRENCY", "int", 10, 1, 1000,
              doc="warm environments per function when it has no reserved concurrency"),
+    Variable("aws_snapshot_seconds", "DICOMFLOW_AWS_SNAPSHOT_SECONDS", "float", 1.0, 0.05, 3600,
+             doc="how often the emulator saves its AWS state while it changes (at most this much is lost)"),
 )
 
 
@@ -226,6 +228,7 @@ class Runtime:
     install_requirements: bool
     lambda_idle_seconds: float
     lambda_concurrency: int
+    aws_snapshot_seconds: float
 
 
 def runtime(env: Mapping[str, str] | None = None) -> Runtime:

@@ -7,6 +7,7 @@ import click
 from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
 from dicomflow.emulator.cloud.cloud import LocalCloud
 from dicomflow.emulator.cloud.moto import client_environment
+from dicomflow.emulator.moto import persistence
 
 
 @click.command()
@@ -19,20 +20,30 @@ from dicomflow.emulator.cloud.moto import client_environment
 def up(ctx: click.Context, as_json: bool, **flags) -> None:
     """Start the local cloud (Orthanc PACS, emulated AWS) in the background.
 
-    Returns when every service is healthy; running it twice is harmless.
+    Returns when every service is healthy; running it twice is harmless. The AWS state saved by the
+    last run (buckets, stacks, functions, models, endpoints ...) is restored.
     """
     settings = settings_from(ctx, **flags)
     with console.status("starting the local cloud…"):
         statuses = LocalCloud(settings).up()
-    _show(statuses, as_json, settings)
+    restored = persistence.read_restore_report(settings.data_dir)
+    _show(statuses, as_json, settings, restored)
+    if restored is not None and not as_json:
+        style = "yellow" if restored.status == "set-aside" else "dim"
+        console.print(f"[{style}]{restored.message}[/{style}]", soft_wrap=True, highlight=False)
 
 
 @click.command()
+@click.option("--wipe", is_flag=True, help="Also forget the saved AWS state (the PACS data is kept).")
 @click.pass_context
-def down(ctx: click.Context) -> None:
-    """Stop what 'up' started (by PID, waiting for exit). Data is kept."""
-    stopped = LocalCloud(settings_from(ctx)).down()
+def down(ctx: click.Context, wipe: bool) -> None:
+    """Stop what 'up' started (by PID, waiting for exit). Data is kept, AWS state included, unless --wipe."""
+    settings = settings_from(ctx)
+    stopped = LocalCloud(settings).down()
     console.print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    if wipe:
+        forgot = persistence.wipe(settings.data_dir)
+        console.print("saved AWS state forgotten" if forgot else "there was no saved AWS state")
 
 
 @click.command()
@@ -62,9 +73,12 @@ def env(ctx: click.Context) -> None:
         out.print(f"export {k}={v}", highlight=False)
 
 
-def _show(statuses, as_json: bool, settings) -> None:
+def _show(statuses, as_json: bool, settings, restored: persistence.RestoreReport | None = None) -> None:
     if as_json:
-        print_json({"data_dir": str(settings.data_dir), "services": [s.as_dict() for s in statuses]})
+        shown = {"data_dir": str(settings.data_dir), "services": [s.as_dict() for s in statuses]}
+        if restored is not None:
+            shown["awsState"] = {"status": restored.status, "message": restored.message}
+        print_json(shown)
         return
     table = value_table("service", "url", "state", "pid", title=f"local cloud ({settings.data_dir})")
     for s in statuses:

@@ -12,6 +12,7 @@ through the real worker portal and template, so the consolidation Lambda has rea
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dicomflow import aws
 from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import seed as seeding
@@ -30,6 +32,7 @@ from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import instance_id, orthanc_id
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
+from dicomflow.training.channel import MANIFEST, channel_uri
 
 SEG_LABELS = [s["name"] for s in HIPPOCAMPUS_STRUCTURES]
 SIZES = ("small", "full")
@@ -316,15 +319,42 @@ def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
     trained = {}
     for task, hps in plans.items():
         data = ctx.results["datasets"][task]["channel"]
+        hps = {k: str(v) for k, v in hps.items()}
+        job_name = training_job_name(ctx, task, data, hps)
+        done = _trained_before(ctx.outputs["ModelArtifactsUri"], job_name)
+        if done is not None:
+            with hooks.step(f"train {task}: {job_name} trained on this dataset before, model in S3") as st:
+                st.log(f"{task}: not training again ({done['model_artifact']})")
+            trained[task] = {**done, "task": task, "data": data}
+            continue
         with hooks.step(f"train {task} ({hps['epochs']} epochs, estimator.fit local mode)"):
-            res = train_job(task, data, hps={k: str(v) for k, v in hps.items()},
-                            output=ctx.outputs["ModelArtifactsUri"], role=ctx.outputs.get("SageMakerRoleArn"),
-                            session=sagemaker_session())
+            res = train_job(task, data, hps=hps, output=ctx.outputs["ModelArtifactsUri"], job_name=job_name,
+                            role=ctx.outputs.get("SageMakerRoleArn"), session=sagemaker_session())
         if res.get("status") == "Failed" or not res.get("model_artifact"):
             raise DemoError(f"training {task} failed: {res.get('failure_reason') or 'no model artifact'}")
         trained[task] = res
     ctx.results["training"] = trained
     return trained
+
+
+def training_job_name(ctx: DemoContext, task: str, data: str, hps: dict[str, str]) -> str:
+    """The same name for the same task, dataset (its manifest's content) and hyperparameters, so a demo
+    run after a restart finds the model it trained before."""
+    listing = aws.read(channel_uri(data, MANIFEST))
+    digest = hashlib.sha256(json.dumps([task, data, hps], sort_keys=True).encode() + listing).hexdigest()
+    short = "chest" if task == "classification2d" else "hippo"
+    return f"{ctx.config.tag}-{short}-{digest[:12]}"
+
+
+def _trained_before(output: str, job_name: str) -> dict[str, Any] | None:
+    """The result of an earlier training job of this name whose model is in S3, else None."""
+    from dicomflow.training.launch import artifact_metrics
+
+    artifact = f"{output.rstrip('/')}/{job_name}/output/model.tar.gz"
+    if not aws.exists(artifact):
+        return None
+    return {"job_name": job_name, "status": "Completed", "model_artifact": artifact, "resumed": True,
+            "metrics": artifact_metrics(artifact)}
 
 
 # ---- 6. inference -----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The whole loop at small size on the session local cloud, asserting every hand-off:
 stack -> seed -> labeling job (3 annotators in headless Chromium) -> output manifest with majority labels ->
 label import of the hippocampus volumes (DICOM SEGs) -> dataset export -> estimator.fit (both tasks) ->
-model.tar.gz in S3 -> async endpoints -> outputs in S3OutputPath -> SR + SEG in the held-out studies in Orthanc.
+model.tar.gz in S3 -> a restart of the local cloud (the state comes back, nothing is trained again) ->
+async endpoints -> outputs in S3OutputPath -> SR + SEG in the held-out studies in Orthanc.
 
 Quality, at this size: the hippocampus SEGs the endpoint stored, read back from the PACS, must beat the
 no-image prior mask of the training labels by MARGIN_DICE and reach MIN_DICE, and each predicted
@@ -75,6 +76,14 @@ def test_whole_loop_small(local_cloud) -> None:
     for task in ("classification2d", "segmentation3d"):
         uri = trained[task]["model_artifact"]
         assert uri.endswith("model.tar.gz") and _keys(uri) == [aws.parse_s3_uri(uri)[1]]
+
+    # a restart in the middle (`dicomflow down` / `up`): the AWS state comes back, the demo does not train again
+    local_cloud.cloud.down()
+    local_cloud.cloud.up()
+    resumed = loop.train_models(ctx, hooks)
+    for task in ("classification2d", "segmentation3d"):
+        assert resumed[task]["resumed"] and resumed[task]["model_artifact"] == trained[task]["model_artifact"]
+        assert resumed[task]["metrics"] == trained[task]["metrics"]
 
     deployed = loop.deploy_endpoints(ctx, hooks)
     inf = loop.run_inference(ctx, hooks)

@@ -7,7 +7,11 @@ Additions (each documented in its module):
 * :mod:`dicomflow.emulator.moto.sagemaker_runtime` - ``InvokeEndpoint`` / ``InvokeEndpointAsync`` dispatched to the
   endpoint's local serving process found by :func:`dicomflow.emulator.moto.endpoints.resolve_serving`.
 
-On SIGTERM / SIGINT the handler processes and serving processes it started are stopped first.
+* :mod:`dicomflow.emulator.moto.persistence` - the AWS state is restored before the server answers and
+  saved while it changes, so it survives ``dicomflow down`` / ``up``, a reboot and ``kill -9``.
+
+On SIGTERM / SIGINT the handler processes and serving processes it started are stopped, then the state
+is saved one last time.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Callable, Iterable
 from types import FrameType
+from typing import Any
+
+_saver: Any = None
 
 
 def install(endpoint_url: str) -> None:
@@ -34,7 +42,21 @@ def _shutdown(signum: int, _frame: FrameType | None) -> None:
     lambda_host.stop_all()
     sagemaker_runtime.stop_all()
     endpoints.stop_all()
+    if _saver is not None:
+        _saver.stop()
     sys.exit(0)
+
+
+def _noting_changes(app: Callable, changed: Callable[[], None]) -> Callable:
+    """The WSGI app, telling ``changed`` after every request (reads too: JSON APIs write by POST as well)."""
+
+    def wrapped(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        try:
+            yield from app(environ, start_response)
+        finally:
+            changed()
+
+    return wrapped
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,13 +67,21 @@ def main(argv: list[str] | None = None) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install(f"http://{args.host}:{args.port}")
-    signal.signal(signal.SIGTERM, _shutdown)
-    signal.signal(signal.SIGINT, _shutdown)
 
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from moto.server import run_simple
 
-    app = DomainDispatcherApplication(create_backend_app)
+    from dicomflow.config import runtime
+    from dicomflow.emulator.moto import persistence
+
+    global _saver
+    directory = persistence.state_dir()
+    persistence.restore(directory)
+    _saver = persistence.Saver(directory, runtime().aws_snapshot_seconds)
+    _saver.start()
+    signal.signal(signal.SIGTERM, _shutdown)
+    signal.signal(signal.SIGINT, _shutdown)
+    app = _noting_changes(DomainDispatcherApplication(create_backend_app), _saver.changed)
     run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
 
 
