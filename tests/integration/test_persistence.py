@@ -115,15 +115,29 @@ def _create_everything(em: Emulator) -> dict[str, Any]:
         "ModelDataUrl": f"s3://{bucket}/model/model.tar.gz"})
     sm.create_endpoint_config(EndpointConfigName=f"m-{tag}", ProductionVariants=[{
         "VariantName": "AllTraffic", "ModelName": f"m-{tag}", "InstanceType": "ml.m5.large",
-        "InitialInstanceCount": 1}])
+        "InitialInstanceCount": 1}], AsyncInferenceConfig={"OutputConfig": {
+            "S3OutputPath": f"s3://{bucket}/async-out/", "S3FailurePath": f"s3://{bucket}/async-fail/"}})
     sm.create_endpoint(EndpointName=f"e-{tag}", EndpointConfigName=f"m-{tag}")
-    assert _invoke_endpoint(em, f"e-{tag}") == b"model-v1:PING"
-    return {"tag": tag, "bucket": bucket, "queue": queue}
+    made = {"tag": tag, "bucket": bucket, "queue": queue}
+    assert _invoke_async(em, made, b"before") == b"model-v1:BEFORE"
+    return made
 
 
-def _invoke_endpoint(em: Emulator, name: str) -> bytes:
-    rt = em.client("sagemaker-runtime")
-    return rt.invoke_endpoint(EndpointName=name, Body=b"ping", ContentType="text/plain")["Body"].read()
+def _invoke_async(em: Emulator, made: dict[str, Any], body: bytes) -> bytes:
+    """One InvokeEndpointAsync round trip: input in S3, the output object read back when it lands."""
+    s3, bucket = em.client("s3"), made["bucket"]
+    key = f"async-in/{uuid.uuid4().hex}"
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    out = em.client("sagemaker-runtime").invoke_endpoint_async(
+        EndpointName=f"e-{made['tag']}", InputLocation=f"s3://{bucket}/{key}", ContentType="text/plain")
+    out_bucket, out_key = out["OutputLocation"][5:].split("/", 1)
+    deadline = time.monotonic() + 90  # a bound for the serving process to start and answer, not a threshold
+    while time.monotonic() < deadline:
+        try:
+            return s3.get_object(Bucket=out_bucket, Key=out_key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            time.sleep(0.2)
+    raise AssertionError(f"no async output at {out['OutputLocation']}")
 
 
 def _assert_everything_is_there(em: Emulator, made: dict[str, Any]) -> None:
@@ -145,7 +159,7 @@ def _assert_everything_is_there(em: Emulator, made: dict[str, Any]) -> None:
     outputs = em.client("cloudformation").describe_stacks(StackName=f"stack-{tag}")["Stacks"][0]["Outputs"]
     assert outputs == [{"OutputKey": "DataBucket", "OutputValue": f"stack-{tag}"}]
     assert em.client("sagemaker").describe_endpoint(EndpointName=f"e-{tag}")["EndpointStatus"] == "InService"
-    assert _invoke_endpoint(em, f"e-{tag}") == b"model-v1:PING"  # its serving process restarts lazily
+    assert _invoke_async(em, made, b"after") == b"model-v1:AFTER"  # its serving process restarts lazily
 
 
 def test_state_survives_down_and_up(emulator):
