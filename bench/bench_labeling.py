@@ -136,10 +136,35 @@ def pre_label_timing(lam: Any, arn: str, event: dict[str, Any], args: argparse.N
             t0 = time.perf_counter()
             handler(event, None)
             floor.append((time.perf_counter() - t0) * 1000)
+    dispatch = Sample(tuple(_trivial_invokes(lam, arn, args.invocations)))
     w, c, f = Sample(tuple(warm)), Sample(tuple(cold)), Sample(tuple(floor))
     return {"warm_ms": {**w.as_dict(1), "p95": round(pct(warm, 0.95), 1)}, "cold_ms": c.as_dict(1),
-            "in_process_floor_ms": f.as_dict(1), "warm_over_floor": round(ratio(w, f), 2),
-            "cold_over_warm": round(ratio(c, w), 1)}
+            "in_process_floor_ms": f.as_dict(1), "trivial_handler_through_invoke_ms": dispatch.as_dict(1),
+            "warm_over_floor": round(ratio(w, f), 2), "cold_over_warm": round(ratio(c, w), 1)}
+
+
+def _trivial_invokes(lam: Any, like: str, n: int) -> list[float]:
+    """The emulator's own share: a handler that returns at once, warm, through lambda:Invoke."""
+    import io
+    import zipfile
+
+    config = lam.get_function_configuration(FunctionName=like)
+    name = config["FunctionName"] + "-trivial"
+    try:
+        lam.get_function(FunctionName=name)
+    except lam.exceptions.ResourceNotFoundException:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("trivial.py", "def handler(event, context):\n    return {}\n")
+        lam.create_function(FunctionName=name, Runtime="python3.11", Role=config["Role"],
+                            Handler="trivial.handler", Code={"ZipFile": buf.getvalue()})
+    lam.invoke(FunctionName=name)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        lam.invoke(FunctionName=name)["Payload"].read()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
 
 
 def _load_handler(path: Path) -> Any:

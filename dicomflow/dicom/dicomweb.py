@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import http.client
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -95,9 +96,20 @@ def make_session(conn: PacsConnection, retries: int = 4, backoff_factor: float =
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
+    return pacs_session(conn, session)
+
+
+def pacs_session(conn: PacsConnection, session: requests.Session | None = None) -> requests.Session:
+    """``session`` (default: a new one) set up for the PACS of ``conn``: its Basic auth, ``Accept-Encoding:
+    identity`` (Orthanc gzips single-instance answers otherwise, ~40x slower on loopback), and the
+    environment's proxy and CA-bundle settings read once for this URL. requests would read them again on
+    every request (~1 ms each), and with them ``~/.netrc``, which could add credentials of its own."""
+    session = session if session is not None else requests.Session()
     session.auth = conn.auth
-    # Orthanc gzips single-instance answers otherwise, which is ~40x slower on loopback.
     session.headers["Accept-Encoding"] = "identity"
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(conn.url)
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     return session
 
 

@@ -62,10 +62,10 @@ class OrthancRest:
     """Minimal Orthanc REST client for ID resolution (auth from the connection, no compression)."""
 
     def __init__(self, conn: PacsConnection, session: requests.Session | None = None) -> None:
+        from dicomflow.dicom.dicomweb import pacs_session
+
         self.root = rest_root(conn)
-        self.session = session or requests.Session()
-        self.session.auth = conn.auth
-        self.session.headers["Accept-Encoding"] = "identity"
+        self.session = pacs_session(conn, session)
 
     def _answer(self, resp: requests.Response, what: str) -> None:
         """:class:`PacsError` for an error answer (404 is the caller's to read)."""
