@@ -169,16 +169,20 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     metrics.add_row("segmentation3d held-out mean Dice (the SEGs in the PACS)", _fmt(inf.get("heldOutMeanDice")))
     for task, res in tr.items():
         metrics.add_row(f"{task} model", res["model_artifact"])
+        metrics.add_row(f"{task} model card", res["model_artifact"] + " → model_card.md")
     console.print(metrics)
-    vols = value_table("held-out study", "structure", "true mm³", "predicted mm³", title="hippocampal volumes")
+    vols = value_table("held-out study", "structure", "true mm³", "predicted mm³", "unlike training?",
+                       title="hippocampal volumes")
     places = value_table("study", "model", "SR series", "SEG series", title="results stored in the PACS")
     links = []
     for s in inf["studies"]:
         hippo = s["task"] == "segmentation3d"
         if hippo:
+            flag = {True: "yes: " + "; ".join(s.get("qualityReasons", [])), False: "no"}.get(
+                s.get("outOfDistribution"), "not checked")
             for name, true in s["trueVolumesMm3"].items():
                 vols.add_row(s["StudyInstanceUID"], name, f"{true:.0f}",
-                             _fmt(s["predictedVolumesMm3"].get(name), ".0f"))
+                             _fmt(s["predictedVolumesMm3"].get(name), ".0f"), flag if name == "total" else "")
             links.append(s["orthancStudy"])
         out = s["outputs"]
         places.add_row(s["StudyInstanceUID"], "hippocampus" if hippo else "chest",

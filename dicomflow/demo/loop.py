@@ -448,7 +448,9 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
         else:
             spacing = [float(v) for v in e["spacing"]]
             true = segmentation_volumes(s.label_volume, spacing, SEG_LABELS)["volumesMm3"]
-            row.update(trueVolumesMm3=true, predictedVolumesMm3=findings.get("volumesMm3", {}))
+            quality = findings.get("quality", {})
+            row.update(trueVolumesMm3=true, predictedVolumesMm3=findings.get("volumesMm3", {}),
+                       outOfDistribution=quality.get("outOfDistribution"), qualityReasons=quality.get("reasons", []))
             if "seg" in out.get("outputs", {}):
                 row["dice"] = stored_seg_dice(ctx, s, out["outputs"]["seg"])
                 dice.append(float(np.mean(list(row["dice"].values()))))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dicomflow.dicom.structures import parse_structures
+from dicomflow.modeling.reference import voxel_counts
 
 POSITIVE_THRESHOLD = 0.5
 
@@ -41,9 +42,7 @@ def classification_findings(probs: np.ndarray, labels: Sequence[str],
 def segmentation_volumes(label_volume: np.ndarray, spacing: Sequence[float], labels: Sequence[str]) -> dict:
     """Volume in mm³ of each labelled structure and their total (voxel count × voxel volume)."""
     voxel = float(np.prod([float(s) for s in spacing]))
-    label_volume = np.asarray(label_volume)
-    # one comparison per structure: bincount would first widen every voxel to int64 (8 bytes each)
-    voxels = {st.name: int(np.count_nonzero(label_volume == st.value)) for st in parse_structures(labels)}
+    voxels = voxel_counts(label_volume, parse_structures(labels))
     volumes = {name: round(n * voxel, 3) for name, n in voxels.items()}
     volumes["total"] = round(sum(volumes.values()), 3)
     return {"volumesMm3": volumes, "voxelVolumeMm3": round(voxel, 6), "voxels": voxels}

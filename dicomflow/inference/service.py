@@ -43,6 +43,7 @@ from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc
 from dicomflow.modeling.artifact import LoadedModel, load_artifact
 from dicomflow.modeling.networks import use_onednn_conv3d
+from dicomflow.modeling.reference import input_profile, quality
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,9 @@ class InferenceService:
             with timer.stage("postprocess"):
                 label = self.transform.label_map(out[0], tuple(array.shape))
                 result = F.segmentation_volumes(label, geometry.spacing, self.labels)
+                meta = self.model.metadata
+                result["quality"] = quality(meta.get("reference"), meta.get("expected"),
+                                            input_profile(array, geometry.spacing), result["volumesMm3"])
         else:
             probs = F.probabilities(out[0].detach().cpu().numpy(), self.activation)
             result = F.classification_findings(probs, self.labels)

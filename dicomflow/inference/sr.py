@@ -9,6 +9,7 @@ source images are always in the evidence, so the report sits beside its series i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -21,6 +22,36 @@ from dicomflow.dicom.structures import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, Str
 
 SR_SERIES_NUMBER = 9102
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+
+
+# dicomflow's own concepts (private coding scheme 99DICOMFLOW): no standard code says these
+UNLIKE_TRAINING = hd.sr.CodedConcept("OOD", "99DICOMFLOW", "Input unlike the model's training data")
+EXPECTED_DICE = hd.sr.CodedConcept("EXPDICE", "99DICOMFLOW", "Dice on the model's test split")
+EXPECTED_VOLUME_ERROR = hd.sr.CodedConcept("EXPVOLERR", "99DICOMFLOW",
+                                           "Mean absolute volume error on the model's test split")
+
+
+def _quality_evaluations(quality: dict | None) -> list:
+    """Yes/No for "input unlike the training data" (nothing when the model cannot tell)."""
+    if not quality or quality.get("outOfDistribution") is None:
+        return []
+    return [hd.sr.QualitativeEvaluation(name=UNLIKE_TRAINING,
+                                        value=codes.SCT.Yes if quality["outOfDistribution"] else codes.SCT.No)]
+
+
+def _expected_errors(expected: dict | None, algo: hd.sr.AlgorithmIdentification) -> list:
+    """The structure's Dice and volume error on the model's test split, as measurements beside its volume."""
+    if not expected:
+        return []
+    out = []
+    if expected.get("dice") is not None and math.isfinite(expected["dice"]):
+        out.append(hd.sr.Measurement(name=EXPECTED_DICE, value=float(expected["dice"]), unit=codes.UCUM.NoUnits,
+                                     algorithm_id=algo))
+    error = expected.get("meanAbsVolumeErrorPct")
+    if error is not None and math.isfinite(error):
+        out.append(hd.sr.Measurement(name=EXPECTED_VOLUME_ERROR, value=float(error), unit=codes.UCUM.Percent,
+                                     algorithm_id=algo))
+    return out
 
 
 def class_concept(name: str) -> hd.sr.CodedConcept:
@@ -55,9 +86,12 @@ def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_
         by_name = {st.name: st for st in structures}
         types = {st.type_code for st in structures}
         total_type = coded(types.pop() if len(types) == 1 else ANATOMICAL_STRUCTURE)  # one kind of structure
+        checks = _quality_evaluations(findings.get("quality"))
+        expected = (findings.get("quality") or {}).get("expected", {}).get("structures", {})
         for name, mm3 in volumes.items():
             measurement = hd.sr.Measurement(name=codes.SCT.Volume, value=float(mm3),
                                             unit=codes.UCUM.CubicMillimeter, algorithm_id=algo)
+            measurements = [measurement, *_expected_errors(expected.get(name), algo)]
             tracking = hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{name} volume"[:64])
             finding = total_type if name not in by_name else coded(by_name[name].type_code)
             if seg is not None and name in by_name:
@@ -67,11 +101,12 @@ def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_
                         sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
                         segment_number=by_name[name].value,
                         source_series=hd.sr.SourceSeriesForSegmentation(source_images[0].SeriesInstanceUID)),
-                    finding_type=finding, algorithm_id=algo, measurements=[measurement]))
+                    finding_type=finding, algorithm_id=algo, measurements=measurements,
+                    qualitative_evaluations=checks))
             else:
                 groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                     tracking_identifier=tracking, finding_type=finding, algorithm_id=algo,
-                    measurements=[measurement], source_images=sources))
+                    measurements=measurements, source_images=sources, qualitative_evaluations=checks))
         procedure = codes.SCT.ImagingProcedure
         title = codes.cid7021.ImagingMeasurementReport
     else:

@@ -18,10 +18,11 @@ from monai.data import list_data_collate, worker_init_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from dicomflow.dicom import volume
-from dicomflow.modeling.artifact import default_preprocess, save_artifact
+from dicomflow.modeling.artifact import METADATA_FILE, default_preprocess, save_artifact
 from dicomflow.modeling.networks import build_network, network_spec
 from dicomflow.modeling.preprocess import Preprocess, build_transform
-from dicomflow.training import checkpoints
+from dicomflow.modeling.reference import input_profile, reference_ranges, structure_volumes
+from dicomflow.training import checkpoints, model_card
 from dicomflow.training.data import Item, ManifestScan, make_dataset, scan_manifest, split_by_patient
 from dicomflow.training.environment import TrainingEnvironment, init_distributed
 from dicomflow.training.hyperparameters import Hyperparameters
@@ -100,6 +101,7 @@ class Trainer:
     # -- run -----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         hp, tenv = self.hp, self.tenv
+        started = time.perf_counter()
         _seed_everything(hp.seed)
         self.distributed = init_distributed(tenv, self.device.type == "cuda")
         if self.device.type == "cuda" and self.distributed:
@@ -122,6 +124,7 @@ class Trainer:
             emit({"skipped_items": scan.skipped_total})
             for reason, count in sorted(scan.skipped.items()):
                 log.warning("skipped %d manifest item(s): %s", count, reason.replace("_", " "))
+        reference = self._reference(train_items, scan.structures) if self.segmentation and tenv.is_master else None
         cache_dir = Path(tempfile.gettempdir()) / "dicomflow-cache"
         train_loader = self._loader(train_items, pre, True, cache_dir)
         val_loader = self._loader(val_items, pre, False, cache_dir) if val_items and tenv.is_master else None
@@ -207,6 +210,7 @@ class Trainer:
                 model.load_state_dict(best["model"])
             model.eval()
             final = dict(history[-1]) if history else {}
+            report = None
             final.update({"best_metric": best_metric, "best_epoch": best_epoch,
                           "skipped_items": scan.skipped_total, "train_items": len(train_items),
                           "val_items": len(val_items)})
@@ -220,11 +224,17 @@ class Trainer:
                 final.update({"test_mean_dice": report["mean_dice"], "test_mean_jaccard": report["mean_jaccard"]})
                 tenv.model_dir.mkdir(parents=True, exist_ok=True)
                 (tenv.model_dir / REPORT_FILE).write_text(text)
+            extra: dict[str, Any] = {"hyperparameters": hp.to_dict(), "history": history}
+            if self.segmentation:
+                extra.update({"structures": [s.to_dict() for s in scan.structures], "reference": reference,
+                              "expected": _expected(report)})
             save_artifact(tenv.model_dir, task=self.task, labels=labels, network=model, network_spec=net_spec,
-                          preprocess=pre.spec, metrics=final, manifest_sha256=scan.manifest_sha256,
-                          extra={"hyperparameters": hp.to_dict(), "history": history,
-                                 **({"structures": [s.to_dict() for s in scan.structures]} if self.segmentation
-                                    else {})})
+                          preprocess=pre.spec, metrics=final, manifest_sha256=scan.manifest_sha256, extra=extra)
+            metadata = json.loads((tenv.model_dir / METADATA_FILE).read_text())
+            model_card.write(tenv.model_dir, metadata, report, {
+                "label_sources": model_card.label_sources([i.label for i in scan.items]),
+                "device": f"{self.device.type} ({tenv.num_gpus} GPU)" if self.device.type == "cuda" else "CPU",
+                "seconds": time.perf_counter() - started, "augmentation": self._augmentation_note()})
             writer.close()
             result = final
         if self.distributed:
@@ -283,6 +293,24 @@ class Trainer:
         return values, per_class
 
     @torch.no_grad()
+    def _reference(self, items: list[Item], structures: list) -> dict[str, Any]:
+        """The training inputs' ranges (spacing, field of view, intensities) and true structure volumes."""
+        profiles, volumes = [], []
+        for item in items:
+            array, geom = volume.load_files(item.images)
+            profiles.append(input_profile(array, geom.spacing))
+            volumes.append(structure_volumes(volume.load_label_volume(item.label, geom), geom.spacing, structures))
+        return reference_ranges(profiles, volumes)
+
+    def _augmentation_note(self) -> str:
+        if self.segmentation:
+            return ("none: the synthetic series vary in position, size and intensity already; left-right flips "
+                    "are deliberately not used (they would swap laterality)")
+        if self.hp.augment == "light":
+            return ("light: random rotation up to 10 degrees, scaling up to 10 %, translation up to 8 %, "
+                    "intensity scale and shift, Gaussian noise; never flipped (laterality)")
+        return "none (augment=none)"
+
     def _test_report(self, model: torch.nn.Module, pre: Preprocess, items: list[Item], labels: list[str]
                      ) -> dict[str, Any]:
         """Dice/Jaccard/sensitivity/specificity on the original voxel grid of each held-out volume."""
@@ -295,6 +323,16 @@ class Trainer:
             pred = pre.label_map(probs, array.shape)
             per_volume[item.id] = overlap_metrics(pred, truth, len(labels))
         return segmentation_report(per_volume, labels)
+
+
+def _expected(report: dict[str, Any] | None) -> dict[str, Any]:
+    """What each structure's result is expected to be off by: its Dice and volume error on the test split."""
+    if not report:
+        return {}
+    return {"split": report.get("split", "test"), "volumes": report.get("count", 0),
+            "structures": {name: {"dice": m["dice"], "meanAbsVolumeErrorPct": m.get("mean_abs_volume_error_pct")}
+                           for name, m in report.get("classes", {}).items()},
+            "meanAbsTotalVolumeErrorPct": report.get("mean_abs_total_volume_error_pct")}
 
 
 def train(hp: Hyperparameters, tenv: TrainingEnvironment) -> dict[str, Any]:

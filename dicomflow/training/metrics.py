@@ -66,7 +66,8 @@ def nanmean(values: Sequence[float]) -> float:
 
 
 def overlap_metrics(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> dict[int, dict[str, float]]:
-    """Dice, Jaccard, sensitivity, specificity per foreground class ``1..n_classes`` of integer maps.
+    """Dice, Jaccard, sensitivity, specificity and volume error (% of the true volume; voxel counts too)
+    per foreground class ``1..n_classes`` of integer maps.
 
     A class absent from both prediction and truth scores Dice/Jaccard 1 (nothing to find, nothing found).
     """
@@ -83,6 +84,9 @@ def overlap_metrics(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> dict
             "jaccard": 1.0 if union == 0 else tp / union,
             "sensitivity": float("nan") if tp + fn == 0 else tp / (tp + fn),
             "specificity": float("nan") if tn + fp == 0 else tn / (tn + fp),
+            "volume_error_pct": float("nan") if tp + fn == 0 else 100.0 * (fp - fn) / (tp + fn),
+            "true_voxels": tp + fn,
+            "predicted_voxels": tp + fp,
         }
     return out
 
@@ -93,20 +97,26 @@ def segmentation_report(per_volume: Mapping[str, Mapping[int, Mapping[str, float
     volumes = []
     for vid, classes in per_volume.items():
         named = {labels[c - 1]: dict(m) for c, m in classes.items()}
+        true = sum(m.get("true_voxels", 0.0) for m in classes.values())
+        predicted = sum(m.get("predicted_voxels", 0.0) for m in classes.values())
         volumes.append({"id": vid, "classes": named,
                         "mean_dice": nanmean([m["dice"] for m in classes.values()]),
-                        "mean_jaccard": nanmean([m["jaccard"] for m in classes.values()])})
+                        "mean_jaccard": nanmean([m["jaccard"] for m in classes.values()]),
+                        "total_volume_error_pct": 100.0 * (predicted - true) / true if true else float("nan")})
     per_class = {}
     for label in labels:
         per_class[label] = {
             key: nanmean([v["classes"][label][key] for v in volumes])
             for key in ("dice", "jaccard", "sensitivity", "specificity")
         }
+        per_class[label]["mean_abs_volume_error_pct"] = nanmean(
+            [abs(v["classes"][label].get("volume_error_pct", float("nan"))) for v in volumes])
     report = {
         "volumes": volumes,
         "classes": per_class,
         "mean_dice": nanmean([v["mean_dice"] for v in volumes]),
         "mean_jaccard": nanmean([v["mean_jaccard"] for v in volumes]),
+        "mean_abs_total_volume_error_pct": nanmean([abs(v["total_volume_error_pct"]) for v in volumes]),
         "count": len(volumes),
     }
     if volumes:

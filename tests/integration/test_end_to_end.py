@@ -104,6 +104,7 @@ def test_whole_loop_small(local_cloud) -> None:
         assert [x.name for x in structures] == ["anterior", "posterior"]
         dice = mean_dice(label, study.label_volume, 2)
         assert dice == pytest.approx(float(np.mean(list(s["dice"].values()))), abs=1e-9)  # the demo's own score
+        assert s["outOfDistribution"] is False, s["qualityReasons"]  # held-out series are like the training ones
         true, predicted = s["trueVolumesMm3"]["total"], s["predictedVolumesMm3"]["total"]
         figures.append((dice, round(true), round(predicted)))
         assert abs(predicted - true) / true <= VOLUME_TOLERANCE, figures

@@ -19,6 +19,7 @@ same kind of bars.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -102,6 +103,37 @@ def _stored_seg_label(out: dict, series: synthetic.SyntheticSeries) -> np.ndarra
     return label
 
 
+def _ellipsoid_series(like: synthetic.SyntheticSeries) -> list:
+    """A new study on ``like``'s grid: a bright 3D ellipsoid much larger than a hippocampus in a
+    sinusoidal background (the case once measured at 16 381 mm³ against a true 2 669 with no warning)."""
+    from pydicom.uid import generate_uid
+
+    study, series = generate_uid(), generate_uid()
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in SHAPE), indexing="ij")
+    ref = np.stack([ds.pixel_array for ds in like.datasets]).astype(np.float64)
+    background = ref.mean() * (1.0 + 0.9 * np.sin(x / 2.0) * np.sin(y / 3.0))
+    inside = ((z - 12) / 9) ** 2 + ((y - 20) / 14) ** 2 + ((x - 20) / 14) ** 2 <= 1.0
+    volume = np.where(inside, ref.max() * 3.0, background)
+    out = []
+    for k, src in enumerate(like.datasets):
+        ds = copy.deepcopy(src)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.PixelData = np.clip(volume[k], 0, np.iinfo(src.pixel_array.dtype).max).astype(
+            src.pixel_array.dtype).tobytes()
+        out.append(ds)
+    return out
+
+
+def _content_items(ds) -> list:
+    """Every content item of an SR, depth first."""
+    found = []
+    for item in getattr(ds, "ContentSequence", []):
+        found.append(item)
+        found.extend(_content_items(item))
+    return found
+
+
 def _assert_beats_the_prior(name: str, figures: list[tuple[float, float, float]], prior: float,
                             min_dice: float) -> None:
     """``figures``: (Dice, true mm3, predicted mm3) per held-out series."""
@@ -136,8 +168,27 @@ def test_async_endpoint_segments_held_out_series_better_than_the_prior(local_clo
                             parts["total"]))
             # the queue time is the invocation to the start of processing: inside the request's wall time
             assert 0 < out["timingMs"]["queue"] < (time.time() - inv.invoked_at) * 1000
+            quality = out["findings"]["quality"]
+            assert quality["outOfDistribution"] is False, quality["reasons"]  # like the training series
+            assert set(quality["expected"]["structures"]) == {"anterior", "posterior"}
         prior = prior_mask_dice(trained["train_labels"], [s.label_volume for s in held_out], STRUCTURES)
         _assert_beats_the_prior("whole-volume model, held-out 24x40x40 series", figures, prior, MIN_DICE)
+
+        # a bright ellipsoid in a sinusoidal background: unlike anything in training, and said so
+        odd = _ellipsoid_series(held_out[0])
+        dicomweb.store(dicomweb.connect(), odd)
+        inv = ep.invoke_async(name, {"studyInstanceUID": str(odd[0].StudyInstanceUID),
+                                     "outputs": ["json", "sr"], "storeToPacs": True})
+        ok, data = ep.wait_result(inv, timeout_s=300)
+        assert ok, data[:500]
+        quality = json.loads(data)["findings"]["quality"]
+        print("\nellipsoid in a sinusoidal background:", quality["reasons"])
+        assert quality["outOfDistribution"] is True and quality["reasons"]
+        sr = dicomweb.retrieve_instance(dicomweb.connect(), str(odd[0].StudyInstanceUID),
+                                        json.loads(data)["outputs"]["sr"]["SeriesInstanceUID"],
+                                        json.loads(data)["outputs"]["sr"]["SOPInstanceUID"])
+        flags = [item for item in _content_items(sr) if item.ConceptNameCodeSequence[0].CodeValue == "OOD"]
+        assert flags and all(f.ConceptCodeSequence[0].CodeMeaning == "Yes" for f in flags)
     finally:
         aws.client("sagemaker").delete_endpoint(EndpointName=name)
 
@@ -240,3 +291,31 @@ def test_sdk_local_realtime_mode_predicts_and_stores_sr_and_seg(local_cloud, tra
     finally:
         predictor.delete_endpoint()
 
+
+
+def test_the_model_card_states_the_metrics_the_artifact_records(trained) -> None:
+    """model_card.md is written from measured facts: its Metrics table equals the artifact's metrics, and the
+    per-structure table the test report's figures."""
+    import re
+
+    card = (trained["model_dir"] / "model_card.md").read_text()
+    metadata = json.loads((trained["model_dir"] / "dicomflow_model.json").read_text())
+    report = json.loads((trained["model_dir"] / "test_report.json").read_text())
+    section = card.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    table = dict(re.findall(r"^\| ([a-z_]+) \| ([^|]+) \|$", section, flags=re.M))
+    table.pop("name")  # the header row
+    assert set(table) == set(metadata["metrics"]), "every metric, and only those"
+    for name, value in metadata["metrics"].items():
+        shown = table[name].strip()
+        assert float(shown) == pytest.approx(float(value), abs=6e-5), name
+    for name, m in report["classes"].items():
+        row = re.search(rf"^\| {name} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.n/a]+) \| ([0-9.n/a]+) \| ([0-9.]+) \|$",
+                        card, flags=re.M)
+        assert row, f"no row for {name}"
+        assert float(row.group(1)) == pytest.approx(m["dice"], abs=6e-5)
+        assert float(row.group(5)) == pytest.approx(m["mean_abs_volume_error_pct"], abs=6e-5)
+    assert report["worst_volume"]["id"] in card and report["best_volume"]["id"] in card
+    assert "flips are deliberately not used" in card
+    reference = metadata["reference"]
+    assert reference["items"] == metadata["metrics"]["train_items"]
+    assert set(reference["volumesMm3"]) == {"anterior", "posterior", "total"}
