@@ -13,7 +13,6 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from dicomflow.demo.synthetic import CHEST_CLASSES, NO_FINDING
 from dicomflow.errors import DicomflowError
@@ -50,65 +49,81 @@ def expected_majority(answers: list[list[str]]) -> list[str]:
 def annotate_in_browser(signin_url: Callable[[str], str], workers: list[str],
                         choose: Callable[[int, str], list[str]], total: int,
                         on_progress: Callable[[int, int], None]) -> dict[str, list[list[str]]]:
-    """Each worker signs in with its own browser context and labels until the portal says done.
+    """Each worker signs in with its own browser and labels until the portal says done; the workers
+    label at the same time, as a team does.
 
     ``choose(worker index, SOP Instance UID)`` gives the classes to tick; the answers by SOP Instance
-    UID are returned. Runs in its own thread: Playwright's sync API refuses a thread that already has
-    an asyncio loop (a notebook, or a test session that drives its own browser).
+    UID are returned. Each worker runs in its own thread with its own Playwright (its sync API is not
+    thread-safe, and refuses a thread that already has an asyncio loop: a notebook, or a test session
+    that drives its own browser).
     """
-    outcome: dict[str, Any] = {}
+    answers: dict[str, list[list[str]]] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
 
-    def work() -> None:
+    def record(sop: str, labels: list[str]) -> None:
+        with lock:
+            answers.setdefault(sop, []).append(labels)
+            done = sum(len(v) for v in answers.values())
+        on_progress(done, total)
+
+    def work(index: int, worker: str) -> None:
         try:
-            outcome["answers"] = _annotate(signin_url, workers, choose, total, on_progress)
+            _annotate(signin_url(worker), worker, lambda sop: choose(index, sop), record)
         except BaseException as exc:  # re-raised in the caller's thread
-            outcome["error"] = exc
+            errors.append(exc)
 
-    thread = threading.Thread(target=work, name="demo-annotators", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["answers"]
+    _check_browser()
+    threads = [threading.Thread(target=work, args=(i, w), name=f"annotator-{w}", daemon=True)
+               for i, w in enumerate(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return answers
 
 
-def _annotate(signin_url: Callable[[str], str], workers: list[str], choose: Callable[[int, str], list[str]],
-              total: int, on_progress: Callable[[int, int], None]) -> dict[str, list[list[str]]]:
+def _check_browser() -> None:
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError as exc:
         raise AnnotatorError("the simulated annotators need playwright: pip install playwright "
                              "(the browser is Debian's chromium; never run 'playwright install')") from exc
     if not Path(CHROMIUM).exists():
         raise AnnotatorError(f"{CHROMIUM} not found: apt-get install chromium (or run 'make setup'), "
                              "or use --interactive and label in your own browser")
-    answers: dict[str, list[list[str]]] = {}
+
+
+def _annotate(url: str, worker: str, choose: Callable[[str], list[str]],
+              record: Callable[[str, list[str]], None]) -> None:
+    """One worker's session: sign in, then label every task the portal gives until it says done."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            for a, worker in enumerate(workers):
-                page = browser.new_context(viewport={"width": 1100, "height": 800}).new_page()
-                page.goto(signin_url(worker))
-                while True:
-                    page.wait_for_function(
-                        "() => document.body && (document.body.dataset.done === 'true' || (window.dicomflowViewer"
-                        " && (window.dicomflowViewer.ready || window.dicomflowViewer.error)))", timeout=120_000)
-                    if page.evaluate("document.body.dataset.done === 'true'"):
-                        break
-                    error = page.evaluate("window.dicomflowViewer.error")
-                    if error:
-                        raise AnnotatorError(f"{worker}: the viewer failed: {error}")
-                    task = json.loads(page.locator("#dicomflow-viewer").get_attribute("data-task") or "{}")
-                    sop = task.get("sopInstanceUID") or task["instances"][0]["sopInstanceUID"]
-                    labels = choose(a, sop)
-                    box = page.locator("[data-testid=image-labels]")
-                    for name in labels:
-                        box.get_by_label(name, exact=True).check()
-                    with page.expect_navigation():
-                        page.locator("#dicomflow-submit").click()
-                    answers.setdefault(sop, []).append(labels)
-                    on_progress(sum(len(v) for v in answers.values()), total)
-                page.context.close()
+            page = browser.new_context(viewport={"width": 1100, "height": 800}).new_page()
+            page.goto(url)
+            while True:
+                page.wait_for_function(
+                    "() => document.body && (document.body.dataset.done === 'true' || (window.dicomflowViewer"
+                    " && (window.dicomflowViewer.ready || window.dicomflowViewer.error)))", timeout=120_000)
+                if page.evaluate("document.body.dataset.done === 'true'"):
+                    break
+                error = page.evaluate("window.dicomflowViewer.error")
+                if error:
+                    raise AnnotatorError(f"{worker}: the viewer failed: {error}")
+                task = json.loads(page.locator("#dicomflow-viewer").get_attribute("data-task") or "{}")
+                sop = task.get("sopInstanceUID") or task["instances"][0]["sopInstanceUID"]
+                labels = choose(sop)
+                box = page.locator("[data-testid=image-labels]")
+                for name in labels:
+                    box.get_by_label(name, exact=True).check()
+                with page.expect_navigation():
+                    page.locator("#dicomflow-submit").click()
+                record(sop, labels)
+            page.context.close()
         finally:
             browser.close()
-    return answers
