@@ -56,7 +56,7 @@ class DemoConfig:
     hippo_shape: tuple[int, int, int] = (32, 48, 48)
     cls_epochs: int = 8
     cls_batch: int = 8
-    seg_epochs: int = 25
+    seg_epochs: int = 40
     seg_batch: int = 2
     annotators: int = 3
     flip_rates: tuple[float, ...] = (0.0, 0.1, 0.2)
@@ -303,12 +303,9 @@ def export_datasets(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
 
 
 # ---- 5. training ------------------------------------------------------------------------------------
-def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
-    """``estimator.fit`` in local mode (the ``dicomflow train`` code path) for both tasks."""
-    from dicomflow.emulator.sagemaker_sdk import sagemaker_session
-    from dicomflow.training.launch import train_job
-
-    cfg = ctx.config
+def training_hyperparameters(cfg: DemoConfig) -> dict[str, dict[str, str]]:
+    """The demo's training configuration of each task (``tests/integration/test_training_job.py`` holds the
+    segmentation one to the seed's quality bar)."""
     plans = {
         "classification2d": {"epochs": cfg.cls_epochs, "image_size": cfg.chest_size, "batch_size": cfg.cls_batch,
                              "val_fraction": 0.25, "seed": cfg.seed},
@@ -316,10 +313,17 @@ def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
                            "batch_size": cfg.seg_batch, "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.2,
                            "seed": cfg.seed},
     }
+    return {task: {k: str(v) for k, v in hps.items()} for task, hps in plans.items()}
+
+
+def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
+    """``estimator.fit`` in local mode (the ``dicomflow train`` code path) for both tasks."""
+    from dicomflow.emulator.sagemaker_sdk import sagemaker_session
+    from dicomflow.training.launch import train_job
+
     trained = {}
-    for task, hps in plans.items():
+    for task, hps in training_hyperparameters(ctx.config).items():
         data = ctx.results["datasets"][task]["channel"]
-        hps = {k: str(v) for k, v in hps.items()}
         job_name = training_job_name(ctx, task, data, hps)
         done = _trained_before(ctx.outputs["ModelArtifactsUri"], job_name)
         if done is not None:

@@ -13,10 +13,14 @@ import sys
 
 import numpy as np
 import pytest
-from baselines import item_labels, prior_mask_dice, thumbnail_ridge_auroc
+import torch
+from baselines import item_labels, mean_dice, prior_mask_dice, thumbnail_ridge_auroc
 from training_channels import ENTRY, chest_channel, hippocampus_channel, run_entry, sm_layout, write_manifest
 
+from dicomflow.demo import loop, synthetic
+from dicomflow.dicom.volume import load_image
 from dicomflow.modeling.artifact import load_artifact
+from dicomflow.modeling.reference import input_profile, structure_volumes, unlike_training
 from dicomflow.training.data import scan_manifest, split_by_patient
 
 pytestmark = pytest.mark.slow
@@ -166,3 +170,43 @@ def test_two_instances_train_with_gloo_and_write_one_artifact(tmp_path) -> None:
     meta = load_artifact(tmp_path / "algo-1/model").metadata
     # rank 0 wrote the artifact with all 12 training items (16 patients, 4 held out), each rank a shard of them
     assert meta["metrics"]["train_items"] == 12 and np.isfinite(meta["metrics"]["train_loss"])
+
+
+#: The demo's segmentation configuration (DemoConfig "full": 20 series of 32x48x48, 40 epochs) against the seed
+#: design's bar, on 8 held-out series of two other seeds: mean Dice >= 0.90 and every total volume within +-5 %
+#: (HippoVolume.AI expects ~0.90). Measured: Dice 0.954, volumes -3.4 ... +3.6 %; the prior mask scores ~0.2.
+#: (With 25 epochs the worst series was off by 11 %; with training seed 1 instead of 0, by up to 13.5 %.)
+SEED_DICE = 0.90
+SEED_VOLUME_TOLERANCE = 0.05
+
+
+def test_the_demo_segmentation_configuration_reaches_the_seed_designs_quality(tmp_path) -> None:
+    cfg = loop.DemoConfig.preset("full")
+    hps = loop.training_hyperparameters(cfg)["segmentation3d"]
+    env = sm_layout(tmp_path)
+    channel = tmp_path / "input/data/train"
+    hippocampus_channel(channel, cfg.hippo_train, seed=cfg.seed, shape=cfg.hippo_shape)
+    r = run_entry(env, {"task": "segmentation3d", **hps})
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = load_artifact(tmp_path / "model")
+    pre = model.transform
+    held_out = [s for seed in (9090, 4242) for s in synthetic.hippocampus_series(4, seed=seed, shape=cfg.hippo_shape)]
+    figures = []
+    for series in held_out:
+        array, geom = load_image(series.datasets)
+        with torch.inference_mode():
+            logits = pre.run_network(model.network, pre(array, geom.spacing)[None])
+        label = pre.label_map(logits[0], array.shape)
+        predicted = structure_volumes(label, geom.spacing, model.structures)["total"]
+        true = structure_volumes(series.label_volume, geom.spacing, model.structures)["total"]
+        profile = input_profile(array, geom.spacing)
+        assert unlike_training(model.metadata["reference"], profile, {"total": predicted}) == []
+        figures.append((mean_dice(label, series.label_volume, 2), true, predicted))
+    train = scan_manifest(channel, "segmentation3d").items
+    prior = prior_mask_dice(item_labels(train), [s.label_volume for s in held_out], structures=2)
+    print("\ndemo segmentation configuration, held-out (Dice, true mm3, predicted mm3):",
+          [(round(d, 3), round(t), round(p)) for d, t, p in figures], f"prior mask {prior:.3f}")
+    dice = float(np.mean([d for d, _, _ in figures]))
+    assert dice >= SEED_DICE and dice >= prior + MARGIN_DICE, (dice, prior)
+    for _, true, predicted in figures:
+        assert abs(predicted - true) / true <= SEED_VOLUME_TOLERANCE, figures
