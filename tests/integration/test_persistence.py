@@ -1,5 +1,6 @@
 """The emulated AWS keeps its state across `down`/`up`, across `kill -9`, and refuses a corrupt snapshot
-cleanly (a private emulator: these tests restart it)."""
+cleanly (a private emulator: these tests restart it). Covered: S3 (bodies, metadata), IAM, Lambda, Secrets
+Manager, DynamoDB, SNS/SQS with a queued message, CloudFormation, Cognito, a SageMaker async endpoint."""
 
 from __future__ import annotations
 
@@ -108,6 +109,8 @@ def _create_everything(em: Emulator) -> dict[str, Any]:
     cfn.create_stack(StackName=f"stack-{tag}", TemplateBody=json.dumps({
         "Resources": {"Data": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": f"stack-{tag}"}}},
         "Outputs": {"DataBucket": {"Value": {"Ref": "Data"}}}}))
+    pool = em.client("cognito-idp").create_user_pool(PoolName=f"pool-{tag}")["UserPool"]["Id"]
+    em.client("cognito-idp").admin_create_user(UserPoolId=pool, Username="radiologist")
     register_image(em.settings.data_dir, "dicomflow-test-echo", ["python", str(SERVING_APP)])
     s3.put_object(Bucket=bucket, Key="model/model.tar.gz", Body=_model_tar())
     sm.create_model(ModelName=f"m-{tag}", ExecutionRoleArn=role, PrimaryContainer={
@@ -118,7 +121,7 @@ def _create_everything(em: Emulator) -> dict[str, Any]:
         "InitialInstanceCount": 1}], AsyncInferenceConfig={"OutputConfig": {
             "S3OutputPath": f"s3://{bucket}/async-out/", "S3FailurePath": f"s3://{bucket}/async-fail/"}})
     sm.create_endpoint(EndpointName=f"e-{tag}", EndpointConfigName=f"m-{tag}")
-    made = {"tag": tag, "bucket": bucket, "queue": queue}
+    made = {"tag": tag, "bucket": bucket, "queue": queue, "pool": pool}
     assert _invoke_async(em, made, b"before") == b"model-v1:BEFORE"
     return made
 
@@ -158,6 +161,8 @@ def _assert_everything_is_there(em: Emulator, made: dict[str, Any]) -> None:
     assert json.loads(messages[0]["Body"])["Message"] == "queued before the restart"
     outputs = em.client("cloudformation").describe_stacks(StackName=f"stack-{tag}")["Stacks"][0]["Outputs"]
     assert outputs == [{"OutputKey": "DataBucket", "OutputValue": f"stack-{tag}"}]
+    users = em.client("cognito-idp").list_users(UserPoolId=made["pool"])["Users"]
+    assert [u["Username"] for u in users] == ["radiologist"]
     assert em.client("sagemaker").describe_endpoint(EndpointName=f"e-{tag}")["EndpointStatus"] == "InService"
     assert _invoke_async(em, made, b"after") == b"model-v1:AFTER"  # its serving process restarts lazily
 
