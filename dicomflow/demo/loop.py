@@ -444,6 +444,8 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
             "outputs": {k: {"SeriesInstanceUID": v.get("SeriesInstanceUID"), "SOPInstanceUID": v.get("SOPInstanceUID"),
                             "stored": bool(v.get("storedToPacs"))} for k, v in out.get("outputs", {}).items()}}
         findings = out.get("findings", {})
+        quality = findings.get("quality", {})
+        row.update(outOfDistribution=quality.get("outOfDistribution"), qualityReasons=quality.get("reasons", []))
         if r["task"] == "classification2d":
             probs = findings.get("probabilities", {})
             scores.append([float(probs.get(c, 0.0)) for c in CHEST_CLASSES])
@@ -452,9 +454,7 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
         else:
             spacing = [float(v) for v in e["spacing"]]
             true = segmentation_volumes(s.label_volume, spacing, SEG_LABELS)["volumesMm3"]
-            quality = findings.get("quality", {})
-            row.update(trueVolumesMm3=true, predictedVolumesMm3=findings.get("volumesMm3", {}),
-                       outOfDistribution=quality.get("outOfDistribution"), qualityReasons=quality.get("reasons", []))
+            row.update(trueVolumesMm3=true, predictedVolumesMm3=findings.get("volumesMm3", {}))
             if "seg" in out.get("outputs", {}):
                 row["dice"] = stored_seg_dice(ctx, s, out["outputs"]["seg"])
                 dice.append(float(np.mean(list(row["dice"].values()))))

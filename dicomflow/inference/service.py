@@ -187,6 +187,9 @@ class InferenceService:
         else:
             probs = F.probabilities(out[0].detach().cpu().numpy(), self.activation)
             result = F.classification_findings(probs, self.labels)
+            meta = self.model.metadata
+            result["quality"] = quality(meta.get("reference"), meta.get("expected"),
+                                        input_profile(array, geometry.spacing[-array.ndim:]), None)
 
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
         ordered = [by_uid[u] for u in geometry.sop_instance_uids if u in by_uid] or list(datasets)

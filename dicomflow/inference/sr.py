@@ -112,6 +112,7 @@ def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_
     else:
         sources = _source_images(source_images)
         threshold = findings.get("threshold", 0.5)
+        checks = _quality_evaluations(findings.get("quality"))
         for name, p in findings["probabilities"].items():
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=name[:64]),
@@ -120,7 +121,8 @@ def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_
                 measurements=[hd.sr.Measurement(name=PROBABILITY, value=float(p), unit=codes.UCUM.NoUnits,
                                                 algorithm_id=algo)],
                 qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-                    name=codes.DCM.Finding, value=codes.SCT.Present if p >= threshold else codes.SCT.Absent)],
+                    name=codes.DCM.Finding, value=codes.SCT.Present if p >= threshold else codes.SCT.Absent),
+                    *checks],
                 source_images=sources))
         procedure = codes.SCT.ImagingProcedure
         title = codes.cid7021.ImagingMeasurementReport

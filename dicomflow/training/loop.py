@@ -124,7 +124,7 @@ class Trainer:
             emit({"skipped_items": scan.skipped_total})
             for reason, count in sorted(scan.skipped.items()):
                 log.warning("skipped %d manifest item(s): %s", count, reason.replace("_", " "))
-        reference = self._reference(train_items, scan.structures) if self.segmentation and tenv.is_master else None
+        reference = self._reference(train_items, scan.structures) if tenv.is_master else None
         cache_dir = Path(tempfile.gettempdir()) / "dicomflow-cache"
         train_loader = self._loader(train_items, pre, True, cache_dir)
         val_loader = self._loader(val_items, pre, False, cache_dir) if val_items and tenv.is_master else None
@@ -141,6 +141,7 @@ class Trainer:
 
         ckpt_dir = tenv.checkpoint_dir
         start_epoch, best_metric, best_epoch, history = 1, -float("inf"), 0, []
+        best_per_class: dict[str, float] = {}
         state = checkpoints.load_last(ckpt_dir, self.task, fingerprint)
         if state is not None:
             model.load_state_dict(state["model"])
@@ -182,7 +183,7 @@ class Trainer:
                         score = -values.get("val_loss", train_loss)
                     improved = score > best_metric
                 if improved:
-                    best_metric, best_epoch = float(score), epoch
+                    best_metric, best_epoch, best_per_class = float(score), epoch, dict(per_class)
                 values["best_metric"] = best_metric
                 emit(values)
                 if per_class:
@@ -224,10 +225,12 @@ class Trainer:
                 final.update({"test_mean_dice": report["mean_dice"], "test_mean_jaccard": report["mean_jaccard"]})
                 tenv.model_dir.mkdir(parents=True, exist_ok=True)
                 (tenv.model_dir / REPORT_FILE).write_text(text)
-            extra: dict[str, Any] = {"hyperparameters": hp.to_dict(), "history": history}
+            extra: dict[str, Any] = {"hyperparameters": hp.to_dict(), "history": history, "reference": reference}
             if self.segmentation:
-                extra.update({"structures": [s.to_dict() for s in scan.structures], "reference": reference,
-                              "expected": _expected(report)})
+                extra.update({"structures": [s.to_dict() for s in scan.structures], "expected": _expected(report)})
+            elif best_per_class:
+                extra["expected"] = {"split": "validation", "images": len(val_items), "meanAuroc": best_metric,
+                                     "classes": {k: {"auroc": v} for k, v in best_per_class.items()}}
             save_artifact(tenv.model_dir, task=self.task, labels=labels, network=model, network_spec=net_spec,
                           preprocess=pre.spec, metrics=final, manifest_sha256=scan.manifest_sha256, extra=extra)
             metadata = json.loads((tenv.model_dir / METADATA_FILE).read_text())
@@ -294,12 +297,17 @@ class Trainer:
 
     @torch.no_grad()
     def _reference(self, items: list[Item], structures: list) -> dict[str, Any]:
-        """The training inputs' ranges (spacing, field of view, intensities) and true structure volumes."""
+        """The training inputs' ranges (spacing, field of view, intensities) and, for segmentation, the true
+        structure volumes. A 2D task profiles the one image the model sees (the middle slice of a stack)."""
         profiles, volumes = [], []
         for item in items:
-            array, geom = volume.load_files(item.images)
-            profiles.append(input_profile(array, geom.spacing))
-            volumes.append(structure_volumes(volume.load_label_volume(item.label, geom), geom.spacing, structures))
+            array, geom = volume.load_files(item.images[:1] if self.task == "classification2d" else item.images)
+            if self.task == "classification2d" and array.ndim == 3:
+                array = array[array.shape[0] // 2]
+            profiles.append(input_profile(array, geom.spacing[-array.ndim:]))
+            if self.segmentation:
+                label = volume.load_label_volume(item.label, geom)
+                volumes.append(structure_volumes(label, geom.spacing, structures))
         return reference_ranges(profiles, volumes)
 
     def _augmentation_note(self) -> str:

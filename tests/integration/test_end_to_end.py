@@ -117,3 +117,4 @@ def test_whole_loop_small(local_cloud) -> None:
     assert held_out_dice >= MIN_DICE and held_out_dice >= prior + MARGIN_DICE, (figures, prior)
     chest = [s for s in inf["studies"] if s["task"] == "classification2d"]
     assert len(chest) == 4 and all(s["outputs"]["sr"]["stored"] for s in chest)
+    assert all(s["outOfDistribution"] is False for s in chest), [s["qualityReasons"] for s in chest]

@@ -60,6 +60,12 @@ def test_classification2d_beats_a_thumbnail_model_and_writes_a_loadable_artifact
     assert model.metadata["metrics"]["best_metric"] == pytest.approx(max(aurocs), abs=1e-6)
     assert model.metadata["metrics"]["val_items"] == len(val) == 48
     assert len(model.metadata["manifest_sha256"]) == 64
+    # what results will say of themselves: the validation AUROC per class, the training inputs' ranges
+    expected = model.metadata["expected"]
+    assert set(expected["classes"]) == set(classes) and expected["meanAuroc"] == pytest.approx(max(aurocs))
+    assert model.metadata["reference"]["items"] == len(train)
+    assert {"intensity_p99", "fov_x_mm", "spacing_y_mm"} <= set(model.metadata["reference"]["profile"])
+    assert "## Metrics" in (tmp_path / "model" / "model_card.md").read_text()
     assert list((tmp_path / "output/data/tensorboard").glob("events.out.tfevents.*"))
     assert not (tmp_path / "output/failure").exists()
 
