@@ -147,13 +147,18 @@ def deploy_stack(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
 
 # ---- 2. seed ----------------------------------------------------------------------------------------
 def seed_studies(ctx: DemoContext, hooks: Hooks) -> seeding.SeedResult:
-    """Store the chest images and hippocampus series (training + held-out) in the PACS."""
+    """Store the chest images and the training hippocampus series in the PACS by STOW-RS; the held-out
+    hippocampus series arrive as from a scanner, by DIMSE C-STORE (DCMTK's storescu)."""
+    from dicomflow.dicom import dimse
+    from dicomflow.emulator.cloud.orthanc import AE_TITLE
+
     cfg = ctx.config
     studies = seeding.plan(chest=cfg.chest_train + cfg.chest_holdout, hippocampus=cfg.hippo_train + cfg.hippo_holdout,
                            seed=cfg.seed, real=False, chest_size=cfg.chest_size, hippocampus_shape=cfg.hippo_shape)
     ctx.chest = [s for s in studies if s.kind == "chest"]
     ctx.hippo = [s for s in studies if s.kind == "hippocampus"]
-    total = sum(len(s.datasets) for s in studies)
+    from_modality = {id(s) for s in ctx.hippo_holdout}
+    total = sum(len(s.datasets) for s in studies if id(s) not in from_modality)
     with hooks.step("seed the PACS", total=total) as st:
         done = [0]
 
@@ -161,9 +166,17 @@ def seed_studies(ctx: DemoContext, hooks: Hooks) -> seeding.SeedResult:
             done[0] += n
             st.update(completed=done[0])
 
-        result = seeding.seed(dicomweb.connect(ctx.pacs), ctx.settings.data_dir, studies, progress=advance)
+        result = seeding.seed(dicomweb.connect(ctx.pacs), ctx.settings.data_dir,
+                              [s for s in studies if id(s) not in from_modality], progress=advance)
+    settings = ctx.settings
+    with hooks.step(f"send {len(ctx.hippo_holdout)} held-out MR series from a modality (DIMSE C-STORE as "
+                    f"{settings.modality_aet})"):
+        for study in ctx.hippo_holdout:
+            dimse.send(study.datasets, settings.host, settings.orthanc_dicom_port, settings.modality_aet, AE_TITLE,
+                       settings.data_dir / "tmp")
     ctx.results["seed"] = {**result.as_dict(), "chest": [len(ctx.chest_train), len(ctx.chest_holdout)],
-                           "hippocampus": [len(ctx.hippo_train), len(ctx.hippo_holdout)]}
+                           "hippocampus": [len(ctx.hippo_train), len(ctx.hippo_holdout)],
+                           "sentByDimse": len(ctx.hippo_holdout)}
     return result
 
 

@@ -18,6 +18,7 @@ from pydicom.fileset import FileSet
 
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
+from dicomflow.emulator.cloud.orthanc import AE_TITLE
 
 pytestmark = pytest.mark.integration
 
@@ -124,17 +125,17 @@ def _dcmtk(tool: str) -> str:
 def test_a_modality_sends_by_dimse_and_the_study_is_found_by_qido(local_cloud, tmp_path):
     settings = local_cloud.settings
     port = str(settings.orthanc_dicom_port)
-    echo = subprocess.run([_dcmtk("echoscu"), "-aet", settings.modality_aet, "-aec", "DICOMFLOW", "127.0.0.1",
+    echo = subprocess.run([_dcmtk("echoscu"), "-aet", settings.modality_aet, "-aec", AE_TITLE, "127.0.0.1",
                            port], capture_output=True, text=True, timeout=60)
     assert echo.returncode == 0, echo.stderr
-    stranger = subprocess.run([_dcmtk("echoscu"), "-aet", "STRANGER", "-aec", "DICOMFLOW", "127.0.0.1", port],
+    stranger = subprocess.run([_dcmtk("echoscu"), "-aet", "STRANGER", "-aec", AE_TITLE, "127.0.0.1", port],
                               capture_output=True, text=True, timeout=60)
     assert stranger.returncode != 0  # an unknown calling AE title is refused
 
     series = _series(9105, slices=5)
     for i, ds in enumerate(series):
         _write(ds, tmp_path / "send" / f"{i}.dcm")
-    sent = subprocess.run([_dcmtk("storescu"), "-aet", settings.modality_aet, "-aec", "DICOMFLOW", "127.0.0.1",
+    sent = subprocess.run([_dcmtk("storescu"), "-aet", settings.modality_aet, "-aec", AE_TITLE, "127.0.0.1",
                            port, "+sd", str(tmp_path / "send")], capture_output=True, text=True, timeout=120)
     assert sent.returncode == 0, sent.stderr
     client = dicomweb.connect(local_cloud.pacs)

@@ -23,6 +23,9 @@ DICOMWEB_PLUGIN = f"{PLUGIN_DIR}/libOrthancDicomWeb.so"
 USERNAME = "dicomflow"
 
 
+#: The local Orthanc's own AE title (the called AE title of a modality sending to it).
+AE_TITLE = "DICOMFLOW"
+
 class OrthancService(Service):
     name = "orthanc"
 
@@ -68,7 +71,7 @@ class OrthancService(Service):
             "IndexDirectory": str(storage),
             "HttpPort": s.orthanc_http_port,
             "DicomPort": s.orthanc_dicom_port,
-            "DicomAet": "DICOMFLOW",
+            "DicomAet": AE_TITLE,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": True,
             "RegisteredUsers": {user: password},
