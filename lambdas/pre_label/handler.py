@@ -18,7 +18,7 @@ from typing import Any
 
 from dicomweb_client.protocol import DICOMClient
 
-from dicomflow.credentials import PacsConnection, pacs_connection
+from dicomflow.credentials import pacs_connection
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import OrthancRest
 from dicomflow.errors import DicomflowError
@@ -30,17 +30,17 @@ if not logging.getLogger().handlers:  # outside the Lambda runtime (local host e
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
 
 _CONNECTION_TTL = 300.0
-_cached: tuple[float, PacsConnection, DICOMClient, OrthancRest] | None = None
+_cached: tuple[float, DICOMClient, OrthancRest] | None = None
 
 
-def _pacs() -> tuple[PacsConnection, DICOMClient, OrthancRest]:
-    """The PACS connection and its two clients, kept for a few minutes in a warm Lambda: one secret read
-    and one pair of keep-alive HTTP sessions, not one per task."""
+def _pacs() -> tuple[DICOMClient, OrthancRest]:
+    """The PACS's two clients, kept for a few minutes in a warm Lambda: one secret read and one pair of
+    keep-alive HTTP sessions, not one per task."""
     global _cached
     if _cached is None or time.monotonic() - _cached[0] > _CONNECTION_TTL:
         conn = pacs_connection()
-        _cached = (time.monotonic(), conn, dicomweb.connect(conn, retries=2), OrthancRest(conn))
-    return _cached[1], _cached[2], _cached[3]
+        _cached = (time.monotonic(), dicomweb.connect(conn, retries=2), OrthancRest(conn))
+    return _cached[1], _cached[2]
 
 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             raise pre_label.LabelingTaskError("invalid", "event must be a JSON object")
         settings = pre_label.TaskSettings.from_env(event.get("labelingJobArn", ""))
         job = settings.scope
-        _, client, rest = _pacs()
+        client, rest = _pacs()
         response = pre_label.pre_label(event, client, rest.resolve, settings)
     except DicomflowError as exc:
         log.error(json.dumps({"event": "pre-label-failed", "job": job, "error": type(exc).__name__,

@@ -146,9 +146,7 @@ class _Blobs:
     def finish(self) -> None:
         """After a snapshot: forget objects and remove files it did not name."""
         self._known = {k: v for k, v in self._known.items() if v[1] in self.referenced}
-        for path in self.directory.iterdir():
-            if path.name not in self.referenced and not path.name.startswith("."):
-                path.unlink(missing_ok=True)
+        _remove_unreferenced(self.directory, self.referenced)
         self.referenced = set()
 
 
@@ -174,18 +172,21 @@ class _Bodies:
         return body[0]
 
     def remove_unreferenced(self) -> None:
-        for path in self.directory.iterdir():
-            if path.name not in self.referenced and not path.name.startswith("."):
-                path.unlink(missing_ok=True)
+        _remove_unreferenced(self.directory, self.referenced)
+
+
+def _remove_unreferenced(directory: Path, referenced: set[str]) -> None:
+    """Delete the files in ``directory`` a snapshot did not name (temporary ``.``-files being written stay)."""
+    for path in directory.iterdir():
+        if path.name not in referenced and not path.name.startswith("."):
+            path.unlink(missing_ok=True)
 
 
 def _set_s3_key_state(key: Any, state: tuple[dict, str, str]) -> None:
     """Restore an S3 key: its attributes, a fresh buffer holding the body file, a new lock."""
-    import tempfile as _tempfile
-
     attributes, directory, body_id = state
     key.__dict__.update(attributes)
-    key._value_buffer = _tempfile.SpooledTemporaryFile(max_size=key._max_buffer_size)
+    key._value_buffer = tempfile.SpooledTemporaryFile(max_size=key._max_buffer_size)
     key.lock = threading.Lock()
     key.value = (Path(directory) / body_id).read_bytes()
 
