@@ -83,7 +83,9 @@ def _requests(exc: BaseException) -> str | None:
 
 def _unreachable(what: str, url: str) -> str:
     parts = urlsplit(url)
-    where = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "its endpoint"  # never a path or query
+    # scheme, host and port only: never user:password@, a path or a query (a presigned URL's signature)
+    host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname
+    where = f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}" if host else "its endpoint"
     if parts.hostname in ("127.0.0.1", "localhost", "::1"):
         return f"{what} does not answer at {where}: the local cloud is down; start it with `dicomflow up`"
     return f"{what} does not answer at {where}: check the network, the URL (AWS_ENDPOINT_URL / " \

@@ -110,6 +110,8 @@ def _client_error(code: str, message: str = "nope", op: str = "DescribeStacks") 
     (NoRegionError(), "AWS_REGION"),
     (EndpointConnectionError(endpoint_url="https://sagemaker.eu-west-1.amazonaws.com/x?q=1"),
      "does not answer at https://sagemaker.eu-west-1.amazonaws.com: check the network"),
+    (EndpointConnectionError(endpoint_url="http://admin:s3cret@127.0.0.1:4566/"),
+     "does not answer at http://127.0.0.1:4566: the local cloud is down"),
     (_client_error("ThrottlingException", "Rate exceeded"), "throttled: retry"),
     (_client_error("ExpiredToken"), "aws sso login"),
     (_client_error("UnrecognizedClientException"), "does not accept these credentials"),
@@ -121,6 +123,7 @@ def _client_error(code: str, message: str = "nope", op: str = "DescribeStacks") 
 def test_expected_failures_are_explained_in_one_line(exc, expected):
     message = explain(exc)
     assert message is not None and expected in message and "\n" not in message
+    assert "s3cret" not in message and "q=1" not in message  # credentials and queries never printed
 
 
 def test_an_unexpected_failure_prints_one_line_and_logs_the_traceback(monkeypatch, tmp_path, capsys):
