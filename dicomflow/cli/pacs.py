@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from dicomflow.cli.common import console, json_option, out, pacs_for, print_json, settings_from, value_table
 from dicomflow.dicom import dicomweb, importer
@@ -57,7 +58,8 @@ def import_cmd(ctx: click.Context, paths: tuple[str, ...], batch_mb: int, as_jso
                       f"{len(report.studies)} study(ies); {report.skipped} non-DICOM file(s) skipped"
                       + (f"; {report.dicomdirs} DICOMDIR(s) read" if report.dicomdirs else ""))
         for name, reason in report.failed.items():
-            console.print(f"[red]failed:[/red] {name}: {reason}", soft_wrap=True, markup=True, highlight=False)
+            # file names and reasons as plain text: a "[...]" in a name is not markup
+            console.print(Text.assemble(("failed:", "red"), f" {name}: {reason}"), soft_wrap=True)
     if report.failed:
         raise DicomflowError(f"{len(report.failed)} file(s) could not be imported (listed above)")
 
