@@ -1,9 +1,8 @@
-"""SageMaker PyTorch serving handlers: ``model_fn``, ``input_fn``, ``predict_fn``, ``output_fn``.
+"""SageMaker PyTorch serving entry point (``inference.py`` convention, this folder as ``source_dir``).
 
-The same functions run in the SageMaker PyTorch serving image (``inference.py`` convention, this
-folder as ``source_dir``) and behind :mod:`inference_container.serve`. All work is in
-:mod:`dicomflow.inference`; expected failures carry their HTTP status, which the serving image
-sees through the inference toolkit's error type when it is installed.
+The handlers (``model_fn``, ``input_fn``, ``predict_fn``, ``output_fn``) are
+:mod:`dicomflow.inference.handlers`; they run in the SageMaker PyTorch serving image and behind
+:mod:`inference_container.serve`.
 
 ``dicomflow`` reaches the serving image the SageMaker SDK way: ``PyTorchModel(...,
 dependencies=["dicomflow"])`` repacks it into ``model.tar.gz`` as ``code/lib/dicomflow`` next to
@@ -14,55 +13,13 @@ vendored copy, if any, is found first (unless ``dicomflow`` is already imported)
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 _LIB = Path(__file__).resolve().parent / "lib"
 if (_LIB / "dicomflow").is_dir() and str(_LIB) not in sys.path:
     sys.path.insert(0, str(_LIB))
 
-from dicomflow.inference.errors import InferenceError, NotAcceptable, error_body  # noqa: E402 - after the path setup
-from dicomflow.inference.request import StudyRequest, parse_request  # noqa: E402
-from dicomflow.inference.service import InferenceService  # noqa: E402
+from dicomflow.inference.handlers import input_fn, model_fn, output_fn, predict_fn  # noqa: E402 - after the path setup
 
-JSON = "application/json"
-
-
-def _toolkit_error(exc: InferenceError) -> Exception:
-    """In the SageMaker serving image, an error the toolkit answers with our status code."""
-    try:
-        from sagemaker_inference.errors import GenericInferenceToolkitError
-    except ImportError:
-        return exc
-    return GenericInferenceToolkitError(exc.status, json.dumps(error_body(exc)))
-
-
-def model_fn(model_dir: str) -> InferenceService:
-    """Load the artifact in ``model_dir`` once per process."""
-    return InferenceService.from_model_dir(model_dir)
-
-
-def input_fn(request_body: bytes | str, request_content_type: str | None = JSON) -> StudyRequest:
-    """Validate the study JSON."""
-    try:
-        return parse_request(request_body, request_content_type)
-    except InferenceError as exc:
-        raise _toolkit_error(exc) from exc
-
-
-def predict_fn(input_data: StudyRequest | dict, model: InferenceService) -> dict:
-    """Retrieve the series, run the model, build and store SR/SEG; the response dict."""
-    try:
-        request = input_data if isinstance(input_data, StudyRequest) else parse_request(input_data)
-        return model.run(request)
-    except InferenceError as exc:
-        raise _toolkit_error(exc) from exc
-
-
-def output_fn(prediction: Any, accept: str | None = JSON) -> tuple[str, str]:
-    """The response as JSON (the only type offered)."""
-    if accept and accept not in ("*/*", JSON) and not accept.startswith(JSON):
-        raise _toolkit_error(NotAcceptable(f"cannot answer as {accept!r}; ask for {JSON}"))
-    return json.dumps(prediction), JSON
+__all__ = ["input_fn", "model_fn", "output_fn", "predict_fn"]

@@ -1,8 +1,9 @@
 """``dicomflow train``: run the training job (:mod:`dicomflow.training.launch`) with the SageMaker estimator.
 
 ``--instance-type local`` runs it on this machine through the SDK's local mode with the local cloud's
-session (no Docker: the entry point runs as host processes); any ``ml.*`` type runs it on SageMaker in
-the configured account.
+session (no Docker: the entry point runs as host processes); any ``ml.*`` type is a managed training
+job: on SageMaker in the configured account, or on the local cloud's emulated SageMaker when
+``AWS_ENDPOINT_URL`` points at it (``eval "$(dicomflow env)"``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dicomflow.training.launch import TrainError, parse_hps, sdk_logs_to_stderr,
 @click.option("--task", type=click.Choice(TASKS), required=True, help="What to train.")
 @click.option("--data", required=True, help="Training channel: s3:// prefix from `dicomflow dataset export`.")
 @click.option("--instance-type", default="local", show_default=True,
-              help="local (this machine, no Docker) or a SageMaker type such as ml.g5.xlarge.")
+              help="local (SDK local mode, no Docker) or a SageMaker type such as ml.m5.xlarge (a managed "
+                   "job: SageMaker, or the local cloud when AWS_ENDPOINT_URL points at it).")
 @click.option("--instance-count", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Hosts; > 1 trains with torch.distributed (gloo on CPU, nccl on GPU).")
 @click.option("--hp", "hp_pairs", multiple=True, metavar="KEY=VALUE",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -329,25 +330,33 @@ def training_hyperparameters(cfg: DemoConfig) -> dict[str, dict[str, str]]:
     return {task: {k: str(v) for k, v in hps.items()} for task, hps in plans.items()}
 
 
+#: The demo's models are trained as managed SageMaker training jobs (the local cloud runs them).
+TRAINING_INSTANCE = "ml.m5.xlarge"
+
+
 def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
-    """``estimator.fit`` in local mode (the ``dicomflow train`` code path) for both tasks."""
-    from dicomflow.emulator.sagemaker_sdk import sagemaker_session
+    """A managed training job per task (``estimator.fit`` on an ``ml.*`` instance: the ``dicomflow train``
+    code path), unless a job of the same task, dataset and hyperparameters completed before."""
     from dicomflow.training.launch import train_job
 
     trained = {}
     for task, hps in training_hyperparameters(ctx.config).items():
         data = ctx.results["datasets"][task]["channel"]
         job_name = training_job_name(ctx, task, data, hps)
-        done = _trained_before(ctx.outputs["ModelArtifactsUri"], job_name)
+        earlier = _earlier_jobs(job_name)
+        done = _trained_before(earlier)
         if done is not None:
-            with hooks.step(f"train {task}: {job_name} trained on this dataset before, model in S3") as st:
+            with hooks.step(f"train {task}: {done['job_name']} trained on this dataset before, model in S3") as st:
                 st.log(f"{task}: not training again ({done['model_artifact']})")
             trained[task] = {**done, "task": task, "data": data}
             continue
-        with hooks.step(f"train {task} ({hps['epochs']} epochs, estimator.fit local mode)"):
-            res = train_job(task, data, hps=hps, output=ctx.outputs["ModelArtifactsUri"], job_name=job_name,
-                            role=ctx.outputs.get("SageMakerRoleArn"), session=sagemaker_session())
-        if res.get("status") == "Failed" or not res.get("model_artifact"):
+        # a job name is used once: a retry (after a failure or a restart mid-job) resumes from the same checkpoints
+        name = f"{job_name}-{len(earlier) + 1}" if earlier else job_name
+        with hooks.step(f"train {task} ({hps['epochs']} epochs, managed training job {name} on {TRAINING_INSTANCE})"):
+            res = train_job(task, data, instance_type=TRAINING_INSTANCE, hps=hps, job_name=name,
+                            output=ctx.outputs["ModelArtifactsUri"], checkpoint_name=job_name,
+                            role=ctx.outputs.get("SageMakerRoleArn"))
+        if res.get("status") != "Completed" or not res.get("model_artifact"):
             raise DemoError(f"training {task} failed: {res.get('failure_reason') or 'no model artifact'}")
         trained[task] = res
     ctx.results["training"] = trained
@@ -363,15 +372,28 @@ def training_job_name(ctx: DemoContext, task: str, data: str, hps: dict[str, str
     return f"{ctx.config.tag}-{short}-{digest[:12]}"
 
 
-def _trained_before(output: str, job_name: str) -> dict[str, Any] | None:
-    """The result of an earlier training job of this name whose model is in S3, else None."""
-    from dicomflow.training.launch import artifact_metrics
+def _earlier_jobs(job_name: str) -> list[dict[str, Any]]:
+    """Training jobs named ``job_name`` or ``job_name-N`` (its retries), newest first."""
+    pattern = re.compile(re.escape(job_name) + r"(-\d+)?")
+    pages = aws.client("sagemaker").get_paginator("list_training_jobs").paginate(NameContains=job_name)
+    jobs = [j for page in pages for j in page["TrainingJobSummaries"] if pattern.fullmatch(j["TrainingJobName"])]
+    return sorted(jobs, key=lambda j: j["CreationTime"], reverse=True)
 
-    artifact = f"{output.rstrip('/')}/{job_name}/output/model.tar.gz"
-    if not aws.exists(artifact):
-        return None
-    return {"job_name": job_name, "status": "Completed", "model_artifact": artifact, "resumed": True,
-            "metrics": artifact_metrics(artifact)}
+
+def _trained_before(earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The result of the newest earlier job that completed and whose model is in S3, else None."""
+    from dicomflow.training.launch import artifact_metrics, final_metrics
+
+    sm = aws.client("sagemaker")
+    for job in earlier:
+        if job["TrainingJobStatus"] != "Completed":
+            continue
+        desc = sm.describe_training_job(TrainingJobName=job["TrainingJobName"])
+        artifact = desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
+        if artifact and aws.exists(artifact):
+            return {"job_name": job["TrainingJobName"], "status": "Completed", "model_artifact": artifact,
+                    "resumed": True, "metrics": final_metrics(desc) or artifact_metrics(artifact)}
+    return None
 
 
 # ---- 6. inference -----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Launch the training job the SageMaker SDK way: ``sagemaker.pytorch.PyTorch(...).fit(...)``.
 
 ``training_job/train.py`` is the entry point and this package its dependency; any ``ml.*`` instance
-type runs on SageMaker in the configured account, ``local`` on this machine through the SDK's local
-mode with the session the caller passes (the local cloud's: no Docker, host processes).
+type is a managed training job (on SageMaker in the configured account, or run by the local cloud when
+``AWS_ENDPOINT_URL`` points at it), ``local`` runs on this machine through the SDK's local mode with
+the session the caller passes (the local cloud's: no Docker, host processes).
 """
 
 from __future__ import annotations
@@ -65,14 +66,30 @@ def _session(instance_type: str, session: Any) -> Any:
     return sagemaker.Session(boto_session=aws.session())
 
 
+def _follow(session: Any, job_name: str) -> None:
+    """Stream the job's CloudWatch logs until it ends (``estimator.fit(logs=True)``, polling every second
+    against the local cloud instead of the SDK's 10 s); a job that did not complete raises :class:`TrainError`."""
+    from sagemaker.exceptions import UnexpectedStatusException
+
+    try:
+        session.logs_for_job(job_name, wait=True, poll=1 if aws.is_emulated() else 10, log_type="All")
+    except UnexpectedStatusException as exc:
+        desc = session.sagemaker_client.describe_training_job(TrainingJobName=job_name)
+        raise TrainError(f"training job {job_name} {desc.get('TrainingJobStatus', 'failed').lower()}: "
+                         f"{desc.get('FailureReason') or exc}") from None
+
+
 def train_job(task: str, data: str, *, instance_type: str = "local", instance_count: int = 1,
               hps: dict[str, str] | None = None, output: str | None = None, role: str | None = None,
               image_uri: str | None = None, wait: bool = True, job_name: str | None = None,
-              session: Any = None) -> dict[str, Any]:
+              checkpoint_name: str | None = None, session: Any = None) -> dict[str, Any]:
     """Start (and by default wait for) a training job; returns its name, status, artifact and final metrics.
 
     ``session`` is the SageMaker session to use: for ``local`` instance types, the local cloud's
-    (the SDK's local mode without Docker); by default ``sagemaker.Session()`` for ``ml.*`` types.
+    (the SDK's local mode without Docker); by default ``sagemaker.Session()`` for ``ml.*`` types (a managed
+    job: on SageMaker, or run by the local cloud when ``AWS_ENDPOINT_URL`` points at it). Managed jobs
+    checkpoint to ``<output>/checkpoints/<checkpoint_name or job name>/``: a retry under a new name that
+    passes the same ``checkpoint_name`` resumes there.
     """
     sdk_logs_to_stderr()
     from sagemaker.pytorch import PyTorch
@@ -88,19 +105,28 @@ def train_job(task: str, data: str, *, instance_type: str = "local", instance_co
     session = _session(instance_type, session)
     bucket = session.default_bucket()
     output = output or f"s3://{bucket}/dicomflow/models/"
+    base_job_name = f"dicomflow-{task.replace('3d', '-3d').replace('2d', '-2d')}"
     kwargs: dict[str, Any] = {"image_uri": image_uri} if image_uri else {
         "framework_version": FRAMEWORK_VERSION, "py_version": PY_VERSION}
     if not local:
-        kwargs["checkpoint_s3_uri"] = output.rstrip("/") + "/checkpoints/"
+        from sagemaker.utils import name_from_base
+
+        job_name = job_name or name_from_base(base_job_name)
+        # one prefix per job (or per retried job): a job restores only its own checkpoints
+        kwargs["checkpoint_s3_uri"] = f"{output.rstrip('/')}/checkpoints/{checkpoint_name or job_name}/"
     estimator = PyTorch(
         entry_point="train.py", source_dir=str(SOURCE_DIR), dependencies=[str(PACKAGE_DIR)], role=role,
         instance_type=instance_type, instance_count=instance_count, sagemaker_session=session,
         hyperparameters={"task": task, **(hps or {})}, metric_definitions=METRIC_DEFINITIONS,
-        output_path=output, base_job_name=f"dicomflow-{task.replace('3d', '-3d').replace('2d', '-2d')}",
-        disable_profiler=True, **kwargs)
+        output_path=output, base_job_name=base_job_name, disable_profiler=True, **kwargs)
     # the job's log (progress: one metric line per epoch) goes to stderr; stdout stays for results/JSON
     with contextlib.redirect_stdout(sys.stderr):
-        estimator.fit(inputs={"train": data}, wait=wait, logs="All" if wait else "None", job_name=job_name)
+        if local:
+            estimator.fit(inputs={"train": data}, wait=wait, logs="All" if wait else "None", job_name=job_name)
+        else:
+            estimator.fit(inputs={"train": data}, wait=False, job_name=job_name)
+            if wait:
+                _follow(session, estimator.latest_training_job.name)
     name = estimator.latest_training_job.name
     result: dict[str, Any] = {"job_name": name, "task": task, "instance_type": instance_type,
                               "instance_count": instance_count, "data": data}
@@ -109,11 +135,16 @@ def train_job(task: str, data: str, *, instance_type: str = "local", instance_co
                    "model_artifact": desc.get("ModelArtifacts", {}).get("S3ModelArtifacts")
                    or getattr(estimator, "model_data", None),
                    "failure_reason": desc.get("FailureReason"),
-                   "metrics": {m["MetricName"]: m["Value"] for m in desc.get("FinalMetricDataList", [])}})
+                   "metrics": final_metrics(desc)})
     if wait and not result["metrics"] and result["model_artifact"]:
         # local mode scrapes no metric lines: the artifact records the final metrics itself
         result["metrics"] = artifact_metrics(str(result["model_artifact"]))
     return result
+
+
+def final_metrics(description: dict[str, Any]) -> dict[str, float]:
+    """``FinalMetricDataList`` of a ``DescribeTrainingJob`` answer as ``{name: value}``."""
+    return {m["MetricName"]: m["Value"] for m in description.get("FinalMetricDataList", [])}
 
 
 def check_channel(data: str) -> None:

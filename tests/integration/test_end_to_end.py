@@ -76,6 +76,14 @@ def test_whole_loop_small(local_cloud) -> None:
     for task in ("classification2d", "segmentation3d"):
         uri = trained[task]["model_artifact"]
         assert uri.endswith("model.tar.gz") and _keys(uri) == [aws.parse_s3_uri(uri)[1]]
+        # managed training jobs, run by the local cloud: status, metrics scraped from the log, the log itself
+        desc = aws.client("sagemaker").describe_training_job(TrainingJobName=trained[task]["job_name"])
+        assert desc["TrainingJobStatus"] == "Completed" and desc["ModelArtifacts"]["S3ModelArtifacts"] == uri
+        assert desc["ResourceConfig"]["InstanceType"] == loop.TRAINING_INSTANCE
+        assert trained[task]["metrics"]["epoch"] == float(loop.training_hyperparameters(ctx.config)[task]["epochs"])
+        streams = aws.client("logs").describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs",
+                                                          logStreamNamePrefix=desc["TrainingJobName"] + "/")
+        assert len(streams["logStreams"]) == 1
 
     # a restart in the middle (`dicomflow down` / `up`): the AWS state comes back, the demo does not train again
     local_cloud.cloud.down()

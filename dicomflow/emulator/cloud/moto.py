@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from dicomflow.emulator.cloud.service import Service
 
 DUMMY_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+ACCOUNT_ID = "123456789012"  # moto's default account
+SDK_CONFIG_ENV = "SAGEMAKER_ADMIN_CONFIG_OVERRIDE"
 
 
 class MotoService(Service):
@@ -23,7 +26,8 @@ class MotoService(Service):
         return [self.settings.aws_port]
 
     def prepare(self) -> None:
-        """Map the project's inference image to its host command unless the user mapped it already."""
+        """Map the serving images to their host commands unless the user mapped them already, and
+        write the SageMaker SDK's defaults for sessions against the emulator (:func:`write_sdk_config`)."""
         from dicomflow.emulator.moto.endpoints import DEFAULT_IMAGES, load_image_map, register_image
 
         path = self.settings.data_dir / "images.json"
@@ -31,6 +35,7 @@ class MotoService(Service):
         for image, command in DEFAULT_IMAGES.items():
             if image not in existing:
                 register_image(self.settings.data_dir, image, command)
+        write_sdk_config(self.settings)
 
     def command(self) -> tuple[list[str], dict[str, str] | None]:
         env = dict(os.environ)
@@ -60,11 +65,37 @@ class MotoService(Service):
             return False
 
 
+def sdk_config_path(settings) -> Path:
+    return settings.data_dir / "sagemaker" / "config.yaml"
+
+
+def write_sdk_config(settings) -> Path:
+    """The SageMaker SDK defaults file for sessions against the emulator (``SAGEMAKER_ADMIN_CONFIG_OVERRIDE``).
+
+    ``TelemetryOptOut``: the SDK otherwise sends a request to an AWS host (and asks STS there for the
+    account) after every ``fit`` and ``deploy``. ``DefaultS3Bucket``: ``sagemaker.Session().default_bucket()``
+    otherwise asks STS at its hard-coded AWS endpoint for the account to name the bucket. A user's own
+    ``~/.config/sagemaker/config.yaml`` still applies on top.
+    """
+    import yaml
+
+    path = sdk_config_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {
+        "TelemetryOptOut": True,
+        "Session": {"DefaultS3Bucket": f"sagemaker-{settings.region}-{ACCOUNT_ID}"}}}}}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
 def client_environment(settings) -> dict[str, str]:
     """What a boto3 / AWS CLI / SageMaker SDK session needs to talk to the emulator."""
     return {
         "AWS_ENDPOINT_URL": settings.aws_endpoint_url,
         "AWS_REGION": settings.region,
         "AWS_DEFAULT_REGION": settings.region,
+        SDK_CONFIG_ENV: str(sdk_config_path(settings)),
         **DUMMY_CREDENTIALS,
     }

@@ -105,7 +105,10 @@ def write_registry(endpoint_name: str, url: str, pid: int) -> None:
     os.replace(tmp, path)
 
 
-DEFAULT_IMAGES = {"dicomflow-inference": {"command": ["python", "-m", "inference_container.serve"]}}
+#: Serving images the local cloud maps by default: the project's, and the AWS PyTorch serving image
+#: (what ``estimator.deploy(instance_type="ml.*")`` names), played by the SDK-convention serving process.
+DEFAULT_IMAGES = {"dicomflow-inference": {"command": ["python", "-m", "inference_container.serve"]},
+                  "pytorch-inference": {"command": ["python", "-m", "dicomflow.emulator.sagemaker_sdk.serving"]}}
 
 
 def register_image(data_dir: Path, image: str, command: object) -> None:

@@ -18,7 +18,11 @@ answers 200 as soon as it answers at all. Errors map to HTTP statuses in one pla
 uvicorn + Starlette through :mod:`dicomflow.webserver`. SIGTERM shuts the server down and exits 0.
 
 Run as ``python -m dicomflow.emulator.sagemaker_sdk.serving --port N --model-dir DIR [--code-dir DIR
---program inference.py]``.
+--program inference.py]``. Without ``--code-dir`` the source directory is where the PyTorch serving
+container finds it (:func:`code_dir_from_env`): ``SAGEMAKER_SUBMIT_DIRECTORY`` (``/opt/ml/model/code``
+in a model the SDK repacked, an ``s3://`` ``sourcedir.tar.gz``, or a ``file://`` directory), else
+``<model dir>/code``. This is the host command of the ``pytorch-inference`` image for endpoints the
+emulator starts (``estimator.deploy(instance_type="ml.*")``).
 """
 
 from __future__ import annotations
@@ -63,6 +67,12 @@ class ModelLoadError(RuntimeError):
 
 
 def _status_for(exc: BaseException) -> int:
+    # an error that carries its HTTP status (the inference toolkit's GenericInferenceToolkitError has
+    # status_code; dicomflow's InferenceError has status) is answered with it, as the toolkit does
+    for attr in ("status_code", "status"):
+        status = getattr(exc, attr, None)
+        if isinstance(status, int) and 400 <= status <= 599:
+            return status
     if isinstance(exc, UnsupportedFormatError):
         return HTTPStatus.UNSUPPORTED_MEDIA_TYPE
     if isinstance(exc, (ValueError, KeyError, TypeError, json.JSONDecodeError)):
@@ -195,6 +205,23 @@ def load_module(code_dir: Path | None, program: str | None) -> ModuleType | None
     return module
 
 
+def code_dir_from_env(model_dir: Path, env: dict[str, str] | None = None) -> Path | None:
+    """The source directory the serving container would use for ``model_dir`` (None: no code)."""
+    from dicomflow.emulator.sagemaker_sdk.toolkit import HostLayout, ToolkitError, stage_code
+
+    env = dict(os.environ if env is None else env)
+    submit = env.get("SAGEMAKER_SUBMIT_DIRECTORY", "")
+    if submit:
+        # /opt/ml/model is the extracted model; an s3:// tarball is extracted next to it
+        layout = HostLayout(model_dir.parent, "", {"/opt/ml/model": model_dir})
+        try:
+            return stage_code(layout, submit, env)
+        except ToolkitError as exc:
+            raise ModelLoadError(str(exc)) from None
+    code = model_dir / "code"
+    return code if code.is_dir() else None
+
+
 def make_app(handlers: Handlers) -> Starlette:
     """``GET /ping`` and ``POST /invocations`` over the user's handlers."""
 
@@ -250,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     try:
-        module = load_module(args.code_dir, args.program)
+        code_dir = args.code_dir or code_dir_from_env(Path(args.model_dir))
+        module = load_module(code_dir, args.program)
         handlers = Handlers(module, args.model_dir)
     except ModelLoadError as exc:
         logger.error("cannot start serving: %s", exc)
