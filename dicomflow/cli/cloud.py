@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 
 from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
 from dicomflow.emulator.cloud.cloud import LocalCloud
-from dicomflow.emulator.cloud.moto import client_environment
+from dicomflow.emulator.cloud.moto import client_environment, write_sdk_config
 from dicomflow.emulator.moto import persistence
+from dicomflow.paths import private_dir
 
 
 @click.command()
@@ -66,11 +69,13 @@ def env(ctx: click.Context) -> None:
     Use as:  eval "$(dicomflow env)"
     """
     settings = settings_from(ctx)
+    private_dir(settings.data_dir)
+    write_sdk_config(settings)  # SAGEMAKER_ADMIN_CONFIG_OVERRIDE must name a file that exists, even before 'up'
     exports = client_environment(settings)
     exports["DICOMFLOW_HOME"] = str(settings.data_dir)
     exports["DICOMFLOW_PACS_URL"] = settings.dicomweb_url
-    for k, v in exports.items():
-        out.print(f"export {k}={v}", highlight=False)
+    for k, v in exports.items():  # plain lines, shell-quoted: never folded or marked up (eval reads them)
+        click.echo(f"export {k}={shlex.quote(v)}")
 
 
 def _show(statuses, as_json: bool, settings, restored: persistence.RestoreReport | None = None) -> None:
