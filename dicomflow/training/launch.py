@@ -14,6 +14,7 @@ import json
 import logging
 import sys
 import tarfile
+import time
 from typing import Any
 
 from dicomflow import aws
@@ -66,17 +67,52 @@ def _session(instance_type: str, session: Any) -> Any:
     return sagemaker.Session(boto_session=aws.session())
 
 
-def _follow(session: Any, job_name: str) -> None:
-    """Stream the job's CloudWatch logs until it ends (``estimator.fit(logs=True)``, polling every second
-    against the local cloud instead of the SDK's 10 s); a job that did not complete raises :class:`TrainError`."""
-    from sagemaker.exceptions import UnexpectedStatusException
+TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
+TERMINAL_STATUSES = ("Completed", "Failed", "Stopped")
 
-    try:
-        session.logs_for_job(job_name, wait=True, poll=1 if aws.is_emulated() else 10, log_type="All")
-    except UnexpectedStatusException as exc:
-        desc = session.sagemaker_client.describe_training_job(TrainingJobName=job_name)
-        raise TrainError(f"training job {job_name} {desc.get('TrainingJobStatus', 'failed').lower()}: "
-                         f"{desc.get('FailureReason') or exc}") from None
+
+def _follow(session: Any, job_name: str, poll: float | None = None) -> None:
+    """Print the job's status changes and CloudWatch log lines until it ends; a job that did not complete
+    raises :class:`TrainError` with its ``FailureReason``.
+
+    What ``estimator.fit(logs=True)`` shows, without its waits (it asks for the job's status every 30 s
+    whatever its poll): every ``poll`` seconds, 1 against the local cloud, 10 against AWS.
+    """
+    from botocore.exceptions import ClientError
+
+    poll = poll if poll is not None else (1.0 if aws.is_emulated() else 10.0)
+    sm, logs = session.sagemaker_client, session.boto_session.client("logs")
+    tokens: dict[str, str | None] = {}
+    shown = 0
+
+    def print_new_lines(hosts: int) -> None:
+        try:
+            streams = logs.describe_log_streams(logGroupName=TRAINING_LOG_GROUP,
+                                                logStreamNamePrefix=job_name + "/")["logStreams"]
+        except ClientError:  # no log group yet
+            return
+        for stream in sorted(s["logStreamName"] for s in streams):
+            kwargs = {"nextToken": tokens[stream]} if tokens.get(stream) else {"startFromHead": True}
+            page = logs.get_log_events(logGroupName=TRAINING_LOG_GROUP, logStreamName=stream, **kwargs)
+            tokens[stream] = page.get("nextForwardToken")
+            host = stream.split("/", 1)[1].rsplit("-", 1)[0]
+            for event in page["events"]:
+                print(f"{host} | {event['message']}" if hosts > 1 else event["message"])
+
+    while True:
+        desc = sm.describe_training_job(TrainingJobName=job_name)
+        for transition in desc.get("SecondaryStatusTransitions", [])[shown:]:
+            print(f"{transition['StartTime']:%Y-%m-%d %H:%M:%S} {transition['Status']} - "
+                  f"{transition.get('StatusMessage', '')}")
+        shown = len(desc.get("SecondaryStatusTransitions", []))
+        print_new_lines(int(desc.get("ResourceConfig", {}).get("InstanceCount", 1)))
+        if desc["TrainingJobStatus"] in TERMINAL_STATUSES:
+            break
+        time.sleep(poll)
+    if desc["TrainingJobStatus"] != "Completed":
+        raise TrainError(f"training job {job_name} {desc['TrainingJobStatus'].lower()}: "
+                         f"{desc.get('FailureReason') or 'no reason given'}")
+    print(f"Training seconds: {desc.get('TrainingTimeInSeconds', '?')}")
 
 
 def train_job(task: str, data: str, *, instance_type: str = "local", instance_count: int = 1,

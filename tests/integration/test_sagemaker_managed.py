@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from training_channels import chest_channel, upload_channel
+from training_channels import chest_channel, upload_channel, write_manifest
 
 from dicomflow import aws
 from dicomflow.demo import synthetic
@@ -222,6 +222,23 @@ def test_images_and_modes_the_local_cloud_cannot_run_fail_with_the_reason(sessio
     est = _estimator(session, SCRIPTS / "basic", input_mode="Pipe", hyperparameters={"epochs": 1})
     desc = _wait(session, _start(est, {"train": _text_channel(session, "x")}))
     assert desc["TrainingJobStatus"] == "Failed" and "Pipe input mode" in desc["FailureReason"]
+
+
+def test_cli_managed_job_failure_is_one_line_with_the_reason(session, tmp_path) -> None:
+    """``dicomflow train --instance-type ml.*`` follows the managed job and ends with its FailureReason."""
+    channel = tmp_path / "gone"
+    classes = chest_channel(channel, 2, size=32)
+    write_manifest(channel, [{"id": "gone", "patient": "p", "images": ["images/missing.dcm"], "labels": []}],
+                   classes)
+    uri = upload_channel(channel, f"s3://{session.default_bucket()}/tests/managed-gone/")
+    proc = subprocess.run([sys.executable, "-m", "dicomflow.cli", "train", "--task", "classification2d", "--data", uri,
+                           "--instance-type", "ml.m5.large", "--role", ROLE, "--hp", "epochs=1"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert re.search(r"Downloading - Downloading input data", proc.stderr)  # the job's progress, followed
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.search(r"training job dicomflow-classification-2d-\S+ failed: DatasetError: no usable image", last)
 
 
 def test_the_local_mode_estimator_deploys_locally(local_cloud, chest, monkeypatch) -> None:
