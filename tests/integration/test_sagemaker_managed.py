@@ -18,6 +18,7 @@ import sys
 import tarfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -224,6 +225,19 @@ def test_images_and_modes_the_local_cloud_cannot_run_fail_with_the_reason(sessio
     assert desc["TrainingJobStatus"] == "Failed" and "Pipe input mode" in desc["FailureReason"]
 
 
+def test_cli_follows_a_managed_job_and_prints_its_final_metrics(chest) -> None:
+    """``dicomflow train --instance-type ml.*`` against the local cloud: the job's log, then the human summary."""
+    proc = subprocess.run([sys.executable, "-m", "dicomflow.cli", "train", "--task", "classification2d",
+                           "--data", chest["data"], "--instance-type", "ml.m5.large", "--role", ROLE,
+                           "--hp", "epochs=1", "--hp", "image_size=32", "--hp", "val_fraction=0.25"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert re.search(r"^epoch=1; ", proc.stderr, flags=re.M)  # the job's own line, from CloudWatch Logs
+    assert re.search(r"training job dicomflow-classification-2d-\S+: Completed", proc.stderr)
+    assert re.search(r"val_mean_auroc = \d\.\d{4}", proc.stderr)  # FinalMetricDataList
+    assert re.search(r"model: s3://\S+/output/model\.tar\.gz", proc.stderr)
+
+
 def test_cli_managed_job_failure_is_one_line_with_the_reason(session, tmp_path) -> None:
     """``dicomflow train --instance-type ml.*`` follows the managed job and ends with its FailureReason."""
     channel = tmp_path / "gone"
@@ -278,6 +292,19 @@ def test_managed_fit_writes_a_loadable_artifact_with_metrics_and_logs(notebook, 
     metrics = {m["MetricName"]: m["Value"] for m in desc["FinalMetricDataList"]}
     assert metrics["epoch"] == 2.0
     assert metrics["val_mean_auroc"] == pytest.approx(model.metadata["history"][-1]["val_mean_auroc"], abs=1e-5)
+    # every scraped value is a CloudWatch datapoint, where the SDK's TrainingJobAnalytics reads them
+    stats = aws.client("cloudwatch").get_metric_statistics(
+        Namespace="/aws/sagemaker/TrainingJobs", MetricName="epoch", Period=3600,
+        Dimensions=[{"Name": "TrainingJobName", "Value": notebook["job"]}],
+        StartTime=desc["TrainingStartTime"] - timedelta(minutes=1),
+        EndTime=desc["TrainingEndTime"] + timedelta(minutes=1),
+        Statistics=["Minimum", "Maximum", "SampleCount"])["Datapoints"]
+    assert [(d["Minimum"], d["Maximum"], d["SampleCount"]) for d in stats] == [(1.0, 2.0, 2.0)]
+    from sagemaker.analytics import TrainingJobAnalytics
+
+    frame = TrainingJobAnalytics(notebook["job"], metric_names=["val_mean_auroc"],
+                                 sagemaker_session=session).dataframe()
+    assert set(frame["metric_name"]) == {"val_mean_auroc"} and frame["value"].between(0, 1).all()
     # the job's own lines, in CloudWatch Logs where estimator.logs() reads them, and shown by fit()
     (stream, lines), = _log_lines(notebook["job"]).items()
     assert re.fullmatch(re.escape(notebook["job"]) + r"/algo-1-\d+", stream)

@@ -26,8 +26,9 @@ framework container:
   a model written by then is still uploaded.
 * **Logs and metrics.** Every host's output goes to CloudWatch Logs ``/aws/sagemaker/TrainingJobs``,
   stream ``<job>/algo-N-<epoch seconds>`` (what ``estimator.fit(logs=True)`` and ``estimator.logs()``
-  read); ``AlgorithmSpecification.MetricDefinitions`` regexes are applied to each line and the last
-  value of each metric is ``FinalMetricDataList``.
+  read); ``AlgorithmSpecification.MetricDefinitions`` regexes are applied to each line: the last value
+  of each metric is ``FinalMetricDataList``, every value a CloudWatch datapoint (namespace
+  ``/aws/sagemaker/TrainingJobs``, dimension ``TrainingJobName``: the SDK's ``TrainingJobAnalytics``).
 
 A job that was running when the emulator stopped (``dicomflow down``, ``kill -9``) is ``Failed`` once it
 is back (:func:`fail_interrupted`): its processes are gone and nothing resumes it silently.
@@ -38,6 +39,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -483,11 +485,28 @@ class _Run:
                 found = regex.search(message)
                 if found:
                     try:
-                        self.metrics[name] = (float(found.group(1)), _now())
+                        value = float(found.group(1))
                     except (IndexError, ValueError):
-                        pass
+                        continue
+                    if math.isfinite(value):
+                        self._record_metric(name, value)
         proc.stdout.close()
         logs.flush()
+
+    def _record_metric(self, name: str, value: float) -> None:
+        """The metric's last value (``FinalMetricDataList``) and a CloudWatch datapoint, as SageMaker publishes
+        them (namespace ``/aws/sagemaker/TrainingJobs``, dimension ``TrainingJobName``: what the SDK's
+        ``TrainingJobAnalytics`` reads)."""
+        now = _now()
+        self.metrics[name] = (value, now)
+        try:
+            from moto.cloudwatch.models import cloudwatch_backends
+
+            cloudwatch_backends[self.account][self.region].put_metric_data(LOG_GROUP, [{
+                "MetricName": name, "Value": value, "Timestamp": now,
+                "Dimensions": [{"Name": "TrainingJobName", "Value": self.name}]}])
+        except Exception:  # metrics must never fail the job
+            log.exception("could not publish metric %s of %s", name, self.name)
 
     def _failure_reason(self, rc: int) -> str:
         for host in self.hosts:
