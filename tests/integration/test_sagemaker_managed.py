@@ -197,7 +197,7 @@ def test_checkpoints_sync_to_s3_and_come_back_for_the_next_job(session, tmp_path
     assert _s3_bytes(uri + "/state.txt") == b"2"
 
 
-def test_two_instances_train_together_and_write_one_artifact(session) -> None:
+def test_two_instances_train_together_and_write_one_artifact(session, local_cloud) -> None:
     est = _estimator(session, SCRIPTS / "distributed", instance_count=2)
     name = _start(est, {"train": _text_channel(session, "hello")})
     desc = _wait(session, name)
@@ -210,6 +210,7 @@ def test_two_instances_train_together_and_write_one_artifact(session) -> None:
     bucket, key = aws.parse_s3_uri(desc["ModelArtifacts"]["S3ModelArtifacts"])
     keys = [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=name + "/")["Contents"]]
     assert [k for k in keys if k.endswith("model.tar.gz")] == [key]
+    assert not (local_cloud.settings.data_dir / "training-jobs" / name).exists()  # instance storage is gone
 
 
 def test_images_and_modes_the_local_cloud_cannot_run_fail_with_the_reason(session) -> None:

@@ -10,7 +10,8 @@ framework container:
   SDK's local mode uses here); ``dicomflow-training`` without ``sagemaker_program`` runs the project's
   ``training_job/train.py``. Any other image ends ``Failed`` with a reason that says so.
 * **Layout.** ``<DICOMFLOW_HOME>/training-jobs/<job>/algo-N/`` is host N's ``/opt/ml`` (owner-only: it
-  holds the channel data): ``input/config/{hyperparameters,resourceconfig,inputdataconfig}.json``,
+  holds the channel data; removed when the job ends, as an instance's storage is):
+  ``input/config/{hyperparameters,resourceconfig,inputdataconfig}.json``,
   channels downloaded from S3 in File mode (``S3Prefix`` or ``ManifestFile``; ``FullyReplicated`` or
   ``ShardedByS3Key``; ``FastFile`` is read as File; Pipe mode is refused), ``CheckpointConfig`` restored
   from S3 before the start and synced back every :data:`CHECKPOINT_SYNC_S` seconds and at the end.
@@ -42,6 +43,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -321,6 +323,8 @@ class _Run:
         self.job.last_modified_time = now
 
     def _finish(self, status: str, secondary: str, message: str, failure: str | None = None) -> None:
+        # the instances' storage goes with the job, as on SageMaker (the channel copies hold PHI)
+        shutil.rmtree(self.root, ignore_errors=True)
         self._secondary(secondary, message)
         self.job.secondary_status_transitions[-1]["EndTime"] = self.job.last_modified_time
         self.job.training_job_status = status
