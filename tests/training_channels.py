@@ -99,3 +99,12 @@ def upload_channel(channel: Path, uri: str) -> str:
     for path in sorted(p for p in channel.rglob("*") if p.is_file()):
         s3.upload_file(str(path), bucket, prefix + path.relative_to(channel).as_posix())
     return aws.s3_uri(bucket, prefix)
+
+
+def missing_image_channel(channel: Path, uri: str) -> str:
+    """A chest channel whose one manifest line names an image that is not there, uploaded to ``uri``: training
+    on it fails with ``DatasetError: no usable image`` (missing=1)."""
+    classes = chest_channel(channel, 2, size=32)
+    write_manifest(channel, [{"id": "gone", "patient": "p", "images": ["images/missing.dcm"], "labels": []}],
+                   classes)
+    return upload_channel(channel, uri)

@@ -22,7 +22,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from training_channels import chest_channel, upload_channel, write_manifest
+from training_channels import chest_channel, missing_image_channel, upload_channel
 
 from dicomflow import aws
 from dicomflow.demo import synthetic
@@ -241,11 +241,7 @@ def test_cli_follows_a_managed_job_and_prints_its_final_metrics(chest) -> None:
 
 def test_cli_managed_job_failure_is_one_line_with_the_reason(session, tmp_path) -> None:
     """``dicomflow train --instance-type ml.*`` follows the managed job and ends with its FailureReason."""
-    channel = tmp_path / "gone"
-    classes = chest_channel(channel, 2, size=32)
-    write_manifest(channel, [{"id": "gone", "patient": "p", "images": ["images/missing.dcm"], "labels": []}],
-                   classes)
-    uri = upload_channel(channel, f"s3://{session.default_bucket()}/tests/managed-gone/")
+    uri = missing_image_channel(tmp_path / "gone", f"s3://{session.default_bucket()}/tests/managed-gone/")
     proc = subprocess.run([sys.executable, "-m", "dicomflow.cli", "train", "--task", "classification2d", "--data", uri,
                            "--instance-type", "ml.m5.large", "--role", ROLE, "--hp", "epochs=1"],
                           capture_output=True, text=True, timeout=600, check=False)

@@ -18,7 +18,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from training_channels import chest_channel, hippocampus_channel, upload_channel, write_manifest
+from training_channels import chest_channel, hippocampus_channel, missing_image_channel, upload_channel
 
 from dicomflow import aws
 from dicomflow.emulator.sagemaker_sdk.session import LocalTrainingJobError
@@ -127,11 +127,7 @@ def test_cli_trains_segmentation3d_with_progress_and_json(channels, host_mode, t
 
 
 def test_no_usable_image_fails_with_the_reason(host_mode, tmp_path) -> None:
-    channel = tmp_path / "empty"
-    classes = chest_channel(channel, 2, size=32)
-    write_manifest(channel, [{"id": "gone", "patient": "p", "images": ["images/missing.dcm"], "labels": []}],
-                   classes)
-    uri = upload_channel(channel, f"s3://{host_mode.default_bucket()}/tests/train-empty/")
+    uri = missing_image_channel(tmp_path / "empty", f"s3://{host_mode.default_bucket()}/tests/train-empty/")
     with pytest.raises(LocalTrainingJobError) as info:
         train_job("classification2d", uri, hps={"epochs": "1", "image_size": "32"}, session=host_mode)
     assert info.value.reason.startswith("DatasetError: no usable image") and "missing=1" in info.value.reason

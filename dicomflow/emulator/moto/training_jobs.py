@@ -54,6 +54,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from dicomflow import aws
 from dicomflow.paths import REPO_ROOT, data_dir, private_dir
 
 log = logging.getLogger("dicomflow.training_jobs")
@@ -129,10 +130,11 @@ def _s3(region: str) -> Any:
 
 
 def _split(uri: str) -> tuple[str, str]:
-    if not uri.startswith("s3://"):
-        raise JobFailure(f"ClientError: expected an s3:// URI, got {uri!r}")
-    bucket, _, key = uri[5:].partition("/")
-    return bucket, key
+    """:func:`dicomflow.aws.parse_s3_uri`, failing the job with its message."""
+    try:
+        return aws.parse_s3_uri(uri)
+    except ValueError as exc:
+        raise JobFailure(f"ClientError: {exc}") from None
 
 
 def _safe_join(root: Path, relative: str) -> Path:
@@ -169,6 +171,20 @@ def _channel_objects(s3: Any, source: dict[str, Any]) -> Iterator[tuple[str, str
                          "ManifestFile")
 
 
+def _download_to(s3: Any, bucket: str, key: str, paths: list[Path], *, shared: bool, what: str) -> int:
+    """Download ``s3://bucket/key`` to ``paths[0]`` and give the other paths the same content: hard links where
+    the hosts only read it (channels), copies where each host writes its own (checkpoints). Returns its size."""
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        s3.download_file(bucket, key, str(paths[0]))
+    except Exception as exc:
+        raise JobFailure(f"ClientError: cannot download s3://{bucket}/{key} of {what}: {exc}") from None
+    for path in paths[1:]:
+        (os.link if shared else shutil.copy2)(paths[0], path)
+    return paths[0].stat().st_size
+
+
 def _download_channels(job: Any, hosts: list[str], root: Path, s3: Any) -> int:
     """Download every channel into each host's ``input/data/<channel>``; returns the bytes downloaded."""
     total = 0
@@ -182,18 +198,8 @@ def _download_channels(job: Any, hosts: list[str], root: Path, s3: Any) -> int:
         for i, (bucket, key, rel) in enumerate(_channel_objects(s3, source)):
             found = True
             targets = [hosts[i % len(hosts)]] if sharded else hosts
-            first = _safe_join(root / targets[0] / "input" / "data" / name, rel)
-            first.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                s3.download_file(bucket, key, str(first))
-            except Exception as exc:
-                raise JobFailure(f"ClientError: cannot download s3://{bucket}/{key} of channel {name}: {exc}") \
-                    from None
-            total += first.stat().st_size
-            for host in targets[1:]:
-                copy = _safe_join(root / host / "input" / "data" / name, rel)
-                copy.parent.mkdir(parents=True, exist_ok=True)
-                os.link(first, copy)
+            paths = [_safe_join(root / host / "input" / "data" / name, rel) for host in targets]
+            total += _download_to(s3, bucket, key, paths, shared=True, what=f"channel {name}")
         if not found:
             raise JobFailure(f"ClientError: channel {name}: no object under {source.get('S3Uri')}; "
                              "upload the data or fix S3Uri")
@@ -218,20 +224,18 @@ class _CheckpointSync:
         self.prefix = prefix.rstrip("/") + "/" if prefix else ""
         self.seen: dict[Path, tuple[int, int]] = {}
 
-    def restore(self, hosts_dirs: list[Path]) -> int:
+    def restore(self, others: list[Path]) -> int:
+        """Download what ``S3Uri`` holds into this host's directory and copy it into ``others``; how many files."""
         count = 0
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix):
             for obj in page.get("Contents", []):
                 rel = obj["Key"][len(self.prefix):]
                 if not rel or rel.endswith("/"):
                     continue
-                for local in hosts_dirs:
-                    path = _safe_join(local, rel)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    self.s3.download_file(self.bucket, obj["Key"], str(path))
-                    if local == self.local:
-                        st = path.stat()
-                        self.seen[path] = (st.st_size, st.st_mtime_ns)
+                paths = [_safe_join(local, rel) for local in (self.local, *others)]
+                _download_to(self.s3, self.bucket, obj["Key"], paths, shared=False, what="the checkpoints")
+                st = paths[0].stat()
+                self.seen[paths[0]] = (st.st_size, st.st_mtime_ns)
                 count += 1
         return count
 
@@ -414,9 +418,10 @@ class _Run:
                 **({"ContentType": ch["ContentType"]} if ch.get("ContentType") else {}),
             }
         instance_type = (self.job.resource_config or {}).get("InstanceType") or "ml.m5.xlarge"
+        hyperparameters = json.dumps(_hyperparameters(self.job))
         for host in self.hosts:
             config = private_dir(self.root / host / "input" / "config")
-            (config / "hyperparameters.json").write_text(json.dumps(_hyperparameters(self.job)))
+            (config / "hyperparameters.json").write_text(hyperparameters)
             (config / "inputdataconfig.json").write_text(json.dumps(input_config))
             (config / "resourceconfig.json").write_text(json.dumps({
                 "current_host": host, "hosts": self.hosts, "current_instance_type": instance_type,
@@ -441,7 +446,7 @@ class _Run:
             return None
         dirs = [self.root / host / "checkpoints" for host in self.hosts]
         sync = _CheckpointSync(s3, uri, dirs[0])
-        restored = sync.restore(dirs)
+        restored = sync.restore(dirs[1:])
         if restored:
             logs.add(self.hosts[0], f"dicomflow: restored {restored} checkpoint file(s) from {uri}")
         return sync

@@ -115,3 +115,18 @@ def test_a_job_running_when_the_emulator_stopped_is_failed_with_the_reason(sagem
     desc = sagemaker.describe_training_job(TrainingJobName="job-d")
     assert desc["TrainingJobStatus"] == "Failed" and desc["FailureReason"] == tj.INTERRUPTED
     assert tj.fail_interrupted() == 0
+
+
+def test_downloads_link_read_only_channels_and_copy_checkpoints_each_host_writes(sagemaker, tmp_path) -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="ckpt-unit")
+    s3.put_object(Bucket="ckpt-unit", Key="k", Body=b"state")
+    shared = [tmp_path / "algo-1" / "data" / "k", tmp_path / "algo-2" / "data" / "k"]
+    own = [tmp_path / "algo-1" / "checkpoints" / "k", tmp_path / "algo-2" / "checkpoints" / "k"]
+    assert tj._download_to(s3, "ckpt-unit", "k", shared, shared=True, what="channel train") == 5
+    assert tj._download_to(s3, "ckpt-unit", "k", own, shared=False, what="the checkpoints") == 5
+    assert shared[0].stat().st_ino == shared[1].stat().st_ino
+    own[1].write_bytes(b"host 2's own")
+    assert own[0].read_bytes() == b"state"
+    with pytest.raises(tj.JobFailure, match="cannot download s3://ckpt-unit/gone of channel train"):
+        tj._download_to(s3, "ckpt-unit", "gone", [tmp_path / "x"], shared=True, what="channel train")
