@@ -299,6 +299,15 @@ def _now() -> Any:
     return utcnow()
 
 
+def _job_environment() -> dict[str, str]:
+    """The emulator's environment without dicomflow's secrets: a training job is the user's code and gets its
+    role's AWS access (here the emulator's), never the PACS password or the URL signing key."""
+    from dicomflow.config import VARIABLES
+
+    secret = {var.env for var in VARIABLES if var.secret}
+    return {**{k: v for k, v in os.environ.items() if k not in secret}, "PYTHONUNBUFFERED": "1"}
+
+
 class _Run:
     """Execute one training job in a thread and keep its moto record up to date."""
 
@@ -454,8 +463,7 @@ class _Run:
     def _train(self, logs: _Logs, checkpoints: _CheckpointSync | None) -> int:
         argv = [sys.executable, "-m", "dicomflow.emulator.sagemaker_sdk.compose", "-f",
                 str(self.root / "docker-compose.yaml"), "up"]
-        env = dict(os.environ)
-        env["PYTHONUNBUFFERED"] = "1"
+        env = _job_environment()
         self.proc = subprocess.Popen(argv, cwd=self.root, env=env, stdin=subprocess.DEVNULL,  # noqa: S603
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         if self.stop_reason:  # a stop that came while the process started

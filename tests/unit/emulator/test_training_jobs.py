@@ -130,3 +130,12 @@ def test_downloads_link_read_only_channels_and_copy_checkpoints_each_host_writes
     assert own[0].read_bytes() == b"state"
     with pytest.raises(tj.JobFailure, match="cannot download s3://ckpt-unit/gone of channel train"):
         tj._download_to(s3, "ckpt-unit", "gone", [tmp_path / "x"], shared=True, what="channel train")
+
+
+def test_a_job_never_gets_dicomflow_secrets(monkeypatch) -> None:
+    monkeypatch.setenv("DICOMFLOW_PACS_PASSWORD", "pacs-secret")
+    monkeypatch.setenv("DICOMFLOW_SIGNING_KEY", "signing-secret")
+    monkeypatch.setenv("DICOMFLOW_PACS_URL", "http://127.0.0.1:8042/dicom-web")
+    env = tj._job_environment()
+    assert "DICOMFLOW_PACS_PASSWORD" not in env and "DICOMFLOW_SIGNING_KEY" not in env
+    assert env["DICOMFLOW_PACS_URL"] == "http://127.0.0.1:8042/dicom-web" and env["PYTHONUNBUFFERED"] == "1"
