@@ -296,7 +296,7 @@ class Notifications:
     def __init__(self, sqs: Any, queue_url: str) -> None:
         self.sqs, self.queue_url, self.seen = sqs, queue_url, {}
 
-    def _drain(self) -> None:
+    def poll(self) -> None:
         resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         for msg in resp.get("Messages", []):
             envelope = json.loads(msg["Body"])
@@ -306,7 +306,7 @@ class Notifications:
 
     def wait(self, inference_id: str) -> tuple[str, dict]:
         def probe():
-            self._drain()
+            self.poll()
             return self.seen.get(inference_id)
 
         return _wait_for(f"the notification of {inference_id}", probe)
@@ -443,8 +443,9 @@ def test_twenty_concurrent_async_invocations_respect_max_concurrency(aws, endpoi
         topic, message = endpoints["notes"].wait(resp["InferenceId"])
         assert topic == endpoints["success"], message
         assert _object(aws["s3"], resp["OutputLocation"]) == b"model-v1:" + body.upper()
-    registry = json.loads((aws["home"] / "endpoints" / f"{name}.json").read_text())
-    stats = requests.get(f"{registry['url']}/stats", timeout=10).json()
+    instances = json.loads((aws["home"] / "endpoints" / name / "instances.json").read_text())
+    assert len(instances) == 1  # InitialInstanceCount, no scaling registered
+    stats = requests.get(f"{instances[0]['url']}/stats", timeout=10).json()
     assert stats["max_in_flight"] == 2
 
 
@@ -535,3 +536,101 @@ def test_update_endpoint_serves_the_new_model(aws, endpoints):
         sm.update_endpoint(EndpointName=name, EndpointConfigName="nope")
     with pytest.raises(ClientError, match="Could not find endpoint 'arn"):
         sm.update_endpoint(EndpointName="no-such-endpoint", EndpointConfigName=f"{name}-v2")
+
+
+# ---- autoscaling of async endpoints ---------------------------------------------------------------
+
+def _instances(aws: Any, name: str) -> list[dict]:
+    try:
+        return json.loads((aws["home"] / "endpoints" / name / "instances.json").read_text())
+    except FileNotFoundError:
+        return []
+
+
+def _variant(aws: Any, name: str) -> dict:
+    return aws["sm"].describe_endpoint(EndpointName=name)["ProductionVariants"][0]
+
+
+def _watch_pids(aws: Any, name: str, responses: list[dict], endpoints: dict) -> set[int]:
+    """Wait for every response to succeed; the pids of every instance seen serving meanwhile."""
+    pids: set[int] = set()
+    pending = {r["InferenceId"] for r in responses}
+    while pending:
+        pids |= {i["pid"] for i in _instances(aws, name)}
+        for inference_id in list(pending):
+            seen = endpoints["notes"].seen.get(inference_id)
+            if seen is None:
+                endpoints["notes"].poll()
+                seen = endpoints["notes"].seen.get(inference_id)
+            if seen is not None:
+                assert seen[1]["invocationStatus"] == "Completed", seen
+                pending.discard(inference_id)
+        time.sleep(0.05)
+    return pids
+
+
+def _metric_max(name: str, metric: str) -> float | None:
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    points = _client("cloudwatch").get_metric_statistics(
+        Namespace="AWS/SageMaker", MetricName=metric, Dimensions=[{"Name": "EndpointName", "Value": name}],
+        StartTime=now - timedelta(minutes=10), EndTime=now + timedelta(minutes=1), Period=600,
+        Statistics=["Maximum"])["Datapoints"]
+    return max((p["Maximum"] for p in points), default=None)
+
+
+def test_an_endpoint_at_minimum_zero_scales_from_zero_serves_all_and_returns_to_zero(aws, endpoints):
+    from dicomflow.inference.scaling import ScalingPlan, register_async_scaling, scaling_status
+
+    name = endpoints["make"]("zero", delay="0.1", concurrency=2)
+    registered = register_async_scaling(name, ScalingPlan(0, 2, backlog_per_instance=20, scale_in_cooldown=2,
+                                                          scale_out_cooldown=1))
+    assert registered["resourceId"] == f"endpoint/{name}/variant/AllTraffic" and registered["alarm"]
+    responses = [_async(aws, name, _input(aws, endpoints, f"r{i}".encode())) for i in range(10)]
+    pids = _watch_pids(aws, name, responses, endpoints)
+    assert len(pids) == 1  # 10 requests fit one instance's target backlog of 20: one instance starts
+    for i, resp in enumerate(responses):
+        assert _object(aws["s3"], resp["OutputLocation"]) == f"model-v1:R{i}".encode()
+    assert _metric_max(name, "HasBacklogWithoutCapacity") == 1.0  # what the scale-from-zero alarm watches
+    assert _metric_max(name, "ApproximateBacklogSize") >= 1
+    # idle for the scale-in cooldown: back to zero, the process gone
+    _wait_for("the endpoint back at 0 instances", lambda: _variant(aws, name)["CurrentInstanceCount"] == 0,
+              timeout=30)
+    assert _variant(aws, name)["DesiredInstanceCount"] == 0 and not _instances(aws, name)
+    pid = next(iter(pids))
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    status = scaling_status(name)
+    assert (status["instances"], status["minInstances"], status["maxInstances"]) == (0, 0, 2)
+
+
+def test_a_growing_backlog_starts_a_second_instance_and_never_more_than_the_maximum(aws, endpoints):
+    from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
+
+    name = endpoints["make"]("grow", delay="0.8", concurrency=1)
+    register_async_scaling(name, ScalingPlan(1, 2, backlog_per_instance=2, scale_in_cooldown=60,
+                                             scale_out_cooldown=0))
+    responses = [_async(aws, name, _input(aws, endpoints, f"g{i}".encode())) for i in range(10)]
+    pids = _watch_pids(aws, name, responses, endpoints)
+    assert len(pids) == 2
+    stats = [requests.get(f"{i['url']}/stats", timeout=10).json() for i in _instances(aws, name)]
+    assert len(stats) == 2 and all(s["count"] >= 1 for s in stats)  # both served
+    assert _variant(aws, name)["CurrentInstanceCount"] == 2
+
+
+def test_scaling_in_waits_for_the_running_request(aws, endpoints):
+    from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
+
+    name = endpoints["make"]("drain", delay="2", concurrency=1)
+    register_async_scaling(name, ScalingPlan(1, 1, scale_in_cooldown=0, scale_out_cooldown=0))
+    resp = _async(aws, name, _input(aws, endpoints, b"slow"))
+    _wait_for("one instance serving", lambda: _instances(aws, name))
+    time.sleep(0.3)  # the request is running now
+    _client("application-autoscaling").register_scalable_target(
+        ServiceNamespace="sagemaker", ResourceId=f"endpoint/{name}/variant/AllTraffic",
+        ScalableDimension="sagemaker:variant:DesiredInstanceCount", MinCapacity=0, MaxCapacity=0)
+    _wait_for("the instance draining", lambda: _variant(aws, name)["DesiredInstanceCount"] == 0)
+    topic, message = endpoints["notes"].wait(resp["InferenceId"])
+    assert message["invocationStatus"] == "Completed"  # it finished on the draining instance
+    assert _object(aws["s3"], resp["OutputLocation"]) == b"model-v1:SLOW"
+    _wait_for("the drained instance stopped", lambda: not _instances(aws, name))

@@ -64,13 +64,7 @@ class ServingSpec:
     fetch: Callable[[str], bytes] | None = None  # s3://bucket/key -> bytes
 
 
-@dataclass
-class _Started:
-    proc: subprocess.Popen
-    url: str
-
-
-_started: dict[str, _Started] = {}
+_started: dict[str, Process] = {}
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
 
@@ -97,12 +91,21 @@ def read_registry(endpoint_name: str) -> str | None:
     return url
 
 
-def write_registry(endpoint_name: str, url: str, pid: int) -> None:
-    path = registry_path(endpoint_name)
+def write_json(path: Path, value: object) -> None:
+    """Write ``value`` as JSON by write-then-rename (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": pid}))
+    tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, path)
+
+
+def write_registry(endpoint_name: str, url: str, pid: int) -> None:
+    write_json(registry_path(endpoint_name), {"url": url, "pid": pid})
+
+
+def instances_path(endpoint_name: str) -> Path:
+    """Where an async endpoint's fleet lists its instances (see :mod:`dicomflow.emulator.moto.async_fleet`)."""
+    return data_dir() / "endpoints" / endpoint_name / "instances.json"
 
 
 #: Serving images the local cloud maps by default: the project's, and the AWS PyTorch serving image
@@ -119,9 +122,7 @@ def register_image(data_dir: Path, image: str, command: object) -> None:
     except FileNotFoundError:
         images = {}
     images[image] = command
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(images, indent=2))
-    os.replace(tmp, path)
+    write_json(path, images)
 
 
 def load_image_map() -> dict[str, object]:
@@ -207,28 +208,24 @@ def resolve_serving(endpoint_name: str, spec: ServingSpec | None = None) -> str:
         url = read_registry(endpoint_name)
         if url:
             return url
-        if spec is None:
+        if spec is None or command_for_image(spec.image) is None:
             raise _unavailable(endpoint_name, spec)
-        mapped = command_for_image(spec.image)
-        if mapped is None:
-            raise _unavailable(endpoint_name, spec)
-        return _start(endpoint_name, spec, *mapped)
+        return _start(endpoint_name, spec)
 
 
-def _extract_model(endpoint_name: str, spec: ServingSpec) -> Path:
-    model_dir = data_dir() / "endpoints" / endpoint_name / "model"
+def _extract_model(spec: ServingSpec, model_dir: Path, what: str) -> Path:
     if model_dir.exists():
         shutil.rmtree(model_dir)
     model_dir.mkdir(parents=True)
     if not spec.model_data_url:
         return model_dir
     if spec.fetch is None:
-        raise EndpointUnavailable(f"endpoint {endpoint_name}: no way to download {spec.model_data_url}")
+        raise EndpointUnavailable(f"{what}: no way to download {spec.model_data_url}")
     try:
         data = spec.fetch(spec.model_data_url)
     except Exception as exc:
         raise EndpointUnavailable(
-            f"endpoint {endpoint_name}: cannot read model data {spec.model_data_url} ({exc}); "
+            f"{what}: cannot read model data {spec.model_data_url} ({exc}); "
             "upload model.tar.gz there or fix the Model's ModelDataUrl") from None
     if spec.model_data_url.endswith((".tar.gz", ".tgz", ".tar")):
         try:
@@ -236,25 +233,47 @@ def _extract_model(endpoint_name: str, spec: ServingSpec) -> Path:
                 tar.extractall(model_dir, filter="data")
         except (tarfile.TarError, OSError) as exc:
             raise EndpointUnavailable(
-                f"endpoint {endpoint_name}: model data {spec.model_data_url} is not a readable tar archive "
-                f"({exc})") from None
+                f"{what}: model data {spec.model_data_url} is not a readable tar archive ({exc})") from None
     else:
         (model_dir / spec.model_data_url.rsplit("/", 1)[-1]).write_bytes(data)
     return model_dir
 
 
-def _start(endpoint_name: str, spec: ServingSpec, argv: list[str], cwd: Path | None,
-           extra_env: dict[str, str]) -> str:
-    model_dir = _extract_model(endpoint_name, spec)
+@dataclass
+class Process:
+    """One serving process (one "instance"): its model directory, URL and log."""
+
+    proc: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        _terminate(self.proc)
+
+
+def start_process(spec: ServingSpec, root: Path, log_name: str, what: str,
+                  environment: dict[str, str] | None = None) -> Process:
+    """Start the serving process ``spec``'s image maps to, with its model extracted to ``root/model``, and wait
+    until it answers ``GET /ping`` with 200. Output goes to ``<DICOMFLOW_HOME>/logs/<log_name>.log``."""
+    mapped = command_for_image(spec.image)
+    if mapped is None:
+        raise EndpointUnavailable(f"{what}: image {spec.image!r} has no command in {data_dir() / 'images.json'} "
+                                  f"or ${IMAGES_ENV}")
+    argv, cwd, extra_env = mapped
+    model_dir = _extract_model(spec, root / "model", what)
     port = free_port()
     env = dict(os.environ)
     env.update({str(k): str(v) for k, v in (spec.environment or {}).items()})
     env.update(extra_env)
+    env.update(environment or {})
     env.update({"SM_MODEL_DIR": str(model_dir), "SAGEMAKER_BIND_TO_PORT": str(port),
-                "SAGEMAKER_SAFE_PORT_RANGE": f"{port}-{port}", "SAGEMAKER_ENDPOINT_NAME": endpoint_name})
+                "SAGEMAKER_SAFE_PORT_RANGE": f"{port}-{port}"})
     log_dir = data_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"endpoint-{endpoint_name}.log"
+    log_path = log_dir / f"{log_name}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - command configured by the user in images.json
             argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -265,22 +284,38 @@ def _start(endpoint_name: str, spec: ServingSpec, argv: list[str], cwd: Path | N
     while True:
         if proc.poll() is not None:
             raise EndpointUnavailable(
-                f"endpoint {endpoint_name}: serving process {argv!r} exited with status {proc.returncode} "
+                f"{what}: serving process {argv!r} exited with status {proc.returncode} "
                 f"during start-up (last log line: {_tail(log_path)}); see {log_path}")
         try:
             if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                break
+                return Process(proc, url, log_path)
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
             _terminate(proc)
             raise EndpointUnavailable(
-                f"endpoint {endpoint_name}: serving process did not answer GET /ping with 200 within "
+                f"{what}: serving process did not answer GET /ping with 200 within "
                 f"{timeout:.0f}s (raise ${START_TIMEOUT_ENV}); see {log_path}")
         time.sleep(0.1)
-    _started[endpoint_name] = _Started(proc, url)
-    write_registry(endpoint_name, url, proc.pid)
-    return url
+
+
+def endpoint_log(endpoint_name: str) -> Path:
+    return data_dir() / "logs" / f"endpoint-{endpoint_name}.log"
+
+
+def start_instance(endpoint_name: str, spec: ServingSpec, index: int) -> Process:
+    """Start instance ``index`` of an endpoint (its own model copy, the endpoint's log)."""
+    return start_process(spec, data_dir() / "endpoints" / endpoint_name / f"instance-{index}",
+                         endpoint_log(endpoint_name).stem, f"endpoint {endpoint_name}",
+                         {"SAGEMAKER_ENDPOINT_NAME": endpoint_name})
+
+
+def _start(endpoint_name: str, spec: ServingSpec) -> str:
+    process = start_process(spec, data_dir() / "endpoints" / endpoint_name, endpoint_log(endpoint_name).stem,
+                            f"endpoint {endpoint_name}", {"SAGEMAKER_ENDPOINT_NAME": endpoint_name})
+    _started[endpoint_name] = process
+    write_registry(endpoint_name, process.url, process.proc.pid)
+    return process.url
 
 
 def _tail(path: Path) -> str:

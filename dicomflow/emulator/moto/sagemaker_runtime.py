@@ -9,8 +9,10 @@ moto 5.2.5 answers both with canned data. :func:`install` replaces the two handl
   forwarded; 60 s limit like AWS) and returns its answer; a non-2xx answer is ``ModelError`` (424);
 * ``InvokeEndpointAsync`` needs ``AsyncInferenceConfig``; it returns ``OutputLocation``
   ``<S3OutputPath>/<uuid>.out`` and ``FailureLocation`` ``<S3FailurePath>/<uuid>-error.out`` at once and
-  queues the work on the endpoint's worker pool of ``MaxConcurrentInvocationsPerInstance`` x
-  ``InitialInstanceCount`` threads (extra requests wait, none is dropped). A worker reads the input
+  queues the work on the endpoint's fleet (:mod:`dicomflow.emulator.moto.async_fleet`): each instance runs
+  ``MaxConcurrentInvocationsPerInstance`` workers, and the instance count follows the endpoint's
+  Application Auto Scaling registration (:mod:`dicomflow.emulator.moto.autoscaling`), 0 included
+  (requests wait, none is dropped). A worker reads the input
   object from S3, POSTs it (``InvocationTimeoutSeconds``, default 900), writes the response to the
   output key, or the error (model answer, missing input, connection refused, crash mid-request,
   timeout, expired ``RequestTTLSeconds``) to the failure key, and publishes the SageMaker notification
@@ -21,17 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import requests
 
-from dicomflow.emulator.moto import endpoints
+from dicomflow.emulator.moto import autoscaling, endpoints
 from dicomflow.emulator.moto.endpoints import EndpointUnavailable, ServingSpec
 from dicomflow.paths import data_dir
 
@@ -41,9 +41,6 @@ REALTIME_TIMEOUT_S = 60.0
 DEFAULT_ASYNC_CONCURRENCY = 4
 DEFAULT_INVOCATION_TIMEOUT_S = 900
 DEFAULT_REQUEST_TTL_S = 21600
-
-_pools: dict[tuple[str, int], ThreadPoolExecutor] = {}
-_pools_lock = threading.Lock()
 
 
 def _now_iso() -> str:
@@ -78,6 +75,7 @@ class EndpointView:
     spec: ServingSpec | None
     async_config: dict[str, Any] | None
     instance_count: int
+    variant: str = "AllTraffic"
 
 
 def _s3_backend(account_id: str) -> Any:
@@ -115,9 +113,11 @@ def endpoint_view(account_id: str, region: str, name: str) -> EndpointView:
     config = backend.endpoint_configs.get(endpoint.endpoint_config_name)
     spec = None
     count = 1
+    variant_name = "AllTraffic"
     if config is not None and config.production_variants:
         variant = config.production_variants[0]
         count = int(variant.get("InitialInstanceCount") or 1)
+        variant_name = variant.get("VariantName") or variant_name
         model = backend._models.get(variant.get("ModelName"))
         container = None
         if model is not None:
@@ -129,7 +129,7 @@ def endpoint_view(account_id: str, region: str, name: str) -> EndpointView:
                                environment=dict(container.get("Environment") or {}),
                                fetch=_fetcher(account_id))
     async_config = config.async_inference_config if config is not None else None
-    return EndpointView(name, account_id, region, spec, async_config or None, count)
+    return EndpointView(name, account_id, region, spec, async_config or None, count, variant_name)
 
 
 # ---- InvokeEndpoint -----------------------------------------------------------------------------
@@ -235,27 +235,19 @@ def invoke_endpoint_async(self: Any) -> tuple[int, dict[str, str], str]:
                                  or DEFAULT_INVOCATION_TIMEOUT_S),
         request_ttl=float(h.get("X-Amzn-SageMaker-RequestTTLSeconds") or DEFAULT_REQUEST_TTL_S),
         received=_now_iso(), received_monotonic=time.monotonic())
-    _pool(view).submit(_run_job, job)
+    try:
+        autoscaling.fleet(view, _per_instance(view), _run_job, _fail_with).submit(job)
+    except EndpointUnavailable as exc:
+        raise _validation(str(exc)) from None
     headers = {"status": "202", "X-Amzn-SageMaker-OutputLocation": job.output_location}
     if job.failure_location:
         headers["X-Amzn-SageMaker-FailureLocation"] = job.failure_location
     return 202, headers, json.dumps({"InferenceId": job.inference_id})
 
 
-def _concurrency(view: EndpointView) -> int:
+def _per_instance(view: EndpointView) -> int:
     client = (view.async_config or {}).get("ClientConfig") or {}
-    per_instance = int(client.get("MaxConcurrentInvocationsPerInstance") or DEFAULT_ASYNC_CONCURRENCY)
-    return max(1, per_instance * max(1, view.instance_count))
-
-
-def _pool(view: EndpointView) -> ThreadPoolExecutor:
-    key = (f"{view.account_id}/{view.region}/{view.name}", _concurrency(view))
-    with _pools_lock:
-        pool = _pools.get(key)
-        if pool is None:
-            pool = _pools[key] = ThreadPoolExecutor(max_workers=key[1],
-                                                    thread_name_prefix=f"async-{view.name}")
-        return pool
+    return max(1, int(client.get("MaxConcurrentInvocationsPerInstance") or DEFAULT_ASYNC_CONCURRENCY))
 
 
 class _Failure(Exception):
@@ -273,10 +265,15 @@ class _Failure(Exception):
         self.content_type = content_type
 
 
-def _run_job(job: AsyncJob) -> None:
+def _fail_with(job: AsyncJob, reason: str) -> None:
+    _fail(job, _Failure(reason, 503))
+
+
+def _run_job(job: AsyncJob, url: str) -> None:
+    """Run one request on the instance at ``url``; always ends in an output or a failure object."""
     try:
         try:
-            content_type = _execute(job)
+            content_type = _execute(job, url)
         except _Failure as failure:
             _fail(job, failure)
         else:
@@ -289,7 +286,7 @@ def _run_job(job: AsyncJob) -> None:
             log.exception("could not record the failure of %s", job.inference_id)
 
 
-def _execute(job: AsyncJob) -> str:
+def _execute(job: AsyncJob, url: str) -> str:
     """Run one async request; returns the response content type or raises :class:`_Failure`."""
     if time.monotonic() - job.received_monotonic > job.request_ttl:
         raise _Failure(f"ClientError: Request {job.inference_id} expired after {job.request_ttl:.0f} seconds "
@@ -299,10 +296,6 @@ def _execute(job: AsyncJob) -> str:
     except Exception as exc:
         raise _Failure(f"ClientError: Failed to download input data from {job.input_location}: "
                        f"{type(exc).__name__}: {exc}", 400) from None
-    try:
-        url = endpoints.resolve_serving(job.view.name, job.view.spec)
-    except EndpointUnavailable as exc:
-        raise _Failure(f"ServerError: {exc}", 503) from None
     headers = {}
     if job.content_type:
         headers["Content-Type"] = job.content_type
@@ -401,12 +394,8 @@ def _notify(job: AsyncJob, success: bool, response_content_type: str | None = No
 
 
 def stop_all() -> None:
-    """Drop queued async requests (the emulator is shutting down); running ones finish or fail."""
-    with _pools_lock:
-        pools = list(_pools.values())
-        _pools.clear()
-    for pool in pools:
-        pool.shutdown(wait=False, cancel_futures=True)
+    """Stop the async endpoints' instances (the emulator is shutting down); queued requests are dropped."""
+    autoscaling.stop_all()
 
 
 # ---- install ------------------------------------------------------------------------------------
@@ -415,6 +404,7 @@ def _delete_endpoint(original):
     def delete_endpoint(self: Any, endpoint_name: str) -> None:
         original(self, endpoint_name)
         endpoints.stop_serving(endpoint_name)
+        autoscaling.close(self.account_id, self.region_name, endpoint_name)
 
     return delete_endpoint
 
@@ -432,6 +422,8 @@ def _update_endpoint(self: Any, endpoint_name: str, endpoint_config_name: str) -
     endpoint.data_capture_config = config["DataCaptureConfig"]
     endpoint.last_modified_time = utcnow()
     endpoints.stop_serving(endpoint_name)
+    view = endpoint_view(self.account_id, self.region_name, endpoint_name)
+    autoscaling.replace(self.account_id, self.region_name, endpoint_name, view, _per_instance(view))
     return endpoint
 
 
