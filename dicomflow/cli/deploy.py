@@ -11,6 +11,7 @@ from dicomflow.cli.common import console, json_option, print_json
 from dicomflow.errors import DicomflowError
 from dicomflow.inference import endpoint as ep
 from dicomflow.inference.request import OUTPUTS, parse_request
+from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
 
 
 @click.command()
@@ -30,24 +31,50 @@ from dicomflow.inference.request import OUTPUTS, parse_request
               "[s3://<model bucket>/async-inference/<endpoint>].")
 @click.option("--pacs-secret", envvar="DICOMFLOW_PACS_SECRET_ARN",
               help="Secrets Manager ARN the container reads PACS credentials from [env DICOMFLOW_PACS_SECRET_ARN].")
+@click.option("--min-instances", type=click.IntRange(0), help="Autoscale (async): the fewest instances; 0 "
+              "scales to zero when idle and back on the first request.")
+@click.option("--max-instances", type=click.IntRange(1), help="Autoscale (async): the most instances.")
+@click.option("--backlog-per-instance", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Autoscale: queued requests per instance to aim for (ApproximateBacklogSizePerInstance).")
+@click.option("--scale-in-cooldown", default=600, show_default=True, type=click.IntRange(0),
+              help="Autoscale: seconds of low backlog before instances are removed.")
+@click.option("--scale-out-cooldown", default=300, show_default=True, type=click.IntRange(0),
+              help="Autoscale: seconds between two scale-outs.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until InService.")
 @json_option
 def deploy(name: str, model_data: str, asynchronous: bool, image: str, instance_type: str, max_concurrency: int,
-           role: str | None, output_s3_uri: str | None, pacs_secret: str | None, wait: bool, as_json: bool) -> None:
-    """Deploy a trained model as a SageMaker endpoint (async by default)."""
+           role: str | None, output_s3_uri: str | None, pacs_secret: str | None, min_instances: int | None,
+           max_instances: int | None, backlog_per_instance: float, scale_in_cooldown: int, scale_out_cooldown: int,
+           wait: bool, as_json: bool) -> None:
+    """Deploy a trained model as a SageMaker endpoint (async by default), optionally autoscaled."""
+    plan = None
+    if min_instances is not None or max_instances is not None:
+        if not asynchronous:
+            raise click.UsageError("--min-instances/--max-instances scale async endpoints; drop --realtime")
+        if min_instances is None or max_instances is None:
+            raise click.UsageError("autoscaling needs both --min-instances and --max-instances")
+        plan = ScalingPlan(min_instances, max_instances, backlog_per_instance, scale_in_cooldown, scale_out_cooldown)
+        plan.check()
     env = {"DICOMFLOW_PACS_SECRET_ARN": pacs_secret} if pacs_secret else {}
     with console.status(f"deploying {name}") as status:
         dep = ep.deploy(name, model_data, asynchronous=asynchronous, image=image, instance_type=instance_type,
                         max_concurrency=max_concurrency, role=role, output_s3_uri=output_s3_uri,
                         environment=env, wait=wait, progress=lambda m: status.update(m))
+        scaling = None
+        if plan is not None:
+            status.update(f"registering autoscaling of {name}")
+            scaling = register_async_scaling(name, plan)
     if as_json:
-        print_json(dep.as_dict())
+        print_json({**dep.as_dict(), **({"scaling": scaling} if scaling else {})})
         return
     console.print(f"[green]endpoint {dep.endpoint}[/green] {dep.status or ''} "
                   f"({'async' if dep.asynchronous else 'real-time'}, model {dep.model_name})", highlight=False)
     if dep.asynchronous:
         console.print(f"  output  {dep.output_path}\n  failure {dep.failure_path}\n"
                       f"  topics  {dep.success_topic} / {dep.error_topic}", highlight=False)
+    if scaling:
+        console.print(f"  scaling {scaling['minInstances']}..{scaling['maxInstances']} instances, "
+                      f"{plan.backlog_per_instance:g} queued requests per instance", highlight=False)
 
 
 def _pacs_url(explicit: str | None) -> str | None:

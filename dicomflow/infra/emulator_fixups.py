@@ -10,6 +10,9 @@ template stays the one source of truth. moto 5.2.5 skips:
 * ``AWS::S3::Bucket`` ``PublicAccessBlockConfiguration`` -> ``put_public_access_block``, and
   ``NotificationConfiguration`` -> ``put_bucket_notification_configuration``;
 * ``AWS::SNS::Subscription`` -> ``subscribe``;
+* ``AWS::ApplicationAutoScaling::ScalableTarget`` / ``ScalingPolicy`` -> ``register_scalable_target`` /
+  ``put_scaling_policy``, and a ``AWS::CloudWatch::Alarm`` whose ``AlarmActions`` name such a policy ->
+  ``put_metric_alarm`` with the policy's ARN (the emulator honours them: it scales the async endpoint);
 * ``AWS::SecretsManager::Secret`` (not created at all) -> ``create_secret`` named ``<stack>/<LogicalId>``
   with a value generated per ``GenerateSecretString``; the Lambda environment variables that referenced
   it (dropped by moto) are then set with ``update_function_configuration``, which also turns moto's
@@ -153,12 +156,23 @@ def apply_fixups(stack: str, template: Mapping[str, Any], parameters: Mapping[st
     if extra:
         resolver = resolver_for(stack, template, parameters, extra)
     s3 = aws.client("s3")
+    policies: dict[str, dict[str, str]] = {}
     for logical, res in template["Resources"].items():
         if not resolver.active(res):
             continue
         rtype = res.get("Type")
         props = res.get("Properties") or {}
-        if rtype == "AWS::S3::BucketPolicy":
+        if rtype == "AWS::ApplicationAutoScaling::ScalableTarget":
+            notes.extend(_scalable_target(resolver.resolve(props), quiet))
+        elif rtype == "AWS::ApplicationAutoScaling::ScalingPolicy":
+            arn, note = _scaling_policy(resolver.resolve(props), quiet)
+            policies[logical] = {"type": rtype, "physical": arn}
+            notes.extend(note)
+        elif rtype == "AWS::CloudWatch::Alarm" and set(_refs(props.get("AlarmActions"))) & set(policies):
+            with_policies = resolver_for(stack, template, parameters, {**extra, **policies})
+            name = deployed.get(logical, {}).get("physical") or f"{stack}-{logical}"
+            notes.extend(_alarm(name, with_policies.resolve(props), quiet))
+        elif rtype == "AWS::S3::BucketPolicy":
             notes.extend(_bucket_policy(logical, resolver.resolve(props["Bucket"]),
                                         resolver.resolve(props["PolicyDocument"]), quiet))
         elif rtype == "AWS::S3::Bucket" and logical in deployed:
@@ -184,6 +198,65 @@ def apply_fixups(stack: str, template: Mapping[str, Any], parameters: Mapping[st
         elif rtype == "AWS::SageMaker::Model" and logical in deployed:
             notes.extend(_model_environment(deployed[logical]["physical"], resolver.resolve(props), deployed))
     return notes, resolver
+
+
+def _refs(value: Any) -> list[str]:
+    """Logical IDs named by ``Ref`` in a list of values."""
+    return [v["Ref"] for v in value or [] if isinstance(v, Mapping) and isinstance(v.get("Ref"), str)]
+
+
+def _scalable_target(props: Mapping[str, Any], quiet: bool) -> list[str]:
+    scaling = aws.client("application-autoscaling")
+    key = {"ServiceNamespace": props["ServiceNamespace"], "ResourceId": props["ResourceId"],
+           "ScalableDimension": props["ScalableDimension"]}
+    bounds = {"MinCapacity": int(props["MinCapacity"]), "MaxCapacity": int(props["MaxCapacity"])}
+    current = scaling.describe_scalable_targets(ServiceNamespace=key["ServiceNamespace"],
+                                                ResourceIds=[key["ResourceId"]],
+                                                ScalableDimension=key["ScalableDimension"])["ScalableTargets"]
+    if current and {k: current[0][k] for k in bounds} == bounds:
+        return [] if quiet else [f"scalable target {key['ResourceId']} in place"]
+    scaling.register_scalable_target(**key, **bounds)
+    return [f"registered {key['ResourceId']} for autoscaling ({bounds['MinCapacity']}..{bounds['MaxCapacity']})"]
+
+
+def _numbers(value: Any) -> Any:
+    """Template numbers arrive as strings from parameters; the Application Auto Scaling API wants numbers."""
+    if isinstance(value, Mapping):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _scaling_policy(props: Mapping[str, Any], quiet: bool) -> tuple[str, list[str]]:
+    args = {k: props[k] for k in ("PolicyName", "PolicyType", "ServiceNamespace", "ResourceId", "ScalableDimension")}
+    for config in ("TargetTrackingScalingPolicyConfiguration", "StepScalingPolicyConfiguration"):
+        if config in props:
+            args[config] = _numbers(props[config])
+            if config == "TargetTrackingScalingPolicyConfiguration":
+                spec = args[config].get("CustomizedMetricSpecification") or {}
+                for dim in spec.get("Dimensions") or []:
+                    dim["Value"] = str(dim["Value"])
+    arn = aws.client("application-autoscaling").put_scaling_policy(**args)["PolicyARN"]
+    return arn, [] if quiet else [f"scaling policy {args['PolicyName']} ({args['PolicyType']})"]
+
+
+def _alarm(name: str, props: Mapping[str, Any], quiet: bool) -> list[str]:
+    fields = ("AlarmDescription", "Namespace", "MetricName", "Dimensions", "Statistic", "Period",
+              "EvaluationPeriods", "DatapointsToAlarm", "Threshold", "ComparisonOperator", "TreatMissingData",
+              "AlarmActions")
+    args = {k: props[k] for k in fields if k in props}
+    for k in ("Period", "EvaluationPeriods", "DatapointsToAlarm"):
+        if k in args:
+            args[k] = int(args[k])
+    args["Threshold"] = float(args["Threshold"])
+    aws.client("cloudwatch").put_metric_alarm(AlarmName=name, **args)
+    return [] if quiet else [f"alarm {name} -> {', '.join(args.get('AlarmActions') or [])}"]
 
 
 def _model_environment(model: str, props: Mapping[str, Any], deployed: Mapping[str, Any]) -> list[str]:

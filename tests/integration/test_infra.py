@@ -137,6 +137,18 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert inv.output_location.startswith(out["AsyncOutputUri"])
     answer = json.loads(data)
     assert set(answer["findings"]["probabilities"]) == set(synthetic.CHEST_CLASSES)
+    # ... and the endpoint is registered for autoscaling from zero, as the stack declares it
+    rid = f"endpoint/{endpoint}/variant/AllTraffic"
+    scaling = aws.client("application-autoscaling")
+    target = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[rid])["ScalableTargets"]
+    assert [(t["MinCapacity"], t["MaxCapacity"]) for t in target] == [(0, 2)]
+    policies = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=rid)["ScalingPolicies"]
+    assert {p["PolicyType"] for p in policies} == {"TargetTrackingScaling", "StepScaling"}
+    step = next(p["PolicyARN"] for p in policies if p["PolicyType"] == "StepScaling")
+    alarms = aws.client("cloudwatch").describe_alarms()["MetricAlarms"]
+    alarm = next(a for a in alarms if a["MetricName"] == "HasBacklogWithoutCapacity"
+                 and {"Name": "EndpointName", "Value": endpoint} in a["Dimensions"])
+    assert alarm["AlarmActions"] == [step]
 
     # 4. a bad template parameter: one clear line, nothing changed
     with pytest.raises(InfraError, match=r"UrlTtlSeconds='5' is below the minimum 60"):

@@ -1,0 +1,30 @@
+"""``dicomflow endpoints ls``: the SageMaker endpoints with their instances, scaling bounds and backlog."""
+
+from __future__ import annotations
+
+import click
+
+from dicomflow.cli.common import json_option, out, print_json, value_table
+from dicomflow.inference.scaling import list_endpoints
+
+
+@click.group()
+def endpoints() -> None:
+    """SageMaker endpoints: instances, autoscaling bounds, backlog."""
+
+
+@endpoints.command("ls")
+@json_option
+def ls(as_json: bool) -> None:
+    """List endpoints with their instances, scaling bounds and backlog, newest first."""
+    rows = list_endpoints()
+    if as_json:
+        print_json(rows)
+        return
+    table = value_table("endpoint", "status", "instances", "scaling", "backlog")
+    for row in rows:
+        bounds = f"{row['minInstances']}..{row['maxInstances']}" if "maxInstances" in row else "fixed"
+        backlog = "-" if row.get("backlog") is None else f"{row['backlog']:g}"
+        table.add_row(row["endpoint"], row.get("status") or "-",
+                      f"{row.get('instances', '-')} / {row.get('desiredInstances', '-')}", bounds, backlog)
+    out.print(table)
