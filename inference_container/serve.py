@@ -7,6 +7,11 @@ answers 503 until it is loaded, 200 after. HTTP is uvicorn + Starlette through
 malformed framing as 400); requests run on worker threads and share only the read-only model.
 SIGTERM stops the server after running requests and exits 0. Log lines carry status, time and the
 study UID, never patient data.
+
+In a batch transform (SageMaker sets ``SAGEMAKER_BATCH=true``) a client error on one record (a malformed
+study JSON, a study the PACS does not have) is answered 200 with the error object
+``{"error", "message", "status", "failed": true}`` as that record's output: SageMaker would otherwise fail
+the whole job for one bad study; a server error stays an error.
 """
 
 from __future__ import annotations
@@ -65,8 +70,8 @@ def _invoke(holder: ModelHolder, body: bytes, content_type: str, accept: str) ->
     return payload, rtype, request.study_uid
 
 
-def make_app(holder: ModelHolder, limits: webserver.Limits) -> Starlette:
-    """The serving contract over ``holder``'s model."""
+def make_app(holder: ModelHolder, limits: webserver.Limits, batch: bool = False) -> Starlette:
+    """The serving contract over ``holder``'s model (``batch``: client errors become failure records)."""
 
     async def ping(_request: Request) -> Response:
         if holder.model is not None:
@@ -99,6 +104,8 @@ def make_app(holder: ModelHolder, limits: webserver.Limits) -> Starlette:
                 log.exception("POST /invocations %d study=%s", status, study)
             else:
                 log.warning("POST /invocations %d study=%s: %s", status, study, str(cause)[:300])
+            if batch and 400 <= status < 500:
+                return webserver.json_response(200, {**error_body(cause), "failed": True})
             headers = {"Connection": "close"} if status == 413 else None
             return webserver.json_response(status, error_body(cause), headers)
         log.info("POST /invocations 200 study=%s %.0f ms", study, (time.perf_counter() - t0) * 1000)
@@ -142,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
     holder = ModelHolder(args.model_dir)
-    server = webserver.make_server(make_app(holder, limits), limits)
+    batch = os.environ.get("SAGEMAKER_BATCH", "").lower() == "true"
+    server = webserver.make_server(make_app(holder, limits, batch), limits)
 
     def load_then_check() -> None:
         holder.load()

@@ -9,6 +9,7 @@ import click
 
 from dicomflow.cli.common import console, json_option, print_json
 from dicomflow.errors import DicomflowError
+from dicomflow.inference import batch as batch_mod
 from dicomflow.inference import endpoint as ep
 from dicomflow.inference.request import OUTPUTS, parse_request
 from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
@@ -95,7 +96,7 @@ def _pacs_url(explicit: str | None) -> str | None:
 
 @click.command()
 @click.option("--endpoint", "name", required=True, help="Endpoint deployed with 'dicomflow deploy'.")
-@click.option("--study", required=True, help="StudyInstanceUID to analyse.")
+@click.option("--study", help="StudyInstanceUID to analyse (or --batch).")
 @click.option("--series", help="SeriesInstanceUID (default: the container picks the usable series).")
 @click.option("--outputs", default="json,sr", show_default=True, help=f"Comma list of {', '.join(OUTPUTS)}.")
 @click.option("--store/--no-store", default=True, show_default=True, help="STOW the SR/SEG into the study.")
@@ -105,25 +106,34 @@ def _pacs_url(explicit: str | None) -> str | None:
 @click.option("--output-s3", "output_s3_uri", help="s3:// prefix for the occlusion PNG.")
 @click.option("--wait/--no-wait", default=False, show_default=True, help="Follow the async result and print it.")
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--batch", is_flag=True, help="Many studies in one SageMaker batch transform job (with --studies or "
+              "--query, and --to).")
+@click.option("--studies", "study_file", type=click.File("r"), help="--batch: file of StudyInstanceUIDs, one per line.")
+@click.option("--query", multiple=True, metavar="KEY=VALUE", help="--batch: the PACS's studies matching QIDO-RS "
+              "filters, e.g. Modality=MR (repeatable).")
+@click.option("--to", "batch_to", help="--batch: s3:// prefix for the job's input/ and output/.")
+@click.option("--instances", default=1, show_default=True, type=click.IntRange(1, 100),
+              help="--batch: instances running the model.")
+@click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1, 100),
+              help="--batch: requests at once per instance (MaxConcurrentTransforms).")
 @json_option
-def infer(name: str, study: str, series: str | None, outputs: str, store: bool, pacs_url: str | None,
-          secret_arn: str | None, output_s3_uri: str | None, wait: bool, timeout: float, as_json: bool) -> None:
-    """Run inference on a study through an endpoint (async: S3 in, poll S3 out)."""
-    body: dict = {"studyInstanceUID": study, "outputs": [o.strip() for o in outputs.split(",") if o.strip()],
-                  "storeToPacs": store}
-    if series:
-        body["seriesInstanceUID"] = series
-    url = _pacs_url(pacs_url)
-    dw: dict = {}
-    if url:
-        dw["url"] = url
-    if secret_arn:
-        dw["auth"] = {"secretArn": secret_arn}
-    if dw:
-        body["dicomweb"] = dw
-    if output_s3_uri:
-        body["outputS3Uri"] = output_s3_uri
-    body = parse_request(body).as_dict()  # same validation as the container, before anything is sent
+def infer(name: str, study: str | None, series: str | None, outputs: str, store: bool, pacs_url: str | None,
+          secret_arn: str | None, output_s3_uri: str | None, wait: bool, timeout: float, batch: bool,
+          study_file, query: tuple[str, ...], batch_to: str | None, instances: int, max_concurrent: int,
+          as_json: bool) -> None:
+    """Run inference on a study through an endpoint (async: S3 in, poll S3 out), or on many (--batch)."""
+    if batch:
+        if study or series:
+            raise click.UsageError("--batch takes --studies FILE or --query KEY=VALUE, not --study/--series")
+        if not batch_to:
+            raise click.UsageError("--batch needs --to s3://bucket/prefix for the job's input and output")
+        studies = _batch_studies(study_file, query, pacs_url)
+        requests_ = {uid: _request(uid, None, outputs, store, pacs_url, secret_arn, output_s3_uri) for uid in studies}
+        _run_batch(name, batch_to, requests_, instances, max_concurrent, timeout, as_json)
+        return
+    if not study:
+        raise click.UsageError("give --study UID (or --batch with --studies/--query)")
+    body = _request(study, series, outputs, store, pacs_url, secret_arn, output_s3_uri)
     config = ep.async_config(name)
     if config is None:
         with console.status(f"invoking {name}"):
@@ -150,6 +160,77 @@ def infer(name: str, study: str, series: str | None, outputs: str, store: bool, 
             message = data.decode(errors="replace")
         raise ep.EndpointError(f"inference {inv.inference_id} failed: {message} (details in {inv.failure_location})")
     _show(ep.with_queue_time(inv, json.loads(data)), as_json)
+
+
+def _request(study: str, series: str | None, outputs: str, store: bool, pacs_url: str | None,
+             secret_arn: str | None, output_s3_uri: str | None) -> dict:
+    """The study JSON for one study, validated as the container validates it."""
+    body: dict = {"studyInstanceUID": study, "outputs": [o.strip() for o in outputs.split(",") if o.strip()],
+                  "storeToPacs": store}
+    if series:
+        body["seriesInstanceUID"] = series
+    url = _pacs_url(pacs_url)
+    dw: dict = {}
+    if url:
+        dw["url"] = url
+    if secret_arn:
+        dw["auth"] = {"secretArn": secret_arn}
+    if dw:
+        body["dicomweb"] = dw
+    if output_s3_uri:
+        body["outputS3Uri"] = output_s3_uri
+    return parse_request(body).as_dict()  # same validation as the container, before anything is sent
+
+
+def _batch_studies(study_file, query: tuple[str, ...], pacs_url: str | None) -> list[str]:
+    if bool(study_file) == bool(query):
+        raise click.UsageError("--batch takes exactly one of --studies FILE and --query KEY=VALUE")
+    if study_file:
+        return batch_mod.read_study_list(study_file)
+    filters = {}
+    for item in query:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--query")
+        key = key.strip()
+        filters["ModalitiesInStudy" if key == "Modality" else key] = value.strip()
+    from dicomflow.credentials import PacsConnection, pacs_connection
+    from dicomflow.dicom import dicomweb
+
+    conn = pacs_connection()
+    if pacs_url:
+        conn = PacsConnection(pacs_url, conn.username, conn.password)
+    found = dicomweb.search_studies(dicomweb.connect(conn), **filters)
+    studies = [str(s["0020000D"]["Value"][0]) for s in found if s.get("0020000D", {}).get("Value")]
+    if not studies:
+        raise ep.EndpointError(f"no study in the PACS matches {' '.join(query)}")
+    return studies
+
+
+def _run_batch(name: str, to: str, requests_: dict, instances: int, max_concurrent: int, timeout: float,
+               as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    job = batch_mod.start(name, to, requests_, instance_count=instances, max_concurrent=max_concurrent)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=as_json) as bar:
+        task = bar.add_task(f"{job.name} InProgress", total=len(job.studies))
+        desc = batch_mod.follow(job, lambda done, status: bar.update(
+            task, completed=done, description=f"{job.name} {status}"), timeout_s=timeout)
+    rows = batch_mod.results(job)
+    summary = {"transformJobName": job.name, "status": desc["TransformJobStatus"],
+               "failureReason": desc.get("FailureReason") or None, "input": job.input_uri, "output": job.output_uri,
+               "studies": len(rows), "succeeded": sum(r["ok"] for r in rows),
+               "failed": [{"study": r["study"], "error": r["error"]} for r in rows if not r["ok"]]}
+    if as_json:
+        print_json(summary)
+    else:
+        console.print(f"{job.name} {summary['status']}: {summary['succeeded']} of {summary['studies']} studies "
+                      f"analysed, outputs in {job.output_uri}", highlight=False)
+        for row in summary["failed"]:
+            console.print(f"  failed {row['study']}: {row['error']}", highlight=False)
+    if summary["status"] != "Completed":
+        raise ep.EndpointError(f"transform job {job.name} {summary['status']}: {summary['failureReason']}")
 
 
 def _show(result: dict, as_json: bool) -> None:

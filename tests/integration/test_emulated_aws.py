@@ -634,3 +634,50 @@ def test_scaling_in_waits_for_the_running_request(aws, endpoints):
     assert message["invocationStatus"] == "Completed"  # it finished on the draining instance
     assert _object(aws["s3"], resp["OutputLocation"]) == b"model-v1:SLOW"
     _wait_for("the drained instance stopped", lambda: not _instances(aws, name))
+
+
+# ---- batch transform --------------------------------------------------------------------------
+
+def _transform(aws: Any, endpoints: dict, objects: dict[str, bytes], **kw: Any) -> tuple[dict, str]:
+    """Run a transform job with the echo model over ``objects`` (key -> body); (its description, output prefix)."""
+    name = endpoints["make"]("tj", asynchronous=False)  # its Model is what the job runs
+    base = f"tj/{name}"
+    for key, body in objects.items():
+        aws["s3"].put_object(Bucket=endpoints["bucket"], Key=f"{base}/in/{key}", Body=body)
+    args = {"TransformJobName": name, "ModelName": name, "MaxConcurrentTransforms": 2,
+            "TransformInput": {"DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": f"s3://{endpoints['bucket']}/{base}/in/"}},
+                "ContentType": "text/plain", "SplitType": kw.pop("split", "None")},
+            "TransformOutput": {"S3OutputPath": f"s3://{endpoints['bucket']}/{base}/out/", "Accept": "text/plain",
+                                "AssembleWith": kw.pop("assemble", "None")},
+            "TransformResources": {"InstanceType": "ml.m5.large", "InstanceCount": 1}, **kw}
+    aws["sm"].create_transform_job(**args)
+    desc = _wait_for("the transform job to end", lambda: (
+        lambda d: d if d["TransformJobStatus"] in ("Completed", "Failed", "Stopped") else None)(
+        aws["sm"].describe_transform_job(TransformJobName=name)))
+    return desc, f"{base}/out/"
+
+
+def test_transform_job_splits_lines_batches_by_payload_and_fails_only_the_bad_object(aws, endpoints):
+    lines = b"".join(f"line {i}\n".encode() for i in range(6))
+    desc, out = _transform(aws, endpoints, {"a.txt": lines, "b.txt": b"BAD record", "c/d.txt": b"single"},
+                           split="Line", assemble="Line", BatchStrategy="MultiRecord", MaxPayloadInMB=1)
+    assert desc["TransformJobStatus"] == "Failed"
+    assert "1 input object(s) failed: b.txt: the model answered 400" in desc["FailureReason"]
+    s3, bucket = aws["s3"], endpoints["bucket"]
+    # MultiRecord: the six lines went as one request, the answer is assembled by lines in input order
+    assert _object(s3, bucket, out + "a.txt.out") == b"model-v1:" + lines.upper()
+    assert _object(s3, bucket, out + "c/d.txt.out") == b"model-v1:SINGLE\n"
+    assert _object(s3, bucket, out + "b.txt.out") is None  # as on SageMaker: no output for a failed object
+    with pytest.raises(ClientError, match="must be unique"):
+        aws["sm"].create_transform_job(TransformJobName=desc["TransformJobName"], ModelName=desc["ModelName"],
+                                       TransformInput=desc["TransformInput"], TransformOutput=desc["TransformOutput"],
+                                       TransformResources=desc["TransformResources"])
+
+
+def test_transform_job_single_record_and_a_record_over_the_payload_limit(aws, endpoints):
+    desc, out = _transform(aws, endpoints, {"x.txt": b"one\ntwo\n", "big.txt": b"y" * (1024 * 1024 + 1)},
+                           split="Line", assemble="Line", BatchStrategy="SingleRecord", MaxPayloadInMB=1)
+    assert desc["TransformJobStatus"] == "Failed" and "big.txt: a record of 1048577 bytes exceeds MaxPayloadInMB" \
+        in desc["FailureReason"]
+    assert _object(aws["s3"], endpoints["bucket"], out + "x.txt.out") == b"model-v1:ONE\nmodel-v1:TWO\n"

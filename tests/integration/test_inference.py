@@ -292,3 +292,55 @@ def test_classifier_async_with_occlusion_png(world) -> None:
         assert out["outputs"]["sr"]["storedToPacs"] is True
     finally:
         aws.client("sagemaker").delete_endpoint(EndpointName=name)
+
+
+# ---- batch transform --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def batch_endpoint(world) -> Iterator[str]:
+    name = f"batch-{uuid.uuid4().hex[:6]}"
+    ep.deploy(name, world["model_uris"]["classification2d"], image=IMAGE, asynchronous=False)
+    yield name
+    aws.client("sagemaker").delete_endpoint(EndpointName=name)
+
+
+def test_a_transform_job_over_twenty_studies_completes_and_records_the_two_bad_ones(world, batch_endpoint) -> None:
+    from dicomflow.inference import batch
+
+    to = f"s3://{world['bucket']}/batch-{uuid.uuid4().hex[:6]}"
+    study = str(world["chest"].dataset.StudyInstanceUID)
+    good = {"studyInstanceUID": study, "outputs": ["json"], "storeToPacs": False}
+    requests_ = {f"good-{i:02d}": good for i in range(18)}
+    requests_["missing"] = {**good, "studyInstanceUID": "1.2.826.0.1.3680043.8.498.999999"}
+    aws.write(f"{to}/input/malformed.json", b'{"studyInstanceUID": ', "application/json")  # not JSON
+    job = batch.start(batch_endpoint, to, requests_, max_concurrent=2)
+    job.studies.append("malformed")
+    seen: list[int] = []
+    desc = batch.follow(job, lambda done, _status: seen.append(done))
+    assert desc["TransformJobStatus"] == "Completed", desc.get("FailureReason")
+    assert seen[-1] == 20 and seen == sorted(seen)  # progress only grows
+    rows = {r["study"]: r for r in batch.results(job)}
+    ok = [k for k, r in rows.items() if r["ok"]]
+    assert sorted(ok) == sorted(k for k in requests_ if k.startswith("good"))
+    assert all(set(rows[k]["result"]["findings"]["probabilities"]) == set(synthetic.CHEST_CLASSES) for k in ok)
+    assert not rows["missing"]["ok"] and "no instances in the PACS" in rows["missing"]["error"]
+    assert not rows["malformed"]["ok"] and "json" in rows["malformed"]["error"].lower()
+    # SageMaker's layout: <output>/<input key>.out
+    assert aws.read_bytes(f"{job.output_uri}good-00.json.out") is not None
+
+
+def test_cli_batch_prints_a_summary_and_fails_a_bad_study_list(world, batch_endpoint, tmp_path) -> None:
+    study = str(world["chest"].dataset.StudyInstanceUID)
+    bucket = world["bucket"]
+    listing = tmp_path / "studies.txt"
+    listing.write_text(f"# held-out chest studies\n{study}\n\n{study}\n")
+    result = CliRunner().invoke(infer, ["--endpoint", batch_endpoint, "--batch", "--studies", str(listing), "--to",
+                                        f"s3://{bucket}/cli-batch-{uuid.uuid4().hex[:6]}", "--outputs", "json",
+                                        "--no-store", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["status"], summary["studies"], summary["succeeded"], summary["failed"]) == ("Completed", 1, 1, [])
+    listing.write_text("not-a-uid\n")
+    result = CliRunner().invoke(infer, ["--endpoint", batch_endpoint, "--batch", "--studies", str(listing), "--to",
+                                        f"s3://{bucket}/x"])
+    assert isinstance(result.exception, ep.EndpointError) and "line 1" in str(result.exception)

@@ -8,6 +8,10 @@ Additions (each documented in its module):
   endpoint's local serving process found by :func:`dicomflow.emulator.moto.endpoints.resolve_serving`.
 * :mod:`dicomflow.emulator.moto.training_jobs` - ``CreateTrainingJob`` runs the job (host processes), uploads its
   artifact, logs to CloudWatch Logs; ``StopTrainingJob``.
+* :mod:`dicomflow.emulator.moto.transform_jobs` - ``CreateTransformJob`` runs the Model's serving container over
+  the S3 input and writes ``<input>.out`` objects; ``StopTransformJob``.
+* :mod:`dicomflow.emulator.moto.autoscaling` - async endpoints scale with their Application Auto Scaling
+  registration and publish their backlog metrics to CloudWatch.
 
 * :mod:`dicomflow.emulator.moto.persistence` - the AWS state is restored before the server answers and
   saved while it changes, so it survives ``dicomflow down`` / ``up``, a reboot and ``kill -9``.
@@ -31,19 +35,21 @@ _saver: Any = None
 
 def install(endpoint_url: str) -> None:
     """Load the additions into moto (in this process)."""
-    from dicomflow.emulator.moto import lambda_host, sagemaker_runtime, training_jobs
+    from dicomflow.emulator.moto import lambda_host, sagemaker_runtime, training_jobs, transform_jobs
 
     lambda_host.configure(endpoint_url)
     lambda_host.install()
     sagemaker_runtime.install()
     training_jobs.configure(endpoint_url)
     training_jobs.install()
+    transform_jobs.install()
 
 
 def _shutdown(signum: int, _frame: FrameType | None) -> None:
-    from dicomflow.emulator.moto import endpoints, lambda_host, sagemaker_runtime, training_jobs
+    from dicomflow.emulator.moto import endpoints, lambda_host, sagemaker_runtime, training_jobs, transform_jobs
 
     training_jobs.stop_all()
+    transform_jobs.stop_all()
     lambda_host.stop_all()
     sagemaker_runtime.stop_all()
     endpoints.stop_all()
@@ -77,12 +83,13 @@ def main(argv: list[str] | None = None) -> None:
     from moto.server import run_simple
 
     from dicomflow.config import runtime
-    from dicomflow.emulator.moto import persistence, training_jobs
+    from dicomflow.emulator.moto import persistence, training_jobs, transform_jobs
 
     global _saver
     directory = persistence.state_dir()
     persistence.restore(directory)
     training_jobs.fail_interrupted()
+    transform_jobs.fail_interrupted()
     _saver = persistence.Saver(directory, runtime().aws_snapshot_seconds)
     _saver.start()
     signal.signal(signal.SIGTERM, _shutdown)

@@ -102,6 +102,22 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def model_spec(account_id: str, region: str, model_name: str | None) -> ServingSpec | None:
+    """What serving the named Model takes (image, model data, environment), or None without a container."""
+    from moto.sagemaker.models import sagemaker_backends
+
+    model = sagemaker_backends[account_id][region]._models.get(model_name)
+    container = None
+    if model is not None:
+        container = model.primary_container or (model.containers[0] if model.containers else None)
+    if not container:
+        return None
+    data_url = container.get("ModelDataUrl") or (
+        (container.get("ModelDataSource") or {}).get("S3DataSource") or {}).get("S3Uri")
+    return ServingSpec(image=container.get("Image", ""), model_data_url=data_url,
+                       environment=dict(container.get("Environment") or {}), fetch=_fetcher(account_id))
+
+
 def endpoint_view(account_id: str, region: str, name: str) -> EndpointView:
     """The endpoint's serving spec and async config from moto's SageMaker state (ValidationError if none)."""
     from moto.sagemaker.models import sagemaker_backends
@@ -118,16 +134,7 @@ def endpoint_view(account_id: str, region: str, name: str) -> EndpointView:
         variant = config.production_variants[0]
         count = int(variant.get("InitialInstanceCount") or 1)
         variant_name = variant.get("VariantName") or variant_name
-        model = backend._models.get(variant.get("ModelName"))
-        container = None
-        if model is not None:
-            container = model.primary_container or (model.containers[0] if model.containers else None)
-        if container:
-            data_url = container.get("ModelDataUrl") or (
-                (container.get("ModelDataSource") or {}).get("S3DataSource") or {}).get("S3Uri")
-            spec = ServingSpec(image=container.get("Image", ""), model_data_url=data_url,
-                               environment=dict(container.get("Environment") or {}),
-                               fetch=_fetcher(account_id))
+        spec = model_spec(account_id, region, variant.get("ModelName"))
     async_config = config.async_inference_config if config is not None else None
     return EndpointView(name, account_id, region, spec, async_config or None, count, variant_name)
 

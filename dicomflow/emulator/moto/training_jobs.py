@@ -123,7 +123,7 @@ def _check_runnable(job: Any) -> None:
 
 # ---- S3 ---------------------------------------------------------------------------------------
 
-def _s3(region: str) -> Any:
+def s3_client(region: str) -> Any:
     import boto3
 
     return boto3.session.Session().client("s3", endpoint_url=_config.get("endpoint_url"), region_name=region)
@@ -145,7 +145,7 @@ def _safe_join(root: Path, relative: str) -> Path:
     return root.joinpath(*parts)
 
 
-def _channel_objects(s3: Any, source: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+def s3_objects(s3: Any, source: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     """(bucket, key, path inside the channel) for each object a channel's S3DataSource names."""
     uri = source.get("S3Uri") or ""
     kind = source.get("S3DataType") or "S3Prefix"
@@ -195,7 +195,7 @@ def _download_channels(job: Any, hosts: list[str], root: Path, s3: Any) -> int:
             raise JobFailure(f"ClientError: channel {name} has no S3DataSource (file systems do not run locally)")
         sharded = source.get("S3DataDistributionType") == "ShardedByS3Key"
         found = False
-        for i, (bucket, key, rel) in enumerate(_channel_objects(s3, source)):
+        for i, (bucket, key, rel) in enumerate(s3_objects(s3, source)):
             found = True
             targets = [hosts[i % len(hosts)]] if sharded else hosts
             paths = [_safe_join(root / host / "input" / "data" / name, rel) for host in targets]
@@ -384,7 +384,7 @@ class _Run:
 
     def _execute(self) -> None:
         _check_runnable(self.job)
-        s3 = _s3(self.region)
+        s3 = s3_client(self.region)
         private_dir(self.root)
         logs = _Logs(self.account, self.region, self.name, self.hosts)
         self._secondary("Downloading", "Downloading input data")
