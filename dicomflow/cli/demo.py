@@ -106,7 +106,8 @@ def demo(ctx: click.Context, size: str, interactive: bool, seed_value: int, as_j
     """Run the whole loop end to end on the local cloud and print a summary.
 
     up, seed, label (3 simulated annotators in headless Chromium, or people with --interactive),
-    export, train both models with estimator.fit, deploy async endpoints, infer on held-out studies.
+    export, train both models with estimator.fit, deploy async endpoints (autoscaled from zero), infer on
+    held-out studies, and run the chest model over them once more as a batch transform job.
     Re-running resumes finished steps."""
     from dicomflow.emulator.cloud.cloud import LocalCloud
     from dicomflow.emulator.cloud.moto import client_environment
@@ -190,6 +191,18 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
                        (out.get("seg") or {}).get("SeriesInstanceUID") or "-")
     console.print(vols)
     console.print(places)
+    scale = value_table("endpoint", "instances (now / desired)", "autoscaling", "backlog", title="endpoints")
+    for row in r.get("endpointStatus", []):
+        scale.add_row(row["endpoint"], f"{row.get('instances')} / {row.get('desiredInstances')}",
+                      f"{row.get('minInstances')}..{row.get('maxInstances')}" if "maxInstances" in row else "fixed",
+                      _fmt(row.get("backlog"), "g"))
+    console.print(scale)
+    if "batch" in r:
+        b = r["batch"]
+        console.print(Panel.fit(
+            f"{b['transformJobName']} {b['status']}: {b['studies']} chest studies in {b['seconds']:.0f} s; "
+            f"largest difference from the async endpoint's probabilities {b['maxDifferenceFromAsync']:.1e}\n"
+            f"outputs {b['output']}", title="batch transform", border_style="cyan"), highlight=False)
     secs = r.get("seconds", {})
     console.print(Panel.fit(
         f"Orthanc web UI   {r['orthanc']}  (user and password in {settings.secrets_dir}/orthanc.json)\n"

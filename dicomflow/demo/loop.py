@@ -66,6 +66,8 @@ class DemoConfig:
     label_attribute: str = "findings"
     interactive: bool = False
     result_timeout_s: float = 900.0
+    max_instances: int = 2  # each endpoint autoscales 0..max_instances on its backlog
+    scale_in_cooldown: int = 300
 
     @classmethod
     def preset(cls, size: str = "full", **overrides: Any) -> DemoConfig:
@@ -402,9 +404,13 @@ def endpoint_name(ctx: DemoContext, task: str) -> str:
 
 
 def deploy_endpoints(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
-    """Both models as async endpoints (the ``dicomflow deploy`` code path), PACS credentials by secret ARN."""
+    """Both models as async endpoints (the ``dicomflow deploy`` code path), PACS credentials by secret ARN,
+    autoscaled from 0 to ``max_instances`` instances on the backlog: the first request scales one up."""
     from dicomflow.inference import endpoint as ep
+    from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
 
+    plan = ScalingPlan(0, ctx.config.max_instances, backlog_per_instance=4,
+                       scale_in_cooldown=ctx.config.scale_in_cooldown, scale_out_cooldown=30)
     deployed = {}
     for task, res in ctx.results["training"].items():
         name = endpoint_name(ctx, task)
@@ -413,7 +419,8 @@ def deploy_endpoints(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
                             output_s3_uri=_uri("AsyncOutputUri", ctx, name),
                             environment={"DICOMFLOW_PACS_SECRET_ARN": ctx.outputs["PacsSecretArn"]},
                             progress=lambda m, st=st: st.update(note=m))
-        deployed[task] = dep.as_dict()
+            st.update(note=f"autoscaling {name} 0..{plan.maximum}")
+            deployed[task] = {**dep.as_dict(), "scaling": register_async_scaling(name, plan)}
     ctx.results["endpoints"] = deployed
     return deployed
 
@@ -446,7 +453,37 @@ def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
             results.append({"task": task, "study": s, "output": json.loads(data), "location": inv.output_location})
             st.update(completed=n)
     ctx.results["inference"] = score_inference(ctx, results)
+    from dicomflow.inference.scaling import scaling_status
+
+    ctx.results["endpointStatus"] = [scaling_status(endpoint_name(ctx, task)) for task in sorted(configs)]
     return ctx.results["inference"]
+
+
+def run_batch_transform(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """The chest model over every held-out chest study again, as one batch transform job (what a backfill over
+    an archive runs), and how far its probabilities are from the async endpoint's for the same studies."""
+    from dicomflow.inference import batch
+
+    studies = [s.study_uid for s in ctx.chest_holdout]
+    requests = {uid: {**study_request(ctx, uid, ["json"]), "storeToPacs": False} for uid in studies}
+    to = _uri("AsyncBatchUri", ctx, ctx.config.tag)
+    t0 = time.perf_counter()
+    with hooks.step("batch transform of the held-out chest studies", total=len(studies)) as st:
+        job = batch.start(endpoint_name(ctx, "classification2d"), to, requests, max_concurrent=2)
+        desc = batch.follow(job, lambda done, status: st.update(completed=done, note=status))
+    rows = batch.results(job)
+    if desc["TransformJobStatus"] != "Completed" or not all(r["ok"] for r in rows):
+        failed = [f"{r['study']}: {r['error']}" for r in rows if not r["ok"]]
+        raise DemoError(f"batch transform {job.name} {desc['TransformJobStatus']}: "
+                        f"{desc.get('FailureReason') or '; '.join(failed)}")
+    async_probs = {s["StudyInstanceUID"]: s["probabilities"] for s in ctx.results["inference"]["studies"]
+                   if s["task"] == "classification2d"}
+    diff = max(abs(p - async_probs[r["study"]][c]) for r in rows
+               for c, p in r["result"]["findings"]["probabilities"].items())
+    ctx.results["batch"] = {"transformJobName": job.name, "status": desc["TransformJobStatus"],
+                            "studies": len(rows), "output": job.output_uri,
+                            "seconds": round(time.perf_counter() - t0, 1), "maxDifferenceFromAsync": diff}
+    return ctx.results["batch"]
 
 
 def stored_seg_dice(ctx: DemoContext, study: seeding.SeedStudy, seg_ref: dict[str, Any]) -> dict[str, float]:
@@ -485,7 +522,7 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
             probs = findings.get("probabilities", {})
             scores.append([float(probs.get(c, 0.0)) for c in CHEST_CLASSES])
             targets.append([float(c in e["labels"]) for c in CHEST_CLASSES])
-            row.update(truth=e["labels"], predicted=findings.get("positive", []))
+            row.update(truth=e["labels"], predicted=findings.get("positive", []), probabilities=probs)
         else:
             spacing = [float(v) for v in e["spacing"]]
             true = segmentation_volumes(s.label_volume, spacing, SEG_LABELS)["volumesMm3"]
@@ -502,7 +539,8 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
 
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
-    deploy_stack, seed_studies, run_labeling, export_datasets, train_models, deploy_endpoints, run_inference]
+    deploy_stack, seed_studies, run_labeling, export_datasets, train_models, deploy_endpoints, run_inference,
+    run_batch_transform]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

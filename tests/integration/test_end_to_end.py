@@ -126,3 +126,13 @@ def test_whole_loop_small(local_cloud) -> None:
     chest = [s for s in inf["studies"] if s["task"] == "classification2d"]
     assert len(chest) == 4 and all(s["outputs"]["sr"]["stored"] for s in chest)
     assert all(s["outOfDistribution"] is False for s in chest), [s["qualityReasons"] for s in chest]
+
+    # the endpoints scaled from zero for the first request (autoscaling 0..2) and serve now
+    for row in ctx.results["endpointStatus"]:
+        assert (row["minInstances"], row["maxInstances"]) == (0, 2), row
+        assert row["status"] == "InService" and 1 <= row["desiredInstances"] <= 2, row
+    # batch transform over the chest studies: every study analysed, the same answers as the async endpoint
+    batch = loop.run_batch_transform(ctx, hooks)
+    assert batch["status"] == "Completed" and batch["studies"] == len(chest)
+    assert batch["maxDifferenceFromAsync"] <= 1e-5, batch
+    assert len([k for k in _keys(batch["output"]) if k.endswith(".json.out")]) == len(chest)

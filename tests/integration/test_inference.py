@@ -340,6 +340,12 @@ def test_cli_batch_prints_a_summary_and_fails_a_bad_study_list(world, batch_endp
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert (summary["status"], summary["studies"], summary["succeeded"], summary["failed"]) == ("Completed", 1, 1, [])
+    # the same study found by a QIDO-RS query on the PACS
+    result = CliRunner().invoke(infer, ["--endpoint", batch_endpoint, "--batch", "--query", f"StudyInstanceUID={study}",
+                                        "--to", f"s3://{bucket}/cli-query-{uuid.uuid4().hex[:6]}", "--outputs", "json",
+                                        "--no-store"])
+    assert result.exit_code == 0, result.output
+    assert "Completed: 1 of 1 studies analysed" in result.output
     listing.write_text("not-a-uid\n")
     result = CliRunner().invoke(infer, ["--endpoint", batch_endpoint, "--batch", "--studies", str(listing), "--to",
                                         f"s3://{bucket}/x"])

@@ -87,6 +87,27 @@ def test_endpoint_is_async_and_conditional(template: dict) -> None:
     assert {"S3OutputPath", "S3FailurePath", "NotificationConfig"} <= set(cfg)
 
 
+def test_the_async_endpoint_autoscales_from_zero_as_aws_documents(template: dict) -> None:
+    (target,) = _of_type(template, "AWS::ApplicationAutoScaling::ScalableTarget").values()
+    assert target["Condition"] == "HasModel"
+    assert target["Properties"]["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
+    assert target["Properties"]["MinCapacity"] == {"Ref": "MinInstances"}
+    assert template["Parameters"]["MinInstances"]["Default"] == 0
+    policies = {v["Properties"]["PolicyType"]: v for v in
+                _of_type(template, "AWS::ApplicationAutoScaling::ScalingPolicy").values()}
+    tracking = policies["TargetTrackingScaling"]["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["CustomizedMetricSpecification"]["MetricName"] == "ApproximateBacklogSizePerInstance"
+    step = policies["StepScaling"]
+    assert step["Condition"] == "ScalesFromZero"
+    assert step["Properties"]["StepScalingPolicyConfiguration"]["StepAdjustments"] == [
+        {"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
+    (alarm,) = _of_type(template, "AWS::CloudWatch::Alarm").values()
+    assert alarm["Properties"]["MetricName"] == "HasBacklogWithoutCapacity"
+    assert alarm["Condition"] == "ScalesFromZero"
+    step_id = next(k for k, v in template["Resources"].items() if v is step)
+    assert alarm["Properties"]["AlarmActions"] == [{"Ref": step_id}]
+
+
 def test_parameters_defaults_and_checks(template: dict) -> None:
     values = validate_parameters(template, REQUIRED)
     assert values["UrlTtlSeconds"] == "3600" and values["ModelDataUrl"] == ""
