@@ -17,7 +17,9 @@ from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
 
 @click.command()
 @click.option("--endpoint", "name", required=True, help="Endpoint name (letters, digits, hyphens).")
-@click.option("--model", "model_data", required=True, help="s3://.../model.tar.gz from a training job.")
+@click.option("--model", "model_data", help="s3://.../model.tar.gz from a training job (or --model-package-group).")
+@click.option("--model-package-group", "group", help="Serve the newest Approved version of this Model Package "
+              "Group (refused when none is approved).")
 @click.option("--async/--realtime", "asynchronous", default=True, show_default=True,
               help="Async endpoint (S3 in/out, SNS topics) or real-time.")
 @click.option("--image", default=lambda: os.environ.get("DICOMFLOW_INFERENCE_IMAGE", ep.DEFAULT_IMAGE),
@@ -43,11 +45,15 @@ from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
               help="Autoscale: seconds between two scale-outs.")
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until InService.")
 @json_option
-def deploy(name: str, model_data: str, asynchronous: bool, image: str, instance_type: str, max_concurrency: int,
-           role: str | None, output_s3_uri: str | None, pacs_secret: str | None, min_instances: int | None,
-           max_instances: int | None, backlog_per_instance: float, scale_in_cooldown: int, scale_out_cooldown: int,
-           wait: bool, as_json: bool) -> None:
+@click.pass_context
+def deploy(ctx: click.Context, name: str, model_data: str | None, group: str | None, asynchronous: bool, image: str,
+           instance_type: str, max_concurrency: int, role: str | None, output_s3_uri: str | None,
+           pacs_secret: str | None, min_instances: int | None, max_instances: int | None,
+           backlog_per_instance: float, scale_in_cooldown: int, scale_out_cooldown: int, wait: bool,
+           as_json: bool) -> None:
     """Deploy a trained model as a SageMaker endpoint (async by default), optionally autoscaled."""
+    if bool(model_data) == bool(group):
+        raise click.UsageError("give exactly one of --model s3://…/model.tar.gz and --model-package-group NAME")
     plan = None
     if min_instances is not None or max_instances is not None:
         if not asynchronous:
@@ -57,19 +63,29 @@ def deploy(name: str, model_data: str, asynchronous: bool, image: str, instance_
         plan = ScalingPlan(min_instances, max_instances, backlog_per_instance, scale_in_cooldown, scale_out_cooldown)
         plan.check()
     env = {"DICOMFLOW_PACS_SECRET_ARN": pacs_secret} if pacs_secret else {}
+    version = None
     with console.status(f"deploying {name}") as status:
-        dep = ep.deploy(name, model_data, asynchronous=asynchronous, image=image, instance_type=instance_type,
-                        max_concurrency=max_concurrency, role=role, output_s3_uri=output_s3_uri,
-                        environment=env, wait=wait, progress=lambda m: status.update(m))
+        common = {"asynchronous": asynchronous, "instance_type": instance_type, "max_concurrency": max_concurrency,
+                  "role": role, "output_s3_uri": output_s3_uri, "environment": env, "wait": wait,
+                  "progress": lambda m: status.update(m)}
+        if group:
+            explicit = ctx.get_parameter_source("image") not in (click.core.ParameterSource.DEFAULT, None)
+            dep, version = ep.deploy_from_group(name, group, image=image if explicit else None, **common)
+        else:
+            dep = ep.deploy(name, str(model_data), image=image, **common)
         scaling = None
         if plan is not None:
             status.update(f"registering autoscaling of {name}")
             scaling = register_async_scaling(name, plan)
+    registered = {"group": version.group, "version": version.version, "arn": version.arn} if version else None
     if as_json:
-        print_json({**dep.as_dict(), **({"scaling": scaling} if scaling else {})})
+        print_json({**dep.as_dict(), **({"scaling": scaling} if scaling else {}),
+                    **({"modelPackage": registered} if registered else {})})
         return
     console.print(f"[green]endpoint {dep.endpoint}[/green] {dep.status or ''} "
                   f"({'async' if dep.asynchronous else 'real-time'}, model {dep.model_name})", highlight=False)
+    if registered:
+        console.print(f"  serves {registered['group']} version {registered['version']} (approved)", highlight=False)
     if dep.asynchronous:
         console.print(f"  output  {dep.output_path}\n  failure {dep.failure_path}\n"
                       f"  topics  {dep.success_topic} / {dep.error_topic}", highlight=False)

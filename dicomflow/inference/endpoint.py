@@ -139,6 +139,24 @@ def deploy(endpoint: str, model_data: str, *, asynchronous: bool = True, image: 
     return dep
 
 
+#: The registered model an endpoint serves, in its Model's environment (the SR and SEG name it).
+MODEL_NAME_ENV, MODEL_VERSION_ENV, MODEL_PACKAGE_ENV = (
+    "DICOMFLOW_MODEL_NAME", "DICOMFLOW_MODEL_VERSION", "DICOMFLOW_MODEL_PACKAGE_ARN")
+
+
+def deploy_from_group(endpoint: str, group: str, *, image: str | None = None, environment: dict[str, str] | None = None,
+                      **kwargs: Any) -> tuple[Deployment, Any]:
+    """Deploy the newest *Approved* version of a Model Package Group (refused when none is); the container
+    learns the group and version it serves. Returns (deployment, the version)."""
+    from dicomflow.modeling import registry
+
+    version = registry.latest_approved(group)
+    env = {**(environment or {}), MODEL_NAME_ENV: version.group, MODEL_VERSION_ENV: str(version.version),
+           MODEL_PACKAGE_ENV: version.arn}
+    dep = deploy(endpoint, version.model_data, image=image or version.image, environment=env, **kwargs)
+    return dep, version
+
+
 def wait_in_service(endpoint: str, timeout_s: float = 1800) -> str:
     """Poll until the endpoint is InService; raise on Failed or timeout."""
     sm = aws.client("sagemaker")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import sys
 import tarfile
@@ -20,7 +19,7 @@ from typing import Any
 from dicomflow import aws
 from dicomflow.config import runtime
 from dicomflow.errors import DicomflowError
-from dicomflow.modeling.contract import METADATA_FILE, TASKS
+from dicomflow.modeling.contract import TASKS, numeric_metrics, read_metadata
 from dicomflow.paths import REPO_ROOT
 from dicomflow.training.channel import MANIFEST, channel_uri
 from dicomflow.training.metrics import METRIC_DEFINITIONS
@@ -202,13 +201,9 @@ def artifact_metrics(model_uri: str) -> dict[str, float]:
     else:
         fileobj = io.BytesIO(aws.read(model_uri))
     try:
-        with tarfile.open(fileobj=fileobj, mode="r:*") as tar:
-            member = next((m for m in tar.getmembers() if m.name.lstrip("./") == METADATA_FILE), None)
-            handle = tar.extractfile(member) if member is not None else None
-            meta = json.loads(handle.read()) if handle is not None else {}
+        meta = read_metadata(fileobj)
     except (tarfile.TarError, OSError, ValueError):
         return {}
     finally:
         fileobj.close()
-    metrics = meta.get("metrics") or {}
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return numeric_metrics(meta)
