@@ -144,6 +144,10 @@ VARIABLES: tuple[Variable, ...] = (
              doc="share of workers above which a class is present"),
     Variable("output_s3_uri", "DICOMFLOW_OUTPUT_S3_URI",
              doc="where the endpoint writes files it makes (occlusion PNG)"),
+    Variable("model_name", "DICOMFLOW_MODEL_NAME",
+             doc="the registered model an endpoint serves (its Model Package Group); results name it"),
+    Variable("model_version", "DICOMFLOW_MODEL_VERSION", doc="that model's version in the Model Registry"),
+    Variable("model_package_arn", "DICOMFLOW_MODEL_PACKAGE_ARN", doc="that version's model package"),
     Variable("http_header_seconds", "DICOMFLOW_HTTP_HEADER_SECONDS", "float", 10.0, 0.001, 3600,
              doc="time a client has to send a request head"),
     Variable("http_body_seconds", "DICOMFLOW_HTTP_BODY_SECONDS", "float", 30.0, 0.001, 3600,
@@ -218,6 +222,9 @@ class Runtime:
     labels: Any
     vote_threshold: float
     output_s3_uri: str | None
+    model_name: str | None
+    model_version: str | None
+    model_package_arn: str | None
     http_header_seconds: float
     http_body_seconds: float
     log_level: str

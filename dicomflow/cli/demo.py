@@ -170,6 +170,9 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     metrics.add_row("segmentation3d held-out mean Dice (the SEGs in the PACS)", _fmt(inf.get("heldOutMeanDice")))
     for task, res in tr.items():
         metrics.add_row(f"{task} model", res["model_artifact"])
+        reg = (r.get("registry") or {}).get(task)
+        if reg:
+            metrics.add_row(f"{task} registered", f"{reg['group']} version {reg['version']} ({reg['status']})")
         metrics.add_row(f"{task} model card", res["model_artifact"] + " → model_card.md")
     console.print(metrics)
     vols = value_table("held-out study", "structure", "true mm³", "predicted mm³", "unlike training?",

@@ -398,13 +398,41 @@ def _trained_before(earlier: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def register_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
+    """Each trained model as a version of its Model Package Group (what ``dicomflow train`` does), then the
+    demo's review: it approves the version with a note giving the validation metric it read (a real team
+    reviews the model card and approves by hand: ``dicomflow models approve``). A model registered before,
+    by an earlier run, is not registered again."""
+    from dicomflow.inference.endpoint import DEFAULT_IMAGE
+    from dicomflow.modeling import registry
+
+    registered = {}
+    for task, res in ctx.results["training"].items():
+        group = endpoint_name(ctx, task)
+        with hooks.step(f"register {task} as a version of {group}"):
+            artifact = str(res["model_artifact"])
+            version = next((v for v in registry.versions(group) if v.model_data == artifact), None) or \
+                registry.register(group, artifact, DEFAULT_IMAGE, training_job=res.get("job_name"))
+            if version.status != registry.APPROVED:
+                metric = (res.get("metrics") or {}).get("best_metric")
+                what = "mean AUROC" if task == "classification2d" else "mean Dice"
+                note = f"approved by the demo's review: validation {what} {metric:.3f}" if metric is not None \
+                    else "approved by the demo's review"
+                version = registry.set_status(group, version.version, registry.APPROVED, note)
+        registered[task] = {"group": version.group, "version": version.version, "status": version.status,
+                            "arn": version.arn}
+    ctx.results["registry"] = registered
+    return registered
+
+
 # ---- 6. inference -----------------------------------------------------------------------------------
 def endpoint_name(ctx: DemoContext, task: str) -> str:
     return f"{ctx.config.tag}-{'chest' if task == 'classification2d' else 'hippocampus'}"
 
 
 def deploy_endpoints(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
-    """Both models as async endpoints (the ``dicomflow deploy`` code path), PACS credentials by secret ARN,
+    """Both models' approved versions as async endpoints (the ``dicomflow deploy --model-package-group``
+    code path), PACS credentials by secret ARN,
     autoscaled from 0 to ``max_instances`` instances on the backlog: the first request scales one up."""
     from dicomflow.inference import endpoint as ep
     from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
@@ -412,13 +440,14 @@ def deploy_endpoints(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     plan = ScalingPlan(0, ctx.config.max_instances, backlog_per_instance=4,
                        scale_in_cooldown=ctx.config.scale_in_cooldown, scale_out_cooldown=30)
     deployed = {}
-    for task, res in ctx.results["training"].items():
+    for task in ctx.results["training"]:
         name = endpoint_name(ctx, task)
         with hooks.step(f"deploy async endpoint {name}") as st:
-            dep = ep.deploy(name, res["model_artifact"], asynchronous=True, role=ctx.outputs.get("SageMakerRoleArn"),
-                            output_s3_uri=_uri("AsyncOutputUri", ctx, name),
-                            environment={"DICOMFLOW_PACS_SECRET_ARN": ctx.outputs["PacsSecretArn"]},
-                            progress=lambda m, st=st: st.update(note=m))
+            dep, _ = ep.deploy_from_group(
+                name, ctx.results["registry"][task]["group"], asynchronous=True,
+                role=ctx.outputs.get("SageMakerRoleArn"), output_s3_uri=_uri("AsyncOutputUri", ctx, name),
+                environment={"DICOMFLOW_PACS_SECRET_ARN": ctx.outputs["PacsSecretArn"]},
+                progress=lambda m, st=st: st.update(note=m))
             st.update(note=f"autoscaling {name} 0..{plan.maximum}")
             deployed[task] = {**dep.as_dict(), "scaling": register_async_scaling(name, plan)}
     ctx.results["endpoints"] = deployed
@@ -511,6 +540,7 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
         e = s.entry
         row: dict[str, Any] = {
             "task": r["task"], "StudyInstanceUID": s.study_uid, "outputLocation": r["location"],
+            "model": {k: (out.get("model") or {}).get(k) for k in ("name", "version")},
             "orthancStudy": f"{orthanc}/app/explorer.html#study?uuid="
                             f"{orthanc_id(e['PatientID'], s.study_uid)}",
             "outputs": {k: {"SeriesInstanceUID": v.get("SeriesInstanceUID"), "SOPInstanceUID": v.get("SOPInstanceUID"),
@@ -539,8 +569,8 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
 
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
-    deploy_stack, seed_studies, run_labeling, export_datasets, train_models, deploy_endpoints, run_inference,
-    run_batch_transform]
+    deploy_stack, seed_studies, run_labeling, export_datasets, train_models, register_models, deploy_endpoints,
+    run_inference, run_batch_transform]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

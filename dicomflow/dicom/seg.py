@@ -24,13 +24,19 @@ def coded(code: Code) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
 
 
-def algorithm_identification(model_name: str) -> hd.AlgorithmIdentificationSequence:
+def algorithm_version(model_version: str | None) -> str:
+    """What a result names as its algorithm's version: the registered model's version, or, for a model
+    deployed without the Model Registry, that it is unregistered and which dicomflow ran it."""
+    return (str(model_version) if model_version else f"unregistered (dicomflow {__version__})")[:64]
+
+
+def algorithm_identification(model_name: str, model_version: str | None = None) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(
-        name=model_name[:64], family=codes.cid7162.ArtificialIntelligence, version=__version__)
+        name=model_name[:64], family=codes.cid7162.ArtificialIntelligence, version=algorithm_version(model_version))
 
 
 def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, structures: Sequence[Structure],
-              model_name: str | None, series_uid: str | None = None, *,
+              model_name: str | None, series_uid: str | None = None, *, model_version: str | None = None,
               series_description: str | None = None, sop_uid: str | None = None) -> Dataset:
     """A BINARY SEG: ``label_volume`` is (frames, rows, cols), frame i on ``source_images[i]``.
 
@@ -55,7 +61,7 @@ def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, struct
     if not keep.size:
         keep, mask = np.array([len(label) // 2]), np.zeros((1, *label.shape[1:]), np.uint8)
     sources = [source_images[int(i)] for i in keep]
-    algo = algorithm_identification(model_name) if model_name else None
+    algo = algorithm_identification(model_name, model_version) if model_name else None
     kind = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if model_name else hd.seg.SegmentAlgorithmTypeValues.MANUAL
     maker = model_name or "label import"
     descriptions = []

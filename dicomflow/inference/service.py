@@ -104,7 +104,10 @@ class InferenceService:
         self.transform = model.transform
         self.network = use_onednn_conv3d(model.network)  # in place: 3D convolutions on oneDNN
         self.activation = model.metadata.get("activation", "sigmoid")
-        self.name = str(model.metadata.get("name") or f"dicomflow-{model.task}")
+        registered = runtime()
+        self.name = registered.model_name or str(model.metadata.get("name") or f"dicomflow-{model.task}")
+        self.version = registered.model_version  # None: not deployed from the Model Registry
+        self.package_arn = registered.model_package_arn
         mods = model.metadata.get("modalities")
         self.modalities = tuple(mods) if mods else None
         self.structures = model.structures
@@ -199,7 +202,8 @@ class InferenceService:
             "studyInstanceUID": request.study_uid,
             "startedAt": iso_utc(timer.started_at),
             "task": self.task,
-            "model": {"name": self.name, "labels": self.labels, "created": self.model.metadata.get("created")},
+            "model": {"name": self.name, "version": self.version, "packageArn": self.package_arn,
+                      "labels": self.labels, "created": self.model.metadata.get("created")},
             "series": selection.as_dict(),
             "volume": {"shape": list(array.shape), "spacingMm": [round(float(s), 6) for s in geometry.spacing]},
             "findings": result,
@@ -231,11 +235,12 @@ class InferenceService:
             with timer.stage("encode"):
                 seg = None
                 if "seg" in request.outputs:
-                    seg = made["seg"] = build_seg(sources, label, self.structures, self.name)
+                    seg = made["seg"] = build_seg(sources, label, self.structures, self.name,
+                                                        model_version=self.version)
                     if store:
                         uploads.append(upload(seg))
                 if "sr" in request.outputs:
-                    made["sr"] = build_sr(sources, result, self.task, self.name, seg=seg,
+                    made["sr"] = build_sr(sources, result, self.task, self.name, model_version=self.version, seg=seg,
                                           structures=self.structures)
             if store and "sr" in made:
                 uploads.append(upload(made["sr"]))

@@ -16,8 +16,7 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from dicomflow import __version__
-from dicomflow.dicom.seg import MANUFACTURER, coded
+from dicomflow.dicom.seg import MANUFACTURER, algorithm_version, coded
 from dicomflow.dicom.structures import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, Structure
 
 SR_SERIES_NUMBER = 9102
@@ -75,9 +74,10 @@ def _source_images(images: Sequence[Dataset]) -> list[hd.sr.SourceImageForMeasur
 
 def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_name: str,
              seg: Dataset | None = None, structures: Sequence[Structure] = (),
-             series_uid: str | None = None) -> Dataset:
-    """A TID 1500 measurement report for ``findings`` (see :mod:`dicomflow.inference.findings`)."""
-    algo = hd.sr.AlgorithmIdentification(name=model_name[:64], version=__version__)
+             series_uid: str | None = None, model_version: str | None = None) -> Dataset:
+    """A TID 1500 measurement report for ``findings`` (see :mod:`dicomflow.inference.findings`); every
+    finding names the model and its version (:func:`dicomflow.dicom.seg.algorithm_version`)."""
+    algo = hd.sr.AlgorithmIdentification(name=model_name[:64], version=algorithm_version(model_version))
     groups: list = []
     if task == "segmentation3d":
         # The total is measured on the SEG when there is one: one reference instead of one per slice.

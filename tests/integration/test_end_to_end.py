@@ -93,6 +93,9 @@ def test_whole_loop_small(local_cloud) -> None:
         assert resumed[task]["resumed"] and resumed[task]["model_artifact"] == trained[task]["model_artifact"]
         assert resumed[task]["metrics"] == trained[task]["metrics"]
 
+    registered = loop.register_models(ctx, hooks)
+    assert {r["status"] for r in registered.values()} == {"Approved"}
+    assert loop.register_models(ctx, hooks) == registered  # a re-run registers nothing new
     deployed = loop.deploy_endpoints(ctx, hooks)
     inf = loop.run_inference(ctx, hooks)
     for task, dep in deployed.items():
@@ -109,6 +112,11 @@ def test_whole_loop_small(local_cloud) -> None:
         stored = dicomweb.retrieve_instance(client, study.study_uid, s["outputs"]["seg"]["SeriesInstanceUID"],
                                             s["outputs"]["seg"]["SOPInstanceUID"])
         label, structures = read_seg(stored, [str(ds.SOPInstanceUID) for ds in study.datasets])
+        # the SEG names the registered model and version that made it, as the response does
+        algo = stored.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+        expected = registered["segmentation3d"]
+        assert (algo.AlgorithmName, algo.AlgorithmVersion) == (expected["group"], str(expected["version"]))
+        assert s["model"] == {"name": expected["group"], "version": str(expected["version"])}
         assert [x.name for x in structures] == ["anterior", "posterior"]
         dice = mean_dice(label, study.label_volume, 2)
         assert dice == pytest.approx(float(np.mean(list(s["dice"].values()))), abs=1e-9)  # the demo's own score

@@ -126,3 +126,29 @@ def test_occlusion_png_for_2d_and_3d_classifiers() -> None:
         image, sens = occlusion_map(net, torch.rand(1, 1, *size), 1)
         assert image.shape == size[-2:] and sens.shape == size[-2:]
         assert render_png(image, sens).startswith(b"\x89PNG")
+
+
+def _texts(items, meaning: str) -> set[str]:
+    """TEXT values of every content item named ``meaning``, at any depth."""
+    found = set()
+    for item in items:
+        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
+        if name == meaning and "TextValue" in item:
+            found.add(str(item.TextValue))
+        if "ContentSequence" in item:
+            found |= _texts(item.ContentSequence, meaning)
+    return found
+
+
+def test_results_name_the_registered_model_and_its_version(series) -> None:
+    result = F.segmentation_volumes(series.label_volume, series.spacing, ["anterior", "posterior"])
+    seg = build_seg(series.datasets, series.label_volume, STRUCTURES, "hippocampus", model_version="3")
+    sr = build_sr(series.datasets, result, "segmentation3d", "hippocampus", seg=seg, structures=STRUCTURES,
+                  model_version="3")
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("hippocampus", "3")
+    assert _texts(sr.ContentSequence, "Algorithm Name") == {"hippocampus"}
+    assert _texts(sr.ContentSequence, "Algorithm Version") == {"3"}
+    unregistered = build_sr(series.datasets, result, "segmentation3d", "hippocampus")
+    (version,) = _texts(unregistered.ContentSequence, "Algorithm Version")
+    assert version.startswith("unregistered (dicomflow ")
