@@ -21,7 +21,7 @@ def ls(as_json: bool) -> None:
     if as_json:
         print_json(rows)
         return
-    table = value_table("endpoint", "status", "instances", "scaling", "backlog")
+    table = value_table("endpoint", "status", "instances (now / desired)", "scaling", "backlog (max, last minute)")
     for row in rows:
         bounds = f"{row['minInstances']}..{row['maxInstances']}" if "maxInstances" in row else "fixed"
         backlog = "-" if row.get("backlog") is None else f"{row['backlog']:g}"

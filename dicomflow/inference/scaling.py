@@ -107,6 +107,7 @@ def register_async_scaling(endpoint: str, plan: ScalingPlan, variant: str = "All
 
 
 def _latest(endpoint: str, metric: str) -> float | None:
+    """The largest value of ``metric`` in the latest one-minute period with data (CloudWatch's resolution)."""
     now = datetime.now(UTC)
     points = aws.client("cloudwatch").get_metric_statistics(
         Namespace=NAMESPACE, MetricName=metric, Dimensions=[{"Name": "EndpointName", "Value": endpoint}],
@@ -118,7 +119,7 @@ def _latest(endpoint: str, metric: str) -> float | None:
 
 
 def scaling_status(endpoint: str) -> dict[str, Any]:
-    """Status, instance counts, scaling bounds and the latest backlog of one endpoint."""
+    """Status, instance counts, scaling bounds and the backlog (largest of the latest minute) of one endpoint."""
     sm = aws.client("sagemaker")
     try:
         desc = sm.describe_endpoint(EndpointName=endpoint)

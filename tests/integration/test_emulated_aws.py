@@ -602,6 +602,17 @@ def test_an_endpoint_at_minimum_zero_scales_from_zero_serves_all_and_returns_to_
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     status = scaling_status(name)
     assert (status["instances"], status["minInstances"], status["maxInstances"]) == (0, 0, 2)
+    from click.testing import CliRunner
+
+    from dicomflow.cli.endpoints import endpoints as endpoints_cli
+
+    listed = CliRunner().invoke(endpoints_cli, ["ls", "--json"])
+    assert listed.exit_code == 0, listed.output
+    row = next(r for r in json.loads(listed.stdout) if r["endpoint"] == name)
+    assert (row["instances"], row["desiredInstances"]) == (0, 0)
+    assert 0 <= row["backlog"] <= 10  # the largest backlog of the latest minute, from CloudWatch
+    table = CliRunner().invoke(endpoints_cli, ["ls"])
+    assert name in table.output and "0..2" in table.output
 
 
 def test_a_growing_backlog_starts_a_second_instance_and_never_more_than_the_maximum(aws, endpoints):

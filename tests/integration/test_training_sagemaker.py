@@ -122,6 +122,16 @@ def test_cli_trains_segmentation3d_with_progress_and_json(channels, host_mode, t
     model = _artifact(result["model_artifact"], tmp_path)
     assert model.task == "segmentation3d" and model.labels == ["anterior", "posterior"]
     assert model.metadata["metrics"]["test_mean_dice"] == pytest.approx(result["metrics"]["test_mean_dice"])
+    # ... and registered as the next version of its group, pending approval, with the artifact's own figures
+    from dicomflow.modeling import registry
+
+    reg = result["registered"]
+    assert reg["group"] == "dicomflow-segmentation-3d" and reg["status"] == registry.PENDING
+    version = registry.version(reg["group"], reg["version"])
+    assert version.model_data == result["model_artifact"] and version.properties["task"] == "segmentation3d"
+    assert float(version.properties["metric.test_mean_dice"]) == pytest.approx(
+        model.metadata["metrics"]["test_mean_dice"], rel=1e-5)
+    assert version.properties["manifestSha256"] == model.metadata["manifest_sha256"]
 
 
 def test_no_usable_image_fails_with_the_reason(host_mode, tmp_path) -> None:
