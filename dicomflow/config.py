@@ -148,6 +148,8 @@ VARIABLES: tuple[Variable, ...] = (
              doc="the registered model an endpoint serves (its Model Package Group); results name it"),
     Variable("model_version", "DICOMFLOW_MODEL_VERSION", doc="that model's version in the Model Registry"),
     Variable("model_package_arn", "DICOMFLOW_MODEL_PACKAGE_ARN", doc="that version's model package"),
+    Variable("mme_memory_mb", "DICOMFLOW_MME_MEMORY_MB", "float", 0.0, 0, 1e7,
+             doc="multi-model endpoint: MB of models loaded at once (0: 70% of the memory free at start)"),
     Variable("http_header_seconds", "DICOMFLOW_HTTP_HEADER_SECONDS", "float", 10.0, 0.001, 3600,
              doc="time a client has to send a request head"),
     Variable("http_body_seconds", "DICOMFLOW_HTTP_BODY_SECONDS", "float", 30.0, 0.001, 3600,
@@ -225,6 +227,7 @@ class Runtime:
     model_name: str | None
     model_version: str | None
     model_package_arn: str | None
+    mme_memory_mb: float
     http_header_seconds: float
     http_body_seconds: float
     log_level: str

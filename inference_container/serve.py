@@ -8,6 +8,12 @@ malformed framing as 400); requests run on worker threads and share only the rea
 SIGTERM stops the server after running requests and exits 0. Log lines carry status, time and the
 study UID, never patient data.
 
+With ``SAGEMAKER_MULTI_MODEL=true`` the process serves a multi-model endpoint: no model at start (``/ping``
+is 200 at once), and SageMaker's contract for multi-model containers: ``POST /models``
+``{"model_name", "url"}`` loads an extracted artifact (409 when loaded, 507 when it would pass
+``DICOMFLOW_MME_MEMORY_MB``), ``GET /models``, ``GET /models/{name}``, ``DELETE /models/{name}`` and
+``POST /models/{name}/invoke`` (:mod:`dicomflow.inference.multi_model`).
+
 In a batch transform (SageMaker sets ``SAGEMAKER_BATCH=true``) a client error on one record (a malformed
 study JSON, a study the PACS does not have) is answered 200 with the error object
 ``{"error", "message", "status", "failed": true}`` as that record's output: SageMaker would otherwise fail
@@ -17,6 +23,7 @@ the whole job for one bad study; a server error stays an error.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -24,6 +31,7 @@ import threading
 import time
 from typing import Any
 
+import psutil
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -32,7 +40,15 @@ from starlette.routing import Route
 
 from dicomflow import webserver
 from dicomflow.config import ConfigError, runtime
-from dicomflow.inference.errors import ModelNotLoaded, PayloadTooLarge, error_body, http_status
+from dicomflow.inference.errors import (
+    BadRequest,
+    ModelNotFound,
+    ModelNotLoaded,
+    PayloadTooLarge,
+    error_body,
+    http_status,
+)
+from dicomflow.inference.multi_model import ModelStore
 from dicomflow.inference.request import MAX_INLINE_BYTES
 from inference_container import inference
 
@@ -64,17 +80,24 @@ def _invoke(holder: ModelHolder, body: bytes, content_type: str, accept: str) ->
     """(payload, content type, study UID) of one request; raises the request's error."""
     if holder.model is None:
         raise ModelNotLoaded(holder.error or "the model is still loading; retry after GET /ping is 200")
+    return _invoke_service(holder.model, body, content_type, accept)
+
+
+def _invoke_service(service: Any, body: bytes, content_type: str, accept: str) -> tuple[str, str, str]:
+    """(payload, content type, study UID) of one request to ``service``; raises the request's error."""
     request = inference.input_fn(body, content_type)
-    prediction = inference.predict_fn(request, holder.model)
+    prediction = inference.predict_fn(request, service)
     payload, rtype = inference.output_fn(prediction, accept)
     return payload, rtype, request.study_uid
 
 
-def make_app(holder: ModelHolder, limits: webserver.Limits, batch: bool = False) -> Starlette:
-    """The serving contract over ``holder``'s model (``batch``: client errors become failure records)."""
+def make_app(holder: ModelHolder, limits: webserver.Limits, batch: bool = False,
+             store: ModelStore | None = None) -> Starlette:
+    """The serving contract over ``holder``'s model (``batch``: client errors become failure records), or
+    over the models of ``store`` (a multi-model endpoint)."""
 
     async def ping(_request: Request) -> Response:
-        if holder.model is not None:
+        if holder.model is not None or store is not None:
             return webserver.json_response(200, {"status": "healthy"})
         return webserver.json_response(503, {"status": "loading" if holder.error is None else "failed",
                                              "message": holder.error or "model is loading"})
@@ -83,7 +106,7 @@ def make_app(holder: ModelHolder, limits: webserver.Limits, batch: bool = False)
         return webserver.json_response(200, {"MaxConcurrentTransforms": 4, "BatchStrategy": "SINGLE_RECORD",
                                              "MaxPayloadInMB": 1})
 
-    async def invocations(request: Request) -> Response:
+    async def invocations(request: Request, target: str | None = None) -> Response:
         t0 = time.perf_counter()
         study = "-"
         try:
@@ -94,9 +117,14 @@ def make_app(holder: ModelHolder, limits: webserver.Limits, batch: bool = False)
                     return webserver.problem_response(problem)
                 raise PayloadTooLarge(f"{problem.message} for an inline study JSON; send only the study JSON "
                                       "(the container fetches images from the PACS itself)") from None
-            payload, rtype, study = await run_in_threadpool(
-                _invoke, holder, body, request.headers.get("content-type") or "application/json",
-                request.headers.get("accept") or "*/*")
+            content_type = request.headers.get("content-type") or "application/json"
+            accept = request.headers.get("accept") or "*/*"
+            if store is None:
+                payload, rtype, study = await run_in_threadpool(_invoke, holder, body, content_type, accept)
+            else:
+                name = target or request.headers.get("x-amzn-sagemaker-target-model") or ""
+                payload, rtype, study = await run_in_threadpool(
+                    _invoke_service, store.get(name).service, body, content_type, accept)
         except Exception as exc:
             cause = exc.__cause__ if type(exc).__name__ == "GenericInferenceToolkitError" else exc
             status = http_status(cause)
@@ -111,14 +139,59 @@ def make_app(holder: ModelHolder, limits: webserver.Limits, batch: bool = False)
         log.info("POST /invocations 200 study=%s %.0f ms", study, (time.perf_counter() - t0) * 1000)
         return Response(payload, media_type=rtype)
 
+    def error_response(exc: Exception) -> Response:
+        return webserver.json_response(http_status(exc), error_body(exc))
+
+    async def load_model(request: Request) -> Response:
+        assert store is not None
+        try:
+            spec = json.loads(await webserver.read_body(request, limits) or b"{}")
+            name, url = spec.get("model_name"), spec.get("url")
+            if not isinstance(name, str) or not isinstance(url, str):
+                raise BadRequest('POST /models takes {"model_name": "...", "url": "/path/to/extracted/model"}')
+            loaded = await run_in_threadpool(store.load, name, url)
+        except webserver.HTTPProblem as exc:
+            return webserver.problem_response(exc)
+        except (ValueError, AttributeError):
+            return error_response(BadRequest("POST /models takes a JSON object"))
+        except Exception as exc:
+            log.warning("POST /models %d: %s", http_status(exc), str(exc)[:300])
+            return error_response(exc)
+        log.info("loaded %s (%.1f MB; %.1f MB in use)", loaded.name, loaded.nbytes / 1e6, store.used() / 1e6)
+        return webserver.json_response(200, {"modelName": loaded.name, "modelUrl": loaded.url})
+
+    async def list_models(_request: Request) -> Response:
+        assert store is not None
+        return webserver.json_response(200, {"models": store.listing()})
+
+    async def one_model(request: Request) -> Response:
+        assert store is not None
+        rest = request.path_params["rest"]
+        try:
+            if request.method == "POST" and rest.endswith("/invoke"):
+                return await invocations(request, target=rest[: -len("/invoke")])
+            if request.method == "GET":
+                loaded = store.get(rest)
+                return webserver.json_response(200, {"modelName": loaded.name, "modelUrl": loaded.url})
+            if request.method == "DELETE":
+                store.unload(rest)
+                log.info("unloaded %s", rest)
+                return webserver.json_response(200, {"modelName": rest, "unloaded": True})
+        except ModelNotFound as exc:
+            return error_response(exc)
+        return error_response(BadRequest(f"{request.method} /models/{rest}: use GET, DELETE or POST .../invoke"))
+
     async def not_found(_request: Request) -> Response:
         return webserver.json_response(404, {"error": "NotFound", "message": "use GET /ping or POST /invocations",
                                              "status": 404})
 
+    models = [Route("/models", load_model, methods=["POST"]), Route("/models", list_models, methods=["GET"]),
+              Route("/models/{rest:path}", one_model, methods=["GET", "POST", "DELETE"])] if store else []
     return Starlette(routes=[
         Route("/ping", ping, methods=["GET"]),
         Route("/execution-parameters", execution_parameters, methods=["GET"]),
         Route("/invocations", invocations, methods=["POST"]),
+        *models,
         Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
     ])
 
@@ -150,14 +223,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     holder = ModelHolder(args.model_dir)
     batch = os.environ.get("SAGEMAKER_BATCH", "").lower() == "true"
-    server = webserver.make_server(make_app(holder, limits, batch), limits)
+    store = None
+    if os.environ.get("SAGEMAKER_MULTI_MODEL", "").lower() == "true":
+        budget_mb = runtime().mme_memory_mb or 0.7 * psutil.virtual_memory().available / 1e6
+        store = ModelStore(int(budget_mb * 1e6))
+        log.info("multi-model endpoint: models load by name, %.0f MB budget", budget_mb)
+    server = webserver.make_server(make_app(holder, limits, batch, store), limits)
 
     def load_then_check() -> None:
         holder.load()
         if holder.model is None:
             server.should_exit = True
 
-    threading.Thread(target=load_then_check, name="model-loader", daemon=True).start()
+    if store is None:
+        threading.Thread(target=load_then_check, name="model-loader", daemon=True).start()
     log.info("serving on http://%s:%d (model %s)", args.host, args.port, args.model_dir)
     server.run(sockets=[sock])
     return 1 if holder.loaded.is_set() and holder.model is None else 0

@@ -17,7 +17,10 @@ from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
 
 @click.command()
 @click.option("--endpoint", "name", required=True, help="Endpoint name (letters, digits, hyphens).")
-@click.option("--model", "model_data", help="s3://.../model.tar.gz from a training job (or --model-package-group).")
+@click.option("--model", "model_data", help="s3://.../model.tar.gz from a training job (or --model-package-group); "
+              "with --multi-model, the s3:// prefix of the model.tar.gz files to serve.")
+@click.option("--multi-model", is_flag=True, help="A multi-model endpoint (real-time): each request names its "
+              "artifact under the --model prefix (dicomflow infer --target-model NAME.tar.gz).")
 @click.option("--model-package-group", "group", help="Serve the newest Approved version of this Model Package "
               "Group (refused when none is approved).")
 @click.option("--async/--realtime", "asynchronous", default=True, show_default=True,
@@ -46,14 +49,18 @@ from dicomflow.inference.scaling import ScalingPlan, register_async_scaling
 @click.option("--wait/--no-wait", default=True, show_default=True, help="Wait until InService.")
 @json_option
 @click.pass_context
-def deploy(ctx: click.Context, name: str, model_data: str | None, group: str | None, asynchronous: bool, image: str,
-           instance_type: str, max_concurrency: int, role: str | None, output_s3_uri: str | None,
-           pacs_secret: str | None, min_instances: int | None, max_instances: int | None,
+def deploy(ctx: click.Context, name: str, model_data: str | None, multi_model: bool, group: str | None,
+           asynchronous: bool, image: str, instance_type: str, max_concurrency: int, role: str | None,
+           output_s3_uri: str | None, pacs_secret: str | None, min_instances: int | None, max_instances: int | None,
            backlog_per_instance: float, scale_in_cooldown: int, scale_out_cooldown: int, wait: bool,
            as_json: bool) -> None:
     """Deploy a trained model as a SageMaker endpoint (async by default), optionally autoscaled."""
     if bool(model_data) == bool(group):
         raise click.UsageError("give exactly one of --model s3://…/model.tar.gz and --model-package-group NAME")
+    if multi_model and group:
+        raise click.UsageError("--multi-model serves the artifacts under a --model prefix, not a package group")
+    if multi_model and ctx.get_parameter_source("asynchronous") == click.core.ParameterSource.DEFAULT:
+        asynchronous = False  # multi-model endpoints are real-time
     plan = None
     if min_instances is not None or max_instances is not None:
         if not asynchronous:
@@ -72,7 +79,7 @@ def deploy(ctx: click.Context, name: str, model_data: str | None, group: str | N
             explicit = ctx.get_parameter_source("image") not in (click.core.ParameterSource.DEFAULT, None)
             dep, version = ep.deploy_from_group(name, group, image=image if explicit else None, **common)
         else:
-            dep = ep.deploy(name, str(model_data), image=image, **common)
+            dep = ep.deploy(name, str(model_data), image=image, multi_model=multi_model, **common)
         scaling = None
         if plan is not None:
             status.update(f"registering autoscaling of {name}")
@@ -114,6 +121,7 @@ def _pacs_url(explicit: str | None) -> str | None:
 @click.option("--endpoint", "name", required=True, help="Endpoint deployed with 'dicomflow deploy'.")
 @click.option("--study", help="StudyInstanceUID to analyse (or --batch).")
 @click.option("--series", help="SeriesInstanceUID (default: the container picks the usable series).")
+@click.option("--target-model", help="Multi-model endpoint: the artifact to use, e.g. hippocampus-v3.tar.gz.")
 @click.option("--outputs", default="json,sr", show_default=True, help=f"Comma list of {', '.join(OUTPUTS)}.")
 @click.option("--store/--no-store", default=True, show_default=True, help="STOW the SR/SEG into the study.")
 @click.option("--pacs-url", help="DICOMweb root the container uses [the local PACS / DICOMFLOW_PACS_URL]; the "
@@ -133,9 +141,9 @@ def _pacs_url(explicit: str | None) -> str | None:
 @click.option("--max-concurrent", default=2, show_default=True, type=click.IntRange(1, 100),
               help="--batch: requests at once per instance (MaxConcurrentTransforms).")
 @json_option
-def infer(name: str, study: str | None, series: str | None, outputs: str, store: bool, pacs_url: str | None,
-          secret_arn: str | None, output_s3_uri: str | None, wait: bool, timeout: float, batch: bool,
-          study_file, query: tuple[str, ...], batch_to: str | None, instances: int, max_concurrent: int,
+def infer(name: str, study: str | None, series: str | None, target_model: str | None, outputs: str, store: bool,
+          pacs_url: str | None, secret_arn: str | None, output_s3_uri: str | None, wait: bool, timeout: float,
+          batch: bool, study_file, query: tuple[str, ...], batch_to: str | None, instances: int, max_concurrent: int,
           as_json: bool) -> None:
     """Run inference on a study through an endpoint (async: S3 in, poll S3 out), or on many (--batch)."""
     if batch:
@@ -151,9 +159,11 @@ def infer(name: str, study: str | None, series: str | None, outputs: str, store:
         raise click.UsageError("give --study UID (or --batch with --studies/--query)")
     body = _request(study, series, outputs, store, pacs_url, secret_arn, output_s3_uri)
     config = ep.async_config(name)
+    if target_model and config is not None:
+        raise click.UsageError(f"--target-model is for multi-model endpoints; {name} is asynchronous")
     if config is None:
         with console.status(f"invoking {name}"):
-            result = ep.invoke_realtime(name, body)
+            result = ep.invoke_realtime(name, body, target_model)
         _show(result, as_json)
         return
     inv = ep.invoke_async(name, body, config)

@@ -78,9 +78,12 @@ class Deployment:
 def deploy(endpoint: str, model_data: str, *, asynchronous: bool = True, image: str = DEFAULT_IMAGE,
            instance_type: str = DEFAULT_INSTANCE_TYPE, max_concurrency: int = 4, role: str | None = None,
            output_s3_uri: str | None = None, environment: dict[str, str] | None = None,
-           wait: bool = True, timeout_s: float = 1800, progress: Callable[[str], None] | None = None
-           ) -> Deployment:
-    """Create (or update) Model + EndpointConfig + Endpoint; async endpoints get S3 paths and SNS topics."""
+           wait: bool = True, timeout_s: float = 1800, progress: Callable[[str], None] | None = None,
+           multi_model: bool = False) -> Deployment:
+    """Create (or update) Model + EndpointConfig + Endpoint; async endpoints get S3 paths and SNS topics.
+
+    ``multi_model``: ``model_data`` is an S3 prefix of ``model.tar.gz`` files and the endpoint serves each by
+    ``TargetModel`` (real-time only: SageMaker's asynchronous inference has no multi-model endpoints)."""
     if not endpoint or len(endpoint) > 63 or not all(c.isalnum() or c == "-" for c in endpoint):
         raise EndpointError(f"endpoint name {endpoint!r} must be 1-63 letters, digits and hyphens")
     try:
@@ -90,7 +93,15 @@ def deploy(endpoint: str, model_data: str, *, asynchronous: bool = True, image: 
     if max_concurrency < 1:
         raise EndpointError("--max-concurrency must be at least 1")
     sm = aws.client("sagemaker")
-    if not aws.exists(model_data):
+    if multi_model:
+        if asynchronous:
+            raise EndpointError("a multi-model endpoint is real-time: SageMaker's asynchronous inference does not "
+                                "support multi-model endpoints; add --realtime, or deploy one async endpoint per model")
+        listed = aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
+        if not listed.get("KeyCount"):
+            raise EndpointError(f"no model artifact under {model_data}; upload model.tar.gz files there first")
+        model_data = f"s3://{bucket}/{key.rstrip('/')}/"
+    elif not aws.exists(model_data):
         raise EndpointError(f"model artifact {model_data} not found; train a model first or check the URI")
     suffix = time.strftime("%Y%m%d%H%M%S") + "-" + uuid.uuid4().hex[:4]
     model_name = f"{endpoint}-{suffix}"[:63]
@@ -102,8 +113,10 @@ def deploy(endpoint: str, model_data: str, *, asynchronous: bool = True, image: 
     say = progress or (lambda _m: None)
     try:
         say(f"creating model {model_name}")
-        sm.create_model(ModelName=model_name, ExecutionRoleArn=_execution_role(role),
-                        PrimaryContainer={"Image": image, "ModelDataUrl": model_data, "Environment": env})
+        container = {"Image": image, "ModelDataUrl": model_data, "Environment": env}
+        if multi_model:
+            container["Mode"] = "MultiModel"
+        sm.create_model(ModelName=model_name, ExecutionRoleArn=_execution_role(role), PrimaryContainer=container)
         config: dict[str, Any] = {
             "EndpointConfigName": config_name,
             "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model_name,
@@ -247,12 +260,14 @@ def wait_result(inv: AsyncInvocation, timeout_s: float = 900, interval: float = 
         time.sleep(interval)
 
 
-def invoke_realtime(endpoint: str, body: dict) -> dict:
-    """InvokeEndpoint with the study JSON; the container's error message on failure."""
+def invoke_realtime(endpoint: str, body: dict, target_model: str | None = None) -> dict:
+    """InvokeEndpoint with the study JSON (``target_model``: the artifact a multi-model endpoint serves it
+    with); the container's error message on failure."""
     rt = aws.client("sagemaker-runtime")
+    extra = {"TargetModel": target_model} if target_model else {}
     try:
         resp = rt.invoke_endpoint(EndpointName=endpoint, Body=json.dumps(body).encode(),
-                                  ContentType="application/json", Accept="application/json")
+                                  ContentType="application/json", Accept="application/json", **extra)
     except ClientError as exc:
         original = exc.response.get("OriginalMessage") or exc.response.get("Error", {}).get("Message")
         raise EndpointError(f"endpoint {endpoint} answered an error: {original}") from exc

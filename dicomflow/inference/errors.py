@@ -94,6 +94,27 @@ class ModelNotLoaded(InferenceError):
     code = "ModelNotLoaded"
 
 
+class ModelAlreadyLoaded(InferenceError):
+    """Multi-model endpoint: ``POST /models`` for a model that is loaded."""
+
+    status = 409
+    code = "ModelAlreadyLoaded"
+
+
+class ModelNotFound(InferenceError):
+    """Multi-model endpoint: the named model is not loaded."""
+
+    status = 404
+    code = "ModelNotFound"
+
+
+class InsufficientMemory(InferenceError):
+    """Multi-model endpoint: loading the model would exceed the memory budget (unload one first)."""
+
+    status = 507
+    code = "InsufficientMemory"
+
+
 def http_status(exc: BaseException) -> int:
     """The HTTP status for any exception (unexpected ones are 500)."""
     if isinstance(exc, InferenceError):

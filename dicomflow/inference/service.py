@@ -97,7 +97,7 @@ def _retrying(deadline: float, what: str, fn: Callable[..., Any], *args: Any) ->
 class InferenceService:
     """A loaded model plus the request pipeline around it."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, name: str | None = None) -> None:
         self.model = model
         self.task = model.task
         self.labels = list(model.labels)
@@ -105,21 +105,23 @@ class InferenceService:
         self.network = use_onednn_conv3d(model.network)  # in place: 3D convolutions on oneDNN
         self.activation = model.metadata.get("activation", "sigmoid")
         registered = runtime()
-        self.name = registered.model_name or str(model.metadata.get("name") or f"dicomflow-{model.task}")
-        self.version = registered.model_version  # None: not deployed from the Model Registry
+        self.name = name or registered.model_name or str(model.metadata.get("name") or f"dicomflow-{model.task}")
+        # None: not deployed from the Model Registry (a model of a multi-model endpoint is named by its artifact)
+        self.version = registered.model_version if name is None else None
         self.package_arn = registered.model_package_arn
         mods = model.metadata.get("modalities")
         self.modalities = tuple(mods) if mods else None
         self.structures = model.structures
 
     @classmethod
-    def from_model_dir(cls, model_dir: str | Path) -> InferenceService:
-        """Load the artifact in ``model_dir`` (an extracted ``model.tar.gz``, or a dir holding one)."""
+    def from_model_dir(cls, model_dir: str | Path, name: str | None = None) -> InferenceService:
+        """Load the artifact in ``model_dir`` (an extracted ``model.tar.gz``, or a dir holding one); ``name``
+        is what results call the model (default: the registered name, else the artifact's)."""
         path = Path(model_dir)
         tarball = path / "model.tar.gz"
         if path.is_dir() and not (path / "dicomflow_model.json").exists() and tarball.exists():
             path = tarball
-        return cls(load_artifact(path))
+        return cls(load_artifact(path), name)
 
     # ---- checks that need no PACS ---------------------------------------------------------------
     def _check_outputs(self, request: StudyRequest) -> str | None:

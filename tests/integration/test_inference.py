@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from botocore.exceptions import ClientError
 from click.testing import CliRunner
 from model_helpers import dciodvfy_errors, model_tarball, untrained_artifact
 
@@ -350,3 +351,78 @@ def test_cli_batch_prints_a_summary_and_fails_a_bad_study_list(world, batch_endp
     result = CliRunner().invoke(infer, ["--endpoint", batch_endpoint, "--batch", "--studies", str(listing), "--to",
                                         f"s3://{bucket}/x"])
     assert isinstance(result.exception, ep.EndpointError) and "line 1" in str(result.exception)
+
+
+# ---- multi-model endpoint ---------------------------------------------------------------------
+
+def _mme(world, name: str, environment: dict[str, str] | None = None) -> str:
+    """A multi-model endpoint over ``s3://<bucket>/<name>/``: chest.tar.gz (classifier), hippo.tar.gz (segmenter)."""
+    for target, task in (("chest.tar.gz", "classification2d"), ("hippo.tar.gz", "segmentation3d")):
+        aws.write(f"s3://{world['bucket']}/{name}/{target}", model_tarball(world["artifacts"][task]))
+    ep.deploy(name, f"s3://{world['bucket']}/{name}/", image=IMAGE, asynchronous=False, multi_model=True,
+              environment=environment)
+    return name
+
+
+def _bodies(world) -> dict[str, dict]:
+    return {"chest.tar.gz": {"studyInstanceUID": str(world["chest"].dataset.StudyInstanceUID), "outputs": ["json"],
+                             "storeToPacs": False},
+            "hippo.tar.gz": {"studyInstanceUID": world["hippo"][0].study_uid, "outputs": ["json"],
+                             "storeToPacs": False}}
+
+
+def test_a_multi_model_endpoint_serves_each_task_by_target_model(world) -> None:
+    name = _mme(world, f"mme-{uuid.uuid4().hex[:6]}")
+    bodies = _bodies(world)
+    try:
+        chest = ep.invoke_realtime(name, bodies["chest.tar.gz"], "chest.tar.gz")
+        assert set(chest["findings"]["probabilities"]) == set(synthetic.CHEST_CLASSES)
+        assert chest["model"]["name"] == "chest" and chest["task"] == "classification2d"
+        hippo = ep.invoke_realtime(name, bodies["hippo.tar.gz"], "hippo.tar.gz")
+        assert set(hippo["findings"]["volumesMm3"]) == {"anterior", "posterior", "total"}
+        # an artifact added under the prefix is served at once, with no UpdateEndpoint
+        newer = model_tarball(world["artifacts"]["classification2d"])
+        aws.write(f"s3://{world['bucket']}/{name}/v2/chest.tar.gz", newer)
+        assert ep.invoke_realtime(name, bodies["chest.tar.gz"], "v2/chest.tar.gz")["model"]["name"] == "chest"
+        with pytest.raises(ep.EndpointError, match="Failed to download model data"):
+            ep.invoke_realtime(name, bodies["chest.tar.gz"], "missing.tar.gz")
+        with pytest.raises(ClientError, match="multi-model endpoint: pass TargetModel"):
+            aws.client("sagemaker-runtime").invoke_endpoint(EndpointName=name, Body=b"{}",
+                                                            ContentType="application/json")
+        # concurrent requests for both models: each answer comes from the model its request named
+        targets = ["chest.tar.gz", "hippo.tar.gz"] * 4
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda t: (t, ep.invoke_realtime(name, bodies[t], t)), targets))
+        for target, answer in answers:
+            assert answer["task"] == ("classification2d" if target == "chest.tar.gz" else "segmentation3d")
+            assert answer["studyInstanceUID"] == bodies[target]["studyInstanceUID"]
+    finally:
+        aws.client("sagemaker").delete_endpoint(EndpointName=name)
+
+
+def test_a_multi_model_endpoint_unloads_the_least_recently_used_model_under_its_budget(world, local_cloud) -> None:
+    from dicomflow.inference.multi_model import model_bytes
+    from dicomflow.inference.service import InferenceService
+
+    sizes = {t: model_bytes(InferenceService.from_model_dir(world["artifacts"][t]))
+             for t in ("classification2d", "segmentation3d")}
+    budget_mb = (max(sizes.values()) + 100_000) / 1e6  # room for one model, not for both
+    assert budget_mb * 1e6 < sum(sizes.values())
+    name = _mme(world, f"mme-small-{uuid.uuid4().hex[:6]}", {"DICOMFLOW_MME_MEMORY_MB": f"{budget_mb:.3f}"})
+    bodies = _bodies(world)
+    try:
+        for target in ("chest.tar.gz", "hippo.tar.gz", "chest.tar.gz"):  # each load unloads the other
+            assert ep.invoke_realtime(name, bodies[target], target)["studyInstanceUID"] == \
+                bodies[target]["studyInstanceUID"]
+        url = json.loads((local_cloud.settings.data_dir / "endpoints" / f"{name}.json").read_text())["url"]
+        assert [m["modelName"] for m in requests.get(f"{url}/models", timeout=10).json()["models"]] == ["chest.tar.gz"]
+        # the container's side of the contract
+        loaded = requests.get(f"{url}/models/chest.tar.gz", timeout=10).json()
+        again = requests.post(f"{url}/models", json={"model_name": "chest.tar.gz", "url": loaded["modelUrl"]},
+                              timeout=60)
+        assert again.status_code == 409
+        assert requests.delete(f"{url}/models/nope.tar.gz", timeout=10).status_code == 404
+        unloaded = requests.post(f"{url}/models/nope.tar.gz/invoke", json=bodies["chest.tar.gz"], timeout=10)
+        assert unloaded.status_code == 404
+    finally:
+        aws.client("sagemaker").delete_endpoint(EndpointName=name)

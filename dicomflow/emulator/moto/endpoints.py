@@ -62,6 +62,7 @@ class ServingSpec:
     model_data_url: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
     fetch: Callable[[str], bytes] | None = None  # s3://bucket/key -> bytes
+    models_prefix: str | None = None  # a multi-model endpoint: the S3 prefix its TargetModels are under
 
 
 _started: dict[str, Process] = {}

@@ -6,7 +6,9 @@ moto 5.2.5 answers both with canned data. :func:`install` replaces the two handl
 * the endpoint -> EndpointConfig -> Model chain is read from moto's SageMaker state and handed to
   :func:`dicomflow.emulator.moto.endpoints.resolve_serving` (the seam that finds or starts the serving process);
 * ``InvokeEndpoint`` POSTs the body to ``<serving>/invocations`` (ContentType, Accept, CustomAttributes
-  forwarded; 60 s limit like AWS) and returns its answer; a non-2xx answer is ``ModelError`` (424);
+  forwarded; 60 s limit like AWS) and returns its answer; a non-2xx answer is ``ModelError`` (424); on a
+  multi-model endpoint (``Mode: MultiModel``) ``TargetModel`` is loaded and invoked by
+  :mod:`dicomflow.emulator.moto.multi_model`;
 * ``InvokeEndpointAsync`` needs ``AsyncInferenceConfig``; it returns ``OutputLocation``
   ``<S3OutputPath>/<uuid>.out`` and ``FailureLocation`` ``<S3FailurePath>/<uuid>-error.out`` at once and
   queues the work on the endpoint's fleet (:mod:`dicomflow.emulator.moto.async_fleet`): each instance runs
@@ -31,7 +33,7 @@ from typing import Any
 
 import requests
 
-from dicomflow.emulator.moto import autoscaling, endpoints
+from dicomflow.emulator.moto import autoscaling, endpoints, multi_model
 from dicomflow.emulator.moto.endpoints import EndpointUnavailable, ServingSpec
 from dicomflow.paths import data_dir
 
@@ -114,8 +116,12 @@ def model_spec(account_id: str, region: str, model_name: str | None) -> ServingS
         return None
     data_url = container.get("ModelDataUrl") or (
         (container.get("ModelDataSource") or {}).get("S3DataSource") or {}).get("S3Uri")
-    return ServingSpec(image=container.get("Image", ""), model_data_url=data_url,
-                       environment=dict(container.get("Environment") or {}), fetch=_fetcher(account_id))
+    environment = dict(container.get("Environment") or {})
+    if container.get("Mode") == "MultiModel":  # the process starts empty; models load by TargetModel
+        return ServingSpec(image=container.get("Image", ""), fetch=_fetcher(account_id), models_prefix=data_url,
+                           environment={**environment, "SAGEMAKER_MULTI_MODEL": "true"})
+    return ServingSpec(image=container.get("Image", ""), model_data_url=data_url, environment=environment,
+                       fetch=_fetcher(account_id))
 
 
 def endpoint_view(account_id: str, region: str, name: str) -> EndpointView:
@@ -159,9 +165,22 @@ def invoke_endpoint(self: Any) -> tuple[int, dict[str, str], bytes]:
     except EndpointUnavailable as exc:
         raise _validation(str(exc)) from None
     body = self.raw_body if isinstance(self.raw_body, bytes) else (self.raw_body or "").encode("utf-8")
+    target = self.headers.get("X-Amzn-SageMaker-Target-Model")
+    prefix = view.spec.models_prefix if view.spec else None
     try:
-        resp = requests.post(f"{url}/invocations", data=body, headers=_forward_headers(self.headers),
-                             timeout=(5, REALTIME_TIMEOUT_S))
+        if prefix:
+            if not target:
+                raise _validation(f"Endpoint {name} is a multi-model endpoint: pass TargetModel, the path of an "
+                                  f"artifact under {prefix}")
+            resp = multi_model.invoke(name, url, prefix, target, view.spec.fetch, body,
+                                      _forward_headers(self.headers), REALTIME_TIMEOUT_S)
+        else:
+            resp = requests.post(f"{url}/invocations", data=body, headers=_forward_headers(self.headers),
+                                 timeout=(5, REALTIME_TIMEOUT_S))
+    except multi_model.TargetError as exc:
+        if exc.status == 400:
+            raise _validation(str(exc)) from None
+        raise _model_error(str(exc), exc.status, str(exc), name, self.region, self.current_account) from None
     except requests.Timeout:
         raise _model_error(f"Model of endpoint {name} did not respond within {REALTIME_TIMEOUT_S:.0f} seconds.",
                            408, "timeout", name, self.region, self.current_account) from None
@@ -212,6 +231,9 @@ def invoke_endpoint_async(self: Any) -> tuple[int, dict[str, str], str]:
     if not view.async_config:
         raise _validation(f"Endpoint {name} is not an asynchronous inference endpoint: its EndpointConfig has "
                           "no AsyncInferenceConfig; use InvokeEndpoint or recreate it with AsyncInferenceConfig.")
+    if view.spec and view.spec.models_prefix:
+        raise _validation(f"Endpoint {name} is a multi-model endpoint; asynchronous inference does not support "
+                          "multi-model endpoints: deploy one async endpoint per model, or call InvokeEndpoint")
     input_location = h.get("X-Amzn-SageMaker-InputLocation") or ""
     try:
         _split_s3(input_location)
@@ -411,6 +433,7 @@ def _delete_endpoint(original):
     def delete_endpoint(self: Any, endpoint_name: str) -> None:
         original(self, endpoint_name)
         endpoints.stop_serving(endpoint_name)
+        multi_model.forget(endpoint_name)
         autoscaling.close(self.account_id, self.region_name, endpoint_name)
 
     return delete_endpoint
@@ -429,6 +452,7 @@ def _update_endpoint(self: Any, endpoint_name: str, endpoint_config_name: str) -
     endpoint.data_capture_config = config["DataCaptureConfig"]
     endpoint.last_modified_time = utcnow()
     endpoints.stop_serving(endpoint_name)
+    multi_model.forget(endpoint_name)
     view = endpoint_view(self.account_id, self.region_name, endpoint_name)
     autoscaling.replace(self.account_id, self.region_name, endpoint_name, view, _per_instance(view))
     return endpoint
