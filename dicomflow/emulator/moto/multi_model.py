@@ -37,13 +37,16 @@ class TargetError(Exception):
 
 
 class _Models:
-    """What one serving process has loaded, least recently used first."""
+    """What one serving process has loaded, least recently used first. ``lock`` guards the bookkeeping only;
+    loads run one at a time under ``load_lock`` while requests for loaded models go on."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.loaded: OrderedDict[str, Path] = OrderedDict()
         self.in_use: Counter[str] = Counter()
+        self.loading: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
+        self.load_lock = threading.Lock()
 
 
 _by_endpoint: dict[str, _Models] = {}
@@ -87,22 +90,48 @@ def _download(endpoint: str, prefix: str, target: str, fetch: Callable[[str], by
 
 
 def _load(models: _Models, endpoint: str, prefix: str, target: str, fetch: Callable[[str], bytes]) -> None:
-    """Load ``target`` into the container, unloading idle models while it answers 507 (caller holds the lock)."""
-    path = _download(endpoint, prefix, target, fetch)
+    """Load ``target`` into the container, unloading idle models while it answers 507."""
+    with models.load_lock:
+        path = _download(endpoint, prefix, target, fetch)
+        while True:
+            resp = requests.post(f"{models.url}/models", json={"model_name": target, "url": str(path)}, timeout=300)
+            if resp.status_code in (200, 409):
+                with models.lock:
+                    models.loaded[target] = path
+                return
+            if resp.status_code != 507:
+                raise TargetError(f"the container could not load {target}: {resp.status_code} {resp.text[:300]}",
+                                  resp.status_code)
+            with models.lock:  # the least recently used model no request is using leaves the table first
+                idle = next((name for name in models.loaded if not models.in_use[name]), None)
+                gone = models.loaded.pop(idle) if idle is not None else None
+            if gone is None:
+                raise TargetError(f"the container has no memory for {target} and every loaded model is in use: "
+                                  f"{resp.text[:300]}", 507)
+            requests.delete(f"{models.url}/models/{quote(idle, safe='')}", timeout=60)
+            shutil.rmtree(gone.parent, ignore_errors=True)
+
+
+def _acquire(models: _Models, endpoint: str, prefix: str, target: str, fetch: Callable[[str], bytes]) -> None:
+    """Count a request on ``target``, loading it first (once, however many requests ask meanwhile)."""
     while True:
-        resp = requests.post(f"{models.url}/models", json={"model_name": target, "url": str(path)}, timeout=300)
-        if resp.status_code in (200, 409):
-            models.loaded[target] = path
-            return
-        if resp.status_code != 507:
-            raise TargetError(f"the container could not load {target}: {resp.status_code} {resp.text[:300]}",
-                              resp.status_code)
-        idle = next((name for name in models.loaded if not models.in_use[name]), None)
-        if idle is None:
-            raise TargetError(f"the container has no memory for {target} and every loaded model is in use: "
-                              f"{resp.text[:300]}", 507)
-        requests.delete(f"{models.url}/models/{quote(idle, safe='')}", timeout=60)
-        shutil.rmtree(models.loaded.pop(idle).parent, ignore_errors=True)
+        with models.lock:
+            if target in models.loaded:
+                models.loaded.move_to_end(target)
+                models.in_use[target] += 1
+                return
+            event = models.loading.get(target)
+            mine = event is None
+            if mine:
+                event = models.loading[target] = threading.Event()
+        if not mine:
+            event.wait()
+            continue
+        try:
+            _load(models, endpoint, prefix, target, fetch)
+        finally:
+            with models.lock:
+                models.loading.pop(target).set()
 
 
 def invoke(endpoint: str, url: str, prefix: str, target: str, fetch: Callable[[str], bytes], body: bytes,
@@ -110,12 +139,7 @@ def invoke(endpoint: str, url: str, prefix: str, target: str, fetch: Callable[[s
     """The container's answer to ``body`` for ``target`` (loaded first when needed)."""
     check_target(target)
     models = _models(endpoint, url)
-    with models.lock:
-        if target in models.loaded:
-            models.loaded.move_to_end(target)
-        else:
-            _load(models, endpoint, prefix, target, fetch)
-        models.in_use[target] += 1
+    _acquire(models, endpoint, prefix, target, fetch)
     try:
         return requests.post(f"{url}/models/{quote(target, safe='')}/invoke", data=body,
                              headers={**headers, "X-Amzn-SageMaker-Target-Model": target}, timeout=(5, timeout))
