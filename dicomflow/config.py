@@ -148,6 +148,12 @@ VARIABLES: tuple[Variable, ...] = (
              doc="the registered model an endpoint serves (its Model Package Group); results name it"),
     Variable("model_version", "DICOMFLOW_MODEL_VERSION", doc="that model's version in the Model Registry"),
     Variable("model_package_arn", "DICOMFLOW_MODEL_PACKAGE_ARN", doc="that version's model package"),
+    Variable("routing_rules", "DICOMFLOW_ROUTING_RULES", doc="the router's rules file (s3:// URI or path)"),
+    Variable("routing_table", "DICOMFLOW_ROUTING_TABLE",
+             doc="DynamoDB table of routed analyses (idempotency and status)"),
+    Variable("routing_dlq", "DICOMFLOW_ROUTING_DLQ", doc="SQS queue URL where routing that still fails goes"),
+    Variable("routing_attempts", "DICOMFLOW_ROUTING_ATTEMPTS", "int", 3, 1, 20,
+             doc="tries per analysis before it goes to the dead-letter queue (backoff 1 s, 2 s, 4 s, ...)"),
     Variable("mme_memory_mb", "DICOMFLOW_MME_MEMORY_MB", "float", 0.0, 0, 1e7,
              doc="multi-model endpoint: MB of models loaded at once (0: 70% of the memory free at start)"),
     Variable("http_header_seconds", "DICOMFLOW_HTTP_HEADER_SECONDS", "float", 10.0, 0.001, 3600,
@@ -227,6 +233,10 @@ class Runtime:
     model_name: str | None
     model_version: str | None
     model_package_arn: str | None
+    routing_rules: str | None
+    routing_table: str | None
+    routing_dlq: str | None
+    routing_attempts: int
     mme_memory_mb: float
     http_header_seconds: float
     http_body_seconds: float

@@ -154,7 +154,7 @@ def _base_dataset(*, sop_class: str, sop_uid: str, study_uid: str, series_uid: s
     ds.SeriesTime = "090000"
     ds.SeriesDescription = series_description
     # General Equipment
-    ds.Manufacturer = "dicomflow"
+    ds.Manufacturer = "dicomflow synthetic data"  # a scanner of its own: not the "dicomflow" of results
     ds.ManufacturerModelName = "synthetic"
     ds.SoftwareVersions = "dicomflow"
     # General Image

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pydicom import Dataset
 
+#: Manufacturer (0008,0070) of every object dicomflow writes (SR, SEG): how its own results are recognised.
+MANUFACTURER = "dicomflow"
+
 #: Modalities of objects that carry no image to look at or analyse (reports, segmentations, key
 #: object selections, presentation states, RT plans, waveforms, ...).
 NON_IMAGE_MODALITIES = frozenset({"SR", "SEG", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG",

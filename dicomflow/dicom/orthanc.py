@@ -138,3 +138,15 @@ class OrthancRest:
         if resp.status_code == 404:
             raise PacsError(f"PACS lookup at {self.root} failed (HTTP 404)", "not-found", 404)
         return resp.json()
+
+    def changes(self, since: int, limit: int = 100) -> dict[str, Any]:
+        """Orthanc's change log after ``since``: ``{"Changes": [{"ChangeType", "ID", "Seq", ...}], "Done", "Last"}``."""
+        answer = self._get(f"/changes?since={int(since)}&limit={int(limit)}")
+        if answer is None:
+            raise PacsError(f"{self.root} has no Orthanc change log (/changes)", "not-found", 404)
+        return answer
+
+    def study_uid(self, study_id: str) -> str | None:
+        """The StudyInstanceUID of an Orthanc study ID (None when the study is gone)."""
+        study = self._get(f"/studies/{study_id}")
+        return None if study is None else study["MainDicomTags"]["StudyInstanceUID"]

@@ -14,9 +14,9 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomflow import __version__
+from dicomflow.dicom.elements import MANUFACTURER
 from dicomflow.dicom.structures import Code, Structure, StructureError
 
-MANUFACTURER = "dicomflow"
 SEG_SERIES_NUMBER = 9101
 
 

@@ -16,7 +16,8 @@ import highdicom as hd
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from dicomflow.dicom.seg import MANUFACTURER, algorithm_version, coded
+from dicomflow.dicom.elements import MANUFACTURER
+from dicomflow.dicom.seg import algorithm_version, coded
 from dicomflow.dicom.structures import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, Structure
 
 SR_SERIES_NUMBER = 9102

@@ -1,0 +1,117 @@
+"""Orthanc's stable-study events to the router Lambda: the local cloud's side of auto-routing.
+
+:class:`StableStudyFeed` reads Orthanc's change log (``GET /changes``) from a position it keeps on disk
+(``<DICOMFLOW_HOME>/routing/changes.json``) and, for each ``StableStudy`` change (the study received no new
+instance for Orthanc's ``StableAge`` seconds), invokes the router Lambda with ``{"studyInstanceUID": UID}``
+and waits for its answer (the router only starts the inference, so this is quick). A router that fails is
+asked again at the next polls; after :data:`ATTEMPTS` the event goes to the dead-letter queue with the
+reason (``dlq``) and the feed moves on: nothing is dropped silently, and one bad study never stops the
+feed. The position is saved after each change, so a feed restarted after a crash sends one event again
+at worst (the router analyses each study once) and never skips one. The change log is
+chosen over an Orthanc Python plugin: it needs nothing inside Orthanc, survives Orthanc and feed restarts,
+and the same router Lambda serves every PACS that can post a study UID.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from dicomflow import aws
+from dicomflow.dicom.orthanc import OrthancRest
+
+log = logging.getLogger("dicomflow.routing.feed")
+
+BATCH = 100
+ATTEMPTS = 3
+
+
+class StableStudyFeed:
+    def __init__(self, orthanc: OrthancRest, function: str, state_path: Path, dlq: str | None = None) -> None:
+        self.orthanc, self.function, self.state_path, self.dlq = orthanc, function, state_path, dlq
+        self._failures: dict[int, int] = {}
+
+    def position(self) -> int:
+        try:
+            return int(json.loads(self.state_path.read_text())["last"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
+    def _save(self, last: int) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"last": last}))
+        os.replace(tmp, self.state_path)
+
+    def skip_to_now(self) -> int:
+        """Start from the current end of the change log (ignore studies that arrived before)."""
+        last = int(self.orthanc.changes(0, 1).get("Last", 0))
+        answer = self.orthanc.changes(last, 1)
+        self._save(int(answer.get("Last", last)))
+        return self.position()
+
+    def _deliver(self, uid: str) -> str | None:
+        """Invoke the router for ``uid``; None, or why it failed."""
+        resp = aws.client("lambda").invoke(FunctionName=self.function,
+                                           Payload=json.dumps({"studyInstanceUID": uid}).encode())
+        answer = json.loads(resp["Payload"].read() or b"{}")
+        if resp.get("FunctionError"):
+            return str(answer.get("errorMessage") or answer)[:1000]
+        if isinstance(answer, dict) and answer.get("error"):
+            log.warning("the router refused study %s: %s", uid, answer["error"])
+        return None
+
+    def poll(self) -> list[str]:
+        """Deliver every StableStudy after the saved position; the study UIDs delivered."""
+        sent: list[str] = []
+        while True:
+            since = self.position()
+            answer = self.orthanc.changes(since, BATCH)
+            for change in answer.get("Changes", []):
+                seq = int(change.get("Seq", since))
+                uid = self.orthanc.study_uid(change["ID"]) if change.get("ChangeType") == "StableStudy" else None
+                if uid is not None:
+                    why = self._deliver(uid)
+                    if why is not None:
+                        tries = self._failures[seq] = self._failures.get(seq, 0) + 1
+                        log.warning("router failed on study %s (%d of %d): %s", uid, tries, ATTEMPTS, why[:300])
+                        if tries < ATTEMPTS:
+                            return sent  # asked again at the next poll, from this change
+                        self._dead_letter(uid, why)
+                    else:
+                        log.info("stable study %s -> %s", uid, self.function)
+                        sent.append(uid)
+                    self._failures.pop(seq, None)
+                self._save(max(seq, since))
+            last = int(answer.get("Last", since))
+            self._save(max(last, self.position()))
+            if answer.get("Done", True) or last <= since:
+                return sent
+
+    def _dead_letter(self, uid: str, why: str) -> None:
+        if not self.dlq:
+            log.error("router failed on study %s %d times and no dead-letter queue is set: %s", uid, ATTEMPTS, why)
+            return
+        aws.client("sqs").send_message(QueueUrl=self.dlq, MessageBody=json.dumps(
+            {"event": {"studyInstanceUID": uid}, "key": None, "rule": None, "reason": f"the router failed: {why}"}))
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Poll every ``interval`` seconds until ``stop`` is set; a failed poll is logged and tried again."""
+        while not stop.is_set():
+            try:
+                self.poll()
+            except Exception as exc:  # the feed must outlive a PACS or emulator restart
+                log.warning("stable-study feed: %s", exc)
+            stop.wait(interval)
+
+
+def feed_for(data_dir: Path, orthanc: OrthancRest, function: str, dlq: str | None = None) -> StableStudyFeed:
+    return StableStudyFeed(orthanc, function, Path(data_dir) / "routing" / "changes.json", dlq)
+
+
+def describe(feed: StableStudyFeed) -> dict[str, Any]:
+    return {"function": feed.function, "position": feed.position(), "state": str(feed.state_path)}
