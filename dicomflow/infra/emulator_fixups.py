@@ -56,6 +56,11 @@ def _get_att(logical: str, physical: str, attribute: str, types: Mapping[str, st
         return aws.client("iam").get_role(RoleName=physical)["Role"]["Arn"]
     if rtype == "AWS::Lambda::Function" and attribute == "Arn":
         return aws.client("lambda").get_function_configuration(FunctionName=physical)["FunctionArn"]
+    if rtype == "AWS::SQS::Queue" and attribute == "Arn":
+        return aws.client("sqs").get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])[
+            "Attributes"]["QueueArn"]
+    if rtype == "AWS::DynamoDB::Table" and attribute == "Arn":
+        return aws.client("dynamodb").describe_table(TableName=physical)["Table"]["TableArn"]
     if physical.startswith("arn:"):
         if attribute == "Arn" or attribute.endswith("Arn"):
             return physical

@@ -50,8 +50,16 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert done.result.emulator
     assert out["PacsDicomwebUrl"] == local_cloud.settings.dicomweb_url
     for key in ("DataBucket", "ArtifactsBucket", "AsyncBucket", "PreLabelFunctionArn", "PostLabelFunctionArn",
-                "GroundTruthRoleArn", "SageMakerRoleArn", "PacsSecretArn", "SigningSecretArn", "ErrorTopicArn"):
+                "GroundTruthRoleArn", "SageMakerRoleArn", "PacsSecretArn", "SigningSecretArn", "ErrorTopicArn",
+                "RouterFunctionArn", "RoutingTableName", "RoutingDeadLetterQueueUrl", "RoutingRulesUri"):
         assert out.get(key), key
+    # the router Lambda gets its table, dead-letter queue, rules and the PACS secret (never a password)
+    router_env = aws.client("lambda").get_function_configuration(
+        FunctionName=out["RouterFunctionArn"])["Environment"]["Variables"]
+    assert (router_env["DICOMFLOW_ROUTING_TABLE"], router_env["DICOMFLOW_ROUTING_DLQ"],
+            router_env["DICOMFLOW_ROUTING_RULES"]) == (out["RoutingTableName"], out["RoutingDeadLetterQueueUrl"],
+                                                       out["RoutingRulesUri"])
+    assert router_env["DICOMFLOW_PACS_SECRET_ARN"] == out["PacsSecretArn"] and "DICOMFLOW_PACS_PASSWORD" not in router_env
     assert "EndpointName" not in out  # no ModelDataUrl -> no endpoint
     fixups = "\n".join(done.result.fixups)
     assert "created secret" in fixups and "subscribed a email endpoint" in fixups
