@@ -59,7 +59,8 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert (router_env["DICOMFLOW_ROUTING_TABLE"], router_env["DICOMFLOW_ROUTING_DLQ"],
             router_env["DICOMFLOW_ROUTING_RULES"]) == (out["RoutingTableName"], out["RoutingDeadLetterQueueUrl"],
                                                        out["RoutingRulesUri"])
-    assert router_env["DICOMFLOW_PACS_SECRET_ARN"] == out["PacsSecretArn"] and "DICOMFLOW_PACS_PASSWORD" not in router_env
+    assert router_env["DICOMFLOW_PACS_SECRET_ARN"] == out["PacsSecretArn"]
+    assert "DICOMFLOW_PACS_PASSWORD" not in router_env
     assert "EndpointName" not in out  # no ModelDataUrl -> no endpoint
     fixups = "\n".join(done.result.fixups)
     assert "created secret" in fixups and "subscribed a email endpoint" in fixups
