@@ -200,6 +200,12 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
                       f"{row.get('minInstances')}..{row.get('maxInstances')}" if "maxInstances" in row else "fixed",
                       _fmt(row.get("backlog"), "g"))
     console.print(scale)
+    if "routing" in r:
+        ro = r["routing"]
+        console.print(Panel.fit(
+            f"{ro['studies']} held-out MR series sent by C-STORE were analysed by the router with no inference "
+            f"call (rules {ro['rules']}; `dicomflow route status` lists each analysis)",
+            title="auto-routing", border_style="cyan"), highlight=False)
     if "batch" in r:
         b = r["batch"]
         console.print(Panel.fit(

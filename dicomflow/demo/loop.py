@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -38,6 +39,8 @@ from dicomflow.training.channel import MANIFEST, channel_uri
 SEG_LABELS = [s["name"] for s in HIPPOCAMPUS_STRUCTURES]
 SIZES = ("small", "full")
 LOCAL_GATEWAY = "http://127.0.0.1/wado"
+#: seconds after the held-out series are sent before the demo asks the router itself (see route_new_studies)
+REDELIVER_AFTER_S = 20.0
 
 
 class DemoError(DicomflowError):
@@ -151,10 +154,7 @@ def deploy_stack(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
 # ---- 2. seed ----------------------------------------------------------------------------------------
 def seed_studies(ctx: DemoContext, hooks: Hooks) -> seeding.SeedResult:
     """Store the chest images and the training hippocampus series in the PACS by STOW-RS; the held-out
-    hippocampus series arrive as from a scanner, by DIMSE C-STORE (DCMTK's storescu)."""
-    from dicomflow.dicom import dimse
-    from dicomflow.emulator.cloud.orthanc import AE_TITLE
-
+    hippocampus series come later, from a modality, once the models serve (:func:`route_new_studies`)."""
     cfg = ctx.config
     studies = seeding.plan(chest=cfg.chest_train + cfg.chest_holdout, hippocampus=cfg.hippo_train + cfg.hippo_holdout,
                            seed=cfg.seed, real=False, chest_size=cfg.chest_size, hippocampus_shape=cfg.hippo_shape)
@@ -171,15 +171,8 @@ def seed_studies(ctx: DemoContext, hooks: Hooks) -> seeding.SeedResult:
 
         result = seeding.seed(dicomweb.connect(ctx.pacs), ctx.settings.data_dir,
                               [s for s in studies if id(s) not in from_modality], progress=advance)
-    settings = ctx.settings
-    with hooks.step(f"send {len(ctx.hippo_holdout)} held-out MR series from a modality (DIMSE C-STORE as "
-                    f"{settings.modality_aet})"):
-        for study in ctx.hippo_holdout:
-            dimse.send(study.datasets, settings.host, settings.orthanc_dicom_port, settings.modality_aet, AE_TITLE,
-                       settings.data_dir / "tmp")
     ctx.results["seed"] = {**result.as_dict(), "chest": [len(ctx.chest_train), len(ctx.chest_holdout)],
-                           "hippocampus": [len(ctx.hippo_train), len(ctx.hippo_holdout)],
-                           "sentByDimse": len(ctx.hippo_holdout)}
+                           "hippocampus": [len(ctx.hippo_train), len(ctx.hippo_holdout)]}
     return result
 
 
@@ -454,6 +447,80 @@ def deploy_endpoints(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     return deployed
 
 
+def routing_rules(ctx: DemoContext) -> str:
+    """The demo's rules: every T1 hippocampus MR series goes to the hippocampus endpoint."""
+    return (f"version: 1\nrules:\n  - name: hippocampal-volumetry\n"
+            f"    endpoint: {endpoint_name(ctx, 'segmentation3d')}\n    outputs: [json, sr, seg]\n"
+            f"    match:\n      modality: MR\n      seriesDescription: \"Synthetic T1 hippocampus.*\"\n"
+            f"      minSlices: 8\n")
+
+
+def route_new_studies(ctx: DemoContext, hooks: Hooks) -> list[dict[str, Any]]:
+    """Auto-routing: the rules go to the stack's rules object, the local cloud's feed delivers Orthanc's
+    stable-study events to the router Lambda, and the held-out MR series arrive from a modality (DIMSE
+    C-STORE, DCMTK's storescu). Nobody calls the endpoint: the router does, once per series. Returns the
+    hippocampus results (as :func:`run_inference` collects them)."""
+    from dicomflow.dicom import dimse
+    from dicomflow.dicom.orthanc import OrthancRest
+    from dicomflow.emulator.cloud.orthanc import AE_TITLE
+    from dicomflow.routing import router
+    from dicomflow.routing.feed import feed_for
+
+    aws.write(ctx.outputs["RoutingRulesUri"], routing_rules(ctx).encode(), "application/yaml")
+    settings, table = ctx.settings, ctx.outputs["RoutingTableName"]
+    feed = feed_for(settings.data_dir, OrthancRest(ctx.pacs), ctx.outputs["RouterFunctionArn"],
+                    ctx.outputs["RoutingDeadLetterQueueUrl"])
+    feed.skip_to_now()
+    stop = threading.Event()
+    watcher = threading.Thread(target=feed.run, args=(stop, 0.5), name="stable-study-feed", daemon=True)
+    watcher.start()
+    results: list[dict[str, Any]] = []
+    try:
+        with hooks.step(f"send {len(ctx.hippo_holdout)} held-out MR series from a modality (DIMSE C-STORE as "
+                        f"{settings.modality_aet})"):
+            for study in ctx.hippo_holdout:
+                dimse.send(study.datasets, settings.host, settings.orthanc_dicom_port, settings.modality_aet,
+                           AE_TITLE, settings.data_dir / "tmp")
+        sent_at = time.monotonic()
+        deadline = sent_at + ctx.config.result_timeout_s
+        model = router.model_version(endpoint_name(ctx, "segmentation3d"), None)
+        redelivered = 0
+        with hooks.step("auto-routing: stable study -> router Lambda -> hippocampus endpoint",
+                        total=len(ctx.hippo_holdout)) as st:
+            for n, study in enumerate(ctx.hippo_holdout, start=1):
+                asked = False
+                while True:
+                    rows = [router.settle(r, table) for r in router.records(study.study_uid, table)
+                            if r.get("model") == model]
+                    if any(r["status"] == router.FAILED for r in rows):
+                        raise DemoError(f"routing study {study.study_uid} failed: "
+                                        f"{next(r for r in rows if r['status'] == router.FAILED).get('reason')}")
+                    done = next((r for r in rows if r["status"] == router.DONE and r.get("outputLocation")), None)
+                    if done is not None:
+                        break
+                    if not rows and not asked and time.monotonic() - sent_at > REDELIVER_AFTER_S:
+                        # a re-run: Orthanc kept the instances from before, so the study did not change
+                        aws.client("lambda").invoke(FunctionName=ctx.outputs["RouterFunctionArn"],
+                                                    Payload=json.dumps({"studyInstanceUID": study.study_uid}).encode())
+                        asked, redelivered = True, redelivered + 1
+                    if time.monotonic() > deadline:
+                        raise DemoError(f"no routed result for study {study.study_uid} after "
+                                        f"{ctx.config.result_timeout_s:.0f} s; see `dicomflow route status`")
+                    time.sleep(0.5)
+                results.append({"task": "segmentation3d", "study": study,
+                                "output": json.loads(aws.read(done["outputLocation"])),
+                                "location": done["outputLocation"]})
+                st.update(completed=n)
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
+    ctx.results["seed"]["sentByDimse"] = len(ctx.hippo_holdout)
+    ctx.results["routed"] = results
+    ctx.results["routing"] = {"studies": len(results), "redelivered": redelivered,
+                              "rules": ctx.outputs["RoutingRulesUri"]}
+    return results
+
+
 def study_request(ctx: DemoContext, study_uid: str, outputs: list[str]) -> dict[str, Any]:
     """The study JSON the endpoint gets (validated as the container validates it)."""
     from dicomflow.inference.request import parse_request
@@ -464,13 +531,13 @@ def study_request(ctx: DemoContext, study_uid: str, outputs: list[str]) -> dict[
 
 
 def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
-    """Invoke both endpoints for every held-out study, wait for the S3 outputs, score them against the truth."""
+    """Invoke the chest endpoint for every held-out chest study (the ``dicomflow infer`` code path), wait for the
+    S3 outputs, and score them with the routed hippocampus results against the truth."""
     from dicomflow.inference import endpoint as ep
 
     plan = [("classification2d", s, ["json", "sr"]) for s in ctx.chest_holdout]
-    plan += [("segmentation3d", s, ["json", "sr", "seg"]) for s in ctx.hippo_holdout]
-    configs = {task: ep.async_config(endpoint_name(ctx, task)) for task in {t for t, _, _ in plan}}
-    results: list[dict[str, Any]] = []
+    configs = {task: ep.async_config(endpoint_name(ctx, task)) for task in ("classification2d", "segmentation3d")}
+    results: list[dict[str, Any]] = list(ctx.results.get("routed") or [])
     with hooks.step("async inference on the held-out studies", total=len(plan)) as st:
         pending = [(task, s, ep.invoke_async(endpoint_name(ctx, task), study_request(ctx, s.study_uid, outs),
                                              configs[task])) for task, s, outs in plan]
@@ -570,7 +637,7 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
     deploy_stack, seed_studies, run_labeling, export_datasets, train_models, register_models, deploy_endpoints,
-    run_inference, run_batch_transform]
+    route_new_studies, run_inference, run_batch_transform]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

@@ -94,8 +94,8 @@ def rules() -> Rules:
     return parsed
 
 
-def _table() -> str:
-    table = runtime().routing_table
+def _table(table: str | None = None) -> str:
+    table = table or runtime().routing_table
     if not table:
         raise RoutingError("no routing table: set DICOMFLOW_ROUTING_TABLE to the DynamoDB table of the stack")
     return table
@@ -176,19 +176,20 @@ def claim(key: str, record: dict[str, Any], again: tuple[str, ...]) -> bool:
     return True
 
 
-def update(key: str, **fields: Any) -> None:
+def update(key: str, table: str | None = None, **fields: Any) -> None:
     fields["updatedAt"] = _now()
     names = {f"#f{i}": k for i, k in enumerate(fields)}
     values = {f":v{i}": _item({"x": v})["x"] for i, v in enumerate(fields.values())}
+    assignments = ", ".join(f"#f{i} = :v{i}" for i in range(len(fields)))
     aws.client("dynamodb").update_item(
-        TableName=_table(), Key={"key": {"S": key}}, ExpressionAttributeNames=names, ExpressionAttributeValues=values,
-        UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))))
+        TableName=_table(table), Key={"key": {"S": key}}, ExpressionAttributeNames=names,
+        ExpressionAttributeValues=values, UpdateExpression=f"SET {assignments}")
 
 
-def records(study_uid: str | None = None) -> list[dict[str, Any]]:
+def records(study_uid: str | None = None, table: str | None = None) -> list[dict[str, Any]]:
     """Every analysis in the table (of one study), newest first."""
     db = aws.client("dynamodb")
-    args: dict[str, Any] = {"TableName": _table()}
+    args: dict[str, Any] = {"TableName": _table(table)}
     if study_uid:
         args.update(FilterExpression="#st = :st", ExpressionAttributeNames={"#st": "study"},
                     ExpressionAttributeValues={":st": {"S": study_uid}})
@@ -196,12 +197,12 @@ def records(study_uid: str | None = None) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r.get("updatedAt", ""), reverse=True)
 
 
-def settle(record: dict[str, Any]) -> dict[str, Any]:
+def settle(record: dict[str, Any], table: str | None = None) -> dict[str, Any]:
     """An invoked async analysis becomes done or failed once its output or failure object exists."""
     if record.get("status") != INVOKED or not record.get("outputLocation"):
         return record
     if aws.read_bytes(record["outputLocation"]) is not None:
-        update(record["key"], status=DONE)
+        update(record["key"], table, status=DONE)
         return {**record, "status": DONE}
     failure = record.get("failureLocation")
     data = aws.read_bytes(failure) if failure else None
@@ -210,7 +211,7 @@ def settle(record: dict[str, Any]) -> dict[str, Any]:
             reason = json.loads(data).get("message") or data[:300].decode(errors="replace")
         except (ValueError, AttributeError):
             reason = data[:300].decode(errors="replace")
-        update(record["key"], status=FAILED, reason=f"the model failed: {reason}"[:1000])
+        update(record["key"], table, status=FAILED, reason=f"the model failed: {reason}"[:1000])
         return {**record, "status": FAILED, "reason": reason}
     return record
 

@@ -51,7 +51,8 @@ def test_whole_loop_small(local_cloud) -> None:
     loop.seed_studies(ctx, hooks)
     client = dicomweb.connect(ctx.pacs)
     assert len(ctx.chest_train) == 16 and (len(ctx.hippo_train), len(ctx.hippo_holdout)) == (12, 3)
-    assert dicomweb.search_studies(client, StudyInstanceUID=ctx.hippo_holdout[0].study_uid)
+    assert dicomweb.search_studies(client, StudyInstanceUID=ctx.hippo_train[0].study_uid)
+    assert not dicomweb.search_studies(client, StudyInstanceUID=ctx.hippo_holdout[0].study_uid)  # a modality sends it
 
     # labeling: every training image labelled by 3 workers; the output line holds the majority of the votes
     lab = loop.run_labeling(ctx, hooks)
@@ -97,6 +98,10 @@ def test_whole_loop_small(local_cloud) -> None:
     assert {r["status"] for r in registered.values()} == {"Approved"}
     assert loop.register_models(ctx, hooks) == registered  # a re-run registers nothing new
     deployed = loop.deploy_endpoints(ctx, hooks)
+    # auto-routing: the held-out MR series arrive by C-STORE and are analysed with no inference call
+    routed = loop.route_new_studies(ctx, hooks)
+    assert sorted(r["study"].study_uid for r in routed) == sorted(s.study_uid for s in ctx.hippo_holdout)
+    assert ctx.results["routing"]["redelivered"] == 0  # every study reached the router through its stable event
     inf = loop.run_inference(ctx, hooks)
     for task, dep in deployed.items():
         assert _keys(dep["output_path"]), f"no async output for {task} in {dep['output_path']}"
