@@ -14,17 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from click.testing import CliRunner
 from model_helpers import model_tarball, untrained_artifact
 
 from dicomflow import aws
+from dicomflow.cli.main import cli
 from dicomflow.cli.route import route as route_cli
 from dicomflow.demo import synthetic
-from dicomflow.dicom import dicomweb, dimse
+from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
 from dicomflow.dicom.orthanc import OrthancRest
-from dicomflow.emulator.cloud.orthanc import AE_TITLE
 from dicomflow.emulator.moto.endpoints import register_image
 from dicomflow.inference import endpoint as ep
 from dicomflow.infra import package
@@ -113,9 +114,12 @@ def _modalities(routed: dict, study: str) -> list[str]:
 
 def test_a_series_sent_by_a_modality_is_analysed_by_every_matching_rule_once(routed) -> None:
     series = synthetic.hippocampus_series(1, seed=71, shape=(16, 24, 20))[0]
-    settings = routed["settings"]
-    dimse.send(series.datasets, settings.host, settings.orthanc_dicom_port, settings.modality_aet, AE_TITLE,
-               routed["root"])
+    folder = routed["root"] / "from-the-scanner"
+    folder.mkdir()
+    for i, ds in enumerate(series.datasets):
+        pydicom.dcmwrite(folder / f"{i:03d}.dcm", dicomweb.ensure_file_meta(ds), enforce_file_format=True)
+    sent = CliRunner().invoke(cli, ["--data-dir", str(routed["settings"].data_dir), "route", "send", str(folder)])
+    assert sent.exit_code == 0 and f"sent {len(series.datasets)} instance(s)" in sent.output, sent.output
     _wait("the study to turn stable and reach the router", lambda: series.study_uid in routed["feed"].poll(), 60)
     # both rules' models ran: hippocampus-a stored an SR and a SEG, hippocampus-b a SEG
     _wait("both models' results in the study",
