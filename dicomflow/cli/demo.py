@@ -194,7 +194,8 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
                        (out.get("seg") or {}).get("SeriesInstanceUID") or "-")
     console.print(vols)
     console.print(places)
-    scale = value_table("endpoint", "instances (now / desired)", "autoscaling", "backlog", title="endpoints")
+    scale = value_table("endpoint", "instances (now / desired)", "autoscaling", "backlog (max, last minute)",
+                        title="endpoints")
     for row in r.get("endpointStatus", []):
         scale.add_row(row["endpoint"], f"{row.get('instances')} / {row.get('desiredInstances')}",
                       f"{row.get('minInstances')}..{row.get('maxInstances')}" if "maxInstances" in row else "fixed",
@@ -206,6 +207,12 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"{ro['studies']} held-out MR series sent by C-STORE were analysed by the router with no inference "
             f"call (rules {ro['rules']}; `dicomflow route status` lists each analysis)",
             title="auto-routing", border_style="cyan"), highlight=False)
+    if "multiModel" in r:
+        mm = r["multiModel"]
+        console.print(Panel.fit(
+            f"{mm['endpoint']} serves both models from {mm['prefix']}: " + "; ".join(
+                f"{a['target']} on one held-out study, {a['maxDifferenceFromAsync']:.1e} from the async answer"
+                for a in mm["answers"].values()), title="multi-model endpoint", border_style="cyan"), highlight=False)
     if "batch" in r:
         b = r["batch"]
         console.print(Panel.fit(

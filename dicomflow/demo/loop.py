@@ -634,10 +634,41 @@ def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str
             "heldOutMeanDice": float(np.mean(dice)) if dice else None}
 
 
+def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Both models behind one real-time multi-model endpoint (``dicomflow deploy --multi-model``), one held-out
+    study each by ``TargetModel``, and how far the answers are from the async endpoints' for the same studies."""
+    from dicomflow.inference import endpoint as ep
+
+    name = f"{ctx.config.tag}-models"
+    prefix = _uri("ModelArtifactsUri", ctx, f"multi-model/{ctx.config.tag}/")
+    targets = {"classification2d": "chest.tar.gz", "segmentation3d": "hippocampus.tar.gz"}
+    with hooks.step(f"multi-model endpoint {name}: both models by TargetModel") as st:
+        for task, target in targets.items():
+            aws.write(prefix + target, aws.read(str(ctx.results["training"][task]["model_artifact"])))
+        st.update(note=f"deploying {name}")
+        ep.deploy(name, prefix, multi_model=True, asynchronous=False, role=ctx.outputs.get("SageMakerRoleArn"),
+                  environment={"DICOMFLOW_PACS_SECRET_ARN": ctx.outputs["PacsSecretArn"]})
+        by_study = {s["StudyInstanceUID"]: s for s in ctx.results["inference"]["studies"]}
+        answers = {}
+        for task, study in (("classification2d", ctx.chest_holdout[0]), ("segmentation3d", ctx.hippo_holdout[0])):
+            st.update(note=f"{targets[task]} on {study.study_uid}")
+            out = ep.invoke_realtime(name, {**study_request(ctx, study.study_uid, ["json"]), "storeToPacs": False},
+                                     targets[task])
+            mine = by_study[study.study_uid]
+            if task == "classification2d":
+                diff = max(abs(p - mine["probabilities"][c]) for c, p in out["findings"]["probabilities"].items())
+            else:
+                diff = max(abs(v - mine["predictedVolumesMm3"][k]) for k, v in out["findings"]["volumesMm3"].items())
+            answers[task] = {"target": targets[task], "study": study.study_uid, "model": out["model"]["name"],
+                             "maxDifferenceFromAsync": diff}
+    ctx.results["multiModel"] = {"endpoint": name, "prefix": prefix, "answers": answers}
+    return ctx.results["multiModel"]
+
+
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
     deploy_stack, seed_studies, run_labeling, export_datasets, train_models, register_models, deploy_endpoints,
-    route_new_studies, run_inference, run_batch_transform]
+    route_new_studies, run_inference, run_batch_transform, serve_from_one_endpoint]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

@@ -149,3 +149,8 @@ def test_whole_loop_small(local_cloud) -> None:
     assert batch["status"] == "Completed" and batch["studies"] == len(chest)
     assert batch["maxDifferenceFromAsync"] <= 1e-5, batch
     assert len([k for k in _keys(batch["output"]) if k.endswith(".json.out")]) == len(chest)
+    # one multi-model endpoint serves both models by TargetModel, with the async endpoints' answers
+    both = loop.serve_from_one_endpoint(ctx, hooks)
+    assert set(both["answers"]) == {"classification2d", "segmentation3d"}
+    assert both["answers"]["classification2d"]["maxDifferenceFromAsync"] <= 1e-5, both
+    assert both["answers"]["segmentation3d"]["maxDifferenceFromAsync"] <= 1e-3, both  # mm³

@@ -19,13 +19,15 @@ ALLOWED = {
     "modeling": {"core", "dicom"},
     "training": {"core", "dicom", "modeling", "groundtruth"},
     "inference": {"core", "dicom", "modeling"},
+    "routing": {"core", "dicom", "modeling", "inference"},
     "infra": {"core", "dicom", "groundtruth", "modeling", "training", "inference"},
     "emulator": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "infra"},
-    "demo": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "infra", "emulator"},
-    "cli": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "infra", "emulator", "demo"},
+    "demo": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "infra", "emulator"},
+    "cli": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "infra", "emulator",
+            "demo"},
 }
 PRODUCT_TOPS = ("lambdas", "training_job", "inference_container")
-LAMBDA_SAFE = ("dicom", "groundtruth")
+LAMBDA_SAFE = ("dicom", "groundtruth", "routing")
 HEAVY = ("torch", "monai")
 
 
