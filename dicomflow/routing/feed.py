@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 from dicomflow import aws
 from dicomflow.dicom.orthanc import OrthancRest
@@ -112,6 +111,3 @@ class StableStudyFeed:
 def feed_for(data_dir: Path, orthanc: OrthancRest, function: str, dlq: str | None = None) -> StableStudyFeed:
     return StableStudyFeed(orthanc, function, Path(data_dir) / "routing" / "changes.json", dlq)
 
-
-def describe(feed: StableStudyFeed) -> dict[str, Any]:
-    return {"function": feed.function, "position": feed.position(), "state": str(feed.state_path)}

@@ -12,6 +12,7 @@ Additions (each documented in its module):
   the S3 input and writes ``<input>.out`` objects; ``StopTransformJob``.
 * :mod:`dicomflow.emulator.moto.autoscaling` - async endpoints scale with their Application Auto Scaling
   registration and publish their backlog metrics to CloudWatch.
+* :mod:`dicomflow.emulator.moto.multi_model` - multi-model endpoints load the ``TargetModel`` a request names.
 
 * :mod:`dicomflow.emulator.moto.persistence` - the AWS state is restored before the server answers and
   saved while it changes, so it survives ``dicomflow down`` / ``up``, a reboot and ``kill -9``.
