@@ -146,6 +146,13 @@ class OrthancRest:
             raise PacsError(f"{self.root} has no Orthanc change log (/changes)", "not-found", 404)
         return answer
 
+    def last_change(self) -> int:
+        """The sequence number of Orthanc's latest change (0 when there is none)."""
+        answer = self._get("/changes?last")
+        if answer is None:
+            raise PacsError(f"{self.root} has no Orthanc change log (/changes)", "not-found", 404)
+        return int(answer.get("Last") or 0)
+
     def study_uid(self, study_id: str) -> str | None:
         """The StudyInstanceUID of an Orthanc study ID (None when the study is gone)."""
         study = self._get(f"/studies/{study_id}")

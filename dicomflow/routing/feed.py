@@ -48,9 +48,7 @@ class StableStudyFeed:
 
     def skip_to_now(self) -> int:
         """Start from the current end of the change log (ignore studies that arrived before)."""
-        last = int(self.orthanc.changes(0, 1).get("Last", 0))
-        answer = self.orthanc.changes(last, 1)
-        self._save(int(answer.get("Last", last)))
+        self._save(self.orthanc.last_change())
         return self.position()
 
     def _deliver(self, uid: str) -> str | None:

@@ -96,10 +96,19 @@ rules:
         Environment={"Variables": {"DICOMFLOW_PACS_URL": pacs.url, "DICOMFLOW_PACS_SECRET_ARN": secret,
                                    "DICOMFLOW_ROUTING_RULES": rules_uri, "DICOMFLOW_ROUTING_TABLE": table,
                                    "DICOMFLOW_ROUTING_DLQ": dlq, "DICOMFLOW_ROUTING_ATTEMPTS": "2"}})
-    feed = StableStudyFeed(OrthancRest(pacs), function, root / "changes.json", dlq)
-    feed.skip_to_now()
+    # a study that turned stable before the feed started is not delivered (the feed starts at the log's end)
+    client = dicomweb.connect(pacs)
+    before = synthetic.chest_radiographs(1, seed=70, size=64)[0].dataset
+    dicomweb.store(client, [before])
+    orthanc = OrthancRest(pacs)
+    _wait("the earlier study's StableStudy", lambda: any(
+        c["ChangeType"] == "StableStudy" and orthanc.study_uid(c["ID"]) == before.StudyInstanceUID
+        for c in orthanc.changes(max(0, orthanc.last_change() - 20), 100)["Changes"]), 30)
+    feed = StableStudyFeed(orthanc, function, root / "changes.json", dlq)
+    assert feed.skip_to_now() == orthanc.last_change() > 0
+    assert feed.poll() == []
     return {"function": function, "table": table, "dlq": dlq, "endpoints": endpoints, "model": model, "env": env,
-            "feed": feed, "client": dicomweb.connect(pacs), "settings": local_cloud.settings, "root": root}
+            "feed": feed, "client": client, "settings": local_cloud.settings, "root": root}
 
 
 def _invoke(routed: dict, event: dict) -> dict:
