@@ -70,8 +70,10 @@ def main() -> None:
             {"username": pacs.username, "password": pacs.password, "url": pacs.url}))["ARN"]
         ep.deploy("bench-hippo", model, image="dicomflow-bench-routing:latest",
                   environment={"DICOMFLOW_PACS_SECRET_ARN": secret})
+        # the directly invoked series (the floor) are renamed so that no rule routes them as well
         aws.write("s3://bench-routing/rules.yaml", b"version: 1\nrules:\n  - name: hippo\n    endpoint: bench-hippo\n"
-                                                  b"    outputs: [json, sr]\n    match: {modality: MR}\n")
+                                                  b"    outputs: [json, sr]\n"
+                                                  b"    match: {modality: MR, seriesDescription: 'Synthetic.*'}\n")
         aws.client("dynamodb").create_table(TableName="bench-routing", BillingMode="PAY_PER_REQUEST",
                                             AttributeDefinitions=[{"AttributeName": "key", "AttributeType": "S"}],
                                             KeySchema=[{"AttributeName": "key", "KeyType": "HASH"}])
@@ -96,6 +98,8 @@ def main() -> None:
             stored = time.monotonic()
             routed.append(_sr_stored(client, s.study_uid) - stored)
             d = series[2 * i + 1]
+            for ds in d.datasets:
+                ds.SeriesDescription = "direct"
             dicomweb.store(client, d.datasets)
             t0 = time.monotonic()
             ep.invoke_async("bench-hippo", {"studyInstanceUID": d.study_uid, "outputs": ["json", "sr"],
