@@ -20,6 +20,7 @@ import psutil
 import pytest
 import requests
 from botocore.exceptions import ClientError
+from waiting import wait_for
 
 from dicomflow.emulator.moto.endpoints import register_image
 
@@ -78,14 +79,7 @@ def count(event, context):
 
 
 def _wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return wait_for(what, probe, timeout)
 
 
 def _client(name: str) -> Any:

@@ -8,7 +8,6 @@ served by the real inference container behind async endpoints.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +17,7 @@ import pydicom
 import pytest
 from click.testing import CliRunner
 from model_helpers import model_tarball, untrained_artifact
+from waiting import wait_for
 
 from dicomflow import aws
 from dicomflow.cli.main import cli
@@ -37,14 +37,7 @@ SEG_LABELS = ["anterior", "posterior"]
 
 
 def _wait(what: str, probe: Callable[[], Any], timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
+    return wait_for(what, probe, timeout, interval=0.5)
 
 
 @pytest.fixture(scope="module")
