@@ -31,7 +31,6 @@ import threading
 import time
 from typing import Any
 
-import psutil
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -225,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     batch = os.environ.get("SAGEMAKER_BATCH", "").lower() == "true"
     store = None
     if os.environ.get("SAGEMAKER_MULTI_MODEL", "").lower() == "true":
-        budget_mb = runtime().mme_memory_mb or 0.7 * psutil.virtual_memory().available / 1e6
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # stdlib: the image has no psutil
+        budget_mb = runtime().mme_memory_mb or 0.7 * free / 1e6
         store = ModelStore(int(budget_mb * 1e6))
         log.info("multi-model endpoint: models load by name, %.0f MB budget", budget_mb)
     server = webserver.make_server(make_app(holder, limits, batch, store), limits)
