@@ -243,14 +243,17 @@ class _CheckpointSync:
         if not self.local.is_dir():
             return
         for path in self.local.rglob("*"):
-            if not path.is_file():
+            try:
+                if not path.is_file():
+                    continue
+                st = path.stat()
+                stamp = (st.st_size, st.st_mtime_ns)
+                if self.seen.get(path) == stamp:
+                    continue
+                key = self.prefix + str(path.relative_to(self.local))
+                self.s3.upload_file(str(path), self.bucket, key)
+            except FileNotFoundError:  # renamed or deleted while the job runs (an atomic write's temporary file)
                 continue
-            st = path.stat()
-            stamp = (st.st_size, st.st_mtime_ns)
-            if self.seen.get(path) == stamp:
-                continue
-            key = self.prefix + str(path.relative_to(self.local))
-            self.s3.upload_file(str(path), self.bucket, key)
             self.seen[path] = stamp
 
 

@@ -139,3 +139,27 @@ def test_a_job_never_gets_dicomflow_secrets(monkeypatch) -> None:
     env = tj._job_environment()
     assert "DICOMFLOW_PACS_PASSWORD" not in env and "DICOMFLOW_SIGNING_KEY" not in env
     assert env["DICOMFLOW_PACS_URL"] == "http://127.0.0.1:8042/dicom-web" and env["PYTHONUNBUFFERED"] == "1"
+
+
+class _RenamingS3:
+    """Uploads by reading the file, but an atomic write renames each ``.tmp`` file just before it is read."""
+
+    def __init__(self) -> None:
+        self.uploaded: dict[str, bytes] = {}
+
+    def upload_file(self, path: str, bucket: str, key: str) -> None:
+        if path.endswith(".tmp"):
+            Path(path).replace(path[:-len(".tmp")])
+        self.uploaded[key] = Path(path).read_bytes()
+
+
+def test_checkpoint_sync_survives_a_file_renamed_while_it_runs(tmp_path) -> None:
+    local = tmp_path / "checkpoints"
+    local.mkdir()
+    (local / "best.pt.tmp").write_bytes(b"weights")
+    s3 = _RenamingS3()
+    sync = tj._CheckpointSync(s3, "s3://bucket/ckpt", local)
+    sync.sync()
+    assert s3.uploaded == {}
+    sync.sync()
+    assert s3.uploaded == {"ckpt/best.pt": b"weights"}
