@@ -29,7 +29,8 @@ from dicomflow.training.launch import TrainError, parse_hps, sdk_logs_to_stderr,
 @click.option("--instance-count", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Hosts; > 1 trains with torch.distributed (gloo on CPU, nccl on GPU).")
 @click.option("--hp", "hp_pairs", multiple=True, metavar="KEY=VALUE",
-              help="Hyperparameter (repeatable): epochs, batch_size, lr, image_size, spatial_size, "
+              help="Hyperparameter (repeatable): epochs, batch_size, lr, lr_schedule (constant or cosine), "
+                   "image_size, spatial_size, "
                    "spacing (segmentation3d at that voxel size in mm, on patches), intensity (percentile or "
                    "zscore), val_every (validate every N epochs), ...")
 @click.option("--output", default=None, help="S3 prefix for model.tar.gz [s3://<default bucket>/dicomflow/models/].")

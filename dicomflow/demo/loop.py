@@ -55,12 +55,12 @@ class DemoConfig:
     chest_train: int = 48
     chest_holdout: int = 16
     chest_size: int = 64
-    hippo_train: int = 20
+    hippo_train: int = 40
     hippo_holdout: int = 4
     hippo_shape: tuple[int, int, int] = (32, 48, 48)
     cls_epochs: int = 8
     cls_batch: int = 8
-    seg_epochs: int = 40
+    seg_epochs: int = 30
     seg_batch: int = 2
     annotators: int = 3
     flip_rates: tuple[float, ...] = (0.0, 0.1, 0.2)
@@ -319,8 +319,8 @@ def training_hyperparameters(cfg: DemoConfig) -> dict[str, dict[str, str]]:
         "classification2d": {"epochs": cfg.cls_epochs, "image_size": cfg.chest_size, "batch_size": cfg.cls_batch,
                              "val_fraction": 0.25, "seed": cfg.seed},
         "segmentation3d": {"epochs": cfg.seg_epochs, "spatial_size": ",".join(map(str, cfg.hippo_shape)),
-                           "batch_size": cfg.seg_batch, "lr": 0.01, "val_fraction": 0.2, "test_fraction": 0.2,
-                           "seed": cfg.seed},
+                           "batch_size": cfg.seg_batch, "lr": 0.01, "lr_schedule": "cosine", "val_fraction": 0.2,
+                           "test_fraction": 0.2, "seed": cfg.seed},
     }
     return {task: {k: str(v) for k, v in hps.items()} for task, hps in plans.items()}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -24,6 +25,7 @@ class Hyperparameters:
     epochs: int = 5
     batch_size: int = 8
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine (from lr down to 0 over the epochs, set at each epoch's start)
     image_size: int = 128  # classification2d: square side in pixels
     spatial_size: str = "32,48,40"  # 3D tasks: Z,Y,X voxels (with spacing: the patch size)
     spacing: str = ""  # segmentation3d: resample to Z,Y,X mm (e.g. "1" or "1.2,1,1") and train on patches
@@ -60,6 +62,14 @@ class Hyperparameters:
         if min(spacing) <= 0:
             raise HyperparameterError(f"spacing must be sizes > 0 in mm like 1.2,1,1, got {self.spacing!r}")
         return spacing
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of 1-based ``epoch``: ``lr``, or with ``cosine`` half a cosine from ``lr`` at epoch 1
+        to ``lr / epochs`` at the last (a function of the epoch alone, so a resumed job continues the curve)."""
+        if self.lr_schedule != "cosine" or self.epochs <= 1:
+            return self.lr
+        floor = self.lr / self.epochs
+        return floor + (self.lr - floor) * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / (self.epochs - 1)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +165,8 @@ def validate(hp: Hyperparameters) -> None:
         raise HyperparameterError("val_fraction and test_fraction must be in [0, 1) and sum to < 1")
     if hp.intensity not in ("percentile", "zscore"):
         raise HyperparameterError(f"intensity must be percentile or zscore, got {hp.intensity!r}")
+    if hp.lr_schedule not in ("constant", "cosine"):
+        raise HyperparameterError(f"lr_schedule must be constant or cosine, got {hp.lr_schedule!r}")
     if hp.cache not in ("none", "memory", "disk"):
         raise HyperparameterError(f"cache must be none, memory or disk, got {hp.cache!r}")
     if hp.augment not in ("none", "light"):

@@ -167,8 +167,11 @@ class Trainer:
         for epoch in range(start_epoch, hp.epochs + 1):
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
+            lr = hp.lr_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
             train_loss, rate = self._train_epoch(net, train_loader, loss_fn, optimizer, scaler)
-            values: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "images_per_second": rate}
+            values: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss, "images_per_second": rate, "lr": lr}
             if tenv.is_master:
                 per_class: dict[str, float] = {}
                 validated = val_loader is not None and (epoch % hp.val_every == 0 or epoch == hp.epochs)

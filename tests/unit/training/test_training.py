@@ -190,3 +190,15 @@ def test_patch_dataset_gives_seeded_patches_around_structures_and_elsewhere(tmp_
     with_structure = sum(bool((p["target"] > 0).any()) for p in first)
     assert 0 < with_structure < 12  # around the structures and elsewhere
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(first, patches(seed=3), strict=True))
+
+
+def test_cosine_schedule_runs_from_lr_to_lr_over_epochs_and_constant_stays() -> None:
+    from dicomflow.training.hyperparameters import HyperparameterError, parse
+
+    cosine = parse(["--lr", "0.01", "--epochs", "5", "--lr_schedule", "cosine"])
+    rates = [cosine.lr_at(e) for e in range(1, 6)]
+    assert rates[0] == pytest.approx(0.01) and rates[-1] == pytest.approx(0.002)
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    assert parse(["--lr", "0.01", "--epochs", "5"]).lr_at(4) == 0.01
+    with pytest.raises(HyperparameterError, match="lr_schedule must be constant or cosine"):
+        parse(["--lr_schedule", "step"])
