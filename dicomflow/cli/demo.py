@@ -213,6 +213,14 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"{mm['endpoint']} serves both models from {mm['prefix']}: " + "; ".join(
                 f"{a['target']} on one held-out study, {a['maxDifferenceFromAsync']:.1e} from the async answer"
                 for a in mm["answers"].values()), title="multi-model endpoint", border_style="cyan"), highlight=False)
+    if "reports" in r:
+        rep = r["reports"]
+        console.print(Panel.fit(
+            f"{rep['reports']} chest reports analysed by the rule engine (InferICD10CM's answer shape); "
+            f"{rep['agreement']:.1%} of the findings they mention read with the status they were written with, "
+            f"{rep['unwrittenFindings']} found that were not written\ntop ICD-10-CM codes asserted: " + ", ".join(
+                f"{c['code']} {c['description']} ({c['reports']})" for c in rep["topCodes"]),
+            title="radiology reports", border_style="cyan"), highlight=False)
     if "batch" in r:
         b = r["batch"]
         console.print(Panel.fit(

@@ -28,8 +28,9 @@ def seed(ctx: click.Context, chest: int, hippocampus: int, seed_value: int, ches
 
     The seeded truth (chest findings, hippocampus label volumes) goes to a sidecar under
     <data-dir>/seed/ for scoring demos; nothing else reads it. Bring label volumes into training with
-    `dicomflow label import`. Seeding again stores nothing twice: studies already present are
-    reported as such.
+    `dicomflow label import`. Each chest study also gets a free-text radiology report in
+    <data-dir>/reports/<StudyInstanceUID>.json (with its AccessionNumber), what `dicomflow search`
+    analyses. Seeding again stores nothing twice: studies already present are reported as such.
     """
     settings = settings_from(ctx)
     client = dicomweb.connect(pacs_for(settings))
@@ -48,3 +49,5 @@ def seed(ctx: click.Context, chest: int, hippocampus: int, seed_value: int, ches
         if stored or present:
             console.print(f"{kind:12} {stored} stored, {present} already present", highlight=False)
     console.print(f"{result.instances_stored} instance(s) stored; seeded truth in {result.sidecar}", highlight=False)
+    if result.reports:
+        console.print(f"{result.reports} report(s) in {seeding.reports_dir(settings.data_dir)}", highlight=False)

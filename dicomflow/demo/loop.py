@@ -17,6 +17,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -34,6 +35,8 @@ from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import instance_id, orthanc_id
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
+from dicomflow.search import lexicon
+from dicomflow.search.reports import RuleEngine, report_findings
 from dicomflow.training.channel import MANIFEST, channel_uri
 
 SEG_LABELS = [s["name"] for s in HIPPOCAMPUS_STRUCTURES]
@@ -174,6 +177,31 @@ def seed_studies(ctx: DemoContext, hooks: Hooks) -> seeding.SeedResult:
     ctx.results["seed"] = {**result.as_dict(), "chest": [len(ctx.chest_train), len(ctx.chest_holdout)],
                            "hippocampus": [len(ctx.hippo_train), len(ctx.hippo_holdout)]}
     return result
+
+
+def analyse_reports(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Run the report engine over the seeded chest reports: the top ICD-10-CM codes of what they assert
+    (negated, uncertain and hypothetical mentions left out), and, for scoring the demo, the share of
+    findings whose status the engine read as the report generator wrote it."""
+    engine, codes, agree, extra, total = RuleEngine(), Counter(), 0, 0, 0
+    studies = [s for s in ctx.chest if "report_mentions" in s.entry]
+    with hooks.step("analyse the chest reports (entities, negation, ICD-10-CM)", total=len(studies)) as st:
+        for k, study in enumerate(studies, 1):
+            record = json.loads((seeding.reports_dir(ctx.settings.data_dir) / f"{study.study_uid}.json").read_text())
+            result = engine.infer_icd10cm(record["text"])
+            asserted = {c["Code"] for e in result["Entities"] if not {t["Name"] for t in e["Traits"]} &
+                        {"NEGATION", "LOW_CONFIDENCE", "HYPOTHETICAL"} for c in e["ICD10CMConcepts"][:1]}
+            codes.update(asserted)
+            said, truth = report_findings(result), study.entry["report_mentions"]
+            agree += sum(said.get(f) == status for f, status in truth.items())
+            extra += len(set(said) - set(truth))
+            total += len(truth)
+            st.update(completed=k)
+    ctx.results["reports"] = {
+        "reports": len(studies), "agreement": agree / total if total else None, "unwrittenFindings": extra,
+        "topCodes": [{"code": c, "description": lexicon.description(c), "reports": n}
+                     for c, n in codes.most_common(5)]}
+    return ctx.results["reports"]
 
 
 # ---- 3. labeling ------------------------------------------------------------------------------------
@@ -667,8 +695,8 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
-    deploy_stack, seed_studies, run_labeling, export_datasets, train_models, register_models, deploy_endpoints,
-    route_new_studies, run_inference, run_batch_transform, serve_from_one_endpoint]
+    deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models, register_models,
+    deploy_endpoints, route_new_studies, run_inference, run_batch_transform, serve_from_one_endpoint]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

@@ -8,6 +8,8 @@ Three kinds of study:
 * ``chest``: synthetic CR images with known CheXpert labels (:func:`dicomflow.demo.synthetic.chest_radiographs`);
 * ``hippocampus``: synthetic MR series with an anterior/posterior label volume, written as NIfTI.
 
+Each chest study also gets a free-text radiology report (``<data_dir>/reports/``, see :func:`write_reports`).
+
 Seeding is idempotent: a study the PACS already holds completely (QIDO ``NumberOfStudyRelatedInstances``)
 is skipped and reported as already present. The sidecar ``<data_dir>/seed/labels.json`` is merged by
 UID, so seeding again (or with another ``--seed``) keeps earlier entries.
@@ -28,9 +30,11 @@ from dicomweb_client.protocol import DICOMClient
 from pydicom.data import get_testdata_file
 
 from dicomflow.demo import synthetic
+from dicomflow.demo.reports import chest_report
 from dicomflow.dicom import dicomweb, volume
 from dicomflow.dicom import json as dj
 from dicomflow.errors import DicomflowError
+from dicomflow.paths import private_dir
 
 __all__ = [
     "REAL_IMAGES",
@@ -41,11 +45,14 @@ __all__ = [
     "curate_real",
     "write_label_nifti",
     "sidecar_path",
+    "reports_dir",
+    "write_reports",
 ]
 
 REAL_IMAGES = ("RG1_UNCR", "MR2_UNCR", "693_UNCR")
 SIDECAR_DIR = "seed"
 SIDECAR_FILE = "labels.json"
+REPORTS_DIR = "reports"
 PAIRED_BODY_PARTS = {"SHOULDER", "KNEE", "HIP", "BREAST", "HAND", "FOOT", "ELBOW", "WRIST", "ANKLE", "ARM", "LEG"}
 #: Stop filling a STOW-RS request once it holds this many bytes of pixel data.
 BATCH_BYTES = 16 * 1024 * 1024
@@ -79,10 +86,11 @@ class SeedResult:
     already_present: dict[str, int] = field(default_factory=dict)
     instances_stored: int = 0
     sidecar: str = ""
+    reports: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {"stored": self.stored, "already_present": self.already_present,
-                "instances_stored": self.instances_stored, "sidecar": self.sidecar}
+                "instances_stored": self.instances_stored, "sidecar": self.sidecar, "reports": self.reports}
 
 
 # ---- real images ----------------------------------------------------------------------------------
@@ -136,7 +144,8 @@ def plan(chest: int = 24, hippocampus: int = 6, seed: int = 0, real: bool = True
         ds = img.dataset
         studies.append(SeedStudy("chest", [ds], {
             "StudyInstanceUID": ds.StudyInstanceUID, "SeriesInstanceUID": ds.SeriesInstanceUID,
-            "SOPInstanceUID": ds.SOPInstanceUID, "PatientID": img.patient_id, "labels": list(img.labels)}))
+            "SOPInstanceUID": ds.SOPInstanceUID, "PatientID": img.patient_id, "labels": list(img.labels),
+            "AccessionNumber": ds.AccessionNumber}))
     for ser in synthetic.hippocampus_series(hippocampus, seed=seed, shape=hippocampus_shape):
         studies.append(SeedStudy("hippocampus", ser.datasets, {
             "StudyInstanceUID": ser.study_uid, "SeriesInstanceUID": ser.series_uid,
@@ -188,6 +197,29 @@ def _write_sidecar(path: Path, studies: list[SeedStudy]) -> None:
 
 
 # ---- seeding ---------------------------------------------------------------------------------------
+def reports_dir(data_dir: Path) -> Path:
+    """Where the seeded chest studies' reports are written (what a RIS would export), one JSON file each."""
+    return Path(data_dir) / REPORTS_DIR
+
+
+def write_reports(data_dir: Path, studies: list[SeedStudy]) -> int:
+    """A free-text report per chest study (:func:`dicomflow.demo.reports.chest_report`), written to
+    ``<data_dir>/reports/<StudyInstanceUID>.json`` as ``{StudyInstanceUID, AccessionNumber, text}`` (an
+    owner-only folder: reports are patient data); the truth of what each says goes to the sidecar entry
+    (``report_mentions``). Returns how many were written."""
+    chest = [st for st in studies if st.kind == "chest"]
+    if not chest:
+        return 0
+    folder = private_dir(reports_dir(data_dir))
+    for st in chest:
+        report = chest_report(st.entry["labels"], st.study_uid)
+        st.entry["report_mentions"] = report.mentions
+        record = {"StudyInstanceUID": st.study_uid, "AccessionNumber": st.entry.get("AccessionNumber", ""),
+                  "text": report.text}
+        (folder / f"{st.study_uid}.json").write_text(json.dumps(record, indent=1))
+    return len(chest)
+
+
 def present_instances(client: DICOMClient, study_uid: str) -> int:
     """How many instances of a study the PACS holds (0 if none)."""
     found = dicomweb.search_studies(client, StudyInstanceUID=study_uid, fields=["NumberOfStudyRelatedInstances"])
@@ -205,6 +237,7 @@ def seed(client: DICOMClient, data_dir: Path, studies: list[SeedStudy],
     data_dir = Path(data_dir)
     result = SeedResult()
     label_dir = data_dir / SIDECAR_DIR / "hippocampus"
+    result.reports = write_reports(data_dir, studies)
     for st in studies:  # ground truth first: cheap, and useful even if the PACS fails half-way
         if st.label_volume is not None:
             target = label_dir / f"{st.entry['SeriesInstanceUID']}.nii.gz"

@@ -321,6 +321,7 @@ def chest_radiographs(n: int, seed: int = 0, size: int = 256) -> list[SyntheticI
         ds.WindowCenter = _MAX // 2
         ds.WindowWidth = _MAX
         ds.LossyImageCompression = "00"
+        ds.AccessionNumber = f"CXR{seed % 100000}-{i:05d}"[:16]  # links the study to its report (SH, 16 chars)
         _set_pixels(ds, pixels)
         out.append(SyntheticImage(dataset=ds, labels=labels, patient_id=patient_id))
     return out

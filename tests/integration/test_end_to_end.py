@@ -54,6 +54,11 @@ def test_whole_loop_small(local_cloud) -> None:
     assert dicomweb.search_studies(client, StudyInstanceUID=ctx.hippo_train[0].study_uid)
     assert not dicomweb.search_studies(client, StudyInstanceUID=ctx.hippo_holdout[0].study_uid)  # a modality sends it
 
+    # reports: one per chest study, read back by the rule engine with the status each finding was written with
+    reports = loop.analyse_reports(ctx, hooks)
+    assert reports["reports"] == len(ctx.chest) and reports["topCodes"]
+    assert reports["agreement"] >= 0.95 and reports["unwrittenFindings"] == 0, reports
+
     # labeling: every training image labelled by 3 workers; the output line holds the majority of the votes
     lab = loop.run_labeling(ctx, hooks)
     lines = manifest.read_jsonl_s3(lab["outputManifest"])

@@ -20,14 +20,16 @@ ALLOWED = {
     "training": {"core", "dicom", "modeling", "groundtruth"},
     "inference": {"core", "dicom", "modeling"},
     "routing": {"core", "dicom", "modeling", "inference"},
+    "search": {"core", "dicom", "modeling", "inference"},
     "infra": {"core", "dicom", "groundtruth", "modeling", "training", "inference"},
     "emulator": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "infra"},
-    "demo": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "infra", "emulator"},
-    "cli": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "infra", "emulator",
-            "demo"},
+    "demo": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "search", "infra",
+             "emulator"},
+    "cli": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "search", "infra",
+            "emulator", "demo"},
 }
 PRODUCT_TOPS = ("lambdas", "training_job", "inference_container")
-LAMBDA_SAFE = ("dicom", "groundtruth", "routing")
+LAMBDA_SAFE = ("dicom", "groundtruth", "routing", "search")
 HEAVY = ("torch", "monai")
 
 

@@ -135,3 +135,21 @@ def test_curated_real_images_pass_dciodvfy(tmp_path: Path) -> None:
         original = pydicom.dcmread(st.entry["path"])
         assert ds.PixelData == original.PixelData and ds.SOPInstanceUID == original.SOPInstanceUID
         assert dciodvfy_errors(ds, tmp_path, st.entry["name"]) == [], st.entry["name"]
+
+
+def test_seeded_chest_studies_get_a_report_linked_by_study_uid_and_accession(tmp_path) -> None:
+    import json
+    import stat
+
+    from dicomflow.demo import seed as seeding
+
+    studies = seeding.plan(chest=3, hippocampus=1, seed=5, real=False, chest_size=32, hippocampus_shape=(8, 8, 8))
+    assert seeding.write_reports(tmp_path, studies) == 3
+    folder = seeding.reports_dir(tmp_path)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for st in (s for s in studies if s.kind == "chest"):
+        record = json.loads((folder / f"{st.study_uid}.json").read_text())
+        assert record["AccessionNumber"] == st.datasets[0].AccessionNumber != ""
+        assert record["text"].strip() and st.entry["report_mentions"]
+        assert "Synthetic^" not in record["text"] and st.entry["PatientID"] not in record["text"]
+    assert len(list(folder.iterdir())) == 3
