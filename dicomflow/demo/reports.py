@@ -15,8 +15,8 @@ import random
 from dataclasses import dataclass
 
 from dicomflow.demo.synthetic import NO_FINDING
+from dicomflow.search.reports import NEGATIVE, POSITIVE, UNCERTAIN
 
-POSITIVE, UNCERTAIN, NEGATIVE = "positive", "uncertain", "negative"
 #: Findings a normal or abnormal report may say are absent, besides the generator's own classes.
 OTHER_NEGATABLE = ("Edema", "Consolidation", "Pneumonia", "Fracture")
 _NOUN = {  # the word a list or an uncertain phrase uses
