@@ -269,8 +269,11 @@ def run_labeling(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     finally:
         running.stop()
     if status["status"] != "Completed":
-        raise DemoError(f"labeling job {cfg.tag} is {status['status']} ({len(status['failed'])} failed objects); "
-                        f"see 'dicomflow label status --job {job_file}'")
+        errors = status["consolidationErrors"]
+        first = (f"; consolidation failed for {len(errors)} objects, first: {next(iter(errors.values()))}"
+                 if errors else "")
+        raise DemoError(f"labeling job {cfg.tag} is {status['status']} ({len(status['failed'])} failed objects"
+                        f"{first}); see 'dicomflow label status --job {job_file}'")
     lines = manifest.read_jsonl_s3(status["outputManifest"])
     summary = summarize_labels(lines, cfg.label_attribute, truth, answers)
     ctx.results["labeling"] = {"job": cfg.tag, "portal": running.url, "request": str(job_file),

@@ -31,6 +31,8 @@ from dicomflow.groundtruth.labels import CHEXPERT_CLASSES, parse_label_category_
 
 log = logging.getLogger(__name__)
 MAX_ANSWER_BYTES = 1_000_000
+CONSOLIDATION_ATTEMPTS = 3  # a consolidation Lambda that fails is invoked again, after 2 s then 4 s
+CONSOLIDATION_BACKOFF_S = 2.0
 
 
 class LabelingJobError(DicomflowError):
@@ -288,16 +290,22 @@ class LocalLabelingJob:
             "payload": {"s3Uri": self.store.write_consolidation_request(index, payload)},
             "outputConfig": self.store.consolidation_response_dir(),
         }
-        try:
-            response = invoke_lambda(self.lambdas, self.request.consolidation_lambda_arn, event)
+        for attempt in range(1, CONSOLIDATION_ATTEMPTS + 1):
+            try:
+                response = invoke_lambda(self.lambdas, self.request.consolidation_lambda_arn, event)
+            except DicomflowError as exc:  # the invoke failed (an error, a timeout): worth another try
+                last = attempt == CONSOLIDATION_ATTEMPTS
+                self._consolidation_failed(index, f"attempt {attempt} of {CONSOLIDATION_ATTEMPTS}: {exc}", last)
+                if last:
+                    return
+                time.sleep(CONSOLIDATION_BACKOFF_S * 2 ** (attempt - 1))
+                continue
             line = self._output_line(index, response)
-            if line is None:
-                raise LambdaInvokeError("consolidation Lambda returned nothing for this data object")
-        except DicomflowError as exc:
-            with self._lock:
-                self.consolidation_errors[index] = str(exc)
-            log.error("consolidation of data object %d failed: %s", index, exc)
-            return
+            if line is None:  # the function answered without this object: the same answer again
+                self._consolidation_failed(index, "consolidation Lambda returned nothing for this data object",
+                                          True)
+                return
+            break
         self.store.write_consolidation_response(index, response)
         with self._lock:
             self.consolidated[index] = line
@@ -305,6 +313,12 @@ class LocalLabelingJob:
             lines = [self.consolidated[i] for i in sorted(self.consolidated)]
         self.store.write_output_manifest(lines)
         self._save_state()
+
+    def _consolidation_failed(self, index: int, reason: str, last: bool) -> None:
+        with self._lock:
+            self.consolidation_errors[index] = reason
+        log.log(logging.ERROR if last else logging.WARNING, "consolidation of data object %d failed: %s%s",
+                index, reason, "" if last else "; trying again")
 
     def _output_line(self, index: int, response: Any) -> dict[str, Any] | None:
         if not isinstance(response, list) or index >= len(self.objects):

@@ -19,7 +19,9 @@ Execution environments, as Lambda keeps them:
   ``DICOMFLOW_LAMBDA_IDLE_SECONDS`` is stopped; one that crashes or times out is killed and replaced;
 * the handler gets the event and a context (``function_name``, ``aws_request_id``,
   ``get_remaining_time_in_millis()`` ...); at the function's Timeout (counted from the start of the
-  invoke; init has its own ``INIT_TIMEOUT_S``) the environment's process group is killed;
+  invoke) the environment's process group is killed. Init has its own ``INIT_TIMEOUT_S``; an Init that
+  runs past it is retried in a fresh process as part of the invoke, within the function's Timeout (an
+  ``INIT_REPORT ... Status: timeout`` line in the log), as Lambda does;
 * the result or error comes back as Lambda's Invoke API returns it: ``X-Amz-Function-Error:
   Unhandled`` and ``{"errorMessage", "errorType", "requestId", "stackTrace"}``; a timeout gives
   ``Sandbox.Timedout`` / ``"... Task timed out after N.NN seconds"``;
@@ -184,19 +186,17 @@ class _Environment:
         log_dir = root.parent / "env"
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"{env_id}.log"
-        replies_r, replies_w = os.pipe()
-        argv = [sys.executable, "-I", str(BOOTSTRAP), str(root), str(fn.handler), str(replies_w)]
-        try:
-            with open(log_path, "wb") as out:
-                proc = subprocess.Popen(  # noqa: S603 - our interpreter and bootstrap, fixed argv
-                    argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, cwd=root,
-                    env=function_environment(fn, stream, root), pass_fds=(replies_w,), start_new_session=True)
-        except BaseException:
-            os.close(replies_r)
-            raise
-        finally:
-            os.close(replies_w)
-        return cls(key, stream, proc, replies_r, log_path)
+        log_path.write_bytes(b"")
+        proc, replies = _spawn(fn, stream, root, log_path)
+        return cls(key, stream, proc, replies, log_path)
+
+    def restart(self, fn: Any, root: Path, note: str) -> None:
+        """A fresh process in place of this one, on the same log stream after ``note`` (a retried Init)."""
+        self._kill()
+        self._buffer = b""
+        with open(self.log_path, "ab") as out:
+            out.write(note.encode() + b"\n")
+        self.proc, self.replies = _spawn(fn, self.stream, root, self.log_path)
 
     def reply(self, timeout: float) -> bytes:
         """The next line the bootstrap writes; :class:`_Exited` on EOF or after ``timeout`` seconds."""
@@ -244,6 +244,10 @@ class _Environment:
 
     def stop(self) -> None:
         """Kill the process group and release the pipes and the output file."""
+        self._kill()
+        self.log_path.unlink(missing_ok=True)
+
+    def _kill(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -258,7 +262,23 @@ class _Environment:
             os.close(self.replies)
         except OSError:
             pass
-        self.log_path.unlink(missing_ok=True)
+
+
+def _spawn(fn: Any, stream: str, root: Path, log_path: Path) -> tuple[subprocess.Popen, int]:
+    """Start the bootstrap for ``fn`` appending its output to ``log_path``: (process, reply pipe)."""
+    replies_r, replies_w = os.pipe()
+    argv = [sys.executable, "-I", str(BOOTSTRAP), str(root), str(fn.handler), str(replies_w)]
+    try:
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(  # noqa: S603 - our interpreter and bootstrap, fixed argv
+                argv, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT, cwd=root,
+                env=function_environment(fn, stream, root), pass_fds=(replies_w,), start_new_session=True)
+    except BaseException:
+        os.close(replies_r)
+        raise
+    finally:
+        os.close(replies_w)
+    return proc, replies_r
 
 
 class _Pools:
@@ -382,42 +402,43 @@ def execute(fn: Any, event: Any) -> Invocation:
     env, cold = _pools.acquire(fn, _version_key(fn, root), root)
     healthy = False
     try:
-        inv, healthy = _run(fn, env, cold, request_id, event)
+        inv, healthy = _run(fn, env, cold, request_id, event, root)
         _save_logs(fn, env.stream, inv, create_stream=cold)
     finally:
         _pools.release(fn.function_arn, env, healthy)
     return inv
 
 
-def _run(fn: Any, env: _Environment, cold: bool, request_id: str, event: Any) -> tuple[Invocation, bool]:
+def _run(fn: Any, env: _Environment, cold: bool, request_id: str, event: Any,
+         root: Path) -> tuple[Invocation, bool]:
     """(the outcome, whether the environment may serve again)."""
     timeout = float(fn.timeout or 3)
     offset = 0 if cold else env.output_size()
     init_ms = None
+    started = time.monotonic()  # the invoke's clock: a retried Init runs on it, as on Lambda
     if cold:
-        began = time.monotonic()
         try:
-            ready = env.reply(INIT_TIMEOUT_S)
+            ready, retried = _init(fn, env, root, timeout)
         except _Exited as exc:
-            what = (f"Init timed out after {INIT_TIMEOUT_S:.2f} seconds" if exc.timed_out
-                    else f"Runtime exited with error: {env.exit_reason()}")
-            return _failed(env, request_id, offset, "Runtime.ExitError", what, init_ms), False
-        init_ms = (time.monotonic() - began) * 1000
+            if exc.timed_out:
+                return _timed_out(env, request_id, offset, timeout, started, None), False
+            return _failed(env, request_id, offset, "Runtime.ExitError",
+                           f"Runtime exited with error: {env.exit_reason()}", None), False
+        if not retried:  # the Init phase ended within its own limit: it is reported apart
+            init_ms = (time.monotonic() - started) * 1000
+            started = time.monotonic()
         if ready != READY:  # the import failed: the bootstrap reported it and exits
             error = json.loads(ready)["error"]
             error["requestId"] = request_id
-            return _finish(env, request_id, offset, json.dumps(error), error["errorType"], 0.0, init_ms), False
-    started = time.monotonic()
+            return _finish(env, request_id, offset, json.dumps(error), error["errorType"],
+                           (time.monotonic() - started) * 1000 if retried else 0.0, init_ms), False
+    left = max(0.0, timeout - (time.monotonic() - started))
     try:
-        env.send({"requestId": request_id, "deadlineMs": int((time.time() + timeout) * 1000), "event": event})
-        outcome = json.loads(env.reply(timeout))
+        env.send({"requestId": request_id, "deadlineMs": int((time.time() + left) * 1000), "event": event})
+        outcome = json.loads(env.reply(left))
     except _Exited as exc:
         if exc.timed_out:  # release() kills the environment's process group
-            message = f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
-            inv = _finish(env, request_id, offset, _error_payload("Sandbox.Timedout", message, request_id),
-                          "Sandbox.Timedout", (time.monotonic() - started) * 1000, init_ms)
-            inv.logs += f"{_now_iso()} {request_id} Task timed out after {timeout:.2f} seconds\n"
-            return inv, False
+            return _timed_out(env, request_id, offset, timeout, started, init_ms), False
         message = f"RequestId: {request_id} Error: Runtime exited with error: {env.exit_reason()}"
         return _finish(env, request_id, offset, _error_payload("Runtime.ExitError", message, request_id),
                        "Runtime.ExitError", (time.monotonic() - started) * 1000, init_ms), False
@@ -426,6 +447,29 @@ def _run(fn: Any, env: _Environment, cold: bool, request_id: str, event: Any) ->
         return _finish(env, request_id, offset, outcome["payload"], None, duration, init_ms), True
     return _finish(env, request_id, offset, json.dumps(outcome["error"]), outcome["error"]["errorType"],
                    duration, init_ms), True
+
+
+def _init(fn: Any, env: _Environment, root: Path, timeout: float) -> tuple[bytes, bool]:
+    """The Init phase: (the bootstrap's first line, whether Init was retried). As on Lambda, an Init
+    that runs past ``INIT_TIMEOUT_S`` is retried once in a fresh process as part of the invoke, within
+    the function's timeout. Raises :class:`_Exited`."""
+    try:
+        return env.reply(INIT_TIMEOUT_S), False
+    except _Exited as exc:
+        if not exc.timed_out:
+            raise
+    env.restart(fn, root, f"INIT_REPORT Init Duration: {INIT_TIMEOUT_S * 1000:.2f} ms\tPhase: init\t"
+                          "Status: timeout")
+    return env.reply(timeout), True
+
+
+def _timed_out(env: _Environment, request_id: str, offset: int, timeout: float, started: float,
+               init_ms: float | None) -> Invocation:
+    message = f"RequestId: {request_id} Error: Task timed out after {timeout:.2f} seconds"
+    inv = _finish(env, request_id, offset, _error_payload("Sandbox.Timedout", message, request_id),
+                  "Sandbox.Timedout", (time.monotonic() - started) * 1000, init_ms)
+    inv.logs += f"{_now_iso()} {request_id} Task timed out after {timeout:.2f} seconds\n"
+    return inv
 
 
 def _failed(env: _Environment, request_id: str, offset: int, error_type: str, what: str,

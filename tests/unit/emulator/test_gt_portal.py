@@ -39,10 +39,16 @@ class FakeLambdas:
     def __init__(self, scope: str) -> None:
         self.scope = scope
         self.calls: Counter[str] = Counter()
+        self.post_failures = 0  # this many consolidation invokes fail first, as an Init timeout does
 
     def invoke(self, FunctionName: str, InvocationType: str, Payload: bytes) -> dict[str, Any]:  # noqa: N803
         event = json.loads(Payload)
         self.calls[FunctionName] += 1
+        if FunctionName.endswith("post") and self.post_failures > 0:
+            self.post_failures -= 1
+            error = {"errorMessage": "RequestId: r Error: Init timed out after 10.00 seconds",
+                     "errorType": "Runtime.ExitError"}
+            return {"Payload": io.BytesIO(json.dumps(error).encode()), "FunctionError": "Unhandled"}
         if FunctionName.endswith("pre"):
             n = int(event["dataObject"]["source"])
             url = signing.sign_wado("http://gateway.invalid/wado", UID.format(1), UID.format(2),
@@ -144,6 +150,37 @@ def test_answers_survive_a_restart(aws_env, tmp_path) -> None:
     assert again.status()["answers"] == 1
     assert again.next_assignment("worker-1") is None and again.next_assignment("worker-2") is not None
     again.close()
+
+
+def _answer_all(job: LocalLabelingJob, workers: int) -> None:
+    for worker in (f"worker-{w + 1}" for w in range(workers)):
+        while (a := job.next_assignment(worker)) is not None:
+            job.submit(worker, a.id, {"annotation": json.dumps({"labels": ["Edema"]})})
+    job.wait_idle()
+
+
+def test_a_consolidation_lambda_that_fails_is_invoked_again(aws_env, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("dicomflow.emulator.groundtruth.job.CONSOLIDATION_BACKOFF_S", 0.0)
+    job = _job(aws_env, tmp_path, objects=1, workers=2, local_workers=2)
+    job.fake.post_failures = 2
+    _answer_all(job, 2)
+    st = job.status()
+    assert st["status"] == "Completed" and st["consolidated"] == 1 and st["consolidationErrors"] == {}
+    assert job.fake.calls["arn:aws:lambda:us-east-1:123456789012:function:post"] == 3
+    job.close()
+
+
+def test_a_consolidation_that_keeps_failing_is_reported_with_its_reason(aws_env, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr("dicomflow.emulator.groundtruth.job.CONSOLIDATION_BACKOFF_S", 0.0)
+    job = _job(aws_env, tmp_path, objects=1, workers=2, local_workers=2)
+    job.fake.post_failures = 99
+    _answer_all(job, 2)
+    st = job.status()
+    assert st["status"] == "InProgress" and st["consolidated"] == 0
+    assert st["consolidationErrors"] == {"0": "attempt 3 of 3: post: RequestId: r Error: Init timed out after "
+                                              "10.00 seconds"}
+    assert job.fake.calls["arn:aws:lambda:us-east-1:123456789012:function:post"] == 3
+    job.close()
 
 
 @pytest.mark.parametrize("doc, needle", [
