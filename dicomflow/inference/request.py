@@ -1,7 +1,8 @@
 """The study JSON: parse and validate an inference request.
 
 ``{"dicomweb": {"url": "..", "auth": {"secretArn": ".."}}, "studyInstanceUID": "..",
-"seriesInstanceUID": ".. (optional)", "outputs": ["json", "sr", "seg"], "storeToPacs": true,
+"seriesInstanceUID": ".. (optional)", "outputs": ["json", "sr", "seg", "occlusion", "embedding"],
+"storeToPacs": true,
 "outputS3Uri": "s3://.. (optional, for the occlusion PNG)"}``
 """
 
@@ -19,7 +20,7 @@ from dicomflow.inference.errors import BadRequest, PayloadTooLarge
 MAX_INLINE_BYTES = 128_000
 #: A study JSON nests 3 levels; anything much deeper is refused before it is walked.
 MAX_DEPTH = 16
-OUTPUTS = ("json", "sr", "seg", "occlusion")
+OUTPUTS = ("json", "sr", "seg", "occlusion", "embedding")
 DEFAULT_OUTPUTS = ("json",)
 _KNOWN_KEYS = {"dicomweb", "studyInstanceUID", "seriesInstanceUID", "outputs", "storeToPacs", "outputS3Uri"}
 

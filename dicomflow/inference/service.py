@@ -42,6 +42,7 @@ from dicomflow.inference.selection import check_retrieved, choose_series
 from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc
 from dicomflow.modeling.artifact import LoadedModel, load_artifact
+from dicomflow.modeling.embedding import EMBEDDING_TASKS, embed_and_classify, weights_version
 from dicomflow.modeling.networks import use_onednn_conv3d
 from dicomflow.modeling.reference import input_profile, quality
 
@@ -112,6 +113,14 @@ class InferenceService:
         mods = model.metadata.get("modalities")
         self.modalities = tuple(mods) if mods else None
         self.structures = model.structures
+        self._embedding_version: str | None = None
+
+    @property
+    def embedding_model(self) -> dict[str, str]:
+        """The name and version every embedding carries: the registry version, else the weights' fingerprint."""
+        if self._embedding_version is None:
+            self._embedding_version = str(self.version) if self.version else weights_version(self.network)
+        return {"name": self.name, "version": self._embedding_version}
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path, name: str | None = None) -> InferenceService:
@@ -128,6 +137,9 @@ class InferenceService:
         """Reject outputs this model cannot make; the S3 prefix for the occlusion PNG (if asked)."""
         if "seg" in request.outputs and self.task != "segmentation3d":
             raise BadRequest(f"output 'seg' needs a segmentation model; this endpoint serves {self.task}")
+        if "embedding" in request.outputs and (self.task not in EMBEDDING_TASKS or self.transform.spacing is not None):
+            raise BadRequest(f"output 'embedding' needs a whole-image classifier ({', '.join(EMBEDDING_TASKS)}); "
+                             f"this endpoint serves {self.task}")
         if "occlusion" not in request.outputs:
             return None
         if self.task == "segmentation3d":
@@ -178,8 +190,12 @@ class InferenceService:
                                      "SpacingBetweenSlices/SliceThickness: no slice has ImagePositionPatient")
             x = self.transform(array, geometry.spacing).unsqueeze(0)
 
+        embedding = None
         with timer.stage("model"), torch.inference_mode():
-            out = self.transform.run_network(self.network, x)
+            if "embedding" in request.outputs:
+                out, embedding = embed_and_classify(self.network, x)
+            else:
+                out = self.transform.run_network(self.network, x)
 
         label = None
         if self.task == "segmentation3d":
@@ -211,6 +227,13 @@ class InferenceService:
             "findings": result,
             "outputs": stored,
         }
+        if embedding is not None:
+            response["embedding"] = {
+                "model": self.embedding_model, "dimensions": int(embedding.shape[1]),
+                "seriesInstanceUID": selection.series_uid,
+                "sopInstanceUID": str(datasets[0].SOPInstanceUID) if self.task == "classification2d" else None,
+                "vector": [float(v) for v in embedding[0]],
+            }
         if occlusion_prefix:
             with timer.stage("occlusion"):
                 response["occlusion"] = self._occlusion(x, result, occlusion_prefix, request)

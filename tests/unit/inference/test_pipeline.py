@@ -10,6 +10,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from dicomweb_client import DICOMfileClient
@@ -22,6 +23,7 @@ from dicomflow.emulator.cloud.service import free_port
 from dicomflow.inference.errors import BadRequest, NoUsableSeries, StudyNotFound
 from dicomflow.inference.request import parse_request
 from dicomflow.inference.service import InferenceService
+from dicomflow.modeling.embedding import weights_version
 
 REPO = Path(__file__).resolve().parents[3]
 SEG_LABELS = ["anterior", "posterior"]
@@ -75,6 +77,34 @@ def test_classification_pipeline(artifacts, pacs) -> None:
         svc.run(parse_request({"studyInstanceUID": study, "outputs": ["seg"]}), client=client)
     with pytest.raises(BadRequest, match="outputS3Uri"):
         svc.run(parse_request({"studyInstanceUID": study, "outputs": ["occlusion"]}), client=client)
+
+
+def test_the_embedding_output_is_the_pooled_features_normalised_deterministic_and_named(artifacts, pacs) -> None:
+    client, hippo, chest = pacs
+    svc = InferenceService.from_model_dir(artifacts["classification2d"])
+    study = str(chest.dataset.StudyInstanceUID)
+    ask = {"studyInstanceUID": study, "outputs": ["embedding"], "storeToPacs": False}
+    first, second = svc.run(parse_request(ask), client=client), svc.run(parse_request(ask), client=client)
+    emb = first["embedding"]
+    vector = np.asarray(emb["vector"])
+    assert emb["dimensions"] == vector.size == 1024
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+    assert second["embedding"]["vector"] == emb["vector"]  # the same image and weights, the same vector
+    assert emb["sopInstanceUID"] == str(chest.dataset.SOPInstanceUID)
+    assert emb["model"] == {"name": svc.name, "version": weights_version(svc.network)}
+    assert emb["model"]["version"].startswith("weights-") and len(emb["model"]["version"]) == 20
+    # the findings of the same pass equal those of a request without the embedding
+    plain = svc.run(parse_request({**ask, "outputs": ["json"]}), client=client)
+    assert plain["findings"]["probabilities"] == pytest.approx(first["findings"]["probabilities"], abs=1e-6)
+    assert "embedding" not in plain
+    # another image gives another vector: the features depend on the image
+    other = synthetic.chest_radiographs(1, seed=6, size=64)[0]
+    dicomweb.store(client, [other.dataset])
+    third = svc.run(parse_request({**ask, "studyInstanceUID": str(other.dataset.StudyInstanceUID)}), client=client)
+    assert float(np.dot(vector, third["embedding"]["vector"])) < 1 - 1e-4
+    seg = InferenceService.from_model_dir(artifacts["segmentation3d"])
+    with pytest.raises(BadRequest, match="output 'embedding' needs a whole-image classifier"):
+        seg.run(parse_request({"studyInstanceUID": hippo.study_uid, "outputs": ["embedding"]}), client=client)
 
 
 def test_unknown_study_and_unusable_study(artifacts, pacs) -> None:
