@@ -25,6 +25,27 @@ def _thumbnail(path_list: list[str]) -> np.ndarray:
     return (blocks - blocks.mean()) / (blocks.std() + 1e-6)
 
 
+def thumbnail_vectors(items: list) -> np.ndarray:
+    """The standardised 8x8 thumbnails of training items, one row each: the no-learning image embedding."""
+    return np.stack([_thumbnail(it.images) for it in items])
+
+
+def neighbour_label_agreement(vectors: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Mean over queries of the label Jaccard between each query and its ``k`` nearest others by cosine
+    (labels are 0/1 rows); what a radiologist's "similar images" should share with the query."""
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    lab = labels.astype(bool)
+    scores = []
+    for q in range(len(unit)):
+        nearest = np.argsort(-sims[q], kind="stable")[:k]
+        inter = (lab[nearest] & lab[q]).sum(axis=1)
+        union = (lab[nearest] | lab[q]).sum(axis=1)
+        scores.append(float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0))))
+    return float(np.mean(scores))
+
+
 def thumbnail_ridge_auroc(train: list, held_out: list) -> float:
     """Mean AUROC on ``held_out`` of a ridge regression on 8x8 thumbnails fitted on ``train`` (training items
     with ``images`` and 0/1 ``labels``); the ridge strength is the best of four on ``held_out`` itself, so

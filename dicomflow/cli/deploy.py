@@ -151,13 +151,14 @@ def infer(name: str, study: str | None, series: str | None, target_model: str | 
             raise click.UsageError("--batch takes --studies FILE or --query KEY=VALUE, not --study/--series")
         if not batch_to:
             raise click.UsageError("--batch needs --to s3://bucket/prefix for the job's input and output")
-        studies = _batch_studies(study_file, query, pacs_url)
-        requests_ = {uid: _request(uid, None, outputs, store, pacs_url, secret_arn, output_s3_uri) for uid in studies}
+        studies = studies_from(study_file, query, pacs_url)
+        requests_ = {uid: study_request(uid, None, outputs, store, pacs_url, secret_arn, output_s3_uri)
+                     for uid in studies}
         _run_batch(name, batch_to, requests_, instances, max_concurrent, timeout, as_json)
         return
     if not study:
         raise click.UsageError("give --study UID (or --batch with --studies/--query)")
-    body = _request(study, series, outputs, store, pacs_url, secret_arn, output_s3_uri)
+    body = study_request(study, series, outputs, store, pacs_url, secret_arn, output_s3_uri)
     config = ep.async_config(name)
     if target_model and config is not None:
         raise click.UsageError(f"--target-model is for multi-model endpoints; {name} is asynchronous")
@@ -179,16 +180,12 @@ def infer(name: str, study: str | None, series: str | None, target_model: str | 
     with console.status(f"waiting for {inv.inference_id} on {name}"):
         ok, data = ep.wait_result(inv, timeout_s=timeout)
     if not ok:
-        try:
-            detail = json.loads(data)
-            message = detail.get("message") or data.decode(errors="replace")
-        except ValueError:
-            message = data.decode(errors="replace")
-        raise ep.EndpointError(f"inference {inv.inference_id} failed: {message} (details in {inv.failure_location})")
+        raise ep.EndpointError(f"inference {inv.inference_id} failed: {ep.failure_message(data)} "
+                               f"(details in {inv.failure_location})")
     _show(ep.with_queue_time(inv, json.loads(data)), as_json)
 
 
-def _request(study: str, series: str | None, outputs: str, store: bool, pacs_url: str | None,
+def study_request(study: str, series: str | None, outputs: str, store: bool, pacs_url: str | None,
              secret_arn: str | None, output_s3_uri: str | None) -> dict:
     """The study JSON for one study, validated as the container validates it."""
     body: dict = {"studyInstanceUID": study, "outputs": [o.strip() for o in outputs.split(",") if o.strip()],
@@ -208,9 +205,9 @@ def _request(study: str, series: str | None, outputs: str, store: bool, pacs_url
     return parse_request(body).as_dict()  # same validation as the container, before anything is sent
 
 
-def _batch_studies(study_file, query: tuple[str, ...], pacs_url: str | None) -> list[str]:
+def studies_from(study_file, query: tuple[str, ...], pacs_url: str | None) -> list[str]:
     if bool(study_file) == bool(query):
-        raise click.UsageError("--batch takes exactly one of --studies FILE and --query KEY=VALUE")
+        raise click.UsageError("give exactly one of --studies FILE and --query KEY=VALUE")
     if study_file:
         return batch_mod.read_study_list(study_file)
     filters = {}

@@ -9,7 +9,21 @@ import click
 from rich.text import Text
 
 from dicomflow import __version__
-from dicomflow.cli import cloud, dataset, demo, deploy, endpoints, infra, label, models, pacs, route, seed, train
+from dicomflow.cli import (
+    cloud,
+    dataset,
+    demo,
+    deploy,
+    endpoints,
+    infra,
+    label,
+    models,
+    pacs,
+    route,
+    search,
+    seed,
+    train,
+)
 from dicomflow.cli.common import console
 from dicomflow.cli.failures import explain, quiet_third_party, record_unexpected
 
@@ -39,7 +53,7 @@ def cli(data_dir: str | None) -> None:
 
 for command in (cloud.up, cloud.down, cloud.status, cloud.env, seed.seed, pacs.pacs, label.label, dataset.dataset,
                 train.train, models.models, deploy.deploy, deploy.infer, endpoints.endpoints, route.route,
-                infra.infra, demo.demo):
+                search.search, infra.infra, demo.demo):
     cli.add_command(command)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,3 +272,46 @@ def invoke_realtime(endpoint: str, body: dict, target_model: str | None = None) 
         original = exc.response.get("OriginalMessage") or exc.response.get("Error", {}).get("Message")
         raise EndpointError(f"endpoint {endpoint} answered an error: {original}") from exc
     return json.loads(resp["Body"].read())
+
+
+def failure_message(data: bytes) -> str:
+    """The message of an async failure object (its ``message``, else its text)."""
+    try:
+        detail = json.loads(data)
+    except ValueError:
+        return data.decode(errors="replace")
+    message = detail.get("message") if isinstance(detail, dict) else None
+    return message or data.decode(errors="replace")
+
+
+
+
+def analyse_all(endpoint: str, bodies: Mapping[str, dict], timeout_s: float = 900
+                ) -> Iterator[tuple[str, dict | EndpointError]]:
+    """Each study JSON through ``endpoint``: ``(key, response or EndpointError)`` as results come. An async
+    endpoint gets every invocation first (its instances work through the queue), then each is awaited."""
+    config = async_config(endpoint)
+    if config is None:
+        for key, body in bodies.items():
+            try:
+                yield key, invoke_realtime(endpoint, body)
+            except EndpointError as exc:
+                yield key, exc
+        return
+    pending: list[tuple[str, AsyncInvocation | EndpointError]] = []
+    for key, body in bodies.items():
+        try:
+            pending.append((key, invoke_async(endpoint, body, config)))
+        except EndpointError as exc:
+            pending.append((key, exc))
+    deadline = time.monotonic() + timeout_s
+    for key, inv in pending:
+        if isinstance(inv, EndpointError):
+            yield key, inv
+            continue
+        try:
+            ok, data = wait_result(inv, timeout_s=max(1.0, deadline - time.monotonic()))
+            yield key, (with_queue_time(inv, json.loads(data)) if ok else EndpointError(
+                f"inference {inv.inference_id} failed: {failure_message(data)}"))
+        except (EndpointError, ValueError) as exc:
+            yield key, EndpointError(str(exc))

@@ -14,13 +14,22 @@ import sys
 import numpy as np
 import pytest
 import torch
-from baselines import item_labels, mean_dice, prior_mask_dice, thumbnail_ridge_auroc
+from baselines import (
+    item_labels,
+    mean_dice,
+    neighbour_label_agreement,
+    prior_mask_dice,
+    thumbnail_ridge_auroc,
+    thumbnail_vectors,
+)
 from training_channels import ENTRY, chest_channel, hippocampus_channel, run_entry, sm_layout, write_manifest
 
 from dicomflow.demo import loop, synthetic
-from dicomflow.dicom.volume import load_image
+from dicomflow.dicom.volume import load_files, load_image
 from dicomflow.modeling.artifact import load_artifact
+from dicomflow.modeling.embedding import embed, weights_version
 from dicomflow.modeling.reference import input_profile, structure_volumes, unlike_training
+from dicomflow.search.vectors import ImageVector, VectorIndex
 from dicomflow.training.data import scan_manifest, split_by_patient
 
 pytestmark = pytest.mark.slow
@@ -30,6 +39,11 @@ pytestmark = pytest.mark.slow
 #: (measured: 0.81-0.82 against 0.71-0.73 over seeds 0 and 1; the class prior scores 0.5).
 MIN_MEAN_AUROC = 0.75
 MARGIN_AUROC = 0.05
+#: the same model's embeddings of the 48 held-out images: the mean label Jaccard between a query and its
+#: RETRIEVAL_K nearest must beat 8x8 thumbnails and random vectors by MARGIN_RETRIEVAL (measured, seed 0:
+#: 0.344 against 0.202 and 0.169).
+RETRIEVAL_K = 5
+MARGIN_RETRIEVAL = 0.08
 #: segmentation3d on 16 synthetic series (24x48x48, 20 epochs, 10 train / 3 val / 3 test): test mean Dice must
 #: reach this and beat the no-image prior mask by MARGIN_DICE (measured: 0.85 against ~0.3).
 MIN_TEST_DICE = 0.7
@@ -68,6 +82,34 @@ def test_classification2d_beats_a_thumbnail_model_and_writes_a_loadable_artifact
     assert "## Metrics" in (tmp_path / "model" / "model_card.md").read_text()
     assert list((tmp_path / "output/data/tensorboard").glob("events.out.tfevents.*"))
     assert not (tmp_path / "output/failure").exists()
+    _embeddings_find_images_with_the_same_findings(model, val, tmp_path / "index")
+
+
+def _embeddings_find_images_with_the_same_findings(model, held_out: list, where) -> None:
+    """The trained model's embeddings, through the image index, find held-out images that share the query's
+    findings better than the thumbnails and the class prior do."""
+    transform = model.transform
+    images = [load_files(it.images)[0] for it in held_out]
+    images = [im[im.shape[0] // 2] if im.ndim == 3 else im for im in images]  # as the serving container does
+    with torch.inference_mode():
+        vectors = np.concatenate([embed(model.network, transform(im).unsqueeze(0)).numpy() for im in images])
+    labels = np.array([it.labels for it in held_out])
+    ours = neighbour_label_agreement(vectors, labels, RETRIEVAL_K)
+    thumbs = neighbour_label_agreement(thumbnail_vectors(held_out), labels, RETRIEVAL_K)
+    rng = np.random.default_rng(0)
+    prior = float(np.mean([neighbour_label_agreement(rng.standard_normal(vectors.shape), labels, RETRIEVAL_K)
+                           for _ in range(20)]))
+    print(f"retrieval: label Jaccard@{RETRIEVAL_K} embeddings {ours:.3f}, thumbnails {thumbs:.3f}, random {prior:.3f}")
+    assert ours >= thumbs + MARGIN_RETRIEVAL and ours >= prior + MARGIN_RETRIEVAL, (ours, thumbs, prior)
+    # the index answers as the brute-force ranking does, never with the query itself
+    with VectorIndex.open(where, model={"name": "chest", "version": weights_version(model.network)},
+                          dimensions=vectors.shape[1]) as ix:
+        ix.add([ImageVector(sop_uid=f"1.2.826.0.1.3680043.8.498.7.{i}", study_uid=f"1.2.826.0.1.3680043.8.498.8.{i}",
+                            vector=v) for i, v in enumerate(vectors)])
+        found = ix.similar_to("1.2.826.0.1.3680043.8.498.7.0", RETRIEVAL_K)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = [int(i) for i in np.argsort(-(unit[1:] @ unit[0]), kind="stable")[:RETRIEVAL_K] + 1]
+    assert [n.sop_uid.rsplit(".", 1)[1] for n in found] == [str(i) for i in expected]
 
 
 def test_resume_continues_the_epoch_count(tmp_path) -> None:

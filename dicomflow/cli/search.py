@@ -1,0 +1,136 @@
+"""``dicomflow search``: embed studies with a classification endpoint into the image index; find similar images."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
+from dicomflow.cli.deploy import studies_from, study_request
+from dicomflow.inference import endpoint as ep
+from dicomflow.paths import private_dir
+from dicomflow.search.images import image_vector, model_of
+from dicomflow.search.vectors import MAX_K, ImageIndexError, VectorIndex
+
+
+def _index_dir(ctx: click.Context, given: str | None) -> Path:
+    return Path(given) if given else settings_from(ctx).data_dir / "search" / "images"
+
+
+index_option = click.option("--index", "index_dir", type=click.Path(file_okay=False),
+                            help="Index directory [<data dir>/search/images].")
+
+
+@click.group()
+def search() -> None:
+    """Image search: embed studies through a classification endpoint, then find similar images.
+
+    The index is embedded (SQLite + a usearch HNSW graph) in <data dir>/search/images, one model per
+    index; re-embed with 'index --rebuild' when the model changes.
+    """
+
+
+@search.command("index")
+@click.option("--endpoint", required=True, help="A classification endpoint (real-time or async) to embed with.")
+@click.option("--study", "study_uids", multiple=True, metavar="UID", help="A StudyInstanceUID (repeatable).")
+@click.option("--studies", "study_file", type=click.File("r"), help="File of StudyInstanceUIDs, one per line.")
+@click.option("--query", multiple=True, metavar="KEY=VALUE",
+              help="The PACS's studies matching QIDO-RS filters, e.g. Modality=DX (repeatable).")
+@index_option
+@click.option("--rebuild", is_flag=True, help="Build a new index and replace the old one when done (after a model "
+              "change: vectors of two models are never mixed).")
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for all results.")
+@json_option
+@click.pass_context
+def index(ctx: click.Context, endpoint: str, study_uids: tuple[str, ...], study_file: Any, query: tuple[str, ...],
+          index_dir: str | None, rebuild: bool, timeout: float, as_json: bool) -> None:
+    """Embed studies through an endpoint (output 'embedding'; nothing is stored to the PACS) and index them."""
+    if study_uids and (study_file or query):
+        raise click.UsageError("give --study UIDs, or one of --studies FILE and --query KEY=VALUE")
+    studies = list(dict.fromkeys(study_uids)) if study_uids else studies_from(study_file, query, None)
+    bodies = {uid: study_request(uid, None, "embedding", False, None, None, None) for uid in studies}
+    target = _index_dir(ctx, index_dir)
+    where = Path(tempfile.mkdtemp(prefix=".rebuild-", dir=private_dir(target.parent))) if rebuild else target
+    failed: list[dict[str, str]] = []
+    added = 0
+    ix: VectorIndex | None = None
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=as_json) as bar:
+            task = bar.add_task(f"embedding through {endpoint}", total=len(bodies))
+            for study, result in ep.analyse_all(endpoint, bodies, timeout_s=timeout):
+                bar.advance(task)
+                try:
+                    if isinstance(result, ep.EndpointError):
+                        raise result
+                    row = image_vector(result)
+                    if ix is None:
+                        ix = VectorIndex.open(where, model=model_of(result), dimensions=len(row.vector))
+                    added += ix.add([row])
+                except (ep.EndpointError, ImageIndexError) as exc:
+                    failed.append({"study": study, "error": str(exc)})
+        if ix is None:
+            raise ImageIndexError(f"no study could be embedded; first failure: {failed[0]['error']}")
+        model, total = ix.model, len(ix)
+        ix.close()
+        ix = None
+        if rebuild:
+            shutil.rmtree(target, ignore_errors=True)
+            where.rename(target)
+    finally:
+        if ix is not None:
+            ix.close()
+        if rebuild and where.exists():
+            shutil.rmtree(where, ignore_errors=True)
+    summary = {"index": str(target), "model": model, "studies": len(bodies), "indexed": added, "images": total,
+               "failed": failed}
+    if as_json:
+        print_json(summary)
+        return
+    out.print(f"indexed {added} of {len(bodies)} studies with {model['name']} {model['version']}; "
+              f"{total} images in {target}", soft_wrap=True)
+    for row in failed:
+        out.print(f"  failed {row['study']}: {row['error']}", soft_wrap=True)
+
+
+@search.command("similar")
+@click.option("--image", "sop_uid", metavar="UID", help="An indexed image (SOPInstanceUID).")
+@click.option("--study", "study_uid", metavar="UID", help="An indexed study (its first image is the query).")
+@click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many.")
+@click.option("--same-study", is_flag=True, help="Also return other images of the query's study.")
+@click.option("--modality", help="Only images of this modality (e.g. DX).")
+@click.option("--label", help="Only images the model called this finding (e.g. Edema).")
+@index_option
+@json_option
+@click.pass_context
+def similar(ctx: click.Context, sop_uid: str | None, study_uid: str | None, k: int, same_study: bool,
+            modality: str | None, label: str | None, index_dir: str | None, as_json: bool) -> None:
+    """The K indexed images most like an indexed image: ranked, with cosine similarity scores."""
+    if bool(sop_uid) == bool(study_uid):
+        raise click.UsageError("give exactly one of --image UID and --study UID")
+    with VectorIndex.open(_index_dir(ctx, index_dir)) as ix:
+        if study_uid:
+            images = ix.images_of_study(study_uid)
+            if not images:
+                raise ImageIndexError(f"study {study_uid} has no image in the index; add it with "
+                                      "'dicomflow search index --endpoint NAME --study UID'")
+            sop_uid = images[0]
+        assert sop_uid is not None
+        found = ix.similar_to(sop_uid, k, same_study=same_study, modality=modality, label=label)
+        model = ix.model
+    if as_json:
+        print_json({"query": {"sopInstanceUID": sop_uid, "studyInstanceUID": study_uid}, "model": model,
+                    "neighbours": [n.as_dict() for n in found]})
+        return
+    table = value_table("rank", "score", "study", "image", "model's findings",
+                        title=f"images like {sop_uid} ({model['name']} {model['version']})")
+    for n in found:
+        table.add_row(str(n.rank), f"{n.score:.3f}", n.study_uid, n.sop_uid, ", ".join(n.labels) or "-")
+    out.print(table)
+    if not found:
+        out.print("no other image in the index matches")
