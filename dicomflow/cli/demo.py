@@ -221,6 +221,15 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"{rep['unwrittenFindings']} found that were not written\ntop ICD-10-CM codes asserted: " + ", ".join(
                 f"{c['code']} {c['description']} ({c['reports']})" for c in rep["topCodes"]),
             title="radiology reports", border_style="cyan"), highlight=False)
+    if "imageSearch" in r:
+        im = r["imageSearch"]
+        first = im["queries"][0]
+        console.print(Panel.fit(
+            f"{im['images']} chest images embedded by {im['model']['name']} {im['model']['version']} in "
+            f"{im['index']}; of the {im['k']} images most like each held-out one, {im['meanSharing']:.1f} share a "
+            f"true finding with it (by chance {im['chanceSharing']:.1f})\n"
+            f"dicomflow search similar --study {first['study']}   (true findings: {', '.join(first['truth'])})",
+            title="similar-image search", border_style="cyan"), highlight=False)
     if "batch" in r:
         b = r["batch"]
         console.print(Panel.fit(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
 from dicomflow.cli.deploy import studies_from, study_request
-from dicomflow.inference import endpoint as ep
-from dicomflow.paths import private_dir
-from dicomflow.search.images import image_vector, model_of
+from dicomflow.search.images import index_studies
 from dicomflow.search.vectors import MAX_K, ImageIndexError, VectorIndex
 
 
@@ -54,47 +50,17 @@ def index(ctx: click.Context, endpoint: str, study_uids: tuple[str, ...], study_
         raise click.UsageError("give --study UIDs, or one of --studies FILE and --query KEY=VALUE")
     studies = list(dict.fromkeys(study_uids)) if study_uids else studies_from(study_file, query, None)
     bodies = {uid: study_request(uid, None, "embedding", False, None, None, None) for uid in studies}
-    target = _index_dir(ctx, index_dir)
-    where = Path(tempfile.mkdtemp(prefix=".rebuild-", dir=private_dir(target.parent))) if rebuild else target
-    failed: list[dict[str, str]] = []
-    added = 0
-    ix: VectorIndex | None = None
-    try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=as_json) as bar:
-            task = bar.add_task(f"embedding through {endpoint}", total=len(bodies))
-            for study, result in ep.analyse_all(endpoint, bodies, timeout_s=timeout):
-                bar.advance(task)
-                try:
-                    if isinstance(result, ep.EndpointError):
-                        raise result
-                    row = image_vector(result)
-                    if ix is None:
-                        ix = VectorIndex.open(where, model=model_of(result), dimensions=len(row.vector))
-                    added += ix.add([row])
-                except (ep.EndpointError, ImageIndexError) as exc:
-                    failed.append({"study": study, "error": str(exc)})
-        if ix is None:
-            raise ImageIndexError(f"no study could be embedded; first failure: {failed[0]['error']}")
-        model, total = ix.model, len(ix)
-        ix.close()
-        ix = None
-        if rebuild:
-            shutil.rmtree(target, ignore_errors=True)
-            where.rename(target)
-    finally:
-        if ix is not None:
-            ix.close()
-        if rebuild and where.exists():
-            shutil.rmtree(where, ignore_errors=True)
-    summary = {"index": str(target), "model": model, "studies": len(bodies), "indexed": added, "images": total,
-               "failed": failed}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=as_json) as bar:
+        task = bar.add_task(f"embedding through {endpoint}", total=len(bodies))
+        run = index_studies(endpoint, bodies, _index_dir(ctx, index_dir), rebuild=rebuild, timeout_s=timeout,
+                            progress=lambda: bar.advance(task))
     if as_json:
-        print_json(summary)
+        print_json(run.as_dict())
         return
-    out.print(f"indexed {added} of {len(bodies)} studies with {model['name']} {model['version']}; "
-              f"{total} images in {target}", soft_wrap=True)
-    for row in failed:
+    out.print(f"indexed {run.indexed} of {run.studies} studies with {run.model['name']} {run.model['version']}; "
+              f"{run.images} images in {run.index}", soft_wrap=True)
+    for row in run.failed:
         out.print(f"  failed {row['study']}: {row['error']}", soft_wrap=True)
 
 

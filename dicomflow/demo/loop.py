@@ -586,6 +586,42 @@ def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     return ctx.results["inference"]
 
 
+def index_images(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Every chest study embedded by the chest endpoint into the image index (the ``dicomflow search index``
+    code path), then the images most like each held-out one; scored by how many neighbours share a true
+    finding with their query (the demo's scoring reads the truth; the index never does)."""
+    from dicomflow.search.images import index_studies
+    from dicomflow.search.vectors import VectorIndex
+
+    where = ctx.settings.data_dir / "search" / "images"
+    bodies = {s.study_uid: {**study_request(ctx, s.study_uid, ["embedding"]), "storeToPacs": False} for s in ctx.chest}
+    with hooks.step("embed the chest studies into the image index", total=len(bodies)) as st:
+        done = [0]
+
+        def advance() -> None:
+            done[0] += 1
+            st.update(completed=done[0])
+
+        run = index_studies(endpoint_name(ctx, "classification2d"), bodies, where, rebuild=True,
+                            timeout_s=ctx.config.result_timeout_s, progress=advance)
+    if run.failed:
+        raise DemoError(f"{len(run.failed)} chest studies could not be embedded; first: {run.failed[0]['error']}")
+    truth = {s.study_uid: set(s.entry["labels"]) for s in ctx.chest}
+    queries = []
+    with VectorIndex.open(where) as ix:
+        for s in ctx.chest_holdout:
+            found = ix.similar_to(ix.images_of_study(s.study_uid)[0], 5)
+            sharing = sum(1 for n in found if truth[n.study_uid] & truth[s.study_uid])
+            queries.append({"study": s.study_uid, "truth": sorted(truth[s.study_uid]), "neighboursSharingAFinding":
+                            sharing, "neighbours": [{**n.as_dict(), "truth": sorted(truth[n.study_uid])}
+                                                    for n in found]})
+    others = [(a, b) for a in (s.study_uid for s in ctx.chest_holdout) for b in truth if b != a]
+    chance = 5 * float(np.mean([bool(truth[a] & truth[b]) for a, b in others]))
+    ctx.results["imageSearch"] = {**run.as_dict(), "k": 5, "queries": queries, "chanceSharing": chance,
+                                  "meanSharing": float(np.mean([q["neighboursSharingAFinding"] for q in queries]))}
+    return ctx.results["imageSearch"]
+
+
 def run_batch_transform(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """The chest model over every held-out chest study again, as one batch transform job (what a backfill over
     an archive runs), and how far its probabilities are from the async endpoint's for the same studies."""
@@ -699,7 +735,7 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
     deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models, register_models,
-    deploy_endpoints, route_new_studies, run_inference, run_batch_transform, serve_from_one_endpoint]
+    deploy_endpoints, route_new_studies, run_inference, index_images, run_batch_transform, serve_from_one_endpoint]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

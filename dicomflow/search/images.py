@@ -6,10 +6,16 @@ search can be narrowed to images the model called, e.g., "Edema".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from dicomflow.search.vectors import ImageIndexError, ImageVector
+from dicomflow.inference import endpoint as ep
+from dicomflow.paths import private_dir
+from dicomflow.search.vectors import ImageIndexError, ImageVector, VectorIndex
 
 
 def image_vector(response: Mapping[str, Any], *, accession: str | None = None,
@@ -36,3 +42,62 @@ def model_of(response: Mapping[str, Any]) -> dict[str, str]:
     if not model.get("name") or not model.get("version"):
         raise ImageIndexError("the embedding does not say which model made it (name and version)")
     return {"name": str(model["name"]), "version": str(model["version"])}
+
+
+@dataclass
+class IndexRun:
+    """What :func:`index_studies` did."""
+
+    index: str
+    model: dict[str, str]
+    studies: int
+    indexed: int
+    images: int
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "model": self.model, "studies": self.studies, "indexed": self.indexed,
+                "images": self.images, "failed": self.failed}
+
+
+def index_studies(endpoint: str, bodies: Mapping[str, dict], where: Path, *, rebuild: bool = False,
+                  timeout_s: float = 900, progress: Callable[[], None] | None = None) -> IndexRun:
+    """Each study JSON (asking for ``embedding``) through ``endpoint``, its vector into the index at ``where``.
+
+    A study that fails is listed, never fatal; the first answer fixes the model (an index of another model
+    is refused unless ``rebuild``, which builds a new index beside it and replaces the old one only when
+    every study has been tried). ``progress()`` is called once per study answered.
+    """
+    target = Path(where)
+    building = Path(tempfile.mkdtemp(prefix=".rebuild-", dir=private_dir(target.parent))) if rebuild else target
+    failed: list[dict[str, str]] = []
+    added = 0
+    ix: VectorIndex | None = None
+    try:
+        for study, result in ep.analyse_all(endpoint, bodies, timeout_s=timeout_s):
+            if progress:
+                progress()
+            try:
+                if isinstance(result, ep.EndpointError):
+                    raise result
+                row = image_vector(result)
+                if ix is None:
+                    ix = VectorIndex.open(building, model=model_of(result), dimensions=len(row.vector))
+                added += ix.add([row])
+            except (ep.EndpointError, ImageIndexError) as exc:
+                failed.append({"study": study, "error": str(exc)})
+        if ix is None:
+            first = failed[0]["error"] if failed else "no study was given"
+            raise ImageIndexError(f"no study could be embedded; first failure: {first}")
+        run = IndexRun(str(target), ix.model, len(bodies), added, len(ix), failed)
+        ix.close()
+        ix = None
+        if rebuild:
+            shutil.rmtree(target, ignore_errors=True)
+            building.rename(target)
+        return run
+    finally:
+        if ix is not None:
+            ix.close()
+        if rebuild and building.exists():
+            shutil.rmtree(building, ignore_errors=True)

@@ -13,6 +13,11 @@ stored its SRs; its quality is held to the thumbnail baseline in test_training_j
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from baselines import mean_dice, prior_mask_dice
@@ -149,6 +154,24 @@ def test_whole_loop_small(local_cloud) -> None:
     for row in ctx.results["endpointStatus"]:
         assert (row["minInstances"], row["maxInstances"]) == (0, 2), row
         assert row["status"] == "InService" and 1 <= row["desiredInstances"] <= 2, row
+    # image search: every chest study embedded through the chest endpoint by the registered model, then the
+    # neighbours of each held-out image: ranked, scored, never the query's own study; the CLI reads that index
+    images = loop.index_images(ctx, hooks)
+    chest_model = registered["classification2d"]
+    assert images["model"] == {"name": chest_model["group"], "version": str(chest_model["version"])}
+    assert images["indexed"] == images["images"] == len(ctx.chest) and images["failed"] == []
+    for q in images["queries"]:
+        assert [n["rank"] for n in q["neighbours"]] == [1, 2, 3, 4, 5]
+        scores = [n["score"] for n in q["neighbours"]]
+        assert scores == sorted(scores, reverse=True) and all(-1.0 <= x <= 1.0 for x in scores)
+        assert q["study"] not in {n["studyInstanceUID"] for n in q["neighbours"]}
+    query = images["queries"][0]
+    cli = subprocess.run([sys.executable, "-m", "dicomflow.cli", "search", "similar", "--study", query["study"],
+                          "-k", "5", "--json"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "DICOMFLOW_HOME": str(ctx.settings.data_dir)})
+    assert cli.returncode == 0, cli.stderr
+    assert [n["sopInstanceUID"] for n in json.loads(cli.stdout)["neighbours"]] == [
+        n["sopInstanceUID"] for n in query["neighbours"]]
     # batch transform over the chest studies: every study analysed, the same answers as the async endpoint
     batch = loop.run_batch_transform(ctx, hooks)
     assert batch["status"] == "Completed" and batch["studies"] == len(chest)
