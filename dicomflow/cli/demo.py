@@ -219,7 +219,9 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"{rep['reports']} chest reports analysed by the rule engine (InferICD10CM's answer shape); "
             f"{rep['agreement']:.1%} of the findings they mention read with the status they were written with, "
             f"{rep['unwrittenFindings']} found that were not written\ntop ICD-10-CM codes asserted: " + ", ".join(
-                f"{c['code']} {c['description']} ({c['reports']})" for c in rep["topCodes"]),
+                f"{c['code']} {c['description']} ({c['reports']})" for c in rep["topCodes"]) +
+            f"\nreport index {rep['index']}: {rep['deniedEffusion']} reports deny a pleural effusion "
+            "(dicomflow search reports \"pleural effusion\" --code J90 --status negative)",
             title="radiology reports", border_style="cyan"), highlight=False)
     if "imageSearch" in r:
         im = r["imageSearch"]

@@ -7,9 +7,11 @@ from typing import Any
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
 from dicomflow.cli.deploy import studies_from, study_request
+from dicomflow.search import report_index as ri
 from dicomflow.search.images import index_studies
 from dicomflow.search.vectors import MAX_K, ImageIndexError, VectorIndex
 
@@ -24,10 +26,13 @@ index_option = click.option("--index", "index_dir", type=click.Path(file_okay=Fa
 
 @click.group()
 def search() -> None:
-    """Image search: embed studies through a classification endpoint, then find similar images.
+    """Image and report search.
 
-    The index is embedded (SQLite + a usearch HNSW graph) in <data dir>/search/images, one model per
-    index; re-embed with 'index --rebuild' when the model changes.
+    Images: embed studies through a classification endpoint ('index'), then find similar images
+    ('similar'); the index (SQLite + a usearch HNSW graph) is <data dir>/search/images, one model per
+    index ('index --rebuild' re-embeds after a model change). Reports: analyse report files into the
+    report index ('add-reports'), then search their text, codes and negation ('reports') and count
+    ICD-10-CM codes ('facets'); the index is <data dir>/search/reports.sqlite.
     """
 
 
@@ -100,3 +105,97 @@ def similar(ctx: click.Context, sop_uid: str | None, study_uid: str | None, k: i
     out.print(table)
     if not found:
         out.print("no other image in the index matches")
+
+
+def _reports_path(ctx: click.Context, given: str | None) -> Path:
+    return Path(given) if given else settings_from(ctx).data_dir / "search" / "reports.sqlite"
+
+
+reports_option = click.option("--reports-index", "reports_path", type=click.Path(dir_okay=False),
+                              help="Report index file [<data dir>/search/reports.sqlite].")
+code_option = click.option("--code", "codes", multiple=True, metavar="ICD10CM",
+                           help="A code, block (J80-J84) or chapter; also matches every code below it (repeatable).")
+
+
+@search.command("add-reports")
+@click.option("--from", "source", type=click.Path(exists=True), help="A report file or a folder of them "
+              "({StudyInstanceUID, AccessionNumber, text} JSON) [<data dir>/reports, where 'seed' writes them].")
+@click.option("--engine", type=click.Choice(["rules", "comprehend-medical"]), default="rules", show_default=True,
+              help="The local rule engine, or Amazon Comprehend Medical InferICD10CM (AWS only).")
+@reports_option
+@json_option
+@click.pass_context
+def add_reports(ctx: click.Context, source: str | None, engine: str, reports_path: str | None, as_json: bool) -> None:
+    """Analyse report files (entities, negation, ICD-10-CM) into the report index; a study's report is replaced."""
+    from dicomflow import aws
+    from dicomflow.search.reports import ComprehendMedicalEngine, RuleEngine
+
+    where = Path(source) if source else settings_from(ctx).data_dir / "reports"
+    files = sorted(where.glob("*.json")) if where.is_dir() else [where]
+    if not files:
+        raise ri.ReportIndexError(f"no report file (*.json) in {where}")
+    reader = RuleEngine() if engine == "rules" else ComprehendMedicalEngine(aws.client("comprehendmedical"))
+    with ri.ReportIndex.open(_reports_path(ctx, reports_path)) as ix, Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=as_json) as bar:
+        task = bar.add_task(f"analysing reports ({engine})", total=len(files))
+        summary = ri.add_report_files(ix, files, reader, progress=lambda: bar.advance(task))
+    if not summary["added"]:
+        raise ri.ReportIndexError(f"no report could be indexed; first failure: {summary['failed'][0]['error']}")
+    if as_json:
+        print_json(summary)
+        return
+    out.print(f"indexed {summary['added']} of {len(files)} reports; {summary['reports']} in {summary['index']}",
+              soft_wrap=True)
+    for row in summary["failed"]:
+        out.print(Text(f"  failed {row['error']}"), soft_wrap=True)
+
+
+@search.command("reports")
+@click.argument("text", required=False)
+@code_option
+@click.option("--status", type=click.Choice(ri.STATUSES), help="Only mentions of the code(s) with this status "
+              "(negative: denied, e.g. 'no effusion'; uncertain: 'possible ...').")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, ri.MAX_PAGE), help="Reports per page.")
+@click.option("--cursor", help="The nextCursor of the previous page.")
+@reports_option
+@json_option
+@click.pass_context
+def reports(ctx: click.Context, text: str | None, codes: tuple[str, ...], status: str | None, limit: int,
+            cursor: str | None, reports_path: str | None, as_json: bool) -> None:
+    """Reports matching TEXT (words, "quoted phrases"), codes and status: best match first, with a snippet."""
+    with ri.ReportIndex.open(_reports_path(ctx, reports_path), create=False) as ix:
+        page = ix.search(text, codes=codes, status=status, limit=limit, cursor=cursor)
+    if as_json:
+        print_json(page.as_dict())
+        return
+    table = value_table("study", "accession", "snippet", "findings", title=f"{page.total} reports")
+    for h in page.hits:
+        said = ", ".join(dict.fromkeys(f"{m['finding'] or m['code']} ({m['status']})" for m in h.mentions))
+        table.add_row(h.study_uid, h.accession or "-", Text(h.snippet), said or "-")  # [..] is the match, not markup
+    out.print(table)
+    if page.next_cursor:
+        out.print(f"more: --cursor {page.next_cursor}", soft_wrap=True)
+
+
+@search.command("facets")
+@click.argument("text", required=False)
+@code_option
+@click.option("--status", type=click.Choice(ri.STATUSES), default="positive", show_default=True,
+              help="Count mentions with this status.")
+@click.option("--limit", default=30, show_default=True, type=click.IntRange(1, ri.MAX_PAGE), help="Codes to list.")
+@reports_option
+@json_option
+@click.pass_context
+def facets(ctx: click.Context, text: str | None, codes: tuple[str, ...], status: str, limit: int,
+           reports_path: str | None, as_json: bool) -> None:
+    """ICD-10-CM codes of the matching reports with how many reports mention each, blocks and chapters too."""
+    with ri.ReportIndex.open(_reports_path(ctx, reports_path), create=False) as ix:
+        rows = ix.facets(text, codes=codes, status=status, limit=limit)
+    if as_json:
+        print_json({"status": status, "facets": rows})
+        return
+    table = value_table("code", "kind", "reports", "description", title=f"ICD-10-CM codes ({status} mentions)")
+    for f in rows:
+        table.add_row(f["code"], f["kind"], str(f["reports"]), f["description"])
+    out.print(table)

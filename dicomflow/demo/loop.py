@@ -17,7 +17,6 @@ import json
 import re
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,6 @@ from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import instance_id, orthanc_id
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
-from dicomflow.search import lexicon
 from dicomflow.search.reports import RuleEngine, report_findings
 from dicomflow.training.channel import MANIFEST, channel_uri
 
@@ -180,27 +178,33 @@ def seed_studies(ctx: DemoContext, hooks: Hooks) -> seeding.SeedResult:
 
 
 def analyse_reports(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
-    """Run the report engine over the seeded chest reports: the top ICD-10-CM codes of what they assert
-    (negated, uncertain and hypothetical mentions left out), and, for scoring the demo, the share of
-    findings whose status the engine read as the report generator wrote it."""
-    engine, codes, agree, extra, total = RuleEngine(), Counter(), 0, 0, 0
+    """Run the report engine over the seeded chest reports into the report index (what ``dicomflow search
+    add-reports`` does), then from the index: the top ICD-10-CM codes of what the reports assert (negated,
+    uncertain and hypothetical mentions left out) and how many deny a pleural effusion; and, for scoring the
+    demo, the share of findings whose status the engine read as the report generator wrote it."""
+    from dicomflow.search.report_index import ReportIndex
+
+    engine, agree, extra, total = RuleEngine(), 0, 0, 0
     studies = [s for s in ctx.chest if "report_mentions" in s.entry]
-    with hooks.step("analyse the chest reports (entities, negation, ICD-10-CM)", total=len(studies)) as st:
+    where = ctx.settings.data_dir / "search" / "reports.sqlite"
+    with hooks.step("analyse the chest reports (entities, negation, ICD-10-CM)", total=len(studies)) as st, \
+            ReportIndex.open(where) as ix:
         for k, study in enumerate(studies, 1):
             record = json.loads((seeding.reports_dir(ctx.settings.data_dir) / f"{study.study_uid}.json").read_text())
             result = engine.infer_icd10cm(record["text"])
-            asserted = {c["Code"] for e in result["Entities"] if not {t["Name"] for t in e["Traits"]} &
-                        {"NEGATION", "LOW_CONFIDENCE", "HYPOTHETICAL"} for c in e["ICD10CMConcepts"][:1]}
-            codes.update(asserted)
+            ix.add(study.study_uid, record["text"], result, accession=record.get("AccessionNumber"))
             said, truth = report_findings(result), study.entry["report_mentions"]
             agree += sum(said.get(f) == status for f, status in truth.items())
             extra += len(set(said) - set(truth))
             total += len(truth)
             st.update(completed=k)
+        top = [f for f in ix.facets(status="positive", limit=100) if f["kind"] == "code"][:5]
+        denied = ix.search("pleural effusion", codes=["J90"], status="negative", limit=1).total
+        indexed = len(ix)
     ctx.results["reports"] = {
         "reports": len(studies), "agreement": agree / total if total else None, "unwrittenFindings": extra,
-        "topCodes": [{"code": c, "description": lexicon.description(c), "reports": n}
-                     for c, n in codes.most_common(5)]}
+        "index": str(where), "indexed": indexed, "deniedEffusion": denied,
+        "topCodes": [{"code": f["code"], "description": f["description"], "reports": f["reports"]} for f in top]}
     return ctx.results["reports"]
 
 

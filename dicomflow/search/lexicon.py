@@ -115,6 +115,16 @@ def ancestors(code: str) -> list[str]:
     return list(icd.get_ancestors(code))
 
 
+def is_item(code: str) -> bool:
+    """Whether ``code`` is an ICD-10-CM code, block (``J80-J84``) or chapter (``10``)."""
+    return bool(icd.is_valid_item(code))
+
+
+def kind(code: str) -> str:
+    """``chapter``, ``block`` or ``code`` (a category or any code below one)."""
+    return "chapter" if icd.is_chapter(code) else "block" if icd.is_block(code) else "code"
+
+
 def finding_of_code(code: str) -> str | None:
     """The first finding one of whose wordings links to ``code`` (for another engine's entities)."""
     for f in FINDINGS:

@@ -321,18 +321,24 @@ def _finding(entity: dict[str, Any]) -> str | None:
     return None
 
 
+def mention_status(entity: dict[str, Any]) -> str | None:
+    """An entity's status: ``uncertain`` (LOW_CONFIDENCE), else ``negative`` (NEGATION), else ``positive``;
+    None for a HYPOTHETICAL mention (a question in the indication is no finding of the report)."""
+    traits = {t.get("Name") for t in entity.get("Traits") or []}
+    if "HYPOTHETICAL" in traits:
+        return None
+    return UNCERTAIN if "LOW_CONFIDENCE" in traits else NEGATIVE if "NEGATION" in traits else POSITIVE
+
+
 def report_findings(result: dict[str, Any]) -> dict[str, str]:
     """One status per mentioned finding: ``positive`` if any mention is asserted, else ``uncertain`` if any is
-    LOW_CONFIDENCE, else ``negative`` if any is negated; HYPOTHETICAL-only mentions (a question in the
-    indication) are not findings of the report."""
+    LOW_CONFIDENCE, else ``negative`` if any is negated; HYPOTHETICAL-only mentions are left out."""
     rank = {POSITIVE: 3, UNCERTAIN: 2, NEGATIVE: 1}
     out: dict[str, str] = {}
     for entity in result.get("Entities", []):
-        traits = {t.get("Name") for t in entity.get("Traits") or []}
-        name = _finding(entity)
-        if name is None or "HYPOTHETICAL" in traits:
+        name, status = _finding(entity), mention_status(entity)
+        if name is None or status is None:
             continue
-        status = UNCERTAIN if "LOW_CONFIDENCE" in traits else NEGATIVE if "NEGATION" in traits else POSITIVE
         if rank[status] > rank.get(out.get(name, ""), 0):
             out[name] = status
     return out

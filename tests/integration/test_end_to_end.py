@@ -63,6 +63,7 @@ def test_whole_loop_small(local_cloud) -> None:
     reports = loop.analyse_reports(ctx, hooks)
     assert reports["reports"] == len(ctx.chest) and reports["topCodes"]
     assert reports["agreement"] >= 0.95 and reports["unwrittenFindings"] == 0, reports
+    assert reports["indexed"] == len(ctx.chest) and reports["topCodes"][0]["reports"] >= 1
 
     # labeling: every training image labelled by 3 workers; the output line holds the majority of the votes
     lab = loop.run_labeling(ctx, hooks)
