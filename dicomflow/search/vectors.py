@@ -37,7 +37,7 @@ GRAPH_FILE = "images.usearch"
 MAX_K = 1000
 #: Up to this many vectors a query compares against all of them (exact, and about as fast as the HNSW
 #: graph there: see bench/bench_vectors.py); above it the graph answers (approximate, much faster).
-EXACT_BELOW = 20_000
+EXACT_BELOW = 2_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
@@ -94,7 +94,7 @@ class Neighbour:
                 "thumbnail": self.thumbnail}
 
 
-def _unit(vector: Sequence[float] | np.ndarray, dimensions: int, what: str) -> np.ndarray:
+def unit_vector(vector: Sequence[float] | np.ndarray, dimensions: int, what: str) -> np.ndarray:
     v = np.asarray(vector, dtype=np.float32).reshape(-1)
     if v.size != dimensions:
         raise ImageIndexError(f"{what} has {v.size} values; this index holds {dimensions}-d vectors")
@@ -104,6 +104,21 @@ def _unit(vector: Sequence[float] | np.ndarray, dimensions: int, what: str) -> n
     if norm == 0.0:
         raise ImageIndexError(f"{what} is all zeros: it has no direction to compare")
     return v / norm
+
+
+def check_k(k: object) -> int:
+    """``k`` if it is a whole number from 1 to :data:`MAX_K`, else ImageIndexError."""
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise ImageIndexError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
+    return k
+
+
+def checked_row(item: ImageVector, dimensions: int) -> np.ndarray:
+    """The unit vector of ``item`` after its UIDs are checked (what every backend stores)."""
+    for uid, what in ((item.sop_uid, "sopInstanceUID"), (item.study_uid, "studyInstanceUID")):
+        if not is_uid(uid):
+            raise ImageIndexError(f"{what} {str(uid)[:70]!r} is not a DICOM UID")
+    return unit_vector(item.vector, dimensions, f"the vector of {item.sop_uid}")
 
 
 class VectorIndex:
@@ -198,10 +213,7 @@ class VectorIndex:
         """Insert or replace images (by SOP Instance UID); returns how many were written."""
         rows = []
         for item in items:
-            for uid, what in ((item.sop_uid, "sopInstanceUID"), (item.study_uid, "studyInstanceUID")):
-                if not is_uid(uid):
-                    raise ImageIndexError(f"{what} {str(uid)[:70]!r} is not a DICOM UID")
-            rows.append((item, _unit(item.vector, self.dimensions, f"the vector of {item.sop_uid}")))
+            rows.append((item, checked_row(item, self.dimensions)))
         if not rows:
             return 0
         with self._db:
@@ -261,9 +273,8 @@ class VectorIndex:
                 label: str | None = None) -> list[Neighbour]:
         """The ``k`` nearest images to ``vector`` (ranked, scored), leaving out the excluded images and
         studies and keeping only those of ``modality`` / carrying ``label`` when given."""
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise ImageIndexError(f"k must be a whole number from 1 to {MAX_K}, got {k!r}")
-        query = _unit(vector, self.dimensions, "the query vector")
+        check_k(k)
+        query = unit_vector(vector, self.dimensions, "the query vector")
         total = len(self._graph)
         skip_sops, skip_studies = set(exclude_sops), set(exclude_studies)
         filtered = bool(skip_sops or skip_studies or modality or label)
