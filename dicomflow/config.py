@@ -175,6 +175,10 @@ VARIABLES: tuple[Variable, ...] = (
              doc="how long the emulator keeps an idle warm Lambda environment"),
     Variable("lambda_concurrency", "DICOMFLOW_LAMBDA_CONCURRENCY", "int", 10, 1, 1000,
              doc="warm environments per function when it has no reserved concurrency"),
+    Variable("search_opensearch_url", "DICOMFLOW_SEARCH_OPENSEARCH_URL",
+             doc="an Amazon OpenSearch domain (https://) that holds the image index instead of the data dir"),
+    Variable("search_opensearch_index", "DICOMFLOW_SEARCH_OPENSEARCH_INDEX", default="dicomflow-images",
+             doc="the OpenSearch index of the image embeddings"),
     Variable("aws_snapshot_seconds", "DICOMFLOW_AWS_SNAPSHOT_SECONDS", "float", 1.0, 0.05, 3600,
              doc="how often the emulator saves its AWS state while it changes (at most this much is lost)"),
 )
@@ -248,6 +252,8 @@ class Runtime:
     install_requirements: bool
     lambda_idle_seconds: float
     lambda_concurrency: int
+    search_opensearch_url: str | None
+    search_opensearch_index: str
     aws_snapshot_seconds: float
 
 

@@ -12,8 +12,8 @@ from rich.text import Text
 from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
 from dicomflow.cli.deploy import studies_from, study_request
 from dicomflow.search import report_index as ri
-from dicomflow.search.images import index_studies
-from dicomflow.search.vectors import MAX_K, ImageIndexError, VectorIndex
+from dicomflow.search.images import index_studies, open_image_index
+from dicomflow.search.vectors import MAX_K, ImageIndexError
 
 
 def _index_dir(ctx: click.Context, given: str | None) -> Path:
@@ -84,7 +84,7 @@ def similar(ctx: click.Context, sop_uid: str | None, study_uid: str | None, k: i
     """The K indexed images most like an indexed image: ranked, with cosine similarity scores."""
     if bool(sop_uid) == bool(study_uid):
         raise click.UsageError("give exactly one of --image UID and --study UID")
-    with VectorIndex.open(_index_dir(ctx, index_dir)) as ix:
+    with open_image_index(_index_dir(ctx, index_dir)) as ix:
         if study_uid:
             images = ix.images_of_study(study_uid)
             if not images:

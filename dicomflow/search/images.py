@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicomflow.config import runtime
 from dicomflow.inference import endpoint as ep
 from dicomflow.paths import private_dir
 from dicomflow.search.vectors import ImageIndexError, ImageVector, VectorIndex
@@ -60,6 +61,18 @@ class IndexRun:
                 "images": self.images, "failed": self.failed}
 
 
+def open_image_index(where: Path, *, model: Mapping[str, str] | None = None, dimensions: int | None = None) -> Any:
+    """The configured image index: OpenSearch when ``DICOMFLOW_SEARCH_OPENSEARCH_URL`` is set, else the
+    embedded index in ``where``; with ``model`` and ``dimensions`` it is created when new."""
+    settings = runtime()
+    if settings.search_opensearch_url:
+        from dicomflow.search.opensearch import OpenSearchVectorIndex, connect
+
+        return OpenSearchVectorIndex.open(connect(settings.search_opensearch_url), settings.search_opensearch_index,
+                                          model=model, dimensions=dimensions)
+    return VectorIndex.open(where, model=model, dimensions=dimensions)
+
+
 def index_studies(endpoint: str, bodies: Mapping[str, dict], where: Path, *, rebuild: bool = False,
                   timeout_s: float = 900, progress: Callable[[], None] | None = None) -> IndexRun:
     """Each study JSON (asking for ``embedding``) through ``endpoint``, its vector into the index at ``where``.
@@ -68,11 +81,14 @@ def index_studies(endpoint: str, bodies: Mapping[str, dict], where: Path, *, reb
     is refused unless ``rebuild``, which builds a new index beside it and replaces the old one only when
     every study has been tried). ``progress()`` is called once per study answered.
     """
+    if rebuild and runtime().search_opensearch_url:
+        raise ImageIndexError("--rebuild is for the embedded index; for OpenSearch set "
+                              "DICOMFLOW_SEARCH_OPENSEARCH_INDEX to a new index name and index into it")
     target = Path(where)
     building = Path(tempfile.mkdtemp(prefix=".rebuild-", dir=private_dir(target.parent))) if rebuild else target
     failed: list[dict[str, str]] = []
     added = 0
-    ix: VectorIndex | None = None
+    ix: Any = None
     try:
         for study, result in ep.analyse_all(endpoint, bodies, timeout_s=timeout_s):
             if progress:
@@ -82,7 +98,7 @@ def index_studies(endpoint: str, bodies: Mapping[str, dict], where: Path, *, reb
                     raise result
                 row = image_vector(result)
                 if ix is None:
-                    ix = VectorIndex.open(building, model=model_of(result), dimensions=len(row.vector))
+                    ix = open_image_index(building, model=model_of(result), dimensions=len(row.vector))
                 added += ix.add([row])
             except (ep.EndpointError, ImageIndexError) as exc:
                 failed.append({"study": study, "error": str(exc)})

@@ -1,0 +1,178 @@
+"""The OpenSearch k-NN image index by contract: the exact requests opensearch-py sends, and the reading of
+OpenSearch's answers. No OpenSearch server runs here (its k-NN plugin needs the real service); the real
+client library runs, with its transport's last step, the HTTP connection, replaced by one that records
+each request and answers from a script (as botocore's Stubber does for Comprehend Medical)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from opensearchpy import OpenSearch
+from opensearchpy.connection import Connection
+
+from dicomflow.search.opensearch import OpenSearchVectorIndex, connect, index_body, knn_body
+from dicomflow.search.vectors import ImageIndexError, ImageVector
+
+MODEL = {"name": "chest", "version": "3"}
+UID = "1.2.826.0.1.3680043.8.498.{}"
+INDEX = "dicomflow-images"
+
+
+class Scripted(Connection):
+    """Answers each request with the next scripted ``(method, path, status, body)``; records what was sent."""
+
+    script: ClassVar[list[tuple[str, str, int, Any]]] = []
+    sent: ClassVar[list[dict[str, Any]]] = []
+
+    def perform_request(self, method, url, params=None, body=None, timeout=None, ignore=(), headers=None):
+        want_method, want_path, status, answer = self.script.pop(0)
+        text = body.decode() if isinstance(body, bytes) else body
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()] if text else []
+        sent = {k: v.decode() if isinstance(v, bytes) else v for k, v in (params or {}).items()}
+        self.sent.append({"method": method, "path": url.split("?")[0], "params": sent,
+                          "body": lines[0] if len(lines) == 1 and not url.endswith("_bulk") else lines})
+        assert (method, url.split("?")[0]) == (want_method, want_path), (method, url)
+        data = json.dumps(answer)
+        if status >= 300 and status not in ignore:
+            self._raise_error(status, data)
+        return status, {"content-type": "application/json"}, data
+
+
+@pytest.fixture
+def client():
+    Scripted.script, Scripted.sent = [], []
+    yield OpenSearch(hosts=["https://search.example:443"], connection_class=Scripted)
+    assert Scripted.script == [], "every scripted answer was asked for"
+
+
+def _mapping(model=MODEL, dims=4) -> dict:
+    return {INDEX: {"mappings": {"_meta": {"model_name": model["name"], "model_version": model["version"],
+                                           "dimensions": dims}}}}
+
+
+def _opened(client, dims=4) -> OpenSearchVectorIndex:
+    Scripted.script += [("HEAD", f"/{INDEX}", 404, {}), ("PUT", f"/{INDEX}", 200, {"acknowledged": True}),
+                        ("GET", f"/{INDEX}/_mapping", 200, _mapping(dims=dims))]
+    return OpenSearchVectorIndex.open(client, INDEX, model=MODEL, dimensions=dims)
+
+
+def test_a_new_index_is_created_with_the_knn_mapping_and_the_model(client) -> None:
+    ix = _opened(client)
+    create = Scripted.sent[1]
+    assert create["body"] == index_body(MODEL, 4)
+    vector = create["body"]["mappings"]["properties"]["vector"]
+    assert vector == {"type": "knn_vector", "dimension": 4, "method": {
+        "name": "hnsw", "engine": "lucene", "space_type": "cosinesimil",
+        "parameters": {"m": 16, "ef_construction": 128}}}
+    assert create["body"]["settings"] == {"index": {"knn": True}}
+    assert ix.model == MODEL and ix.dimensions == 4
+
+
+def test_another_models_index_is_refused(client) -> None:
+    Scripted.script += [("HEAD", f"/{INDEX}", 200, {}),
+                        ("GET", f"/{INDEX}/_mapping", 200, _mapping({"name": "chest", "version": "2"}))]
+    with pytest.raises(ImageIndexError, match="holds vectors of chest 2, not chest 3; re-embed"):
+        OpenSearchVectorIndex.open(client, INDEX, model=MODEL, dimensions=4)
+
+
+def test_upsert_is_one_bulk_index_by_sop_uid_with_unit_vectors(client) -> None:
+    ix = _opened(client)
+    Scripted.script.append(("POST", "/_bulk", 200, {"errors": False, "items": [{"index": {"result": "created"}}] * 2}))
+    n = ix.add([ImageVector(UID.format(1), UID.format(10), [3.0, 0, 4.0, 0], modality="DX", labels=("Edema",)),
+                ImageVector(UID.format(2), UID.format(10), [0, 1.0, 0, 0])])
+    bulk = Scripted.sent[-1]
+    assert n == 2 and bulk["params"] == {"refresh": "wait_for"}
+    assert bulk["body"][0] == {"index": {"_index": INDEX, "_id": UID.format(1)}}
+    assert bulk["body"][1] == {"sop_uid": UID.format(1), "study_uid": UID.format(10), "series_uid": None,
+                               "accession": None, "modality": "DX", "labels": ["Edema"], "thumbnail": None,
+                               "vector": pytest.approx([0.6, 0.0, 0.8, 0.0])}
+    assert bulk["body"][2] == {"index": {"_index": INDEX, "_id": UID.format(2)}}
+
+
+def test_a_refused_document_is_an_error_that_names_the_reason(client) -> None:
+    ix = _opened(client)
+    Scripted.script.append(("POST", "/_bulk", 200, {"errors": True, "items": [
+        {"index": {"error": {"type": "mapper_parsing_exception", "reason": "wrong dimension"}}}]}))
+    with pytest.raises(ImageIndexError, match="refused 1 of 1 images; first: mapper_parsing_exception: wrong"):
+        ix.add([ImageVector(UID.format(1), UID.format(10), [1.0, 0, 0, 0])])
+
+
+def test_the_knn_query_carries_every_filter_inside_it_and_scores_become_cosines(client) -> None:
+    ix = _opened(client)
+    Scripted.script += [
+        ("GET", f"/{INDEX}/_doc/{UID.format(1)}", 200, {"found": True, "_source": {
+            "sop_uid": UID.format(1), "study_uid": UID.format(10), "vector": [1.0, 0.0, 0.0, 0.0]}}),
+        ("POST", f"/{INDEX}/_search", 200, {"hits": {"hits": [
+            {"_id": UID.format(5), "_score": 0.95, "_source": {"sop_uid": UID.format(5), "study_uid": UID.format(11),
+                                                                "modality": "DX", "labels": ["Edema"]}},
+            {"_id": UID.format(6), "_score": 0.5, "_source": {"sop_uid": UID.format(6), "study_uid": UID.format(12),
+                                                               "modality": "DX", "labels": ["Edema"]}}]}}),
+    ]
+    found = ix.similar_to(UID.format(1), 2, modality="DX", label="Edema")
+    search = Scripted.sent[-1]["body"]
+    assert search == {"size": 2, "_source": {"excludes": ["vector"]}, "query": {"knn": {"vector": {
+        "vector": [1.0, 0.0, 0.0, 0.0], "k": 2, "filter": {"bool": {
+            "filter": [{"term": {"modality": "DX"}}, {"term": {"labels": "Edema"}}],
+            "must_not": [{"terms": {"sop_uid": [UID.format(1)]}}, {"terms": {"study_uid": [UID.format(10)]}}]}}}}}}
+    assert [(n.rank, n.sop_uid) for n in found] == [(1, UID.format(5)), (2, UID.format(6))]
+    assert found[0].score == pytest.approx(0.9) and found[1].score == pytest.approx(0.0)  # 2 * score - 1
+    assert found[0].labels == ("Edema",)
+
+
+def test_without_filters_the_query_is_a_bare_knn_and_delete_counts_what_went(client) -> None:
+    assert knn_body(np.array([0.0, 1.0]), 3) == {"size": 3, "_source": {"excludes": ["vector"]},
+                                                "query": {"knn": {"vector": {"vector": [0.0, 1.0], "k": 3}}}}
+    ix = _opened(client)
+    Scripted.script.append(("POST", "/_bulk", 200, {"items": [{"delete": {"result": "deleted"}},
+                                                             {"delete": {"result": "not_found"}}]}))
+    assert ix.remove([UID.format(1), UID.format(2)]) == 1
+    assert Scripted.sent[-1]["body"] == [{"delete": {"_index": INDEX, "_id": UID.format(1)}},
+                                         {"delete": {"_index": INDEX, "_id": UID.format(2)}}]
+
+
+def test_bad_input_is_refused_before_anything_is_sent(client) -> None:
+    ix = _opened(client)
+    sent = len(Scripted.sent)
+    with pytest.raises(ImageIndexError, match="has 3 values; this index holds 4-d vectors"):
+        ix.similar([1.0, 2.0, 3.0])
+    with pytest.raises(ImageIndexError, match="is not a DICOM UID"):
+        ix.add([ImageVector("x", UID.format(1), [1.0, 0, 0, 0])])
+    with pytest.raises(ImageIndexError, match="k must be a whole number"):
+        ix.similar([1.0, 0, 0, 0], k=5000)
+    assert len(Scripted.sent) == sent
+    Scripted.script.append(("GET", f"/{INDEX}/_doc/{UID.format(9)}", 404, {"found": False}))
+    with pytest.raises(ImageIndexError, match="is not in the index"):
+        ix.similar_to(UID.format(9))
+
+
+def test_the_client_is_https_with_certificate_checks_and_sigv4(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    with pytest.raises(ImageIndexError, match="must be https://"):
+        connect("http://search.example")
+    c = connect("https://search-domain.eu-west-1.es.amazonaws.com")
+    conn = c.transport.connection_pool.connections[0]
+    assert conn.use_ssl and conn.session.verify not in (False, None, "")  # True, or the CA bundle to verify with
+    auth = conn.session.auth
+    assert type(auth).__name__ == "AWSV4SignerAuth" and auth.service == "es" and auth.signer.region == "eu-west-1"
+
+
+def test_configuration_selects_the_backend(client, monkeypatch, tmp_path) -> None:
+    from dicomflow.search import images, opensearch
+    from dicomflow.search.vectors import VectorIndex
+
+    monkeypatch.delenv("DICOMFLOW_SEARCH_OPENSEARCH_URL", raising=False)
+    with images.open_image_index(tmp_path / "ix", model=MODEL, dimensions=4) as embedded:
+        assert isinstance(embedded, VectorIndex)
+    monkeypatch.setenv("DICOMFLOW_SEARCH_OPENSEARCH_URL", "https://search.example")
+    monkeypatch.setenv("DICOMFLOW_SEARCH_OPENSEARCH_INDEX", INDEX)
+    monkeypatch.setattr(opensearch, "connect", lambda url, region=None: client)
+    Scripted.script += [("HEAD", f"/{INDEX}", 200, {}), ("GET", f"/{INDEX}/_mapping", 200, _mapping())]
+    remote = images.open_image_index(tmp_path / "unused")
+    assert isinstance(remote, OpenSearchVectorIndex) and remote.model == MODEL and remote.name == INDEX
+    with pytest.raises(ImageIndexError, match="--rebuild is for the embedded index"):
+        images.index_studies("chest", {}, tmp_path / "ix", rebuild=True)
