@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import requests
 from dicomweb_client import DICOMfileClient
 from model_helpers import untrained_artifact
+from pydicom.uid import generate_uid
 
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
@@ -105,6 +107,32 @@ def test_the_embedding_output_is_the_pooled_features_normalised_deterministic_an
     seg = InferenceService.from_model_dir(artifacts["segmentation3d"])
     with pytest.raises(BadRequest, match="output 'embedding' needs a whole-image classifier"):
         seg.run(parse_request({"studyInstanceUID": hippo.study_uid, "outputs": ["embedding"]}), client=client)
+
+
+def _variant(ds, stored, **header):
+    out = copy.deepcopy(ds)
+    out.PixelData = stored.astype(np.uint16).tobytes()
+    out.StudyInstanceUID, out.SeriesInstanceUID, out.SOPInstanceUID = generate_uid(), generate_uid(), generate_uid()
+    for key, value in header.items():
+        setattr(out, key, value)
+    return out
+
+
+def test_monochrome1_and_rescaled_encodings_embed_like_the_plain_image(artifacts, pacs) -> None:
+    client, _, chest = pacs
+    svc = InferenceService.from_model_dir(artifacts["classification2d"])
+    ds, bits = chest.dataset, int(chest.dataset.BitsStored)
+    stored = ds.pixel_array.astype(np.int64)
+    even = _variant(ds, (stored // 2) * 2)
+    variants = {"plain": even,
+                "monochrome1": _variant(ds, (2**bits - 1) - (stored // 2) * 2, PhotometricInterpretation="MONOCHROME1"),
+                "rescaled": _variant(ds, stored // 2, RescaleSlope=2, RescaleIntercept=0)}
+    dicomweb.store(client, list(variants.values()))
+    vectors = {name: np.asarray(svc.run(parse_request({"studyInstanceUID": str(v.StudyInstanceUID),
+                                                        "outputs": ["embedding"], "storeToPacs": False}),
+                                        client=client)["embedding"]["vector"]) for name, v in variants.items()}
+    for name in ("monochrome1", "rescaled"):
+        np.testing.assert_allclose(vectors[name], vectors["plain"], atol=1e-5, err_msg=name)
 
 
 def test_unknown_study_and_unusable_study(artifacts, pacs) -> None:
