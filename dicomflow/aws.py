@@ -130,6 +130,18 @@ def write(uri: str, body: bytes, content_type: str = "application/octet-stream",
         raise _failed("write", uri, exc) from None
 
 
+def list_keys(prefix_uri: str, suffix: str = "", s3: Any = None) -> list[str]:
+    """The ``s3://`` URIs of every object under ``prefix_uri`` whose key ends in ``suffix``, in key order."""
+    bucket, prefix = parse_s3_uri(prefix_uri)
+    s3 = s3 or client("s3")
+    try:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        return [s3_uri(bucket, o["Key"]) for page in pages for o in page.get("Contents", [])
+                if o["Key"].endswith(suffix)]
+    except ClientError as exc:
+        raise _failed("list", prefix_uri, exc) from exc
+
+
 def exists(uri: str, s3: Any = None) -> bool:
     """True if the object at ``uri`` exists (a HEAD request); failures other than "missing" are :class:`S3Error`."""
     bucket, key = _object(uri)

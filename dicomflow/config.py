@@ -175,6 +175,12 @@ VARIABLES: tuple[Variable, ...] = (
              doc="how long the emulator keeps an idle warm Lambda environment"),
     Variable("lambda_concurrency", "DICOMFLOW_LAMBDA_CONCURRENCY", "int", 10, 1, 1000,
              doc="warm environments per function when it has no reserved concurrency"),
+    Variable("search_table", "DICOMFLOW_SEARCH_TABLE", doc="DynamoDB table of ingested images' and reports' metadata"),
+    Variable("search_output_uri", "DICOMFLOW_SEARCH_OUTPUT_URI",
+             doc="s3:// prefix where ingestion writes thumbnails (thumbnails/) and report analyses (reports/)"),
+    Variable("search_dlq", "DICOMFLOW_SEARCH_DLQ", doc="SQS queue URL where objects that cannot be ingested go"),
+    Variable("report_engine", "DICOMFLOW_REPORT_ENGINE", ("rules", "comprehend-medical"), "rules",
+             doc="what reads reports: the local rule engine or Amazon Comprehend Medical InferICD10CM"),
     Variable("search_opensearch_url", "DICOMFLOW_SEARCH_OPENSEARCH_URL",
              doc="an Amazon OpenSearch domain (https://) that holds the image index instead of the data dir"),
     Variable("search_opensearch_index", "DICOMFLOW_SEARCH_OPENSEARCH_INDEX", default="dicomflow-images",
@@ -252,6 +258,10 @@ class Runtime:
     install_requirements: bool
     lambda_idle_seconds: float
     lambda_concurrency: int
+    search_table: str | None
+    search_output_uri: str | None
+    search_dlq: str | None
+    report_engine: str
     search_opensearch_url: str | None
     search_opensearch_index: str
     aws_snapshot_seconds: float

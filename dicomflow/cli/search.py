@@ -118,10 +118,11 @@ code_option = click.option("--code", "codes", multiple=True, metavar="ICD10CM",
 
 
 @search.command("add-reports")
-@click.option("--from", "source", type=click.Path(exists=True), help="A report file or a folder of them "
-              "({StudyInstanceUID, AccessionNumber, text} JSON) [<data dir>/reports, where 'seed' writes them].")
+@click.option("--from", "source", help="A report file, a folder of them, or an s3:// prefix (the ingestion Lambda's "
+              "reports/ analyses) [<data dir>/reports, where 'seed' writes them].")
 @click.option("--engine", type=click.Choice(["rules", "comprehend-medical"]), default="rules", show_default=True,
-              help="The local rule engine, or Amazon Comprehend Medical InferICD10CM (AWS only).")
+              help="The local rule engine, or Amazon Comprehend Medical InferICD10CM (AWS only), for files that "
+                   "carry no analysis.")
 @reports_option
 @json_option
 @click.pass_context
@@ -130,22 +131,31 @@ def add_reports(ctx: click.Context, source: str | None, engine: str, reports_pat
     from dicomflow import aws
     from dicomflow.search.reports import ComprehendMedicalEngine, RuleEngine
 
-    where = Path(source) if source else settings_from(ctx).data_dir / "reports"
-    files = sorted(where.glob("*.json")) if where.is_dir() else [where]
-    if not files:
+    if source and source.startswith("s3://"):
+        uris = aws.list_keys(source, ".json")
+        records = ((uri.rsplit("/", 1)[-1], aws.read(uri)) for uri in uris)
+        count, where = len(uris), source
+    else:
+        where = Path(source) if source else settings_from(ctx).data_dir / "reports"
+        if not where.exists():
+            raise ri.ReportIndexError(f"{where} does not exist: give a report file, a folder or an s3:// prefix")
+        files = sorted(where.glob("*.json")) if where.is_dir() else [where]
+        records = ((f.name, f.read_bytes()) for f in files)
+        count = len(files)
+    if not count:
         raise ri.ReportIndexError(f"no report file (*.json) in {where}")
     reader = RuleEngine() if engine == "rules" else ComprehendMedicalEngine(aws.client("comprehendmedical"))
     with ri.ReportIndex.open(_reports_path(ctx, reports_path)) as ix, Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=as_json) as bar:
-        task = bar.add_task(f"analysing reports ({engine})", total=len(files))
-        summary = ri.add_report_files(ix, files, reader, progress=lambda: bar.advance(task))
+        task = bar.add_task(f"indexing reports ({engine} for those without an analysis)", total=count)
+        summary = ri.add_report_records(ix, records, reader, progress=lambda: bar.advance(task))
     if not summary["added"]:
         raise ri.ReportIndexError(f"no report could be indexed; first failure: {summary['failed'][0]['error']}")
     if as_json:
         print_json(summary)
         return
-    out.print(f"indexed {summary['added']} of {len(files)} reports; {summary['reports']} in {summary['index']}",
+    out.print(f"indexed {summary['added']} of {count} reports; {summary['reports']} in {summary['index']}",
               soft_wrap=True)
     for row in summary["failed"]:
         out.print(Text(f"  failed {row['error']}"), soft_wrap=True)

@@ -198,7 +198,7 @@ def analyse_reports(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
             extra += len(set(said) - set(truth))
             total += len(truth)
             st.update(completed=k)
-        top = [f for f in ix.facets(status="positive", limit=100) if f["kind"] == "code"][:5]
+        top = [f for f in ix.facets(status="positive", limit=100) if f["mentioned"]][:5]
         denied = ix.search("pleural effusion", codes=["J90"], status="negative", limit=1).total
         indexed = len(ix)
     ctx.results["reports"] = {

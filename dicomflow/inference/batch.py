@@ -99,9 +99,7 @@ def start(endpoint: str, to: str, requests: dict[str, dict[str, Any]], *, instan
 
 
 def _outputs(job: BatchJob) -> int:
-    bucket, prefix = aws.parse_s3_uri(job.output_uri)
-    pages = aws.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return sum(1 for page in pages for obj in page.get("Contents", []) if obj["Key"].endswith(".out"))
+    return len(aws.list_keys(job.output_uri, ".out"))
 
 
 def follow(job: BatchJob, progress: Callable[[int, str], None] | None = None, timeout_s: float = 86400,

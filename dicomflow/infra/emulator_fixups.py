@@ -151,6 +151,15 @@ def _notification_api_shape(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _targets(items: Any) -> list[tuple[str, tuple[str, ...]]]:
+    """What a notification list sends where (target ARN, events), without the ids S3 adds."""
+    out = []
+    for item in items or []:
+        target = next((v for k, v in item.items() if k.endswith("Arn")), "")
+        out.append((target, tuple(sorted(item.get("Events") or []))))
+    return sorted(out)
+
+
 def apply_fixups(stack: str, template: Mapping[str, Any], parameters: Mapping[str, str],
                  quiet: bool = False) -> tuple[list[str], Resolver]:
     """Apply what the emulator skipped; returns (one line per change made, a resolver including created
@@ -192,10 +201,11 @@ def apply_fixups(stack: str, template: Mapping[str, Any], parameters: Mapping[st
                     s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=wanted)
                     notes.append(f"applied public access block to {bucket}")
             if "NotificationConfiguration" in props:
-                s3.put_bucket_notification_configuration(
-                    Bucket=bucket, NotificationConfiguration=_notification_api_shape(
-                        resolver.resolve(props["NotificationConfiguration"])))
-                notes.append(f"applied event notifications to {bucket}")
+                wanted = _notification_api_shape(resolver.resolve(props["NotificationConfiguration"]))
+                current = s3.get_bucket_notification_configuration(Bucket=bucket)
+                if any(_targets(current.get(k)) != _targets(v) for k, v in wanted.items()):
+                    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration=wanted)
+                    notes.append(f"applied event notifications to {bucket}")
         elif rtype == "AWS::SNS::Subscription":
             notes.extend(_subscribe(resolver.resolve(props)))
         elif rtype == "AWS::Lambda::Function" and logical in deployed:

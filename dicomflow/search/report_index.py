@@ -184,7 +184,11 @@ class ReportIndex:
             code = str(concepts[0].get("Code", "")).strip().upper()
             if not lexicon.is_item(code):
                 continue
-            begin, end = int(entity.get("BeginOffset", 0)), int(entity.get("EndOffset", 0))
+            try:
+                begin, end = int(entity.get("BeginOffset", 0)), int(entity.get("EndOffset", 0))
+            except (TypeError, ValueError):
+                raise ReportIndexError("an entity's offsets are not whole numbers: not an InferICD10CM answer"
+                                       ) from None
             mentions.append((code, status, begin, end, str(entity.get("Text", text[begin:end]))))
         with self._db:
             old = self._db.execute("SELECT id, text FROM reports WHERE study_uid = ?", (study_uid,)).fetchone()
@@ -264,8 +268,9 @@ class ReportIndex:
 
     def facets(self, text: str | None = None, *, codes: Iterable[str] = (), status: str | None = POSITIVE,
                limit: int = 50) -> list[dict[str, Any]]:
-        """How many matching reports mention each code with ``status``, and each block and chapter above the
-        codes (``parent`` links them: a chart can draw the hierarchy); most reports first."""
+        """How many matching reports mention each code with ``status``, and each category, block and chapter
+        above the codes (``parent`` links them: a chart can draw the hierarchy; ``mentioned`` tells the codes
+        the reports name themselves from those counted through a code below them); most reports first."""
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
             raise ReportIndexError(f"limit must be a whole number from 1 to {MAX_PAGE}")
         codes_l, status = _check_codes(codes), _check_status(status)
@@ -277,48 +282,56 @@ class ReportIndex:
             f"SELECT mc.code, COUNT(DISTINCT mc.report) AS n FROM mention_codes mc WHERE mc.report IN "  # noqa: S608
             f"(SELECT id FROM ({sql})){cond} GROUP BY mc.code ORDER BY n DESC, mc.code LIMIT ?",
             [*params, *extra, limit]).fetchall()
+        mentioned = {c for (c,) in self._db.execute(
+            f"SELECT DISTINCT m.code FROM mentions m WHERE m.report IN (SELECT id FROM ({sql}))"  # noqa: S608
+            + (" AND m.status = ?" if status else ""), [*params, *extra])}
         out = []
         for code, n in rows:
             parents = lexicon.ancestors(code)
             out.append({"code": code, "description": lexicon.description(code), "kind": lexicon.kind(code),
-                        "reports": int(n),
-                        "parent": parents[0] if parents else None})
+                        "reports": int(n), "parent": parents[0] if parents else None, "mentioned": code in mentioned})
         return out
 
 
 MAX_RECORD_BYTES = 1_000_000
 
 
-def read_report_record(path: Path) -> tuple[str, str | None, str]:
-    """``(StudyInstanceUID, AccessionNumber, text)`` of a report file ``{"StudyInstanceUID", "AccessionNumber",
-    "text"}`` (what a RIS export or ``dicomflow seed`` writes); ReportIndexError names what is wrong."""
+def parse_report_record(data: bytes, name: str) -> tuple[str, str | None, str, dict[str, Any] | None]:
+    """``(StudyInstanceUID, AccessionNumber, text, analysis or None)`` of a report file ``{"StudyInstanceUID",
+    "AccessionNumber", "text"}`` (what a RIS export or ``dicomflow seed`` writes; the ingestion Lambda adds
+    ``analysis``, the engine's answer); ReportIndexError names what is wrong."""
+    if len(data) > MAX_RECORD_BYTES:
+        raise ReportIndexError(f"{name}: larger than {MAX_RECORD_BYTES} bytes; one report per file")
     try:
-        if path.stat().st_size > MAX_RECORD_BYTES:
-            raise ReportIndexError(f"{path.name}: larger than {MAX_RECORD_BYTES} bytes; one report per file")
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ReportIndexError(f"{path.name}: not a readable JSON file ({str(exc)[:80]})") from None
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReportIndexError(f"{name}: not a readable JSON file ({str(exc)[:80]})") from None
     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise ReportIndexError(f"{path.name}: expected {{\"StudyInstanceUID\", \"AccessionNumber\", \"text\"}}")
+        raise ReportIndexError(f"{name}: expected {{\"StudyInstanceUID\", \"AccessionNumber\", \"text\"}}")
     study = record.get("StudyInstanceUID")
     if not isinstance(study, str) or not is_uid(study):
-        raise ReportIndexError(f"{path.name}: StudyInstanceUID is missing or not a DICOM UID")
+        raise ReportIndexError(f"{name}: StudyInstanceUID is missing or not a DICOM UID")
     accession = record.get("AccessionNumber")
-    return study, (str(accession) if accession else None), record["text"]
+    analysis = record.get("analysis")
+    if analysis is not None and not (isinstance(analysis, dict) and isinstance(analysis.get("Entities"), list)):
+        raise ReportIndexError(f"{name}: 'analysis' is not an InferICD10CM answer ({{\"Entities\": [...]}})")
+    return study, (str(accession) if accession else None), record["text"], analysis
 
 
-def add_report_files(index: ReportIndex, files: Iterable[Path], engine: Any,
-                     progress: Any = None) -> dict[str, Any]:
-    """Read each report file, analyse it with ``engine`` (``infer_icd10cm``) and index it; a file that fails
-    is listed with its reason, never fatal. ``progress()`` after each file."""
-    added, failed = 0, []
-    for path in files:
+def add_report_records(index: ReportIndex, records: Iterable[tuple[str, bytes]], engine: Any,
+                       progress: Any = None) -> dict[str, Any]:
+    """Index each ``(name, file content)``, analysed by ``engine`` (``infer_icd10cm``) unless it carries its
+    analysis; a record that fails is listed with its reason, never fatal. ``progress()`` after each."""
+    added, failed, total = 0, [], 0
+    for name, data in records:
+        total += 1
         try:
-            study, accession, text = read_report_record(path)
-            index.add(study, text, engine.infer_icd10cm(text), accession=accession)
+            study, accession, text, analysis = parse_report_record(data, name)
+            index.add(study, text, analysis if analysis is not None else engine.infer_icd10cm(text),
+                      accession=accession)
             added += 1
         except DicomflowError as exc:
-            failed.append({"file": path.name, "error": str(exc)})
+            failed.append({"file": name, "error": str(exc)})
         if progress:
             progress()
-    return {"index": str(index.path), "added": added, "reports": len(index), "failed": failed}
+    return {"index": str(index.path), "records": total, "added": added, "reports": len(index), "failed": failed}

@@ -6,12 +6,14 @@ line, destroy leaves nothing behind."""
 
 from __future__ import annotations
 
+import io
 import json
 from urllib.parse import urlsplit
 
 import pytest
 from click.testing import CliRunner
 from model_helpers import model_tarball, untrained_artifact
+from waiting import wait_for
 
 from dicomflow import aws
 from dicomflow.cli.infra import infra
@@ -30,6 +32,7 @@ STACK = "dicomflow-itest"
 GATEWAY = "http://127.0.0.1:9/wado"
 IMAGE = "dicomflow-inference:latest"  # mapped to `python -m inference_container.serve` by images.json (dicomflow up)
 WORKTEAM = "arn:aws:sagemaker:us-east-1:123456789012:workteam/private-crowd/itest"
+WAIT_S = 90.0  # upper bound for the asynchronous S3 -> Lambda delivery (a bound, not a performance threshold)
 
 
 def _invoke(function: str, event: dict) -> dict:
@@ -91,6 +94,11 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert again.result.fixups == []
     assert [p.sha256 for p in again.packages] == [p.sha256 for p in done.packages]
     assert "PACS secret unchanged" in again.notes
+
+    # 3a. search ingestion: a DICOM object and a report put into the ingest bucket end as items in the search
+    # table, a thumbnail and an analysis in the data bucket; a malformed object lands in the dead-letter queue
+    # with its reason; the same object again changes nothing
+    _ingestion_ends_in_the_table_the_thumbnails_and_the_dlq(out, image)
 
     # 3b. label start --target aws: template + viewer bundle + categories uploaded, the request built from the
     # outputs passes CreateLabelingJob's shape checks and is submitted
@@ -188,3 +196,44 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     roles = {r["Arn"] for r in aws.client("iam").list_roles()["Roles"]}
     assert not roles & {out["GroundTruthRoleArn"], out["SageMakerRoleArn"]}
     assert stack.destroy(STACK) == [f"stack {STACK} does not exist"]
+
+
+def _item(table: str, pk: str) -> dict | None:
+    got = aws.client("dynamodb").get_item(TableName=table, Key={"pk": {"S": pk}}, ConsistentRead=True)
+    return got.get("Item")
+
+
+def _ingestion_ends_in_the_table_the_thumbnails_and_the_dlq(out: dict, image) -> None:
+    s3, bucket, table = aws.client("s3"), out["SearchIngestBucket"], out["SearchTableName"]
+    buf = io.BytesIO()
+    image.save_as(buf, enforce_file_format=True)
+    study = str(image.StudyInstanceUID)
+    report = {"StudyInstanceUID": study, "AccessionNumber": "ITEST-1",
+              "text": "FINDINGS: Small right pleural effusion. No pneumothorax."}
+    s3.put_object(Bucket=bucket, Key="incoming/chest.dcm", Body=buf.getvalue())
+    s3.put_object(Bucket=bucket, Key="incoming/reports/itest.json", Body=json.dumps(report).encode())
+    s3.put_object(Bucket=bucket, Key="incoming/not dicom.dcm", Body=b"this is not DICOM at all" * 10)
+    pk = f"image#{image.SOPInstanceUID}"
+    item = wait_for(lambda: _item(table, pk), timeout_seconds=WAIT_S, sleep_seconds=0.5, waiting_for=pk)
+    assert item["studyInstanceUID"]["S"] == study and item["modality"]["S"] == str(image.Modality)
+    assert str(image.PatientName) and str(image.PatientName) not in json.dumps(item)  # no patient data
+    assert str(image.PatientID) not in json.dumps(item)
+    thumb = item["thumbnail"]["S"]
+    assert thumb.startswith(out["SearchOutputUri"] + "thumbnails/") and thumb.endswith(".png")
+    assert aws.read(thumb)[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = wait_for(lambda: _item(table, f"report#{study}"), timeout_seconds=WAIT_S, sleep_seconds=0.5,
+                   waiting_for="the report item")
+    assert rep["positiveCodes"]["SS"] == ["J90"] and rep["negativeCodes"]["SS"] == ["J93.9"]
+    analysis = json.loads(aws.read(f"{out['SearchOutputUri']}reports/{study}.json"))
+    assert analysis["AccessionNumber"] == "ITEST-1" and analysis["analysis"]["Entities"]
+    sqs = aws.client("sqs")
+    msgs = wait_for(lambda: sqs.receive_message(QueueUrl=out["SearchDeadLetterQueueUrl"], WaitTimeSeconds=1)
+                    .get("Messages"), timeout_seconds=WAIT_S, sleep_seconds=0.5, waiting_for="the dead letter")
+    dead = json.loads(msgs[0]["Body"])
+    assert dead["key"] == "incoming/not dicom.dcm" and "not a DICOM object" in dead["reason"], dead
+    # the same object again: the same item and thumbnail (content-addressed), nothing added
+    s3.put_object(Bucket=bucket, Key="incoming/chest-again.dcm", Body=buf.getvalue())
+    wait_for(lambda: _item(table, pk)["source"]["S"].endswith("chest-again.dcm"), timeout_seconds=WAIT_S,
+             sleep_seconds=0.5, waiting_for="the second ingestion")
+    assert _item(table, pk)["thumbnail"]["S"] == thumb
+    assert len(aws.list_keys(out["SearchOutputUri"] + "thumbnails/", ".png")) == 1

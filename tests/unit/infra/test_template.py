@@ -17,7 +17,7 @@ from dicomflow.infra.template import DEFAULT_TEMPLATE, Resolver, load_template, 
 REQUIRED = {"PacsDicomwebUrl": "https://pacs.example.org/dicom-web", "GatewayUrl": "https://gw.example.org/wado",
             "LambdaCodeBucket": "dicomflow-deploy-123456789012-us-east-1",
             "PreLabelCodeKey": "lambdas/pre_label/abc.zip", "PostLabelCodeKey": "lambdas/post_label/def.zip",
-            "RouterCodeKey": "lambdas/router/012.zip"}
+            "RouterCodeKey": "lambdas/router/012.zip", "SearchIngestCodeKey": "lambdas/search_ingest/345.zip"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_cfn_lint_is_clean() -> None:
 
 def test_every_bucket_is_encrypted_private_and_tls_only(template: dict) -> None:
     buckets = _of_type(template, "AWS::S3::Bucket")
-    assert set(buckets) == {"DataBucket", "ArtifactsBucket", "AsyncBucket"}
+    assert set(buckets) == {"DataBucket", "ArtifactsBucket", "AsyncBucket", "SearchIngestBucket"}
     policies = {v["Properties"]["Bucket"]["Ref"]: v["Properties"]["PolicyDocument"]
                 for v in _of_type(template, "AWS::S3::BucketPolicy").values()}
     for name, bucket in buckets.items():
@@ -57,7 +57,8 @@ def test_iam_is_least_privilege(template: dict) -> None:
                 actions = stmt["Action"] if isinstance(stmt["Action"], list) else [stmt["Action"]]
                 assert all("*" not in a for a in actions), (name, stmt["Sid"])
                 if stmt["Resource"] == "*":  # only actions that take no resource, and then narrowed
-                    assert set(actions) <= {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData"}, stmt["Sid"]
+                    assert set(actions) <= {"ecr:GetAuthorizationToken", "cloudwatch:PutMetricData",
+                                            "comprehendmedical:InferICD10CM"}, stmt["Sid"]
 
 
 def test_no_credentials_in_the_template(template: dict) -> None:

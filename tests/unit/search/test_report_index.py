@@ -62,6 +62,7 @@ def test_facets_count_reports_per_code_and_per_block_and_chapter(index) -> None:
     assert facets["J90"]["reports"] == 1 and facets["J90"]["parent"] == "J90-J94"
     assert facets["J90-J94"]["kind"] == "block" and facets["J90-J94"]["parent"] == "10"
     assert facets["10"]["kind"] == "chapter" and facets["10"]["parent"] is None
+    assert facets["J90"]["mentioned"] and not facets["J90-J94"]["mentioned"] and not facets["10"]["mentioned"]
     assert facets["I51.7"]["description"].lower().startswith("cardiomegaly")
     negated = {f["code"]: f["reports"] for f in index.facets(status="negative")}
     assert negated["J90"] == 1 and negated["J93.9"] == 1  # "No pneumothorax"

@@ -1,0 +1,108 @@
+"""What the search ingestion Lambda makes of one S3 object (Lambda-safe: no torch, no index files).
+
+* A DICOM object -> its metadata item (UIDs, accession, modality, body part, view position, study date,
+  size; no patient name, birth date or free text) and a PNG thumbnail (:mod:`dicomflow.dicom.thumbnail`).
+* A report file (``{"StudyInstanceUID", "AccessionNumber", "text"}``) -> its item (the ICD-10-CM codes it
+  asserts, denies and is unsure of, by the engine's InferICD10CM-shaped answer) and that answer, kept so the
+  report index can be filled without reading the report again.
+
+Items are keyed ``image#<SOPInstanceUID>`` / ``report#<StudyInstanceUID>``: ingesting an object again writes
+the same item. Every refusal is an :class:`IngestError` naming the object and what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from dicomflow.dicom.uid import is_uid
+from dicomflow.dicom.volume import NotAnImageError
+from dicomflow.errors import DicomflowError
+from dicomflow.search.reports import NEGATIVE, POSITIVE, UNCERTAIN, ReportError, mention_status, validate_report
+
+MAX_OBJECT_BYTES = 64 * 2**20
+REPORT_SUFFIX = ".json"
+_IMAGE_FIELDS = {"studyInstanceUID": "StudyInstanceUID", "seriesInstanceUID": "SeriesInstanceUID",
+                 "sopClassUID": "SOPClassUID", "accessionNumber": "AccessionNumber", "modality": "Modality",
+                 "bodyPart": "BodyPartExamined", "viewPosition": "ViewPosition", "studyDate": "StudyDate",
+                 "seriesNumber": "SeriesNumber", "instanceNumber": "InstanceNumber"}
+
+
+class IngestError(DicomflowError):
+    """An object that cannot be ingested; the message names it and the reason."""
+
+
+def read_dicom(data: bytes, source: str) -> pydicom.Dataset:
+    """The dataset of a DICOM object (Part 10 file, or a bare dataset), refused with a reason if it is not one."""
+    if len(data) > MAX_OBJECT_BYTES:
+        raise IngestError(f"{source}: {len(data)} bytes, more than {MAX_OBJECT_BYTES}; not ingested")
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=len(data) >= 132 and data[128:132] != b"DICM")
+        sop = str(ds.get("SOPInstanceUID", ""))
+    except (InvalidDicomError, ValueError, TypeError, AttributeError, EOFError, OSError) as exc:
+        raise IngestError(f"{source}: not a DICOM object ({str(exc)[:120]})") from None
+    if not is_uid(sop) or not is_uid(str(ds.get("StudyInstanceUID", ""))):
+        raise IngestError(f"{source}: not a usable DICOM object (SOPInstanceUID or StudyInstanceUID missing)")
+    return ds
+
+
+def image_item(ds: pydicom.Dataset, source: str) -> dict[str, Any]:
+    """The metadata item of an image (strings and numbers only; no patient names or free text)."""
+    item: dict[str, Any] = {"pk": f"image#{ds.SOPInstanceUID}", "kind": "image",
+                            "sopInstanceUID": str(ds.SOPInstanceUID), "source": source}
+    for key, keyword in _IMAGE_FIELDS.items():
+        value = ds.get(keyword)
+        if value not in (None, ""):
+            item[key] = str(value)
+    if "Rows" in ds and "Columns" in ds:
+        item["rows"], item["columns"] = int(ds.Rows), int(ds.Columns)
+    return item
+
+
+def image(data: bytes, source: str) -> tuple[dict[str, Any], bytes]:
+    """(metadata item, PNG thumbnail) of a DICOM image object."""
+    from dicomflow.dicom.thumbnail import thumbnail_png
+
+    ds = read_dicom(data, source)
+    try:
+        png = thumbnail_png(ds)
+    except NotAnImageError as exc:
+        raise IngestError(f"{source}: {exc}") from None
+    return image_item(ds, source), png
+
+
+def report(data: bytes, source: str, engine: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(report item, ``{StudyInstanceUID, AccessionNumber, text, analysis}``) of a report file."""
+    if len(data) > MAX_OBJECT_BYTES:
+        raise IngestError(f"{source}: {len(data)} bytes, more than {MAX_OBJECT_BYTES}; not ingested")
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise IngestError(f"{source}: not JSON ({str(exc)[:80]})") from None
+    if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
+        raise IngestError(f"{source}: expected {{\"StudyInstanceUID\", \"AccessionNumber\", \"text\"}}")
+    study = record.get("StudyInstanceUID")
+    if not isinstance(study, str) or not is_uid(study):
+        raise IngestError(f"{source}: StudyInstanceUID is missing or not a DICOM UID")
+    try:
+        text = validate_report(record["text"])
+    except ReportError as exc:
+        raise IngestError(f"{source}: {exc}") from None
+    answer = engine.infer_icd10cm(text)
+    codes: dict[str, set[str]] = {POSITIVE: set(), NEGATIVE: set(), UNCERTAIN: set()}
+    for entity in answer.get("Entities") or []:
+        concepts, status = entity.get("ICD10CMConcepts") or [], mention_status(entity)
+        if concepts and status:
+            codes[status].add(str(concepts[0].get("Code")))
+    item = {"pk": f"report#{study}", "kind": "report", "studyInstanceUID": study, "source": source,
+            "engine": str(answer.get("ModelVersion") or ""), "mentions": len(answer.get("Entities") or []),
+            **{f"{status}Codes": sorted(c) for status, c in codes.items() if c}}
+    accession = record.get("AccessionNumber")
+    if accession:
+        item["accessionNumber"] = str(accession)
+    return item, {"StudyInstanceUID": study, "AccessionNumber": accession or None, "text": text, "analysis": answer}

@@ -1,0 +1,122 @@
+"""Search ingestion Lambda: S3 ObjectCreated -> metadata in DynamoDB, thumbnails and report analyses in S3.
+
+Event: an S3 event notification (``Records[].s3.bucket.name`` / ``.s3.object.key``, URL-encoded). An object
+whose key ends in ``.json`` is a report file (``{"StudyInstanceUID", "AccessionNumber", "text"}``); any other
+is read as DICOM (:mod:`dicomflow.search.ingest`). Per object:
+
+* image -> its item in ``DICOMFLOW_SEARCH_TABLE`` (key ``image#<SOPInstanceUID>``) naming its thumbnail,
+  ``<DICOMFLOW_SEARCH_OUTPUT_URI>thumbnails/<sha256>.png`` (content-addressed: stored once);
+* report -> its item (key ``report#<StudyInstanceUID>``: the codes it asserts, denies and is unsure of) and
+  the analysis ``<DICOMFLOW_SEARCH_OUTPUT_URI>reports/<StudyInstanceUID>.json``, which
+  ``dicomflow search add-reports --from`` loads into the report index without reading the report again.
+
+An object that cannot be ingested goes to ``DICOMFLOW_SEARCH_DLQ`` with its bucket, key and reason, and the
+others go on. Ingesting an object again writes the same item and objects. The response counts both. Logs
+name keys and UIDs, never patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+from urllib.parse import unquote_plus
+
+from dicomflow import aws
+from dicomflow.config import runtime
+from dicomflow.dicom.thumbnail import thumbnail_key
+from dicomflow.errors import DicomflowError
+from dicomflow.search import ingest
+from dicomflow.search.reports import ComprehendMedicalEngine, RuleEngine
+
+log = logging.getLogger("dicomflow.search_ingest")
+log.setLevel(logging.INFO)
+if not logging.getLogger().handlers:  # outside the Lambda runtime (local host execution)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+
+
+def _engine() -> Any:
+    if runtime().report_engine == "comprehend-medical":
+        return ComprehendMedicalEngine(aws.client("comprehendmedical"))
+    return RuleEngine()
+
+
+def _objects(event: Any) -> list[tuple[str, str]]:
+    records = event.get("Records") if isinstance(event, dict) else None
+    if not isinstance(records, list):
+        raise ingest.IngestError("not an S3 event notification: expected {\"Records\": [{\"s3\": ...}]}")
+    out = []
+    for record in records:
+        s3 = record.get("s3") if isinstance(record, dict) else None
+        try:
+            out.append((str(s3["bucket"]["name"]), unquote_plus(str(s3["object"]["key"]))))
+        except (KeyError, TypeError):
+            raise ingest.IngestError("an S3 record without s3.bucket.name and s3.object.key") from None
+    return out
+
+
+def _ingest_one(bucket: str, key: str, settings: Any, engine: Any) -> str:
+    source = aws.s3_uri(bucket, key)
+    data = aws.read_bytes(source)
+    if data is None:
+        raise ingest.IngestError(f"{source}: the object is gone (deleted before it was ingested)")
+    table = aws.client("dynamodb")
+    out = settings.search_output_uri.rstrip("/") + "/"
+    if key.endswith(ingest.REPORT_SUFFIX):
+        item, analysis = ingest.report(data, source, engine)
+        aws.write(f"{out}reports/{item['studyInstanceUID']}.json", json.dumps(analysis).encode(), "application/json")
+    else:
+        item, png = ingest.image(data, source)
+        thumb = out + thumbnail_key(png)
+        aws.write(thumb, png, "image/png")
+        item["thumbnail"] = thumb
+    table.put_item(TableName=settings.search_table, Item=_attributes(item))
+    return item["pk"]
+
+
+def _attributes(item: dict[str, Any]) -> dict[str, Any]:
+    """A plain dict as DynamoDB attribute values (strings, numbers, string lists)."""
+    out: dict[str, Any] = {}
+    for k, v in item.items():
+        if isinstance(v, bool) or v is None:
+            continue
+        if isinstance(v, int | float):
+            out[k] = {"N": str(v)}
+        elif isinstance(v, list):
+            if v:
+                out[k] = {"SS": [str(x) for x in v]}
+        else:
+            out[k] = {"S": str(v)}
+    return out
+
+
+def _dead_letter(settings: Any, bucket: str, key: str, reason: str) -> None:
+    body = json.dumps({"bucket": bucket, "key": key, "reason": reason})
+    try:
+        aws.client("sqs").send_message(QueueUrl=settings.search_dlq, MessageBody=body)
+    except Exception:  # the DLQ itself failing must not hide the object's own failure
+        log.exception("could not dead-letter %s", key)
+        raise
+
+
+def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    settings = runtime()
+    if not (settings.search_table and settings.search_output_uri and settings.search_dlq):
+        raise DicomflowError("DICOMFLOW_SEARCH_TABLE, DICOMFLOW_SEARCH_OUTPUT_URI and DICOMFLOW_SEARCH_DLQ must "
+                             "be set (the stack sets them)")
+    try:
+        objects = _objects(event)
+    except ingest.IngestError as exc:
+        log.warning("refused the event: %s", exc)
+        return {"error": str(exc)}
+    engine = _engine()
+    done, failed = [], []
+    for bucket, key in objects:
+        try:
+            done.append(_ingest_one(bucket, key, settings, engine))
+        except DicomflowError as exc:
+            log.warning("not ingested: %s", exc)
+            _dead_letter(settings, bucket, key, str(exc))
+            failed.append({"key": key, "reason": str(exc)})
+    log.info("ingested %d object(s), %d dead-lettered", len(done), len(failed))
+    return {"ingested": done, "failed": failed}
