@@ -223,6 +223,12 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"\nreport index {rep['index']}: {rep['deniedEffusion']} reports deny a pleural effusion "
             "(dicomflow search reports \"pleural effusion\" --code J90 --status negative)",
             title="radiology reports", border_style="cyan"), highlight=False)
+    if "ingestion" in r:
+        ing = r["ingestion"]
+        console.print(Panel.fit(
+            f"{ing['images']} held-out chest images and {ing['reports']} reports put into the ingest bucket became "
+            f"items of {ing['table']} (the search ingestion Lambda); {len(ing['thumbnails'])} thumbnails in "
+            f"{ing['output']}thumbnails/", title="search ingestion", border_style="cyan"), highlight=False)
     if "imageSearch" in r:
         im = r["imageSearch"]
         first = im["queries"][0]

@@ -13,6 +13,7 @@ through the real worker portal and template, so the consolidation Lambda has rea
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import threading
@@ -590,6 +591,54 @@ def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     return ctx.results["inference"]
 
 
+def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """The held-out chest studies' images and reports put into the stack's ingest bucket, as a RIS and an
+    archive export would drop them; the search ingestion Lambda turns each into its item in the search
+    table (with a thumbnail, or the report's codes). Waits for every item; nothing may be dead-lettered."""
+    from dicomflow.search.ingest import image_item
+
+    bucket, table = ctx.outputs["SearchIngestBucket"], ctx.outputs["SearchTableName"]
+    reports = seeding.reports_dir(ctx.settings.data_dir)
+    s3, dynamodb = aws.client("s3"), aws.client("dynamodb")
+    keys = []
+    for s in ctx.chest_holdout:
+        ds = s.datasets[0]
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
+        s3.put_object(Bucket=bucket, Key=f"demo/{ctx.config.tag}/{s.study_uid}.dcm", Body=buf.getvalue())
+        keys.append(image_item(ds, "")["pk"])
+        report = reports / f"{s.study_uid}.json"
+        if report.exists():
+            s3.put_object(Bucket=bucket, Key=f"demo/{ctx.config.tag}/reports/{s.study_uid}.json",
+                          Body=report.read_bytes())
+            keys.append(f"report#{s.study_uid}")
+    items: dict[str, dict[str, Any]] = {}
+    with hooks.step("search ingestion: S3 -> ingestion Lambda -> table and thumbnails", total=len(keys)) as st:
+        deadline = time.monotonic() + ctx.config.result_timeout_s
+        while len(items) < len(keys):
+            for key in keys:
+                if key not in items:
+                    got = dynamodb.get_item(TableName=table, Key={"pk": {"S": key}}, ConsistentRead=True)
+                    if "Item" in got:
+                        items[key] = got["Item"]
+            st.update(completed=len(items))
+            if len(items) < len(keys):
+                if time.monotonic() > deadline:
+                    dead = aws.client("sqs").receive_message(QueueUrl=ctx.outputs["SearchDeadLetterQueueUrl"],
+                                                              WaitTimeSeconds=0).get("Messages") or []
+                    why = f"; dead-lettered: {dead[0]['Body'][:300]}" if dead else ""
+                    raise DemoError(f"search ingestion wrote {len(items)} of {len(keys)} items in "
+                                    f"{ctx.config.result_timeout_s:.0f} s{why}; see the logs of "
+                                    f"{ctx.config.stack}-search-ingest")
+                time.sleep(0.5)
+    images = [v for k, v in items.items() if k.startswith("image#")]
+    ctx.results["ingestion"] = {
+        "table": table, "images": len(images), "reports": len(items) - len(images),
+        "thumbnails": sorted({v["thumbnail"]["S"] for v in images}),
+        "output": ctx.outputs["SearchOutputUri"]}
+    return ctx.results["ingestion"]
+
+
 def index_images(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """Every chest study embedded by the chest endpoint into the image index (the ``dicomflow search index``
     code path), then the images most like each held-out one; scored by how many neighbours share a true
@@ -738,8 +787,9 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
-    deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models, register_models,
-    deploy_endpoints, route_new_studies, run_inference, index_images, run_batch_transform, serve_from_one_endpoint]
+    deploy_stack, seed_studies, analyse_reports, ingest_for_search, run_labeling, export_datasets, train_models,
+    register_models, deploy_endpoints, route_new_studies, run_inference, index_images, run_batch_transform,
+    serve_from_one_endpoint]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

@@ -34,3 +34,11 @@ class PacsError(DicomflowError):
     def transient(self) -> bool:
         """Worth retrying: the PACS may be back in a moment (restarting, overloaded)."""
         return self.kind in ("unreachable", "unavailable")
+
+
+class NotAnImageError(DicomflowError):
+    """The DICOM object carries no pixel data (e.g. a Structured Report)."""
+
+
+class InvalidImageError(NotAnImageError):
+    """An image whose header or pixel data cannot be used as it is (missing attribute, zero slope, corrupt pixels)."""

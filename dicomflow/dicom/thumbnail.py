@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from dicomflow.dicom.volume import InvalidImageError, NotAnImageError
+from dicomflow.dicom.errors import InvalidImageError, NotAnImageError
 
 DEFAULT_SIZE = 256
 

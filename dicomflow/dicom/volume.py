@@ -30,7 +30,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomflow.dicom import geometry as _geometry
 from dicomflow.dicom.elements import stored_value
-from dicomflow.errors import DicomflowError
+from dicomflow.dicom.errors import InvalidImageError, NotAnImageError
 
 #: Relative tolerance on slice spacing before a series is called irregular (gap / missing slice).
 SPACING_TOLERANCE = 0.1
@@ -39,10 +39,6 @@ _ORIENTATION_TOLERANCE = 1e-3
 
 class GeometryError(_geometry.GeometryError):
     """The instances do not form one regular volume (gap, duplicate, mixed orientation or size)."""
-
-
-class NotAnImageError(DicomflowError):
-    """The DICOM object carries no pixel data (e.g. a Structured Report)."""
 
 
 @dataclass(frozen=True)
@@ -90,10 +86,6 @@ def read(path: str | Path, *, header_only: bool = False) -> Dataset:
 def is_image(ds: Dataset) -> bool:
     """True when the dataset describes an image (Rows/Columns present); works on header-only reads."""
     return "Rows" in ds and "Columns" in ds
-
-
-class InvalidImageError(NotAnImageError):
-    """An image whose header or pixel data cannot be used as it is (missing attribute, zero slope, corrupt pixels)."""
 
 
 #: Image Pixel attributes every image must carry (Type 1 in the Image Pixel module).

@@ -20,8 +20,8 @@ from typing import Any
 import pydicom
 from pydicom.errors import InvalidDicomError
 
+from dicomflow.dicom.errors import NotAnImageError
 from dicomflow.dicom.uid import is_uid
-from dicomflow.dicom.volume import NotAnImageError
 from dicomflow.errors import DicomflowError
 from dicomflow.search.reports import NEGATIVE, POSITIVE, UNCERTAIN, ReportError, mention_status, validate_report
 

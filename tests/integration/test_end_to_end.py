@@ -64,6 +64,10 @@ def test_whole_loop_small(local_cloud) -> None:
     assert reports["reports"] == len(ctx.chest) and reports["topCodes"]
     assert reports["agreement"] >= 0.95 and reports["unwrittenFindings"] == 0, reports
     assert reports["indexed"] == len(ctx.chest) and reports["topCodes"][0]["reports"] >= 1
+    # search ingestion: the held-out chest images and their reports, put into the ingest bucket, become items
+    ingested = loop.ingest_for_search(ctx, hooks)
+    assert (ingested["images"], ingested["reports"]) == (len(ctx.chest_holdout), len(ctx.chest_holdout))
+    assert len(ingested["thumbnails"]) == len(ctx.chest_holdout)  # each picture its own content-addressed PNG
 
     # labeling: every training image labelled by 3 workers; the output line holds the majority of the votes
     lab = loop.run_labeling(ctx, hooks)
