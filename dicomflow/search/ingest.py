@@ -47,7 +47,7 @@ def read_dicom(data: bytes, source: str) -> pydicom.Dataset:
     except (InvalidDicomError, ValueError, TypeError, AttributeError, EOFError, OSError) as exc:
         raise IngestError(f"{source}: not a DICOM object ({str(exc)[:120]})") from None
     if not is_uid(sop) or not is_uid(str(ds.get("StudyInstanceUID", ""))):
-        raise IngestError(f"{source}: not a usable DICOM object (SOPInstanceUID or StudyInstanceUID missing)")
+        raise IngestError(f"{source}: not a DICOM object, or one without its SOPInstanceUID and StudyInstanceUID")
     return ds
 
 

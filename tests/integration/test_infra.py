@@ -214,26 +214,25 @@ def _ingestion_ends_in_the_table_the_thumbnails_and_the_dlq(out: dict, image) ->
     s3.put_object(Bucket=bucket, Key="incoming/reports/itest.json", Body=json.dumps(report).encode())
     s3.put_object(Bucket=bucket, Key="incoming/not dicom.dcm", Body=b"this is not DICOM at all" * 10)
     pk = f"image#{image.SOPInstanceUID}"
-    item = wait_for(lambda: _item(table, pk), timeout_seconds=WAIT_S, sleep_seconds=0.5, waiting_for=pk)
+    item = wait_for(pk, lambda: _item(table, pk), WAIT_S, 0.5)
     assert item["studyInstanceUID"]["S"] == study and item["modality"]["S"] == str(image.Modality)
     assert str(image.PatientName) and str(image.PatientName) not in json.dumps(item)  # no patient data
     assert str(image.PatientID) not in json.dumps(item)
     thumb = item["thumbnail"]["S"]
     assert thumb.startswith(out["SearchOutputUri"] + "thumbnails/") and thumb.endswith(".png")
     assert aws.read(thumb)[:8] == b"\x89PNG\r\n\x1a\n"
-    rep = wait_for(lambda: _item(table, f"report#{study}"), timeout_seconds=WAIT_S, sleep_seconds=0.5,
-                   waiting_for="the report item")
+    rep = wait_for("the report item", lambda: _item(table, f"report#{study}"), WAIT_S, 0.5)
     assert rep["positiveCodes"]["SS"] == ["J90"] and rep["negativeCodes"]["SS"] == ["J93.9"]
     analysis = json.loads(aws.read(f"{out['SearchOutputUri']}reports/{study}.json"))
     assert analysis["AccessionNumber"] == "ITEST-1" and analysis["analysis"]["Entities"]
     sqs = aws.client("sqs")
-    msgs = wait_for(lambda: sqs.receive_message(QueueUrl=out["SearchDeadLetterQueueUrl"], WaitTimeSeconds=1)
-                    .get("Messages"), timeout_seconds=WAIT_S, sleep_seconds=0.5, waiting_for="the dead letter")
+    msgs = wait_for("the dead letter", lambda: sqs.receive_message(QueueUrl=out["SearchDeadLetterQueueUrl"],
+                                                                  WaitTimeSeconds=1).get("Messages"), WAIT_S, 0.5)
     dead = json.loads(msgs[0]["Body"])
     assert dead["key"] == "incoming/not dicom.dcm" and "not a DICOM object" in dead["reason"], dead
     # the same object again: the same item and thumbnail (content-addressed), nothing added
     s3.put_object(Bucket=bucket, Key="incoming/chest-again.dcm", Body=buf.getvalue())
-    wait_for(lambda: _item(table, pk)["source"]["S"].endswith("chest-again.dcm"), timeout_seconds=WAIT_S,
-             sleep_seconds=0.5, waiting_for="the second ingestion")
+    wait_for("the second ingestion", lambda: _item(table, pk)["source"]["S"].endswith("chest-again.dcm"), WAIT_S,
+             0.5)
     assert _item(table, pk)["thumbnail"]["S"] == thumb
     assert len(aws.list_keys(out["SearchOutputUri"] + "thumbnails/", ".png")) == 1
