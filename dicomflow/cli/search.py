@@ -76,11 +76,14 @@ def index(ctx: click.Context, endpoint: str, study_uids: tuple[str, ...], study_
 @click.option("--same-study", is_flag=True, help="Also return other images of the query's study.")
 @click.option("--modality", help="Only images of this modality (e.g. DX).")
 @click.option("--label", help="Only images the model called this finding (e.g. Edema).")
+@click.option("--view", "view_position", help="Only images of this ViewPosition (e.g. PA, AP, LL).")
+@click.option("--body-part", help="Only images of this BodyPartExamined (e.g. CHEST).")
 @index_option
 @json_option
 @click.pass_context
 def similar(ctx: click.Context, sop_uid: str | None, study_uid: str | None, k: int, same_study: bool,
-            modality: str | None, label: str | None, index_dir: str | None, as_json: bool) -> None:
+            modality: str | None, label: str | None, view_position: str | None, body_part: str | None,
+            index_dir: str | None, as_json: bool) -> None:
     """The K indexed images most like an indexed image: ranked, with cosine similarity scores."""
     if bool(sop_uid) == bool(study_uid):
         raise click.UsageError("give exactly one of --image UID and --study UID")
@@ -92,7 +95,8 @@ def similar(ctx: click.Context, sop_uid: str | None, study_uid: str | None, k: i
                                       "'dicomflow search index --endpoint NAME --study UID'")
             sop_uid = images[0]
         assert sop_uid is not None
-        found = ix.similar_to(sop_uid, k, same_study=same_study, modality=modality, label=label)
+        found = ix.similar_to(sop_uid, k, same_study=same_study, modality=modality, label=label,
+                              view_position=view_position, body_part=body_part)
         model = ix.model
     if as_json:
         print_json({"query": {"sopInstanceUID": sop_uid, "studyInstanceUID": study_uid}, "model": model,

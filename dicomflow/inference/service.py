@@ -232,6 +232,8 @@ class InferenceService:
                 "model": self.embedding_model, "dimensions": int(embedding.shape[1]),
                 "seriesInstanceUID": selection.series_uid,
                 "sopInstanceUID": str(datasets[0].SOPInstanceUID) if self.task == "classification2d" else None,
+                "viewPosition": str(datasets[0].get("ViewPosition", "")) or None,
+                "bodyPart": str(datasets[0].get("BodyPartExamined", "")) or None,
                 "vector": [float(v) for v in embedding[0]],
             }
         if occlusion_prefix:

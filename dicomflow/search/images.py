@@ -34,6 +34,7 @@ def image_vector(response: Mapping[str, Any], *, accession: str | None = None,
     return ImageVector(sop_uid=str(sop), study_uid=str(response.get("studyInstanceUID")), vector=emb["vector"],
                        series_uid=emb.get("seriesInstanceUID") or series.get("seriesInstanceUID"),
                        accession=accession, modality=series.get("modality"),
+                       view_position=emb.get("viewPosition"), body_part=emb.get("bodyPart"),
                        labels=tuple(str(x) for x in findings.get("positive") or ()), thumbnail=thumbnail)
 
 

@@ -29,7 +29,8 @@ from dicomflow.search.vectors import (
     unit_vector,
 )
 
-_KEYWORDS = ("sop_uid", "study_uid", "series_uid", "accession", "modality", "labels", "thumbnail")
+_KEYWORDS = ("sop_uid", "study_uid", "series_uid", "accession", "modality", "view_position", "body_part", "labels",
+             "thumbnail")
 
 
 def index_body(model: Mapping[str, str], dimensions: int) -> dict[str, Any]:
@@ -50,11 +51,13 @@ def index_body(model: Mapping[str, str], dimensions: int) -> dict[str, Any]:
 
 
 def knn_body(vector: np.ndarray, k: int, *, exclude_sops: Sequence[str] = (), exclude_studies: Sequence[str] = (),
-             modality: str | None = None, label: str | None = None) -> dict[str, Any]:
+             modality: str | None = None, label: str | None = None, view_position: str | None = None,
+             body_part: str | None = None) -> dict[str, Any]:
     """The search request: the k nearest with every filter inside the k-NN clause, the vector not returned."""
     must: list[dict[str, Any]] = []
-    if modality:
-        must.append({"term": {"modality": modality}})
+    for name, value in (("modality", modality), ("view_position", view_position), ("body_part", body_part)):
+        if value:
+            must.append({"term": {name: value}})
     if label:
         must.append({"term": {"labels": label}})
     must_not: list[dict[str, Any]] = []
@@ -72,7 +75,8 @@ def _neighbour(rank: int, hit: Mapping[str, Any]) -> Neighbour:
     src = hit.get("_source") or {}
     return Neighbour(rank, 2.0 * float(hit.get("_score", 0.0)) - 1.0, str(src.get("sop_uid", hit.get("_id"))),
                      str(src.get("study_uid")), src.get("series_uid"), src.get("accession"), src.get("modality"),
-                     tuple(src.get("labels") or ()), src.get("thumbnail"))
+                     tuple(src.get("labels") or ()), src.get("thumbnail"), src.get("view_position"),
+                     src.get("body_part"))
 
 
 def connect(url: str, region: str | None = None) -> Any:
@@ -131,8 +135,10 @@ class OpenSearchVectorIndex:
             vector = checked_row(item, self.dimensions)
             actions.append({"index": {"_index": self.name, "_id": item.sop_uid}})
             actions.append({"sop_uid": item.sop_uid, "study_uid": item.study_uid, "series_uid": item.series_uid,
-                            "accession": item.accession, "modality": item.modality, "labels": list(item.labels),
-                            "thumbnail": item.thumbnail, "vector": [float(v) for v in vector]})
+                            "accession": item.accession, "modality": item.modality,
+                            "view_position": item.view_position, "body_part": item.body_part,
+                            "labels": list(item.labels), "thumbnail": item.thumbnail,
+                            "vector": [float(v) for v in vector]})
         if not actions:
             return 0
         answer = self.client.bulk(body=actions, refresh="wait_for")
@@ -171,12 +177,12 @@ class OpenSearchVectorIndex:
         return [h["_source"]["sop_uid"] for h in answer["hits"]["hits"]]
 
     def similar(self, vector: Sequence[float] | np.ndarray, k: int = 10, *, exclude_sops: Iterable[str] = (),
-                exclude_studies: Iterable[str] = (), modality: str | None = None,
-                label: str | None = None) -> list[Neighbour]:
+                exclude_studies: Iterable[str] = (), modality: str | None = None, label: str | None = None,
+                view_position: str | None = None, body_part: str | None = None) -> list[Neighbour]:
         check_k(k)
         query = unit_vector(vector, self.dimensions, "the query vector")
         body = knn_body(query, k, exclude_sops=list(exclude_sops), exclude_studies=list(exclude_studies),
-                        modality=modality, label=label)
+                        modality=modality, label=label, view_position=view_position, body_part=body_part)
         hits = self.client.search(index=self.name, body=body)["hits"]["hits"]
         return [_neighbour(rank, hit) for rank, hit in enumerate(hits[:k], start=1)]
 

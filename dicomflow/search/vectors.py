@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS images (
     study_uid TEXT NOT NULL,
     accession TEXT,
     modality TEXT,
+    view_position TEXT,
+    body_part TEXT,
     labels TEXT NOT NULL DEFAULT '[]',
     thumbnail TEXT,
     vector BLOB NOT NULL
@@ -70,6 +72,8 @@ class ImageVector:
     accession: str | None = None
     modality: str | None = None
     labels: tuple[str, ...] = ()
+    view_position: str | None = None
+    body_part: str | None = None
     thumbnail: str | None = None
 
 
@@ -86,12 +90,14 @@ class Neighbour:
     modality: str | None
     labels: tuple[str, ...] = field(default_factory=tuple)
     thumbnail: str | None = None
+    view_position: str | None = None
+    body_part: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "score": round(self.score, 6), "sopInstanceUID": self.sop_uid,
                 "studyInstanceUID": self.study_uid, "seriesInstanceUID": self.series_uid,
-                "accessionNumber": self.accession, "modality": self.modality, "labels": list(self.labels),
-                "thumbnail": self.thumbnail}
+                "accessionNumber": self.accession, "modality": self.modality, "viewPosition": self.view_position,
+                "bodyPart": self.body_part, "labels": list(self.labels), "thumbnail": self.thumbnail}
 
 
 def unit_vector(vector: Sequence[float] | np.ndarray, dimensions: int, what: str) -> np.ndarray:
@@ -146,6 +152,10 @@ class VectorIndex:
             db = sqlite3.connect(db_path)
             os.chmod(db_path, PRIVATE_FILE_MODE)
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
+            for column in ("view_position", "body_part"):  # an index from before these filters
+                if column not in columns:
+                    db.execute(f"ALTER TABLE images ADD COLUMN {column} TEXT")  # noqa: S608 - constant names
             meta = dict(db.execute("SELECT key, value FROM meta"))
         except sqlite3.Error as exc:
             raise ImageIndexError(f"{db_path} is not a usable image index: {exc}") from None
@@ -224,10 +234,11 @@ class VectorIndex:
             start = int(self._db.execute("SELECT COALESCE(MAX(key), 0) + 1 FROM images").fetchone()[0])
             keys = list(range(start, start + len(rows)))
             self._db.executemany(
-                "INSERT INTO images (key, sop_uid, series_uid, study_uid, accession, modality, labels, thumbnail,"
-                " vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(key, i.sop_uid, i.series_uid, i.study_uid, i.accession, i.modality, json.dumps(list(i.labels)),
-                  i.thumbnail, v.tobytes()) for key, (i, v) in zip(keys, rows, strict=True)])
+                "INSERT INTO images (key, sop_uid, series_uid, study_uid, accession, modality, view_position, "
+                "body_part, labels, thumbnail, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(key, i.sop_uid, i.series_uid, i.study_uid, i.accession, i.modality, i.view_position, i.body_part,
+                  json.dumps(list(i.labels)), i.thumbnail, v.tobytes())
+                 for key, (i, v) in zip(keys, rows, strict=True)])
             self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
         self._graph.add(np.asarray(keys, dtype=np.uint64), np.stack([v for _, v in rows]))
         self._save_graph()
@@ -269,20 +280,23 @@ class VectorIndex:
                                                (study_uid,))]
 
     def similar(self, vector: Sequence[float] | np.ndarray, k: int = 10, *, exclude_sops: Iterable[str] = (),
-                exclude_studies: Iterable[str] = (), modality: str | None = None,
-                label: str | None = None) -> list[Neighbour]:
+                exclude_studies: Iterable[str] = (), modality: str | None = None, label: str | None = None,
+                view_position: str | None = None, body_part: str | None = None) -> list[Neighbour]:
         """The ``k`` nearest images to ``vector`` (ranked, scored), leaving out the excluded images and
-        studies and keeping only those of ``modality`` / carrying ``label`` when given."""
+        studies and keeping only those of ``modality``, ``view_position`` and ``body_part`` and carrying
+        ``label`` when given."""
         check_k(k)
         query = unit_vector(vector, self.dimensions, "the query vector")
         total = len(self._graph)
         skip_sops, skip_studies = set(exclude_sops), set(exclude_studies)
-        filtered = bool(skip_sops or skip_studies or modality or label)
+        wanted = {"modality": modality, "view_position": view_position, "body_part": body_part}
+        wanted = {k_: v for k_, v in wanted.items() if v}
+        filtered = bool(skip_sops or skip_studies or wanted or label)
         count = min(total, k if not filtered else max(4 * k, k + len(skip_sops) + 16))
         found: list[Neighbour] = []
         while count > 0:
             matches = self._graph.search(query, count, exact=total <= EXACT_BELOW)
-            found = self._rows(list(matches.keys), list(matches.distances), skip_sops, skip_studies, modality,
+            found = self._rows(list(matches.keys), list(matches.distances), skip_sops, skip_studies, wanted,
                                label, k)
             if len(found) >= k or count >= total:
                 break
@@ -290,23 +304,25 @@ class VectorIndex:
         return found
 
     def _rows(self, keys: list[int], distances: list[float], skip_sops: set[str], skip_studies: set[str],
-              modality: str | None, label: str | None, k: int) -> list[Neighbour]:
+              wanted: dict[str, str], label: str | None, k: int) -> list[Neighbour]:
         if not keys:
             return []
         rows = {r[0]: r for r in self._db.execute(
-            "SELECT key, sop_uid, study_uid, series_uid, accession, modality, labels, thumbnail FROM images "
-            "WHERE key IN (SELECT value FROM json_each(?))", (json.dumps([int(x) for x in keys]),))}
+            "SELECT key, sop_uid, study_uid, series_uid, accession, modality, labels, thumbnail, view_position, "
+            "body_part FROM images WHERE key IN (SELECT value FROM json_each(?))",
+            (json.dumps([int(x) for x in keys]),))}
         out: list[Neighbour] = []
         for key, distance in zip(keys, distances, strict=True):
             row = rows.get(int(key))
             if row is None or row[1] in skip_sops or row[2] in skip_studies:
                 continue
             labels = tuple(json.loads(row[6]))
-            if (modality and row[5] != modality) or (label and label not in labels):
+            have = {"modality": row[5], "view_position": row[8], "body_part": row[9]}
+            if any(have[f] != v for f, v in wanted.items()) or (label and label not in labels):
                 continue
             score = 1.0 - float(distance)
             out.append(Neighbour(len(out) + 1, score if math.isfinite(score) else 0.0, row[1], row[2], row[3],
-                                 row[4], row[5], labels, row[7]))
+                                 row[4], row[5], labels, row[7], row[8], row[9]))
             if len(out) == k:
                 break
         return out

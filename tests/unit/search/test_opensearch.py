@@ -87,7 +87,8 @@ def test_upsert_is_one_bulk_index_by_sop_uid_with_unit_vectors(client) -> None:
     assert n == 2 and bulk["params"] == {"refresh": "wait_for"}
     assert bulk["body"][0] == {"index": {"_index": INDEX, "_id": UID.format(1)}}
     assert bulk["body"][1] == {"sop_uid": UID.format(1), "study_uid": UID.format(10), "series_uid": None,
-                               "accession": None, "modality": "DX", "labels": ["Edema"], "thumbnail": None,
+                               "accession": None, "modality": "DX", "view_position": None, "body_part": None,
+                               "labels": ["Edema"], "thumbnail": None,
                                "vector": pytest.approx([0.6, 0.0, 0.8, 0.0])}
     assert bulk["body"][2] == {"index": {"_index": INDEX, "_id": UID.format(2)}}
 
@@ -111,11 +112,12 @@ def test_the_knn_query_carries_every_filter_inside_it_and_scores_become_cosines(
             {"_id": UID.format(6), "_score": 0.5, "_source": {"sop_uid": UID.format(6), "study_uid": UID.format(12),
                                                                "modality": "DX", "labels": ["Edema"]}}]}}),
     ]
-    found = ix.similar_to(UID.format(1), 2, modality="DX", label="Edema")
+    found = ix.similar_to(UID.format(1), 2, modality="DX", label="Edema", view_position="PA")
     search = Scripted.sent[-1]["body"]
     assert search == {"size": 2, "_source": {"excludes": ["vector"]}, "query": {"knn": {"vector": {
         "vector": [1.0, 0.0, 0.0, 0.0], "k": 2, "filter": {"bool": {
-            "filter": [{"term": {"modality": "DX"}}, {"term": {"labels": "Edema"}}],
+            "filter": [{"term": {"modality": "DX"}}, {"term": {"view_position": "PA"}},
+                       {"term": {"labels": "Edema"}}],
             "must_not": [{"terms": {"sop_uid": [UID.format(1)]}}, {"terms": {"study_uid": [UID.format(10)]}}]}}}}}}
     assert [(n.rank, n.sop_uid) for n in found] == [(1, UID.format(5)), (2, UID.format(6))]
     assert found[0].score == pytest.approx(0.9) and found[1].score == pytest.approx(0.0)  # 2 * score - 1

@@ -21,7 +21,8 @@ def _uid(kind: int, n: int) -> str:
 def _images(n: int, seed: int = 0, per_study: int = 2) -> tuple[list[ImageVector], np.ndarray]:
     vectors = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
     items = [ImageVector(sop_uid=_uid(1, i), study_uid=_uid(2, i // per_study), vector=vectors[i],
-                         modality="DX" if i % 3 else "CR", labels=("Edema",) if i % 2 else ("No Finding",))
+                         modality="DX" if i % 3 else "CR", labels=("Edema",) if i % 2 else ("No Finding",),
+                         view_position="AP" if i % 5 == 0 else "PA", body_part="CHEST")
              for i in range(n)]
     return items, vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
@@ -78,6 +79,27 @@ def test_filters_keep_k_results_of_the_asked_modality_and_label(tmp_path: Path) 
     wanted = [i for i in _brute_force(unit, unit[7], set()) if i % 3 == 0 and i % 2 == 0][:8]
     assert [n.sop_uid for n in found] == [_uid(1, i) for i in wanted]
     assert all(n.modality == "CR" and n.labels == ("No Finding",) for n in found)
+    with VectorIndex.open(tmp_path / "ix") as ix:
+        views = ix.similar(unit[7], k=4, view_position="AP", body_part="CHEST")
+        assert ix.similar(unit[7], k=4, body_part="ABDOMEN") == []
+    expected = [i for i in _brute_force(unit, unit[7], set()) if i % 5 == 0][:4]
+    assert [n.sop_uid for n in views] == [_uid(1, i) for i in expected]
+    assert all((n.view_position, n.body_part) == ("AP", "CHEST") for n in views)
+
+
+def test_an_index_from_before_the_view_and_body_part_columns_opens_and_filters(tmp_path: Path) -> None:
+    import sqlite3
+
+    items, unit = _images(30)
+    with VectorIndex.open(tmp_path / "ix", model=MODEL, dimensions=DIM) as ix:
+        ix.add(items)
+    db = sqlite3.connect(tmp_path / "ix" / "images.sqlite")
+    db.execute("ALTER TABLE images DROP COLUMN view_position")
+    db.execute("ALTER TABLE images DROP COLUMN body_part")
+    db.commit()
+    db.close()
+    with VectorIndex.open(tmp_path / "ix") as old:
+        assert len(old.similar(unit[0], k=5)) == 5 and old.similar(unit[0], k=5, view_position="AP") == []
 
 
 def test_the_index_persists_replaces_by_uid_removes_and_rebuilds_a_stale_graph(tmp_path: Path) -> None:
