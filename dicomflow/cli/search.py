@@ -45,16 +45,19 @@ def search() -> None:
 @index_option
 @click.option("--rebuild", is_flag=True, help="Build a new index and replace the old one when done (after a model "
               "change: vectors of two models are never mixed).")
+@click.option("--thumbnails", "thumbnails_uri", metavar="S3_URI",
+              help="s3:// prefix where the endpoint writes each image's PNG thumbnail (thumbnails/<sha256>.png), "
+                   "named in the results (e.g. the stack's SearchOutputUri).")
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for all results.")
 @json_option
 @click.pass_context
 def index(ctx: click.Context, endpoint: str, study_uids: tuple[str, ...], study_file: Any, query: tuple[str, ...],
-          index_dir: str | None, rebuild: bool, timeout: float, as_json: bool) -> None:
+          index_dir: str | None, rebuild: bool, thumbnails_uri: str | None, timeout: float, as_json: bool) -> None:
     """Embed studies through an endpoint (output 'embedding'; nothing is stored to the PACS) and index them."""
     if study_uids and (study_file or query):
         raise click.UsageError("give --study UIDs, or one of --studies FILE and --query KEY=VALUE")
     studies = list(dict.fromkeys(study_uids)) if study_uids else studies_from(study_file, query, None)
-    bodies = {uid: study_request(uid, None, "embedding", False, None, None, None) for uid in studies}
+    bodies = {uid: study_request(uid, None, "embedding", False, None, None, thumbnails_uri) for uid in studies}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=as_json) as bar:
         task = bar.add_task(f"embedding through {endpoint}", total=len(bodies))

@@ -647,7 +647,8 @@ def index_images(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     from dicomflow.search.vectors import VectorIndex
 
     where = ctx.settings.data_dir / "search" / "images"
-    bodies = {s.study_uid: {**study_request(ctx, s.study_uid, ["embedding"]), "storeToPacs": False} for s in ctx.chest}
+    bodies = {s.study_uid: {**study_request(ctx, s.study_uid, ["embedding"]), "storeToPacs": False,
+                            "outputS3Uri": ctx.outputs["SearchOutputUri"]} for s in ctx.chest}
     with hooks.step("embed the chest studies into the image index", total=len(bodies)) as st:
         done = [0]
 

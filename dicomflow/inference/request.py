@@ -3,7 +3,7 @@
 ``{"dicomweb": {"url": "..", "auth": {"secretArn": ".."}}, "studyInstanceUID": "..",
 "seriesInstanceUID": ".. (optional)", "outputs": ["json", "sr", "seg", "occlusion", "embedding"],
 "storeToPacs": true,
-"outputS3Uri": "s3://.. (optional, for the occlusion PNG)"}``
+"outputS3Uri": "s3://.. (optional: where the occlusion PNG and the embedding's thumbnail go)"}``
 """
 
 from __future__ import annotations

@@ -234,6 +234,7 @@ class InferenceService:
                 "sopInstanceUID": str(datasets[0].SOPInstanceUID) if self.task == "classification2d" else None,
                 "viewPosition": str(datasets[0].get("ViewPosition", "")) or None,
                 "bodyPart": str(datasets[0].get("BodyPartExamined", "")) or None,
+                "thumbnail": self._thumbnail(datasets[0], request) if self.task == "classification2d" else None,
                 "vector": [float(v) for v in embedding[0]],
             }
         if occlusion_prefix:
@@ -278,6 +279,23 @@ class InferenceService:
         return {kind: {"SOPInstanceUID": str(ds.SOPInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
                        "SOPClassUID": str(ds.SOPClassUID), "storedToPacs": bool(store)}
                 for kind, ds in made.items()}
+
+    def _thumbnail(self, ds: Any, request: StudyRequest) -> str | None:
+        """The image's PNG thumbnail at ``<outputS3Uri>thumbnails/<sha256>.png`` (content-addressed), or None
+        without an output prefix: what a search result shows of the image."""
+        from dicomflow.dicom.thumbnail import thumbnail_key, thumbnail_png
+
+        prefix = request.output_s3_uri or runtime().output_s3_uri
+        if not prefix:
+            return None
+        png = thumbnail_png(ds)
+        uri = thumbnail_key(png, prefix=prefix.rstrip("/") + "/thumbnails/")
+        try:
+            aws.parse_s3_uri(uri)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        aws.write(uri, png, "image/png")
+        return uri
 
     def _occlusion(self, x: torch.Tensor, result: dict, prefix: str, request: StudyRequest) -> dict:
         from dicomflow.inference.occlusion import occlusion_map, render_png

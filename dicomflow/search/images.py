@@ -19,8 +19,7 @@ from dicomflow.paths import private_dir
 from dicomflow.search.vectors import ImageIndexError, ImageVector, VectorIndex
 
 
-def image_vector(response: Mapping[str, Any], *, accession: str | None = None,
-                 thumbnail: str | None = None) -> ImageVector:
+def image_vector(response: Mapping[str, Any], *, accession: str | None = None) -> ImageVector:
     """The index row of one serving response that asked for ``embedding``; ImageIndexError names what is missing."""
     emb = response.get("embedding")
     if not isinstance(emb, Mapping) or not isinstance(emb.get("vector"), list):
@@ -35,7 +34,7 @@ def image_vector(response: Mapping[str, Any], *, accession: str | None = None,
                        series_uid=emb.get("seriesInstanceUID") or series.get("seriesInstanceUID"),
                        accession=accession, modality=series.get("modality"),
                        view_position=emb.get("viewPosition"), body_part=emb.get("bodyPart"),
-                       labels=tuple(str(x) for x in findings.get("positive") or ()), thumbnail=thumbnail)
+                       labels=tuple(str(x) for x in findings.get("positive") or ()), thumbnail=emb.get("thumbnail"))
 
 
 def model_of(response: Mapping[str, Any]) -> dict[str, str]:

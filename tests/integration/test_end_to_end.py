@@ -170,6 +170,9 @@ def test_whole_loop_small(local_cloud) -> None:
         scores = [n["score"] for n in q["neighbours"]]
         assert scores == sorted(scores, reverse=True) and all(-1.0 <= x <= 1.0 for x in scores)
         assert q["study"] not in {n["studyInstanceUID"] for n in q["neighbours"]}
+        assert all(n["thumbnail"].startswith(outputs["SearchOutputUri"] + "thumbnails/") for n in q["neighbours"])
+    thumb = images["queries"][0]["neighbours"][0]["thumbnail"]
+    assert aws.read(thumb)[:8] == b"\x89PNG\r\n\x1a\n"  # the endpoint wrote it where the embedding says
     query = images["queries"][0]
     cli = subprocess.run([sys.executable, "-m", "dicomflow.cli", "search", "similar", "--study", query["study"],
                           "-k", "5", "--json"], capture_output=True, text=True, timeout=120,

@@ -94,6 +94,7 @@ def test_the_embedding_output_is_the_pooled_features_normalised_deterministic_an
     assert second["embedding"]["vector"] == emb["vector"]  # the same image and weights, the same vector
     assert emb["sopInstanceUID"] == str(chest.dataset.SOPInstanceUID)
     assert (emb["viewPosition"], emb["bodyPart"]) == ("PA", "CHEST")  # what the k-NN filters use
+    assert emb["thumbnail"] is None  # no output prefix: no thumbnail written
     assert emb["model"] == {"name": svc.name, "version": weights_version(svc.network)}
     assert emb["model"]["version"].startswith("weights-") and len(emb["model"]["version"]) == 20
     # the findings of the same pass equal those of a request without the embedding
