@@ -130,6 +130,25 @@ def write(uri: str, body: bytes, content_type: str = "application/octet-stream",
         raise _failed("write", uri, exc) from None
 
 
+def dynamodb_item(record: dict[str, Any]) -> dict[str, Any]:
+    """A plain record as DynamoDB attribute values: numbers ``N``, booleans ``BOOL``, non-empty lists of
+    strings ``SS``, anything else its text ``S``; None and empty lists are left out (DynamoDB has no empty set)."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = {"BOOL": value}
+        elif isinstance(value, int | float):
+            out[key] = {"N": str(value)}
+        elif isinstance(value, list | tuple | set):
+            if value:
+                out[key] = {"SS": sorted(str(v) for v in value)}
+        else:
+            out[key] = {"S": str(value)}
+    return out
+
+
 def list_keys(prefix_uri: str, suffix: str = "", s3: Any = None) -> list[str]:
     """The ``s3://`` URIs of every object under ``prefix_uri`` whose key ends in ``suffix``, in key order."""
     bucket, prefix = parse_s3_uri(prefix_uri)

@@ -149,11 +149,6 @@ class EndpointMissing(RoutingError):
 
 # ---- the ledger (DynamoDB) ----------------------------------------------------------------------
 
-def _item(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: {"N": str(v)} if isinstance(v, int) and not isinstance(v, bool) else {"S": str(v)}
-            for k, v in record.items() if v is not None}
-
-
 def _plain(item: dict[str, Any]) -> dict[str, Any]:
     return {k: int(v["N"]) if "N" in v else v.get("S") for k, v in item.items()}
 
@@ -166,9 +161,9 @@ def claim(key: str, record: dict[str, Any], again: tuple[str, ...]) -> bool:
     values = {":model": {"S": record["model"]}, **{f":s{i}": {"S": s} for i, s in enumerate(again)}}
     names = {"#k": "key", "#m": "model", **({"#s": "status"} if again else {})}
     try:
-        db.put_item(TableName=_table(), Item=_item({**record, "key": key, "status": PENDING, "updatedAt": _now()}),
-                    ConditionExpression=" OR ".join(conditions), ExpressionAttributeValues=values,
-                    ExpressionAttributeNames=names)
+        item = aws.dynamodb_item({**record, "key": key, "status": PENDING, "updatedAt": _now()})
+        db.put_item(TableName=_table(), Item=item, ConditionExpression=" OR ".join(conditions),
+                    ExpressionAttributeValues=values, ExpressionAttributeNames=names)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
             return False
@@ -179,7 +174,7 @@ def claim(key: str, record: dict[str, Any], again: tuple[str, ...]) -> bool:
 def update(key: str, table: str | None = None, **fields: Any) -> None:
     fields["updatedAt"] = _now()
     names = {f"#f{i}": k for i, k in enumerate(fields)}
-    values = {f":v{i}": _item({"x": v})["x"] for i, v in enumerate(fields.values())}
+    values = {f":v{i}": aws.dynamodb_item({"x": v})["x"] for i, v in enumerate(fields.values())}
     assignments = ", ".join(f"#f{i} = :v{i}" for i in range(len(fields)))
     aws.client("dynamodb").update_item(
         TableName=_table(table), Key={"key": {"S": key}}, ExpressionAttributeNames=names,

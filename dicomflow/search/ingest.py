@@ -13,8 +13,6 @@ the same item. Every refusal is an :class:`IngestError` naming the object and wh
 from __future__ import annotations
 
 import io
-import json
-from collections.abc import Mapping
 from typing import Any
 
 import pydicom
@@ -23,7 +21,15 @@ from pydicom.errors import InvalidDicomError
 from dicomflow.dicom.errors import NotAnImageError
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
-from dicomflow.search.reports import NEGATIVE, POSITIVE, UNCERTAIN, ReportError, mention_status, validate_report
+from dicomflow.search.reports import (
+    NEGATIVE,
+    POSITIVE,
+    UNCERTAIN,
+    ReportError,
+    mention_status,
+    parse_report_file,
+    validate_report,
+)
 
 MAX_OBJECT_BYTES = 64 * 2**20
 REPORT_SUFFIX = ".json"
@@ -78,19 +84,12 @@ def image(data: bytes, source: str) -> tuple[dict[str, Any], bytes]:
 
 def report(data: bytes, source: str, engine: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(report item, ``{StudyInstanceUID, AccessionNumber, text, analysis}``) of a report file."""
-    if len(data) > MAX_OBJECT_BYTES:
-        raise IngestError(f"{source}: {len(data)} bytes, more than {MAX_OBJECT_BYTES}; not ingested")
     try:
-        record = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise IngestError(f"{source}: not JSON ({str(exc)[:80]})") from None
-    if not isinstance(record, Mapping) or not isinstance(record.get("text"), str):
-        raise IngestError(f"{source}: expected {{\"StudyInstanceUID\", \"AccessionNumber\", \"text\"}}")
-    study = record.get("StudyInstanceUID")
-    if not isinstance(study, str) or not is_uid(study):
-        raise IngestError(f"{source}: StudyInstanceUID is missing or not a DICOM UID")
+        study, accession, text, _ = parse_report_file(data, source)
+    except ReportError as exc:
+        raise IngestError(str(exc)) from None
     try:
-        text = validate_report(record["text"])
+        text = validate_report(text)
     except ReportError as exc:
         raise IngestError(f"{source}: {exc}") from None
     answer = engine.infer_icd10cm(text)
@@ -102,7 +101,6 @@ def report(data: bytes, source: str, engine: Any) -> tuple[dict[str, Any], dict[
     item = {"pk": f"report#{study}", "kind": "report", "studyInstanceUID": study, "source": source,
             "engine": str(answer.get("ModelVersion") or ""), "mentions": len(answer.get("Entities") or []),
             **{f"{status}Codes": sorted(c) for status, c in codes.items() if c}}
-    accession = record.get("AccessionNumber")
     if accession:
-        item["accessionNumber"] = str(accession)
-    return item, {"StudyInstanceUID": study, "AccessionNumber": accession or None, "text": text, "analysis": answer}
+        item["accessionNumber"] = accession
+    return item, {"StudyInstanceUID": study, "AccessionNumber": accession, "text": text, "analysis": answer}

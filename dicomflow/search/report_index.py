@@ -29,7 +29,14 @@ from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.paths import PRIVATE_FILE_MODE, private_dir
 from dicomflow.search import lexicon
-from dicomflow.search.reports import NEGATIVE, POSITIVE, UNCERTAIN, mention_status, validate_report
+from dicomflow.search.reports import (
+    NEGATIVE,
+    POSITIVE,
+    UNCERTAIN,
+    mention_status,
+    parse_report_file,
+    validate_report,
+)
 
 STATUSES = (POSITIVE, NEGATIVE, UNCERTAIN)
 MAX_PAGE = 100
@@ -293,31 +300,6 @@ class ReportIndex:
         return out
 
 
-MAX_RECORD_BYTES = 1_000_000
-
-
-def parse_report_record(data: bytes, name: str) -> tuple[str, str | None, str, dict[str, Any] | None]:
-    """``(StudyInstanceUID, AccessionNumber, text, analysis or None)`` of a report file ``{"StudyInstanceUID",
-    "AccessionNumber", "text"}`` (what a RIS export or ``dicomflow seed`` writes; the ingestion Lambda adds
-    ``analysis``, the engine's answer); ReportIndexError names what is wrong."""
-    if len(data) > MAX_RECORD_BYTES:
-        raise ReportIndexError(f"{name}: larger than {MAX_RECORD_BYTES} bytes; one report per file")
-    try:
-        record = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ReportIndexError(f"{name}: not a readable JSON file ({str(exc)[:80]})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-        raise ReportIndexError(f"{name}: expected {{\"StudyInstanceUID\", \"AccessionNumber\", \"text\"}}")
-    study = record.get("StudyInstanceUID")
-    if not isinstance(study, str) or not is_uid(study):
-        raise ReportIndexError(f"{name}: StudyInstanceUID is missing or not a DICOM UID")
-    accession = record.get("AccessionNumber")
-    analysis = record.get("analysis")
-    if analysis is not None and not (isinstance(analysis, dict) and isinstance(analysis.get("Entities"), list)):
-        raise ReportIndexError(f"{name}: 'analysis' is not an InferICD10CM answer ({{\"Entities\": [...]}})")
-    return study, (str(accession) if accession else None), record["text"], analysis
-
-
 def add_report_records(index: ReportIndex, records: Iterable[tuple[str, bytes]], engine: Any,
                        progress: Any = None) -> dict[str, Any]:
     """Index each ``(name, file content)``, analysed by ``engine`` (``infer_icd10cm``) unless it carries its
@@ -326,7 +308,7 @@ def add_report_records(index: ReportIndex, records: Iterable[tuple[str, bytes]],
     for name, data in records:
         total += 1
         try:
-            study, accession, text, analysis = parse_report_record(data, name)
+            study, accession, text, analysis = parse_report_file(data, name)
             index.add(study, text, analysis if analysis is not None else engine.infer_icd10cm(text),
                       accession=accession)
             added += 1

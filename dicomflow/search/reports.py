@@ -16,11 +16,13 @@ Offsets are code points of the whole text (Python ``str`` indices, as the servic
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.search import lexicon
 
@@ -64,6 +66,31 @@ def validate_report(text: object) -> str:
 
 
 # ---- sections and sentences ---------------------------------------------------------------------------
+
+MAX_REPORT_FILE_BYTES = 1_000_000
+
+
+def parse_report_file(data: bytes, name: str) -> tuple[str, str | None, str, dict[str, Any] | None]:
+    """``(StudyInstanceUID, AccessionNumber, text, analysis or None)`` of a report file ``{"StudyInstanceUID",
+    "AccessionNumber", "text"}`` (what a RIS export or ``dicomflow seed`` writes; the ingestion Lambda's copy
+    adds ``analysis``, the engine's answer); :class:`ReportError` names ``name`` and what is wrong."""
+    if len(data) > MAX_REPORT_FILE_BYTES:
+        raise ReportError(f"{name}: {len(data)} bytes, more than {MAX_REPORT_FILE_BYTES}; one report per file")
+    try:
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{name}: not JSON ({str(exc)[:80]})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+        raise ReportError(f"{name}: expected {{\"StudyInstanceUID\", \"AccessionNumber\", \"text\"}}")
+    study = record.get("StudyInstanceUID")
+    if not isinstance(study, str) or not is_uid(study):
+        raise ReportError(f"{name}: StudyInstanceUID is missing or not a DICOM UID")
+    accession = record.get("AccessionNumber")
+    analysis = record.get("analysis")
+    if analysis is not None and not (isinstance(analysis, dict) and isinstance(analysis.get("Entities"), list)):
+        raise ReportError(f"{name}: 'analysis' is not an InferICD10CM answer ({{\"Entities\": [...]}})")
+    return study, (str(accession) if accession else None), record["text"], analysis
+
 
 @dataclass(frozen=True)
 class Section:

@@ -70,24 +70,8 @@ def _ingest_one(bucket: str, key: str, settings: Any, engine: Any) -> str:
         thumb = out + thumbnail_key(png)
         aws.write(thumb, png, "image/png")
         item["thumbnail"] = thumb
-    table.put_item(TableName=settings.search_table, Item=_attributes(item))
+    table.put_item(TableName=settings.search_table, Item=aws.dynamodb_item(item))
     return item["pk"]
-
-
-def _attributes(item: dict[str, Any]) -> dict[str, Any]:
-    """A plain dict as DynamoDB attribute values (strings, numbers, string lists)."""
-    out: dict[str, Any] = {}
-    for k, v in item.items():
-        if isinstance(v, bool) or v is None:
-            continue
-        if isinstance(v, int | float):
-            out[k] = {"N": str(v)}
-        elif isinstance(v, list):
-            if v:
-                out[k] = {"SS": [str(x) for x in v]}
-        else:
-            out[k] = {"S": str(v)}
-    return out
 
 
 def _dead_letter(settings: Any, bucket: str, key: str, reason: str) -> None:
