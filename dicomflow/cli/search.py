@@ -11,8 +11,9 @@ from rich.text import Text
 
 from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
 from dicomflow.cli.deploy import studies_from, study_request
+from dicomflow.dicom.uid import is_uid
 from dicomflow.search import report_index as ri
-from dicomflow.search.images import index_studies, open_image_index
+from dicomflow.search.images import image_vector, index_studies, model_of, open_image_index, same_patient_studies
 from dicomflow.search.vectors import MAX_K, ImageIndexError
 
 
@@ -73,10 +74,15 @@ def index(ctx: click.Context, endpoint: str, study_uids: tuple[str, ...], study_
 
 
 @search.command("similar")
-@click.option("--image", "sop_uid", metavar="UID", help="An indexed image (SOPInstanceUID).")
+@click.option("--image", "image", metavar="UID|FILE",
+              help="An indexed image (SOPInstanceUID), or a DICOM file (embedded through --endpoint unless the "
+                   "index holds it).")
 @click.option("--study", "study_uid", metavar="UID", help="An indexed study (its first image is the query).")
+@click.option("--endpoint", help="The classification endpoint that built the index, to embed a DICOM file with.")
 @click.option("-k", "--k", "k", default=10, show_default=True, type=click.IntRange(1, MAX_K), help="How many.")
 @click.option("--same-study", is_flag=True, help="Also return other images of the query's study.")
+@click.option("--exclude-same-patient", is_flag=True, help="Leave out every study of the query's patient (the PACS "
+              "is asked which, by PatientID; the index stores no patient identifier).")
 @click.option("--modality", help="Only images of this modality (e.g. DX).")
 @click.option("--label", help="Only images the model called this finding (e.g. Edema).")
 @click.option("--view", "view_position", help="Only images of this ViewPosition (e.g. PA, AP, LL).")
@@ -84,34 +90,68 @@ def index(ctx: click.Context, endpoint: str, study_uids: tuple[str, ...], study_
 @index_option
 @json_option
 @click.pass_context
-def similar(ctx: click.Context, sop_uid: str | None, study_uid: str | None, k: int, same_study: bool,
-            modality: str | None, label: str | None, view_position: str | None, body_part: str | None,
-            index_dir: str | None, as_json: bool) -> None:
-    """The K indexed images most like an indexed image: ranked, with cosine similarity scores."""
-    if bool(sop_uid) == bool(study_uid):
-        raise click.UsageError("give exactly one of --image UID and --study UID")
+def similar(ctx: click.Context, image: str | None, study_uid: str | None, endpoint: str | None, k: int,
+            same_study: bool, exclude_same_patient: bool, modality: str | None, label: str | None,
+            view_position: str | None, body_part: str | None, index_dir: str | None, as_json: bool) -> None:
+    """The K indexed images most like an image: ranked, with cosine similarity scores; never the query itself."""
+    if bool(image) == bool(study_uid):
+        raise click.UsageError("give exactly one of --image UID|FILE and --study UID")
+    filters = {"modality": modality, "label": label, "view_position": view_position, "body_part": body_part}
     with open_image_index(_index_dir(ctx, index_dir)) as ix:
-        if study_uid:
-            images = ix.images_of_study(study_uid)
-            if not images:
-                raise ImageIndexError(f"study {study_uid} has no image in the index; add it with "
-                                      "'dicomflow search index --endpoint NAME --study UID'")
-            sop_uid = images[0]
-        assert sop_uid is not None
-        found = ix.similar_to(sop_uid, k, same_study=same_study, modality=modality, label=label,
-                              view_position=view_position, body_part=body_part)
         model = ix.model
+        vector, sop_uid, query_study = _query_image(ix, image, study_uid, endpoint)
+        excluded = {query_study} if query_study and not same_study else set()
+        if exclude_same_patient:
+            from dicomflow.credentials import pacs_connection
+            from dicomflow.dicom import dicomweb
+
+            excluded |= set(same_patient_studies(dicomweb.connect(pacs_connection()), query_study))
+        found = ix.similar(vector, k, exclude_sops=(sop_uid,), exclude_studies=excluded, **filters)
     if as_json:
-        print_json({"query": {"sopInstanceUID": sop_uid, "studyInstanceUID": study_uid}, "model": model,
-                    "neighbours": [n.as_dict() for n in found]})
+        print_json({"query": {"sopInstanceUID": sop_uid, "studyInstanceUID": query_study}, "model": model,
+                    "excludedStudies": len(excluded), "neighbours": [n.as_dict() for n in found]})
         return
     table = value_table("rank", "score", "study", "image", "model's findings",
                         title=f"images like {sop_uid} ({model['name']} {model['version']})")
     for n in found:
-        table.add_row(str(n.rank), f"{n.score:.3f}", n.study_uid, n.sop_uid, ", ".join(n.labels) or "-")
+        table.add_row(str(n.rank), f"{n.score:.3f}", n.study_uid, n.sop_uid, Text(", ".join(n.labels) or "-"))
     out.print(table)
     if not found:
         out.print("no other image in the index matches")
+
+
+def _query_image(ix: Any, image: str | None, study_uid: str | None, endpoint: str | None
+                 ) -> tuple[Any, str, str]:
+    """(vector, SOPInstanceUID, StudyInstanceUID) of the query: an indexed image or study, or a DICOM file."""
+    if study_uid:
+        images = ix.images_of_study(study_uid)
+        if not images:
+            raise ImageIndexError(f"study {study_uid} has no image in the index; add it with "
+                                  "'dicomflow search index --endpoint NAME --study UID'")
+        return ix.vector_of(images[0]), images[0], study_uid
+    assert image is not None
+    path = Path(image)
+    if not path.is_file():
+        if not is_uid(image):
+            raise click.BadParameter(f"{image!r} is neither a file nor a SOPInstanceUID", param_hint="--image")
+        return ix.vector_of(image), image, ix.study_of(image) or ""
+    from dicomflow.dicom.objects import read_object
+
+    data = path.read_bytes()
+    ds = read_object(data, str(path))
+    sop, study = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+    if ix.study_of(sop):  # already indexed: its stored vector, no endpoint needed
+        return ix.vector_of(sop), sop, study
+    if not endpoint:
+        raise click.UsageError(f"{path.name} is not in the index: give --endpoint NAME (the classification "
+                               "endpoint that built it) to embed it")
+    from dicomflow.inference import endpoint as ep
+
+    response = ep.analyse_image(endpoint, data)
+    if model_of(response) != ix.model:
+        raise ImageIndexError(f"endpoint {endpoint} embeds with {model_of(response)}, the index holds "
+                              f"{ix.model}: vectors of two models cannot be compared")
+    return image_vector(response).vector, sop, study
 
 
 def _reports_path(ctx: click.Context, given: str | None) -> Path:

@@ -24,6 +24,10 @@ DEFAULT_ROLE_NAME = "dicomflow-sagemaker-execution"
 OUTPUT_S3_ENV = "DICOMFLOW_OUTPUT_S3_URI"
 #: Seconds a request keeps retrying an unavailable PACS (see dicomflow.inference.service).
 PACS_RETRY_ENV = "DICOMFLOW_PACS_RETRY_SECONDS"
+#: The content type of a request that is one DICOM image rather than a study JSON.
+DICOM = "application/dicom"
+#: The largest body InvokeEndpoint takes (6 MB); an async endpoint reads up to 1 GB from S3.
+REALTIME_MAX_BYTES = 6 * 2**20
 
 
 class EndpointError(DicomflowError):
@@ -207,26 +211,38 @@ class AsyncInvocation:
     invoked_at: float = 0.0  # epoch seconds just before InvokeEndpointAsync (for the queue time)
 
 
-def invoke_async(endpoint: str, body: dict, config: dict | None = None) -> AsyncInvocation:
-    """Write the study JSON next to the endpoint's outputs and call InvokeEndpointAsync."""
+def _payload(body: dict | bytes) -> tuple[bytes, str]:
+    """(bytes, content type): a study JSON, or one DICOM image's bytes."""
+    if isinstance(body, bytes):
+        return body, DICOM
+    return json.dumps(body).encode(), "application/json"
+
+
+def invoke_async(endpoint: str, body: dict | bytes, config: dict | None = None, *,
+                 input_location: str | None = None) -> AsyncInvocation:
+    """Write the study JSON (or DICOM image bytes) next to the endpoint's outputs and call InvokeEndpointAsync;
+    with ``input_location`` (an S3 object already holding the DICOM image) nothing is written."""
     config = config if config is not None else async_config(endpoint)
     if not config:
         raise EndpointError(f"endpoint {endpoint} is real-time, not async; call it without --async or redeploy "
                             "with --async")
-    out = config["OutputConfig"]["S3OutputPath"].rstrip("/")
-    bucket, prefix = aws.parse_s3_uri(out)
-    base = prefix.rsplit("/", 1)[0] if "/" in prefix else prefix
-    key = f"{base}/input/{uuid.uuid4().hex}.json".lstrip("/")
-    aws.write(aws.s3_uri(bucket, key), json.dumps(body).encode(), "application/json")
+    data, content_type = _payload(body)
+    if input_location is None:
+        out = config["OutputConfig"]["S3OutputPath"].rstrip("/")
+        bucket, prefix = aws.parse_s3_uri(out)
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else prefix
+        suffix = ".json" if content_type != DICOM else ".dcm"
+        input_location = aws.s3_uri(bucket, f"{base}/input/{uuid.uuid4().hex}{suffix}".lstrip("/"))
+        aws.write(input_location, data, content_type)
     runtime = aws.client("sagemaker-runtime")
     invoked_at = time.time()
     try:
         resp = runtime.invoke_endpoint_async(
-            EndpointName=endpoint, InputLocation=aws.s3_uri(bucket, key), ContentType="application/json",
+            EndpointName=endpoint, InputLocation=input_location, ContentType=content_type,
             Accept="application/json")
     except ClientError as exc:
         raise _aws_error(exc, f"invoking endpoint {endpoint}") from exc
-    return AsyncInvocation(resp["InferenceId"], aws.s3_uri(bucket, key), resp["OutputLocation"],
+    return AsyncInvocation(resp["InferenceId"], input_location, resp["OutputLocation"],
                            resp.get("FailureLocation"), invoked_at)
 
 
@@ -260,18 +276,38 @@ def wait_result(inv: AsyncInvocation, timeout_s: float = 900, interval: float = 
         time.sleep(interval)
 
 
-def invoke_realtime(endpoint: str, body: dict, target_model: str | None = None) -> dict:
-    """InvokeEndpoint with the study JSON (``target_model``: the artifact a multi-model endpoint serves it
-    with); the container's error message on failure."""
+def invoke_realtime(endpoint: str, body: dict | bytes, target_model: str | None = None) -> dict:
+    """InvokeEndpoint with the study JSON or one DICOM image's bytes (``target_model``: the artifact a
+    multi-model endpoint serves it with); the container's error message on failure."""
     rt = aws.client("sagemaker-runtime")
     extra = {"TargetModel": target_model} if target_model else {}
+    data, content_type = _payload(body)
+    if len(data) > REALTIME_MAX_BYTES:
+        raise EndpointError(f"{len(data)} bytes is more than a real-time endpoint accepts ({REALTIME_MAX_BYTES}); "
+                            "use an async endpoint")
     try:
-        resp = rt.invoke_endpoint(EndpointName=endpoint, Body=json.dumps(body).encode(),
-                                  ContentType="application/json", Accept="application/json", **extra)
+        resp = rt.invoke_endpoint(EndpointName=endpoint, Body=data, ContentType=content_type,
+                                  Accept="application/json", **extra)
     except ClientError as exc:
         original = exc.response.get("OriginalMessage") or exc.response.get("Error", {}).get("Message")
         raise EndpointError(f"endpoint {endpoint} answered an error: {original}") from exc
     return json.loads(resp["Body"].read())
+
+
+def analyse_image(endpoint: str, data: bytes, *, input_location: str | None = None, timeout_s: float = 300) -> dict:
+    """One DICOM image (its bytes; ``input_location`` if it already lies in S3) through ``endpoint``, real-time
+    or async: the response (findings, embedding); EndpointError names what failed."""
+    config = async_config(endpoint)
+    if config is None:
+        return invoke_realtime(endpoint, data)
+    inv = invoke_async(endpoint, data, config, input_location=input_location)
+    ok, answer = wait_result(inv, timeout_s=timeout_s)
+    if not ok:
+        raise EndpointError(f"inference {inv.inference_id} failed: {failure_message(answer)}")
+    try:
+        return json.loads(answer)
+    except ValueError:
+        raise EndpointError(f"inference {inv.inference_id} answered something other than JSON") from None
 
 
 def failure_message(data: bytes) -> str:

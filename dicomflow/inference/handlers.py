@@ -34,7 +34,7 @@ def model_fn(model_dir: str) -> InferenceService:
 
 
 def input_fn(request_body: bytes | str, request_content_type: str | None = JSON) -> StudyRequest:
-    """Validate the study JSON."""
+    """Validate the study JSON (application/json), or read the DICOM image sent as the body (application/dicom)."""
     try:
         return parse_request(request_body, request_content_type)
     except InferenceError as exc:

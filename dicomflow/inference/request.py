@@ -4,6 +4,10 @@
 "seriesInstanceUID": ".. (optional)", "outputs": ["json", "sr", "seg", "occlusion", "embedding"],
 "storeToPacs": true,
 "outputS3Uri": "s3://.. (optional: where the occlusion PNG and the embedding's thumbnail go)"}``
+
+Or one DICOM image as the body (content type ``application/dicom``, a Part 10 file or bare dataset): the
+image itself is analysed (findings and embedding; nothing is fetched from or stored to a PACS), e.g. a
+file on a workstation or the object an S3 notification names.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any
 
 from dicomflow import safejson
 from dicomflow.credentials import normalize_url, short
+from dicomflow.dicom.objects import MAX_OBJECT_BYTES, NotADicomObject, read_object
 from dicomflow.dicom.uid import is_uid
+from dicomflow.inference.endpoint import DICOM
 from dicomflow.inference.errors import BadRequest, PayloadTooLarge
 
 MAX_INLINE_BYTES = 128_000
@@ -22,6 +28,9 @@ MAX_INLINE_BYTES = 128_000
 MAX_DEPTH = 16
 OUTPUTS = ("json", "sr", "seg", "occlusion", "embedding")
 DEFAULT_OUTPUTS = ("json",)
+#: What an image body (application/dicom) gets: findings and its embedding.
+IMAGE_OUTPUTS = ("json", "embedding")
+_JSON_TYPES = ("application/json", "text/json", "application/x-json")
 _KNOWN_KEYS = {"dicomweb", "studyInstanceUID", "seriesInstanceUID", "outputs", "storeToPacs", "outputS3Uri"}
 
 
@@ -36,6 +45,8 @@ class StudyRequest:
     dicomweb_url: str | None = None
     secret_arn: str | None = field(default=None, repr=False)
     output_s3_uri: str | None = None
+    #: The image sent as the body (application/dicom) instead of a study in a PACS.
+    image: Any = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
         """The request as study JSON (secret ARN included: it names a secret, it is not one)."""
@@ -64,6 +75,20 @@ def _uid(value: Any, name: str) -> str:
     return value
 
 
+def parse_image(raw: bytes) -> StudyRequest:
+    """A request for one DICOM image sent as the body; BadRequest / PayloadTooLarge say what is wrong."""
+    if len(raw) > MAX_OBJECT_BYTES:
+        raise PayloadTooLarge(f"the DICOM body is {len(raw)} bytes; at most {MAX_OBJECT_BYTES} are accepted")
+    if not raw:
+        raise BadRequest(f"empty request body; send one DICOM image (Part 10 file) as {DICOM}")
+    try:
+        ds = read_object(raw, "the request body")
+    except NotADicomObject as exc:
+        raise BadRequest(f"{exc}; send one DICOM image (Part 10 file) as {DICOM}") from None
+    return StudyRequest(study_uid=str(ds.StudyInstanceUID), series_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+                        outputs=IMAGE_OUTPUTS, store_to_pacs=False, image=ds)
+
+
 def parse_request(body: bytes | str | dict, content_type: str | None = "application/json") -> StudyRequest:
     """Validate a study JSON (bytes, text or a decoded dict); raise BadRequest / PayloadTooLarge."""
     if isinstance(body, dict):
@@ -73,15 +98,17 @@ def parse_request(body: bytes | str | dict, content_type: str | None = "applicat
             raise BadRequest(str(exc)) from None
     else:
         raw = body.encode() if isinstance(body, str) else bytes(body)
+        kind = (content_type or "application/json").split(";")[0].strip().lower()
+        if kind == DICOM:
+            return parse_image(raw)
         if len(raw) > MAX_INLINE_BYTES:
             raise PayloadTooLarge(
                 f"request body is {len(raw)} bytes; the limit for an inline study JSON is "
                 f"{MAX_INLINE_BYTES}. "
                 "Send only the study JSON (the container fetches images from the PACS itself)")
-        if content_type and content_type.split(";")[0].strip().lower() not in (
-                "application/json", "text/json", "application/x-json"):
+        if kind not in _JSON_TYPES:
             raise BadRequest(f"content type {short(content_type)} is not supported; send the study JSON as "
-                             "application/json")
+                             f"application/json, or one DICOM image as {DICOM}")
         if not raw.strip():
             raise BadRequest("empty request body; send a study JSON with at least 'studyInstanceUID'")
         try:

@@ -27,9 +27,10 @@ from dicomflow.dicom import dicomweb
 from dicomflow.dicom.errors import PacsError
 from dicomflow.dicom.geometry import GeometryError
 from dicomflow.dicom.seg import build_seg
+from dicomflow.dicom.uid import is_uid
 from dicomflow.dicom.volume import NotAnImageError, load_image
 from dicomflow.inference import findings as F
-from dicomflow.inference.endpoint import OUTPUT_S3_ENV
+from dicomflow.inference.endpoint import DICOM, OUTPUT_S3_ENV
 from dicomflow.inference.errors import (
     BadRequest,
     PacsRefused,
@@ -38,7 +39,7 @@ from dicomflow.inference.errors import (
     from_pacs_error,
 )
 from dicomflow.inference.request import StudyRequest
-from dicomflow.inference.selection import check_retrieved, choose_series
+from dicomflow.inference.selection import Selection, check_retrieved, choose_series
 from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc
 from dicomflow.modeling.artifact import LoadedModel, load_artifact
@@ -135,6 +136,9 @@ class InferenceService:
     # ---- checks that need no PACS ---------------------------------------------------------------
     def _check_outputs(self, request: StudyRequest) -> str | None:
         """Reject outputs this model cannot make; the S3 prefix for the occlusion PNG (if asked)."""
+        if request.image is not None and self.task != "classification2d":
+            raise BadRequest(f"a DICOM image body ({DICOM}) is for a 2D classifier; this endpoint serves "
+                             f"{self.task}: send a study JSON instead")
         if "seg" in request.outputs and self.task != "segmentation3d":
             raise BadRequest(f"output 'seg' needs a segmentation model; this endpoint serves {self.task}")
         if "embedding" in request.outputs and (self.task not in EMBEDDING_TASKS or self.transform.spacing is not None):
@@ -160,20 +164,23 @@ class InferenceService:
         timer = StageTimer()
         occlusion_prefix = self._check_outputs(request)
         deadline = time.monotonic() + runtime().pacs_retry_seconds
-        if client is None:
-            try:
-                conn = pacs_connection(request.dicomweb_url, request.secret_arn)
-            except PacsNotAllowed as exc:
-                raise PacsRefused(str(exc)) from None
-            client = dicomweb.connect(conn, retries=2, backoff_factor=0.2)
+        if request.image is not None:
+            selection, datasets = self._sent_image(request.image)
+        else:
+            if client is None:
+                try:
+                    conn = pacs_connection(request.dicomweb_url, request.secret_arn)
+                except PacsNotAllowed as exc:
+                    raise PacsRefused(str(exc)) from None
+                client = dicomweb.connect(conn, retries=2, backoff_factor=0.2)
 
-        with timer.stage("query"):
-            selection = _retrying(deadline, f"searching study {request.study_uid}", choose_series, client,
-                                  request.study_uid, request.series_uid, self.task, self.modalities)
+            with timer.stage("query"):
+                selection = _retrying(deadline, f"searching study {request.study_uid}", choose_series, client,
+                                      request.study_uid, request.series_uid, self.task, self.modalities)
 
-        with timer.stage("retrieve"):
-            datasets = _retrying(deadline, f"retrieving series {selection.series_uid}", dicomweb.retrieve_series,
-                                 client, request.study_uid, selection.series_uid)
+            with timer.stage("retrieve"):
+                datasets = _retrying(deadline, f"retrieving series {selection.series_uid}", dicomweb.retrieve_series,
+                                     client, request.study_uid, selection.series_uid)
 
         with timer.stage("preprocess"):
             check_retrieved(datasets, selection.series_uid, self.task, self.modalities)
@@ -242,6 +249,14 @@ class InferenceService:
                 response["occlusion"] = self._occlusion(x, result, occlusion_prefix, request)
         response["timingMs"] = timer.as_dict()
         return response
+
+    def _sent_image(self, ds: Any) -> tuple[Selection, list]:
+        """The selection and dataset of an image sent as the body (a 2D classifier only)."""
+        series = str(ds.get("SeriesInstanceUID", ""))
+        if not is_uid(series):
+            raise BadRequest("the DICOM image has no valid SeriesInstanceUID")
+        return Selection(series_uid=series, modality=str(ds.get("Modality", "")), instance_count=1,
+                         reason="the image sent in the request body"), [ds]
 
     def _encode_and_store(self, request: StudyRequest, timer: StageTimer, client: DICOMClient,
                           sources: list, result: dict, label: np.ndarray | None,

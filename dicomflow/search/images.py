@@ -37,6 +37,25 @@ def image_vector(response: Mapping[str, Any], *, accession: str | None = None) -
                        labels=tuple(str(x) for x in findings.get("positive") or ()), thumbnail=emb.get("thumbnail"))
 
 
+def same_patient_studies(client: Any, study_uid: str) -> list[str]:
+    """Every study the PACS holds of the patient of ``study_uid`` (by PatientID and IssuerOfPatientID), asked
+    at query time so that the index never stores a patient identifier; ImageIndexError if it cannot tell.
+    A PACS that returns no IssuerOfPatientID makes every study of the PatientID count: more are left out,
+    never a study of the same patient kept."""
+    from dicomflow.dicom import dicomweb
+    from dicomflow.dicom import json as dj
+
+    found = dicomweb.search_studies(client, StudyInstanceUID=study_uid, fields=["PatientID", "IssuerOfPatientID"])
+    patient = dj.text(found[0], "PatientID", "") if found else ""
+    if not patient:
+        raise ImageIndexError(f"the PACS has no PatientID for study {study_uid}: cannot tell which studies are "
+                              "the same patient's (leave out --exclude-same-patient)")
+    issuer = dj.text(found[0], "IssuerOfPatientID", "")
+    studies = dicomweb.search_studies(client, PatientID=patient, fields=["IssuerOfPatientID"], get_remaining=True)
+    same = {dj.text(s, "StudyInstanceUID", "") for s in studies if dj.text(s, "IssuerOfPatientID", "") == issuer}
+    return sorted((same - {""}) | {study_uid})
+
+
 def model_of(response: Mapping[str, Any]) -> dict[str, str]:
     """The ``{"name", "version"}`` an embedding came from."""
     model = (response.get("embedding") or {}).get("model") or {}

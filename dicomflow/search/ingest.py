@@ -12,14 +12,12 @@ the same item. Every refusal is an :class:`IngestError` naming the object and wh
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import pydicom
-from pydicom.errors import InvalidDicomError
 
 from dicomflow.dicom.errors import NotAnImageError
-from dicomflow.dicom.uid import is_uid
+from dicomflow.dicom.objects import MAX_OBJECT_BYTES, NotADicomObject, read_object
 from dicomflow.errors import DicomflowError
 from dicomflow.search.reports import (
     NEGATIVE,
@@ -31,7 +29,6 @@ from dicomflow.search.reports import (
     validate_report,
 )
 
-MAX_OBJECT_BYTES = 64 * 2**20
 REPORT_SUFFIX = ".json"
 _IMAGE_FIELDS = {"studyInstanceUID": "StudyInstanceUID", "seriesInstanceUID": "SeriesInstanceUID",
                  "sopClassUID": "SOPClassUID", "accessionNumber": "AccessionNumber", "modality": "Modality",
@@ -45,16 +42,10 @@ class IngestError(DicomflowError):
 
 def read_dicom(data: bytes, source: str) -> pydicom.Dataset:
     """The dataset of a DICOM object (Part 10 file, or a bare dataset), refused with a reason if it is not one."""
-    if len(data) > MAX_OBJECT_BYTES:
-        raise IngestError(f"{source}: {len(data)} bytes, more than {MAX_OBJECT_BYTES}; not ingested")
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=len(data) >= 132 and data[128:132] != b"DICM")
-        sop = str(ds.get("SOPInstanceUID", ""))
-    except (InvalidDicomError, ValueError, TypeError, AttributeError, EOFError, OSError) as exc:
-        raise IngestError(f"{source}: not a DICOM object ({str(exc)[:120]})") from None
-    if not is_uid(sop) or not is_uid(str(ds.get("StudyInstanceUID", ""))):
-        raise IngestError(f"{source}: not a DICOM object, or one without its SOPInstanceUID and StudyInstanceUID")
-    return ds
+        return read_object(data, source, MAX_OBJECT_BYTES)
+    except NotADicomObject as exc:
+        raise IngestError(f"{exc}; not ingested") from None
 
 
 def image_item(ds: pydicom.Dataset, source: str) -> dict[str, Any]:

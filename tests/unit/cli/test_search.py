@@ -62,3 +62,48 @@ def test_similar_lists_the_nearest_other_studies(tmp_path: Path) -> None:
         _run(tmp_path, "similar", "--image", UID.format(100), "-k", "2", "--json").output)["neighbours"]]
     missing = _run(tmp_path, "similar", "--study", UID.format(999))
     assert missing.exit_code != 0 and "has no image in the index" in str(missing.exception)
+
+
+def test_similar_to_a_dicom_file_uses_its_indexed_vector_or_asks_for_the_endpoint(tmp_path: Path) -> None:
+    from dicomflow.demo import synthetic
+
+    chest = synthetic.chest_radiographs(2, seed=3, size=32)
+    files = []
+    for n, image in enumerate(chest):
+        files.append(tmp_path / f"{n}.dcm")
+        image.dataset.save_as(files[-1], enforce_file_format=True)
+    rng = np.random.default_rng(2)
+    with VectorIndex.open(tmp_path / "search" / "images", model={"name": "chest", "version": "2"},
+                          dimensions=8) as ix:
+        ix.add([ImageVector(str(chest[0].dataset.SOPInstanceUID), str(chest[0].dataset.StudyInstanceUID),
+                            rng.standard_normal(8))]
+               + [ImageVector(UID.format(300 + i), UID.format(400 + i), rng.standard_normal(8)) for i in range(4)])
+    known = _run(tmp_path, "similar", "--image", str(files[0]), "-k", "3", "--json")
+    assert known.exit_code == 0, known.output
+    doc = json.loads(known.output)
+    assert doc["query"]["sopInstanceUID"] == str(chest[0].dataset.SOPInstanceUID)
+    assert len(doc["neighbours"]) == 3 and all(n["sopInstanceUID"] != doc["query"]["sopInstanceUID"]
+                                               for n in doc["neighbours"])
+    unknown = _run(tmp_path, "similar", "--image", str(files[1]))
+    assert unknown.exit_code == 2 and "give --endpoint NAME" in unknown.output
+    (tmp_path / "junk.dcm").write_bytes(b"\0" * 300)
+    junk = _run(tmp_path, "similar", "--image", str(tmp_path / "junk.dcm"), "--endpoint", "x")
+    assert junk.exit_code == 1 and "not a DICOM object" in str(junk.exception)
+
+
+def test_the_same_patients_studies_come_from_the_pacs_by_patient_id(tmp_path: Path) -> None:
+    from dicomweb_client import DICOMfileClient
+    from pydicom.uid import generate_uid
+
+    from dicomflow.demo import synthetic
+    from dicomflow.dicom import dicomweb
+    from dicomflow.search.images import same_patient_studies
+
+    client = DICOMfileClient(url=f"file://{tmp_path}", in_memory=True)
+    images = [im.dataset for im in synthetic.chest_radiographs(4, seed=4, size=32)]
+    for ds, (patient, issuer) in zip(images, [("P1", "H"), ("P1", "H"), ("P1", "OTHER"), ("P2", "H")], strict=True):
+        ds.PatientID, ds.IssuerOfPatientID, ds.StudyInstanceUID = patient, issuer, generate_uid()
+    dicomweb.store(client, images)
+    same = same_patient_studies(client, str(images[0].StudyInstanceUID))
+    # this PACS returns no IssuerOfPatientID: every study of the PatientID is left out (more, never fewer)
+    assert same == sorted(str(ds.StudyInstanceUID) for ds in images[:3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import os
 import signal
 import subprocess
@@ -109,6 +110,37 @@ def test_the_embedding_output_is_the_pooled_features_normalised_deterministic_an
     seg = InferenceService.from_model_dir(artifacts["segmentation3d"])
     with pytest.raises(BadRequest, match="output 'embedding' needs a whole-image classifier"):
         seg.run(parse_request({"studyInstanceUID": hippo.study_uid, "outputs": ["embedding"]}), client=client)
+
+
+def _part10(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_an_image_sent_as_the_body_is_analysed_like_the_same_image_in_the_pacs(artifacts, pacs) -> None:
+    client, hippo, chest = pacs
+    svc = InferenceService.from_model_dir(artifacts["classification2d"])
+    study = str(chest.dataset.StudyInstanceUID)
+    from_pacs = svc.run(parse_request({"studyInstanceUID": study, "outputs": ["embedding"], "storeToPacs": False}),
+                        client=client)
+    sent = parse_request(_part10(chest.dataset), "application/dicom")
+    assert (sent.study_uid, sent.outputs, sent.store_to_pacs) == (study, ("json", "embedding"), False)
+    direct = svc.run(sent)  # no PACS client: nothing is fetched or stored
+    assert direct["embedding"]["vector"] == pytest.approx(from_pacs["embedding"]["vector"], abs=1e-6)
+    assert direct["embedding"]["sopInstanceUID"] == str(chest.dataset.SOPInstanceUID)
+    assert direct["findings"]["probabilities"] == pytest.approx(from_pacs["findings"]["probabilities"], abs=1e-6)
+    assert direct["series"]["reason"] == "the image sent in the request body"
+    assert direct["outputs"] == {}
+    with pytest.raises(BadRequest, match="not a DICOM object.*as application/dicom"):
+        parse_request(b"\0" * 200, "application/dicom")
+    with pytest.raises(BadRequest, match="empty request body"):
+        parse_request(b"", "application/dicom")
+    with pytest.raises(BadRequest, match="or one DICOM image as application/dicom"):
+        parse_request(b"{}", "image/png")
+    seg = InferenceService.from_model_dir(artifacts["segmentation3d"])
+    with pytest.raises(BadRequest, match="for a 2D classifier"):
+        seg.run(parse_request(_part10(hippo.datasets[0]), "application/dicom"))
 
 
 def _variant(ds, stored, **header):
