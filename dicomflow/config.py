@@ -179,6 +179,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("search_output_uri", "DICOMFLOW_SEARCH_OUTPUT_URI",
              doc="s3:// prefix where ingestion writes thumbnails (thumbnails/) and report analyses (reports/)"),
     Variable("search_dlq", "DICOMFLOW_SEARCH_DLQ", doc="SQS queue URL where objects that cannot be ingested go"),
+    Variable("search_endpoint", "DICOMFLOW_SEARCH_ENDPOINT",
+             doc="the classification endpoint ingestion embeds each image with (none: no embedding at ingestion)"),
     Variable("report_engine", "DICOMFLOW_REPORT_ENGINE", ("rules", "comprehend-medical"), "rules",
              doc="what reads reports: the local rule engine or Amazon Comprehend Medical InferICD10CM"),
     Variable("search_opensearch_url", "DICOMFLOW_SEARCH_OPENSEARCH_URL",
@@ -261,6 +263,7 @@ class Runtime:
     search_table: str | None
     search_output_uri: str | None
     search_dlq: str | None
+    search_endpoint: str | None
     report_engine: str
     search_opensearch_url: str | None
     search_opensearch_index: str

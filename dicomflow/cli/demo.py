@@ -228,7 +228,11 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
         console.print(Panel.fit(
             f"{ing['images']} held-out chest images and {ing['reports']} reports put into the ingest bucket became "
             f"items of {ing['table']} (the search ingestion Lambda); {len(ing['thumbnails'])} thumbnails in "
-            f"{ing['output']}thumbnails/", title="search ingestion", border_style="cyan"), highlight=False)
+            f"{ing['output']}thumbnails/; {ing['embedded']} images embedded by the Lambda through the chest "
+            f"endpoint, loaded into the image index with the same vectors as the endpoint path (largest "
+            f"difference {ing['maxVectorDifference']:.1e})\n"
+            f"backfill: dicomflow search ingest --from {ing['prefix']} --stack {ing['stack']}",
+            title="search ingestion", border_style="cyan"), highlight=False)
     if "imageSearch" in r:
         im = r["imageSearch"]
         first = im["queries"][0]

@@ -9,11 +9,23 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from dicomflow import aws
 from dicomflow.cli.common import console, json_option, out, print_json, settings_from, value_table
 from dicomflow.cli.deploy import studies_from, study_request
 from dicomflow.dicom.uid import is_uid
+from dicomflow.errors import DicomflowError
+from dicomflow.infra.stack import DEFAULT_STACK
 from dicomflow.search import report_index as ri
-from dicomflow.search.images import image_vector, index_studies, model_of, open_image_index, same_patient_studies
+from dicomflow.search.embeddings import model_of
+from dicomflow.search.images import (
+    IndexRun,
+    fill_index,
+    image_vector,
+    index_studies,
+    open_image_index,
+    read_records,
+    same_patient_studies,
+)
 from dicomflow.search.vectors import MAX_K, ImageIndexError
 
 
@@ -37,12 +49,24 @@ def search() -> None:
     """
 
 
+def _reports_path(ctx: click.Context, given: str | None) -> Path:
+    return Path(given) if given else settings_from(ctx).data_dir / "search" / "reports.sqlite"
+
+
+reports_option = click.option("--reports-index", "reports_path", type=click.Path(dir_okay=False),
+                              help="Report index file [<data dir>/search/reports.sqlite].")
+code_option = click.option("--code", "codes", multiple=True, metavar="ICD10CM",
+                           help="A code, block (J80-J84) or chapter; also matches every code below it (repeatable).")
+
+
 @search.command("index")
-@click.option("--endpoint", required=True, help="A classification endpoint (real-time or async) to embed with.")
+@click.option("--endpoint", help="A classification endpoint (real-time or async) to embed the studies with.")
 @click.option("--study", "study_uids", multiple=True, metavar="UID", help="A StudyInstanceUID (repeatable).")
 @click.option("--studies", "study_file", type=click.File("r"), help="File of StudyInstanceUIDs, one per line.")
 @click.option("--query", multiple=True, metavar="KEY=VALUE",
               help="The PACS's studies matching QIDO-RS filters, e.g. Modality=DX (repeatable).")
+@click.option("--from", "records_uri", metavar="S3_PREFIX", help="Instead of an endpoint: the embedding records "
+              "the ingestion Lambda wrote (the stack's SearchOutputUri + embeddings/).")
 @index_option
 @click.option("--rebuild", is_flag=True, help="Build a new index and replace the old one when done (after a model "
               "change: vectors of two models are never mixed).")
@@ -52,25 +76,147 @@ def search() -> None:
 @click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for all results.")
 @json_option
 @click.pass_context
-def index(ctx: click.Context, endpoint: str, study_uids: tuple[str, ...], study_file: Any, query: tuple[str, ...],
-          index_dir: str | None, rebuild: bool, thumbnails_uri: str | None, timeout: float, as_json: bool) -> None:
-    """Embed studies through an endpoint (output 'embedding'; nothing is stored to the PACS) and index them."""
+def index(ctx: click.Context, endpoint: str | None, study_uids: tuple[str, ...], study_file: Any,
+          query: tuple[str, ...], records_uri: str | None, index_dir: str | None, rebuild: bool,
+          thumbnails_uri: str | None, timeout: float, as_json: bool) -> None:
+    """Embed studies through an endpoint (output 'embedding'; nothing is stored to the PACS), or load the
+    ingestion Lambda's embeddings (--from), into the image index."""
+    where = _index_dir(ctx, index_dir)
+    if records_uri:
+        if endpoint or study_uids or study_file or query:
+            raise click.UsageError("--from loads embeddings already made: give it without --endpoint and studies")
+        uris = aws.list_keys(records_uri, ".json")
+        if not uris:
+            raise ImageIndexError(f"no embedding record (*.json) under {records_uri}")
+        with _bar(as_json) as bar:
+            task = bar.add_task(f"loading embeddings from {records_uri}", total=len(uris))
+            run = fill_index(read_records(uris), len(uris), where, rebuild=rebuild, progress=lambda: bar.advance(task))
+    else:
+        if not endpoint:
+            raise click.UsageError("give --endpoint NAME (and the studies), or --from S3_PREFIX")
+        run = _index_through(endpoint, study_uids, study_file, query, where, rebuild, thumbnails_uri, timeout,
+                             as_json)
+    _print_run(run, as_json)
+
+
+def _bar(as_json: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=as_json)
+
+
+def _index_through(endpoint: str, study_uids: tuple[str, ...], study_file: Any, query: tuple[str, ...],
+                   where: Path, rebuild: bool, thumbnails_uri: str | None, timeout: float, as_json: bool) -> IndexRun:
     if study_uids and (study_file or query):
         raise click.UsageError("give --study UIDs, or one of --studies FILE and --query KEY=VALUE")
     studies = list(dict.fromkeys(study_uids)) if study_uids else studies_from(study_file, query, None)
     bodies = {uid: study_request(uid, None, "embedding", False, None, None, thumbnails_uri) for uid in studies}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=as_json) as bar:
+    with _bar(as_json) as bar:
         task = bar.add_task(f"embedding through {endpoint}", total=len(bodies))
-        run = index_studies(endpoint, bodies, _index_dir(ctx, index_dir), rebuild=rebuild, timeout_s=timeout,
-                            progress=lambda: bar.advance(task))
+        return index_studies(endpoint, bodies, where, rebuild=rebuild, timeout_s=timeout,
+                             progress=lambda: bar.advance(task))
+
+
+def _print_run(run: IndexRun, as_json: bool) -> None:
     if as_json:
         print_json(run.as_dict())
         return
-    out.print(f"indexed {run.indexed} of {run.studies} studies with {run.model['name']} {run.model['version']}; "
+    out.print(f"indexed {run.indexed} of {run.studies} with {run.model['name']} {run.model['version']}; "
               f"{run.images} images in {run.index}", soft_wrap=True)
     for row in run.failed:
-        out.print(f"  failed {row['study']}: {row['error']}", soft_wrap=True)
+        out.print(Text(f"  failed {row['study']}: {row['error']}"), soft_wrap=True)
+
+
+@search.command("ingest")
+@click.option("--from", "source", required=True, metavar="pacs|S3_PREFIX",
+              help="'pacs' (the studies of --query/--study, embedded through --endpoint) or an s3:// prefix "
+                   "of DICOM objects and report files (*.json) to ingest as the ingestion Lambda does.")
+@click.option("--endpoint", help="The classification endpoint to embed with [s3: the stack's "
+              "SearchEmbeddingEndpoint; none: metadata, thumbnails and reports only].")
+@click.option("--study", "study_uids", multiple=True, metavar="UID", help="pacs: a StudyInstanceUID (repeatable).")
+@click.option("--query", multiple=True, metavar="KEY=VALUE", help="pacs: QIDO-RS filters, e.g. Modality=DX.")
+@click.option("--stack", "stack_name", default=DEFAULT_STACK, show_default=True,
+              help="The stack whose search table and output prefix receive what is ingested.")
+@index_option
+@reports_option
+@click.option("--timeout", default=900.0, show_default=True, help="Seconds to wait for each embedding.")
+@json_option
+@click.pass_context
+def ingest(ctx: click.Context, source: str, endpoint: str | None, study_uids: tuple[str, ...],
+           query: tuple[str, ...], stack_name: str, index_dir: str | None, reports_path: str | None,
+           timeout: float, as_json: bool) -> None:
+    """Backfill search: every image and report of a source into the search table, thumbnails, the image
+    index and the report index, with a progress bar; an object that fails is listed, never fatal."""
+    from dicomflow.infra import stack
+
+    outputs = stack.outputs(stack_name)
+    where = _index_dir(ctx, index_dir)
+    if source == "pacs":
+        if not endpoint:
+            raise click.UsageError("--from pacs needs --endpoint NAME (a classification endpoint) to embed with")
+        if not (study_uids or query):
+            raise click.UsageError("--from pacs needs --study UID or --query KEY=VALUE")
+        run = _index_through(endpoint, study_uids, None, query, where, False, outputs.get("SearchOutputUri"),
+                             timeout, as_json)
+        _print_run(run, as_json)
+        return
+    if not source.startswith("s3://"):
+        raise click.BadParameter(f"{source!r} is neither 'pacs' nor an s3:// prefix", param_hint="--from")
+    desc = stack.describe(stack_name) or {}
+    endpoint = endpoint or stack.deployed_parameters(desc).get("SearchEmbeddingEndpoint") or None
+    summary = _ingest_s3(source, outputs, endpoint, timeout, where, _reports_path(ctx, reports_path), as_json)
+    if as_json:
+        print_json(summary)
+        return
+    out.print(f"ingested {summary['ingested']} of {summary['objects']} objects under {source}: "
+              f"{summary['images']} images ({summary['embedded']} embedded), {summary['reports']} reports",
+              soft_wrap=True)
+    for row in summary["failed"]:
+        out.print(Text(f"  failed {row['key']}: {row['reason']}"), soft_wrap=True)
+
+
+def _ingest_s3(prefix: str, outputs: dict[str, str], endpoint: str | None, timeout: float, where: Path,
+               reports_path: Path, as_json: bool) -> dict[str, Any]:
+    """The ingestion Lambda's work over every object under ``prefix``, then its embeddings and report analyses
+    into the local indexes."""
+    import dataclasses
+
+    from dicomflow.config import runtime
+    from dicomflow.search import ingest as ing
+    from dicomflow.search.reports import RuleEngine
+
+    try:
+        settings = dataclasses.replace(runtime(), search_table=outputs["SearchTableName"],
+                                       search_output_uri=outputs["SearchOutputUri"], search_endpoint=endpoint)
+    except KeyError as exc:
+        raise ImageIndexError(f"the stack has no output {exc}; update it with 'dicomflow infra deploy'") from None
+    uris = aws.list_keys(prefix)
+    if not uris:
+        raise ImageIndexError(f"nothing under {prefix}")
+    engine = RuleEngine()
+    items, failed = [], []
+    with _bar(as_json) as bar:
+        task = bar.add_task(f"ingesting {prefix}", total=len(uris))
+        for uri in uris:
+            bucket, key = aws.parse_s3_uri(uri)
+            try:
+                items.append(ing.ingest_object(bucket, key, settings, engine, embed_timeout_s=timeout))
+            except DicomflowError as exc:
+                failed.append({"key": key, "reason": str(exc)})
+            bar.advance(task)
+    images = [i for i in items if i["kind"] == "image"]
+    embedded = [i["embedding"] for i in images if i.get("embedding")]
+    summary: dict[str, Any] = {"objects": len(uris), "ingested": len(items), "images": len(images),
+                               "embedded": len(embedded), "reports": len(items) - len(images), "failed": failed,
+                               "table": settings.search_table}
+    if embedded:
+        summary["imageIndex"] = fill_index(read_records(embedded), len(embedded), where).as_dict()
+    analyses = [f"{settings.search_output_uri.rstrip('/')}/reports/{i['studyInstanceUID']}.json"
+                for i in items if i["kind"] == "report"]
+    if analyses:
+        with ri.ReportIndex.open(reports_path) as rix:
+            summary["reportIndex"] = ri.add_report_records(
+                rix, ((u.rsplit("/", 1)[-1], aws.read_bytes(u) or b"") for u in analyses), engine)
+    return summary
 
 
 @search.command("similar")
@@ -154,16 +300,6 @@ def _query_image(ix: Any, image: str | None, study_uid: str | None, endpoint: st
     return image_vector(response).vector, sop, study
 
 
-def _reports_path(ctx: click.Context, given: str | None) -> Path:
-    return Path(given) if given else settings_from(ctx).data_dir / "search" / "reports.sqlite"
-
-
-reports_option = click.option("--reports-index", "reports_path", type=click.Path(dir_okay=False),
-                              help="Report index file [<data dir>/search/reports.sqlite].")
-code_option = click.option("--code", "codes", multiple=True, metavar="ICD10CM",
-                           help="A code, block (J80-J84) or chapter; also matches every code below it (repeatable).")
-
-
 @search.command("add-reports")
 @click.option("--from", "source", help="A report file, a folder of them, or an s3:// prefix (the ingestion Lambda's "
               "reports/ analyses) [<data dir>/reports, where 'seed' writes them].")
@@ -175,7 +311,6 @@ code_option = click.option("--code", "codes", multiple=True, metavar="ICD10CM",
 @click.pass_context
 def add_reports(ctx: click.Context, source: str | None, engine: str, reports_path: str | None, as_json: bool) -> None:
     """Analyse report files (entities, negation, ICD-10-CM) into the report index; a study's report is replaced."""
-    from dicomflow import aws
     from dicomflow.search.reports import ComprehendMedicalEngine, RuleEngine
 
     if source and source.startswith("s3://"):

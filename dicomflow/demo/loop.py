@@ -145,7 +145,8 @@ def deploy_stack(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
 
     with hooks.step("deploy the stack (Lambdas, buckets, roles)") as st:
         # the local portal serves workers the signed URLs from its own origin (the host is not signed)
-        params = {"LabelSet": json.dumps(LABEL_SET), "GatewayUrl": LOCAL_GATEWAY}
+        params = {"LabelSet": json.dumps(LABEL_SET), "GatewayUrl": LOCAL_GATEWAY,
+                  "SearchEmbeddingEndpoint": endpoint_name(ctx, "classification2d")}
         done = deployment.run(ctx.config.stack, params,
                               on_event=lambda e: st.update(note=f"{e['LogicalResourceId']} {e['ResourceStatus']}"))
     ctx.outputs = dict(done.result.outputs)
@@ -594,26 +595,32 @@ def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """The held-out chest studies' images and reports put into the stack's ingest bucket, as a RIS and an
     archive export would drop them; the search ingestion Lambda turns each into its item in the search
-    table (with a thumbnail, or the report's codes). Waits for every item; nothing may be dead-lettered."""
+    table (with a thumbnail and the chest endpoint's embedding, or the report's codes). Waits for every item;
+    nothing may be dead-lettered. The Lambda's embeddings are then loaded into the image index
+    (``dicomflow search index --from``), which already holds the same images from :func:`index_images`:
+    the two paths must give the same vectors."""
+    from dicomflow.search.images import fill_index, read_records
     from dicomflow.search.ingest import image_item
+    from dicomflow.search.vectors import VectorIndex
 
     bucket, table = ctx.outputs["SearchIngestBucket"], ctx.outputs["SearchTableName"]
     reports = seeding.reports_dir(ctx.settings.data_dir)
     s3, dynamodb = aws.client("s3"), aws.client("dynamodb")
     keys = []
+    prefix = f"demo/{ctx.config.tag}/"
     for s in ctx.chest_holdout:
         ds = s.datasets[0]
         buf = io.BytesIO()
         ds.save_as(buf, enforce_file_format=True)
-        s3.put_object(Bucket=bucket, Key=f"demo/{ctx.config.tag}/{s.study_uid}.dcm", Body=buf.getvalue())
+        s3.put_object(Bucket=bucket, Key=f"{prefix}{s.study_uid}.dcm", Body=buf.getvalue())
         keys.append(image_item(ds, "")["pk"])
         report = reports / f"{s.study_uid}.json"
         if report.exists():
-            s3.put_object(Bucket=bucket, Key=f"demo/{ctx.config.tag}/reports/{s.study_uid}.json",
-                          Body=report.read_bytes())
+            s3.put_object(Bucket=bucket, Key=f"{prefix}reports/{s.study_uid}.json", Body=report.read_bytes())
             keys.append(f"report#{s.study_uid}")
     items: dict[str, dict[str, Any]] = {}
-    with hooks.step("search ingestion: S3 -> ingestion Lambda -> table and thumbnails", total=len(keys)) as st:
+    with hooks.step("search ingestion: S3 -> ingestion Lambda -> table, thumbnails, embeddings",
+                    total=len(keys)) as st:
         deadline = time.monotonic() + ctx.config.result_timeout_s
         while len(items) < len(keys):
             for key in keys:
@@ -632,9 +639,22 @@ def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
                                     f"{ctx.config.stack}-search-ingest")
                 time.sleep(0.5)
     images = [v for k, v in items.items() if k.startswith("image#")]
+    embeddings = [v["embedding"]["S"] for v in images if "embedding" in v]
+    if len(embeddings) != len(images):
+        raise DemoError(f"the ingestion Lambda embedded {len(embeddings)} of {len(images)} images")
+    where = ctx.settings.data_dir / "search" / "images"
+    with VectorIndex.open(where) as ix:
+        before = {u: ix.vector_of(u) for u in (v["sopInstanceUID"]["S"] for v in images)}
+    loaded = fill_index(read_records(embeddings), len(embeddings), where)
+    with VectorIndex.open(where) as ix:
+        after = {u: ix.vector_of(u) for u in before}
+        size = len(ix)
     ctx.results["ingestion"] = {
-        "table": table, "images": len(images), "reports": len(items) - len(images),
-        "thumbnails": sorted({v["thumbnail"]["S"] for v in images}),
+        "table": table, "images": len(images), "reports": len(items) - len(images), "prefix": f"s3://{bucket}/{prefix}",
+        "stack": ctx.config.stack,
+        "thumbnails": sorted({v["thumbnail"]["S"] for v in images}), "embedded": len(embeddings),
+        "embeddings": embeddings, "loaded": loaded.as_dict(), "indexSize": size,
+        "maxVectorDifference": max(float(np.max(np.abs(after[u] - before[u]))) for u in before),
         "output": ctx.outputs["SearchOutputUri"]}
     return ctx.results["ingestion"]
 
@@ -788,9 +808,9 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
-    deploy_stack, seed_studies, analyse_reports, ingest_for_search, run_labeling, export_datasets, train_models,
-    register_models, deploy_endpoints, route_new_studies, run_inference, index_images, run_batch_transform,
-    serve_from_one_endpoint]
+    deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models,
+    register_models, deploy_endpoints, route_new_studies, run_inference, index_images, ingest_for_search,
+    run_batch_transform, serve_from_one_endpoint]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

@@ -1,40 +1,40 @@
-"""Serving responses with an ``embedding`` output -> rows of the image index.
-
-A row's labels are the model's own positive findings in that response (never a seeder's truth), so a
-search can be narrowed to images the model called, e.g., "Edema".
-"""
+"""Serving responses with an ``embedding`` output (and the ingestion Lambda's embedding records) -> rows of
+the image index; the configured index; the same patient's studies for a query."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dicomflow import aws, safejson
 from dicomflow.config import runtime
 from dicomflow.inference import endpoint as ep
 from dicomflow.paths import private_dir
-from dicomflow.search.vectors import ImageIndexError, ImageVector, VectorIndex
+from dicomflow.search.embeddings import ImageIndexError, embedding_record
+from dicomflow.search.vectors import ImageVector, VectorIndex
 
 
 def image_vector(response: Mapping[str, Any], *, accession: str | None = None) -> ImageVector:
     """The index row of one serving response that asked for ``embedding``; ImageIndexError names what is missing."""
-    emb = response.get("embedding")
-    if not isinstance(emb, Mapping) or not isinstance(emb.get("vector"), list):
-        raise ImageIndexError("the response has no embedding; ask the endpoint for outputs 'embedding' "
-                              "(a classification model)")
-    sop = emb.get("sopInstanceUID")
-    if not sop:
-        raise ImageIndexError("the embedding names no image (a 3D classifier embeds a series; index 2D images)")
-    findings = response.get("findings") or {}
-    series = response.get("series") or {}
-    return ImageVector(sop_uid=str(sop), study_uid=str(response.get("studyInstanceUID")), vector=emb["vector"],
-                       series_uid=emb.get("seriesInstanceUID") or series.get("seriesInstanceUID"),
-                       accession=accession, modality=series.get("modality"),
-                       view_position=emb.get("viewPosition"), body_part=emb.get("bodyPart"),
-                       labels=tuple(str(x) for x in findings.get("positive") or ()), thumbnail=emb.get("thumbnail"))
+    return row_of(embedding_record(response, accession=accession))
+
+
+def row_of(record: Mapping[str, Any]) -> ImageVector:
+    """The index row of an embedding record (:mod:`dicomflow.search.embeddings`)."""
+    try:
+        return ImageVector(sop_uid=str(record["sopInstanceUID"]), study_uid=str(record["studyInstanceUID"]),
+                           vector=record["vector"], series_uid=record.get("seriesInstanceUID"),
+                           accession=record.get("accessionNumber"), modality=record.get("modality"),
+                           view_position=record.get("viewPosition"), body_part=record.get("bodyPart"),
+                           labels=tuple(str(x) for x in record.get("labels") or ()),
+                           thumbnail=record.get("thumbnail"))
+    except (KeyError, TypeError, AttributeError):
+        raise ImageIndexError("not an embedding record: it needs sopInstanceUID, studyInstanceUID and "
+                              "vector") from None
 
 
 def same_patient_studies(client: Any, study_uid: str) -> list[str]:
@@ -54,14 +54,6 @@ def same_patient_studies(client: Any, study_uid: str) -> list[str]:
     studies = dicomweb.search_studies(client, PatientID=patient, fields=["IssuerOfPatientID"], get_remaining=True)
     same = {dj.text(s, "StudyInstanceUID", "") for s in studies if dj.text(s, "IssuerOfPatientID", "") == issuer}
     return sorted((same - {""}) | {study_uid})
-
-
-def model_of(response: Mapping[str, Any]) -> dict[str, str]:
-    """The ``{"name", "version"}`` an embedding came from."""
-    model = (response.get("embedding") or {}).get("model") or {}
-    if not model.get("name") or not model.get("version"):
-        raise ImageIndexError("the embedding does not say which model made it (name and version)")
-    return {"name": str(model["name"]), "version": str(model["version"])}
 
 
 @dataclass
@@ -100,6 +92,35 @@ def index_studies(endpoint: str, bodies: Mapping[str, dict], where: Path, *, reb
     is refused unless ``rebuild``, which builds a new index beside it and replaces the old one only when
     every study has been tried). ``progress()`` is called once per study answered.
     """
+    def records() -> Iterator[tuple[str, Mapping[str, Any] | Exception]]:
+        for study, result in ep.analyse_all(endpoint, bodies, timeout_s=timeout_s):
+            try:
+                yield study, (embedding_record(result) if not isinstance(result, Exception) else result)
+            except ImageIndexError as exc:
+                yield study, exc
+
+    return fill_index(records(), len(bodies), where, rebuild=rebuild, progress=progress)
+
+
+def read_records(uris: Iterable[str]) -> Iterator[tuple[str, Mapping[str, Any] | Exception]]:
+    """``(uri, record or error)`` for embedding record files in S3 (what the ingestion Lambda writes)."""
+    for uri in uris:
+        try:
+            data = aws.read_bytes(uri)
+            if data is None:
+                raise ImageIndexError("the object is gone")
+            record = safejson.loads(data, uri, 8)
+            if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
+                raise ImageIndexError("not an embedding record (no model)")
+            yield uri, record
+        except (ImageIndexError, ValueError, UnicodeDecodeError) as exc:
+            yield uri, ImageIndexError(f"{uri}: {exc}")
+
+
+def fill_index(records: Iterable[tuple[str, Mapping[str, Any] | Exception]], total: int, where: Path, *,
+               rebuild: bool = False, progress: Callable[[], None] | None = None) -> IndexRun:
+    """Embedding records into the index at ``where`` (see :func:`index_studies`); an error is listed under its
+    key, never fatal."""
     if rebuild and runtime().search_opensearch_url:
         raise ImageIndexError("--rebuild is for the embedded index; for OpenSearch set "
                               "DICOMFLOW_SEARCH_OPENSEARCH_INDEX to a new index name and index into it")
@@ -109,22 +130,24 @@ def index_studies(endpoint: str, bodies: Mapping[str, dict], where: Path, *, reb
     added = 0
     ix: Any = None
     try:
-        for study, result in ep.analyse_all(endpoint, bodies, timeout_s=timeout_s):
+        for key, record in records:
             if progress:
                 progress()
             try:
-                if isinstance(result, ep.EndpointError):
-                    raise result
-                row = image_vector(result)
+                if isinstance(record, Exception):
+                    raise record
+                row = row_of(record)
                 if ix is None:
-                    ix = open_image_index(building, model=model_of(result), dimensions=len(row.vector))
+                    ix = open_image_index(building, model=record["model"], dimensions=len(row.vector))
+                elif dict(record["model"]) != ix.model:
+                    raise ImageIndexError(f"made by {record['model']}, the index holds {ix.model}")
                 added += ix.add([row])
             except (ep.EndpointError, ImageIndexError) as exc:
-                failed.append({"study": study, "error": str(exc)})
+                failed.append({"study": key, "error": str(exc)})
         if ix is None:
-            first = failed[0]["error"] if failed else "no study was given"
-            raise ImageIndexError(f"no study could be embedded; first failure: {first}")
-        run = IndexRun(str(target), ix.model, len(bodies), added, len(ix), failed)
+            first = failed[0]["error"] if failed else "nothing was given"
+            raise ImageIndexError(f"nothing could be indexed; first failure: {first}")
+        run = IndexRun(str(target), ix.model, total, added, len(ix), failed)
         ix.close()
         ix = None
         if rebuild:

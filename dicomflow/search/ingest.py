@@ -2,6 +2,8 @@
 
 * A DICOM object -> its metadata item (UIDs, accession, modality, body part, view position, study date,
   size; no patient name, birth date or free text) and a PNG thumbnail (:mod:`dicomflow.dicom.thumbnail`).
+* with an embedding endpoint, a DICOM image also -> its embedding record (:mod:`dicomflow.search.embeddings`),
+  the endpoint reading the object where it lies (async) or from the request body (real-time);
 * A report file (``{"StudyInstanceUID", "AccessionNumber", "text"}``) -> its item (the ICD-10-CM codes it
   asserts, denies and is unsure of, by the engine's InferICD10CM-shaped answer) and that answer, kept so the
   report index can be filled without reading the report again.
@@ -12,13 +14,17 @@ the same item. Every refusal is an :class:`IngestError` naming the object and wh
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pydicom
 
+from dicomflow import aws
 from dicomflow.dicom.errors import NotAnImageError
 from dicomflow.dicom.objects import MAX_OBJECT_BYTES, NotADicomObject, read_object
+from dicomflow.dicom.thumbnail import thumbnail_key
 from dicomflow.errors import DicomflowError
+from dicomflow.search.embeddings import EMBEDDINGS_PREFIX, ImageIndexError, embedding_record
 from dicomflow.search.reports import (
     NEGATIVE,
     POSITIVE,
@@ -95,3 +101,45 @@ def report(data: bytes, source: str, engine: Any) -> tuple[dict[str, Any], dict[
     if accession:
         item["accessionNumber"] = accession
     return item, {"StudyInstanceUID": study, "AccessionNumber": accession, "text": text, "analysis": answer}
+
+
+def embed(endpoint: str, data: bytes, source: str, item: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """The embedding record of an image through ``endpoint`` (async endpoints read ``source`` itself)."""
+    from dicomflow.inference import endpoint as ep
+
+    try:
+        response = ep.analyse_image(endpoint, data, input_location=source, timeout_s=timeout_s)
+        return embedding_record(response, accession=item.get("accessionNumber"))
+    except (ep.EndpointError, ImageIndexError) as exc:
+        raise IngestError(f"{source}: not embedded by {endpoint}: {exc}") from None
+
+
+def ingest_object(bucket: str, key: str, settings: Any, engine: Any, *,
+                  embed_timeout_s: float = 240) -> dict[str, Any]:
+    """Ingest one S3 object (what the Lambda does per record); the item written. ``settings``
+    (:func:`dicomflow.config.runtime`) names the table, the output prefix and, optionally, the embedding
+    endpoint. Embedding records go to S3 only (the index, embedded or OpenSearch, loads them with
+    ``dicomflow search index --from``): the Lambda stays free of the index libraries."""
+    source = aws.s3_uri(bucket, key)
+    data = aws.read_bytes(source)
+    if data is None:
+        raise IngestError(f"{source}: the object is gone (deleted before it was ingested)")
+    out = settings.search_output_uri.rstrip("/") + "/"
+    if key.endswith(REPORT_SUFFIX):
+        item, analysis = report(data, source, engine)
+        aws.write(f"{out}reports/{item['studyInstanceUID']}.json", json.dumps(analysis).encode(), "application/json")
+    else:
+        item, png = image(data, source)
+        item["thumbnail"] = out + thumbnail_key(png)
+        aws.write(item["thumbnail"], png, "image/png")
+        if settings.search_endpoint:
+            record = {**embed(settings.search_endpoint, data, source, item, embed_timeout_s),
+                      "thumbnail": item["thumbnail"]}
+            item["embedding"] = f"{out}{EMBEDDINGS_PREFIX}{item['sopInstanceUID']}.json"
+            item["model"] = f"{record['model']['name']} {record['model']['version']}"
+            if record["labels"]:
+                item["labels"] = record["labels"]
+            aws.write(item["embedding"], json.dumps(record).encode(), "application/json")
+    aws.client("dynamodb").put_item(TableName=settings.search_table, Item=aws.dynamodb_item(item))
+    return item
+

@@ -29,8 +29,8 @@ import numpy as np
 from usearch.index import Index
 
 from dicomflow.dicom.uid import is_uid
-from dicomflow.errors import DicomflowError
 from dicomflow.paths import PRIVATE_FILE_MODE, private_dir
+from dicomflow.search.embeddings import ImageIndexError
 
 DB_FILE = "images.sqlite"
 GRAPH_FILE = "images.usearch"
@@ -55,10 +55,6 @@ CREATE TABLE IF NOT EXISTS images (
 );
 CREATE INDEX IF NOT EXISTS images_study ON images (study_uid);
 """
-
-
-class ImageIndexError(DicomflowError):
-    """An index that cannot be opened or written, a vector that does not fit it, or a bad query."""
 
 
 @dataclass(frozen=True)

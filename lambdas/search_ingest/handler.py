@@ -5,7 +5,10 @@ whose key ends in ``.json`` is a report file (``{"StudyInstanceUID", "AccessionN
 is read as DICOM (:mod:`dicomflow.search.ingest`). Per object:
 
 * image -> its item in ``DICOMFLOW_SEARCH_TABLE`` (key ``image#<SOPInstanceUID>``) naming its thumbnail,
-  ``<DICOMFLOW_SEARCH_OUTPUT_URI>thumbnails/<sha256>.png`` (content-addressed: stored once);
+  ``<DICOMFLOW_SEARCH_OUTPUT_URI>thumbnails/<sha256>.png`` (content-addressed: stored once); with
+  ``DICOMFLOW_SEARCH_ENDPOINT`` (a classification endpoint) also its embedding,
+  ``<DICOMFLOW_SEARCH_OUTPUT_URI>embeddings/<SOPInstanceUID>.json`` (which ``dicomflow search index --from``
+  loads into the configured index);
 * report -> its item (key ``report#<StudyInstanceUID>``: the codes it asserts, denies and is unsure of) and
   the analysis ``<DICOMFLOW_SEARCH_OUTPUT_URI>reports/<StudyInstanceUID>.json``, which
   ``dicomflow search add-reports --from`` loads into the report index without reading the report again.
@@ -24,7 +27,6 @@ from urllib.parse import unquote_plus
 
 from dicomflow import aws
 from dicomflow.config import runtime
-from dicomflow.dicom.thumbnail import thumbnail_key
 from dicomflow.errors import DicomflowError
 from dicomflow.search import ingest
 from dicomflow.search.reports import ComprehendMedicalEngine, RuleEngine
@@ -55,23 +57,10 @@ def _objects(event: Any) -> list[tuple[str, str]]:
     return out
 
 
-def _ingest_one(bucket: str, key: str, settings: Any, engine: Any) -> str:
-    source = aws.s3_uri(bucket, key)
-    data = aws.read_bytes(source)
-    if data is None:
-        raise ingest.IngestError(f"{source}: the object is gone (deleted before it was ingested)")
-    table = aws.client("dynamodb")
-    out = settings.search_output_uri.rstrip("/") + "/"
-    if key.endswith(ingest.REPORT_SUFFIX):
-        item, analysis = ingest.report(data, source, engine)
-        aws.write(f"{out}reports/{item['studyInstanceUID']}.json", json.dumps(analysis).encode(), "application/json")
-    else:
-        item, png = ingest.image(data, source)
-        thumb = out + thumbnail_key(png)
-        aws.write(thumb, png, "image/png")
-        item["thumbnail"] = thumb
-    table.put_item(TableName=settings.search_table, Item=aws.dynamodb_item(item))
-    return item["pk"]
+def _embed_budget(context: Any) -> float:
+    """Seconds an embedding may take: what is left of the invocation, less a margin to record a failure."""
+    left = getattr(context, "get_remaining_time_in_millis", None)
+    return max(5.0, left() / 1000 - 15) if callable(left) else 240.0
 
 
 def _dead_letter(settings: Any, bucket: str, key: str, reason: str) -> None:
@@ -97,7 +86,8 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
     done, failed = [], []
     for bucket, key in objects:
         try:
-            done.append(_ingest_one(bucket, key, settings, engine))
+            item = ingest.ingest_object(bucket, key, settings, engine, embed_timeout_s=_embed_budget(context))
+            done.append(item["pk"])
         except DicomflowError as exc:
             log.warning("not ingested: %s", exc)
             _dead_letter(settings, bucket, key, str(exc))

@@ -21,6 +21,7 @@ import sys
 import numpy as np
 import pytest
 from baselines import mean_dice, prior_mask_dice
+from pydicom.uid import generate_uid
 from setup_tools import require
 
 from dicomflow import aws
@@ -44,6 +45,14 @@ def _keys(uri: str) -> list[str]:
     return [o["Key"] for o in aws.client("s3").list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
 
 
+def _cli(ctx: loop.DemoContext, *argv: str) -> dict:
+    """``dicomflow ARGV`` in a fresh process on the demo's data dir; its --json output."""
+    done = subprocess.run([sys.executable, "-m", "dicomflow.cli", *argv], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DICOMFLOW_HOME": str(ctx.settings.data_dir)})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def test_whole_loop_small(local_cloud) -> None:
     require("chromium", "viewer")
     ctx = loop.DemoContext(settings=local_cloud.settings, pacs=local_cloud.pacs,
@@ -64,11 +73,6 @@ def test_whole_loop_small(local_cloud) -> None:
     assert reports["reports"] == len(ctx.chest) and reports["topCodes"]
     assert reports["agreement"] >= 0.95 and reports["unwrittenFindings"] == 0, reports
     assert reports["indexed"] == len(ctx.chest) and reports["topCodes"][0]["reports"] >= 1
-    # search ingestion: the held-out chest images and their reports, put into the ingest bucket, become items
-    ingested = loop.ingest_for_search(ctx, hooks)
-    assert (ingested["images"], ingested["reports"]) == (len(ctx.chest_holdout), len(ctx.chest_holdout))
-    assert len(ingested["thumbnails"]) == len(ctx.chest_holdout)  # each picture its own content-addressed PNG
-
     # labeling: every training image labelled by 3 workers; the output line holds the majority of the votes
     lab = loop.run_labeling(ctx, hooks)
     lines = manifest.read_jsonl_s3(lab["outputManifest"])
@@ -174,12 +178,35 @@ def test_whole_loop_small(local_cloud) -> None:
     thumb = images["queries"][0]["neighbours"][0]["thumbnail"]
     assert aws.read(thumb)[:8] == b"\x89PNG\r\n\x1a\n"  # the endpoint wrote it where the embedding says
     query = images["queries"][0]
-    cli = subprocess.run([sys.executable, "-m", "dicomflow.cli", "search", "similar", "--study", query["study"],
-                          "-k", "5", "--json"], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "DICOMFLOW_HOME": str(ctx.settings.data_dir)})
-    assert cli.returncode == 0, cli.stderr
-    assert [n["sopInstanceUID"] for n in json.loads(cli.stdout)["neighbours"]] == [
-        n["sopInstanceUID"] for n in query["neighbours"]]
+    cli = _cli(ctx, "search", "similar", "--study", query["study"], "-k", "5", "--json")
+    assert [n["sopInstanceUID"] for n in cli["neighbours"]] == [n["sopInstanceUID"] for n in query["neighbours"]]
+    # search ingestion: the held-out chest images and their reports, put into the ingest bucket, become items;
+    # the Lambda embeds each image through the chest endpoint, with the vectors the endpoint path gave
+    ingested = loop.ingest_for_search(ctx, hooks)
+    assert (ingested["images"], ingested["reports"]) == (len(ctx.chest_holdout), len(ctx.chest_holdout))
+    assert len(ingested["thumbnails"]) == len(ctx.chest_holdout)  # each picture its own content-addressed PNG
+    assert ingested["embedded"] == len(ctx.chest_holdout) and ingested["loaded"]["failed"] == []
+    assert ingested["indexSize"] == len(ctx.chest) and ingested["maxVectorDifference"] <= 1e-5, ingested
+    record = json.loads(aws.read(ingested["embeddings"][0]))
+    assert record["model"] == images["model"] and len(record["vector"]) == 1024
+    # a backfill of the same prefix through the CLI writes the same items and changes neither index
+    backfill = _cli(ctx, "search", "ingest", "--from", ingested["prefix"], "--stack", ctx.config.stack, "--json")
+    assert (backfill["objects"], backfill["ingested"], backfill["embedded"]) == (
+        2 * len(ctx.chest_holdout), 2 * len(ctx.chest_holdout), len(ctx.chest_holdout)), backfill
+    assert backfill["failed"] == [] and backfill["imageIndex"]["images"] == len(ctx.chest)
+    assert backfill["reportIndex"]["reports"] == len(ctx.chest)
+    # a DICOM file (a held-out image saved again under a new SOPInstanceUID) embedded by the endpoint finds the
+    # neighbours its indexed twin has; its own study and patient are left out
+    twin = ctx.chest_holdout[0].datasets[0].copy()
+    twin.SOPInstanceUID = generate_uid()
+    twin_file = ctx.settings.data_dir / "query.dcm"
+    twin.save_as(twin_file, enforce_file_format=True)
+    like = _cli(ctx, "search", "similar", "--image", str(twin_file), "--endpoint",
+                loop.endpoint_name(ctx, "classification2d"), "-k", "5", "--exclude-same-patient", "--json")
+    twin_query = next(q for q in images["queries"] if q["study"] == ctx.chest_holdout[0].study_uid)
+    assert [n["sopInstanceUID"] for n in like["neighbours"]] == [n["sopInstanceUID"] for n in twin_query["neighbours"]]
+    assert like["excludedStudies"] >= 1 and ctx.chest_holdout[0].study_uid not in {
+        n["studyInstanceUID"] for n in like["neighbours"]}
     # batch transform over the chest studies: every study analysed, the same answers as the async endpoint
     batch = loop.run_batch_transform(ctx, hooks)
     assert batch["status"] == "Completed" and batch["studies"] == len(chest)

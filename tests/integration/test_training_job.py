@@ -40,10 +40,10 @@ pytestmark = pytest.mark.slow
 #: (measured: 0.81-0.82 against 0.71-0.73 over seeds 0 and 1; the class prior scores 0.5).
 MIN_MEAN_AUROC = 0.75
 MARGIN_AUROC = 0.05
-#: the same model's embeddings of the 48 held-out images: the mean label Jaccard between a query and its
-#: RETRIEVAL_K nearest must beat an untrained DenseNet121's, 8x8 thumbnails and random vectors by
-#: MARGIN_RETRIEVAL (measured, seed 0: 0.344 against untrained 0.192, thumbnails 0.202, random 0.169).
-RETRIEVAL_K = 5
+#: the same model's embeddings of the 48 held-out images: the Jaccard-weighted precision@RETRIEVAL_K (the mean
+#: label Jaccard between a query and each of its nearest) must beat an untrained DenseNet121's, 8x8
+#: thumbnails and random vectors by MARGIN_RETRIEVAL (measured, seed 0: see the README's Performance).
+RETRIEVAL_K = 10
 MARGIN_RETRIEVAL = 0.08
 #: segmentation3d on 16 synthetic series (24x48x48, 20 epochs, 10 train / 3 val / 3 test): test mean Dice must
 #: reach this and beat the no-image prior mask by MARGIN_DICE (measured: 0.85 against ~0.3).
@@ -105,8 +105,9 @@ def _embeddings_find_images_with_the_same_findings(model, held_out: list, where)
     rng = np.random.default_rng(0)
     prior = float(np.mean([neighbour_label_agreement(rng.standard_normal(vectors.shape), labels, RETRIEVAL_K)
                            for _ in range(20)]))
-    print(f"retrieval: label Jaccard@{RETRIEVAL_K} embeddings {ours:.3f}, untrained DenseNet121 {raw:.3f}, "
-          f"thumbnails {thumbs:.3f}, random {prior:.3f}")
+    at5 = neighbour_label_agreement(vectors, labels, 5)
+    print(f"retrieval: Jaccard-weighted precision@{RETRIEVAL_K} embeddings {ours:.3f} (@5 {at5:.3f}), untrained "
+          f"DenseNet121 {raw:.3f}, thumbnails {thumbs:.3f}, random {prior:.3f}")
     assert ours >= max(raw, thumbs, prior) + MARGIN_RETRIEVAL, (ours, raw, thumbs, prior)
     # the index answers as the brute-force ranking does, never with the query itself
     with VectorIndex.open(where, model={"name": "chest", "version": weights_version(model.network)},
