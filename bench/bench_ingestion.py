@@ -16,7 +16,7 @@ turn within a repeat:
 Target: ours within 15 % of the forward pass (pipeline overhead <= 15 %). The serving HTTP hop, S3 and the
 Lambda's invocation are not in this figure (on the emulator they measure the emulator, not AWS).
 
-Usage: ``.venv/bin/python bench/bench_ingestion.py [--images 16] [--repeats 5] [--json]``
+Usage: ``.venv/bin/python bench/bench_ingestion.py [--images 16] [--input 64] [--repeats 5] [--json]``
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 TARGET_OVERHEAD = 0.15
 
 
-def run(images: int, repeats: int) -> dict:
+def run(images: int, repeats: int, size: int = 64) -> dict:
     from model_helpers import untrained_artifact
 
     from dicomflow.demo import synthetic
@@ -50,7 +50,7 @@ def run(images: int, repeats: int) -> dict:
     from dicomflow.search.vectors import VectorIndex
 
     work = Path(tempfile.mkdtemp(prefix="bench-ingestion-"))
-    model_dir = untrained_artifact(work / "model", "classification2d", list(synthetic.CHEST_CLASSES), [64, 64])
+    model_dir = untrained_artifact(work / "model", "classification2d", list(synthetic.CHEST_CLASSES), [size, size])
     svc = InferenceService.from_model_dir(model_dir)
     blobs = []
     for im in synthetic.chest_radiographs(images, seed=21, size=256):
@@ -93,10 +93,11 @@ def run(images: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16, help="images per timed batch")
+    parser.add_argument("--input", type=int, default=64, help="the model's input size (the demo's chest model: 64)")
     parser.add_argument("--repeats", type=int, default=5, help=f"timed repeats of each way (>= {MIN_REPEATS})")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    result = run(args.images, check_repeats(args.repeats))
+    result = run(args.images, check_repeats(args.repeats), args.input)
     t = result["times"]
     per_s = {name: result["images"] / (s.median / 1000) for name, s in t.items()}
     if args.json:
