@@ -66,7 +66,8 @@ code_option = click.option("--code", "codes", multiple=True, metavar="ICD10CM",
 @click.option("--query", multiple=True, metavar="KEY=VALUE",
               help="The PACS's studies matching QIDO-RS filters, e.g. Modality=DX (repeatable).")
 @click.option("--from", "records_uri", metavar="S3_PREFIX", help="Instead of an endpoint: the embedding records "
-              "the ingestion Lambda wrote (the stack's SearchOutputUri + embeddings/).")
+              "the ingestion Lambda wrote (the stack's SearchOutputUri + embeddings/), or an async endpoint's "
+              "responses (*.out) to requests for 'embedding', e.g. a routing rule's.")
 @index_option
 @click.option("--rebuild", is_flag=True, help="Build a new index and replace the old one when done (after a model "
               "change: vectors of two models are never mixed).")
@@ -85,9 +86,9 @@ def index(ctx: click.Context, endpoint: str | None, study_uids: tuple[str, ...],
     if records_uri:
         if endpoint or study_uids or study_file or query:
             raise click.UsageError("--from loads embeddings already made: give it without --endpoint and studies")
-        uris = aws.list_keys(records_uri, ".json")
+        uris = [u for u in aws.list_keys(records_uri) if u.endswith((".json", ".out"))]
         if not uris:
-            raise ImageIndexError(f"no embedding record (*.json) under {records_uri}")
+            raise ImageIndexError(f"no embedding record (*.json) or async response (*.out) under {records_uri}")
         with _bar(as_json) as bar:
             task = bar.add_task(f"loading embeddings from {records_uri}", total=len(uris))
             run = fill_index(read_records(uris), len(uris), where, rebuild=rebuild, progress=lambda: bar.advance(task))

@@ -103,16 +103,20 @@ def index_studies(endpoint: str, bodies: Mapping[str, dict], where: Path, *, reb
 
 
 def read_records(uris: Iterable[str]) -> Iterator[tuple[str, Mapping[str, Any] | Exception]]:
-    """``(uri, record or error)`` for embedding record files in S3 (what the ingestion Lambda writes)."""
+    """``(uri, record or error)`` for objects in S3 that hold an embedding record (what the ingestion Lambda
+    writes) or a whole serving response that asked for ``embedding`` (an async endpoint's ``.out``, e.g. of a
+    routing rule with ``outputs: [embedding]``)."""
     for uri in uris:
         try:
             data = aws.read_bytes(uri)
             if data is None:
                 raise ImageIndexError("the object is gone")
-            record = safejson.loads(data, uri, 8)
-            if not isinstance(record, dict) or not isinstance(record.get("model"), dict):
-                raise ImageIndexError("not an embedding record (no model)")
-            yield uri, record
+            doc = safejson.loads(data, uri, 8)
+            if isinstance(doc, dict) and isinstance(doc.get("embedding"), dict):
+                doc = embedding_record(doc)
+            if not isinstance(doc, dict) or not isinstance(doc.get("model"), dict):
+                raise ImageIndexError("neither an embedding record nor a response with an embedding")
+            yield uri, doc
         except (ImageIndexError, ValueError, UnicodeDecodeError) as exc:
             yield uri, ImageIndexError(f"{uri}: {exc}")
 

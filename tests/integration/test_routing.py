@@ -29,7 +29,9 @@ from dicomflow.dicom.orthanc import OrthancRest
 from dicomflow.emulator.moto.endpoints import register_image
 from dicomflow.inference import endpoint as ep
 from dicomflow.infra import package
+from dicomflow.routing import router
 from dicomflow.routing.feed import StableStudyFeed
+from dicomflow.search.vectors import VectorIndex
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = "dicomflow-inference-routing:latest"
@@ -70,6 +72,7 @@ rules:
     match: {{modality: MR, seriesDescription: "Synthetic.*"}}
   - name: chest-later
     endpoint: {endpoints['later']}
+    outputs: [json, sr, embedding]
     match: {{modality: CR}}
 """
     rules_uri = f"s3://{bucket}/routing/rules.yaml"
@@ -175,3 +178,14 @@ def test_a_missing_endpoint_is_retried_dead_lettered_and_completed_by_route_retr
     assert f"chest-later -> {routed['endpoints']['later']}: invoked" in result.output
     _wait("the SR of the retried analysis", lambda: "SR" in _modalities(routed, study), 120)
     assert not [body for body in _letters(routed) if study in body]
+    # the rule asked for the embedding too: its async answer loads into an image index (search on new studies)
+    (row,) = [r for r in router.records(study, routed["table"]) if r["rule"] == "chest-later"]
+    _wait("the analysis' answer", lambda: aws.read_bytes(row["outputLocation"]), 60)
+    where = routed["root"] / "image-index"
+    loaded = CliRunner().invoke(cli, ["--data-dir", str(routed["settings"].data_dir), "search", "index", "--from",
+                                      row["outputLocation"], "--index", str(where), "--json"])
+    assert loaded.exit_code == 0, loaded.output
+    summary = json.loads(loaded.output[loaded.output.index("{"):])
+    assert (summary["indexed"], summary["images"], summary["failed"]) == (1, 1, []), summary
+    with VectorIndex.open(where) as ix:
+        assert ix.images_of_study(study) == [str(chest.dataset.SOPInstanceUID)]
