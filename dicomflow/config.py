@@ -187,6 +187,8 @@ VARIABLES: tuple[Variable, ...] = (
              doc="an Amazon OpenSearch domain (https://) that holds the image index instead of the data dir"),
     Variable("search_opensearch_index", "DICOMFLOW_SEARCH_OPENSEARCH_INDEX", default="dicomflow-images",
              doc="the OpenSearch index of the image embeddings"),
+    Variable("search_opensearch_reports_index", "DICOMFLOW_SEARCH_OPENSEARCH_REPORTS_INDEX",
+             default="dicomflow-reports", doc="the OpenSearch index of the reports (with the domain above)"),
     Variable("aws_snapshot_seconds", "DICOMFLOW_AWS_SNAPSHOT_SECONDS", "float", 1.0, 0.05, 3600,
              doc="how often the emulator saves its AWS state while it changes (at most this much is lost)"),
 )
@@ -267,6 +269,7 @@ class Runtime:
     report_engine: str
     search_opensearch_url: str | None
     search_opensearch_index: str
+    search_opensearch_reports_index: str
     aws_snapshot_seconds: float
 
 

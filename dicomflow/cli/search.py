@@ -214,7 +214,7 @@ def _ingest_s3(prefix: str, outputs: dict[str, str], endpoint: str | None, timeo
     analyses = [f"{settings.search_output_uri.rstrip('/')}/reports/{i['studyInstanceUID']}.json"
                 for i in items if i["kind"] == "report"]
     if analyses:
-        with ri.ReportIndex.open(reports_path) as rix:
+        with ri.open_report_index(reports_path) as rix:
             summary["reportIndex"] = ri.add_report_records(
                 rix, ((u.rsplit("/", 1)[-1], aws.read_bytes(u) or b"") for u in analyses), engine)
     return summary
@@ -328,7 +328,7 @@ def add_reports(ctx: click.Context, source: str | None, engine: str, reports_pat
     if not count:
         raise ri.ReportIndexError(f"no report file (*.json) in {where}")
     reader = RuleEngine() if engine == "rules" else ComprehendMedicalEngine(aws.client("comprehendmedical"))
-    with ri.ReportIndex.open(_reports_path(ctx, reports_path)) as ix, Progress(
+    with ri.open_report_index(_reports_path(ctx, reports_path)) as ix, Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=as_json) as bar:
         task = bar.add_task(f"indexing reports ({engine} for those without an analysis)", total=count)
@@ -357,7 +357,7 @@ def add_reports(ctx: click.Context, source: str | None, engine: str, reports_pat
 def reports(ctx: click.Context, text: str | None, codes: tuple[str, ...], status: str | None, limit: int,
             cursor: str | None, reports_path: str | None, as_json: bool) -> None:
     """Reports matching TEXT (words, "quoted phrases"), codes and status: best match first, with a snippet."""
-    with ri.ReportIndex.open(_reports_path(ctx, reports_path), create=False) as ix:
+    with ri.open_report_index(_reports_path(ctx, reports_path), create=False) as ix:
         page = ix.search(text, codes=codes, status=status, limit=limit, cursor=cursor)
     if as_json:
         print_json(page.as_dict())
@@ -383,7 +383,7 @@ def reports(ctx: click.Context, text: str | None, codes: tuple[str, ...], status
 def facets(ctx: click.Context, text: str | None, codes: tuple[str, ...], status: str, limit: int,
            reports_path: str | None, as_json: bool) -> None:
     """ICD-10-CM codes of the matching reports with how many reports mention each, blocks and chapters too."""
-    with ri.ReportIndex.open(_reports_path(ctx, reports_path), create=False) as ix:
+    with ri.open_report_index(_reports_path(ctx, reports_path), create=False) as ix:
         rows = ix.facets(text, codes=codes, status=status, limit=limit)
     if as_json:
         print_json({"status": status, "facets": rows})

@@ -95,11 +95,31 @@ def connect(url: str, region: str | None = None) -> Any:
                       connection_class=RequestsHttpConnection, timeout=30)
 
 
-class OpenSearchVectorIndex:
-    """One model's image embeddings in an OpenSearch index (``client``: an ``opensearchpy.OpenSearch``)."""
+class OpenSearchIndex:
+    """One OpenSearch index through ``client`` (an ``opensearchpy.OpenSearch``), used like the embedded ones."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client, self.name = client, name
+
+    def close(self) -> None:
+        """Nothing to release (the client's connections are the caller's)."""
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self.client.count(index=self.name)["count"])
+
+
+class OpenSearchVectorIndex(OpenSearchIndex):
+    """One model's image embeddings in an OpenSearch index."""
 
     def __init__(self, client: Any, name: str, model: dict[str, str], dimensions: int) -> None:
-        self.client, self.name, self.model, self.dimensions = client, name, model, dimensions
+        super().__init__(client, name)
+        self.model, self.dimensions = model, dimensions
 
     @classmethod
     def open(cls, client: Any, name: str, *, model: Mapping[str, str] | None = None,
@@ -115,18 +135,6 @@ class OpenSearchVectorIndex:
             raise ImageIndexError(f"the OpenSearch index {name} holds vectors of {stored['name']} {stored['version']}, "
                                   f"not {model['name']} {model['version']}; re-embed into a new index")
         return cls(client, name, stored, int(meta.get("dimensions") or dimensions or 0))
-
-    def close(self) -> None:
-        """Nothing to release (the client's connections are the caller's)."""
-
-    def __enter__(self) -> OpenSearchVectorIndex:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __len__(self) -> int:
-        return int(self.client.count(index=self.name)["count"])
 
     def add(self, items: Iterable[ImageVector]) -> int:
         """Upsert by SOP Instance UID in one bulk request, refreshed before it returns."""

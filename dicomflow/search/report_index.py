@@ -99,22 +99,28 @@ class ReportPage:
         return {"total": self.total, "nextCursor": self.next_cursor, "reports": [h.as_dict() for h in self.hits]}
 
 
-def fts_query(text: str) -> str:
-    """The user's words (and "quoted phrases") as FTS5 phrases joined by AND: nothing typed is syntax."""
+def query_phrases(text: str) -> list[str]:
+    """The user's words and "quoted phrases", each a phrase that must occur; nothing typed is syntax."""
     if len(text) > MAX_QUERY_CHARS:
         raise ReportIndexError(f"the search text has {len(text)} characters; at most {MAX_QUERY_CHARS}")
-    parts = [a or b for a, b in re.findall(r'"([^"]*)"|([^\s"]+)', text)]
-    phrases = ['"' + p.replace('"', '""') + '"' for p in parts if re.search(r"\w", p)]
+    phrases = [p for p in (a or b for a, b in re.findall(r'"([^"]*)"|([^\s"]+)', text)) if re.search(r"\w", p)]
     if not phrases:
         raise ReportIndexError(f"the search text {text[:60]!r} holds no word to look for")
-    return " AND ".join(phrases)
+    return phrases
 
 
-def _cursor(offset: int) -> str:
+def fts_query(text: str) -> str:
+    """The user's words (and "quoted phrases") as FTS5 phrases joined by AND."""
+    return " AND ".join('"' + p.replace('"', '""') + '"' for p in query_phrases(text))
+
+
+def cursor_at(offset: int) -> str:
+    """The opaque cursor of the page that starts at ``offset``."""
     return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
 
 
-def _offset(cursor: str | None) -> int:
+def offset_of(cursor: str | None) -> int:
+    """The offset a cursor of :func:`cursor_at` stands for; ReportIndexError for any other string."""
     if not cursor:
         return 0
     try:
@@ -140,6 +146,37 @@ def _check_status(status: str | None) -> str | None:
     if status is not None and status not in STATUSES:
         raise ReportIndexError(f"status {str(status)[:20]!r}: use one of {', '.join(STATUSES)}")
     return status
+
+
+def report_mentions(text: str, answer: Mapping[str, Any]) -> list[tuple[str, str, int, int, str]]:
+    """``(code, status, begin, end, text)`` of each finding the InferICD10CM-shaped ``answer`` coded (its first
+    concept; entities without a concept or a status, and unknown codes, are no findings to index)."""
+    mentions = []
+    for entity in answer.get("Entities") or []:
+        concepts = entity.get("ICD10CMConcepts") or []
+        status = mention_status(entity)
+        if not concepts or status is None:
+            continue
+        code = str(concepts[0].get("Code", "")).strip().upper()
+        if not lexicon.is_item(code):
+            continue
+        try:
+            begin, end = int(entity.get("BeginOffset", 0)), int(entity.get("EndOffset", 0))
+        except (TypeError, ValueError):
+            raise ReportIndexError("an entity's offsets are not whole numbers: not an InferICD10CM answer") from None
+        mentions.append((code, status, begin, end, str(entity.get("Text", text[begin:end]))))
+    return mentions
+
+
+def check_limit(limit: object) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise ReportIndexError(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return limit
+
+
+def check_query(codes: Iterable[str], status: str | None) -> tuple[list[str], str | None]:
+    """Validated codes (upper case, each an ICD-10-CM code, block or chapter) and status."""
+    return _check_codes(codes), _check_status(status)
 
 
 class ReportIndex:
@@ -182,21 +219,7 @@ class ReportIndex:
         if not is_uid(study_uid):
             raise ReportIndexError(f"StudyInstanceUID {str(study_uid)[:70]!r} is not a DICOM UID")
         text = validate_report(text)
-        mentions = []
-        for entity in answer.get("Entities") or []:
-            concepts = entity.get("ICD10CMConcepts") or []
-            status = mention_status(entity)
-            if not concepts or status is None:
-                continue  # an entity without a concept has no code to index
-            code = str(concepts[0].get("Code", "")).strip().upper()
-            if not lexicon.is_item(code):
-                continue
-            try:
-                begin, end = int(entity.get("BeginOffset", 0)), int(entity.get("EndOffset", 0))
-            except (TypeError, ValueError):
-                raise ReportIndexError("an entity's offsets are not whole numbers: not an InferICD10CM answer"
-                                       ) from None
-            mentions.append((code, status, begin, end, str(entity.get("Text", text[begin:end]))))
+        mentions = report_mentions(text, answer)
         with self._db:
             old = self._db.execute("SELECT id, text FROM reports WHERE study_uid = ?", (study_uid,)).fetchone()
             if old:
@@ -239,17 +262,16 @@ class ReportIndex:
                limit: int = 20, cursor: str | None = None) -> ReportPage:
         """Reports matching all of: the words of ``text``, a mention coded in (or below) one of ``codes``
         with ``status`` (any status if None); best BM25 first, else newest first."""
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
-            raise ReportIndexError(f"limit must be a whole number from 1 to {MAX_PAGE}")
-        codes_l, status = _check_codes(codes), _check_status(status)
-        offset = _offset(cursor)
+        check_limit(limit)
+        codes_l, status = check_query(codes, status)
+        offset = offset_of(cursor)
         sql, params = self._matching(text, codes_l, status)
         total = int(self._db.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0])  # noqa: S608
         rows = self._db.execute(f"SELECT id, score FROM ({sql}) ORDER BY score DESC, id DESC LIMIT ? OFFSET ?",  # noqa: S608
                                 [*params, limit, offset]).fetchall()
         hits = [self._hit(report, score, text) for report, score in rows]
         more = offset + len(hits) < total
-        return ReportPage(hits, total, _cursor(offset + len(hits)) if more else None)
+        return ReportPage(hits, total, cursor_at(offset + len(hits)) if more else None)
 
     def _hit(self, report: int, score: float, text: str | None) -> ReportHit:
         study, accession, body = self._db.execute(
@@ -278,9 +300,8 @@ class ReportIndex:
         """How many matching reports mention each code with ``status``, and each category, block and chapter
         above the codes (``parent`` links them: a chart can draw the hierarchy; ``mentioned`` tells the codes
         the reports name themselves from those counted through a code below them); most reports first."""
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
-            raise ReportIndexError(f"limit must be a whole number from 1 to {MAX_PAGE}")
-        codes_l, status = _check_codes(codes), _check_status(status)
+        check_limit(limit)
+        codes_l, status = check_query(codes, status)
         sql, params = self._matching(text, codes_l, None)
         cond, extra = "", []
         if status:
@@ -300,7 +321,22 @@ class ReportIndex:
         return out
 
 
-def add_report_records(index: ReportIndex, records: Iterable[tuple[str, bytes]], engine: Any,
+def open_report_index(path: str | Path, *, create: bool = True) -> Any:
+    """The configured report index: OpenSearch when ``DICOMFLOW_SEARCH_OPENSEARCH_URL`` is set (index
+    ``DICOMFLOW_SEARCH_OPENSEARCH_REPORTS_INDEX``), else the SQLite file at ``path``."""
+    from dicomflow.config import runtime
+
+    settings = runtime()
+    if settings.search_opensearch_url:
+        from dicomflow.search.opensearch import connect
+        from dicomflow.search.opensearch_reports import OpenSearchReportIndex
+
+        return OpenSearchReportIndex.open(connect(settings.search_opensearch_url),
+                                          settings.search_opensearch_reports_index, create=create)
+    return ReportIndex.open(path, create=create)
+
+
+def add_report_records(index: Any, records: Iterable[tuple[str, bytes]], engine: Any,
                        progress: Any = None) -> dict[str, Any]:
     """Index each ``(name, file content)``, analysed by ``engine`` (``infer_icd10cm``) unless it carries its
     analysis; a record that fails is listed with its reason, never fatal. ``progress()`` after each."""

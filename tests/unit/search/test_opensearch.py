@@ -5,13 +5,9 @@ each request and answers from a script (as botocore's Stubber does for Comprehen
 
 from __future__ import annotations
 
-import json
-from typing import Any, ClassVar
-
 import numpy as np
 import pytest
-from opensearchpy import OpenSearch
-from opensearchpy.connection import Connection
+from opensearch_script import Scripted
 
 from dicomflow.search.opensearch import OpenSearchVectorIndex, connect, index_body, knn_body
 from dicomflow.search.vectors import ImageIndexError, ImageVector
@@ -19,33 +15,6 @@ from dicomflow.search.vectors import ImageIndexError, ImageVector
 MODEL = {"name": "chest", "version": "3"}
 UID = "1.2.826.0.1.3680043.8.498.{}"
 INDEX = "dicomflow-images"
-
-
-class Scripted(Connection):
-    """Answers each request with the next scripted ``(method, path, status, body)``; records what was sent."""
-
-    script: ClassVar[list[tuple[str, str, int, Any]]] = []
-    sent: ClassVar[list[dict[str, Any]]] = []
-
-    def perform_request(self, method, url, params=None, body=None, timeout=None, ignore=(), headers=None):
-        want_method, want_path, status, answer = self.script.pop(0)
-        text = body.decode() if isinstance(body, bytes) else body
-        lines = [json.loads(line) for line in text.splitlines() if line.strip()] if text else []
-        sent = {k: v.decode() if isinstance(v, bytes) else v for k, v in (params or {}).items()}
-        self.sent.append({"method": method, "path": url.split("?")[0], "params": sent,
-                          "body": lines[0] if len(lines) == 1 and not url.endswith("_bulk") else lines})
-        assert (method, url.split("?")[0]) == (want_method, want_path), (method, url)
-        data = json.dumps(answer)
-        if status >= 300 and status not in ignore:
-            self._raise_error(status, data)
-        return status, {"content-type": "application/json"}, data
-
-
-@pytest.fixture
-def client():
-    Scripted.script, Scripted.sent = [], []
-    yield OpenSearch(hosts=["https://search.example:443"], connection_class=Scripted)
-    assert Scripted.script == [], "every scripted answer was asked for"
 
 
 def _mapping(model=MODEL, dims=4) -> dict:
