@@ -118,7 +118,8 @@ def ingest_object(bucket: str, key: str, settings: Any, engine: Any, *,
                   embed_timeout_s: float = 240) -> dict[str, Any]:
     """Ingest one S3 object (what the Lambda does per record); the item written. ``settings``
     (:func:`dicomflow.config.runtime`) names the table, the output prefix and, optionally, the embedding
-    endpoint. Embedding records go to S3 only (the index, embedded or OpenSearch, loads them with
+    endpoint; an image the endpoint cannot embed keeps its item (with ``embeddingError``) and raises.
+    Embedding records go to S3 only (the index, embedded or OpenSearch, loads them with
     ``dicomflow search index --from``): the Lambda stays free of the index libraries."""
     source = aws.s3_uri(bucket, key)
     data = aws.read_bytes(source)
@@ -133,13 +134,22 @@ def ingest_object(bucket: str, key: str, settings: Any, engine: Any, *,
         item["thumbnail"] = out + thumbnail_key(png)
         aws.write(item["thumbnail"], png, "image/png")
         if settings.search_endpoint:
-            record = {**embed(settings.search_endpoint, data, source, item, embed_timeout_s),
-                      "thumbnail": item["thumbnail"]}
+            try:
+                record = {**embed(settings.search_endpoint, data, source, item, embed_timeout_s),
+                          "thumbnail": item["thumbnail"]}
+            except IngestError as exc:  # the metadata and thumbnail are kept; the object is still dead-lettered
+                item["embeddingError"] = str(exc)[:1000]
+                _put(settings, item)
+                raise
             item["embedding"] = f"{out}{EMBEDDINGS_PREFIX}{item['sopInstanceUID']}.json"
             item["model"] = f"{record['model']['name']} {record['model']['version']}"
             if record["labels"]:
                 item["labels"] = record["labels"]
             aws.write(item["embedding"], json.dumps(record).encode(), "application/json")
-    aws.client("dynamodb").put_item(TableName=settings.search_table, Item=aws.dynamodb_item(item))
+    _put(settings, item)
     return item
+
+
+def _put(settings: Any, item: dict[str, Any]) -> None:
+    aws.client("dynamodb").put_item(TableName=settings.search_table, Item=aws.dynamodb_item(item))
 

@@ -6,6 +6,7 @@ line, destroy leaves nothing behind."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from urllib.parse import urlsplit
@@ -18,6 +19,7 @@ from waiting import wait_for
 from dicomflow import aws
 from dicomflow.cli.infra import infra
 from dicomflow.cli.label import start as label_start
+from dicomflow.config import runtime
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
 from dicomflow.groundtruth import job_request, manifest, signing
@@ -26,6 +28,8 @@ from dicomflow.groundtruth.labels import CHEXPERT_CLASSES
 from dicomflow.inference import endpoint as ep
 from dicomflow.infra import deployment, emulator_fixups, package, stack
 from dicomflow.infra.errors import InfraError
+from dicomflow.search import ingest
+from dicomflow.search.reports import RuleEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 STACK = "dicomflow-itest"
@@ -236,3 +240,10 @@ def _ingestion_ends_in_the_table_the_thumbnails_and_the_dlq(out: dict, image) ->
              0.5)
     assert _item(table, pk)["thumbnail"]["S"] == thumb
     assert len(aws.list_keys(out["SearchOutputUri"] + "thumbnails/", ".png")) == 1
+    # an embedding endpoint that is not there: the item and thumbnail are kept, the failure named in both
+    settings = dataclasses.replace(runtime(), search_table=table, search_output_uri=out["SearchOutputUri"],
+                                   search_endpoint="no-such-endpoint")
+    with pytest.raises(ingest.IngestError, match="not embedded by no-such-endpoint: endpoint no-such-endpoint not"):
+        ingest.ingest_object(bucket, "incoming/chest.dcm", settings, RuleEngine(), embed_timeout_s=5)
+    kept = _item(table, pk)
+    assert "no-such-endpoint" in kept["embeddingError"]["S"] and kept["thumbnail"]["S"] == thumb
