@@ -60,5 +60,7 @@ def test_oversized_inline_body_is_413() -> None:
 
 
 def test_wrong_content_type_is_400() -> None:
-    with pytest.raises(BadRequest, match="application/json"):
-        parse_request(b"{}", "application/dicom")
+    with pytest.raises(BadRequest, match="as application/json, or one DICOM image as application/dicom"):
+        parse_request(b"{}", "text/csv")
+    with pytest.raises(BadRequest, match="not a DICOM object"):  # a study JSON sent as an image
+        parse_request(b'{"studyInstanceUID": "1.2.3"}', "application/dicom")
