@@ -328,9 +328,7 @@ def add_reports(ctx: click.Context, source: str | None, engine: str, reports_pat
     if not count:
         raise ri.ReportIndexError(f"no report file (*.json) in {where}")
     reader = RuleEngine() if engine == "rules" else ComprehendMedicalEngine(aws.client("comprehendmedical"))
-    with ri.open_report_index(_reports_path(ctx, reports_path)) as ix, Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=as_json) as bar:
+    with ri.open_report_index(_reports_path(ctx, reports_path)) as ix, _bar(as_json) as bar:
         task = bar.add_task(f"indexing reports ({engine} for those without an analysis)", total=count)
         summary = ri.add_report_records(ix, records, reader, progress=lambda: bar.advance(task))
     if not summary["added"]:
