@@ -130,6 +130,23 @@ def write(uri: str, body: bytes, content_type: str = "application/octet-stream",
         raise _failed("write", uri, exc) from None
 
 
+def plain_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A DynamoDB item as a plain record (the inverse of :func:`dynamodb_item`): ``N`` an int or float,
+    ``BOOL`` a bool, ``SS`` a sorted list of strings, ``S`` its text."""
+    out: dict[str, Any] = {}
+    for key, value in item.items():
+        if "N" in value:
+            number = float(value["N"])
+            out[key] = int(number) if number.is_integer() and "." not in value["N"] else number
+        elif "BOOL" in value:
+            out[key] = bool(value["BOOL"])
+        elif "SS" in value:
+            out[key] = sorted(value["SS"])
+        else:
+            out[key] = value.get("S")
+    return out
+
+
 def dynamodb_item(record: dict[str, Any]) -> dict[str, Any]:
     """A plain record as DynamoDB attribute values: numbers ``N``, booleans ``BOOL``, non-empty lists of
     strings ``SS``, anything else its text ``S``; None and empty lists are left out (DynamoDB has no empty set)."""

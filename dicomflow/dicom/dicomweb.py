@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import http.client
+import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -136,6 +137,18 @@ def connect(
 # ---- errors -----------------------------------------------------------------------------------------
 def _base_url(client: DICOMClient) -> str:
     return str(getattr(client, "base_url", "the PACS"))
+
+
+def instance_url(client: DICOMClient, study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The WADO-RS address of one instance on the client's PACS (no credentials: they are never in a URL)."""
+    return f"{_base_url(client).rstrip('/')}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+
+
+def dataset_bytes(ds: pydicom.Dataset) -> bytes:
+    """A dataset as a DICOM Part 10 file (file meta added where missing)."""
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ensure_file_meta(ds), enforce_file_format=True)
+    return buf.getvalue()
 
 
 @contextlib.contextmanager

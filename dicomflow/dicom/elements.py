@@ -16,6 +16,20 @@ MANUFACTURER = "dicomflow"
 NON_IMAGE_MODALITIES = frozenset({"SR", "SEG", "KO", "PR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG",
                                   "DOC", "AU", "ECG", "FID", "PLAN", "RWV"})
 
+#: SOP classes no model analyses and search does not index: results (SR of every kind, SEG, encapsulated
+#: PDF, key objects).
+RESULT_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
+    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.35", "1.2.840.10008.5.1.4.1.1.88.59",
+})
+
+
+def is_result(sop_class: str, manufacturer: str) -> bool:
+    """An object a system wrote as a result (an SR, SEG, PDF or key-object SOP class) or dicomflow wrote."""
+    return sop_class in RESULT_SOP_CLASSES or manufacturer == MANUFACTURER
+
 
 def stored_value(ds: Dataset, tag: int) -> object:
     """The element's value as ``ds`` holds it (raw bytes until something reads it), None if absent.

@@ -33,20 +33,13 @@ from dicomflow import aws
 from dicomflow.config import runtime
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
-from dicomflow.dicom.elements import MANUFACTURER, NON_IMAGE_MODALITIES
+from dicomflow.dicom.elements import NON_IMAGE_MODALITIES, is_result
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.routing.rules import Rule, Rules, SeriesInfo, load_rules, parse_rules
 
 log = logging.getLogger("dicomflow.router")
 
-#: SOP classes no model analyses: results (SR of every kind, SEG, encapsulated PDF, key objects).
-RESULT_SOP_CLASSES = frozenset({
-    "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
-    "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
-    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
-    "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.35", "1.2.840.10008.5.1.4.1.1.88.59",
-})
 PENDING, INVOKED, DONE, FAILED = "pending", "invoked", "done", "failed"
 
 
@@ -124,7 +117,7 @@ def study_series(client: Any, study_uid: str) -> list[SeriesInfo]:
 
 
 def is_own_result(s: SeriesInfo) -> bool:
-    return s.sop_class in RESULT_SOP_CLASSES or s.manufacturer == MANUFACTURER
+    return is_result(s.sop_class, s.manufacturer)
 
 
 def model_version(endpoint: str, target: str | None) -> str:
@@ -148,10 +141,6 @@ class EndpointMissing(RoutingError):
 
 
 # ---- the ledger (DynamoDB) ----------------------------------------------------------------------
-
-def _plain(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: int(v["N"]) if "N" in v else v.get("S") for k, v in item.items()}
-
 
 def claim(key: str, record: dict[str, Any], again: tuple[str, ...]) -> bool:
     """Write the analysis as pending unless it exists for the same model in a status not in ``again``;
@@ -188,7 +177,7 @@ def records(study_uid: str | None = None, table: str | None = None) -> list[dict
     if study_uid:
         args.update(FilterExpression="#st = :st", ExpressionAttributeNames={"#st": "study"},
                     ExpressionAttributeValues={":st": {"S": study_uid}})
-    rows = [_plain(i) for page in db.get_paginator("scan").paginate(**args) for i in page["Items"]]
+    rows = [aws.plain_item(i) for page in db.get_paginator("scan").paginate(**args) for i in page["Items"]]
     return sorted(rows, key=lambda r: r.get("updatedAt", ""), reverse=True)
 
 

@@ -13,7 +13,6 @@ Patient IDs are replaced by a one-way hash (``patient``) - the channel holds no 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import threading
@@ -113,10 +112,7 @@ class _Stager:
             self.staged += 1
 
     def _put_dataset(self, key: str, ds: pydicom.Dataset) -> None:
-        buf = io.BytesIO()
-        ds = dicomweb.ensure_file_meta(ds)
-        pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-        self._put(key, buf.getvalue(), "application/dicom")
+        self._put(key, dicomweb.dataset_bytes(ds), "application/dicom")
 
     def _skip(self, n: int = 1) -> None:
         with self._lock:

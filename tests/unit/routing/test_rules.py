@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from dicomflow.routing.router import RESULT_SOP_CLASSES, is_own_result
+from dicomflow.dicom.elements import RESULT_SOP_CLASSES
+from dicomflow.routing.router import is_own_result
 from dicomflow.routing.rules import RulesError, SeriesInfo, parse_rules
 
 GOOD = """\
