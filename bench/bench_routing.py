@@ -84,7 +84,7 @@ def main() -> None:
             Environment={"Variables": {"DICOMFLOW_PACS_URL": pacs.url, "DICOMFLOW_PACS_SECRET_ARN": secret,
                                        "DICOMFLOW_ROUTING_RULES": "s3://bench-routing/rules.yaml",
                                        "DICOMFLOW_ROUTING_TABLE": "bench-routing"}})
-        feed = StableStudyFeed(OrthancRest(pacs), "bench-router", cloud.home / "changes.json")
+        feed = StableStudyFeed(OrthancRest(pacs), ["bench-router"], cloud.home / "changes.json")
         feed.skip_to_now()
         stop = threading.Event()
         threading.Thread(target=feed.run, args=(stop, 0.2), daemon=True).start()

@@ -181,10 +181,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("search_dlq", "DICOMFLOW_SEARCH_DLQ", doc="SQS queue URL where objects that cannot be ingested go"),
     Variable("search_endpoint", "DICOMFLOW_SEARCH_ENDPOINT",
              doc="the classification endpoint ingestion embeds each image with (none: no embedding at ingestion)"),
+    Variable("search_embed_modalities", "DICOMFLOW_SEARCH_EMBED_MODALITIES", "list", ("CR", "DX"),
+             doc="the modalities ingestion embeds (the embedding model's own; others get an item and thumbnail)"),
     Variable("report_engine", "DICOMFLOW_REPORT_ENGINE", ("rules", "comprehend-medical"), "rules",
              doc="what reads reports: the local rule engine or Amazon Comprehend Medical InferICD10CM"),
     Variable("search_opensearch_url", "DICOMFLOW_SEARCH_OPENSEARCH_URL",
              doc="an Amazon OpenSearch domain (https://) that holds the image index instead of the data dir"),
+    Variable("search_index_dir", "DICOMFLOW_SEARCH_INDEX_DIR",
+             doc="the embedded image index ingestion writes each embedding into (the local cloud sets its data "
+                 "dir's; on AWS ingestion writes DICOMFLOW_SEARCH_OPENSEARCH_URL's index instead)"),
     Variable("search_opensearch_index", "DICOMFLOW_SEARCH_OPENSEARCH_INDEX", default="dicomflow-images",
              doc="the OpenSearch index of the image embeddings"),
     Variable("search_opensearch_reports_index", "DICOMFLOW_SEARCH_OPENSEARCH_REPORTS_INDEX",
@@ -266,8 +271,10 @@ class Runtime:
     search_output_uri: str | None
     search_dlq: str | None
     search_endpoint: str | None
+    search_embed_modalities: tuple[str, ...]
     report_engine: str
     search_opensearch_url: str | None
+    search_index_dir: str | None
     search_opensearch_index: str
     search_opensearch_reports_index: str
     aws_snapshot_seconds: float

@@ -19,6 +19,12 @@ def data_dir(explicit: str | Path | None = None) -> Path:
     chosen = explicit or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
     return Path(chosen).expanduser().absolute()
 
+
+def image_index_dir(data: Path) -> Path:
+    """The embedded image index of a data dir (what ``dicomflow search`` and the local cloud's ingestion use)."""
+    return Path(data) / "search" / "images"
+
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 

@@ -205,7 +205,9 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
         ro = r["routing"]
         console.print(Panel.fit(
             f"{ro['studies']} held-out MR series sent by C-STORE were analysed by the router with no inference "
-            f"call (rules {ro['rules']}; `dicomflow route status` lists each analysis)",
+            f"call (rules {ro['rules']}; `dicomflow route status` lists each analysis), and their "
+            f"{ro.get('searchItems', 0)} images have search items and thumbnails (the search ingestion Lambda "
+            "got the same stable-study events)",
             title="auto-routing", border_style="cyan"), highlight=False)
     if "multiModel" in r:
         mm = r["multiModel"]
@@ -229,8 +231,8 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"{ing['images']} held-out chest images and {ing['reports']} reports put into the ingest bucket became "
             f"items of {ing['table']} (the search ingestion Lambda); {len(ing['thumbnails'])} thumbnails in "
             f"{ing['output']}thumbnails/; {ing['embedded']} images embedded by the Lambda through the chest "
-            f"endpoint, loaded into the image index with the same vectors as the endpoint path (largest "
-            f"difference {ing['maxVectorDifference']:.1e})\n"
+            f"endpoint and written by it into the image index ({ing['indexedByLambda']} of them), with the "
+            f"same vectors as the endpoint path (largest difference {ing['maxVectorDifference']:.1e})\n"
             f"backfill: dicomflow search ingest --from {ing['prefix']} --stack {ing['stack']}",
             title="search ingestion", border_style="cyan"), highlight=False)
     if "imageSearch" in r:

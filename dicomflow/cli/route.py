@@ -25,23 +25,30 @@ def route() -> None:
 
 @route.command()
 @function_option
+@click.option("--search-function", envvar="DICOMFLOW_SEARCH_INGEST_FUNCTION", metavar="ARN",
+              help="Also deliver each stable study to the search ingestion Lambda (the stack's "
+                   "SearchIngestFunctionArn): its images get search items, thumbnails and embeddings "
+                   "[env DICOMFLOW_SEARCH_INGEST_FUNCTION].")
 @click.option("--from-start", is_flag=True, help="Also deliver the studies already in the change log.")
 @click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.1, 60),
               help="Seconds between polls.")
 @click.pass_context
-def watch(ctx: click.Context, function: str, from_start: bool, interval: float) -> None:
-    """Feed the local Orthanc's stable studies to the router.
+def watch(ctx: click.Context, function: str, search_function: str | None, from_start: bool, interval: float
+          ) -> None:
+    """Feed the local Orthanc's stable studies to the router (and search ingestion).
 
-    Reads Orthanc's change log and invokes the router Lambda for each StableStudy, until Ctrl-C; the
-    position is kept in the data dir, so a restart goes on where it stopped."""
+    Reads Orthanc's change log and invokes the router Lambda (then the search ingestion Lambda, with
+    --search-function) for each StableStudy, until Ctrl-C; the position is kept in the data dir, so a
+    restart goes on where it stopped."""
     from dicomflow.dicom.orthanc import OrthancRest
     from dicomflow.routing.feed import feed_for
 
     settings = settings_from(ctx)
-    feed = feed_for(settings.data_dir, OrthancRest(pacs_for(settings)), function, runtime().routing_dlq)
+    functions = [function, *([search_function] if search_function else [])]
+    feed = feed_for(settings.data_dir, OrthancRest(pacs_for(settings)), functions, runtime().routing_dlq)
     if not from_start and feed.position() == 0:
         feed.skip_to_now()
-    console.print(f"watching {settings.orthanc_url} for stable studies -> {function} (from change "
+    console.print(f"watching {settings.orthanc_url} for stable studies -> {', '.join(functions)} (from change "
                   f"{feed.position()}; Ctrl-C stops)", highlight=False, soft_wrap=True)
     stop = threading.Event()
     try:

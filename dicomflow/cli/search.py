@@ -15,6 +15,7 @@ from dicomflow.cli.deploy import studies_from, study_request
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.infra.stack import DEFAULT_STACK
+from dicomflow.paths import image_index_dir
 from dicomflow.search import report_index as ri
 from dicomflow.search.embeddings import model_of
 from dicomflow.search.images import (
@@ -30,7 +31,7 @@ from dicomflow.search.vectors import MAX_K, ImageIndexError
 
 
 def _index_dir(ctx: click.Context, given: str | None) -> Path:
-    return Path(given) if given else settings_from(ctx).data_dir / "search" / "images"
+    return Path(given) if given else image_index_dir(settings_from(ctx).data_dir)
 
 
 index_option = click.option("--index", "index_dir", type=click.Path(file_okay=False),
@@ -177,8 +178,8 @@ def ingest(ctx: click.Context, source: str, endpoint: str | None, study_uids: tu
 
 def _ingest_s3(prefix: str, outputs: dict[str, str], endpoint: str | None, timeout: float, where: Path,
                reports_path: Path, as_json: bool) -> dict[str, Any]:
-    """The ingestion Lambda's work over every object under ``prefix``, then its embeddings and report analyses
-    into the local indexes."""
+    """The ingestion Lambda's work over every object under ``prefix`` (each embedding into the image index at
+    ``where``, or OpenSearch's), then the report analyses into the report index."""
     import dataclasses
 
     from dicomflow.config import runtime
@@ -187,7 +188,8 @@ def _ingest_s3(prefix: str, outputs: dict[str, str], endpoint: str | None, timeo
 
     try:
         settings = dataclasses.replace(runtime(), search_table=outputs["SearchTableName"],
-                                       search_output_uri=outputs["SearchOutputUri"], search_endpoint=endpoint)
+                                       search_output_uri=outputs["SearchOutputUri"], search_endpoint=endpoint,
+                                       search_index_dir=str(where))
     except KeyError as exc:
         raise ImageIndexError(f"the stack has no output {exc}; update it with 'dicomflow infra deploy'") from None
     uris = aws.list_keys(prefix)
@@ -210,7 +212,9 @@ def _ingest_s3(prefix: str, outputs: dict[str, str], endpoint: str | None, timeo
                                "embedded": len(embedded), "reports": len(items) - len(images), "failed": failed,
                                "table": settings.search_table}
     if embedded:
-        summary["imageIndex"] = fill_index(read_records(embedded), len(embedded), where).as_dict()
+        with open_image_index(where) as ix:
+            summary["imageIndex"] = {"index": str(where), "model": ix.model, "indexed": len(embedded),
+                                     "images": len(ix)}
     analyses = [f"{settings.search_output_uri.rstrip('/')}/reports/{i['studyInstanceUID']}.json"
                 for i in items if i["kind"] == "report"]
     if analyses:

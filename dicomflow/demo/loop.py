@@ -13,7 +13,6 @@ through the real worker portal and template, so the consolidation Lambda has rea
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import threading
@@ -35,6 +34,7 @@ from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import instance_id, orthanc_id
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
+from dicomflow.paths import image_index_dir
 from dicomflow.search.reports import RuleEngine, report_findings
 from dicomflow.training.channel import MANIFEST, channel_uri
 
@@ -505,7 +505,8 @@ def route_new_studies(ctx: DemoContext, hooks: Hooks) -> list[dict[str, Any]]:
 
     aws.write(ctx.outputs["RoutingRulesUri"], routing_rules(ctx).encode(), "application/yaml")
     settings, table = ctx.settings, ctx.outputs["RoutingTableName"]
-    feed = feed_for(settings.data_dir, OrthancRest(ctx.pacs), ctx.outputs["RouterFunctionArn"],
+    feed = feed_for(settings.data_dir, OrthancRest(ctx.pacs),
+                    [ctx.outputs["RouterFunctionArn"], ctx.outputs["SearchIngestFunctionArn"]],
                     ctx.outputs["RoutingDeadLetterQueueUrl"])
     feed.skip_to_now()
     stop = threading.Event()
@@ -537,8 +538,9 @@ def route_new_studies(ctx: DemoContext, hooks: Hooks) -> list[dict[str, Any]]:
                         break
                     if not rows and not asked and time.monotonic() - sent_at > REDELIVER_AFTER_S:
                         # a re-run: Orthanc kept the instances from before, so the study did not change
-                        aws.client("lambda").invoke(FunctionName=ctx.outputs["RouterFunctionArn"],
-                                                    Payload=json.dumps({"studyInstanceUID": study.study_uid}).encode())
+                        for function in ("RouterFunctionArn", "SearchIngestFunctionArn"):
+                            aws.client("lambda").invoke(FunctionName=ctx.outputs[function], Payload=json.dumps(
+                                {"studyInstanceUID": study.study_uid}).encode())
                         asked, redelivered = True, redelivered + 1
                     if time.monotonic() > deadline:
                         raise DemoError(f"no routed result for study {study.study_uid} after "
@@ -548,14 +550,32 @@ def route_new_studies(ctx: DemoContext, hooks: Hooks) -> list[dict[str, Any]]:
                                 "output": json.loads(aws.read(done["outputLocation"])),
                                 "location": done["outputLocation"]})
                 st.update(completed=n)
+        items = wait_for_search_items(ctx, [ds for s in ctx.hippo_holdout for ds in s.datasets], deadline)
     finally:
         stop.set()
         watcher.join(timeout=5)
     ctx.results["seed"]["sentByDimse"] = len(ctx.hippo_holdout)
     ctx.results["routed"] = results
     ctx.results["routing"] = {"studies": len(results), "redelivered": redelivered,
-                              "rules": ctx.outputs["RoutingRulesUri"]}
+                              "rules": ctx.outputs["RoutingRulesUri"], "searchItems": len(items),
+                              "searchThumbnails": sum(1 for i in items if i.get("thumbnail"))}
     return results
+
+
+def wait_for_search_items(ctx: DemoContext, datasets: list[Any], deadline: float) -> list[dict[str, Any]]:
+    """The search table's item of each image (the search ingestion Lambda writes them on the stable-study
+    event), waited for until ``deadline`` (monotonic)."""
+    table, dynamodb = ctx.outputs["SearchTableName"], aws.client("dynamodb")
+    items = []
+    for ds in datasets:
+        key = {"pk": {"S": f"image#{ds.SOPInstanceUID}"}}
+        while not (got := dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")):
+            if time.monotonic() > deadline:
+                raise DemoError(f"no search item for image {ds.SOPInstanceUID} of study {ds.StudyInstanceUID}; "
+                                f"see the search ingestion Lambda's log and {ctx.outputs['SearchDeadLetterQueueUrl']}")
+            time.sleep(0.5)
+        items.append(aws.plain_item(got))
+    return items
 
 
 def study_request(ctx: DemoContext, study_uid: str, outputs: list[str]) -> dict[str, Any]:
@@ -595,14 +615,18 @@ def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """The held-out chest studies' images and reports put into the stack's ingest bucket, as a RIS and an
     archive export would drop them; the search ingestion Lambda turns each into its item in the search
-    table (with a thumbnail and the chest endpoint's embedding, or the report's codes). Waits for every item;
-    nothing may be dead-lettered. The Lambda's embeddings are then loaded into the image index
-    (``dicomflow search index --from``), which already holds the same images from :func:`index_images`:
-    the two paths must give the same vectors."""
-    from dicomflow.search.images import fill_index, read_records
+    table (with a thumbnail and the chest endpoint's embedding, or the report's codes) and writes each
+    embedding into the image index. The index held these images from :func:`index_images`; they are taken
+    out first, so what is back is what the Lambda wrote, and the two paths must give the same vectors.
+    Waits for every item; nothing may be dead-lettered."""
     from dicomflow.search.ingest import image_item
     from dicomflow.search.vectors import VectorIndex
 
+    where = image_index_dir(ctx.settings.data_dir)
+    sops = [str(s.datasets[0].SOPInstanceUID) for s in ctx.chest_holdout]
+    with VectorIndex.open(where) as ix:
+        before = {u: ix.vector_of(u) for u in sops}
+        ix.remove(sops)
     bucket, table = ctx.outputs["SearchIngestBucket"], ctx.outputs["SearchTableName"]
     reports = seeding.reports_dir(ctx.settings.data_dir)
     s3, dynamodb = aws.client("s3"), aws.client("dynamodb")
@@ -610,9 +634,7 @@ def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     prefix = f"demo/{ctx.config.tag}/"
     for s in ctx.chest_holdout:
         ds = s.datasets[0]
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
-        s3.put_object(Bucket=bucket, Key=f"{prefix}{s.study_uid}.dcm", Body=buf.getvalue())
+        s3.put_object(Bucket=bucket, Key=f"{prefix}{s.study_uid}.dcm", Body=dicomweb.dataset_bytes(ds))
         keys.append(image_item(ds, "")["pk"])
         report = reports / f"{s.study_uid}.json"
         if report.exists():
@@ -642,18 +664,16 @@ def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     embeddings = [v["embedding"]["S"] for v in images if "embedding" in v]
     if len(embeddings) != len(images):
         raise DemoError(f"the ingestion Lambda embedded {len(embeddings)} of {len(images)} images")
-    where = ctx.settings.data_dir / "search" / "images"
     with VectorIndex.open(where) as ix:
-        before = {u: ix.vector_of(u) for u in (v["sopInstanceUID"]["S"] for v in images)}
-    loaded = fill_index(read_records(embeddings), len(embeddings), where)
-    with VectorIndex.open(where) as ix:
-        after = {u: ix.vector_of(u) for u in before}
+        after = {u: ix.vector_of(u) for u in sops if ix.study_of(u)}
         size = len(ix)
+    if len(after) != len(sops):
+        raise DemoError(f"the ingestion Lambda indexed {len(after)} of {len(sops)} images into {where}")
     ctx.results["ingestion"] = {
         "table": table, "images": len(images), "reports": len(items) - len(images), "prefix": f"s3://{bucket}/{prefix}",
         "stack": ctx.config.stack,
         "thumbnails": sorted({v["thumbnail"]["S"] for v in images}), "embedded": len(embeddings),
-        "embeddings": embeddings, "loaded": loaded.as_dict(), "indexSize": size,
+        "embeddings": embeddings, "indexedByLambda": len(after), "indexSize": size,
         "maxVectorDifference": max(float(np.max(np.abs(after[u] - before[u]))) for u in before),
         "output": ctx.outputs["SearchOutputUri"]}
     return ctx.results["ingestion"]
@@ -666,7 +686,7 @@ def index_images(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     from dicomflow.search.images import index_studies
     from dicomflow.search.vectors import VectorIndex
 
-    where = ctx.settings.data_dir / "search" / "images"
+    where = image_index_dir(ctx.settings.data_dir)
     bodies = {s.study_uid: {**study_request(ctx, s.study_uid, ["embedding"]), "storeToPacs": False,
                             "outputS3Uri": ctx.outputs["SearchOutputUri"]} for s in ctx.chest}
     with hooks.step("embed the chest studies into the image index", total=len(bodies)) as st:

@@ -9,6 +9,10 @@ An index is a directory (0700: it holds study identifiers) with two files:
 * ``images.usearch`` - the HNSW graph (usearch, cosine), derived from the rows and rebuilt from them
   when it is missing or does not match them (its generation is recorded beside the rows).
 
+Writers in several processes (the local cloud's ingestion Lambdas, the CLI) take turns: each write holds
+an exclusive lock on ``write.lock`` in the directory, first catches up with what others wrote since it
+loaded the graph, then commits the rows and saves the graph.
+
 Small indexes are searched exactly, large ones through the graph (``EXACT_BELOW``). Results carry
 their rank (1 = nearest) and score (cosine similarity, 1 = same direction); the query
 image is never among them, nor by default the other images of its study.
@@ -16,11 +20,13 @@ image is never among them, nor by default the other images of its study.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,9 @@ from dicomflow.search.embeddings import ImageIndexError
 
 DB_FILE = "images.sqlite"
 GRAPH_FILE = "images.usearch"
+LOCK_FILE = "write.lock"
+#: Seconds a connection waits for another process's SQLite transaction.
+BUSY_TIMEOUT_S = 30.0
 MAX_K = 1000
 #: Up to this many vectors a query compares against all of them (exact, and about as fast as the HNSW
 #: graph there: see bench/bench_vectors.py); above it the graph answers (approximate, much faster).
@@ -131,6 +140,7 @@ class VectorIndex:
         self._db = db
         self.model = model
         self.dimensions = dimensions
+        self._loaded = self._generation()
         self._graph = self._load_graph()
 
     # ---- opening -------------------------------------------------------------------------------
@@ -145,7 +155,7 @@ class VectorIndex:
         private_dir(path)
         db_path = path / DB_FILE
         try:
-            db = sqlite3.connect(db_path)
+            db = sqlite3.connect(db_path, timeout=BUSY_TIMEOUT_S)
             os.chmod(db_path, PRIVATE_FILE_MODE)
             db.executescript(_SCHEMA)
             columns = {row[1] for row in db.execute("PRAGMA table_info(images)")}
@@ -215,6 +225,25 @@ class VectorIndex:
         (self.directory / (GRAPH_FILE + ".generation")).write_text(self._generation() + "\n")
 
     # ---- writing -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """This process's turn to write: an exclusive lock, and the graph of the rows as they are now."""
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, PRIVATE_FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            now = self._generation()
+            if now != self._loaded:  # another process wrote since this one loaded the graph
+                self._loaded, self._graph = now, self._load_graph()
+            try:
+                yield
+            except BaseException:  # the rows were rolled back: the graph in memory follows them again
+                self._graph = self._load_graph()
+                raise
+            self._loaded = self._generation()
+            self._save_graph()
+        finally:
+            os.close(fd)  # releases the lock
+
     def add(self, items: Iterable[ImageVector]) -> int:
         """Insert or replace images (by SOP Instance UID); returns how many were written."""
         rows = []
@@ -222,7 +251,7 @@ class VectorIndex:
             rows.append((item, checked_row(item, self.dimensions)))
         if not rows:
             return 0
-        with self._db:
+        with self._writing(), self._db:
             old = self._keys_of([item.sop_uid for item, _ in rows])
             for key in old:
                 self._graph.remove(key)
@@ -236,8 +265,7 @@ class VectorIndex:
                   json.dumps(list(i.labels)), i.thumbnail, v.tobytes())
                  for key, (i, v) in zip(keys, rows, strict=True)])
             self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        self._graph.add(np.asarray(keys, dtype=np.uint64), np.stack([v for _, v in rows]))
-        self._save_graph()
+            self._graph.add(np.asarray(keys, dtype=np.uint64), np.stack([v for _, v in rows]))
         return len(rows)
 
     def remove(self, sop_uids: Iterable[str]) -> int:
@@ -245,13 +273,12 @@ class VectorIndex:
         uids = list(sop_uids)
         if not uids:
             return 0
-        with self._db:
+        with self._writing(), self._db:
             keys = self._keys_of(uids)
             self._db.execute("DELETE FROM images WHERE key IN (SELECT value FROM json_each(?))", (json.dumps(keys),))
             self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        for key in keys:
-            self._graph.remove(key)
-        self._save_graph()
+            for key in keys:
+                self._graph.remove(key)
         return len(keys)
 
     def _keys_of(self, sop_uids: list[str]) -> list[int]:

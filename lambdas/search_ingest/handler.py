@@ -1,12 +1,22 @@
-"""Search ingestion Lambda: S3 ObjectCreated -> metadata in DynamoDB, thumbnails and report analyses in S3.
+"""Search ingestion Lambda: S3 ObjectCreated, or a study turned stable in the PACS -> metadata in DynamoDB,
+thumbnails, embeddings and report analyses in S3.
 
-Event: an S3 event notification (``Records[].s3.bucket.name`` / ``.s3.object.key``, URL-encoded). An object
+Events:
+
+* a "study stable" event, ``{"studyInstanceUID": UID}`` (what the router gets; locally the stable-study feed
+  delivers it to both): every image of the study, read from the *configured* PACS over DICOMweb (its
+  credentials from its secret; an event cannot name another PACS), is ingested as an image object below,
+  its item's ``source`` the instance's WADO-RS address. Series of results (SR, SEG, PDF) are skipped. A
+  PACS that cannot be read fails the invocation (the sender tries again); an image that fails is
+  dead-lettered (``{"study", "sopInstanceUID", "reason"}``) and the others go on;
+* an S3 event notification (``Records[].s3.bucket.name`` / ``.s3.object.key``, URL-encoded). An object
 whose key ends in ``.json`` is a report file (``{"StudyInstanceUID", "AccessionNumber", "text"}``); any other
 is read as DICOM (:mod:`dicomflow.search.ingest`). Per object:
 
 * image -> its item in ``DICOMFLOW_SEARCH_TABLE`` (key ``image#<SOPInstanceUID>``) naming its thumbnail,
   ``<DICOMFLOW_SEARCH_OUTPUT_URI>thumbnails/<sha256>.png`` (content-addressed: stored once); with
-  ``DICOMFLOW_SEARCH_ENDPOINT`` (a classification endpoint) also its embedding,
+  ``DICOMFLOW_SEARCH_ENDPOINT`` (a classification endpoint) also, for the modalities of
+  ``DICOMFLOW_SEARCH_EMBED_MODALITIES`` (default CR, DX), its embedding,
   ``<DICOMFLOW_SEARCH_OUTPUT_URI>embeddings/<SOPInstanceUID>.json`` (which ``dicomflow search index --from``
   loads into the configured index);
 * report -> its item (key ``report#<StudyInstanceUID>``: the codes it asserts, denies and is unsure of) and
@@ -27,6 +37,9 @@ from urllib.parse import unquote_plus
 
 from dicomflow import aws
 from dicomflow.config import runtime
+from dicomflow.credentials import pacs_connection
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.search import ingest
 from dicomflow.search.reports import ComprehendMedicalEngine, RuleEngine
@@ -63,12 +76,12 @@ def _embed_budget(context: Any) -> float:
     return max(5.0, left() / 1000 - 15) if callable(left) else 240.0
 
 
-def _dead_letter(settings: Any, bucket: str, key: str, reason: str) -> None:
-    body = json.dumps({"bucket": bucket, "key": key, "reason": reason})
+def _dead_letter(settings: Any, letter: dict[str, str]) -> None:
+    body = json.dumps(letter)
     try:
         aws.client("sqs").send_message(QueueUrl=settings.search_dlq, MessageBody=body)
     except Exception:  # the DLQ itself failing must not hide the object's own failure
-        log.exception("could not dead-letter %s", key)
+        log.exception("could not dead-letter %s", letter.get("key") or letter.get("sopInstanceUID"))
         raise
 
 
@@ -77,6 +90,8 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
     if not (settings.search_table and settings.search_output_uri and settings.search_dlq):
         raise DicomflowError("DICOMFLOW_SEARCH_TABLE, DICOMFLOW_SEARCH_OUTPUT_URI and DICOMFLOW_SEARCH_DLQ must "
                              "be set (the stack sets them)")
+    if isinstance(event, dict) and "studyInstanceUID" in event:
+        return _stable_study(event, settings, context)
     try:
         objects = _objects(event)
     except ingest.IngestError as exc:
@@ -90,7 +105,23 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
             done.append(item["pk"])
         except DicomflowError as exc:
             log.warning("not ingested: %s", exc)
-            _dead_letter(settings, bucket, key, str(exc))
+            _dead_letter(settings, {"bucket": bucket, "key": key, "reason": str(exc)})
             failed.append({"key": key, "reason": str(exc)})
     log.info("ingested %d object(s), %d dead-lettered", len(done), len(failed))
     return {"ingested": done, "failed": failed}
+
+
+def _stable_study(event: dict[str, Any], settings: Any, context: Any) -> dict[str, Any]:
+    study = event.get("studyInstanceUID")
+    if not isinstance(study, str) or not is_uid(study):
+        return {"error": f"studyInstanceUID {study!r} is not a DICOM UID"}
+    if event.get("pacs") not in (None, "default"):
+        return {"error": "search ingestion reads only its configured PACS; leave pacs out of the event"}
+    client = dicomweb.connect(pacs_connection())
+    run = ingest.ingest_study(client, study, settings, embed_timeout_s=_embed_budget(context))
+    for failure in run.failed:
+        log.warning("not ingested: %s", failure["reason"])
+        _dead_letter(settings, {"study": study, **failure})
+    log.info("study %s: ingested %d image(s), %d dead-lettered, %d series skipped", study, len(run.items),
+             len(run.failed), len(run.skipped))
+    return run.as_dict()

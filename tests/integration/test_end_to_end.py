@@ -121,6 +121,9 @@ def test_whole_loop_small(local_cloud) -> None:
     routed = loop.route_new_studies(ctx, hooks)
     assert sorted(r["study"].study_uid for r in routed) == sorted(s.study_uid for s in ctx.hippo_holdout)
     assert ctx.results["routing"]["redelivered"] == 0  # every study reached the router through its stable event
+    # ... and the search ingestion Lambda: an item with a thumbnail for every image of those series
+    held_out_images = sum(len(s.datasets) for s in ctx.hippo_holdout)
+    assert ctx.results["routing"]["searchItems"] == ctx.results["routing"]["searchThumbnails"] == held_out_images
     inf = loop.run_inference(ctx, hooks)
     for task, dep in deployed.items():
         assert _keys(dep["output_path"]), f"no async output for {task} in {dep['output_path']}"
@@ -181,11 +184,12 @@ def test_whole_loop_small(local_cloud) -> None:
     cli = _cli(ctx, "search", "similar", "--study", query["study"], "-k", "5", "--json")
     assert [n["sopInstanceUID"] for n in cli["neighbours"]] == [n["sopInstanceUID"] for n in query["neighbours"]]
     # search ingestion: the held-out chest images and their reports, put into the ingest bucket, become items;
-    # the Lambda embeds each image through the chest endpoint, with the vectors the endpoint path gave
+    # the Lambda embeds each image through the chest endpoint into the image index, with the vectors the
+    # endpoint path gave
     ingested = loop.ingest_for_search(ctx, hooks)
     assert (ingested["images"], ingested["reports"]) == (len(ctx.chest_holdout), len(ctx.chest_holdout))
     assert len(ingested["thumbnails"]) == len(ctx.chest_holdout)  # each picture its own content-addressed PNG
-    assert ingested["embedded"] == len(ctx.chest_holdout) and ingested["loaded"]["failed"] == []
+    assert ingested["embedded"] == ingested["indexedByLambda"] == len(ctx.chest_holdout)  # taken out, put back
     assert ingested["indexSize"] == len(ctx.chest) and ingested["maxVectorDifference"] <= 1e-5, ingested
     record = json.loads(aws.read(ingested["embeddings"][0]))
     assert record["model"] == images["model"] and len(record["vector"]) == 1024

@@ -247,3 +247,14 @@ def _ingestion_ends_in_the_table_the_thumbnails_and_the_dlq(out: dict, image) ->
         ingest.ingest_object(bucket, "incoming/chest.dcm", settings, RuleEngine(), embed_timeout_s=5)
     kept = _item(table, pk)
     assert "no-such-endpoint" in kept["embeddingError"]["S"] and kept["thumbnail"]["S"] == thumb
+    # the PACS's stable-study event: the study's image, read from the configured PACS, ends in the same item
+    # (its source now its WADO-RS address) and the same content-addressed thumbnail; the event cannot name a PACS
+    answer = _invoke(out["SearchIngestFunctionArn"], {"studyInstanceUID": study})
+    assert answer["ingested"] == [pk] and answer["failed"] == [], answer
+    from_pacs = _item(table, pk)
+    assert from_pacs["source"]["S"] == (f"{out['PacsDicomwebUrl'].rstrip('/')}/studies/{study}/series/"
+                                        f"{image.SeriesInstanceUID}/instances/{image.SOPInstanceUID}")
+    assert from_pacs["thumbnail"]["S"] == thumb and "embedding" not in from_pacs
+    refused = _invoke(out["SearchIngestFunctionArn"], {"studyInstanceUID": study, "pacs": "https://elsewhere.example"})
+    assert "only its configured PACS" in refused["error"]
+    assert "not a DICOM UID" in _invoke(out["SearchIngestFunctionArn"], {"studyInstanceUID": "1.2.x"})["error"]

@@ -100,7 +100,7 @@ rules:
     _wait("the earlier study's StableStudy", lambda: any(
         c["ChangeType"] == "StableStudy" and orthanc.study_uid(c["ID"]) == before.StudyInstanceUID
         for c in orthanc.changes(max(0, orthanc.last_change() - 20), 100)["Changes"]), 30)
-    feed = StableStudyFeed(orthanc, function, root / "changes.json", dlq)
+    feed = StableStudyFeed(orthanc, [function], root / "changes.json", dlq)
     assert feed.skip_to_now() == orthanc.last_change() > 0
     assert feed.poll() == []
     return {"function": function, "table": table, "dlq": dlq, "endpoints": endpoints, "model": model, "env": env,

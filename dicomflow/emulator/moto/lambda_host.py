@@ -11,8 +11,9 @@ Execution environments, as Lambda keeps them:
 * an environment is one :mod:`dicomflow.emulator.moto.lambda_bootstrap` process run with this
   interpreter (``python -I``, so this virtual environment's site-packages are there, the task root first
   on ``sys.path``), the function's Environment variables, the Lambda reserved variables and
-  ``AWS_ENDPOINT_URL`` / region / credentials pointing at the emulator. Its module-level code runs once
-  (the cold start, reported as ``Init Duration``); later invokes reuse it;
+  ``AWS_ENDPOINT_URL`` / region / credentials pointing at the emulator, and ``DICOMFLOW_SEARCH_INDEX_DIR``
+  at the data dir's embedded image index (where the search ingestion Lambda writes embeddings). Its
+  module-level code runs once (the cold start, reported as ``Init Duration``); later invokes reuse it;
 * a function has up to its reserved concurrency (or ``DICOMFLOW_LAMBDA_CONCURRENCY``) environments; an
   invoke beyond that waits for one to be free. A new version of the function (code, handler, timeout,
   memory, runtime or variables) retires the old environments; one idle for
@@ -56,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomflow.config import runtime
-from dicomflow.paths import data_dir
+from dicomflow.paths import data_dir, image_index_dir
 
 log = logging.getLogger("dicomflow.lambda")
 
@@ -118,6 +119,8 @@ def function_environment(fn: Any, stream: str, root: Path) -> dict[str, str]:
     """What the handler process sees: passthrough basics, the function's variables, reserved ones."""
     env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
     env["AWS_ENDPOINT_URL"] = _config.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL", "")
+    # the local cloud's image index is its data dir's, as a domain's URL is on AWS (the function's own wins)
+    env["DICOMFLOW_SEARCH_INDEX_DIR"] = str(image_index_dir(data_dir()))
     env.update({str(k): str(v) for k, v in (fn.environment_vars or {}).items()})
     env.update({
         "_HANDLER": str(fn.handler),

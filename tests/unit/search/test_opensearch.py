@@ -147,3 +147,41 @@ def test_configuration_selects_the_backend(client, monkeypatch, tmp_path) -> Non
     assert isinstance(remote, OpenSearchVectorIndex) and remote.model == MODEL and remote.name == INDEX
     with pytest.raises(ImageIndexError, match="--rebuild is for the embedded index"):
         images.index_studies("chest", {}, tmp_path / "ix", rebuild=True)
+
+
+def _record(sop: str, vector: list[float]) -> dict:
+    return {"model": MODEL, "sopInstanceUID": sop, "studyInstanceUID": UID.format(100),
+            "seriesInstanceUID": UID.format(101), "accessionNumber": "A-1", "modality": "DX", "viewPosition": "PA",
+            "bodyPart": "CHEST", "labels": ["Edema"], "thumbnail": "s3://b/search/thumbnails/x.png", "vector": vector}
+
+
+def test_ingestion_writes_each_embedding_into_the_configured_index(client, monkeypatch, tmp_path) -> None:
+    """The ingestion Lambda's write (:func:`dicomflow.search.ingest.index_record`): with a domain configured,
+    one bulk index of the SOP UID with the unit vector and the filter fields; else the embedded index of
+    DICOMFLOW_SEARCH_INDEX_DIR; with neither, nothing."""
+    from dataclasses import replace
+
+    from dicomflow.config import runtime
+    from dicomflow.search import ingest, opensearch
+    from dicomflow.search.vectors import VectorIndex
+
+    monkeypatch.delenv("DICOMFLOW_SEARCH_OPENSEARCH_URL", raising=False)
+    monkeypatch.delenv("DICOMFLOW_SEARCH_INDEX_DIR", raising=False)
+    assert ingest.index_record(runtime(), _record(UID.format(1), [3.0, 4.0, 0.0, 0.0])) is False
+    local = replace(runtime(), search_index_dir=str(tmp_path / "ix"))
+    assert ingest.index_record(local, _record(UID.format(1), [3.0, 4.0, 0.0, 0.0])) is True
+    with VectorIndex.open(tmp_path / "ix") as ix:
+        assert ix.model == MODEL and np.allclose(ix.vector_of(UID.format(1)), [0.6, 0.8, 0, 0])
+    with pytest.raises(ImageIndexError, match="holds vectors of chest 3"):
+        other = {**_record(UID.format(2), [1.0, 0, 0, 0]), "model": {"name": "chest", "version": "4"}}
+        ingest.index_record(local, other)
+
+    monkeypatch.setenv("DICOMFLOW_SEARCH_OPENSEARCH_URL", "https://search.example")
+    monkeypatch.setenv("DICOMFLOW_SEARCH_OPENSEARCH_INDEX", INDEX)
+    monkeypatch.setattr(opensearch, "connect", lambda url, region=None: client)
+    Scripted.script += [("HEAD", f"/{INDEX}", 200, {}), ("GET", f"/{INDEX}/_mapping", 200, _mapping()),
+                        ("POST", "/_bulk", 200, {"errors": False, "items": [{"index": {"result": "created"}}]})]
+    assert ingest.index_record(runtime(), _record(UID.format(3), [0.0, 0.0, 2.0, 0.0])) is True
+    action, doc = Scripted.sent[-1]["body"]
+    assert action == {"index": {"_index": INDEX, "_id": UID.format(3)}}
+    assert doc["vector"] == [0.0, 0.0, 1.0, 0.0] and (doc["modality"], doc["labels"]) == ("DX", ["Edema"])

@@ -140,3 +140,40 @@ def test_refusals_name_the_problem(tmp_path: Path) -> None:
         assert ix.similar(np.ones(DIM), k=5) == []  # an empty index answers with no neighbours
     with pytest.raises(ImageIndexError, match="holds vectors of chest 3, not chest 4; re-embed"):
         VectorIndex.open(tmp_path / "ix", model={"name": "chest", "version": "4"}, dimensions=DIM)
+
+
+def _add_one_by_one(where: str, start: int, count: int) -> None:
+    items, _ = _images(start + count, seed=5)
+    with VectorIndex.open(where, model=MODEL, dimensions=DIM) as ix:
+        for item in items[start:]:
+            ix.add([item])
+
+
+def _saved_graph_size(where: Path) -> int:
+    from usearch.index import Index
+
+    return len(Index.restore(str(where / GRAPH_FILE)))
+
+
+def test_writers_in_several_processes_lose_nothing(tmp_path: Path) -> None:
+    """Four processes adding images one at a time (as concurrent ingestion Lambdas do) into one index: every
+    row is there and the saved graph holds all of them (a writer catches up before it writes)."""
+    import multiprocessing
+
+    where = tmp_path / "ix"
+    with VectorIndex.open(where, model=MODEL, dimensions=DIM) as stale:  # opened before the others write
+        procs = [multiprocessing.get_context("spawn").Process(target=_add_one_by_one, args=(str(where), 30 * n, 30))
+                 for n in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+        assert len(stale) == 120 and _saved_graph_size(where) == 120
+        extra, _ = _images(121, seed=5)
+        stale.add([ImageVector(sop_uid=_uid(1, 500), study_uid=_uid(2, 500), vector=extra[0].vector)])
+    assert _saved_graph_size(where) == 121  # the stale writer's graph took in the 120 written meanwhile
+    items, unit = _images(120, seed=5)
+    with VectorIndex.open(where) as ix:
+        assert len(ix) == 121
+        assert np.allclose(ix.vector_of(_uid(1, 77)), unit[77], atol=1e-6)
