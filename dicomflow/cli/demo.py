@@ -174,6 +174,9 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
         if reg:
             metrics.add_row(f"{task} registered", f"{reg['group']} version {reg['version']} ({reg['status']})")
         metrics.add_row(f"{task} model card", res["model_artifact"] + " → model_card.md")
+        if res.get("curves"):
+            metrics.add_row(f"{task} training curves", res["curves"]["archive"] + " → " + ", ".join(
+                res["curves"]["files"]))
     console.print(metrics)
     vols = value_table("held-out study", "structure", "true mm³", "predicted mm³", "unlike training?",
                        title="hippocampal volumes")

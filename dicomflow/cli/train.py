@@ -76,6 +76,9 @@ def train(task: str, data: str, instance_type: str, instance_count: int, hp_pair
         console.print(f"  {name} = {value:.4f}")
     if result.get("model_artifact"):
         console.print(f"model: {result['model_artifact']}", soft_wrap=True)
+    if result.get("curves"):
+        console.print(f"training curves: {', '.join(result['curves']['files'])} in {result['curves']['archive']} "
+                      "(beside the TensorBoard events)", soft_wrap=True)
     if result.get("registered"):
         reg = result["registered"]
         console.print(f"registered: {reg['group']} version {reg['version']} ({reg['status']}); approve it with "

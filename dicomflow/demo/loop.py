@@ -369,7 +369,7 @@ TRAINING_INSTANCE = "ml.m5.xlarge"
 def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
     """A managed training job per task (``estimator.fit`` on an ``ml.*`` instance: the ``dicomflow train``
     code path), unless a job of the same task, dataset and hyperparameters completed before."""
-    from dicomflow.training.launch import train_job
+    from dicomflow.training.launch import train_job, training_curves
 
     trained = {}
     for task, hps in training_hyperparameters(ctx.config).items():
@@ -380,7 +380,7 @@ def train_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]:
         if done is not None:
             with hooks.step(f"train {task}: {done['job_name']} trained on this dataset before, model in S3") as st:
                 st.log(f"{task}: not training again ({done['model_artifact']})")
-            trained[task] = {**done, "task": task, "data": data}
+            trained[task] = {**done, "task": task, "data": data, "curves": training_curves(done["model_artifact"])}
             continue
         # a job name is used once: a retry (after a failure or a restart mid-job) resumes from the same checkpoints
         name = f"{job_name}-{len(earlier) + 1}" if earlier else job_name

@@ -14,6 +14,7 @@ import logging
 import sys
 import tarfile
 import time
+from pathlib import Path
 from typing import Any
 
 from dicomflow import aws
@@ -22,6 +23,7 @@ from dicomflow.errors import DicomflowError
 from dicomflow.modeling.contract import TASKS, numeric_metrics, read_metadata
 from dicomflow.paths import REPO_ROOT
 from dicomflow.training.channel import MANIFEST, channel_uri
+from dicomflow.training.curves import CURVES_DIR
 from dicomflow.training.metrics import METRIC_DEFINITIONS
 
 SOURCE_DIR = REPO_ROOT / "training_job"
@@ -174,7 +176,30 @@ def train_job(task: str, data: str, *, instance_type: str = "local", instance_co
     if wait and not result["metrics"] and result["model_artifact"]:
         # local mode scrapes no metric lines: the artifact records the final metrics itself
         result["metrics"] = artifact_metrics(str(result["model_artifact"]))
+    if wait and result["model_artifact"]:
+        result["curves"] = training_curves(str(result["model_artifact"]))
     return result
+
+
+def training_curves(model_uri: str) -> dict[str, Any] | None:
+    """Where the job's curve PNGs are: ``{"archive": <output.tar.gz beside model.tar.gz>, "files": [their
+    paths in it]}``, None when that archive is not there or holds none."""
+    archive = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
+    try:
+        data = (Path(archive.removeprefix("file://")).read_bytes() if archive.startswith("file://")
+                else aws.read_bytes(archive))
+    except (OSError, aws.S3Error):
+        return None
+    if not data:
+        return None
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            # SageMaker packs /opt/ml/output/data; the SDK's local mode packs /opt/ml/output (data/ inside)
+            files = sorted(name for m in tar.getmembers() if m.isfile()
+                           and (name := m.name.removeprefix("./")).removeprefix("data/").startswith(f"{CURVES_DIR}/"))
+    except (tarfile.TarError, OSError):
+        return None
+    return {"archive": archive, "files": files} if files else None
 
 
 def final_metrics(description: dict[str, Any]) -> dict[str, float]:

@@ -22,7 +22,7 @@ from dicomflow.modeling.artifact import METADATA_FILE, default_preprocess, save_
 from dicomflow.modeling.networks import build_network, network_spec
 from dicomflow.modeling.preprocess import Preprocess, build_transform
 from dicomflow.modeling.reference import input_profile, reference_ranges, structure_volumes
-from dicomflow.training import checkpoints, model_card
+from dicomflow.training import checkpoints, curves, model_card
 from dicomflow.training.data import Item, ManifestScan, make_dataset, scan_manifest, split_by_patient
 from dicomflow.training.environment import TrainingEnvironment, init_distributed
 from dicomflow.training.hyperparameters import Hyperparameters
@@ -191,7 +191,8 @@ class Trainer:
                 emit(values)
                 if per_class:
                     print("per_class " + format_metrics({_slug(k): v for k, v in per_class.items()}), flush=True)
-                history.append({k: float(v) for k, v in values.items()})
+                history.append({**{k: float(v) for k, v in values.items()},
+                                **{f"{curves.CLASS_PREFIX}{k}": float(v) for k, v in per_class.items()}})
                 for name, value in {**values, **{f"class/{k}": v for k, v in per_class.items()}}.items():
                     if name != "epoch" and not np.isnan(float(value)):
                         writer.add_scalar(name, float(value), epoch)
@@ -242,6 +243,10 @@ class Trainer:
                 "device": f"{self.device.type} ({tenv.num_gpus} GPU)" if self.device.type == "cuda" else "CPU",
                 "seconds": time.perf_counter() - started, "augmentation": self._augmentation_note()})
             writer.close()
+            drawn = curves.write(tenv.output_data_dir, history, "val_mean_dice" if self.segmentation
+                                 else "val_mean_auroc", best_epoch)
+            print("training curves: " + ", ".join(str(p.relative_to(tenv.output_data_dir)) for p in drawn)
+                  + " in the output data", flush=True)
             result = final
         if self.distributed:
             import torch.distributed as dist

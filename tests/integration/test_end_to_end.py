@@ -101,6 +101,8 @@ def test_whole_loop_small(local_cloud) -> None:
         assert desc["TrainingJobStatus"] == "Completed" and desc["ModelArtifacts"]["S3ModelArtifacts"] == uri
         assert desc["ResourceConfig"]["InstanceType"] == loop.TRAINING_INSTANCE
         assert trained[task]["metrics"]["epoch"] == float(loop.training_hyperparameters(ctx.config)[task]["epochs"])
+        metric = "val_mean_dice" if task == "segmentation3d" else "val_mean_auroc"
+        assert trained[task]["curves"]["files"] == ["curves/loss.png", f"curves/{metric}.png"], trained[task]
         streams = aws.client("logs").describe_log_streams(logGroupName="/aws/sagemaker/TrainingJobs",
                                                           logStreamNamePrefix=desc["TrainingJobName"] + "/")
         assert len(streams["logStreams"]) == 1

@@ -22,6 +22,7 @@ from baselines import (
     thumbnail_ridge_auroc,
     thumbnail_vectors,
 )
+from PIL import Image
 from training_channels import ENTRY, chest_channel, hippocampus_channel, run_entry, sm_layout, write_manifest
 
 from dicomflow.demo import loop, synthetic
@@ -146,6 +147,18 @@ def test_val_every_validates_on_those_epochs_and_the_last(tmp_path) -> None:
     metadata = load_artifact(tmp_path / "model").metadata
     assert [h["epoch"] for h in metadata["history"] if "val_loss" in h] == [2, 3]
     assert metadata["metrics"]["best_epoch"] in (2, 3)
+    # the curves: loss per epoch and the validation AUROC with one line per class, drawn from that history
+    labels = load_artifact(tmp_path / "model").labels
+    assert [h["epoch"] for h in metadata["history"] if {f"class/{c}" for c in labels} <= set(h)] == [2, 3], (
+        labels, metadata["history"][-1])
+    curves = tmp_path / "output/data/curves"
+    assert sorted(p.name for p in curves.iterdir()) == ["loss.png", "val_mean_auroc.png"]
+    assert "training curves: curves/loss.png, curves/val_mean_auroc.png in the output data" in r.stdout
+    for name in ("loss.png", "val_mean_auroc.png"):
+        with Image.open(curves / name) as im:
+            assert im.format == "PNG" and im.size == (640, 400)
+            colours = len(set(im.convert("RGB").getdata()))
+            assert colours > 50, (name, colours)  # lines, markers and text drawn, not a blank canvas
 
 
 def test_segmentation3d_beats_the_prior_mask_and_reports(tmp_path) -> None:

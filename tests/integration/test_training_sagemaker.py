@@ -122,6 +122,10 @@ def test_cli_trains_segmentation3d_with_progress_and_json(channels, host_mode, t
     model = _artifact(result["model_artifact"], tmp_path)
     assert model.task == "segmentation3d" and model.labels == ["anterior", "posterior"]
     assert model.metadata["metrics"]["test_mean_dice"] == pytest.approx(result["metrics"]["test_mean_dice"])
+    # the curves are in the output data beside model.tar.gz, and the CLI says where
+    curves = result["curves"]
+    assert curves["archive"] == result["model_artifact"].rsplit("/", 1)[0] + "/output.tar.gz"
+    assert curves["files"] == ["data/curves/loss.png", "data/curves/val_mean_dice.png"]  # local mode packs output/
     # ... and registered as the next version of its group, pending approval, with the artifact's own figures
     from dicomflow.modeling import registry
 
