@@ -242,7 +242,7 @@ class InferenceService:
                 "viewPosition": str(datasets[0].get("ViewPosition", "")) or None,
                 "bodyPart": str(datasets[0].get("BodyPartExamined", "")) or None,
                 "thumbnail": self._thumbnail(datasets[0], request) if self.task == "classification2d" else None,
-                "vector": [float(v) for v in embedding[0]],
+                "vector": embedding[0].tolist(),  # Python floats without a tensor per element
             }
         if occlusion_prefix:
             with timer.stage("occlusion"):

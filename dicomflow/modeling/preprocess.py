@@ -142,9 +142,7 @@ class Preprocess:
                 a_min=float(intensity["a_min"]), a_max=float(intensity["a_max"]), b_min=0.0, b_max=1.0, clip=True)
         else:
             self._intensity = NormalizeIntensity()
-        self._resize_image = Resize(self.size, mode="area" if self.ndim == 2 else "trilinear",
-                                    anti_aliasing=False)
-        self._resize_label = Resize(self.size, mode="nearest")
+        self._image_mode = "area" if self.ndim == 2 else "trilinear"
 
     def _channel_first(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(np.asarray(array, dtype=np.float32) if isinstance(array, np.ndarray) else array,
@@ -172,12 +170,13 @@ class Preprocess:
 
     def _to_grid(self, t: torch.Tensor, spacing: tuple[float, ...] | None, *, label: bool) -> torch.Tensor:
         """A channel-first image (``label=False``, linear) or label volume (nearest) on :meth:`grid`."""
-        if self.spacing is None:
-            return torch.as_tensor((self._resize_label if label else self._resize_image)(t))
-        size = self.grid(tuple(t.shape[1:]), spacing)
+        size = self.size if self.spacing is None else self.grid(tuple(t.shape[1:]), spacing)
         if label:
             return F.interpolate(t[None], size=size, mode="nearest")[0]
-        return F.interpolate(t[None], size=size, mode="trilinear", align_corners=False)[0]
+        # what MONAI's Resize(size, mode, anti_aliasing=False) computes, without its MetaTensor round trip
+        # (0.06 against 0.48 ms for 256^2 -> 64^2; tests/unit/modeling/test_preprocess.py checks they are equal)
+        mode = self._image_mode if self.spacing is None else "trilinear"
+        return F.interpolate(t[None], size=size, mode=mode, align_corners=None if mode == "area" else False)[0]
 
     def __call__(self, array: np.ndarray | torch.Tensor, spacing: tuple[float, ...] | None = None) -> torch.Tensor:
         """Image array ``(Y, X)`` / ``(Z, Y, X)`` with voxel ``spacing`` (mm) -> float tensor ``(1, *grid)``.

@@ -22,7 +22,10 @@ from dicomflow.dicom.structures import Structure
 MARGIN = 1.0
 MIN_RELATIVE_WIDTH = 0.25
 AXES = ("z", "y", "x")
-PERCENTILE_SAMPLE = 1_000_000
+#: Percentiles come from a regular sample of about this many values: the 1st and 99th are then within
+#: ~0.1 percentile point (binomial error at 16 k), far inside the margin of a training range, for a
+#: quarter of the time a 256² image's own percentiles take (~0.35 against 1.4 ms).
+PERCENTILE_SAMPLE = 16_384
 
 
 def quality(reference: Mapping[str, Any] | None, expected: Mapping[str, Any] | None,
@@ -38,7 +41,7 @@ def quality(reference: Mapping[str, Any] | None, expected: Mapping[str, Any] | N
 def input_profile(array: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
     """The statistics of one input volume (flat names: ``spacing_z_mm``, ``fov_x_mm``, ``intensity_p99`` ...)."""
     values = np.asarray(array).ravel()
-    sample = values[:: max(1, values.size // PERCENTILE_SAMPLE)]  # percentiles of a regular sample: ~1 M voxels
+    sample = values[:: max(1, values.size // PERCENTILE_SAMPLE)]  # see PERCENTILE_SAMPLE
     p1, p50, p99 = np.percentile(sample, [1, 50, 99])
     profile = {"intensity_mean": float(values.mean(dtype=np.float64)),
                "intensity_std": float(values.std(dtype=np.float64)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
+from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
 
 from dicomflow.modeling.preprocess import PercentileScale, PreprocessSpecError, build_transform, default_spec
 
@@ -102,6 +102,23 @@ def test_percentile_scale_matches_monai(lower: float, upper: float) -> None:
     assert torch.equal(ours, scale(t).as_tensor())  # the same arithmetic: the same values
     flat = torch.full((1, 4, 4, 4), 7.0)
     assert torch.equal(PercentileScale(lower, upper)(flat), torch.zeros_like(flat))
+
+
+@pytest.mark.parametrize("kind, size, shape, mode", [
+    ("2d", [64, 64], (1, 256, 256), "area"), ("2d", [32, 24], (1, 100, 80), "area"),
+    ("3d", [8, 16, 16], (1, 12, 20, 18), "trilinear"), ("3d", [16, 16, 16], (1, 9, 31, 17), "trilinear"),
+])
+def test_resizing_is_monais_resize_exactly(kind: str, size: list[int], shape: tuple[int, ...], mode: str) -> None:
+    """The fixed-size grid is computed with torch directly; it must be MONAI's Resize value for value (models
+    trained before were trained on MONAI's), images and labels."""
+    pre = build_transform(default_spec(kind, size))
+    t = torch.as_tensor(np.random.default_rng(8).gamma(2.0, 300.0, size=shape).astype(np.float32))
+    ours = pre._to_grid(t, None, label=False)
+    theirs = Resize(tuple(size), mode=mode, anti_aliasing=False)(t)
+    assert torch.equal(ours, torch.as_tensor(theirs).as_subclass(torch.Tensor))
+    label = torch.as_tensor(np.random.default_rng(9).integers(0, 3, size=shape).astype(np.float32))
+    assert torch.equal(pre._to_grid(label, None, label=True),
+                       torch.as_tensor(Resize(tuple(size), mode="nearest")(label)).as_subclass(torch.Tensor))
 
 
 def _spacing_spec(patch=(8, 8, 8), spacing=(1.0, 1.0, 1.0), **extra) -> dict:
