@@ -21,15 +21,16 @@ ALLOWED = {
     "inference": {"core", "dicom", "modeling"},
     "routing": {"core", "dicom", "modeling", "inference"},
     "search": {"core", "dicom", "modeling", "inference"},
+    "api": {"core", "dicom", "modeling", "inference", "search"},
     "infra": {"core", "dicom", "groundtruth", "modeling", "training", "inference"},
     "emulator": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "infra"},
-    "demo": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "search", "infra",
+    "demo": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "search", "api", "infra",
              "emulator"},
-    "cli": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "search", "infra",
+    "cli": {"core", "dicom", "groundtruth", "modeling", "training", "inference", "routing", "search", "api", "infra",
             "emulator", "demo"},
 }
 PRODUCT_TOPS = ("lambdas", "training_job", "inference_container")
-LAMBDA_SAFE = ("dicom", "groundtruth", "routing", "search")
+LAMBDA_SAFE = ("dicom", "groundtruth", "routing", "search", "api")
 HEAVY = ("torch", "monai")
 
 
