@@ -1,10 +1,10 @@
-"""What the search ingestion Lambda makes of one S3 object or of a study in the PACS (Lambda-safe: no torch, no
-index files).
+"""What the search ingestion Lambda makes of one S3 object or of a study in the PACS (Lambda-safe: no torch).
 
 * A DICOM object -> its metadata item (UIDs, accession, modality, body part, view position, study date,
   size; no patient name, birth date or free text) and a PNG thumbnail (:mod:`dicomflow.dicom.thumbnail`).
 * with an embedding endpoint, a DICOM image also -> its embedding record (:mod:`dicomflow.search.embeddings`),
-  the endpoint reading the object where it lies (async) or from the request body (real-time);
+  the endpoint reading the object where it lies (async) or from the request body (real-time), written to S3
+  and into the configured image index (:func:`index_record`);
 * A report file (``{"StudyInstanceUID", "AccessionNumber", "text"}``) -> its item (the ICD-10-CM codes it
   asserts, denies and is unsure of, by the engine's InferICD10CM-shaped answer) and that answer, kept so the
   report index can be filled without reading the report again.
@@ -177,19 +177,30 @@ def ingest_image(ds: pydicom.Dataset, data: bytes, source: str, settings: Any, *
 def index_record(settings: Any, record: dict[str, Any]) -> bool:
     """An embedding record into the configured image index: the OpenSearch domain of
     ``DICOMFLOW_SEARCH_OPENSEARCH_URL``, else the embedded index in ``settings.search_index_dir``; False
-    (nothing done) when neither is set. An index of another model refuses it (ImageIndexError)."""
+    (nothing done) when neither is set. An index of another model refuses it, and an index that cannot be
+    reached or written fails (both ImageIndexError: one object's failure, never the batch's)."""
     if not (settings.search_opensearch_url or settings.search_index_dir):
         return False
+    import sqlite3
     from pathlib import Path
 
     from dicomflow.search.images import open_image_index, row_of
 
+    unreachable: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+    if settings.search_opensearch_url:
+        from opensearchpy.exceptions import OpenSearchException
+
+        unreachable += (OpenSearchException,)
     row = row_of(record)
-    ix = open_image_index(Path(settings.search_index_dir or "."), model=record["model"], dimensions=len(row.vector))
     try:
-        ix.add([row])
-    finally:
-        ix.close()
+        ix = open_image_index(Path(settings.search_index_dir or "."), model=record["model"],
+                              dimensions=len(row.vector))
+        try:
+            ix.add([row])
+        finally:
+            ix.close()
+    except unreachable as exc:
+        raise ImageIndexError(f"the image index could not be written: {str(exc)[:300]}") from None
     return True
 
 

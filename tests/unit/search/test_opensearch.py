@@ -185,3 +185,15 @@ def test_ingestion_writes_each_embedding_into_the_configured_index(client, monke
     action, doc = Scripted.sent[-1]["body"]
     assert action == {"index": {"_index": INDEX, "_id": UID.format(3)}}
     assert doc["vector"] == [0.0, 0.0, 1.0, 0.0] and (doc["modality"], doc["labels"]) == ("DX", ["Edema"])
+
+
+def test_an_unreachable_domain_fails_the_one_object_with_a_reason(client, monkeypatch) -> None:
+    from dicomflow.config import runtime
+    from dicomflow.search import ingest, opensearch
+
+    monkeypatch.setenv("DICOMFLOW_SEARCH_OPENSEARCH_URL", "https://search.example")
+    monkeypatch.setenv("DICOMFLOW_SEARCH_OPENSEARCH_INDEX", INDEX)
+    monkeypatch.setattr(opensearch, "connect", lambda url, region=None: client)
+    Scripted.script.append(("HEAD", f"/{INDEX}", 500, {"error": "cluster unavailable"}))
+    with pytest.raises(ImageIndexError, match="the image index could not be written"):
+        ingest.index_record(runtime(), _record(UID.format(4), [1.0, 0.0, 0.0, 0.0]))
