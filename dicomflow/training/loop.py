@@ -214,7 +214,8 @@ class Trainer:
             if best is not None:
                 model.load_state_dict(best["model"])
             model.eval()
-            final = dict(history[-1]) if history else {}
+            final = {k: v for k, v in (history[-1] if history else {}).items()
+                     if not k.startswith(curves.CLASS_PREFIX)}  # per-class values are the curves' and the card's
             report = None
             final.update({"best_metric": best_metric, "best_epoch": best_epoch,
                           "skipped_items": scan.skipped_total, "train_items": len(train_items),
