@@ -550,7 +550,8 @@ def route_new_studies(ctx: DemoContext, hooks: Hooks) -> list[dict[str, Any]]:
                                 "output": json.loads(aws.read(done["outputLocation"])),
                                 "location": done["outputLocation"]})
                 st.update(completed=n)
-        items = wait_for_search_items(ctx, [ds for s in ctx.hippo_holdout for ds in s.datasets], deadline)
+        items = list(wait_for_search_items(ctx, [f"image#{ds.SOPInstanceUID}" for s in ctx.hippo_holdout
+                                                 for ds in s.datasets], deadline).values())
     finally:
         stop.set()
         watcher.join(timeout=5)
@@ -562,20 +563,30 @@ def route_new_studies(ctx: DemoContext, hooks: Hooks) -> list[dict[str, Any]]:
     return results
 
 
-def wait_for_search_items(ctx: DemoContext, datasets: list[Any], deadline: float) -> list[dict[str, Any]]:
-    """The search table's item of each image (the search ingestion Lambda writes them on the stable-study
-    event), waited for until ``deadline`` (monotonic)."""
+def wait_for_search_items(ctx: DemoContext, keys: list[str], deadline: float,
+                          progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
+    """The search table's item of each key (``image#<SOP>``, ``report#<study>``: the search ingestion Lambda
+    writes them), waited for until ``deadline`` (monotonic); ``progress(n)`` after each round. A timeout
+    names the first dead letter, if any."""
     table, dynamodb = ctx.outputs["SearchTableName"], aws.client("dynamodb")
-    items = []
-    for ds in datasets:
-        key = {"pk": {"S": f"image#{ds.SOPInstanceUID}"}}
-        while not (got := dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")):
-            if time.monotonic() > deadline:
-                raise DemoError(f"no search item for image {ds.SOPInstanceUID} of study {ds.StudyInstanceUID}; "
-                                f"see the search ingestion Lambda's log and {ctx.outputs['SearchDeadLetterQueueUrl']}")
-            time.sleep(0.5)
-        items.append(aws.plain_item(got))
-    return items
+    items: dict[str, dict[str, Any]] = {}
+    while True:
+        for key in keys:
+            if key not in items:
+                got = dynamodb.get_item(TableName=table, Key={"pk": {"S": key}}, ConsistentRead=True)
+                if "Item" in got:
+                    items[key] = aws.plain_item(got["Item"])
+        if progress:
+            progress(len(items))
+        if len(items) == len(keys):
+            return items
+        if time.monotonic() > deadline:
+            dead = aws.client("sqs").receive_message(QueueUrl=ctx.outputs["SearchDeadLetterQueueUrl"],
+                                                      WaitTimeSeconds=0).get("Messages") or []
+            why = f"; dead-lettered: {dead[0]['Body'][:300]}" if dead else ""
+            raise DemoError(f"search ingestion wrote {len(items)} of {len(keys)} items in time{why}; see the logs "
+                            f"of {ctx.config.stack}-search-ingest")
+        time.sleep(0.5)
 
 
 def study_request(ctx: DemoContext, study_uid: str, outputs: list[str]) -> dict[str, Any]:
@@ -629,7 +640,7 @@ def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         ix.remove(sops)
     bucket, table = ctx.outputs["SearchIngestBucket"], ctx.outputs["SearchTableName"]
     reports = seeding.reports_dir(ctx.settings.data_dir)
-    s3, dynamodb = aws.client("s3"), aws.client("dynamodb")
+    s3 = aws.client("s3")
     keys = []
     prefix = f"demo/{ctx.config.tag}/"
     for s in ctx.chest_holdout:
@@ -640,28 +651,12 @@ def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         if report.exists():
             s3.put_object(Bucket=bucket, Key=f"{prefix}reports/{s.study_uid}.json", Body=report.read_bytes())
             keys.append(f"report#{s.study_uid}")
-    items: dict[str, dict[str, Any]] = {}
     with hooks.step("search ingestion: S3 -> ingestion Lambda -> table, thumbnails, embeddings",
                     total=len(keys)) as st:
-        deadline = time.monotonic() + ctx.config.result_timeout_s
-        while len(items) < len(keys):
-            for key in keys:
-                if key not in items:
-                    got = dynamodb.get_item(TableName=table, Key={"pk": {"S": key}}, ConsistentRead=True)
-                    if "Item" in got:
-                        items[key] = got["Item"]
-            st.update(completed=len(items))
-            if len(items) < len(keys):
-                if time.monotonic() > deadline:
-                    dead = aws.client("sqs").receive_message(QueueUrl=ctx.outputs["SearchDeadLetterQueueUrl"],
-                                                              WaitTimeSeconds=0).get("Messages") or []
-                    why = f"; dead-lettered: {dead[0]['Body'][:300]}" if dead else ""
-                    raise DemoError(f"search ingestion wrote {len(items)} of {len(keys)} items in "
-                                    f"{ctx.config.result_timeout_s:.0f} s{why}; see the logs of "
-                                    f"{ctx.config.stack}-search-ingest")
-                time.sleep(0.5)
+        items = wait_for_search_items(ctx, keys, time.monotonic() + ctx.config.result_timeout_s,
+                                      lambda n: st.update(completed=n))
     images = [v for k, v in items.items() if k.startswith("image#")]
-    embeddings = [v["embedding"]["S"] for v in images if "embedding" in v]
+    embeddings = [v["embedding"] for v in images if "embedding" in v]
     if len(embeddings) != len(images):
         raise DemoError(f"the ingestion Lambda embedded {len(embeddings)} of {len(images)} images")
     with VectorIndex.open(where) as ix:
@@ -672,7 +667,7 @@ def ingest_for_search(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     ctx.results["ingestion"] = {
         "table": table, "images": len(images), "reports": len(items) - len(images), "prefix": f"s3://{bucket}/{prefix}",
         "stack": ctx.config.stack,
-        "thumbnails": sorted({v["thumbnail"]["S"] for v in images}), "embedded": len(embeddings),
+        "thumbnails": sorted({v["thumbnail"] for v in images}), "embedded": len(embeddings),
         "embeddings": embeddings, "indexedByLambda": len(after), "indexSize": size,
         "maxVectorDifference": max(float(np.max(np.abs(after[u] - before[u]))) for u in before),
         "output": ctx.outputs["SearchOutputUri"]}
