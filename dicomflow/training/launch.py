@@ -14,8 +14,7 @@ import logging
 import sys
 import tarfile
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from dicomflow import aws
 from dicomflow.config import runtime
@@ -186,20 +185,20 @@ def training_curves(model_uri: str) -> dict[str, Any] | None:
     paths in it]}``, None when that archive is not there or holds none."""
     archive = model_uri.rsplit("/", 1)[0] + "/output.tar.gz"
     try:
-        data = (Path(archive.removeprefix("file://")).read_bytes() if archive.startswith("file://")
-                else aws.read_bytes(archive))
-    except (OSError, aws.S3Error):
-        return None
-    if not data:
-        return None
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        with _open(archive) as fileobj, tarfile.open(fileobj=fileobj, mode="r:gz") as tar:
             # SageMaker packs /opt/ml/output/data; the SDK's local mode packs /opt/ml/output (data/ inside)
             files = sorted(name for m in tar.getmembers() if m.isfile()
                            and (name := m.name.removeprefix("./")).removeprefix("data/").startswith(f"{CURVES_DIR}/"))
-    except (tarfile.TarError, OSError):
+    except (OSError, aws.S3Error, tarfile.TarError):
         return None
     return {"archive": archive, "files": files} if files else None
+
+
+def _open(uri: str) -> BinaryIO:
+    """An object in S3 (read whole) or a ``file://`` path, as a binary file to close."""
+    if uri.startswith("file://"):
+        return open(uri.removeprefix("file://"), "rb")  # noqa: SIM115 - the caller closes it
+    return io.BytesIO(aws.read(uri))
 
 
 def final_metrics(description: dict[str, Any]) -> dict[str, float]:
@@ -221,10 +220,7 @@ def check_channel(data: str) -> None:
 
 def artifact_metrics(model_uri: str) -> dict[str, float]:
     """The numeric ``metrics`` recorded in ``dicomflow_model.json`` of a ``model.tar.gz`` in S3 (or file://)."""
-    if model_uri.startswith("file://"):
-        fileobj: Any = open(model_uri.removeprefix("file://"), "rb")  # closed below
-    else:
-        fileobj = io.BytesIO(aws.read(model_uri))
+    fileobj = _open(model_uri)
     try:
         meta = read_metadata(fileobj)
     except (tarfile.TarError, OSError, ValueError):
