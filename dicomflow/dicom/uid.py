@@ -23,3 +23,14 @@ def derived_uid(namespace: str, *parts: object) -> str:
     """
     name = "\x1f".join([namespace, *map(str, parts)])
     return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+
+
+def stable_study_uid(event: dict[str, Any], reader: str) -> str:
+    """The StudyInstanceUID of a "study stable" event (``{"studyInstanceUID"}``), which ``reader`` (e.g. "the
+    router") reads from its configured PACS only; ValueError says what is wrong with the event."""
+    study = event.get("studyInstanceUID")
+    if not isinstance(study, str) or not is_uid(study):
+        raise ValueError(f"studyInstanceUID {study!r} is not a DICOM UID")
+    if event.get("pacs") not in (None, "default"):
+        raise ValueError(f"{reader} reads only its configured PACS; leave pacs out of the event")
+    return study

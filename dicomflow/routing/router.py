@@ -34,7 +34,7 @@ from dicomflow.config import runtime
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
 from dicomflow.dicom.elements import NON_IMAGE_MODALITIES, is_result
-from dicomflow.dicom.uid import is_uid
+from dicomflow.dicom.uid import stable_study_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.routing.rules import Rule, Rules, SeriesInfo, load_rules, parse_rules
 
@@ -263,11 +263,10 @@ def route(event: dict[str, Any], client: Any) -> dict[str, Any]:
     """Route one "study stable" event (see the module docstring); returns what was done, per analysis."""
     if not isinstance(event, dict):
         raise RoutingError("the event must be a JSON object with studyInstanceUID")
-    study = event.get("studyInstanceUID")
-    if not isinstance(study, str) or not is_uid(study):
-        raise RoutingError(f"studyInstanceUID {study!r} is not a DICOM UID")
-    if event.get("pacs") not in (None, "default"):
-        raise RoutingError("the router reads only its configured PACS; leave pacs out of the event")
+    try:
+        study = stable_study_uid(event, "the router")
+    except ValueError as exc:
+        raise RoutingError(str(exc)) from None
     again = (FAILED,) if event.get("retry") else ()
     if event.get("force"):
         again = (FAILED, DONE, INVOKED, PENDING)

@@ -39,7 +39,7 @@ from dicomflow import aws
 from dicomflow.config import runtime
 from dicomflow.credentials import pacs_connection
 from dicomflow.dicom import dicomweb
-from dicomflow.dicom.uid import is_uid
+from dicomflow.dicom.uid import stable_study_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.search import ingest
 from dicomflow.search.reports import ComprehendMedicalEngine, RuleEngine
@@ -112,11 +112,10 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
 
 
 def _stable_study(event: dict[str, Any], settings: Any, context: Any) -> dict[str, Any]:
-    study = event.get("studyInstanceUID")
-    if not isinstance(study, str) or not is_uid(study):
-        return {"error": f"studyInstanceUID {study!r} is not a DICOM UID"}
-    if event.get("pacs") not in (None, "default"):
-        return {"error": "search ingestion reads only its configured PACS; leave pacs out of the event"}
+    try:
+        study = stable_study_uid(event, "search ingestion")
+    except ValueError as exc:
+        return {"error": str(exc)}
     client = dicomweb.connect(pacs_connection())
     run = ingest.ingest_study(client, study, settings, embed_timeout_s=_embed_budget(context))
     for failure in run.failed:
