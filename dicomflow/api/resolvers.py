@@ -16,9 +16,7 @@ from typing import Any
 from dicomflow.api.auth import Forbidden, User
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
-
-#: The most reports, codes or neighbours one query may ask for.
-MAX_PAGE = 100
+from dicomflow.search.report_index import MAX_PAGE  # the most reports, codes or neighbours one query asks for
 
 
 class BadQuery(DicomflowError):
