@@ -190,6 +190,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("search_index_dir", "DICOMFLOW_SEARCH_INDEX_DIR",
              doc="the embedded image index ingestion writes each embedding into (the local cloud sets its data "
                  "dir's; on AWS ingestion writes DICOMFLOW_SEARCH_OPENSEARCH_URL's index instead)"),
+    Variable("search_reports_index", "DICOMFLOW_SEARCH_REPORTS_INDEX",
+             doc="the embedded report index (SQLite file) the search API reads (the local cloud sets its data "
+                 "dir's; on AWS the API reads DICOMFLOW_SEARCH_OPENSEARCH_URL's index instead)"),
     Variable("search_opensearch_index", "DICOMFLOW_SEARCH_OPENSEARCH_INDEX", default="dicomflow-images",
              doc="the OpenSearch index of the image embeddings"),
     Variable("search_opensearch_reports_index", "DICOMFLOW_SEARCH_OPENSEARCH_REPORTS_INDEX",
@@ -275,6 +278,7 @@ class Runtime:
     report_engine: str
     search_opensearch_url: str | None
     search_index_dir: str | None
+    search_reports_index: str | None
     search_opensearch_index: str
     search_opensearch_reports_index: str
     aws_snapshot_seconds: float

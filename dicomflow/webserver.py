@@ -22,16 +22,19 @@ import asyncio
 import contextlib
 import json
 import logging
+import mimetypes
 import signal
 import socket
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from dicomflow.config import runtime
@@ -103,6 +106,53 @@ async def read_body(request: Request, limits: Limits, max_body: int | None = Non
     except ClientDisconnect:
         raise HTTPProblem(400, "the client closed the connection before the body was complete") from None
     return b"".join(chunks)
+
+
+SECURITY_HEADERS = ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"))
+
+
+class SecurityHeaders:
+    """ASGI middleware for browser-facing apps: :data:`SECURITY_HEADERS` (plus ``extra``, e.g. a
+    Content-Security-Policy) on every answer that does not set them itself, ``no-store`` unless it says otherwise."""
+
+    def __init__(self, app: ASGIApp, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        self.app = app
+        self.headers = (*SECURITY_HEADERS, *extra)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [h for h in self.headers if h[0] not in names]
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+def static_file(root: Path, rel: str, cache: bool = False) -> Response:
+    """The file ``rel`` below ``root`` (never outside it: 404), typed for browsers (JS, wasm)."""
+    try:
+        target = (root / rel).resolve()
+    except (OSError, ValueError):
+        target = None
+    if target is None or not target.is_file() or root.resolve() not in target.parents:
+        return Response("not found\n", status_code=404, media_type="text/plain; charset=utf-8")
+    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    if target.suffix in (".js", ".mjs"):
+        ctype = "text/javascript; charset=utf-8"
+    elif target.suffix == ".wasm":
+        ctype = "application/wasm"
+    headers = {"Cache-Control": "public, max-age=3600"} if cache else {}
+    return Response(target.read_bytes(), media_type=ctype, headers=headers)
 
 
 #: A refused body up to this size is read and dropped before the answer, so the client reads the 413

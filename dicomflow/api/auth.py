@@ -66,7 +66,7 @@ class TokenVerifier:
 
     def verify(self, token: str | None) -> User:
         if not token:
-            raise Unauthorized("sign in: send 'Authorization: Bearer <Cognito ID or access token>'")
+            raise Unauthorized("sign in: send 'Authorization: <Cognito ID or access token>' (or 'Bearer <token>')")
         if len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("the token is too long to be a Cognito token")
         try:
@@ -93,8 +93,11 @@ class TokenVerifier:
 
 
 def bearer(header: str | None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, None without one."""
+    """The token of an ``Authorization`` header: ``Bearer <token>``, or the bare token as AppSync takes it;
+    None without one."""
     if not header:
         return None
-    scheme, _, token = header.partition(" ")
+    scheme, _, token = header.strip().partition(" ")
+    if not token:
+        return None if scheme.lower() == "bearer" else scheme or None  # a bare token has no space
     return token.strip() or None if scheme.lower() == "bearer" else None

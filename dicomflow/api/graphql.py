@@ -11,7 +11,6 @@ group rule), ``GRAPHQL_VALIDATION_FAILED``; never a traceback.
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from ariadne import QueryType, graphql_sync, load_schema_from_path, make_executable_schema
@@ -19,11 +18,10 @@ from ariadne.validation import cost_validator
 from graphql import GraphQLEnumType, GraphQLError, GraphQLSchema, ValidationRule
 from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode, OperationDefinitionNode
 
-from dicomflow.api import resolvers
+from dicomflow.api import SCHEMA_FILE, audit, resolvers
 from dicomflow.api.auth import Forbidden
 from dicomflow.errors import DicomflowError
 
-SCHEMA_FILE = Path(__file__).with_name("schema.graphql")
 MAX_QUERY_CHARS = 10_000
 MAX_DEPTH = 6
 MAX_COST = 5_000
@@ -57,10 +55,8 @@ class DepthLimit(ValidationRule):
 
 
 def _bind(name: str) -> Any:
-    resolver = resolvers.QUERIES[name]
-
     def resolve(_: Any, info: Any, **args: Any) -> Any:
-        return resolver(info.context, **args)
+        return audit.resolve(name, info.context, args)
 
     return resolve
 

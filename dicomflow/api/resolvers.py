@@ -26,7 +26,7 @@ class BadQuery(DicomflowError):
 @dataclass
 class Context:
     user: User
-    reports: Any  # a report index (embedded or OpenSearch): search, facets, report
+    reports: Any | None  # a report index (embedded or OpenSearch): search, facets, report; None: none built yet
     images: Any | None  # an image index, None when none has been built
     sign: Callable[[str], str | None]  # s3:// thumbnail -> short-lived https link (None: not to be shown)
 
@@ -41,6 +41,12 @@ def _first(value: object, name: str) -> int:
     return value
 
 
+def _reports(ctx: Context) -> Any:
+    if ctx.reports is None:
+        raise BadQuery("no report index has been built yet ('dicomflow search add-reports')")
+    return ctx.reports
+
+
 def _mention(m: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     return {"finding": m.get("finding"), "code": m.get("code"), "description": m.get("description"),
             "status": str(m.get("status") or "").upper(), "begin": int(m["begin"]), "end": int(m["end"]),
@@ -51,7 +57,7 @@ def reports(ctx: Context, text: str | None = None, codes: list[str] | None = Non
             first: int = 20, after: str | None = None) -> dict[str, Any]:
     if text and not ctx.user.can_read_reports:
         raise Forbidden("searching report text needs the radiologist group; search by codes instead")
-    page = ctx.reports.search(text, codes=codes or (), status=_status(status), limit=_first(first, "first"),
+    page = _reports(ctx).search(text, codes=codes or (), status=_status(status), limit=_first(first, "first"),
                               cursor=after)
     return {"total": page.total, "nextCursor": page.next_cursor,
             "reports": [{"studyInstanceUID": h.study_uid, "accessionNumber": h.accession, "score": h.score,
@@ -63,7 +69,7 @@ def facets(ctx: Context, text: str | None = None, codes: list[str] | None = None
            first: int = 30) -> list[dict[str, Any]]:
     if text and not ctx.user.can_read_reports:
         raise Forbidden("counting codes by report text needs the radiologist group; filter by codes instead")
-    return ctx.reports.facets(text, codes=codes or (), status=_status(status), limit=_first(first, "first"))
+    return _reports(ctx).facets(text, codes=codes or (), status=_status(status), limit=_first(first, "first"))
 
 
 def _image(n: Any, ctx: Context) -> dict[str, Any]:
@@ -99,7 +105,7 @@ def study(ctx: Context, uid: str) -> dict[str, Any]:
     if not is_uid(str(uid)):
         raise BadQuery(f"{str(uid)[:70]!r} is not a DICOM UID")
     try:
-        report = ctx.reports.report(uid)
+        report = _reports(ctx).report(uid)
     except DicomflowError:
         report = None
     images = ctx.images.images_of_study(uid) if ctx.images is not None else []

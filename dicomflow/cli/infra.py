@@ -74,7 +74,8 @@ def package_cmd(deps: str | None, bucket: str | None, no_upload: bool, as_json: 
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Template parameter (repeatable).")
 @template_option
 @deps_option
-@click.option("--no-package", is_flag=True, help="Do not package; pass LambdaCodeBucket/*CodeKey yourself.")
+@click.option("--no-package", is_flag=True,
+              help="Do not package; pass LambdaCodeBucket, the *CodeKey and SearchApiSchemaKey yourself.")
 @click.option("--pacs-credentials", type=click.Choice(deployment.PACS_MODES), default="auto", show_default=True,
               help="auto: put DICOMFLOW_PACS_USERNAME/PASSWORD (emulator: the local Orthanc's) into the PACS "
                    "secret after deploy.")

@@ -74,6 +74,7 @@ def run(stack_name: str = stack.DEFAULT_STACK, params: Mapping[str, str] | None 
         params.setdefault("LambdaCodeBucket", built[0].bucket or "")
         for pkg in built:
             params.setdefault(pkg.parameter, pkg.key or "")
+        params.setdefault("SearchApiSchemaKey", package.upload_schema(params["LambdaCodeBucket"]))
     result = stack.deploy(stack_name, params, template_path, on_event=on_event, timeout=timeout)
     if pacs_credentials == "auto":
         notes.append(_set_pacs_secret(result.outputs))

@@ -16,7 +16,10 @@ template stays the one source of truth. moto 5.2.5 skips:
 * ``AWS::SecretsManager::Secret`` (not created at all) -> ``create_secret`` named ``<stack>/<LogicalId>``
   with a value generated per ``GenerateSecretString``; the Lambda environment variables that referenced
   it (dropped by moto) are then set with ``update_function_configuration``, which also turns moto's
-  numeric environment values back into strings.
+  numeric environment values back into strings;
+* ``AWS::Cognito::UserPool`` / ``UserPoolClient`` / ``UserPoolGroup`` (not created at all) -> ``create_user_pool``
+  (found again by its name; ``MfaConfiguration``/``EnabledMfas`` are left to AWS: moto's tokens skip MFA),
+  ``create_user_pool_client`` (by ``ClientName``) and ``create_group``, so the search API's sign-in works locally.
 
 Each fix-up returns a one-line description; ``dicomflow infra deploy`` prints them.
 """
@@ -122,6 +125,72 @@ def _ensure_secrets(stack: str, template: Mapping[str, Any], resolver: Resolver,
     return extra, notes
 
 
+#: Properties of AWS::Cognito::UserPool passed to CreateUserPool as they are (the rest are AWS-only or renamed).
+_POOL_PROPERTIES = ("Policies", "AdminCreateUserConfig", "AccountRecoverySetting", "UserPoolTags")
+
+
+def _user_pool_resources(stack: str, template: Mapping[str, Any], parameters: Mapping[str, str],
+                         extra: dict[str, dict[str, str]], create: bool) -> list[str]:
+    """Find (and with ``create``, make) the template's user pools, app clients and groups; each found one is
+    added to ``extra`` (pool -> its id, client -> its client id, group -> its name). One line per creation."""
+    idp = aws.client("cognito-idp")
+    notes: list[str] = []
+    resources = template["Resources"]
+    for wanted in ("AWS::Cognito::UserPool", "AWS::Cognito::UserPoolClient", "AWS::Cognito::UserPoolGroup"):
+        resolver = resolver_for(stack, template, parameters, extra)
+        for logical, res in resources.items():
+            if res.get("Type") != wanted or not resolver.active(res):
+                continue
+            try:
+                props = resolver.resolve(res.get("Properties") or {})
+            except InfraError:  # its pool was not found
+                continue
+            if wanted == "AWS::Cognito::UserPool":
+                name = props.get("UserPoolName") or f"{stack}-{logical}"
+                pools = [p for page in idp.get_paginator("list_user_pools").paginate(MaxResults=60)
+                         for p in page["UserPools"] if p["Name"] == name]
+                physical = pools[0]["Id"] if pools else None
+                if physical is None and create:
+                    physical = idp.create_user_pool(PoolName=name, **{k: props[k] for k in _POOL_PROPERTIES
+                                                                    if k in props})["UserPool"]["Id"]
+                    notes.append(f"created user pool {name} (moto's CloudFormation does not create Cognito)")
+            elif wanted == "AWS::Cognito::UserPoolClient":
+                clients = [c for page in idp.get_paginator("list_user_pool_clients").paginate(
+                    UserPoolId=props["UserPoolId"], MaxResults=60) for c in page["UserPoolClients"]
+                    if c["ClientName"] == props.get("ClientName")]
+                physical = clients[0]["ClientId"] if clients else None
+                if physical is None and create:
+                    physical = idp.create_user_pool_client(**props)["UserPoolClient"]["ClientId"]
+                    notes.append(f"created app client {props.get('ClientName')} of user pool {props['UserPoolId']}")
+            else:
+                try:
+                    physical = idp.get_group(GroupName=props["GroupName"], UserPoolId=props["UserPoolId"])[
+                        "Group"]["GroupName"]
+                except idp.exceptions.ResourceNotFoundException:
+                    physical = None
+                    if create:
+                        physical = idp.create_group(**props)["Group"]["GroupName"]
+                        notes.append(f"created group {physical} of user pool {props['UserPoolId']}")
+            if physical:
+                extra[logical] = {"type": wanted, "physical": physical}
+    return notes
+
+
+def created_resources(stack: str, template: Mapping[str, Any], parameters: Mapping[str, str]
+                      ) -> dict[str, dict[str, str]]:
+    """What the fix-ups created for ``stack`` (secrets, user pools ...) as ``{logical id: {"type", "physical"}}``,
+    to resolve the outputs moto dropped."""
+    extra: dict[str, dict[str, str]] = {}
+    arns = fixup_secret_arns(stack)
+    if arns:
+        sm = aws.client("secretsmanager")
+        for arn in arns:
+            tags = {t["Key"]: t["Value"] for t in sm.describe_secret(SecretId=arn).get("Tags") or []}
+            extra[tags["dicomflow:logical-id"]] = {"type": "AWS::SecretsManager::Secret", "physical": arn}
+    _user_pool_resources(stack, template, parameters, extra, create=False)
+    return extra
+
+
 def fixup_secret_arns(stack: str) -> list[str]:
     """ARNs of the secrets the fix-ups created for ``stack`` (for destroy)."""
     sm = aws.client("secretsmanager")
@@ -167,6 +236,7 @@ def apply_fixups(stack: str, template: Mapping[str, Any], parameters: Mapping[st
     deployed = stack_resources(stack)
     resolver = resolver_for(stack, template, parameters)
     extra, notes = _ensure_secrets(stack, template, resolver, deployed)
+    notes.extend(_user_pool_resources(stack, template, parameters, extra, create=True))
     if extra:
         resolver = resolver_for(stack, template, parameters, extra)
     s3 = aws.client("s3")
@@ -343,12 +413,19 @@ def _lambda_environment(function: str, props: Mapping[str, Any]) -> list[str]:
 
 
 def remove_fixups(stack: str) -> list[str]:
-    """Undo what :func:`apply_fixups` created outside the stack (secrets, subscriptions on its topics)."""
+    """Undo what :func:`apply_fixups` created outside the stack (secrets, user pools tagged with the stack)."""
     notes = []
     sm = aws.client("secretsmanager")
     for arn in fixup_secret_arns(stack):
         sm.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
         notes.append(f"deleted secret {arn.rsplit(':', 1)[-1]}")
+    idp = aws.client("cognito-idp")
+    for page in idp.get_paginator("list_user_pools").paginate(MaxResults=60):
+        for pool in page["UserPools"]:
+            tags = idp.describe_user_pool(UserPoolId=pool["Id"])["UserPool"].get("UserPoolTags") or {}
+            if tags.get("dicomflow:stack") == stack:
+                idp.delete_user_pool(UserPoolId=pool["Id"])
+                notes.append(f"deleted user pool {pool['Name']} (its users too)")
     return notes
 
 

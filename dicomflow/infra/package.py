@@ -322,6 +322,19 @@ def upload(pkg: BuiltPackage, bucket: str) -> BuiltPackage:
     return pkg
 
 
+def upload_schema(bucket: str) -> str:
+    """Put the search API's GraphQL schema at ``api/schema/<sha256>.graphql`` (content-addressed like the zips);
+    returns its key, the ``SearchApiSchemaKey`` parameter (AppSync reads it from there)."""
+    from dicomflow.api import SCHEMA_FILE
+
+    data = SCHEMA_FILE.read_bytes()
+    key = f"api/schema/{hashlib.sha256(data).hexdigest()[:32]}.graphql"
+    uri = aws.s3_uri(bucket, key)
+    if not aws.exists(uri):
+        aws.write(uri, data, "application/graphql", ServerSideEncryption="AES256")
+    return key
+
+
 def package_all(lambdas_dir: str | Path = LAMBDAS_DIR, deps: str = "venv", bucket: str | None = None,
                 upload_zips: bool = True) -> list[BuiltPackage]:
     """Build every Lambda and (by default) upload it to the deploy bucket, creating that if needed."""

@@ -74,14 +74,9 @@ def outputs(stack: str = DEFAULT_STACK, template_path: str | Path | None = None)
     result = {o["OutputKey"]: str(o["OutputValue"]) for o in desc.get("Outputs") or []}
     if aws.is_emulated():
         template = load_template(template_path)
-        extra = {}
-        arns = emulator_fixups.fixup_secret_arns(stack)
-        if arns:
-            sm = aws.client("secretsmanager")
-            for arn in arns:
-                tags = {t["Key"]: t["Value"] for t in sm.describe_secret(SecretId=arn).get("Tags") or []}
-                extra[tags["dicomflow:logical-id"]] = {"type": "AWS::SecretsManager::Secret", "physical": arn}
-        resolver = emulator_fixups.resolver_for(stack, template, deployed_parameters(desc), extra)
+        parameters = deployed_parameters(desc)
+        extra = emulator_fixups.created_resources(stack, template, parameters)
+        resolver = emulator_fixups.resolver_for(stack, template, parameters, extra)
         for key, spec in (template.get("Outputs") or {}).items():
             if key not in result and resolver.active(spec):
                 try:

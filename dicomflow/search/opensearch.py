@@ -104,6 +104,9 @@ class OpenSearchIndex:
     def close(self) -> None:
         """Nothing to release (the client's connections are the caller's)."""
 
+    def refresh(self) -> None:
+        """Nothing to reload: every query asks the domain."""
+
     def __enter__(self) -> Any:
         return self
 

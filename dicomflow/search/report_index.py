@@ -201,6 +201,9 @@ class ReportIndex:
             raise ReportIndexError(f"{path} is not a usable report index: {exc}") from None
         return cls(path, db)
 
+    def refresh(self) -> None:
+        """Nothing to reload: every query reads the rows as they are now."""
+
     def close(self) -> None:
         self._db.close()
 

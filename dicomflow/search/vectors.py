@@ -191,6 +191,12 @@ class VectorIndex:
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
+    def refresh(self) -> None:
+        """Reload the graph when another process has written since it was loaded (a long-lived reader)."""
+        now = self._generation()
+        if now != self._loaded:
+            self._loaded, self._graph = now, self._load_graph()
+
     # ---- the graph -----------------------------------------------------------------------------
     def _generation(self) -> str:
         return self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]

@@ -71,6 +71,23 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert "EndpointName" not in out  # no ModelDataUrl -> no endpoint
     fixups = "\n".join(done.result.fixups)
     assert "created secret" in fixups and "subscribed a email endpoint" in fixups
+    # the search page's sign-in: a user pool (admin-created users only), its public app client, the two groups;
+    # the AppSync API needs the OpenSearch domain (none here), its schema is uploaded beside the Lambda zips
+    assert f"created user pool {STACK}-search-users" in fixups
+    idp = aws.client("cognito-idp")
+    pool = idp.describe_user_pool(UserPoolId=out["SearchUserPoolId"])["UserPool"]
+    assert pool["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    assert pool["Policies"]["PasswordPolicy"]["MinimumLength"] == 12
+    client = idp.describe_user_pool_client(UserPoolId=out["SearchUserPoolId"],
+                                           ClientId=out["SearchUserPoolClientId"])["UserPoolClient"]
+    assert client["ClientName"] == "search-page" and "ClientSecret" not in client
+    assert "ALLOW_USER_PASSWORD_AUTH" in client["ExplicitAuthFlows"]
+    assert {g["GroupName"] for g in idp.list_groups(UserPoolId=out["SearchUserPoolId"])["Groups"]} == {
+        "radiologist", "researcher"}
+    assert "SearchApiUrl" not in out
+    schema_key = {p["ParameterKey"]: p["ParameterValue"] for p in stack.describe(STACK)["Parameters"]}[
+        "SearchApiSchemaKey"]
+    assert aws.read(aws.s3_uri(done.packages[0].bucket, schema_key)).startswith(b'"""')
     assert "public access block" in fixups and "TLS-only" in fixups
     assert "PACS secret set" in " ".join(done.notes)
     s3 = aws.client("s3")
@@ -192,6 +209,7 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     else:
         assert deploy_bucket not in buckets and f"deleted deploy bucket {deploy_bucket}" in notes
     assert emulator_fixups.fixup_secret_arns(STACK) == []
+    assert out["SearchUserPoolId"] not in {p["Id"] for p in idp.list_user_pools(MaxResults=60)["UserPools"]}
     assert not [s for s in aws.client("sns").list_subscriptions()["Subscriptions"]
                 if s["TopicArn"] == out["ErrorTopicArn"]]
     functions = {f["FunctionName"] for f in aws.client("lambda").list_functions()["Functions"]}

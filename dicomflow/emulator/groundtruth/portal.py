@@ -17,7 +17,6 @@ import hashlib
 import hmac
 import html
 import logging
-import mimetypes
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from dicomflow import safejson, webserver
 from dicomflow.emulator.groundtruth.gateway import WadoGateway
@@ -59,34 +58,6 @@ def _page(title: str, body: str, done: bool = False) -> str:
 
 
 LIMITS = webserver.Limits(max_body=MAX_BODY)
-_SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                     (b"x-frame-options", b"DENY")]
-
-
-class _SecurityHeaders:
-    """ASGI middleware: the portal's security headers on every answer, ``no-store`` unless one says otherwise."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                names = {k.lower() for k, _ in headers}
-                headers += [h for h in _SECURITY_HEADERS if h[0] not in names]
-                if b"cache-control" not in names:
-                    headers.append((b"cache-control", b"no-store"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
-
-
 def _html(status: int, title: str, body: str, done: bool = False, headers: dict[str, str] | None = None) -> Response:
     return Response(_page(title, body, done), status_code=status, media_type="text/html; charset=utf-8",
                     headers=headers)
@@ -99,22 +70,6 @@ def _text(status: int, text: str) -> Response:
 def _error(status: int, message: str) -> Response:
     headers = {"Connection": "close"} if status in (408, 413) else None
     return webserver.json_response(status, {"error": message}, headers)
-
-
-def _file(root: Path, rel: str, cache: bool = False) -> Response:
-    try:
-        target = (root / rel).resolve()
-    except (OSError, ValueError):
-        return _text(404, "not found\n")
-    if not target.is_file() or root.resolve() not in target.parents:
-        return _text(404, "not found\n")
-    ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-    if target.suffix in (".js", ".mjs"):
-        ctype = "text/javascript; charset=utf-8"
-    elif target.suffix == ".wasm":
-        ctype = "application/wasm"
-    headers = {"Cache-Control": "public, max-age=3600"} if cache else {}
-    return Response(target.read_bytes(), media_type=ctype, headers=headers)
 
 
 class Portal:
@@ -188,10 +143,10 @@ class Portal:
             return Response(b"", status_code=204, media_type="image/x-icon")
 
         async def static(request: Request) -> Response:
-            return _file(STATIC_DIR, request.path_params["path"])
+            return webserver.static_file(STATIC_DIR, request.path_params["path"])
 
         async def viewer(request: Request) -> Response:
-            return _file(portal.viewer_dir, request.path_params["path"], cache=True)
+            return webserver.static_file(portal.viewer_dir, request.path_params["path"], cache=True)
 
         def signed_in(handler: Any) -> Any:
             async def guarded(request: Request) -> Response:
@@ -261,7 +216,7 @@ class Portal:
             return _html(404, "Not found", "")
 
         methods = ["GET", "HEAD"]
-        return _SecurityHeaders(Starlette(routes=[
+        return webserver.SecurityHeaders(Starlette(routes=[
             Route("/login", login, methods=methods),
             Route("/favicon.ico", favicon, methods=methods),
             Route("/static/{path:path}", static, methods=methods),

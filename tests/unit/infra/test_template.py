@@ -17,7 +17,8 @@ from dicomflow.infra.template import DEFAULT_TEMPLATE, Resolver, load_template, 
 REQUIRED = {"PacsDicomwebUrl": "https://pacs.example.org/dicom-web", "GatewayUrl": "https://gw.example.org/wado",
             "LambdaCodeBucket": "dicomflow-deploy-123456789012-us-east-1",
             "PreLabelCodeKey": "lambdas/pre_label/abc.zip", "PostLabelCodeKey": "lambdas/post_label/def.zip",
-            "RouterCodeKey": "lambdas/router/012.zip", "SearchIngestCodeKey": "lambdas/search_ingest/345.zip"}
+            "RouterCodeKey": "lambdas/router/012.zip", "SearchIngestCodeKey": "lambdas/search_ingest/345.zip",
+            "SearchApiCodeKey": "lambdas/search_api/678.zip", "SearchApiSchemaKey": "api/schema/9ab.graphql"}
 
 
 @pytest.fixture(scope="module")
