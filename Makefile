@@ -39,12 +39,18 @@ $(STAMPS)/python: $(VENV)/bin/python requirements.lock pyproject.toml
 
 ui:
 	@if [ -f labeling_ui/package.json ]; then $(MAKE) -s $(STAMPS)/ui; fi
+	@if [ -f search_ui/package.json ]; then $(MAKE) -s $(STAMPS)/search_ui; fi
 
 $(STAMPS)/ui: labeling_ui/package.json labeling_ui/package-lock.json $(shell find labeling_ui/src -type f 2>/dev/null) labeling_ui/vite.config.js
 	@mkdir -p $(STAMPS)
 	@# npm ci refuses this lock: the registry lacks rollup's other-platform binaries, so they are absent
 	@# from it. npm install --no-save installs exactly the locked tree and never rewrites the lock.
 	cd labeling_ui && npm install --no-save --no-audit --no-fund --loglevel=error && npm run -s build
+	@touch $@
+
+$(STAMPS)/search_ui: search_ui/package.json search_ui/package-lock.json search_ui/index.html $(shell find search_ui/src -type f 2>/dev/null) search_ui/vite.config.js
+	@mkdir -p $(STAMPS)
+	cd search_ui && npm install --no-save --no-audit --no-fund --loglevel=error && npm run -s build
 	@touch $@
 
 demo: setup
@@ -61,4 +67,4 @@ bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(STAMPS) labeling_ui/dist labeling_ui/node_modules
+	rm -rf $(STAMPS) labeling_ui/dist labeling_ui/node_modules search_ui/dist search_ui/node_modules

@@ -25,6 +25,11 @@ def image_index_dir(data: Path) -> Path:
     return Path(data) / "search" / "images"
 
 
+def report_index_path(data: Path) -> Path:
+    """The embedded report index (SQLite) of a data dir (what ``dicomflow search`` and the local search API use)."""
+    return Path(data) / "search" / "reports.sqlite"
+
+
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 

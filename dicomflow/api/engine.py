@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from botocore.config import Config
+
 from dicomflow import aws
 from dicomflow.api.auth import User
 from dicomflow.api.resolvers import Context
@@ -67,8 +69,9 @@ class Engine:
         return ix
 
     def context(self, user: User) -> Context:
-        if getattr(self._local, "s3", None) is None:
-            self._local.s3 = aws.client("s3")
+        if getattr(self._local, "s3", None) is None:  # SigV4 links (X-Amz-Expires), as every region takes
+            self._local.s3 = aws.client("s3", config=Config(signature_version="s3v4",
+                                                             retries={"max_attempts": 5, "mode": "standard"}))
         s3 = self._local.s3
         return Context(user=user,
                        reports=self._open("reports", lambda p: open_report_index(p, create=False), self.reports_path),

@@ -15,7 +15,7 @@ from dicomflow.cli.deploy import studies_from, study_request
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.infra.stack import DEFAULT_STACK
-from dicomflow.paths import image_index_dir
+from dicomflow.paths import image_index_dir, report_index_path
 from dicomflow.search import report_index as ri
 from dicomflow.search.embeddings import model_of
 from dicomflow.search.images import (
@@ -51,7 +51,7 @@ def search() -> None:
 
 
 def _reports_path(ctx: click.Context, given: str | None) -> Path:
-    return Path(given) if given else settings_from(ctx).data_dir / "search" / "reports.sqlite"
+    return Path(given) if given else report_index_path(settings_from(ctx).data_dir)
 
 
 reports_option = click.option("--reports-index", "reports_path", type=click.Path(dir_okay=False),

@@ -34,7 +34,7 @@ from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import instance_id, orthanc_id
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import manifest
-from dicomflow.paths import image_index_dir
+from dicomflow.paths import image_index_dir, report_index_path
 from dicomflow.search.reports import RuleEngine, report_findings
 from dicomflow.training.channel import MANIFEST, channel_uri
 
@@ -188,7 +188,7 @@ def analyse_reports(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 
     engine, agree, extra, total = RuleEngine(), 0, 0, 0
     studies = [s for s in ctx.chest if "report_mentions" in s.entry]
-    where = ctx.settings.data_dir / "search" / "reports.sqlite"
+    where = report_index_path(ctx.settings.data_dir)
     with hooks.step("analyse the chest reports (entities, negation, ICD-10-CM)", total=len(studies)) as st, \
             ReportIndex.open(where) as ix:
         for k, study in enumerate(studies, 1):

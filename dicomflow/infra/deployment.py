@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dicomflow import aws
-from dicomflow.config import Settings, runtime
+from dicomflow.config import Settings, read_state, runtime, write_state
 from dicomflow.credentials import pacs_connection
 from dicomflow.errors import DicomflowError
 from dicomflow.infra import package, stack
@@ -76,9 +76,24 @@ def run(stack_name: str = stack.DEFAULT_STACK, params: Mapping[str, str] | None 
             params.setdefault(pkg.parameter, pkg.key or "")
         params.setdefault("SearchApiSchemaKey", package.upload_schema(params["LambdaCodeBucket"]))
     result = stack.deploy(stack_name, params, template_path, on_event=on_event, timeout=timeout)
+    if aws.is_emulated():
+        _record_local_stack(stack_name)
     if pacs_credentials == "auto":
         notes.append(_set_pacs_secret(result.outputs))
     return Deployment(result=result, packages=built, notes=notes)
+
+
+#: The local cloud's state-file record of the stack last deployed to it, whose user pool the local search page
+#: signs its users in with.
+LOCAL_STACK_KEY = "search_stack"
+
+
+def _record_local_stack(stack_name: str) -> None:
+    settings = Settings.load()
+    if settings.state_path.exists():
+        state = read_state(settings.data_dir)
+        if state.get(LOCAL_STACK_KEY) != stack_name:
+            write_state(settings.data_dir, {**state, LOCAL_STACK_KEY: stack_name})
 
 
 def _set_pacs_secret(outputs: Mapping[str, str]) -> str:

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 def _settings(tmp_path: Path, **overrides) -> Settings:
-    ports = {"orthanc_http_port": free_port(), "orthanc_dicom_port": free_port(), "aws_port": free_port()}
+    ports = {"orthanc_http_port": free_port(), "orthanc_dicom_port": free_port(), "aws_port": free_port(),
+             "search_port": free_port()}
     ports.update(overrides)
     return Settings.load(data_dir=tmp_path / "home", **ports)
 
@@ -45,11 +46,11 @@ def _orthancs(data_dir: Path) -> set[int]:
 def test_up_down_up_keeps_data_and_is_idempotent(tmp_path: Path) -> None:
     s = _settings(tmp_path)
     up = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
-              str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port), "--json")
+              str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port), "--search-port", str(s.search_port), "--json")
     assert up.returncode == 0, up.stderr
     try:
         report = json.loads(up.stdout)
-        assert {x["name"] for x in report["services"]} == {"orthanc", "aws"}
+        assert {x["name"] for x in report["services"]} == {"orthanc", "aws", "search"}
         assert all(x["healthy"] for x in report["services"])
         pids = {x["name"]: x["pid"] for x in report["services"]}
         creds = json.loads(local_orthanc_secret_path(s.data_dir).read_text())
@@ -84,7 +85,7 @@ def test_secrets_are_private_and_never_printed(tmp_path: Path) -> None:
     s = _settings(tmp_path)
     cloud = LocalCloud(s)
     out = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
-               str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port))
+               str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port), "--search-port", str(s.search_port))
     try:
         assert out.returncode == 0, out.stderr
         secret = local_orthanc_secret_path(s.data_dir)
@@ -111,7 +112,7 @@ def _modes(root: Path) -> set[tuple[str, int]]:
 def test_phi_is_owner_only_and_wider_modes_are_fixed_on_up(tmp_path: Path) -> None:
     s = _settings(tmp_path)
     flags = ["--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port", str(s.orthanc_dicom_port),
-             "--aws-port", str(s.aws_port)]
+             "--aws-port", str(s.aws_port), "--search-port", str(s.search_port)]
     assert _cli(s, "up", *flags).returncode == 0
     try:
         creds = json.loads(local_orthanc_secret_path(s.data_dir).read_text())
@@ -138,7 +139,7 @@ def test_busy_port_fails_with_one_clear_line_and_leaves_nothing_running(tmp_path
         blocker.bind(("127.0.0.1", s.aws_port))
         blocker.listen()
         res = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
-                   str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port))
+                   str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port), "--search-port", str(s.search_port))
     assert res.returncode == 1
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"port {s.aws_port}" in lines[0] and "already in use" in lines[0]
@@ -154,7 +155,7 @@ def test_stale_pid_file_is_detected_and_cleaned(tmp_path: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (s.run_dir / "orthanc.pid").write_text(json.dumps({"pid": dead.pid, "create_time": 1.0}))
-    assert [x.running for x in cloud.status()] == [False, False]
+    assert [x.running for x in cloud.status()] == [False, False, False]
     assert not (s.run_dir / "orthanc.pid").exists()
     try:
         assert all(x.healthy for x in cloud.up())

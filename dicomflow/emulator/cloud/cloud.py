@@ -9,13 +9,14 @@ from __future__ import annotations
 from dicomflow.config import Settings, read_state, write_state
 from dicomflow.emulator.cloud.moto import MotoService
 from dicomflow.emulator.cloud.orthanc import OrthancService
+from dicomflow.emulator.cloud.search_api import SearchApiService
 from dicomflow.emulator.cloud.service import Service, ServiceError, ServiceStatus
 from dicomflow.paths import private_dir
 
 
 def default_services(settings: Settings) -> list[Service]:
     """The services of the local cloud, in start order."""
-    return [OrthancService(settings), MotoService(settings)]
+    return [OrthancService(settings), MotoService(settings), SearchApiService(settings)]
 
 
 class LocalCloud:

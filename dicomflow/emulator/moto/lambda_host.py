@@ -12,7 +12,8 @@ Execution environments, as Lambda keeps them:
   interpreter (``python -I``, so this virtual environment's site-packages are there, the task root first
   on ``sys.path``), the function's Environment variables, the Lambda reserved variables and
   ``AWS_ENDPOINT_URL`` / region / credentials pointing at the emulator, and ``DICOMFLOW_SEARCH_INDEX_DIR``
-  at the data dir's embedded image index (where the search ingestion Lambda writes embeddings). Its
+  at the data dir's embedded image index (where the search ingestion Lambda writes embeddings) and
+  ``DICOMFLOW_SEARCH_REPORTS_INDEX`` at its report index. Its
   module-level code runs once (the cold start, reported as ``Init Duration``); later invokes reuse it;
 * a function has up to its reserved concurrency (or ``DICOMFLOW_LAMBDA_CONCURRENCY``) environments; an
   invoke beyond that waits for one to be free. A new version of the function (code, handler, timeout,
@@ -57,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomflow.config import runtime
-from dicomflow.paths import data_dir, image_index_dir
+from dicomflow.paths import data_dir, image_index_dir, report_index_path
 
 log = logging.getLogger("dicomflow.lambda")
 
@@ -121,6 +122,7 @@ def function_environment(fn: Any, stream: str, root: Path) -> dict[str, str]:
     env["AWS_ENDPOINT_URL"] = _config.get("endpoint_url") or os.environ.get("AWS_ENDPOINT_URL", "")
     # the local cloud's image index is its data dir's, as a domain's URL is on AWS (the function's own wins)
     env["DICOMFLOW_SEARCH_INDEX_DIR"] = str(image_index_dir(data_dir()))
+    env["DICOMFLOW_SEARCH_REPORTS_INDEX"] = str(report_index_path(data_dir()))
     env.update({str(k): str(v) for k, v in (fn.environment_vars or {}).items()})
     env.update({
         "_HANDLER": str(fn.handler),

@@ -38,7 +38,8 @@ def _required_values(tmp: Path) -> dict[str, str]:
     return {"--to": "s3://some-bucket/out/", "--labels": str(labels), "--manifest": "s3://some-bucket/m.jsonl",
             "--task": "classification2d", "--data": "s3://some-bucket/data/", "--endpoint": "some-endpoint",
             "--model": "s3://some-bucket/model.tar.gz", "--study": "1.2.826.0.1.3680043.8.498.1",
-            "--job-name": "some-job", "--function": "some-router", "--from": "s3://some-bucket/ingest/"}
+            "--job-name": "some-job", "--function": "some-router", "--from": "s3://some-bucket/ingest/",
+            "--group": "radiologist"}
 
 
 def _argv(path: tuple[str, ...], cmd: click.Command, values: dict[str, str], tmp: Path) -> list[str]:

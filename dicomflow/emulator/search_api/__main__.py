@@ -1,0 +1,3 @@
+from dicomflow.emulator.search_api.server import main
+
+main()
