@@ -108,12 +108,12 @@ def study(ctx: Context, uid: str) -> dict[str, Any]:
         report = _reports(ctx).report(uid)
     except DicomflowError:
         report = None
-    images = ctx.images.images_of_study(uid) if ctx.images is not None else []
+    images = ctx.images.study_images(uid) if ctx.images is not None else []
     return {"studyInstanceUID": uid, "accessionNumber": (report or {}).get("accessionNumber"),
             "report": None if report is None else {
                 "text": report["text"] if ctx.user.can_read_reports else None,
                 "mentions": [_mention(m, ctx) for m in report["mentions"]]},
-            "images": [{"sopInstanceUID": sop, "studyInstanceUID": uid, "labels": []} for sop in images]}
+            "images": [_image(n, ctx) for n in images]}
 
 
 def me(ctx: Context) -> dict[str, Any]:

@@ -187,6 +187,13 @@ class OpenSearchVectorIndex(OpenSearchIndex):
             "sort": [{"sop_uid": "asc"}]})
         return [h["_source"]["sop_uid"] for h in answer["hits"]["hits"]]
 
+    def study_images(self, study_uid: str) -> list[Neighbour]:
+        """The indexed images of a study with their metadata (rank = position; score 1.0: each is itself)."""
+        answer = self.client.search(index=self.name, body={
+            "size": MAX_K, "_source": {"excludes": ["vector"]}, "query": {"term": {"study_uid": study_uid}},
+            "sort": [{"sop_uid": "asc"}]})
+        return [_neighbour(n, {**h, "_score": 1.0}) for n, h in enumerate(answer["hits"]["hits"], start=1)]
+
     def similar(self, vector: Sequence[float] | np.ndarray, k: int = 10, *, exclude_sops: Iterable[str] = (),
                 exclude_studies: Iterable[str] = (), modality: str | None = None, label: str | None = None,
                 view_position: str | None = None, body_part: str | None = None) -> list[Neighbour]:

@@ -308,6 +308,15 @@ class VectorIndex:
         return [u for (u,) in self._db.execute("SELECT sop_uid FROM images WHERE study_uid = ? ORDER BY key",
                                                (study_uid,))]
 
+    def study_images(self, study_uid: str) -> list[Neighbour]:
+        """The indexed images of a study with their metadata, in index order (rank = position; score 1.0:
+        each compared with itself)."""
+        rows = self._db.execute(
+            "SELECT sop_uid, study_uid, series_uid, accession, modality, labels, thumbnail, view_position, body_part "
+            "FROM images WHERE study_uid = ? ORDER BY key LIMIT ?", (study_uid, MAX_K))
+        return [Neighbour(n, 1.0, r[0], r[1], r[2], r[3], r[4], tuple(json.loads(r[5])), r[6], r[7], r[8])
+                for n, r in enumerate(rows, start=1)]
+
     def similar(self, vector: Sequence[float] | np.ndarray, k: int = 10, *, exclude_sops: Iterable[str] = (),
                 exclude_studies: Iterable[str] = (), modality: str | None = None, label: str | None = None,
                 view_position: str | None = None, body_part: str | None = None) -> list[Neighbour]:

@@ -52,7 +52,7 @@ SIMILAR_Q = """query($image: ID, $study: ID, $filter: ImageFilter) {
   similarImages(image: $image, study: $study, k: 3, filter: $filter) {
     query model { name version } neighbours { rank score image { sopInstanceUID labels thumbnailUrl } } } }"""
 STUDY_Q = """query($uid: ID!) { study(uid: $uid) { studyInstanceUID accessionNumber
-  report { text mentions { code status } } images { sopInstanceUID } } }"""
+  report { text mentions { code status } } images { sopInstanceUID modality labels thumbnailUrl } } }"""
 
 
 def _png() -> bytes:
@@ -166,6 +166,8 @@ def test_each_query_answers_what_the_engine_answers(server, pools, indexes) -> N
         study = doc["data"]["study"]
         assert study["accessionNumber"] == "A-1" and study["report"]["text"] == REPORTS[1]
         assert [i["sopInstanceUID"] for i in study["images"]] == images.images_of_study(UID.format(101))
+        assert [(i["modality"], i["labels"]) for i in study["images"]] == [("DX", []), ("DX", ["Edema"])]
+        assert all("X-Amz-Signature=" in i["thumbnailUrl"] for i in study["images"])
 
     # the thumbnail link is presigned, short-lived, and serves the PNG (the bucket itself is not public)
     link = got["neighbours"][0]["image"]["thumbnailUrl"]

@@ -93,6 +93,19 @@ def test_the_knn_query_carries_every_filter_inside_it_and_scores_become_cosines(
     assert found[0].labels == ("Edema",)
 
 
+def test_a_studys_images_come_with_their_metadata_and_never_a_vector(client) -> None:
+    ix = _opened(client)
+    Scripted.script.append(("POST", f"/{INDEX}/_search", 200, {"hits": {"hits": [
+        {"_id": UID.format(5), "_score": None, "_source": {"sop_uid": UID.format(5), "study_uid": UID.format(11),
+                                                           "modality": "DX", "labels": ["Edema"],
+                                                           "thumbnail": "s3://b/search/thumbnails/a.png"}}]}}))
+    found = ix.study_images(UID.format(11))
+    assert Scripted.sent[-1]["body"] == {"size": 1000, "_source": {"excludes": ["vector"]},
+                                         "query": {"term": {"study_uid": UID.format(11)}}, "sort": [{"sop_uid": "asc"}]}
+    assert [(n.rank, n.sop_uid, n.modality, n.labels, n.thumbnail) for n in found] == [
+        (1, UID.format(5), "DX", ("Edema",), "s3://b/search/thumbnails/a.png")]
+
+
 def test_without_filters_the_query_is_a_bare_knn_and_delete_counts_what_went(client) -> None:
     assert knn_body(np.array([0.0, 1.0]), 3) == {"size": 3, "_source": {"excludes": ["vector"]},
                                                 "query": {"knn": {"vector": {"vector": [0.0, 1.0], "k": 3}}}}
