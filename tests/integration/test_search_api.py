@@ -8,37 +8,23 @@ audit log names the user and the query kind, never the words searched."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
 
 import jwt
-import numpy as np
 import pytest
 import requests
 from moto.utilities.utils import load_resource
-from PIL import Image
+from search_api_setup import REPORTS, UID, png, seeded_indexes, seeded_pools, serving
 
-from dicomflow import aws
 from dicomflow.api.auth import issuer_of
-from dicomflow.api.engine import LINK_SECONDS, Engine
-from dicomflow.api.users import add_user, sign_in
-from dicomflow.emulator.search_api.server import SearchServer, SignIn
+from dicomflow.api.engine import LINK_SECONDS
+from dicomflow.api.users import sign_in
 from dicomflow.search.report_index import ReportIndex
-from dicomflow.search.reports import RuleEngine
-from dicomflow.search.vectors import ImageVector, VectorIndex
-from dicomflow.webserver import ServerThread
+from dicomflow.search.vectors import VectorIndex
 
 pytestmark = pytest.mark.integration
-UID = "1.2.826.0.1.3680043.8.498.77{}"
-REPORTS = [
-    "FINDINGS: Small right pleural effusion. No pneumothorax. IMPRESSION: Effusion.",
-    "FINDINGS: No pleural effusion. Cardiomegaly. IMPRESSION: Enlarged heart.",
-    "FINDINGS: Possible small left effusion. Lungs otherwise clear.",
-    "FINDINGS: Clear lungs. No acute disease.",
-]
-BUCKET = "dicomflow-search-api-tests"
 INJECTIONS = ['") { __schema { types { name } } } #', "' OR 1=1 --", "*) DROP TABLE reports; --",
               '{"$where": "1"}', "effusion\" OR \"1\"=\"1", "../../etc/passwd", "\\u0000\u202e"]
 
@@ -55,68 +41,21 @@ STUDY_Q = """query($uid: ID!) { study(uid: $uid) { studyInstanceUID accessionNum
   report { text mentions { code status } } images { sopInstanceUID modality labels thumbnailUrl } } }"""
 
 
-def _png() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def pools(local_cloud):
-    """Two pools (ours and another), two clients of ours, a radiologist and a researcher."""
-    idp = aws.client("cognito-idp")
-
-    def pool(name: str) -> str:
-        return idp.create_user_pool(PoolName=name, AdminCreateUserConfig={"AllowAdminCreateUserOnly": True},
-                                    Policies={"PasswordPolicy": {"MinimumLength": 12}})["UserPool"]["Id"]
-
-    def client(pool_id: str, name: str) -> str:
-        return idp.create_user_pool_client(UserPoolId=pool_id, ClientName=name, GenerateSecret=False,
-                                           ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH"])["UserPoolClient"]["ClientId"]
-
-    ours, other = pool("search-api-tests"), pool("search-api-tests-other")
-    for p in (ours, other):
-        for group in ("radiologist", "researcher"):
-            idp.create_group(UserPoolId=p, GroupName=group)
-    found = {"pool": ours, "client": client(ours, "search-page"), "other_client": client(ours, "another-app"),
-             "other_pool": other, "other_pool_client": client(other, "search-page")}
-    found["passwords"] = {"dr-rad": add_user(ours, "dr-rad", "radiologist"),
-                          "ms-res": add_user(ours, "ms-res", "researcher")}
-    add_user(other, "dr-rad", "radiologist", found["passwords"]["dr-rad"])
-    yield found
-    for p in (ours, other):
-        idp.delete_user_pool(UserPoolId=p)
+    with seeded_pools("search-api-tests") as found:
+        yield found
 
 
 @pytest.fixture(scope="module")
 def indexes(tmp_path_factory, local_cloud):
-    where = tmp_path_factory.mktemp("search-api")
-    s3 = aws.client("s3")
-    if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
-        s3.create_bucket(Bucket=BUCKET)
-    s3.put_object(Bucket=BUCKET, Key="search/thumbnails/t.png", Body=_png(), ContentType="image/png")
-    engine = RuleEngine()
-    with ReportIndex.open(where / "reports.sqlite") as reports:
-        for n, text in enumerate(REPORTS):
-            reports.add(UID.format(100 + n), text, engine.infer_icd10cm(text), accession=f"A-{n}")
-    rng = np.random.default_rng(5)
-    with VectorIndex.open(where / "images", model={"name": "chest", "version": "3"}, dimensions=16) as images:
-        images.add([ImageVector(sop_uid=UID.format(200 + n), study_uid=UID.format(100 + n // 2),
-                                vector=rng.standard_normal(16).astype(np.float32), modality="DX",
-                                labels=("Edema",) if n % 2 else (), thumbnail=f"s3://{BUCKET}/search/thumbnails/t.png")
-                    for n in range(8)])
-    return where
+    return seeded_indexes(tmp_path_factory.mktemp("search-api"))
 
 
 @pytest.fixture(scope="module")
 def server(local_cloud, pools, indexes):
-    settings = local_cloud.settings
-    engine = Engine(indexes / "reports.sqlite", indexes / "images")
-    app = SearchServer(engine, lambda: SignIn(pools["pool"], pools["client"]), settings.aws_endpoint_url,
-                       settings.region, page_dir=indexes / "no-page")
-    thread = ServerThread(app.app()).start()
-    yield thread.url
-    thread.stop()
+    with serving(local_cloud.settings, pools, indexes, indexes / "no-page") as url:
+        yield url
 
 
 def _post(url: str, body: bytes | dict, token: str | None = None, ctype: str = "application/json"
@@ -170,9 +109,10 @@ def test_each_query_answers_what_the_engine_answers(server, pools, indexes) -> N
         assert all("X-Amz-Signature=" in i["thumbnailUrl"] for i in study["images"])
 
     # the thumbnail link is presigned, short-lived, and serves the PNG (the bucket itself is not public)
-    link = got["neighbours"][0]["image"]["thumbnailUrl"]
+    first = got["neighbours"][0]["image"]
+    link, n = first["thumbnailUrl"], int(first["sopInstanceUID"].rsplit(".", 1)[1]) - 77200
     assert f"X-Amz-Expires={LINK_SECONDS}" in link and "X-Amz-Signature=" in link
-    assert requests.get(link, timeout=10).content == _png()
+    assert requests.get(link, timeout=10).content == png(n * 20)
 
 
 def _expired_moto_token(pools) -> str:

@@ -1,0 +1,119 @@
+"""The search page in real headless Chromium against the local search API: sign in with the emulated Cognito,
+search "effusion", see the results with the denied mention marked, open a study, see similar images with their
+thumbnails loaded from presigned links, sign out; a researcher cannot search words. The page never holds a PACS
+or AWS credential, and keeps its token out of storage and cookies.
+
+With ``DICOMFLOW_SCREENSHOT_DIR`` set, the screenshots the README shows are written there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from search_api_setup import UID, seeded_indexes, seeded_pools, serving
+
+from dicomflow.emulator.search_api.server import PAGE_DIR
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def page_url(local_cloud, tmp_path_factory):
+    assert (PAGE_DIR / "index.html").is_file(), "the search page is not built: run 'make setup'"
+    with seeded_pools("search-page-tests") as pools, \
+            serving(local_cloud.settings, pools, seeded_indexes(tmp_path_factory.mktemp("page")), PAGE_DIR) as url:
+        yield url, pools
+
+
+def _sign_in(page, url: str, user: str, password: str) -> None:
+    page.goto(url + "/")
+    page.wait_for_selector("#signin-submit:not([disabled])")
+    page.fill("#username", user)
+    page.fill("#password", password)
+    page.press("#password", "Enter")  # the keyboard is enough
+    page.wait_for_selector("#whoami:not(:empty)")
+
+
+def _shot(page, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("DICOMFLOW_SCREENSHOT_DIR"):
+        shutil.copy(path, Path(os.environ["DICOMFLOW_SCREENSHOT_DIR"]) / name)
+
+
+def test_a_radiologist_searches_opens_a_study_sees_similar_images_and_signs_out(browser, page_url, local_cloud,
+                                                                                 tmp_path) -> None:
+    url, pools = page_url
+    page = browser.new_page()
+    bodies: list[str] = []
+    page.on("response", lambda r: bodies.append(r.text()) if r.request.resource_type in ("fetch", "xhr") else None)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(url + "/")
+        page.wait_for_selector("#signin-submit:not([disabled])")
+        page.fill("#username", "dr-rad")
+        page.fill("#password", "not-the-password")
+        page.click("#signin-submit")
+        page.wait_for_selector("#signin-error:not(:empty)")
+        assert "password" in page.inner_text("#signin-error").lower()
+        assert page.input_value("#password") == ""
+
+        _sign_in(page, url, "dr-rad", pools["passwords"]["dr-rad"])
+        assert "dr-rad" in page.inner_text("#whoami") and "radiologist" in page.inner_text("#whoami")
+        page.fill("#search-text", "effusion")
+        page.press("#search-text", "Enter")
+        page.wait_for_selector("[data-testid=hit]")
+        page.wait_for_selector("body:not(.loading)")
+        hits = page.query_selector_all("[data-testid=hit]")
+        assert {h.get_attribute("data-study") for h in hits} == {UID.format(100), UID.format(101), UID.format(102)}
+        denied = page.query_selector(f'[data-testid=hit][data-study="{UID.format(101)}"] '
+                                     '[data-testid=mention].negative')
+        assert denied is not None and "effusion" in denied.inner_text().lower()
+        assert page.query_selector(f'[data-testid=hit][data-study="{UID.format(102)}"] '
+                                   '[data-testid=mention].uncertain') is not None
+        assert page.query_selector("[data-testid=hit] mark") is not None  # the matched words
+        assert page.query_selector_all("#facets [data-testid=facet]")
+        assert page.query_selector("#facet-chart svg rect") is not None
+        _shot(page, tmp_path, "search-page-results.png")
+
+        page.click(f'[data-testid=hit][data-study="{UID.format(101)}"] a[data-testid=open-study]')
+        page.wait_for_selector("#report-text [data-testid=mention].negative")
+        assert "No pleural effusion" in page.inner_text("#report-text")
+        page.wait_for_selector("#similar [data-testid=neighbour] img")
+        page.wait_for_function("""() => [...document.querySelectorAll('#similar [data-testid=neighbour] img')]
+                                   .every(i => i.complete && i.naturalWidth === 64)""")
+        neighbours = page.query_selector_all("#similar [data-testid=neighbour]")
+        assert len(neighbours) == 6  # every image of the other three studies, never this study's own
+        assert UID.format(101) not in {n.get_attribute("data-study") for n in neighbours}
+        _shot(page, tmp_path, "search-page-study.png")
+
+        page.click("#signout")
+        page.wait_for_selector("#signin-form", state="visible")
+        assert page.inner_text("#whoami").strip() == "" and not page.query_selector_all("[data-testid=hit]")
+        assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+        assert page.context.cookies() == []
+        seen = "\n".join(bodies)
+        assert local_cloud.pacs.password not in seen and "SecretAccessKey" not in seen
+        assert "Content Security Policy" not in "\n".join(errors), errors
+    finally:
+        page.close()
+
+
+def test_a_researcher_sees_codes_but_cannot_search_words(browser, page_url) -> None:
+    url, pools = page_url
+    page = browser.new_page()
+    try:
+        _sign_in(page, url, "ms-res", pools["passwords"]["ms-res"])
+        assert page.is_disabled("#search-text")
+        page.click("#search-submit")
+        page.wait_for_selector("[data-testid=hit]")
+        assert page.query_selector("[data-testid=hit] mark") is None  # no report words for this group
+        page.click(f'[data-testid=hit][data-study="{UID.format(100)}"] a[data-testid=open-study]')
+        page.wait_for_selector("#report-text")
+        page.wait_for_selector("#similar [data-testid=neighbour] img")
+        assert "Small right pleural effusion" not in page.inner_text("#study")
+    finally:
+        page.close()
