@@ -91,6 +91,16 @@ def seeded_indexes(where: Path) -> Path:
     return where
 
 
+def sign_in_page(page: Any, url: str, user: str, password: str) -> None:
+    """Sign in on the search page at ``url`` (a playwright page) with the keyboard, as a person would."""
+    page.goto(url.rstrip("/") + "/")
+    page.wait_for_selector("#signin-submit:not([disabled])")
+    page.fill("#username", user)
+    page.fill("#password", password)
+    page.press("#password", "Enter")
+    page.wait_for_selector("#whoami:not(:empty)")
+
+
 @contextmanager
 def serving(settings: Settings, pools: dict[str, Any], where: Path, page_dir: Path) -> Iterator[str]:
     """The local search server over ``where``'s indexes, signing in with ``pools``' pool; yields its URL."""

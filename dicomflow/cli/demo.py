@@ -247,6 +247,16 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"true finding with it (by chance {im['chanceSharing']:.1f})\n"
             f"dicomflow search similar --study {first['study']}   (true findings: {', '.join(first['truth'])})",
             title="similar-image search", border_style="cyan"), highlight=False)
+    if "searchPage" in r:
+        sp = r["searchPage"]
+        console.print(Panel.fit(
+            f"{sp['url']}  sign in as demo-radiologist (reports, words, images) or demo-researcher (codes and "
+            f"images only); passwords in {sp['credentials']}\n"
+            f"as the page asks: {sp['effusionReports']} reports mention an effusion ({sp['deniedEffusion']} deny "
+            f"it); {sp['neighbours']} images like study {sp['similarStudy']}, {sp['thumbnailLinks']} with a "
+            f"5-minute thumbnail link; a researcher's word search is refused (HTTP {sp['researcherWordSearch']})\n"
+            "users: dicomflow users ls --stack " + r.get("stack", {}).get("name", "dicomflow-demo"),
+            title="search page", border_style="cyan"), highlight=False)
     if "batch" in r:
         b = r["batch"]
         console.print(Panel.fit(
@@ -257,6 +267,8 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     console.print(Panel.fit(
         f"Orthanc web UI   {r['orthanc']}  (user and password in {settings.secrets_dir}/orthanc.json)\n"
         + "".join(f"SR + SEG study   {link}\n" for link in links) +
+        (f"search page      {r['searchPage']['url']}  (users and passwords in {r['searchPage']['credentials']})\n"
+         if "searchPage" in r else "") +
         f"worker portal    {lab['portal']} (while a job runs: dicomflow label start --job {lab['request']})\n"
         f"total {secs.get('total', 0):.0f} s: " + ", ".join(f"{k} {v:.0f}s" for k, v in secs.items() if k != "total"),
         title="where to look", border_style="green"), highlight=False)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -711,6 +712,72 @@ def index_images(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     return ctx.results["imageSearch"]
 
 
+#: The demo's search page users: one per group, passwords in ``<data dir>/secrets/search-users.json``.
+SEARCH_USERS = {"demo-radiologist": "radiologist", "demo-researcher": "researcher"}
+
+
+def search_users_path(settings: Settings) -> Path:
+    return settings.secrets_dir / "search-users.json"
+
+
+def _graphql(url: str, token: str, query: str, variables: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    import requests
+
+    resp = requests.post(f"{url}graphql", json={"query": query, "variables": variables},
+                         headers={"Authorization": token}, timeout=60)
+    return resp.status_code, resp.json()
+
+
+def open_search_page(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """The search page's users (a radiologist and a researcher, made again on every run with new passwords,
+    kept owner-only in the data dir), then the local search API as the page calls it: signed in through
+    Cognito, the reports that mention an effusion with the ICD-10-CM facets, the images most like a held-out
+    study's with their thumbnail links, and the researcher refused word search."""
+    from dicomflow.api.users import add_user, list_users, remove_user, sign_in
+    from dicomflow.config import write_secret_file
+
+    pool, client = ctx.outputs["SearchUserPoolId"], ctx.outputs["SearchUserPoolClientId"]
+    url = f"http://{ctx.settings.host}:{ctx.settings.search_port}/"
+    with hooks.step("search page: users, sign-in, the GraphQL API", total=4) as st:
+        existing = {u.username for u in list_users(pool)}
+        passwords = {}
+        for name, group in SEARCH_USERS.items():
+            if name in existing:
+                remove_user(pool, name)
+            passwords[name] = add_user(pool, name, group)
+        write_secret_file(search_users_path(ctx.settings), {"page": url, "users": {
+            name: {"group": group, "password": passwords[name]} for name, group in SEARCH_USERS.items()}})
+        st.update(completed=1)
+        token = sign_in(client, "demo-radiologist", passwords["demo-radiologist"])["IdToken"]
+        status, found = _graphql(url, token, """query($text: String) {
+            reports(text: $text, first: 100) { total reports { studyInstanceUID mentions { code status } } }
+            facets(text: $text, first: 5) { code description reports } }""", {"text": "effusion"})
+        if status != 200 or "errors" in found:
+            raise DemoError(f"the local search API answered {status}: {json.dumps(found)[:300]}; see "
+                            f"{ctx.settings.log_dir}/search.log")
+        st.update(completed=2)
+        study = ctx.chest_holdout[0].study_uid
+        status, similar = _graphql(url, token, """query($study: ID) { similarImages(study: $study, k: 5) {
+            neighbours { rank score image { studyInstanceUID thumbnailUrl } } } }""", {"study": study})
+        if status != 200 or "errors" in similar:
+            raise DemoError(f"the local search API answered {status} to similarImages: {json.dumps(similar)[:300]}")
+        st.update(completed=3)
+        researcher = sign_in(client, "demo-researcher", passwords["demo-researcher"])["IdToken"]
+        refused, _ = _graphql(url, researcher, "query { reports(text: \"effusion\") { total } }", {})
+        st.update(completed=4)
+    reports = found["data"]["reports"]
+    denied = sum(1 for r in reports["reports"]
+                 if any(m["code"] == "J90" and m["status"] == "NEGATIVE" for m in r["mentions"]))
+    neighbours = similar["data"]["similarImages"]["neighbours"]
+    ctx.results["searchPage"] = {
+        "url": url, "users": SEARCH_USERS, "credentials": str(search_users_path(ctx.settings)),
+        "effusionReports": reports["total"], "deniedEffusion": denied, "topCodes": found["data"]["facets"],
+        "similarStudy": study, "neighbours": len(neighbours),
+        "thumbnailLinks": sum(1 for n in neighbours if n["image"]["thumbnailUrl"]),
+        "researcherWordSearch": refused}
+    return ctx.results["searchPage"]
+
+
 def run_batch_transform(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """The chest model over every held-out chest study again, as one batch transform job (what a backfill over
     an archive runs), and how far its probabilities are from the async endpoint's for the same studies."""
@@ -825,7 +892,7 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
     deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models,
     register_models, deploy_endpoints, route_new_studies, run_inference, index_images, ingest_for_search,
-    run_batch_transform, serve_from_one_endpoint]
+    open_search_page, run_batch_transform, serve_from_one_endpoint]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

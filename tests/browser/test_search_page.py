@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from search_api_setup import UID, seeded_indexes, seeded_pools, serving
+from search_api_setup import UID, seeded_indexes, seeded_pools, serving, sign_in_page
 
 from dicomflow.emulator.search_api.server import PAGE_DIR
 
@@ -25,15 +25,6 @@ def page_url(local_cloud, tmp_path_factory):
     with seeded_pools("search-page-tests") as pools, \
             serving(local_cloud.settings, pools, seeded_indexes(tmp_path_factory.mktemp("page")), PAGE_DIR) as url:
         yield url, pools
-
-
-def _sign_in(page, url: str, user: str, password: str) -> None:
-    page.goto(url + "/")
-    page.wait_for_selector("#signin-submit:not([disabled])")
-    page.fill("#username", user)
-    page.fill("#password", password)
-    page.press("#password", "Enter")  # the keyboard is enough
-    page.wait_for_selector("#whoami:not(:empty)")
 
 
 def _shot(page, tmp_path: Path, name: str) -> None:
@@ -61,7 +52,7 @@ def test_a_radiologist_searches_opens_a_study_sees_similar_images_and_signs_out(
         assert "password" in page.inner_text("#signin-error").lower()
         assert page.input_value("#password") == ""
 
-        _sign_in(page, url, "dr-rad", pools["passwords"]["dr-rad"])
+        sign_in_page(page, url, "dr-rad", pools["passwords"]["dr-rad"])
         assert "dr-rad" in page.inner_text("#whoami") and "radiologist" in page.inner_text("#whoami")
         page.fill("#search-text", "effusion")
         page.press("#search-text", "Enter")
@@ -106,7 +97,7 @@ def test_a_researcher_sees_codes_but_cannot_search_words(browser, page_url) -> N
     url, pools = page_url
     page = browser.new_page()
     try:
-        _sign_in(page, url, "ms-res", pools["passwords"]["ms-res"])
+        sign_in_page(page, url, "ms-res", pools["passwords"]["ms-res"])
         assert page.is_disabled("#search-text")
         page.click("#search-submit")
         page.wait_for_selector("[data-testid=hit]")

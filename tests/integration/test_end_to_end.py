@@ -22,14 +22,18 @@ import numpy as np
 import pytest
 from baselines import mean_dice, prior_mask_dice
 from pydicom.uid import generate_uid
+from search_api_setup import sign_in_page
 from setup_tools import require
 
 from dicomflow import aws
 from dicomflow.demo import loop
+from dicomflow.demo.annotators import CHROMIUM, CHROMIUM_ARGS
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
 from dicomflow.dicom.seg import read_seg
 from dicomflow.groundtruth import manifest
+from dicomflow.paths import report_index_path
+from dicomflow.search.report_index import ReportIndex
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
@@ -213,6 +217,38 @@ def test_whole_loop_small(local_cloud) -> None:
     assert [n["sopInstanceUID"] for n in like["neighbours"]] == [n["sopInstanceUID"] for n in twin_query["neighbours"]]
     assert like["excludedStudies"] >= 1 and ctx.chest_holdout[0].study_uid not in {
         n["studyInstanceUID"] for n in like["neighbours"]}
+    # the search page: its users sign in through the emulated Cognito and the local API answers what the
+    # indexes answer; in real Chromium a radiologist finds the effusion reports (denials marked), opens a study
+    # and sees the images most like it, thumbnails loaded from presigned links
+    page = loop.open_search_page(ctx, hooks)
+    with ReportIndex.open(report_index_path(ctx.settings.data_dir), create=False) as reports:
+        assert page["effusionReports"] == reports.search("effusion", limit=1).total > 0
+        denied = reports.search("effusion", codes=["J90"], status="negative", limit=100)
+        assert page["deniedEffusion"] == denied.total, (page, denied.total)
+    assert page["neighbours"] == page["thumbnailLinks"] == 5 and page["researcherWordSearch"] == 403
+    assert oct(os.stat(page["credentials"]).st_mode & 0o777) == "0o600"
+    users = json.loads(open(page["credentials"]).read())["users"]
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            tab = chromium.new_page()
+            sign_in_page(tab, page["url"], "demo-radiologist", users["demo-radiologist"]["password"])
+            tab.fill("#search-text", "effusion")
+            tab.press("#search-text", "Enter")
+            tab.wait_for_selector("[data-testid=hit]")
+            assert len(tab.query_selector_all("[data-testid=hit]")) == min(20, page["effusionReports"])
+            if page["deniedEffusion"]:
+                assert tab.query_selector("[data-testid=hit] [data-testid=mention].negative") is not None
+            study = ctx.chest_holdout[0].study_uid
+            tab.goto(f"{page['url']}#/study/{study}")
+            tab.wait_for_selector("#similar [data-testid=neighbour] img")
+            tab.wait_for_function("""() => [...document.querySelectorAll('#similar [data-testid=neighbour] img')]
+                                      .every(i => i.complete && i.naturalWidth > 0)""")
+            assert len(tab.query_selector_all("#similar [data-testid=neighbour]")) == min(12, len(ctx.chest) - 1)
+        finally:
+            chromium.close()
     # batch transform over the chest studies: every study analysed, the same answers as the async endpoint
     batch = loop.run_batch_transform(ctx, hooks)
     assert batch["status"] == "Completed" and batch["studies"] == len(chest)
