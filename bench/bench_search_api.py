@@ -84,6 +84,7 @@ def _page_ms(url: str, user: str, password: str, repeats: int) -> list[float]:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page()
         sign_in_page(page, url, user, password)
+        page.wait_for_selector("#results [data-testid=hit]")  # the listing drawn at sign-in, out of the way
         for r in range(repeats * len(WORDS)):
             page.evaluate("document.getElementById('results').replaceChildren()")
             page.fill("#search-text", WORDS[r % len(WORDS)])

@@ -69,15 +69,17 @@ def seeded_pools(prefix: str) -> Iterator[dict[str, Any]]:
 
 
 def seeded_indexes(where: Path) -> Path:
-    """The report index of :data:`REPORTS` (studies ``UID.format(100 + n)``) and 8 images, two per study, with
-    random 16-d vectors; odd images are labelled Edema; each has its own thumbnail in :data:`BUCKET`."""
+    """The report index of :data:`REPORTS` (studies ``UID.format(100 + n)`` of 2026-01-0<n+1>) and 8 images,
+    two per study, with random 16-d vectors; odd images are labelled Edema; each has its own thumbnail in
+    :data:`BUCKET`."""
     s3 = aws.client("s3")
     if BUCKET not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
         s3.create_bucket(Bucket=BUCKET)
     engine = RuleEngine()
     with ReportIndex.open(where / "reports.sqlite") as reports:
         for n, text in enumerate(REPORTS):
-            reports.add(UID.format(100 + n), text, engine.infer_icd10cm(text), accession=f"A-{n}")
+            reports.add(UID.format(100 + n), text, engine.infer_icd10cm(text), accession=f"A-{n}",
+                        study_date=f"2026-01-0{n + 1}")
     rng = np.random.default_rng(5)
     items = []
     for n in range(8):

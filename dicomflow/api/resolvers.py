@@ -54,22 +54,25 @@ def _mention(m: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
 
 
 def reports(ctx: Context, text: str | None = None, codes: list[str] | None = None, status: str | None = None,
-            first: int = 20, after: str | None = None) -> dict[str, Any]:
+            since: str | None = None, until: str | None = None, first: int = 20,
+            after: str | None = None) -> dict[str, Any]:
     if text and not ctx.user.can_read_reports:
         raise Forbidden("searching report text needs the radiologist group; search by codes instead")
     page = _reports(ctx).search(text, codes=codes or (), status=_status(status), limit=_first(first, "first"),
-                              cursor=after)
+                                cursor=after, since=since, until=until)
     return {"total": page.total, "nextCursor": page.next_cursor,
-            "reports": [{"studyInstanceUID": h.study_uid, "accessionNumber": h.accession, "score": h.score,
+            "reports": [{"studyInstanceUID": h.study_uid, "accessionNumber": h.accession,
+                         "studyDate": h.study_date, "score": h.score,
                          "snippet": h.snippet if ctx.user.can_read_reports else None,
                          "mentions": [_mention(m, ctx) for m in h.mentions]} for h in page.hits]}
 
 
 def facets(ctx: Context, text: str | None = None, codes: list[str] | None = None, status: str | None = "POSITIVE",
-           first: int = 30) -> list[dict[str, Any]]:
+           since: str | None = None, until: str | None = None, first: int = 30) -> list[dict[str, Any]]:
     if text and not ctx.user.can_read_reports:
         raise Forbidden("counting codes by report text needs the radiologist group; filter by codes instead")
-    return _reports(ctx).facets(text, codes=codes or (), status=_status(status), limit=_first(first, "first"))
+    return _reports(ctx).facets(text, codes=codes or (), status=_status(status), limit=_first(first, "first"),
+                                since=since, until=until)
 
 
 def _image(n: Any, ctx: Context) -> dict[str, Any]:
@@ -110,6 +113,7 @@ def study(ctx: Context, uid: str) -> dict[str, Any]:
         report = None
     images = ctx.images.study_images(uid) if ctx.images is not None else []
     return {"studyInstanceUID": uid, "accessionNumber": (report or {}).get("accessionNumber"),
+            "studyDate": (report or {}).get("studyDate"),
             "report": None if report is None else {
                 "text": report["text"] if ctx.user.can_read_reports else None,
                 "mentions": [_mention(m, ctx) for m in report["mentions"]]},

@@ -56,6 +56,8 @@ def _reports_path(ctx: click.Context, given: str | None) -> Path:
 
 reports_option = click.option("--reports-index", "reports_path", type=click.Path(dir_okay=False),
                               help="Report index file [<data dir>/search/reports.sqlite].")
+since_option = click.option("--since", metavar="YYYY-MM-DD", help="Only studies on or after this date.")
+until_option = click.option("--until", metavar="YYYY-MM-DD", help="Only studies on or before this date.")
 code_option = click.option("--code", "codes", multiple=True, metavar="ICD10CM",
                            help="A code, block (J80-J84) or chapter; also matches every code below it (repeatable).")
 
@@ -353,21 +355,25 @@ def add_reports(ctx: click.Context, source: str | None, engine: str, reports_pat
               "(negative: denied, e.g. 'no effusion'; uncertain: 'possible ...').")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, ri.MAX_PAGE), help="Reports per page.")
 @click.option("--cursor", help="The nextCursor of the previous page.")
+@since_option
+@until_option
 @reports_option
 @json_option
 @click.pass_context
 def reports(ctx: click.Context, text: str | None, codes: tuple[str, ...], status: str | None, limit: int,
-            cursor: str | None, reports_path: str | None, as_json: bool) -> None:
-    """Reports matching TEXT (words, "quoted phrases"), codes and status: best match first, with a snippet."""
+            cursor: str | None, since: str | None, until: str | None, reports_path: str | None, as_json: bool) -> None:
+    """Reports matching TEXT (words, "quoted phrases"), codes, status and study dates: best match first, with a
+    snippet."""
     with ri.open_report_index(_reports_path(ctx, reports_path), create=False) as ix:
-        page = ix.search(text, codes=codes, status=status, limit=limit, cursor=cursor)
+        page = ix.search(text, codes=codes, status=status, limit=limit, cursor=cursor, since=since, until=until)
     if as_json:
         print_json(page.as_dict())
         return
-    table = value_table("study", "accession", "snippet", "findings", title=f"{page.total} reports")
+    table = value_table("study", "date", "accession", "snippet", "findings", title=f"{page.total} reports")
     for h in page.hits:
         said = ", ".join(dict.fromkeys(f"{m['finding'] or m['code']} ({m['status']})" for m in h.mentions))
-        table.add_row(h.study_uid, h.accession or "-", Text(h.snippet), said or "-")  # [..] is the match, not markup
+        # Text: [..] in the snippet is the match, not markup
+        table.add_row(h.study_uid, h.study_date or "-", h.accession or "-", Text(h.snippet), said or "-")
     out.print(table)
     if page.next_cursor:
         out.print(f"more: --cursor {page.next_cursor}", soft_wrap=True)
@@ -379,14 +385,16 @@ def reports(ctx: click.Context, text: str | None, codes: tuple[str, ...], status
 @click.option("--status", type=click.Choice(ri.STATUSES), default="positive", show_default=True,
               help="Count mentions with this status.")
 @click.option("--limit", default=30, show_default=True, type=click.IntRange(1, ri.MAX_PAGE), help="Codes to list.")
+@since_option
+@until_option
 @reports_option
 @json_option
 @click.pass_context
-def facets(ctx: click.Context, text: str | None, codes: tuple[str, ...], status: str, limit: int,
-           reports_path: str | None, as_json: bool) -> None:
+def facets(ctx: click.Context, text: str | None, codes: tuple[str, ...], status: str, limit: int, since: str | None,
+           until: str | None, reports_path: str | None, as_json: bool) -> None:
     """ICD-10-CM codes of the matching reports with how many reports mention each, blocks and chapters too."""
     with ri.open_report_index(_reports_path(ctx, reports_path), create=False) as ix:
-        rows = ix.facets(text, codes=codes, status=status, limit=limit)
+        rows = ix.facets(text, codes=codes, status=status, limit=limit, since=since, until=until)
     if as_json:
         print_json({"status": status, "facets": rows})
         return

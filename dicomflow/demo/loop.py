@@ -195,7 +195,8 @@ def analyse_reports(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         for k, study in enumerate(studies, 1):
             record = json.loads((seeding.reports_dir(ctx.settings.data_dir) / f"{study.study_uid}.json").read_text())
             result = engine.infer_icd10cm(record["text"])
-            ix.add(study.study_uid, record["text"], result, accession=record.get("AccessionNumber"))
+            ix.add(study.study_uid, record["text"], result, accession=record.get("AccessionNumber"),
+                   study_date=record.get("StudyDate"))
             said, truth = report_findings(result), study.entry["report_mentions"]
             agree += sum(said.get(f) == status for f, status in truth.items())
             extra += len(set(said) - set(truth))

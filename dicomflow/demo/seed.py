@@ -204,7 +204,7 @@ def reports_dir(data_dir: Path) -> Path:
 
 def write_reports(data_dir: Path, studies: list[SeedStudy]) -> int:
     """A free-text report per chest study (:func:`dicomflow.demo.reports.chest_report`), written to
-    ``<data_dir>/reports/<StudyInstanceUID>.json`` as ``{StudyInstanceUID, AccessionNumber, text}`` (an
+    ``<data_dir>/reports/<StudyInstanceUID>.json`` as ``{StudyInstanceUID, AccessionNumber, StudyDate, text}`` (an
     owner-only folder: reports are patient data); the truth of what each says goes to the sidecar entry
     (``report_mentions``). Returns how many were written."""
     chest = [st for st in studies if st.kind == "chest"]
@@ -215,7 +215,7 @@ def write_reports(data_dir: Path, studies: list[SeedStudy]) -> int:
         report = chest_report(st.entry["labels"], st.study_uid)
         st.entry["report_mentions"] = report.mentions
         record = {"StudyInstanceUID": st.study_uid, "AccessionNumber": st.entry.get("AccessionNumber", ""),
-                  "text": report.text}
+                  "StudyDate": str(st.datasets[0].StudyDate), "text": report.text}
         (folder / f"{st.study_uid}.json").write_text(json.dumps(record, indent=1))
     return len(chest)
 

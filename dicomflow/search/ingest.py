@@ -5,7 +5,7 @@
 * with an embedding endpoint, a DICOM image also -> its embedding record (:mod:`dicomflow.search.embeddings`),
   the endpoint reading the object where it lies (async) or from the request body (real-time), written to S3
   and into the configured image index (:func:`index_record`);
-* A report file (``{"StudyInstanceUID", "AccessionNumber", "text"}``) -> its item (the ICD-10-CM codes it
+* A report file (``{"StudyInstanceUID", "AccessionNumber", "StudyDate", "text"}``) -> its item (the ICD-10-CM codes it
   asserts, denies and is unsure of, by the engine's InferICD10CM-shaped answer) and that answer, kept so the
   report index can be filled without reading the report again.
 
@@ -87,7 +87,7 @@ def image(ds: pydicom.Dataset, source: str) -> tuple[dict[str, Any], bytes]:
 def report(data: bytes, source: str, engine: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """(report item, ``{StudyInstanceUID, AccessionNumber, text, analysis}``) of a report file."""
     try:
-        study, accession, text, _ = parse_report_file(data, source)
+        study, accession, text, _, when = parse_report_file(data, source)
     except ReportError as exc:
         raise IngestError(str(exc)) from None
     try:
@@ -105,7 +105,10 @@ def report(data: bytes, source: str, engine: Any) -> tuple[dict[str, Any], dict[
             **{f"{status}Codes": sorted(c) for status, c in codes.items() if c}}
     if accession:
         item["accessionNumber"] = accession
-    return item, {"StudyInstanceUID": study, "AccessionNumber": accession, "text": text, "analysis": answer}
+    if when:
+        item["studyDate"] = when
+    return item, {"StudyInstanceUID": study, "AccessionNumber": accession, "StudyDate": when, "text": text,
+                  "analysis": answer}
 
 
 def embed(endpoint: str, data: bytes, input_location: str | None, item: dict[str, Any], timeout_s: float

@@ -33,8 +33,10 @@ from dicomflow.search.reports import (
     NEGATIVE,
     POSITIVE,
     UNCERTAIN,
+    ReportError,
     mention_status,
     parse_report_file,
+    study_date,
     validate_report,
 )
 
@@ -49,7 +51,8 @@ CREATE TABLE IF NOT EXISTS reports (
     accession TEXT,
     text TEXT NOT NULL,
     engine TEXT,
-    added TEXT NOT NULL
+    added TEXT NOT NULL,
+    study_date TEXT
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS reports_text USING fts5(text, content='reports', content_rowid='id',
                                                            tokenize='porter unicode61');
@@ -83,9 +86,10 @@ class ReportHit:
     score: float
     snippet: str
     mentions: list[dict[str, Any]] = field(default_factory=list)
+    study_date: str | None = None  # YYYY-MM-DD
 
     def as_dict(self) -> dict[str, Any]:
-        return {"studyInstanceUID": self.study_uid, "accessionNumber": self.accession,
+        return {"studyInstanceUID": self.study_uid, "accessionNumber": self.accession, "studyDate": self.study_date,
                 "score": round(self.score, 6), "snippet": self.snippet, "mentions": self.mentions}
 
 
@@ -179,6 +183,18 @@ def check_query(codes: Iterable[str], status: str | None) -> tuple[list[str], st
     return _check_codes(codes), _check_status(status)
 
 
+def check_dates(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    """A study-date range (each end optional, inclusive) as ISO dates; ReportIndexError when one is not a date
+    or the range is empty."""
+    try:
+        low, high = study_date(since, "since"), study_date(until, "until")
+    except ReportError as exc:
+        raise ReportIndexError(str(exc)) from None
+    if low and high and low > high:
+        raise ReportIndexError(f"the date range {low} to {high} is empty: since must not be after until")
+    return low, high
+
+
 class ReportIndex:
     """The reports of one site; open one per thread."""
 
@@ -197,6 +213,8 @@ class ReportIndex:
             path.chmod(PRIVATE_FILE_MODE)
             db.execute("PRAGMA foreign_keys = ON")
             db.executescript(_SCHEMA)
+            if "study_date" not in {row[1] for row in db.execute("PRAGMA table_info(reports)")}:
+                db.execute("ALTER TABLE reports ADD COLUMN study_date TEXT")  # an index from before date ranges
         except sqlite3.Error as exc:
             raise ReportIndexError(f"{path} is not a usable report index: {exc}") from None
         return cls(path, db)
@@ -217,10 +235,13 @@ class ReportIndex:
         return int(self._db.execute("SELECT COUNT(*) FROM reports").fetchone()[0])
 
     # ---- writing -------------------------------------------------------------------------------
-    def add(self, study_uid: str, text: str, answer: Mapping[str, Any], accession: str | None = None) -> None:
-        """Index (or replace) a study's report with the engine's InferICD10CM-shaped ``answer`` for it."""
+    def add(self, study_uid: str, text: str, answer: Mapping[str, Any], accession: str | None = None,
+            study_date: str | None = None) -> None:
+        """Index (or replace) a study's report with the engine's InferICD10CM-shaped ``answer`` for it and its
+        study date (YYYY-MM-DD or DICOM's YYYYMMDD; a report without one is left out of date ranges)."""
         if not is_uid(study_uid):
             raise ReportIndexError(f"StudyInstanceUID {str(study_uid)[:70]!r} is not a DICOM UID")
+        when, _ = check_dates(study_date, None)
         text = validate_report(text)
         mentions = report_mentions(text, answer)
         with self._db:
@@ -229,9 +250,9 @@ class ReportIndex:
                 self._db.execute("INSERT INTO reports_text (reports_text, rowid, text) VALUES ('delete', ?, ?)", old)
                 self._db.execute("DELETE FROM reports WHERE id = ?", (old[0],))
             report = self._db.execute(
-                "INSERT INTO reports (study_uid, accession, text, engine, added) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO reports (study_uid, accession, text, engine, added, study_date) VALUES (?, ?, ?, ?, ?, ?)",
                 (study_uid, accession or None, text, str(answer.get("ModelVersion") or ""),
-                 datetime.now(UTC).isoformat(timespec="seconds"))).lastrowid
+                 datetime.now(UTC).isoformat(timespec="seconds"), when)).lastrowid
             self._db.execute("INSERT INTO reports_text (rowid, text) VALUES (?, ?)", (report, text))
             self._db.executemany(
                 "INSERT INTO mentions (report, finding, code, status, begin, end, text) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -241,7 +262,8 @@ class ReportIndex:
                 [(report, code, st) for c, st, *_ in mentions for code in [c, *lexicon.ancestors(c)]])
 
     # ---- reading -------------------------------------------------------------------------------
-    def _matching(self, text: str | None, codes: list[str], status: str | None) -> tuple[str, list[Any]]:
+    def _matching(self, text: str | None, codes: list[str], status: str | None,
+                  dates: tuple[str | None, str | None] = (None, None)) -> tuple[str, list[Any]]:
         """SQL selecting ``reports.id`` and a BM25 score of the reports that match, and its parameters."""
         where, params = [], []
         if text:
@@ -259,16 +281,23 @@ class ReportIndex:
                 cond.append("mc.status = ?")
                 params.append(status)
             where.append(f"EXISTS (SELECT 1 FROM mention_codes mc WHERE {' AND '.join(cond)})")  # noqa: S608 - constants
+        for op, value in zip((">=", "<="), dates, strict=True):
+            if value:
+                where.append(f"reports.study_date {op} ?")
+                params.append(value)
         return sql + "".join(f" AND {w}" for w in where), params
 
     def search(self, text: str | None = None, *, codes: Iterable[str] = (), status: str | None = None,
-               limit: int = 20, cursor: str | None = None) -> ReportPage:
+               limit: int = 20, cursor: str | None = None, since: str | None = None,
+               until: str | None = None) -> ReportPage:
         """Reports matching all of: the words of ``text``, a mention coded in (or below) one of ``codes``
-        with ``status`` (any status if None); best BM25 first, else newest first."""
+        with ``status`` (any status if None), a study date from ``since`` to ``until`` (inclusive, each
+        optional); best BM25 first, else newest first."""
         check_limit(limit)
         codes_l, status = check_query(codes, status)
+        dates = check_dates(since, until)
         offset = offset_of(cursor)
-        sql, params = self._matching(text, codes_l, status)
+        sql, params = self._matching(text, codes_l, status, dates)
         total = int(self._db.execute(f"SELECT COUNT(*) FROM ({sql})", params).fetchone()[0])  # noqa: S608
         rows = self._db.execute(f"SELECT id, score FROM ({sql}) ORDER BY score DESC, id DESC LIMIT ? OFFSET ?",  # noqa: S608
                                 [*params, limit, offset]).fetchall()
@@ -277,8 +306,8 @@ class ReportIndex:
         return ReportPage(hits, total, cursor_at(offset + len(hits)) if more else None)
 
     def _hit(self, report: int, score: float, text: str | None) -> ReportHit:
-        study, accession, body = self._db.execute(
-            "SELECT study_uid, accession, text FROM reports WHERE id = ?", (report,)).fetchone()
+        study, accession, body, when = self._db.execute(
+            "SELECT study_uid, accession, text, study_date FROM reports WHERE id = ?", (report,)).fetchone()
         if text:
             snippet = self._db.execute(
                 "SELECT snippet(reports_text, 0, '[', ']', '…', 16) FROM reports_text WHERE reports_text MATCH ? "
@@ -288,7 +317,7 @@ class ReportIndex:
         mentions = [{"finding": f, "code": c, "description": lexicon.description(c), "status": st, "begin": b,
                      "end": e, "text": t} for f, c, st, b, e, t in self._db.execute(
             "SELECT finding, code, status, begin, end, text FROM mentions WHERE report = ? ORDER BY begin", (report,))]
-        return ReportHit(study, accession, float(score), snippet, mentions)
+        return ReportHit(study, accession, float(score), snippet, mentions, when)
 
     def report(self, study_uid: str) -> dict[str, Any]:
         """A study's report with its mentions (for highlighting: offsets into the text)."""
@@ -296,16 +325,18 @@ class ReportIndex:
         if row is None:
             raise ReportIndexError(f"no report of study {str(study_uid)[:70]} in the index")
         hit = self._hit(row[0], 0.0, None)
-        return {"studyInstanceUID": study_uid, "accessionNumber": row[1], "text": row[2], "mentions": hit.mentions}
+        return {"studyInstanceUID": study_uid, "accessionNumber": row[1], "studyDate": hit.study_date, "text": row[2],
+                "mentions": hit.mentions}
 
     def facets(self, text: str | None = None, *, codes: Iterable[str] = (), status: str | None = POSITIVE,
-               limit: int = 50) -> list[dict[str, Any]]:
-        """How many matching reports mention each code with ``status``, and each category, block and chapter
-        above the codes (``parent`` links them: a chart can draw the hierarchy; ``mentioned`` tells the codes
-        the reports name themselves from those counted through a code below them); most reports first."""
+               limit: int = 50, since: str | None = None, until: str | None = None) -> list[dict[str, Any]]:
+        """How many matching reports (words, codes, study dates as in :meth:`search`) mention each code with
+        ``status``, and each category, block and chapter above the codes (``parent`` links them: a chart can
+        draw the hierarchy; ``mentioned`` tells the codes the reports name themselves from those counted
+        through a code below them); most reports first."""
         check_limit(limit)
         codes_l, status = check_query(codes, status)
-        sql, params = self._matching(text, codes_l, None)
+        sql, params = self._matching(text, codes_l, None, check_dates(since, until))
         cond, extra = "", []
         if status:
             cond, extra = " AND mc.status = ?", [status]
@@ -347,9 +378,9 @@ def add_report_records(index: Any, records: Iterable[tuple[str, bytes]], engine:
     for name, data in records:
         total += 1
         try:
-            study, accession, text, analysis = parse_report_file(data, name)
+            study, accession, text, analysis, when = parse_report_file(data, name)
             index.add(study, text, analysis if analysis is not None else engine.infer_icd10cm(text),
-                      accession=accession)
+                      accession=accession, study_date=when)
             added += 1
         except DicomflowError as exc:
             failed.append({"file": name, "error": str(exc)})

@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from dicomflow.dicom.uid import is_uid
@@ -70,10 +71,25 @@ def validate_report(text: object) -> str:
 MAX_REPORT_FILE_BYTES = 1_000_000
 
 
-def parse_report_file(data: bytes, name: str) -> tuple[str, str | None, str, dict[str, Any] | None]:
-    """``(StudyInstanceUID, AccessionNumber, text, analysis or None)`` of a report file ``{"StudyInstanceUID",
-    "AccessionNumber", "text"}`` (what a RIS export or ``dicomflow seed`` writes; the ingestion Lambda's copy
-    adds ``analysis``, the engine's answer); :class:`ReportError` names ``name`` and what is wrong."""
+def study_date(value: object, what: str = "StudyDate") -> str | None:
+    """A study date as ISO ``YYYY-MM-DD`` from DICOM's ``YYYYMMDD`` or ISO; None for none; :class:`ReportError`
+    for anything else (a date is never guessed)."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip()
+    for fmt in ("%Y%m%d", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, fmt).date().isoformat()
+        except ValueError:
+            continue
+    raise ReportError(f"{what} {text[:20]!r} is not a date: use YYYY-MM-DD (or DICOM's YYYYMMDD)")
+
+
+def parse_report_file(data: bytes, name: str) -> tuple[str, str | None, str, dict[str, Any] | None, str | None]:
+    """``(StudyInstanceUID, AccessionNumber, text, analysis or None, StudyDate as YYYY-MM-DD or None)`` of a
+    report file ``{"StudyInstanceUID", "AccessionNumber", "StudyDate", "text"}`` (what a RIS export or
+    ``dicomflow seed`` writes; StudyDate optional, DICOM's YYYYMMDD or ISO; the ingestion Lambda's copy adds
+    ``analysis``, the engine's answer); :class:`ReportError` names ``name`` and what is wrong."""
     if len(data) > MAX_REPORT_FILE_BYTES:
         raise ReportError(f"{name}: {len(data)} bytes, more than {MAX_REPORT_FILE_BYTES}; one report per file")
     try:
@@ -89,7 +105,11 @@ def parse_report_file(data: bytes, name: str) -> tuple[str, str | None, str, dic
     analysis = record.get("analysis")
     if analysis is not None and not (isinstance(analysis, dict) and isinstance(analysis.get("Entities"), list)):
         raise ReportError(f"{name}: 'analysis' is not an InferICD10CM answer ({{\"Entities\": [...]}})")
-    return study, (str(accession) if accession else None), record["text"], analysis
+    try:
+        when = study_date(record.get("StudyDate"))
+    except ReportError as exc:
+        raise ReportError(f"{name}: {exc}") from None
+    return study, (str(accession) if accession else None), record["text"], analysis, when
 
 
 @dataclass(frozen=True)

@@ -84,13 +84,16 @@ export function topCodes(facets, n = 10) {
  * selected, status only when not "any". Undefined keys are dropped by JSON.stringify, so the schema's
  * defaults apply.
  */
-export function searchVariables({ text, codes, status, canReadReports }) {
+export function searchVariables({ text, codes, status, since, until, canReadReports }) {
   const v = {};
   const t = typeof text === 'string' ? text.trim() : '';
   if (canReadReports && t) v.text = t;
   if (Array.isArray(codes) && codes.length) v.codes = codes.slice();
   const s = String(status || 'any').toUpperCase();
   if (s === 'POSITIVE' || s === 'NEGATIVE' || s === 'UNCERTAIN') v.status = s;
+  // <input type=date> values are YYYY-MM-DD or empty; the API checks them again
+  if (/^\d{4}-\d{2}-\d{2}$/.test(since || '')) v.since = since;
+  if (/^\d{4}-\d{2}-\d{2}$/.test(until || '')) v.until = until;
   return v;
 }
 

@@ -9,20 +9,22 @@ import {
 const $ = (id) => document.getElementById(id);
 
 const MENTION = 'finding code description status begin end text';
-const HIT = `studyInstanceUID accessionNumber score snippet mentions { ${MENTION} }`;
+const HIT = `studyInstanceUID accessionNumber studyDate score snippet mentions { ${MENTION} }`;
 const FACET = 'code description kind reports parent mentioned';
 const IMAGE = 'sopInstanceUID studyInstanceUID seriesInstanceUID modality viewPosition bodyPart labels thumbnailUrl';
 
 const Q_ME = 'query Me { me { username groups canReadReports } }';
-const Q_SEARCH = `query Search($text: String, $codes: [String!], $status: MentionStatus, $first: Int) {
-  reports(text: $text, codes: $codes, status: $status, first: $first) { total nextCursor reports { ${HIT} } }
-  facets(text: $text, codes: $codes, status: $status, first: 30) { ${FACET} }
+const FILTERS = '$text: String, $codes: [String!], $status: MentionStatus, $since: String, $until: String';
+const FILTER_ARGS = 'text: $text, codes: $codes, status: $status, since: $since, until: $until';
+const Q_SEARCH = `query Search(${FILTERS}, $first: Int) {
+  reports(${FILTER_ARGS}, first: $first) { total nextCursor reports { ${HIT} } }
+  facets(${FILTER_ARGS}, first: 30) { ${FACET} }
 }`;
-const Q_MORE = `query More($text: String, $codes: [String!], $status: MentionStatus, $first: Int, $after: String) {
-  reports(text: $text, codes: $codes, status: $status, first: $first, after: $after) { total nextCursor reports { ${HIT} } }
+const Q_MORE = `query More(${FILTERS}, $first: Int, $after: String) {
+  reports(${FILTER_ARGS}, first: $first, after: $after) { total nextCursor reports { ${HIT} } }
 }`;
 const Q_STUDY = `query Study($uid: ID!) {
-  study(uid: $uid) { studyInstanceUID accessionNumber report { text mentions { ${MENTION} } } images { ${IMAGE} } }
+  study(uid: $uid) { studyInstanceUID accessionNumber studyDate report { text mentions { ${MENTION} } } images { ${IMAGE} } }
 }`;
 const Q_SIMILAR = `query Similar($study: ID!, $k: Int, $filter: ImageFilter) {
   similarImages(study: $study, k: $k, filter: $filter) { query model { name version } neighbours { rank score image { ${IMAGE} } } }
@@ -37,6 +39,8 @@ function freshState() {
     text: '',
     codes: [],
     status: 'any',
+    since: '',
+    until: '',
     searched: false,
     total: 0,
     nextCursor: null,
@@ -109,6 +113,8 @@ function resetResults() {
   $('whoami').textContent = '';
   $('search-text').value = '';
   $('search-status').value = 'any';
+  $('search-since').value = '';
+  $('search-until').value = '';
   $('similar-modality').value = '';
   $('similar-label').value = '';
   currentStudy = null;
@@ -194,7 +200,8 @@ async function onSignOut() {
 
 function variables() {
   return searchVariables({
-    text: state.text, codes: state.codes, status: state.status, canReadReports: Boolean(state.me && state.me.canReadReports),
+    text: state.text, codes: state.codes, status: state.status, since: state.since, until: state.until,
+    canReadReports: Boolean(state.me && state.me.canReadReports),
   });
 }
 
@@ -294,6 +301,8 @@ async function loadMore() {
 function readSearchForm() {
   state.text = state.me && state.me.canReadReports ? $('search-text').value : '';
   state.status = $('search-status').value;
+  state.since = $('search-since').value;
+  state.until = $('search-until').value;
 }
 
 function onSearchSubmit(event) {
@@ -338,7 +347,8 @@ async function loadStudy(uid) {
     const data = await gql(Q_STUDY, { uid });
     if (mine !== session || seq !== studySeq) return;
     const study = data.study;
-    $('study-accession').textContent = study.accessionNumber ? `Accession ${study.accessionNumber}` : 'No accession number';
+    $('study-accession').textContent = (study.accessionNumber ? `Accession ${study.accessionNumber}` : 'No accession number')
+      + (study.studyDate ? ` · study of ${study.studyDate}` : '');
     fillReport($('report-text'), study.report);
     $('study-images').append(...studyImages(study.images));
   } catch (err) {

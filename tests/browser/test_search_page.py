@@ -54,10 +54,11 @@ def test_a_radiologist_searches_opens_a_study_sees_similar_images_and_signs_out(
 
         sign_in_page(page, url, "dr-rad", pools["passwords"]["dr-rad"])
         assert "dr-rad" in page.inner_text("#whoami") and "radiologist" in page.inner_text("#whoami")
+        page.wait_for_selector("[data-testid=hit]")  # signed in, the page lists the newest reports
         page.fill("#search-text", "effusion")
         page.press("#search-text", "Enter")
-        page.wait_for_selector("[data-testid=hit]")
-        page.wait_for_selector("body:not(.loading)")
+        page.wait_for_function("""() => { const hits = [...document.querySelectorAll('[data-testid=hit]')];
+                                         return hits.length === 3 && hits.every(h => h.querySelector('mark')); }""")
         hits = page.query_selector_all("[data-testid=hit]")
         assert {h.get_attribute("data-study") for h in hits} == {UID.format(100), UID.format(101), UID.format(102)}
         denied = page.query_selector(f'[data-testid=hit][data-study="{UID.format(101)}"] '
@@ -69,6 +70,12 @@ def test_a_radiologist_searches_opens_a_study_sees_similar_images_and_signs_out(
         assert page.query_selector_all("#facets [data-testid=facet]")
         assert page.query_selector("#facet-chart svg rect") is not None
         _shot(page, tmp_path, "search-page-results.png")
+        page.fill("#search-since", "2026-01-02")  # a study-date range narrows the same search
+        page.fill("#search-until", "2026-01-02")
+        page.click("#search-submit")
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=hit]').length === 1")
+        assert page.get_attribute("[data-testid=hit]", "data-study") == UID.format(101)
+        assert "2026-01-02" in page.inner_text("[data-testid=hit]")
 
         page.click(f'[data-testid=hit][data-study="{UID.format(101)}"] a[data-testid=open-study]')
         page.wait_for_selector("#report-text [data-testid=mention].negative")

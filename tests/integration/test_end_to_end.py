@@ -235,9 +235,11 @@ def test_whole_loop_small(local_cloud) -> None:
         try:
             tab = chromium.new_page()
             sign_in_page(tab, page["url"], "demo-radiologist", users["demo-radiologist"]["password"])
+            tab.wait_for_selector("[data-testid=hit]")  # the newest reports, listed at sign-in
             tab.fill("#search-text", "effusion")
             tab.press("#search-text", "Enter")
-            tab.wait_for_selector("[data-testid=hit]")
+            tab.wait_for_function("""() => [...document.querySelectorAll('[data-testid=hit]')]
+                                      .every(h => h.querySelector('mark'))""")  # only a word search marks words
             assert len(tab.query_selector_all("[data-testid=hit]")) == min(20, page["effusionReports"])
             if page["deniedEffusion"]:
                 assert tab.query_selector("[data-testid=hit] [data-testid=mention].negative") is not None

@@ -11,14 +11,17 @@ import io
 import json
 from urllib.parse import urlsplit
 
+import jwt
 import pytest
 from click.testing import CliRunner
 from model_helpers import model_tarball, untrained_artifact
 from waiting import wait_for
 
 from dicomflow import aws
+from dicomflow.api.users import sign_in
 from dicomflow.cli.infra import infra
 from dicomflow.cli.label import start as label_start
+from dicomflow.cli.users import users
 from dicomflow.config import runtime
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
@@ -85,6 +88,18 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert {g["GroupName"] for g in idp.list_groups(UserPoolId=out["SearchUserPoolId"])["Groups"]} == {
         "radiologist", "researcher"}
     assert "SearchApiUrl" not in out
+    # dicomflow users: add (a generated password, printed once), ls, sign in with it, rm
+    added = CliRunner().invoke(users, ["add", "dr-itest", "--group", "researcher", "--stack", STACK, "--json"])
+    assert added.exit_code == 0, added.output
+    password = json.loads(added.stdout)["password"]
+    listed = json.loads(CliRunner().invoke(users, ["ls", "--stack", STACK, "--json"]).stdout)
+    assert [(u["username"], u["groups"], u["status"]) for u in listed] == [("dr-itest", ["researcher"], "CONFIRMED")]
+    token = sign_in(out["SearchUserPoolClientId"], "dr-itest", password)["IdToken"]
+    assert jwt.decode(token, options={"verify_signature": False})["cognito:groups"] == ["researcher"]
+    again = CliRunner().invoke(users, ["add", "dr-itest", "--group", "researcher", "--stack", STACK])
+    assert again.exit_code == 1 and "already exists" in str(again.exception)
+    assert CliRunner().invoke(users, ["rm", "dr-itest", "--stack", STACK]).exit_code == 0
+    assert json.loads(CliRunner().invoke(users, ["ls", "--stack", STACK, "--json"]).stdout) == []
     schema_key = {p["ParameterKey"]: p["ParameterValue"] for p in stack.describe(STACK)["Parameters"]}[
         "SearchApiSchemaKey"]
     assert aws.read(aws.s3_uri(done.packages[0].bucket, schema_key)).startswith(b'"""')

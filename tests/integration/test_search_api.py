@@ -28,12 +28,14 @@ pytestmark = pytest.mark.integration
 INJECTIONS = ['") { __schema { types { name } } } #', "' OR 1=1 --", "*) DROP TABLE reports; --",
               '{"$where": "1"}', "effusion\" OR \"1\"=\"1", "../../etc/passwd", "\\u0000\u202e"]
 
-REPORTS_Q = """query($text: String, $codes: [String!], $status: MentionStatus, $first: Int, $after: String) {
-  reports(text: $text, codes: $codes, status: $status, first: $first, after: $after) {
-    total nextCursor reports { studyInstanceUID accessionNumber score snippet
+REPORTS_Q = """query($text: String, $codes: [String!], $status: MentionStatus, $first: Int, $after: String,
+               $since: String, $until: String) {
+  reports(text: $text, codes: $codes, status: $status, first: $first, after: $after, since: $since, until: $until) {
+    total nextCursor reports { studyInstanceUID accessionNumber studyDate score snippet
                                mentions { code status begin end text } } } }"""
-FACETS_Q = """query($text: String, $codes: [String!]) {
-  facets(text: $text, codes: $codes, first: 10) { code kind reports parent mentioned } }"""
+FACETS_Q = """query($text: String, $codes: [String!], $since: String, $until: String) {
+  facets(text: $text, codes: $codes, since: $since, until: $until, first: 10) {
+    code kind reports parent mentioned } }"""
 SIMILAR_Q = """query($image: ID, $study: ID, $filter: ImageFilter) {
   similarImages(image: $image, study: $study, k: 3, filter: $filter) {
     query model { name version } neighbours { rank score image { sopInstanceUID labels thumbnailUrl } } } }"""
@@ -87,6 +89,18 @@ def test_each_query_answers_what_the_engine_answers(server, pools, indexes) -> N
             (h.study_uid, h.score, h.snippet) for h in page.hits]
         status, doc = _ask(server, token, REPORTS_Q, {"codes": ["J90"], "status": "NEGATIVE"})
         assert [r["studyInstanceUID"] for r in doc["data"]["reports"]["reports"]] == [UID.format(101)]
+        status, doc = _ask(server, token, REPORTS_Q, {"text": "effusion", "since": "2026-01-02",
+                                                      "until": "2026-01-03"})
+        assert [(r["studyInstanceUID"], r["studyDate"], r["score"]) for r in doc["data"]["reports"]["reports"]] == [
+            (h.study_uid, h.study_date, h.score)
+            for h in reports.search("effusion", since="2026-01-02", until="2026-01-03").hits]
+        assert {r["studyDate"] for r in doc["data"]["reports"]["reports"]} == {"2026-01-02", "2026-01-03"}
+        status, doc = _ask(server, token, FACETS_Q, {"since": "2026-01-02"})
+        assert doc["data"]["facets"] == [{k: f[k] for k in ("code", "kind", "reports", "parent", "mentioned")}
+                                         for f in reports.facets(since="2026-01-02", limit=10)]
+        status, doc = _ask(server, token, REPORTS_Q, {"since": "yesterday"})
+        assert doc["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT" and "not a date" in doc["errors"][0][
+            "message"]
 
         status, doc = _ask(server, token, FACETS_Q, {"text": "effusion"})
         assert status == 200 and doc["data"]["facets"] == [
@@ -166,7 +180,8 @@ def test_an_injection_in_any_string_argument_is_only_text(server, pools, indexes
         before = reports.search(None, limit=10).total
     for attack in INJECTIONS:
         for query, variables in ((REPORTS_Q, {"text": attack}), (REPORTS_Q, {"codes": [attack]}),
-                                 (REPORTS_Q, {"after": attack}), (FACETS_Q, {"text": attack}),
+                                 (REPORTS_Q, {"after": attack}), (REPORTS_Q, {"since": attack}),
+                                 (REPORTS_Q, {"until": attack}), (FACETS_Q, {"text": attack}),
                                  (FACETS_Q, {"codes": [attack]}), (SIMILAR_Q, {"image": attack}),
                                  (SIMILAR_Q, {"study": attack}),
                                  (SIMILAR_Q, {"image": UID.format(200), "filter": {

@@ -18,16 +18,17 @@ The page never receives an AWS or PACS credential: tokens come from Cognito, thu
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -47,6 +48,8 @@ PAGE_DIR = REPO_ROOT / "search_ui" / "dist"
 LIMITS = webserver.Limits(max_body=64 * 1024)
 #: How long a looked-up user pool is trusted before the state file and stack are read again.
 SIGN_IN_TTL_S = 10.0
+#: Threads that run queries; each keeps its own open indexes (an image graph in memory each), so few.
+WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,12 @@ def _status_of(ok: bool, result: dict[str, Any]) -> int:
 
 class SearchServer:
     """The Starlette app of the page and the API over ``engine``; ``sign_in()`` names the user pool (looked up
-    again until one exists)."""
+    again until one exists). Queries run on :data:`WORKERS` threads of its own, each with its open indexes."""
 
     def __init__(self, engine: Engine, sign_in: Callable[[], SignIn | None], aws_endpoint: str, region: str,
-                 page_dir: Path = PAGE_DIR, viewer_url: str | None = None) -> None:
+                 page_dir: Path = PAGE_DIR, viewer_url: str | None = None, workers: int = WORKERS) -> None:
         self.engine, self._sign_in = engine, sign_in
+        self._workers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="search-api")
         self.aws_endpoint, self.region = aws_endpoint.rstrip("/"), region
         self.page_dir, self.viewer_url = page_dir, viewer_url
         self._verifier: tuple[SignIn, TokenVerifier] | None = None
@@ -137,10 +141,13 @@ class SearchServer:
             body = await webserver.read_body(request, LIMITS)
         except webserver.HTTPProblem as problem:
             return _errors(problem.status, problem.message, "BAD_REQUEST", {"Connection": "close"})
-        return await run_in_threadpool(self._run, request.headers.get("authorization"), body)
+        return await self._on_worker(self._run, request.headers.get("authorization"), body)
+
+    async def _on_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn, *args)
 
     async def _config(self, request: Request) -> Response:
-        found = await run_in_threadpool(self.verifier)
+        found = await self._on_worker(self.verifier)
         base = str(request.base_url).rstrip("/")
         return webserver.json_response(200, {
             "graphqlUrl": f"{base}/graphql", "viewerUrl": self.viewer_url,

@@ -68,6 +68,30 @@ def test_a_search_is_phrases_and_filters_and_its_answer_becomes_a_page(client) -
                                        "filter": [{"exists": {"field": "codes_uncertain"}}]}}
 
 
+def test_a_study_date_range_is_a_range_filter_on_the_stored_date(client) -> None:
+    ix = _opened(client)
+    assert index_body()["mappings"]["properties"]["study_date"] == {"type": "date", "format": "strict_date"}
+    Scripted.script.append(("PUT", f"/{INDEX}/_doc/{STUDY}", 200, {"result": "created"}))
+    ix.add(STUDY, TEXT, RuleEngine().infer_icd10cm(TEXT), study_date="20260105")
+    assert Scripted.sent[-1]["body"]["study_date"] == "2026-01-05"
+    hit = {"_score": 1.0, "_source": {"study_uid": STUDY, "study_date": "2026-01-05", "text": TEXT, "mentions": []}}
+    Scripted.script.append(("POST", f"/{INDEX}/_search", 200, {"hits": {"total": {"value": 1}, "hits": [hit]}}))
+    page = ix.search(codes=["J90"], since="2026-01-01", until="20260131")
+    assert Scripted.sent[-1]["body"]["query"]["bool"]["filter"] == [
+        {"terms": {"codes_any": ["J90"]}}, {"range": {"study_date": {"gte": "2026-01-01", "lte": "2026-01-31"}}}]
+    assert page.hits[0].study_date == "2026-01-05"
+    Scripted.script.append(("POST", f"/{INDEX}/_search", 200, {"hits": {"total": {"value": 0}, "hits": []},
+                                                                 "aggregations": {"codes": {"buckets": []},
+                                                                                  "mentioned_positive": {
+                                                                                      "buckets": []}}}))
+    ix.facets(since="2026-02-01")
+    assert Scripted.sent[-1]["body"]["query"]["bool"]["filter"] == [{"range": {"study_date": {"gte": "2026-02-01"}}}]
+    sent = len(Scripted.sent)
+    with pytest.raises(ReportIndexError, match="is not a date"):
+        ix.search(until="soon")
+    assert len(Scripted.sent) == sent  # refused before anything is sent
+
+
 def test_text_a_user_types_is_never_query_syntax(client) -> None:
     ix = _opened(client)
     typed = 'effusion) OR *:* {"script": 1} text:"x'

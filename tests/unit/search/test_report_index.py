@@ -26,7 +26,8 @@ def index(tmp_path: Path):
     engine = RuleEngine()
     with ReportIndex.open(tmp_path / "search" / "reports.sqlite") as ix:
         for n, (study, text) in enumerate(REPORTS.items()):
-            ix.add(study, text, engine.infer_icd10cm(text), accession=f"ACC{n}")
+            ix.add(study, text, engine.infer_icd10cm(text), accession=f"ACC{n}",
+                   study_date=f"2026010{n + 1}" if n < 3 else None)  # DICOM dates; the last has none
         yield ix
 
 
@@ -100,6 +101,23 @@ def test_what_a_user_types_is_never_query_syntax(index, text) -> None:
     page = index.search(text)  # no FTS5 syntax error, no SQL: the words are looked for as words
     assert page.total <= 4
     assert len(index) == 4
+
+
+def test_a_study_date_range_narrows_searches_and_facets(index) -> None:
+    assert _studies(index.search(since="2026-01-02")) == ["3", "2"]  # newest first
+    assert _studies(index.search(until="20260102")) == ["2", "1"]
+    assert _studies(index.search("effusion", since="2026-01-01", until="2026-01-01")) == ["1"]
+    assert index.search(since="2026-01-04").total == 0  # the dateless report is in no range
+    assert index.search().total == 4 and index.search().hits[0].study_date is None
+    assert index.report("1.2.826.0.1.3680043.8.498.2")["studyDate"] == "2026-01-02"
+    assert {f["code"] for f in index.facets(until="2026-01-01")} >= {"J90"}
+    assert "J90" not in {f["code"] for f in index.facets(since="2026-01-02")}  # study 3 denies it
+    with pytest.raises(ReportIndexError, match="is not a date"):
+        index.search(since="last week")
+    with pytest.raises(ReportIndexError, match="range 2026-01-03 to 2026-01-01 is empty"):
+        index.facets(since="2026-01-03", until="2026-01-01")
+    with pytest.raises(ReportIndexError, match="is not a date"):
+        index.add("1.2.826.0.1.3680043.8.498.9", "Edema.", {"Entities": []}, study_date="2026-13-01")
 
 
 def test_bad_searches_get_one_clear_error(index) -> None:
