@@ -250,8 +250,8 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     if "searchPage" in r:
         sp = r["searchPage"]
         console.print(Panel.fit(
-            f"{sp['url']}  sign in as demo-radiologist (reports, words, images) or demo-researcher (codes and "
-            f"images only); passwords in {sp['credentials']}\n"
+            f"{sp['signIn']}  signs in demo-radiologist (reports, words, images); demo-researcher sees codes and "
+            f"images only; passwords in {sp['credentials']}\n"
             f"as the page asks: {sp['effusionReports']} reports mention an effusion ({sp['deniedEffusion']} deny "
             f"it); {sp['neighbours']} images like study {sp['similarStudy']}, {sp['thumbnailLinks']} with a "
             f"5-minute thumbnail link; a researcher's word search is refused (HTTP {sp['researcherWordSearch']})\n"
@@ -267,7 +267,7 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     console.print(Panel.fit(
         f"Orthanc web UI   {r['orthanc']}  (user and password in {settings.secrets_dir}/orthanc.json)\n"
         + "".join(f"SR + SEG study   {link}\n" for link in links) +
-        (f"search page      {r['searchPage']['url']}  (users and passwords in {r['searchPage']['credentials']})\n"
+        (f"search page      {r['searchPage']['signIn']}  (passwords in {r['searchPage']['credentials']})\n"
          if "searchPage" in r else "") +
         f"worker portal    {lab['portal']} (while a job runs: dicomflow label start --job {lab['request']})\n"
         f"total {secs.get('total', 0):.0f} s: " + ", ".join(f"{k} {v:.0f}s" for k, v in secs.items() if k != "total"),

@@ -771,7 +771,8 @@ def open_search_page(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
                  if any(m["code"] == "J90" and m["status"] == "NEGATIVE" for m in r["mentions"]))
     neighbours = similar["data"]["similarImages"]["neighbours"]
     ctx.results["searchPage"] = {
-        "url": url, "users": SEARCH_USERS, "credentials": str(search_users_path(ctx.settings)),
+        "url": url, "signIn": f"{url}#/signin/demo-radiologist", "users": SEARCH_USERS,
+        "credentials": str(search_users_path(ctx.settings)),
         "effusionReports": reports["total"], "deniedEffusion": denied, "topCodes": found["data"]["facets"],
         "similarStudy": study, "neighbours": len(neighbours),
         "thumbnailLinks": sum(1 for n in neighbours if n["image"]["thumbnailUrl"]),

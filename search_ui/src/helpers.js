@@ -107,9 +107,12 @@ export function imageFilter({ modality, label }) {
   return Object.keys(f).length ? f : undefined;
 }
 
-/** Parse location.hash into a route: {name: 'search'} or {name: 'study', uid}. */
+/** Parse location.hash into a route: {name: 'search'}, {name: 'study', uid} or {name: 'signin', user} (a
+ * sign-in link that fills in the username; never a password). */
 export function parseRoute(hash) {
   const h = String(hash || '').replace(/^#/, '');
+  const s = /^\/signin\/([A-Za-z0-9._@+-]{1,128})$/.exec(h);
+  if (s) return { name: 'signin', user: s[1] };
   const m = /^\/study\/(.+)$/.exec(h);
   if (m) {
     let uid;

@@ -404,6 +404,7 @@ async function route() {
     $('study-title').focus();
     await loadStudy(r.uid);
   } else {
+    if (r.name === 'signin') history.replaceState(null, '', '#/');
     showView('search');
     if (!state.searched) await runSearch();
   }
@@ -438,7 +439,13 @@ async function start() {
   } catch (err) {
     showError(`Could not load the page's configuration: ${messageOf(err)}`);
   }
-  $('username').focus();
+  const link = parseRoute(location.hash);
+  if (link.name === 'signin') {
+    $('username').value = link.user;
+    $('password').focus();
+  } else {
+    $('username').focus();
+  }
 }
 
 start();

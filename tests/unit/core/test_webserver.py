@@ -112,3 +112,14 @@ def test_keep_alive_requests_on_one_connection_each_get_their_answer(server) -> 
            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nde")
     answer = _exchange(srv, raw)
     assert answer.count(b"HTTP/1.1 200") == 2 and answer.endswith(b"de") and hits == ["POST /echo", "POST /echo"]
+
+
+def test_answers_are_sent_at_once_not_held_for_the_clients_ack(server) -> None:
+    """Every accepted connection has TCP_NODELAY: without it a kept-alive client waited ~40 ms per answer
+    (the head and the body, two writes, held by Nagle until the client's delayed ACK)."""
+    srv, _ = server
+    with socket.create_connection((srv.host, srv.port), timeout=3) as sock:
+        sock.sendall(b"GET /secret HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        accepted = [p.transport.get_extra_info("socket") for p in srv.server.server_state.connections]
+        assert accepted and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in accepted)
