@@ -18,6 +18,7 @@ from model_helpers import model_tarball, untrained_artifact
 from waiting import wait_for
 
 from dicomflow import aws
+from dicomflow.api import SCHEMA_FILE
 from dicomflow.api.users import sign_in
 from dicomflow.cli.infra import infra
 from dicomflow.cli.label import start as label_start
@@ -102,7 +103,7 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     assert json.loads(CliRunner().invoke(users, ["ls", "--stack", STACK, "--json"]).stdout) == []
     schema_key = {p["ParameterKey"]: p["ParameterValue"] for p in stack.describe(STACK)["Parameters"]}[
         "SearchApiSchemaKey"]
-    assert aws.read(aws.s3_uri(done.packages[0].bucket, schema_key)).startswith(b'"""')
+    assert aws.read(aws.s3_uri(done.packages[0].bucket, schema_key)) == SCHEMA_FILE.read_bytes()
     assert "public access block" in fixups and "TLS-only" in fixups
     assert "PACS secret set" in " ".join(done.notes)
     s3 = aws.client("s3")

@@ -201,3 +201,33 @@ def test_over_deep_oversized_and_costly_queries_are_refused(keys, verifier, inde
     assert not ok and "first must be an integer from 1 to 100" in doc["errors"][0]["message"]
     ok, doc = _ask(verifier, indexes, _token(keys), "{ nope }")
     assert not ok and doc["errors"][0]["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+
+
+def test_the_schema_file_is_one_appsync_can_parse() -> None:
+    """AppSync's SDL parser refuses GraphQL descriptions (string literals before a definition) and comments
+    inside enums: the file documents itself in comments outside enums only."""
+    import re
+
+    from graphql import parse
+    from graphql.language import Node
+
+    from dicomflow.api import SCHEMA_FILE
+
+    text = SCHEMA_FILE.read_text()
+    described = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, Node):
+            if getattr(node, "description", None) is not None:
+                described.append(node)
+            for key in node.keys:
+                walk(getattr(node, key, None))
+        elif isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+
+    walk(parse(text))
+    assert described == []
+    for enum in re.findall(r"enum \w+ \{([^}]*)\}", text):
+        assert "#" not in enum
+    assert api.schema().query_type.fields.keys() == {"reports", "facets", "similarImages", "study", "me"}
