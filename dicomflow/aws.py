@@ -130,6 +130,17 @@ def write(uri: str, body: bytes, content_type: str = "application/octet-stream",
         raise _failed("write", uri, exc) from None
 
 
+#: Client config for presigned links: SigV4 (``X-Amz-Expires``), which every region takes.
+SIGV4 = Config(signature_version="s3v4", retries={"max_attempts": 5, "mode": "standard"})
+
+
+def presigned_get(uri: str, seconds: int, s3: Any = None) -> str:
+    """A link that GETs the object at ``uri`` for ``seconds`` without credentials (SigV4 query signature)."""
+    bucket, key = _object(uri)
+    s3 = s3 or client("s3", config=SIGV4)
+    return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=seconds)
+
+
 def plain_item(item: dict[str, Any]) -> dict[str, Any]:
     """A DynamoDB item as a plain record (the inverse of :func:`dynamodb_item`): ``N`` an int or float,
     ``BOOL`` a bool, ``SS`` a sorted list of strings, ``S`` its text."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch  # noqa: F401 - before anything loads usearch: with usearch loaded first, torch.jit.trace never returns
 
 from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection, pacs_connection

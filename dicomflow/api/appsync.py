@@ -4,11 +4,14 @@ AppSync has checked the Cognito token and the arguments against ``schema.graphql
 the event (one field, no batching) is ``{"arguments": {...}, "identity": {"username", "groups", ...},
 "info": {"parentTypeName": "Query", "fieldName": ...}}``. The answer is the field's value; an error is
 raised, and AppSync returns it as a GraphQL error whose ``errorType`` is the exception's class
-(``Forbidden``, ``BadQuery``, ``ReportIndexError``...) and whose message says what to change.
+(``Forbidden``, ``BadQuery``, ``ReportIndexError``...) and whose message says what to change. The Lambda
+runtime also writes a raised error's message to CloudWatch, so the values a message quotes (search words,
+UIDs, codes) are taken out of it first (:func:`without_values`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +20,15 @@ from dicomflow.api import audit
 from dicomflow.api.auth import Unauthorized, User
 from dicomflow.api.engine import Engine
 from dicomflow.api.resolvers import QUERIES, BadQuery
+from dicomflow.errors import DicomflowError
+
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_UID = re.compile(r"\b\d+(?:\.\d+){3,}\b")
+
+
+def without_values(message: str) -> str:
+    """``message`` with what it quotes and any UID replaced by ``…``: it says what is wrong, not with what."""
+    return _UID.sub("…", _QUOTED.sub("'…'", message))
 
 
 def user_of(identity: Any) -> User:
@@ -42,4 +54,7 @@ def handle(event: Any, engine: Engine) -> Any:
     if not isinstance(args, Mapping) or safejson.depth(args) > safejson.MAX_DEPTH:
         raise BadQuery("arguments must be a JSON object of the field's arguments")
     user = user_of(event.get("identity"))
-    return audit.resolve(field, engine.context(user), dict(args))
+    try:
+        return audit.resolve(field, engine.context(user), dict(args))
+    except DicomflowError as exc:
+        raise type(exc)(without_values(str(exc))) from None

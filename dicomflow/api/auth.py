@@ -32,6 +32,10 @@ class Unauthorized(DicomflowError):
     """No token, or one that is not valid for this API (HTTP 401)."""
 
 
+class SignInUnavailable(DicomflowError):
+    """The user pool's keys cannot be fetched: nobody's token can be checked now (HTTP 503, not the user's fault)."""
+
+
 class Forbidden(DicomflowError):
     """A valid user asking for what their groups do not allow (HTTP 403)."""
 
@@ -77,6 +81,8 @@ class TokenVerifier:
             raise Unauthorized("the token has expired; sign in again") from None
         except jwt.InvalidIssuerError:
             raise Unauthorized("the token is from another user pool") from None
+        except jwt.PyJWKClientConnectionError:
+            raise SignInUnavailable("the user pool's signing keys cannot be fetched; try again shortly") from None
         except (jwt.PyJWKClientError, jwt.InvalidTokenError) as exc:
             raise Unauthorized(f"the token is not valid: {exc}") from None
         use = claims.get("token_use")

@@ -15,8 +15,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from botocore.config import Config
-
 from dicomflow import aws
 from dicomflow.api.auth import User
 from dicomflow.api.resolvers import Context
@@ -32,11 +30,10 @@ LINK_SECONDS = 300
 def sign_thumbnail(uri: str, s3: Any = None) -> str | None:
     """A presigned GET link to an ``s3://`` thumbnail, valid :data:`LINK_SECONDS`; None for anything else."""
     try:
-        bucket, key = aws.parse_s3_uri(uri)
+        aws.parse_s3_uri(uri)
     except ValueError:
         return None
-    return (s3 or aws.client("s3")).generate_presigned_url(
-        "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=LINK_SECONDS)
+    return aws.presigned_get(uri, LINK_SECONDS, s3)
 
 
 class Engine:
@@ -70,8 +67,7 @@ class Engine:
 
     def context(self, user: User) -> Context:
         if getattr(self._local, "s3", None) is None:  # SigV4 links (X-Amz-Expires), as every region takes
-            self._local.s3 = aws.client("s3", config=Config(signature_version="s3v4",
-                                                             retries={"max_attempts": 5, "mode": "standard"}))
+            self._local.s3 = aws.client("s3", config=aws.SIGV4)
         s3 = self._local.s3
         return Context(user=user,
                        reports=self._open("reports", lambda p: open_report_index(p, create=False), self.reports_path),

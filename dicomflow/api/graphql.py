@@ -10,10 +10,12 @@ group rule), ``GRAPHQL_VALIDATION_FAILED``; never a traceback.
 
 from __future__ import annotations
 
+import logging
 from functools import cache
 from typing import Any
 
 from ariadne import QueryType, graphql_sync, load_schema_from_path, make_executable_schema
+from ariadne.utils import unwrap_graphql_error
 from ariadne.validation import cost_validator
 from graphql import GraphQLEnumType, GraphQLError, GraphQLSchema, ValidationRule
 from graphql.language import FieldNode, FragmentSpreadNode, InlineFragmentNode, OperationDefinitionNode
@@ -75,6 +77,20 @@ def schema() -> GraphQLSchema:
     return built
 
 
+class _BugsOnly(logging.LoggerAdapter):
+    """ariadne's error log: a resolver's bug with its traceback; never a client's mistake (a refused argument,
+    a group rule, a validation error) and never the request's text, which can name a patient."""
+
+    def error(self, msg: object, *args: Any, exc_info: Any = None, **kwargs: Any) -> None:
+        original = unwrap_graphql_error(exc_info) if isinstance(exc_info, BaseException) else None
+        if original is None or original is exc_info or isinstance(original, DicomflowError):
+            return
+        self.logger.error("a search API resolver failed: %s", type(original).__name__, exc_info=original)
+
+
+_ERROR_LOG = _BugsOnly(logging.getLogger("dicomflow.api"), {})
+
+
 def _format_error(error: GraphQLError, debug: bool = False) -> dict[str, Any]:
     original = error.original_error
     formatted: dict[str, Any] = {"message": error.message}
@@ -108,4 +124,4 @@ def execute(body: Any, context: resolvers.Context) -> tuple[bool, dict[str, Any]
                           cost_map={"Query": {name: {"complexity": 1, "multipliers": args}
                                               for name, args in _LIST_ARGS.items()}})
     return graphql_sync(schema(), body, context_value=context, validation_rules=[DepthLimit, cost],
-                        error_formatter=_format_error, introspection=True)
+                        error_formatter=_format_error, logger=_ERROR_LOG, introspection=False)

@@ -3,8 +3,9 @@ locally (ariadne) and behind AppSync's Lambda resolvers.
 
 Each takes the request's :class:`Context` (the signed-in user, the open indexes, how to sign a thumbnail
 link) and the GraphQL arguments, and returns plain dicts shaped like ``schema.graphql``. Input errors are
-the engine's own messages; words of a report are returned only to users who may read reports
-(:class:`dicomflow.api.auth.Forbidden` otherwise, for fields that carry nothing else).
+the engine's own messages; words of a report, accession numbers and study dates are returned only to users
+who may read reports (:class:`dicomflow.api.auth.Forbidden` otherwise, for fields that carry nothing else);
+the others see codes, counts, UIDs and images.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def _reports(ctx: Context) -> Any:
     return ctx.reports
 
 
+def _identifiers(ctx: Context, accession: str | None, study_date: str | None) -> dict[str, str | None]:
+    """A study's accession number and date: for users who may read reports, else None."""
+    if not ctx.user.can_read_reports:
+        return {"accessionNumber": None, "studyDate": None}
+    return {"accessionNumber": accession, "studyDate": study_date}
+
+
 def _mention(m: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
     return {"finding": m.get("finding"), "code": m.get("code"), "description": m.get("description"),
             "status": str(m.get("status") or "").upper(), "begin": int(m["begin"]), "end": int(m["end"]),
@@ -61,8 +69,8 @@ def reports(ctx: Context, text: str | None = None, codes: list[str] | None = Non
     page = _reports(ctx).search(text, codes=codes or (), status=_status(status), limit=_first(first, "first"),
                                 cursor=after, since=since, until=until)
     return {"total": page.total, "nextCursor": page.next_cursor,
-            "reports": [{"studyInstanceUID": h.study_uid, "accessionNumber": h.accession,
-                         "studyDate": h.study_date, "score": h.score,
+            "reports": [{"studyInstanceUID": h.study_uid, **_identifiers(ctx, h.accession, h.study_date),
+                         "score": h.score,
                          "snippet": h.snippet if ctx.user.can_read_reports else None,
                          "mentions": [_mention(m, ctx) for m in h.mentions]} for h in page.hits]}
 
@@ -112,8 +120,10 @@ def study(ctx: Context, uid: str) -> dict[str, Any]:
     except DicomflowError:
         report = None
     images = ctx.images.study_images(uid) if ctx.images is not None else []
-    return {"studyInstanceUID": uid, "accessionNumber": (report or {}).get("accessionNumber"),
-            "studyDate": (report or {}).get("studyDate"),
+    if report is None and not images:
+        raise BadQuery("no report or image of that study is indexed")
+    return {"studyInstanceUID": uid, **_identifiers(ctx, (report or {}).get("accessionNumber"),
+                                                     (report or {}).get("studyDate")),
             "report": None if report is None else {
                 "text": report["text"] if ctx.user.can_read_reports else None,
                 "mentions": [_mention(m, ctx) for m in report["mentions"]]},

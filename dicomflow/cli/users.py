@@ -7,16 +7,23 @@ import sys
 import click
 from rich.text import Text
 
+from dicomflow import aws
 from dicomflow.api.auth import GROUPS
 from dicomflow.api.users import add_user, list_users, remove_user
-from dicomflow.cli.common import json_option, out, print_json, value_table
+from dicomflow.cli.common import json_option, out, print_json, settings_from, value_table
+from dicomflow.config import read_state
 from dicomflow.infra import stack
+from dicomflow.infra.deployment import LOCAL_STACK_KEY
 
-stack_option = click.option("--stack", "stack_name", default=stack.DEFAULT_STACK, show_default=True,
-                            help="The stack whose user pool (output SearchUserPoolId) holds the users.")
+stack_option = click.option("--stack", "stack_name", help="The stack whose user pool (output SearchUserPoolId) "
+                            "holds the users [on the local cloud: the stack last deployed to it, whose pool the "
+                            f"search page signs in with; else {stack.DEFAULT_STACK}].")
 
 
-def _pool(stack_name: str) -> str:
+def _pool(ctx: click.Context, stack_name: str | None) -> str:
+    if not stack_name:
+        recorded = read_state(settings_from(ctx).data_dir).get(LOCAL_STACK_KEY) if aws.is_emulated() else None
+        stack_name = recorded or stack.DEFAULT_STACK
     pool = stack.outputs(stack_name).get("SearchUserPoolId")
     if not pool:
         raise click.ClickException(f"stack {stack_name} has no SearchUserPoolId output; deploy it again "
@@ -40,12 +47,14 @@ def users() -> None:
               "generating one (12+ characters, upper and lower case letters and digits).")
 @stack_option
 @json_option
-def add(username: str, group: str, password_stdin: bool, stack_name: str, as_json: bool) -> None:
+@click.pass_context
+def add(ctx: click.Context, username: str, group: str, password_stdin: bool, stack_name: str | None,
+        as_json: bool) -> None:
     """Add USERNAME with a permanent password; a generated one is printed once."""
     given = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
     if password_stdin and not given:
         raise click.ClickException("no password on stdin; pipe one line, or leave out --password-stdin")
-    password = add_user(_pool(stack_name), username, group, given)
+    password = add_user(_pool(ctx, stack_name), username, group, given)
     if as_json:
         print_json({"username": username, "group": group, **({} if given else {"password": password})})
         return
@@ -57,9 +66,10 @@ def add(username: str, group: str, password_stdin: bool, stack_name: str, as_jso
 @users.command("ls")
 @stack_option
 @json_option
-def ls(stack_name: str, as_json: bool) -> None:
+@click.pass_context
+def ls(ctx: click.Context, stack_name: str | None, as_json: bool) -> None:
     """The users, their groups and status."""
-    found = list_users(_pool(stack_name))
+    found = list_users(_pool(ctx, stack_name))
     if as_json:
         print_json([u.as_dict() for u in found])
         return
@@ -73,9 +83,10 @@ def ls(stack_name: str, as_json: bool) -> None:
 @click.argument("username")
 @stack_option
 @json_option
-def rm(username: str, stack_name: str, as_json: bool) -> None:
+@click.pass_context
+def rm(ctx: click.Context, username: str, stack_name: str | None, as_json: bool) -> None:
     """Remove USERNAME (their tokens stop working when they expire, within an hour)."""
-    remove_user(_pool(stack_name), username)
+    remove_user(_pool(ctx, stack_name), username)
     if as_json:
         print_json({"removed": username})
         return

@@ -117,8 +117,12 @@ export async function signIn(username, password) {
     AuthParameters: { USERNAME: username, PASSWORD: password },
   });
   if (body.ChallengeName) {
-    throw new ApiError('This account must set a new password first; ask your administrator.',
-      { code: String(body.ChallengeName) });
+    const why = {
+      NEW_PASSWORD_REQUIRED: 'This account must set a new password first; ask your administrator.',
+      SOFTWARE_TOKEN_MFA: 'This account signs in with a one-time code, which this page cannot ask for yet.',
+      MFA_SETUP: 'This account must set up a one-time code first, which this page cannot do yet.',
+    }[body.ChallengeName] || `Cognito asks for ${String(body.ChallengeName).slice(0, 40)}, which this page cannot do.`;
+    throw new ApiError(why, { code: String(body.ChallengeName) });
   }
   const result = body.AuthenticationResult || {};
   if (typeof result.IdToken !== 'string' || !result.IdToken) {
@@ -137,6 +141,17 @@ export async function signOut() {
   } catch {
     // ignored: the tokens are forgotten here anyway
   }
+}
+
+// AppSync names an error by the Lambda resolver's exception (errorType); the local API by extensions.code.
+const APPSYNC_CODES = {
+  Forbidden: 'FORBIDDEN', Unauthorized: 'UNAUTHENTICATED', UnauthorizedException: 'UNAUTHENTICATED',
+  BadQuery: 'BAD_USER_INPUT', ReportIndexError: 'BAD_USER_INPUT', ImageIndexError: 'BAD_USER_INPUT',
+};
+
+function codeOf(error) {
+  if (error && error.extensions && error.extensions.code) return error.extensions.code;
+  return (error && APPSYNC_CODES[error.errorType]) || null;
 }
 
 /**
@@ -160,7 +175,7 @@ export async function gql(query, variables = {}) {
   const body = await readJson(response);
   const errors = body && Array.isArray(body.errors) ? body.errors : [];
   const first = errors[0] || {};
-  const code = (first.extensions && first.extensions.code) || null;
+  const code = codeOf(first);
   const message = typeof first.message === 'string' && first.message ? first.message : null;
   if (response.status === 401 || code === 'UNAUTHENTICATED') {
     tokens = null;

@@ -347,7 +347,7 @@ async function loadStudy(uid) {
     const data = await gql(Q_STUDY, { uid });
     if (mine !== session || seq !== studySeq) return;
     const study = data.study;
-    $('study-accession').textContent = (study.accessionNumber ? `Accession ${study.accessionNumber}` : 'No accession number')
+    $('study-accession').textContent = (study.accessionNumber ? `Accession ${study.accessionNumber}` : '')
       + (study.studyDate ? ` · study of ${study.studyDate}` : '');
     fillReport($('report-text'), study.report);
     $('study-images').append(...studyImages(study.images));

@@ -62,7 +62,8 @@ export function hitNode(hit) {
   const uid = String(hit.studyInstanceUID);
   const article = el('article', { class: 'hit', 'data-testid': 'hit', 'data-study': uid, tabIndex: -1 });
   article.append(el('header', { class: 'hit-header' },
-    el('h3', { class: 'accession', text: (hit.accessionNumber ? `Accession ${hit.accessionNumber}` : 'No accession number')
+    // accession and date come to radiologists only
+    el('h3', { class: 'accession', text: (hit.accessionNumber ? `Accession ${hit.accessionNumber}` : 'Study')
       + (hit.studyDate ? ` · ${hit.studyDate}` : '') }),
     el('span', { class: 'score', title: 'relevance score', text: `score ${formatScore(hit.score)}` })));
   article.append(el('p', { class: 'uid', text: uid }));

@@ -87,6 +87,28 @@ def test_a_radiologist_searches_opens_a_study_sees_similar_images_and_signs_out(
         assert len(neighbours) == 6  # every image of the other three studies, never this study's own
         assert UID.format(101) not in {n.get_attribute("data-study") for n in neighbours}
         _shot(page, tmp_path, "search-page-study.png")
+        # the grid's filters: label Edema leaves the labelled images of the other studies; modality CR, none
+        page.fill("#similar-label", "Edema")
+        page.press("#similar-label", "Enter")
+        page.wait_for_function("""() => {
+            const n = [...document.querySelectorAll('#similar [data-testid=neighbour]')];
+            return n.length === 3 && n.every(f => f.textContent.includes('Edema')); }""")
+        page.select_option("#similar-modality", "CR")
+        page.wait_for_selector("#similar.empty")
+        assert "No similar images" in page.inner_text("#similar")
+
+        # empty and error states: no report has the word; an empty date range is the API's clear refusal
+        page.click("#back")
+        page.fill("#search-text", "xylophone")
+        page.press("#search-text", "Enter")
+        page.wait_for_selector("#results .empty")
+        assert "No reports match" in page.inner_text("#results")
+        page.fill("#search-text", "effusion")
+        page.fill("#search-since", "2026-01-03")
+        page.fill("#search-until", "2026-01-01")
+        page.press("#search-text", "Enter")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "is empty" in page.inner_text("#error")
 
         page.click("#signout")
         page.wait_for_selector("#signin-form", state="visible")

@@ -95,6 +95,7 @@ def test_stack_deploys_works_and_goes_away(local_cloud, tmp_path) -> None:
     password = json.loads(added.stdout)["password"]
     listed = json.loads(CliRunner().invoke(users, ["ls", "--stack", STACK, "--json"]).stdout)
     assert [(u["username"], u["groups"], u["status"]) for u in listed] == [("dr-itest", ["researcher"], "CONFIRMED")]
+    assert json.loads(CliRunner().invoke(users, ["ls", "--json"]).stdout) == listed  # the stack deployed last
     token = sign_in(out["SearchUserPoolClientId"], "dr-itest", password)["IdToken"]
     assert jwt.decode(token, options={"verify_signature": False})["cognito:groups"] == ["researcher"]
     again = CliRunner().invoke(users, ["add", "dr-itest", "--group", "researcher", "--stack", STACK])

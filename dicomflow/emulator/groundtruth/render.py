@@ -57,9 +57,7 @@ def make_grant_read_access(presign: Callable[[str], str] | None = None) -> Calla
     """``grant_read_access``: presign an ``s3://`` URI for GET; other URLs pass through."""
 
     def default(uri: str) -> str:
-        bucket, key = aws.parse_s3_uri(uri)
-        return aws.client("s3").generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                                       ExpiresIn=PRESIGN_SECONDS)
+        return aws.presigned_get(uri, PRESIGN_SECONDS)
 
     fn = presign or default
 

@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 from dicomflow import safejson, webserver
 from dicomflow.api import graphql
-from dicomflow.api.auth import TokenVerifier, Unauthorized, bearer, issuer_of
+from dicomflow.api.auth import SignInUnavailable, TokenVerifier, Unauthorized, bearer, issuer_of
 from dicomflow.api.engine import Engine
 from dicomflow.config import Settings, read_state
 from dicomflow.errors import DicomflowError
@@ -102,8 +102,12 @@ class SearchServer:
         self._lock = threading.Lock()
 
     def verifier(self) -> tuple[SignIn, TokenVerifier] | None:
-        """The current user pool and its token checker (the pool looked up again after :data:`SIGN_IN_TTL_S`)."""
-        with self._lock:
+        """The current user pool and its token checker (the pool looked up again after :data:`SIGN_IN_TTL_S`,
+        by one thread while the others go on with the one they have)."""
+        current = self._verifier
+        if time.monotonic() - self._looked_up < SIGN_IN_TTL_S or not self._lock.acquire(blocking=current is None):
+            return current
+        try:
             if time.monotonic() - self._looked_up >= SIGN_IN_TTL_S:
                 found = self._sign_in()
                 self._looked_up = time.monotonic()
@@ -114,6 +118,8 @@ class SearchServer:
                     self._verifier = found, TokenVerifier.from_jwks_url(issuer_of(found.pool_id, self.region),
                                                                         found.client_id, jwks)
             return self._verifier
+        finally:
+            self._lock.release()
 
     def _run(self, header: str | None, body: bytes) -> Response:
         found = self.verifier()
@@ -124,6 +130,8 @@ class SearchServer:
             user = found[1].verify(bearer(header))
         except Unauthorized as exc:
             return _errors(401, str(exc), "UNAUTHENTICATED", {"WWW-Authenticate": 'Bearer realm="dicomflow-search"'})
+        except SignInUnavailable as exc:
+            return _errors(503, str(exc), "SERVICE_UNAVAILABLE", {"Retry-After": "5"})
         try:
             doc = safejson.loads(body, "the request body")
         except ValueError as exc:

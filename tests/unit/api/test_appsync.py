@@ -79,8 +79,15 @@ def test_group_rules_and_bad_events(engine) -> None:
         appsync.handle(_event("reports", ["x"]), engine)  # type: ignore[arg-type]
     with pytest.raises(Unauthorized, match="AMAZON_COGNITO_USER_POOLS"):
         appsync.handle({**_event("me", {}), "identity": {"sourceIp": ["1.2.3.4"]}}, engine)  # an API key caller
-    with pytest.raises(BadQuery, match="not a DICOM UID"):
+    # what the Lambda raises is written to CloudWatch too: the message names the problem, not the value
+    with pytest.raises(BadQuery, match="not a DICOM UID") as err:
         appsync.handle(_event("study", {"uid": "1.2.3'; DROP TABLE reports; --"}), engine)
+    assert "DROP" not in str(err.value)
+    with pytest.raises(Exception, match="is not an ICD-10-CM code") as err:
+        appsync.handle(_event("facets", {"codes": ["JANE.DOE"]}), engine)
+    assert "JANE" not in str(err.value)
+    with pytest.raises(BadQuery, match="no report or image") as err:
+        appsync.handle(_event("study", {"uid": "1.2.826.0.1.3680043.8.498.999"}), engine)
 
 
 def test_the_lambda_handler_builds_its_engine_from_the_runtime_settings(engine, tmp_path, monkeypatch) -> None:
