@@ -38,12 +38,7 @@ class MotoService(Service):
         write_sdk_config(self.settings)
 
     def command(self) -> tuple[list[str], dict[str, str] | None]:
-        env = dict(os.environ)
-        env.update(client_environment(self.settings))
-        env["DICOMFLOW_HOME"] = str(self.settings.data_dir)
-        argv = [sys.executable, "-m", "dicomflow.emulator.moto.main", "--host", self.settings.host,
-                "--port", str(self.settings.aws_port)]
-        return argv, env
+        return module_command(self.settings, "dicomflow.emulator.moto.main", self.settings.aws_port)
 
     def healthy(self) -> bool:
         """STS GetCallerIdentity answers. (Not ``/moto-api/data.json``: it dumps every backend and fails with
@@ -88,6 +83,13 @@ def write_sdk_config(settings) -> Path:
     tmp.write_text(yaml.safe_dump(config, sort_keys=False))
     os.replace(tmp, path)
     return path
+
+
+def module_command(settings, module: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of a service that is a module of this checkout (``python -m MODULE --host --port``)
+    on the data dir of ``settings``, its AWS clients pointed at the emulator."""
+    env = {**os.environ, **client_environment(settings), "DICOMFLOW_HOME": str(settings.data_dir)}
+    return [sys.executable, "-m", module, "--host", settings.host, "--port", str(port)], env
 
 
 def client_environment(settings) -> dict[str, str]:

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
 import urllib.error
 import urllib.request
 
-from dicomflow.emulator.cloud.moto import client_environment
+from dicomflow.emulator.cloud.moto import module_command
 from dicomflow.emulator.cloud.service import Service
 
 
@@ -23,12 +21,7 @@ class SearchApiService(Service):
         return [self.settings.search_port]
 
     def command(self) -> tuple[list[str], dict[str, str] | None]:
-        env = dict(os.environ)
-        env.update(client_environment(self.settings))
-        env["DICOMFLOW_HOME"] = str(self.settings.data_dir)
-        argv = [sys.executable, "-m", "dicomflow.emulator.search_api", "--host", self.settings.host,
-                "--port", str(self.settings.search_port)]
-        return argv, env
+        return module_command(self.settings, "dicomflow.emulator.search_api", self.settings.search_port)
 
     def healthy(self) -> bool:
         try:
