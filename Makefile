@@ -40,6 +40,7 @@ $(STAMPS)/python: $(VENV)/bin/python requirements.lock pyproject.toml
 ui:
 	@if [ -f labeling_ui/package.json ]; then $(MAKE) -s $(STAMPS)/ui; fi
 	@if [ -f search_ui/package.json ]; then $(MAKE) -s $(STAMPS)/search_ui; fi
+	@if [ -f viewer/fetch-ohif.sh ]; then $(MAKE) -s $(STAMPS)/viewer; fi
 
 $(STAMPS)/ui: labeling_ui/package.json labeling_ui/package-lock.json $(shell find labeling_ui/src -type f 2>/dev/null) labeling_ui/vite.config.js
 	@mkdir -p $(STAMPS)
@@ -51,6 +52,11 @@ $(STAMPS)/ui: labeling_ui/package.json labeling_ui/package-lock.json $(shell fin
 $(STAMPS)/search_ui: search_ui/package.json search_ui/package-lock.json search_ui/index.html $(shell find search_ui/src -type f 2>/dev/null) search_ui/vite.config.js
 	@mkdir -p $(STAMPS)
 	cd search_ui && npm install --no-save --no-audit --no-fund --loglevel=error && npm run -s build
+	@touch $@
+
+$(STAMPS)/viewer: viewer/fetch-ohif.sh
+	@mkdir -p $(STAMPS)
+	viewer/fetch-ohif.sh
 	@touch $@
 
 demo: setup
@@ -67,4 +73,4 @@ bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(STAMPS) labeling_ui/dist labeling_ui/node_modules search_ui/dist search_ui/node_modules
+	rm -rf $(STAMPS) labeling_ui/dist labeling_ui/node_modules search_ui/dist search_ui/node_modules viewer/dist viewer/.pack

@@ -48,7 +48,7 @@ def private_cloud(prefix: str = "dicomflow-bench-", pacs_only: bool = False) -> 
     home = Path(tempfile.mkdtemp(prefix=prefix))
     ports = {"orthanc_http_port": free_port(), "orthanc_dicom_port": free_port()}
     if not pacs_only:
-        ports["aws_port"], ports["search_port"] = free_port(), free_port()
+        ports["aws_port"], ports["search_port"], ports["viewer_port"] = free_port(), free_port(), free_port()
     settings = Settings.load(data_dir=home, **ports)
     for name in _FOREIGN:
         os.environ.pop(name, None)

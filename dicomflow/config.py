@@ -42,6 +42,7 @@ class Settings:
     orthanc_dicom_port: int = 4242
     aws_port: int = 4566
     search_port: int = 8044
+    viewer_port: int = 8045
     region: str = "us-east-1"
     modality_aet: str = "MODALITY"  # the calling AE title Orthanc accepts C-ECHO / C-STORE from (loopback only)
     host: str = DEFAULT_HOST

@@ -38,6 +38,7 @@ def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudHandl
         orthanc_dicom_port=free_port(),
         aws_port=free_port(),
         search_port=free_port(),
+        viewer_port=free_port(),
     )
     cloud = LocalCloud(settings)
     env = {**client_environment(settings), "DICOMFLOW_HOME": str(data_dir)}

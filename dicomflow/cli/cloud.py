@@ -18,11 +18,12 @@ from dicomflow.paths import private_dir
 @click.option("--orthanc-dicom-port", type=int, help="Orthanc DICOM port [4242].")
 @click.option("--aws-port", type=int, help="Emulated AWS port [4566].")
 @click.option("--search-port", type=int, help="Search page and GraphQL API port [8044].")
+@click.option("--viewer-port", type=int, help="OHIF viewer port [8045].")
 @click.option("--timeout", "start_timeout", type=float, help="Seconds to wait for each service [30].")
 @json_option
 @click.pass_context
 def up(ctx: click.Context, as_json: bool, **flags) -> None:
-    """Start the local cloud (Orthanc PACS, emulated AWS, the search page and API) in the background.
+    """Start the local cloud (Orthanc PACS, emulated AWS, the search page and API, the OHIF viewer) in the background.
 
     Returns when every service is healthy; running it twice is harmless. The AWS state saved by the
     last run (buckets, stacks, functions, models, endpoints ...) is restored.

@@ -24,6 +24,7 @@ from dicomflow.cli import (
     seed,
     train,
     users,
+    view,
 )
 from dicomflow.cli.common import console
 from dicomflow.cli.failures import explain, quiet_third_party, record_unexpected
@@ -54,7 +55,7 @@ def cli(data_dir: str | None) -> None:
 
 for command in (cloud.up, cloud.down, cloud.status, cloud.env, seed.seed, pacs.pacs, label.label, dataset.dataset,
                 train.train, models.models, deploy.deploy, deploy.infer, endpoints.endpoints, route.route,
-                search.search, users.users, infra.infra, demo.demo):
+                search.search, users.users, view.view, infra.infra, demo.demo):
     cli.add_command(command)
 
 

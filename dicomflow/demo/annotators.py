@@ -73,7 +73,7 @@ def annotate_in_browser(signin_url: Callable[[str], str], workers: list[str],
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 
-    _check_browser()
+    require_chromium("or use --interactive and label in your own browser")
     threads = [threading.Thread(target=work, args=(i, w), name=f"annotator-{w}", daemon=True)
                for i, w in enumerate(workers)]
     for thread in threads:
@@ -85,15 +85,17 @@ def annotate_in_browser(signin_url: Callable[[str], str], workers: list[str],
     return answers
 
 
-def _check_browser() -> None:
+def require_chromium(otherwise: str = "") -> None:
+    """:class:`AnnotatorError` unless playwright and Debian's Chromium are installed; ``otherwise`` names what
+    the user can do without them."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError as exc:
-        raise AnnotatorError("the simulated annotators need playwright: pip install playwright "
+        raise AnnotatorError("headless Chromium needs playwright: pip install playwright "
                              "(the browser is Debian's chromium; never run 'playwright install')") from exc
     if not Path(CHROMIUM).exists():
-        raise AnnotatorError(f"{CHROMIUM} not found: apt-get install chromium (or run 'make setup'), "
-                             "or use --interactive and label in your own browser")
+        raise AnnotatorError(f"{CHROMIUM} not found: apt-get install chromium (or run 'make setup')"
+                             + (f", {otherwise}" if otherwise else ""))
 
 
 def _annotate(url: str, worker: str, choose: Callable[[str], list[str]],

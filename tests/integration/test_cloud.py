@@ -25,9 +25,14 @@ pytestmark = pytest.mark.integration
 
 def _settings(tmp_path: Path, **overrides) -> Settings:
     ports = {"orthanc_http_port": free_port(), "orthanc_dicom_port": free_port(), "aws_port": free_port(),
-             "search_port": free_port()}
+             "search_port": free_port(), "viewer_port": free_port()}
     ports.update(overrides)
     return Settings.load(data_dir=tmp_path / "home", **ports)
+
+
+def _port_flags(s: Settings) -> list[str]:
+    return ["--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port", str(s.orthanc_dicom_port),
+            "--aws-port", str(s.aws_port), "--search-port", str(s.search_port), "--viewer-port", str(s.viewer_port)]
 
 
 def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
@@ -45,12 +50,11 @@ def _orthancs(data_dir: Path) -> set[int]:
 
 def test_up_down_up_keeps_data_and_is_idempotent(tmp_path: Path) -> None:
     s = _settings(tmp_path)
-    up = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
-              str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port), "--search-port", str(s.search_port), "--json")
+    up = _cli(s, "up", *_port_flags(s), "--json")
     assert up.returncode == 0, up.stderr
     try:
         report = json.loads(up.stdout)
-        assert {x["name"] for x in report["services"]} == {"orthanc", "aws", "search"}
+        assert {x["name"] for x in report["services"]} == {"orthanc", "aws", "search", "viewer"}
         assert all(x["healthy"] for x in report["services"])
         pids = {x["name"]: x["pid"] for x in report["services"]}
         creds = json.loads(local_orthanc_secret_path(s.data_dir).read_text())
@@ -84,8 +88,7 @@ def test_up_down_up_keeps_data_and_is_idempotent(tmp_path: Path) -> None:
 def test_secrets_are_private_and_never_printed(tmp_path: Path) -> None:
     s = _settings(tmp_path)
     cloud = LocalCloud(s)
-    out = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
-               str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port), "--search-port", str(s.search_port))
+    out = _cli(s, "up", *_port_flags(s))
     try:
         assert out.returncode == 0, out.stderr
         secret = local_orthanc_secret_path(s.data_dir)
@@ -111,8 +114,7 @@ def _modes(root: Path) -> set[tuple[str, int]]:
 
 def test_phi_is_owner_only_and_wider_modes_are_fixed_on_up(tmp_path: Path) -> None:
     s = _settings(tmp_path)
-    flags = ["--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port", str(s.orthanc_dicom_port),
-             "--aws-port", str(s.aws_port), "--search-port", str(s.search_port)]
+    flags = _port_flags(s)
     assert _cli(s, "up", *flags).returncode == 0
     try:
         creds = json.loads(local_orthanc_secret_path(s.data_dir).read_text())
@@ -138,8 +140,7 @@ def test_busy_port_fails_with_one_clear_line_and_leaves_nothing_running(tmp_path
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", s.aws_port))
         blocker.listen()
-        res = _cli(s, "up", "--orthanc-http-port", str(s.orthanc_http_port), "--orthanc-dicom-port",
-                   str(s.orthanc_dicom_port), "--aws-port", str(s.aws_port), "--search-port", str(s.search_port))
+        res = _cli(s, "up", *_port_flags(s))
     assert res.returncode == 1
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"port {s.aws_port}" in lines[0] and "already in use" in lines[0]

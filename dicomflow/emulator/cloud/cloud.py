@@ -11,12 +11,13 @@ from dicomflow.emulator.cloud.moto import MotoService
 from dicomflow.emulator.cloud.orthanc import OrthancService
 from dicomflow.emulator.cloud.search_api import SearchApiService
 from dicomflow.emulator.cloud.service import Service, ServiceError, ServiceStatus
+from dicomflow.emulator.cloud.viewer import ViewerService
 from dicomflow.paths import private_dir
 
 
 def default_services(settings: Settings) -> list[Service]:
     """The services of the local cloud, in start order."""
-    return [OrthancService(settings), MotoService(settings), SearchApiService(settings)]
+    return [OrthancService(settings), MotoService(settings), SearchApiService(settings), ViewerService(settings)]
 
 
 class LocalCloud:

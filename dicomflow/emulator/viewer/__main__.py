@@ -1,0 +1,3 @@
+from dicomflow.emulator.viewer.gateway import main
+
+main()
