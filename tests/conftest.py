@@ -62,3 +62,17 @@ def local_cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CloudHandl
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def study_with_seg(local_cloud: CloudHandle):
+    """One small synthetic hippocampus MR study in the local PACS with its label volume stored as a DICOM SEG
+    (what ``dicomflow label import`` stores): the viewer's tests open it."""
+    from dicomflow.demo import seed as seeding
+    from dicomflow.dicom import dicomweb
+
+    [study] = seeding.plan(chest=0, hippocampus=1, seed=11, real=False, hippocampus_shape=(24, 40, 40))
+    client = dicomweb.connect(local_cloud.pacs)
+    seeding.seed(client, local_cloud.settings.data_dir, [study])
+    seeding.store_label_segs(client, [study])
+    return study

@@ -12,6 +12,7 @@ import pytest
 
 from dicomflow.demo.annotators import CHROMIUM
 from dicomflow.emulator.groundtruth import VIEWER_DIR
+from dicomflow.emulator.viewer.ohif import DIST_DIR as OHIF_DIR
 
 TOOLS = {
     "chromium": (lambda: Path(CHROMIUM).exists(),
@@ -19,6 +20,8 @@ TOOLS = {
     "viewer": (lambda: (VIEWER_DIR / "viewer.js").exists(),
                f"the labeling viewer bundle is not built ({VIEWER_DIR}/viewer.js): run `make setup` "
                "(cd labeling_ui && npm install --no-save && npm run build)"),
+    "ohif": (lambda: (OHIF_DIR / "index.html").exists(),
+             f"the OHIF viewer is not installed ({OHIF_DIR}/index.html): run `make setup` (viewer/fetch-ohif.sh)"),
     "dciodvfy": (lambda: shutil.which("dciodvfy") is not None,
                  "dciodvfy is missing: run `make setup` (apt-get install dicom3tools)"),
 }

@@ -315,17 +315,9 @@ def import_hippocampus_labels(ctx: DemoContext) -> str:
     """The seeder's label volumes of the training hippocampus series, brought in the way any user brings their
     own: ``dicomflow label import`` stores them as DICOM SEGs in the studies and writes an output manifest.
     (Until segmentation labeling is in the demo, this is where its hippocampus labels come from.)"""
-    from dicomflow.dicom.structures import parse_structures
-    from dicomflow.groundtruth.label_import import import_labels
-
-    requests = [{"StudyInstanceUID": s.entry["StudyInstanceUID"], "SeriesInstanceUID": s.entry["SeriesInstanceUID"],
-                 "label": s.entry["label_path"]} for s in ctx.hippo_train]
-    result = import_labels(requests, dicomweb.connect(ctx.pacs), parse_structures(HIPPOCAMPUS_STRUCTURES),
-                           label_attribute="hippocampus")
-    if result.failures:
-        raise DemoError(f"label import failed for {len(result.failures)} series: {result.failures[:2]}")
+    lines = seeding.store_label_segs(dicomweb.connect(ctx.pacs), ctx.hippo_train)
     uri = _uri("LabelingOutputUri", ctx, f"{ctx.config.tag}-hippocampus/manifests/output/output.manifest")
-    manifest.write_jsonl_s3(uri, result.lines)
+    manifest.write_jsonl_s3(uri, lines)
     return uri
 
 

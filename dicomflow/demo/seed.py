@@ -47,6 +47,8 @@ __all__ = [
     "sidecar_path",
     "reports_dir",
     "write_reports",
+    "label_requests",
+    "store_label_segs",
 ]
 
 REAL_IMAGES = ("RG1_UNCR", "MR2_UNCR", "693_UNCR")
@@ -275,3 +277,23 @@ def seed(client: DICOMClient, data_dir: Path, studies: list[SeedStudy],
     _write_sidecar(path, studies)
     result.sidecar = str(path)
     return result
+
+
+def label_requests(studies: list[SeedStudy]) -> list[dict[str, Any]]:
+    """``dicomflow label import`` lines for the seeded hippocampus series (after :func:`seed` wrote their labels)."""
+    return [{"StudyInstanceUID": s.entry["StudyInstanceUID"], "SeriesInstanceUID": s.entry["SeriesInstanceUID"],
+             "label": s.entry["label_path"]} for s in studies if s.kind == "hippocampus"]
+
+
+def store_label_segs(client: DICOMClient, studies: list[SeedStudy]) -> list[dict[str, Any]]:
+    """Each seeded hippocampus series' label volume stored as a DICOM SEG in its study, as ``dicomflow label
+    import`` stores anyone's labels; returns the import's output manifest lines. SeedError names failures."""
+    from dicomflow.demo.synthetic import HIPPOCAMPUS_STRUCTURES
+    from dicomflow.dicom.structures import parse_structures
+    from dicomflow.groundtruth.label_import import import_labels
+
+    result = import_labels(label_requests(studies), client, parse_structures(HIPPOCAMPUS_STRUCTURES),
+                           label_attribute="hippocampus")
+    if result.failures:
+        raise SeedError(f"label import failed for {len(result.failures)} series: {result.failures[:2]}")
+    return result.lines

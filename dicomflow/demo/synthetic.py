@@ -416,6 +416,8 @@ def hippocampus_series(n: int, seed: int = 0, shape: tuple[int, int, int] = (32,
         spacing = (1.2, 1.0, 1.0)
         image, labels = _hippocampus_volumes(rng, shape, spacing)
         pixels = _to_uint12(image)
+        low, high = np.percentile(pixels, [1, 99.5])  # the series' own window, as a scanner writes it
+        window = (int(round((low + high) / 2)), max(int(round(high - low)), 1))
         origin = tuple(round(float(rng.uniform(lo, hi)), 3) for lo, hi in ((-40, -20), (-40, -10), (-30, -10)))
         patient_id = f"SYNTH-HIPPO-{seed}-{i:04d}"
         study_uid = synthetic_uid("hippo", seed, i, "study")
@@ -464,8 +466,7 @@ def hippocampus_series(n: int, seed: int = 0, shape: tuple[int, int, int] = (32,
             ds.MagneticFieldStrength = 3
             ds.ImagedNucleus = "1H"
             ds.AcquisitionNumber = 1
-            ds.WindowCenter = _MAX // 2
-            ds.WindowWidth = _MAX
+            ds.WindowCenter, ds.WindowWidth = window
             _set_pixels(ds, pixels[k])
             datasets.append(ds)
         out.append(SyntheticSeries(datasets=datasets, label_volume=labels, spacing=spacing,

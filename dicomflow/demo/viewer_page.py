@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ class ViewerLook:
     overlay_pixels: int = 0
     segments: list[str] = field(default_factory=list)
     signed_in_url: str = ""
+    responses: int = 0
+    #: the URLs of text answers (pages, scripts, JSON) that contained one of the ``forbidden`` strings
+    leaked_in: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,13 +74,35 @@ def _segment_names(page: Any, deadline: float) -> list[str]:
     raise ViewerPageError("the segmentation panel listed no structures")
 
 
-def _look(url: str, load_seg: bool, timeout_s: float, screenshot: Path | None) -> ViewerLook:
+_TEXT_TYPES = ("text/", "application/json", "application/dicom+json", "application/javascript")
+
+
+def _leaks(responses: list[Any], forbidden: Sequence[str]) -> list[str]:
+    """The URLs of the text answers among ``responses`` that contain a ``forbidden`` string, or whose headers do."""
+    found = []
+    for resp in responses:
+        headers = " ".join(f"{k}: {v}" for k, v in resp.headers.items())
+        body = ""
+        if resp.headers.get("content-type", "").startswith(_TEXT_TYPES):
+            try:
+                body = resp.text()
+            except Exception:  # noqa: BLE001 - a redirect or an answer the page dropped has no body to read
+                body = ""
+        if any(f and (f in headers or f in body) for f in forbidden):
+            found.append(resp.url)
+    return found
+
+
+def _look(url: str, load_seg: bool, timeout_s: float, screenshot: Path | None,
+          forbidden: Sequence[str]) -> ViewerLook:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            responses: list[Any] = []
+            page.on("response", lambda resp: responses.append(resp))
             t0 = time.perf_counter()
             page.goto(url)
             first_s, canvas = _poll(page, lambda c: c[2] >= MIN_LIT_SHARE * c[0] * c[1], t0, timeout_s, "image")
@@ -92,14 +118,16 @@ def _look(url: str, load_seg: bool, timeout_s: float, screenshot: Path | None) -
                 look.segments = _segment_names(page, t0 + timeout_s)
             if screenshot is not None:
                 page.screenshot(path=str(screenshot))
+            look.responses, look.leaked_in = len(responses), _leaks(responses, forbidden)
             return look
         finally:
             browser.close()
 
 
-def look_at_study(url: str, load_seg: bool = True, timeout_s: float = 90,
-                  screenshot: Path | None = None) -> ViewerLook:
+def look_at_study(url: str, load_seg: bool = True, timeout_s: float = 90, screenshot: Path | None = None,
+                  forbidden: Sequence[str] = ()) -> ViewerLook:
     """Open the viewer ``url`` (a sign-in link) and report what it drew; :class:`ViewerPageError` if it did not.
+    ``forbidden`` strings (a PACS password) are looked for in every text answer the page received.
 
     Runs on a thread of its own: Playwright's sync API refuses a thread whose event loop another user holds."""
     require_chromium()
@@ -107,7 +135,7 @@ def look_at_study(url: str, load_seg: bool = True, timeout_s: float = 90,
 
     def run() -> None:
         try:
-            result["look"] = _look(url, load_seg, timeout_s, screenshot)
+            result["look"] = _look(url, load_seg, timeout_s, screenshot, forbidden)
         except BaseException as exc:  # handed to the caller's thread
             result["error"] = exc
 

@@ -18,6 +18,14 @@ from dicomflow.dicom.elements import MANUFACTURER
 from dicomflow.dicom.structures import Code, Structure, StructureError
 
 SEG_SERIES_NUMBER = 9101
+#: Display colours of segments 1, 2, ... (RecommendedDisplayCIELabValue; viewers use them for the overlay):
+#: Tableau 10's red, green, blue, orange, purple, brown, pink, grey, olive, cyan, far apart on a grey image.
+SEGMENT_COLOURS = ((214, 39, 40), (44, 160, 44), (31, 119, 180), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+                   (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def segment_colour(segment_number: int) -> hd.color.CIELabColor:
+    return hd.color.CIELabColor.from_rgb(*SEGMENT_COLOURS[(segment_number - 1) % len(SEGMENT_COLOURS)])
 
 
 def coded(code: Code) -> hd.sr.CodedConcept:
@@ -75,6 +83,7 @@ def build_seg(source_images: Sequence[Dataset], label_volume: np.ndarray, struct
             algorithm_identification=algo,
             tracking_uid=hd.UID(),
             tracking_id=f"{maker} {st.name}"[:64],
+            display_color=segment_colour(st.value),
         )
         description.SegmentDescription = st.name[:64]  # the structure's name, read back by read_seg
         descriptions.append(description)

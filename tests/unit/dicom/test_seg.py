@@ -25,6 +25,8 @@ def test_a_seg_round_trips_to_the_same_label_volume(series, model) -> None:
     label, back = read_seg(as_retrieved([seg])[0], list(reversed(sops)))  # any slice order the caller has
     np.testing.assert_array_equal(label, series.label_volume[::-1])
     assert back == structures
+    colours = [tuple(d.RecommendedDisplayCIELabValue) for d in seg.SegmentSequence]
+    assert len(set(colours)) == len(structures)  # each structure its own overlay colour
 
 
 def test_a_seg_of_another_series_is_refused(series) -> None:
