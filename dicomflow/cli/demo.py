@@ -145,6 +145,17 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def _viewer_links(r: dict) -> list[tuple[str, str, str]]:
+    """(what, study, link) for each study with results: its viewer link, else (no viewer step) Orthanc
+    Explorer's page of it."""
+    links = (r.get("viewer") or {}).get("links", {})
+    rows = []
+    for s in r.get("inference", {}).get("studies", []):
+        kind = "SR + SEG study" if s["task"] == "segmentation3d" else "SR study"
+        rows.append((kind, s["StudyInstanceUID"], links.get(s["StudyInstanceUID"]) or s["orthancStudy"]))
+    return rows
+
+
 def _fmt(value: Any, spec: str = ".3f") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -181,7 +192,6 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     vols = value_table("held-out study", "structure", "true mm³", "predicted mm³", "unlike training?",
                        title="hippocampal volumes")
     places = value_table("study", "model", "SR series", "SEG series", title="results stored in the PACS")
-    links = []
     for s in inf["studies"]:
         hippo = s["task"] == "segmentation3d"
         if hippo:
@@ -190,7 +200,6 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             for name, true in s["trueVolumesMm3"].items():
                 vols.add_row(s["StudyInstanceUID"], name, f"{true:.0f}",
                              _fmt(s["predictedVolumesMm3"].get(name), ".0f"), flag if name == "total" else "")
-            links.append(s["orthancStudy"])
         out = s["outputs"]
         places.add_row(s["StudyInstanceUID"], "hippocampus" if hippo else "chest",
                        (out.get("sr") or {}).get("SeriesInstanceUID") or "-",
@@ -257,6 +266,14 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"5-minute thumbnail link; a researcher's word search is refused (HTTP {sp['researcherWordSearch']})\n"
             "users: dicomflow users ls --stack " + r.get("stack", {}).get("name", "dicomflow-demo"),
             title="search page", border_style="cyan"), highlight=False)
+    if "viewer" in r:
+        v, look = r["viewer"], r["viewer"]["look"]
+        console.print(Panel.fit(
+            f"study {v['study']} opened in OHIF from its link: first image drawn after {look['first_image_s']:.1f} s, "
+            f"the SEG overlaid after {look['overlay_s']:.1f} s ({', '.join(look['segments'])}); none of the "
+            f"{look['responses']} answers the page got holds the PACS password\n"
+            f"the links below work once each, for {v['validMinutes']} minutes; new ones: dicomflow view --study UID "
+            "--open", title="viewer", border_style="cyan"), highlight=False)
     if "batch" in r:
         b = r["batch"]
         console.print(Panel.fit(
@@ -266,9 +283,12 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     secs = r.get("seconds", {})
     console.print(Panel.fit(
         f"Orthanc web UI   {r['orthanc']}  (user and password in {settings.secrets_dir}/orthanc.json)\n"
-        + "".join(f"SR + SEG study   {link}\n" for link in links) +
+        + (f"OHIF viewer      {r['viewer']['url']}  (study links below; new ones: dicomflow view --study UID)\n"
+           if "viewer" in r else "") +
         (f"search page      {r['searchPage']['signIn']}  (passwords in {r['searchPage']['credentials']})\n"
          if "searchPage" in r else "") +
         f"worker portal    {lab['portal']} (while a job runs: dicomflow label start --job {lab['request']})\n"
         f"total {secs.get('total', 0):.0f} s: " + ", ".join(f"{k} {v:.0f}s" for k, v in secs.items() if k != "total"),
         title="where to look", border_style="green"), highlight=False)
+    for kind, study, link in _viewer_links(r):  # whole, outside any box: a link must copy as one line
+        console.print(f"{kind} {study}\n  {link}", soft_wrap=True, highlight=False)

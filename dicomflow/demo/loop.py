@@ -771,6 +771,33 @@ def open_search_page(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     return ctx.results["searchPage"]
 
 
+#: How long the demo summary's viewer links may be used (once each); ``dicomflow view`` makes new ones.
+VIEWER_LINK_MINUTES = 60
+
+
+def open_viewer(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """A viewer link for every study with results (the summary lists them), and one held-out hippocampus study
+    opened in headless Chromium as a radiologist opens it: the MR drawn, the SEG loaded over it, its structures
+    named; timed from the link, and every text answer the page got checked for the PACS password."""
+    from dicomflow.config import read_secret_file
+    from dicomflow.credentials import local_orthanc_secret_path
+    from dicomflow.demo.viewer_page import look_at_study
+    from dicomflow.emulator.viewer.access import sign_in_link
+
+    studies = [s["StudyInstanceUID"] for s in ctx.results["inference"]["studies"]]
+    links = {uid: sign_in_link(ctx.settings, "demo", uid, VIEWER_LINK_MINUTES * 60) for uid in studies}
+    study = ctx.hippo_holdout[0].study_uid
+    with hooks.step(f"OHIF viewer: study {study} with its SEG") as st:
+        password = read_secret_file(local_orthanc_secret_path(ctx.settings.data_dir))["password"]
+        look = look_at_study(sign_in_link(ctx.settings, "demo", study), forbidden=[password])
+        st.update(note=f"first image {look.first_image_s:.1f} s, overlay {look.overlay_s:.1f} s")
+    if look.leaked_in:
+        raise DemoError(f"the viewer page received the PACS password in {look.leaked_in[:3]}")
+    ctx.results["viewer"] = {"url": f"http://{ctx.settings.host}:{ctx.settings.viewer_port}/", "links": links,
+                             "validMinutes": VIEWER_LINK_MINUTES, "study": study, "look": look.as_dict()}
+    return ctx.results["viewer"]
+
+
 def run_batch_transform(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """The chest model over every held-out chest study again, as one batch transform job (what a backfill over
     an archive runs), and how far its probabilities are from the async endpoint's for the same studies."""
@@ -884,7 +911,7 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
     deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models,
-    register_models, deploy_endpoints, route_new_studies, run_inference, index_images, ingest_for_search,
+    register_models, deploy_endpoints, route_new_studies, run_inference, open_viewer, index_images, ingest_for_search,
     open_search_page, run_batch_transform, serve_from_one_endpoint]
 
 

@@ -27,8 +27,10 @@ from search_api_setup import sign_in_page
 from setup_tools import require
 
 from dicomflow import aws
+from dicomflow.cli import demo as demo_cli
 from dicomflow.demo import loop
 from dicomflow.demo.annotators import CHROMIUM, CHROMIUM_ARGS
+from dicomflow.demo.viewer_page import MIN_OVERLAY_PIXELS
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
 from dicomflow.dicom.seg import read_seg
@@ -59,7 +61,7 @@ def _cli(ctx: loop.DemoContext, *argv: str) -> dict:
 
 
 def test_whole_loop_small(local_cloud) -> None:
-    require("chromium", "viewer")
+    require("chromium", "viewer", "ohif")
     ctx = loop.DemoContext(settings=local_cloud.settings, pacs=local_cloud.pacs,
                            config=loop.DemoConfig.preset("small", seed=3, stack="dicomflow-e2e"))
     hooks = loop.Hooks()
@@ -169,6 +171,14 @@ def test_whole_loop_small(local_cloud) -> None:
     assert len(chest) == 4 and all(s["outputs"]["sr"]["stored"] for s in chest)
     assert all(s["outOfDistribution"] is False for s in chest), [s["qualityReasons"] for s in chest]
 
+    # the OHIF viewer: a link for every study with results; one held-out study opened in headless Chromium
+    # shows the MR with the model's SEG overlaid and its structures named, and the page never got the password
+    viewer = loop.open_viewer(ctx, hooks)
+    assert set(viewer["links"]) == {s["StudyInstanceUID"] for s in inf["studies"]}
+    look = viewer["look"]
+    assert look["grey_only_before_seg"] and look["overlay_pixels"] >= MIN_OVERLAY_PIXELS, look
+    assert look["segments"] == ["Hippocampus anterior", "Hippocampus posterior"], look
+    assert look["leaked_in"] == [] and look["responses"] > 20, look
     # the endpoints scaled from zero for the first request (autoscaling 0..2) and serve now
     for row in ctx.results["endpointStatus"]:
         assert (row["minInstances"], row["maxInstances"]) == (0, 2), row
@@ -242,6 +252,12 @@ def test_whole_loop_small(local_cloud) -> None:
     assert set(both["answers"]) == {"classification2d", "segmentation3d"}
     assert both["answers"]["classification2d"]["maxDifferenceFromAsync"] <= 1e-5, both
     assert both["answers"]["segmentation3d"]["maxDifferenceFromAsync"] <= 1e-3, both  # mm³
+    # the summary prints each result study's viewer link whole, on a line of its own
+    ctx.results["orthanc"] = ctx.settings.orthanc_url + "/app/explorer.html"
+    with demo_cli.console.capture() as printed:
+        demo_cli.show_summary(ctx.results, ctx.settings)
+    lines = printed.get().splitlines()
+    assert all(f"  {link}" in lines for link in viewer["links"].values())
 
 
 def _radiologist_finds_effusions_and_similar_images(page: dict, users: dict, ctx: loop.DemoContext) -> None:
