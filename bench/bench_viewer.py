@@ -9,8 +9,10 @@ median (min-max):
   the socket into one preallocated buffer (``bench_retrieval``'s raw read): the bytes any viewer needs;
 * ``gateway WADO-RS``: the same request through the viewer gateway (sign-in cookie, read-only check, PACS
   credentials added, the answer streamed back): what the gateway adds to each byte;
-* ``viewer: first image``: a fresh headless Chromium (Debian's) opens the sign-in link; until the viewport's
-  canvas shows the image (OHIF fetches the metadata, then the frames it draws first);
+* ``viewer: first DICOMweb request``: a fresh headless Chromium (Debian's) opens the sign-in link; until the page
+  sends its first DICOMweb request (the browser's resource timing): OHIF loading and starting, no study bytes;
+* ``viewer: first image``: the same page, until the viewport's canvas shows the image (OHIF fetches the study's
+  metadata, then the frames it draws first; the requests and bytes it had by then are printed);
 * ``viewer: SEG overlay``: from the same link, until the SEG's colours are on the canvas: the first image, then
   a double click on the SEG in the study browser, the SEG fetched and decoded, the overlay drawn.
 
@@ -60,7 +62,8 @@ def main() -> None:
         through.headers["Accept-Encoding"] = "identity"
         through.get(sign_in_link(s, "bench"), timeout=30).raise_for_status()
         gateway = RawReader(through, f"http://{s.host}:{s.viewer_port}/dicom-web/{series_path}")
-        times: dict[str, list[float]] = {k: [] for k in ("floor", "gateway", "first", "overlay")}
+        times: dict[str, list[float]] = {k: [] for k in ("floor", "gateway", "boot", "first", "overlay")}
+        fetched: list[tuple[int, int]] = []
         floor(), gateway()  # warm-up: Orthanc's caches, connections
         look_at_study(sign_in_link(s, "bench", study.study_uid))  # warm-up: the browser's first start
         for _ in range(repeats):
@@ -70,19 +73,25 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
             look = look_at_study(sign_in_link(s, "bench", study.study_uid))
             times["first"].append(look.first_image_s)
+            times["boot"].append(look.first_request_s or float("nan"))
+            fetched.append((look.requests_by_first_image, look.bytes_by_first_image))
             times["overlay"].append(look.overlay_s or float("nan"))
         size_mb = len(floor.buffer) / 1e6
     samples = {k: Sample(tuple(v)) for k, v in times.items()}
     if args.json:
-        print(json.dumps({"series": list(SHAPE), "megabytes": round(size_mb, 1),
+        print(json.dumps({"series": list(SHAPE), "megabytes": round(size_mb, 1), "fetchedByFirstImage": fetched,
                           "seconds": {k: v.as_dict(3) for k, v in samples.items()}}))
         return
     names = {"floor": "floor: Orthanc WADO-RS (raw read)", "gateway": "gateway WADO-RS (raw read)",
-             "first": "viewer: link to first image drawn", "overlay": "viewer: link to SEG overlay drawn"}
+             "boot": "viewer: link to its first DICOMweb request", "first": "viewer: link to first image drawn",
+             "overlay": "viewer: link to SEG overlay drawn"}
     base = samples["floor"].median
     rows = [[names[k], v.text(3), f"{v.median / base:.1f}"] for k, v in samples.items()]
     print(f"{SHAPE[0]}-slice {SHAPE[1]}x{SHAPE[2]} MR series, {size_mb:.1f} MB of WADO-RS; {repeats} repeats")
     print(table(["way", "seconds, median (min-max)", "x floor"], rows))
+    requests_n, sizes = sorted(n for n, _ in fetched), sorted(b for _, b in fetched)
+    print(f"by the first image the page had made {requests_n[len(requests_n) // 2]} DICOMweb requests for "
+          f"{sizes[len(sizes) // 2] / 1e6:.1f} MB (medians)")
 
 
 if __name__ == "__main__":

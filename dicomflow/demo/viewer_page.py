@@ -22,6 +22,11 @@ _CANVAS = """() => { const c = document.querySelector('canvas.cornerstone-canvas
   for (let i = 0; i < d.length; i += 4) { const r = d[i], gr = d[i + 1], b = d[i + 2];
     if (r + gr + b > 30) lit++; if (Math.max(r, gr, b) - Math.min(r, gr, b) > 60) coloured++; }
   return [c.width, c.height, lit, coloured]; }"""
+#: When the page sent its first DICOMweb request (ms from the navigation's start: OHIF's own start-up before
+#: it), how many it had sent and the bytes they brought
+_FETCHES = """() => { const r = performance.getEntriesByType('resource').filter(e => e.name.includes('/dicom-web/'));
+  return r.length ? [Math.min(...r.map(e => e.startTime)), r.length, r.reduce((a, e) => a + e.encodedBodySize, 0)]
+                  : null; }"""
 #: a drawn image lights at least this share of the canvas; an overlay colours at least this many pixels
 MIN_LIT_SHARE = 0.05
 MIN_OVERLAY_PIXELS = 20
@@ -39,6 +44,11 @@ class ViewerLook:
     lit_pixels: int
     canvas_pixels: int
     grey_only_before_seg: bool
+    #: seconds until the page sent its first DICOMweb request (OHIF's start-up), and what it had fetched by the
+    #: first image: requests and bytes
+    first_request_s: float | None = None
+    requests_by_first_image: int = 0
+    bytes_by_first_image: int = 0
     overlay_s: float | None = None
     overlay_pixels: int = 0
     segments: list[str] = field(default_factory=list)
@@ -101,6 +111,7 @@ def _look(url: str, load_seg: bool, timeout_s: float, screenshot: Path | None,
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+            page.add_init_script("performance.setResourceTimingBufferSize(100000)")
             responses: list[Any] = []
             page.on("response", lambda resp: responses.append(resp))
             t0 = time.perf_counter()
@@ -108,6 +119,10 @@ def _look(url: str, load_seg: bool, timeout_s: float, screenshot: Path | None,
             first_s, canvas = _poll(page, lambda c: c[2] >= MIN_LIT_SHARE * c[0] * c[1], t0, timeout_s, "image")
             look = ViewerLook(first_s, canvas[2], canvas[0] * canvas[1], canvas[3] < MIN_OVERLAY_PIXELS,
                               signed_in_url=page.url)
+            fetched = page.evaluate(_FETCHES)
+            if fetched:
+                look.first_request_s, look.requests_by_first_image, look.bytes_by_first_image = (
+                    fetched[0] / 1000, int(fetched[1]), int(fetched[2]))
             if load_seg:
                 seg = page.locator("[data-cy=study-browser-thumbnail-no-image]", has_text="SEG").first
                 seg.wait_for(timeout=timeout_s * 1000)

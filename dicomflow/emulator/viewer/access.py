@@ -76,11 +76,17 @@ def _decode(key: bytes, token: str, audience: str, what: str, now: float | None)
 
 
 class TicketBook:
-    """Redeems tickets once each; remembers redeemed ids until they expire."""
+    """Redeems tickets once each; remembers redeemed ids until they expire, in ``path`` too when given (so a
+    restarted gateway still refuses a link it has let in)."""
 
-    def __init__(self, key: bytes) -> None:
-        self.key = key
+    def __init__(self, key: bytes, path: Path | None = None) -> None:
+        self.key, self.path = key, path
         self._used: dict[str, float] = {}
+        if path is not None and path.exists():
+            try:
+                self._used = {str(k): float(v) for k, v in read_secret_file(path).items()}
+            except (ValueError, TypeError, AttributeError):
+                self._used = {}  # an unreadable record: tickets already redeemed expire within TICKET_TTL_S
         self._lock = threading.Lock()
 
     def redeem(self, token: str, now: float | None = None) -> Ticket:
@@ -94,6 +100,8 @@ class TicketBook:
             if ticket_id in self._used:
                 raise Refused("this sign-in link has been used already; ask for a new one ('dicomflow view')")
             self._used[ticket_id] = float(claims["exp"])
+            if self.path is not None:
+                write_secret_file(self.path, self._used)
         study = claims.get("study")
         return Ticket(claims["sub"], study if isinstance(study, str) else None, ticket_id, float(claims["exp"]))
 

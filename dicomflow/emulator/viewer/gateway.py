@@ -76,11 +76,11 @@ class ViewerGateway:
     at the first DICOMweb request: the local cloud records its PACS once every service is up) and ``key``."""
 
     def __init__(self, pacs: Callable[[], PacsConnection], key: bytes, dist_dir: Path = ohif.DIST_DIR,
-                 timeout: float = 120) -> None:
+                 timeout: float = 120, redeemed: Path | None = None) -> None:
         self._pacs, self.key, self.timeout = pacs, key, timeout
         self._connection: PacsConnection | None = None
         self.dist_dir = dist_dir
-        self.tickets = access.TicketBook(key)
+        self.tickets = access.TicketBook(key, redeemed)
         self.http = requests.Session()
 
     def pacs(self) -> PacsConnection:
@@ -211,7 +211,8 @@ class ViewerGateway:
 
 def local_gateway(settings: Settings) -> ViewerGateway:
     """The gateway of the local cloud in ``settings``: its PACS, its viewer key."""
-    return ViewerGateway(pacs_connection, access.viewer_key(settings.secrets_dir))
+    return ViewerGateway(pacs_connection, access.viewer_key(settings.secrets_dir),
+                         redeemed=settings.run_dir / "viewer-redeemed.json")
 
 
 def main(argv: list[str] | None = None) -> None:

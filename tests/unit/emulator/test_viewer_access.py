@@ -22,6 +22,14 @@ def test_a_ticket_signs_its_user_in_once_and_opens_its_study() -> None:
         book.redeem(token)
 
 
+def test_a_redeemed_ticket_stays_redeemed_across_a_restart(tmp_path) -> None:
+    token = access.mint_ticket(KEY, "dr-who")
+    access.TicketBook(KEY, tmp_path / "redeemed.json").redeem(token)
+    assert stat.S_IMODE((tmp_path / "redeemed.json").stat().st_mode) == 0o600
+    with pytest.raises(access.Refused, match="used already"):
+        access.TicketBook(KEY, tmp_path / "redeemed.json").redeem(token)
+
+
 def test_a_ticket_expires() -> None:
     now = time.time()
     token = access.mint_ticket(KEY, "dr-who", ttl_s=60, now=now)
