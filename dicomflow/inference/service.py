@@ -284,7 +284,7 @@ class InferenceService:
                         uploads.append(upload(seg))
                 if "sr" in request.outputs:
                     made["sr"] = build_sr(sources, result, self.task, self.name, model_version=self.version, seg=seg,
-                                          structures=self.structures)
+                                          structures=self.structures, label=label)
             if store and "sr" in made:
                 uploads.append(upload(made["sr"]))
         finally:

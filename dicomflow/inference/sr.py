@@ -2,23 +2,30 @@
 
 Segmentation: one measurement group per structure with its volume in mm³ (UCUM ``mm3``),
 referencing the SEG segment when a SEG was made, plus one group for the total, measured on the
-SEG (or on the source images when there is none). Classification: one group per class with the
-probability (UCUM ``1``) and Present/Absent at the threshold, referencing the source images. The
-source images are always in the evidence, so the report sits beside its series in a viewer.
+SEG (or on the source images when there is none); and, given the label map, one planar group per structure
+and one for all of them together: the outline of the largest cross-section on its key slice (a closed
+POLYLINE SCOORD on that image, :mod:`dicomflow.inference.sections`) with its area in mm² and the volume, which
+is what viewers such as OHIF draw and list (they do not display volumetric groups without coordinates).
+Classification: one group per class with the probability (UCUM ``1``) and Present/Absent at the threshold,
+referencing the source images. The source images are always in the evidence, so the report sits beside its
+series in a viewer.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
+import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
 from dicomflow.dicom.elements import MANUFACTURER
 from dicomflow.dicom.seg import algorithm_version, coded
 from dicomflow.dicom.structures import ANATOMICAL_STRUCTURE, PRIVATE_SCHEME, Structure
+from dicomflow.inference.sections import KeySection, key_sections
 
 SR_SERIES_NUMBER = 9102
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
@@ -73,11 +80,48 @@ def _source_images(images: Sequence[Dataset]) -> list[hd.sr.SourceImageForMeasur
     return [hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, ds.SOPInstanceUID) for ds in images]
 
 
+def _planar_group(name: str, finding: hd.sr.CodedConcept, section: KeySection, volume_mm3: float | None,
+                  image: Dataset, algo: hd.sr.AlgorithmIdentification) -> Any:
+    """A structure's largest cross-section on its key slice: the outline, its area and the structure's volume."""
+    region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=section.outline,
+                               source_image=hd.sr.SourceImageForRegion(image.SOPClassUID, image.SOPInstanceUID))
+    measurements = [hd.sr.Measurement(name=codes.SCT.Area, value=section.area_mm2, unit=codes.UCUM.SquareMillimeter,
+                                      algorithm_id=algo)]
+    if volume_mm3 is not None:
+        measurements.append(hd.sr.Measurement(name=codes.SCT.Volume, value=float(volume_mm3),
+                                              unit=codes.UCUM.CubicMillimeter, algorithm_id=algo))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{name} largest section"[:64]),
+        referenced_region=region, finding_type=finding, algorithm_id=algo, measurements=measurements)
+
+
+def _section_groups(label: np.ndarray, source_images: Sequence[Dataset], structures: Sequence[Structure],
+                    volumes: dict, total_type: hd.sr.CodedConcept,
+                    algo: hd.sr.AlgorithmIdentification) -> list:
+    """The planar groups of every structure in ``label`` (slices as ``source_images``), then of all together."""
+    spacing = [tuple(ds.PixelSpacing) for ds in source_images]
+    groups = []
+    sections = key_sections(label, [st.value for st in structures], spacing)
+    for st in structures:
+        if st.value in sections:
+            section = sections[st.value]
+            groups.append(_planar_group(st.name, coded(st.type_code), section, volumes.get(st.name),
+                                        source_images[section.slice_index], algo))
+    together = key_sections(np.isin(label, [st.value for st in structures]).astype(np.uint8), [1], spacing)
+    if len(structures) > 1 and 1 in together:
+        section = together[1]
+        groups.append(_planar_group("total", total_type, section, volumes.get("total"),
+                                    source_images[section.slice_index], algo))
+    return groups
+
+
 def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_name: str,
              seg: Dataset | None = None, structures: Sequence[Structure] = (),
-             series_uid: str | None = None, model_version: str | None = None) -> Dataset:
+             series_uid: str | None = None, model_version: str | None = None,
+             label: np.ndarray | None = None) -> Dataset:
     """A TID 1500 measurement report for ``findings`` (see :mod:`dicomflow.inference.findings`); every
-    finding names the model and its version (:func:`dicomflow.dicom.seg.algorithm_version`)."""
+    finding names the model and its version (:func:`dicomflow.dicom.seg.algorithm_version`). ``label``, the
+    segmentation on the grid of ``source_images`` (in their order), adds the planar groups."""
     algo = hd.sr.AlgorithmIdentification(name=model_name[:64], version=algorithm_version(model_version))
     groups: list = []
     if task == "segmentation3d":
@@ -108,6 +152,8 @@ def build_sr(source_images: Sequence[Dataset], findings: dict, task: str, model_
                 groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                     tracking_identifier=tracking, finding_type=finding, algorithm_id=algo,
                     measurements=measurements, source_images=sources, qualitative_evaluations=checks))
+        if label is not None and structures:  # first: a viewer opens an SR at its first measurement with a place
+            groups = _section_groups(label, source_images, structures, volumes, total_type, algo) + groups
         procedure = codes.SCT.ImagingProcedure
         title = codes.cid7021.ImagingMeasurementReport
     else:

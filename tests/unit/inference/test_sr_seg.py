@@ -63,6 +63,50 @@ def test_seg_and_sr_for_segmentation_pass_dciodvfy(series, tmp_path: Path) -> No
     assert dciodvfy_errors(alone, tmp_path) == []
 
 
+def _planar_groups(sr) -> dict[str, dict]:
+    """Tracking identifier -> {image, points, measurements (concept meaning -> value)} of the SR's planar groups."""
+    out = {}
+    [container] = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements"]
+    for group in container.ContentSequence:
+        items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in group.ContentSequence}
+        region = items.get("Image Region")
+        if region is None:
+            continue
+        out[items["Tracking Identifier"].TextValue] = {
+            "image": region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID,
+            "type": region.GraphicType, "points": np.asarray(region.GraphicData, float).reshape(-1, 2),
+            "measurements": {m.ConceptNameCodeSequence[0].CodeMeaning: float(m.MeasuredValueSequence[0].NumericValue)
+                             for m in group.ContentSequence if m.ValueType == "NUM"}}
+    return out
+
+
+def test_sr_outlines_each_structure_on_its_largest_section_with_area_and_volume(series, tmp_path: Path) -> None:
+    label = np.zeros_like(series.label_volume)
+    label[3, 5:9, 4:8] = 1              # anterior: 16 pixels on slice 3, 4 on slice 4
+    label[4, 5:7, 4:6] = 1
+    label[7, 10:13, 6:9] = 2            # posterior: 9 pixels on slice 7, touching nothing
+    rows, cols = (float(v) for v in series.datasets[0].PixelSpacing)
+    result = F.segmentation_volumes(label, series.spacing, ["anterior", "posterior"])
+    seg = build_seg(series.datasets, label, STRUCTURES, "unit-test-unet")
+    sr = build_sr(series.datasets, result, "segmentation3d", "unit-test-unet", seg=seg, structures=STRUCTURES,
+                  label=label)
+    assert dciodvfy_errors(sr, tmp_path) == []
+    groups = _planar_groups(sr)
+    assert set(groups) == {"anterior largest section", "posterior largest section", "total largest section"}
+    anterior, posterior, total = (groups[f"{n} largest section"] for n in ("anterior", "posterior", "total"))
+    assert anterior["image"] == series.datasets[3].SOPInstanceUID
+    assert posterior["image"] == series.datasets[7].SOPInstanceUID
+    assert total["image"] == series.datasets[3].SOPInstanceUID  # 16 + 0 pixels there, against 9 on slice 7
+    assert anterior["measurements"]["Area"] == pytest.approx(16 * rows * cols)
+    assert posterior["measurements"]["Area"] == pytest.approx(9 * rows * cols)
+    assert anterior["measurements"]["Volume"] == pytest.approx(result["volumesMm3"]["anterior"])
+    assert total["measurements"]["Volume"] == pytest.approx(result["volumesMm3"]["total"])
+    # the outline is closed and runs around the pixels: columns 4..8, rows 5..9 in corner coordinates
+    points = anterior["points"]
+    assert anterior["type"] == "POLYLINE" and (points[0] == points[-1]).all()
+    assert points[:, 0].min() == 4 and points[:, 0].max() == 8 and points[:, 1].min() == 5 and points[:, 1].max() == 9
+
+
 def test_seg_has_frames_and_references_only_where_something_was_found(series, tmp_path: Path) -> None:
     label = np.zeros_like(series.label_volume)
     label[3, 5:9, 4:8] = 1
