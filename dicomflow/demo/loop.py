@@ -481,7 +481,7 @@ def deploy_endpoints(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 def routing_rules(ctx: DemoContext) -> str:
     """The demo's rules: every T1 hippocampus MR series goes to the hippocampus endpoint."""
     return (f"version: 1\nrules:\n  - name: hippocampal-volumetry\n"
-            f"    endpoint: {endpoint_name(ctx, 'segmentation3d')}\n    outputs: [json, sr, seg]\n"
+            f"    endpoint: {endpoint_name(ctx, 'segmentation3d')}\n    outputs: [json, sr, seg, pdf]\n"
             f"    match:\n      modality: MR\n      seriesDescription: \"Synthetic T1 hippocampus.*\"\n"
             f"      minSlices: 8\n")
 
@@ -597,7 +597,7 @@ def run_inference(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     S3 outputs, and score them with the routed hippocampus results against the truth."""
     from dicomflow.inference import endpoint as ep
 
-    plan = [("classification2d", s, ["json", "sr"]) for s in ctx.chest_holdout]
+    plan = [("classification2d", s, ["json", "sr", "pdf"]) for s in ctx.chest_holdout]
     configs = {task: ep.async_config(endpoint_name(ctx, task)) for task in ("classification2d", "segmentation3d")}
     results: list[dict[str, Any]] = list(ctx.results.get("routed") or [])
     with hooks.step("async inference on the held-out studies", total=len(plan)) as st:

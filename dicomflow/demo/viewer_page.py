@@ -54,6 +54,8 @@ class ViewerLook:
     segments: list[str] = field(default_factory=list)
     signed_in_url: str = ""
     responses: int = 0
+    #: the modality of each series the study browser lists (MR, SEG, SR, DOC for a PDF report ...)
+    series_listed: list[str] = field(default_factory=list)
     #: the URLs of text answers (pages, scripts, JSON) that contained one of the ``forbidden`` strings
     leaked_in: list[str] = field(default_factory=list)
 
@@ -131,6 +133,8 @@ def _look(url: str, load_seg: bool, timeout_s: float, screenshot: Path | None,
                                                "segmentation overlay")
                 look.overlay_pixels = canvas[3]
                 look.segments = _segment_names(page, t0 + timeout_s)
+            look.series_listed = sorted(t.strip() for t in
+                                        page.locator("[data-cy=series-modality-label]").all_inner_texts())
             if screenshot is not None:
                 page.screenshot(path=str(screenshot))
             look.responses, look.leaked_in = len(responses), _leaks(responses, forbidden)

@@ -221,7 +221,7 @@ class InferenceService:
 
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
         ordered = [by_uid[u] for u in geometry.sop_instance_uids if u in by_uid] or list(datasets)
-        stored = self._encode_and_store(request, timer, client, ordered, result, label, deadline)
+        stored = self._encode_and_store(request, timer, client, ordered, result, label, deadline, selection.as_dict())
 
         response: dict[str, Any] = {
             "studyInstanceUID": request.study_uid,
@@ -260,8 +260,9 @@ class InferenceService:
 
     def _encode_and_store(self, request: StudyRequest, timer: StageTimer, client: DICOMClient,
                           sources: list, result: dict, label: np.ndarray | None,
-                          deadline: float) -> dict[str, dict]:
-        """Build the SEG and SR asked for, STOW them, and say what was made; the SEG is sent while the SR is built.
+                          deadline: float, selection: dict) -> dict[str, dict]:
+        """Build the SEG, SR and clinician's PDF report asked for, STOW them, and say what was made; each is sent
+        while the next is built.
 
         The SR references the SEG, so the SEG comes first. Stages are wall-clock segments of the
         request: ``encode`` covers building both (and the SEG's upload running beside the SR's
@@ -285,8 +286,12 @@ class InferenceService:
                 if "sr" in request.outputs:
                     made["sr"] = build_sr(sources, result, self.task, self.name, model_version=self.version, seg=seg,
                                           structures=self.structures, label=label)
-            if store and "sr" in made:
-                uploads.append(upload(made["sr"]))
+                    if store:
+                        uploads.append(upload(made["sr"]))
+                if "pdf" in request.outputs:
+                    made["pdf"] = self._report(sources, result, label, selection)
+                    if store:
+                        uploads.append(upload(made["pdf"]))
         finally:
             with timer.stage("stow"):
                 for pending in uploads:
@@ -294,6 +299,17 @@ class InferenceService:
         return {kind: {"SOPInstanceUID": str(ds.SOPInstanceUID), "SeriesInstanceUID": str(ds.SeriesInstanceUID),
                        "SOPClassUID": str(ds.SOPClassUID), "storedToPacs": bool(store)}
                 for kind, ds in made.items()}
+
+    def _report(self, sources: list, result: dict, label: np.ndarray | None, selection: dict) -> Any:
+        """The clinician's one-page report as an Encapsulated PDF in the study (normative ranges, when the model
+        artifact's metadata has ``normativeRangesMm3``: structure -> [low, high])."""
+        from dicomflow.dicom.pdf import encapsulated_pdf
+        from dicomflow.inference.report import clinician_report
+
+        pdf = clinician_report(sources, result, self.task, self.name, self.version, selection, label,
+                               self.structures, self.model.metadata.get("normativeRangesMm3"))
+        title = "AI volumetry report" if self.task == "segmentation3d" else "AI findings report"
+        return encapsulated_pdf(pdf, sources[0], title, series_description=f"{title} ({self.name})")
 
     def _thumbnail(self, ds: Any, request: StudyRequest) -> str | None:
         """The image's PNG thumbnail at ``<outputS3Uri>thumbnails/<sha256>.png`` (content-addressed), or None

@@ -142,8 +142,8 @@ def test_whole_loop_small(local_cloud) -> None:
     figures = []
     for s in seg:
         modalities = {dj.value(x, "Modality") for x in dicomweb.search_series(client, s["StudyInstanceUID"])}
-        assert {"MR", "SR", "SEG"} <= modalities
-        assert s["outputs"]["seg"]["stored"] and s["outputs"]["sr"]["stored"]
+        assert {"MR", "SR", "SEG", "DOC"} <= modalities  # DOC: the clinician's PDF report
+        assert s["outputs"]["seg"]["stored"] and s["outputs"]["sr"]["stored"] and s["outputs"]["pdf"]["stored"]
         study = by_uid[s["StudyInstanceUID"]]
         stored = dicomweb.retrieve_instance(client, study.study_uid, s["outputs"]["seg"]["SeriesInstanceUID"],
                                             s["outputs"]["seg"]["SOPInstanceUID"])
@@ -168,7 +168,7 @@ def test_whole_loop_small(local_cloud) -> None:
     assert held_out_dice == pytest.approx(inf["heldOutMeanDice"], abs=1e-9)
     assert held_out_dice >= MIN_DICE and held_out_dice >= prior + MARGIN_DICE, (figures, prior)
     chest = [s for s in inf["studies"] if s["task"] == "classification2d"]
-    assert len(chest) == 4 and all(s["outputs"]["sr"]["stored"] for s in chest)
+    assert len(chest) == 4 and all(s["outputs"]["sr"]["stored"] and s["outputs"]["pdf"]["stored"] for s in chest)
     assert all(s["outOfDistribution"] is False for s in chest), [s["qualityReasons"] for s in chest]
 
     # the OHIF viewer: a link for every study with results; one held-out study opened in headless Chromium
@@ -179,6 +179,7 @@ def test_whole_loop_small(local_cloud) -> None:
     assert look["grey_only_before_seg"] and look["overlay_pixels"] >= MIN_OVERLAY_PIXELS, look
     assert look["segments"] == ["Hippocampus anterior", "Hippocampus posterior"], look
     assert look["leaked_in"] == [] and look["responses"] > 20, look
+    assert {"MR", "SEG", "SR", "DOC"} <= set(look["series_listed"]), look  # the report is in the study browser
     # the endpoints scaled from zero for the first request (autoscaling 0..2) and serve now
     for row in ctx.results["endpointStatus"]:
         assert (row["minInstances"], row["maxInstances"]) == (0, 2), row
