@@ -119,9 +119,11 @@ def report_text(source_images: Sequence[Dataset], findings: Mapping[str, Any], t
 
 def clinician_report(source_images: Sequence[Dataset], findings: Mapping[str, Any], task: str, model: str,
                      version: str | None, selection: Mapping[str, Any], label: np.ndarray | None = None,
-                     structures: Sequence[Structure] = (), normative: Mapping[str, Any] | None = None) -> bytes:
+                     structures: Sequence[Structure] = (), normative: Mapping[str, Any] | None = None,
+                     extra_images: Sequence[tuple[str, np.ndarray]] = ()) -> bytes:
     """The report as PDF bytes. ``label`` is the segmentation on the grid of ``source_images`` (in their order);
-    ``normative`` maps a structure to its (low, high) normal range in mm³ for this patient, when configured."""
+    ``normative`` maps a structure to its (low, high) normal range in mm³ for this patient, when configured;
+    ``extra_images`` (caption, grey or RGB array) follow the key images (an occlusion map)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,6 +151,7 @@ def clinician_report(source_images: Sequence[Dataset], findings: Mapping[str, An
     y -= 0.05
     panels = _key_images(source_images, label, structures) if task == "segmentation3d" else [
         (source_images[0].get("SeriesDescription", "image") or "image", display_grey(source_images[0]), None)]
+    panels += [(caption, image, None) for caption, image in extra_images]
     if panels:
         fig.text(0.06, y, "Key images" + (" (each structure's largest cross-section, outlined)"
                                            if task == "segmentation3d" else ""), fontsize=10, weight="bold")

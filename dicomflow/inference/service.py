@@ -6,6 +6,7 @@ from many threads at once: each request keeps its state in local variables, neve
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 import uuid
@@ -221,7 +222,12 @@ class InferenceService:
 
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
         ordered = [by_uid[u] for u in geometry.sop_instance_uids if u in by_uid] or list(datasets)
-        stored = self._encode_and_store(request, timer, client, ordered, result, label, deadline, selection.as_dict())
+        occlusion = None
+        if occlusion_prefix:  # before the results are encoded: the PDF report shows the map
+            with timer.stage("occlusion"):
+                occlusion = self._occlusion(x, result, occlusion_prefix, request)
+        stored = self._encode_and_store(request, timer, client, ordered, result, label, deadline, selection.as_dict(),
+                                        occlusion)
 
         response: dict[str, Any] = {
             "studyInstanceUID": request.study_uid,
@@ -244,9 +250,8 @@ class InferenceService:
                 "thumbnail": self._thumbnail(datasets[0], request) if self.task == "classification2d" else None,
                 "vector": embedding[0].tolist(),  # Python floats without a tensor per element
             }
-        if occlusion_prefix:
-            with timer.stage("occlusion"):
-                response["occlusion"] = self._occlusion(x, result, occlusion_prefix, request)
+        if occlusion is not None:
+            response["occlusion"] = {k: v for k, v in occlusion.items() if k != "png"}
         response["timingMs"] = timer.as_dict()
         return response
 
@@ -260,7 +265,7 @@ class InferenceService:
 
     def _encode_and_store(self, request: StudyRequest, timer: StageTimer, client: DICOMClient,
                           sources: list, result: dict, label: np.ndarray | None,
-                          deadline: float, selection: dict) -> dict[str, dict]:
+                          deadline: float, selection: dict, occlusion: dict | None = None) -> dict[str, dict]:
         """Build the SEG, SR and clinician's PDF report asked for, STOW them, and say what was made; each is sent
         while the next is built.
 
@@ -289,7 +294,7 @@ class InferenceService:
                     if store:
                         uploads.append(upload(made["sr"]))
                 if "pdf" in request.outputs:
-                    made["pdf"] = self._report(sources, result, label, selection)
+                    made["pdf"] = self._report(sources, result, label, selection, occlusion)
                     if store:
                         uploads.append(upload(made["pdf"]))
         finally:
@@ -300,14 +305,22 @@ class InferenceService:
                        "SOPClassUID": str(ds.SOPClassUID), "storedToPacs": bool(store)}
                 for kind, ds in made.items()}
 
-    def _report(self, sources: list, result: dict, label: np.ndarray | None, selection: dict) -> Any:
+    def _report(self, sources: list, result: dict, label: np.ndarray | None, selection: dict,
+                occlusion: dict | None) -> Any:
         """The clinician's one-page report as an Encapsulated PDF in the study (normative ranges, when the model
-        artifact's metadata has ``normativeRangesMm3``: structure -> [low, high])."""
+        artifact's metadata has ``normativeRangesMm3``: structure -> [low, high]; the occlusion map when made)."""
         from dicomflow.dicom.pdf import encapsulated_pdf
         from dicomflow.inference.report import clinician_report
 
+        extra = []
+        if occlusion is not None:
+            from PIL import Image
+
+            heat = np.asarray(Image.open(io.BytesIO(occlusion["png"])).convert("RGB"))
+            extra.append((f"occlusion sensitivity for {occlusion['label']} (red: where hiding the image lowers it)",
+                          heat))
         pdf = clinician_report(sources, result, self.task, self.name, self.version, selection, label,
-                               self.structures, self.model.metadata.get("normativeRangesMm3"))
+                               self.structures, self.model.metadata.get("normativeRangesMm3"), extra)
         title = "AI volumetry report" if self.task == "segmentation3d" else "AI findings report"
         return encapsulated_pdf(pdf, sources[0], title, series_description=f"{title} ({self.name})")
 
@@ -340,4 +353,4 @@ class InferenceService:
             raise BadRequest(str(exc)) from None
         key = f"{key_prefix}occlusion/{request.study_uid}/{uuid.uuid4().hex}.png"
         aws.write(aws.s3_uri(bucket, key), png, "image/png")
-        return {"label": top["label"], "s3Uri": aws.s3_uri(bucket, key), "shape": list(np.shape(image))}
+        return {"label": top["label"], "s3Uri": aws.s3_uri(bucket, key), "shape": list(np.shape(image)), "png": png}

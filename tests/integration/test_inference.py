@@ -24,6 +24,7 @@ from dicomflow.cli.deploy import deploy, infer
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom import json as dj
+from dicomflow.dicom.pdf import ENCAPSULATED_PDF, pdf_bytes
 from dicomflow.emulator.cloud.service import free_port
 from dicomflow.emulator.moto.endpoints import register_image
 from dicomflow.inference import endpoint as ep
@@ -282,7 +283,7 @@ def test_classifier_async_with_occlusion_png(world) -> None:
     dep = ep.deploy(name, world["model_uris"]["classification2d"], image=IMAGE, max_concurrency=2)
     try:
         study = str(world["chest"].dataset.StudyInstanceUID)
-        inv = ep.invoke_async(name, {"studyInstanceUID": study, "outputs": ["sr", "occlusion"]})
+        inv = ep.invoke_async(name, {"studyInstanceUID": study, "outputs": ["sr", "occlusion", "pdf"]})
         ok, data = ep.wait_result(inv, timeout_s=300)
         assert ok, data[:300]
         out = json.loads(data)
@@ -291,6 +292,12 @@ def test_classifier_async_with_occlusion_png(world) -> None:
         png = aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
         assert png.startswith(b"\x89PNG") and out["occlusion"]["s3Uri"].startswith(dep.output_path.rsplit("/", 1)[0])
         assert out["outputs"]["sr"]["storedToPacs"] is True
+        # the clinician's report, with the occlusion map, is an Encapsulated PDF in the study
+        report = out["outputs"]["pdf"]
+        assert report["storedToPacs"] is True and report["SOPClassUID"] == ENCAPSULATED_PDF
+        stored = dicomweb.retrieve_instance(world["client"], study, report["SeriesInstanceUID"],
+                                            report["SOPInstanceUID"])
+        assert pdf_bytes(stored).startswith(b"%PDF-") and stored.Modality == "DOC"
     finally:
         aws.client("sagemaker").delete_endpoint(EndpointName=name)
 

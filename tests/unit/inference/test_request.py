@@ -35,7 +35,7 @@ def test_full_request_round_trips() -> None:
     (b"[1, 2]", "must be an object"),
     (json.dumps({"outputs": ["sr"]}).encode(), "missing 'studyInstanceUID'"),
     (json.dumps({"studyInstanceUID": "abc"}).encode(), "not a DICOM UID"),
-    (json.dumps({"studyInstanceUID": STUDY, "outputs": ["sr", "pdf"]}).encode(), "unknown output(s) 'pdf'"),
+    (json.dumps({"studyInstanceUID": STUDY, "outputs": ["sr", "html"]}).encode(), "unknown output(s) 'html'"),
     (json.dumps({"studyInstanceUID": STUDY, "outputs": []}).encode(), "non-empty list"),
     (json.dumps({"studyInstanceUID": STUDY, "storeToPacs": "yes"}).encode(), "true or false"),
     (json.dumps({"studyInstanceUID": STUDY, "colour": 1}).encode(), "unknown field(s) colour"),

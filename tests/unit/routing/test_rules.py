@@ -52,7 +52,7 @@ def test_json_rules_work_too() -> None:
 @pytest.mark.parametrize(("text", "message"), [
     (GOOD.replace('"T1"', '"T1("'), r"line 7: rule 'hippocampus': seriesDescription 'T1\(' is not a regular"),
     (GOOD.replace("minSlices: 10", "minSlice: 10"), r"line 7: rule 'hippocampus': unknown match key\(s\) minSlice"),
-    (GOOD.replace("outputs: [json, sr, seg]", "outputs: [pdf]"), r"line 3: rule 'hippocampus': outputs must be"),
+    (GOOD.replace("outputs: [json, sr, seg]", "outputs: [html]"), r"line 3: rule 'hippocampus': outputs must be"),
     (GOOD.replace("    match:\n      modality: [CR, DX]\n", ""), r"rule 'chest' needs a match"),
     (GOOD.replace("endpoint: chest", "endpoint: not an endpoint"), r"line 11: rule 'chest': endpoint must be"),
     (GOOD.replace("version: 1", "version: 2"), r"line 1: version must be 1"),
