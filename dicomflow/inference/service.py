@@ -317,8 +317,7 @@ class InferenceService:
             from PIL import Image
 
             heat = np.asarray(Image.open(io.BytesIO(occlusion["png"])).convert("RGB"))
-            extra.append((f"occlusion sensitivity for {occlusion['label']} (red: where hiding the image lowers it)",
-                          heat))
+            extra.append((f"occlusion map, {occlusion['label']} (red: where it looked)", heat))
         pdf = clinician_report(sources, result, self.task, self.name, self.version, selection, label,
                                self.structures, self.model.metadata.get("normativeRangesMm3"), extra)
         title = "AI volumetry report" if self.task == "segmentation3d" else "AI findings report"
