@@ -191,7 +191,8 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     console.print(metrics)
     vols = value_table("held-out study", "structure", "true mm³", "predicted mm³", "unlike training?",
                        title="hippocampal volumes")
-    places = value_table("study", "model", "SR series", "SEG series", title="results stored in the PACS")
+    places = value_table("study", "model", "SR series", "SEG series", "PDF report series",
+                         title="results stored in the PACS")
     for s in inf["studies"]:
         hippo = s["task"] == "segmentation3d"
         if hippo:
@@ -203,7 +204,8 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
         out = s["outputs"]
         places.add_row(s["StudyInstanceUID"], "hippocampus" if hippo else "chest",
                        (out.get("sr") or {}).get("SeriesInstanceUID") or "-",
-                       (out.get("seg") or {}).get("SeriesInstanceUID") or "-")
+                       (out.get("seg") or {}).get("SeriesInstanceUID") or "-",
+                       (out.get("pdf") or {}).get("SeriesInstanceUID") or "-")
     console.print(vols)
     console.print(places)
     scale = value_table("endpoint", "instances (now / desired)", "autoscaling", "backlog (max, last minute)",
