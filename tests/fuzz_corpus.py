@@ -67,7 +67,7 @@ def study_json_bodies(seed: int = 0, scale: int = 1) -> list[tuple[str, bytes]]:
         ("duplicate-keys", b'{"studyInstanceUID": "1.2.3", "studyInstanceUID": "x"}'),
         ("many-keys", json.dumps({f"k{i}": i for i in range(5000)}).encode()),
         ("many-outputs", json.dumps({**base, "outputs": ["sr"] * 20_000}).encode()),
-        ("unknown-output", json.dumps({**base, "outputs": ["pdf", "<script>"]}).encode()),
+        ("unknown-output", json.dumps({**base, "outputs": ["html", "<script>"]}).encode()),
         ("credentials-in-auth",
          json.dumps({**base, "dicomweb": {"auth": {"username": "a", "password": "b"}}}).encode()),
         ("huge-unicode", json.dumps({**base, "seriesInstanceUID": "\U0001F600" * 10_000}).encode()),

@@ -127,7 +127,7 @@ def test_sr_and_seg_land_in_the_same_study_and_pass_dciodvfy(world, seg_server) 
 @pytest.mark.parametrize(("body", "status", "needle"), [
     (b"{not json", 400, "not valid JSON"),
     (json.dumps({"studyInstanceUID": "1.2.3.999999"}).encode(), 404, "no instances"),
-    (json.dumps({"studyInstanceUID": "1.2.3", "outputs": ["pdf"]}).encode(), 400, "unknown output"),
+    (json.dumps({"studyInstanceUID": "1.2.3", "outputs": ["html"]}).encode(), 400, "unknown output"),
     (b"{" + b" " * 130_000 + b"}", 413, "128000"),
 ])
 def test_bad_requests_get_their_codes(seg_server, body: bytes, status: int, needle: str) -> None:

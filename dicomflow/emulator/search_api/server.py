@@ -17,7 +17,6 @@ The page never receives an AWS or PACS credential: tokens come from Cognito, thu
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import threading
@@ -189,11 +188,7 @@ def local_server(settings: Settings) -> SearchServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The local cloud's search page and GraphQL API.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    server = local_server(Settings.load())
-    limits = webserver.Limits.from_env(max_body=LIMITS.max_body)
-    webserver.serve(server.app(), webserver.bind(args.host, args.port), limits)
+    from dicomflow.emulator.cloud.module_service import serve_main
+
+    serve_main("The local cloud's search page and GraphQL API.", lambda s: local_server(s).app(), LIMITS.max_body,
+               argv)

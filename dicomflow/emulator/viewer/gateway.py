@@ -19,7 +19,6 @@ PACS credential: the proxy adds it on the way out and passes back only the body 
 
 from __future__ import annotations
 
-import argparse
 import html
 import logging
 from collections.abc import Callable, Iterator
@@ -216,10 +215,7 @@ def local_gateway(settings: Settings) -> ViewerGateway:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="The local cloud's OHIF viewer and read-only DICOMweb gateway.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    gateway = local_gateway(Settings.load())
-    webserver.serve(gateway.app(), webserver.bind(args.host, args.port), webserver.Limits.from_env(max_body=0))
+    from dicomflow.emulator.cloud.module_service import serve_main
+
+    serve_main("The local cloud's OHIF viewer and read-only DICOMweb gateway.", lambda s: local_gateway(s).app(), 0,
+               argv)
