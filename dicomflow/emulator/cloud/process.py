@@ -1,7 +1,11 @@
 """Background processes tracked by PID file: start detached, detect stale PID files, stop by PID.
 
 A PID file records the PID *and* the process start time, so a PID reused by an unrelated
-process after a crash is recognised as stale and never signalled.
+process after a crash is recognised as stale and never signalled. On Linux the start time is the kernel's
+own count of clock ticks since boot (``/proc/<pid>/stat``), exact and unmoved by the wall clock; psutil's
+``create_time`` (boot time + ticks) shifts by a whole second when the kernel's integer boot time is
+recomputed after clock adjustments, which made ``down`` take live services for stale ones. It is kept as
+the fallback where there is no ``/proc``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of ``/proc/<pid>/stat``), None without it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # the command name, in parentheses, may hold spaces
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else None
+
+
+def _same_process(proc: psutil.Process, rec: dict) -> bool:
+    ticks = rec.get("start_ticks")
+    if isinstance(ticks, int):
+        current = start_ticks(proc.pid)
+        if current is not None:
+            return current == ticks
+    return abs(proc.create_time() - rec.get("create_time", 0)) <= 1.0
 
 
 @dataclass
@@ -50,7 +73,7 @@ class ManagedProcess:
             return None
         try:
             proc = psutil.Process(rec["pid"])
-            if abs(proc.create_time() - rec.get("create_time", 0)) > 1.0:
+            if not _same_process(proc, rec):
                 return None
             if proc.status() == psutil.STATUS_ZOMBIE:
                 return None
@@ -90,7 +113,8 @@ class ManagedProcess:
                 umask=0o077,  # what the local cloud writes (DICOM storage, S3 objects, logs) is the owner's only
             )
         create_time = psutil.Process(proc.pid).create_time()
-        self.pid_path.write_text(json.dumps({"pid": proc.pid, "create_time": create_time, "argv": list(argv)}))
+        self.pid_path.write_text(json.dumps({"pid": proc.pid, "create_time": create_time,
+                                             "start_ticks": start_ticks(proc.pid), "argv": list(argv)}))
         self._popen = proc  # keeps the child reapable while we wait for health
         return proc.pid
 
