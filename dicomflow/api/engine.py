@@ -12,6 +12,7 @@ the next request. Thumbnails (``s3://`` URIs in the image index) become presigne
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,10 @@ def sign_thumbnail(uri: str, s3: Any = None) -> str | None:
 class Engine:
     """Makes each request's :class:`Context`; safe to share between threads (each has its own indexes)."""
 
-    def __init__(self, reports_path: Path | None, images_dir: Path | None) -> None:
+    def __init__(self, reports_path: Path | None, images_dir: Path | None,
+                 viewer: Callable[[str, str], str | None] | None = None) -> None:
         self.reports_path, self.images_dir = reports_path, images_dir
+        self.viewer = viewer  # (username, study) -> a viewer sign-in link (the local cloud's viewer)
         self._local = threading.local()
 
     @classmethod
@@ -72,4 +75,5 @@ class Engine:
         return Context(user=user,
                        reports=self._open("reports", lambda p: open_report_index(p, create=False), self.reports_path),
                        images=self._open("images", open_image_index, self.images_dir),
-                       sign=lambda uri: sign_thumbnail(uri, s3))
+                       sign=lambda uri: sign_thumbnail(uri, s3),
+                       **({"viewer": self.viewer} if self.viewer is not None else {}))

@@ -30,6 +30,8 @@ class Context:
     reports: Any | None  # a report index (embedded or OpenSearch): search, facets, report; None: none built yet
     images: Any | None  # an image index, None when none has been built
     sign: Callable[[str], str | None]  # s3:// thumbnail -> short-lived https link (None: not to be shown)
+    #: (username, StudyInstanceUID) -> a one-time viewer sign-in link; None where there is no viewer
+    viewer: Callable[[str, str], str | None] = lambda _user, _study: None
 
 
 def _status(value: str | None) -> str | None:
@@ -127,7 +129,8 @@ def study(ctx: Context, uid: str) -> dict[str, Any]:
             "report": None if report is None else {
                 "text": report["text"] if ctx.user.can_read_reports else None,
                 "mentions": [_mention(m, ctx) for m in report["mentions"]]},
-            "images": [_image(n, ctx) for n in images]}
+            "images": [_image(n, ctx) for n in images],
+            "viewerUrl": ctx.viewer(ctx.user.username, uid) if ctx.user.can_read_reports else None}
 
 
 def me(ctx: Context) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 // dicomflow report search: sign in with Cognito, search reports (text + ICD-10-CM codes), open a study,
 // see similar images. Vanilla JS; every node built with DOM APIs (see render.js).
 import { ApiError, forgetTokens, getConfig, gql, isSignedIn, loadConfig, onLoading, signIn, signOut } from './api.js';
-import { imageFilter, parseRoute, searchVariables, topCodes, viewerHref } from './helpers.js';
+import { imageFilter, isHttpUrl, parseRoute, searchVariables, topCodes, viewerHref } from './helpers.js';
 import {
   clear, el, facetButtons, facetChart, fillReport, hitNode, neighbourNode, studyImages,
 } from './render.js';
@@ -24,7 +24,7 @@ const Q_MORE = `query More(${FILTERS}, $first: Int, $after: String) {
   reports(${FILTER_ARGS}, first: $first, after: $after) { total nextCursor reports { ${HIT} } }
 }`;
 const Q_STUDY = `query Study($uid: ID!) {
-  study(uid: $uid) { studyInstanceUID accessionNumber studyDate report { text mentions { ${MENTION} } } images { ${IMAGE} } }
+  study(uid: $uid) { studyInstanceUID accessionNumber studyDate report { text mentions { ${MENTION} } } images { ${IMAGE} } viewerUrl }
 }`;
 const Q_SIMILAR = `query Similar($study: ID!, $k: Int, $filter: ImageFilter) {
   similarImages(study: $study, k: $k, filter: $filter) { query model { name version } neighbours { rank score image { ${IMAGE} } } }
@@ -349,6 +349,10 @@ async function loadStudy(uid) {
     const study = data.study;
     $('study-accession').textContent = (study.accessionNumber ? `Accession ${study.accessionNumber}` : '')
       + (study.studyDate ? ` · study of ${study.studyDate}` : '');
+    if (isHttpUrl(study.viewerUrl)) {  // a one-time sign-in link of the viewer, for this user and study
+      viewer.href = study.viewerUrl;
+      viewer.hidden = false;
+    }
     fillReport($('report-text'), study.report);
     $('study-images').append(...studyImages(study.images));
   } catch (err) {

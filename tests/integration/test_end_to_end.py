@@ -263,7 +263,8 @@ def test_whole_loop_small(local_cloud) -> None:
 
 def _radiologist_finds_effusions_and_similar_images(page: dict, users: dict, ctx: loop.DemoContext) -> None:
     """In headless Chromium, on the local cloud's search page: sign in, search "effusion" (denials marked),
-    open a held-out study and see the images most like it with their thumbnails loaded."""
+    open a held-out study and see the images most like it with their thumbnails loaded, then open it in the
+    viewer from the page."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -285,5 +286,12 @@ def _radiologist_finds_effusions_and_similar_images(page: dict, users: dict, ctx
             tab.wait_for_function("""() => [...document.querySelectorAll('#similar [data-testid=neighbour] img')]
                                       .every(i => i.complete && i.naturalWidth > 0)""")
             assert len(tab.query_selector_all("#similar [data-testid=neighbour]")) == min(12, len(ctx.chest) - 1)
+            # "Open in viewer": the API's one-time link signs the radiologist in to OHIF at that study
+            tab.wait_for_selector("#open-viewer[href*='/signin?ticket=']", state="attached")
+            with tab.context.expect_page() as opened:
+                tab.click("#open-viewer")
+            viewer = opened.value
+            viewer.wait_for_url(f"**/viewer?StudyInstanceUIDs={study}", timeout=60_000)
+            viewer.wait_for_selector("canvas.cornerstone-canvas", timeout=60_000)
         finally:
             chromium.close()

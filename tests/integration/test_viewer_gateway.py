@@ -60,6 +60,13 @@ def test_a_sign_in_link_works_once_and_sets_a_strict_http_only_cookie(viewer, lo
     assert requests.get(link, allow_redirects=False, timeout=30).status_code == 303
     again = requests.get(link, allow_redirects=False, timeout=30)
     assert again.status_code == 403 and "used already" in again.text
+    # followed again by the browser it signed in (a page's link clicked twice): it just opens its study
+    base, session = viewer[0], viewer[1]
+    study_link = sign_in_link(local_cloud.settings, "gateway-test", study_with_seg.study_uid)
+    assert requests.get(study_link, allow_redirects=False, timeout=30).status_code == 303  # someone else used it
+    reopened = session.get(study_link, allow_redirects=False, timeout=30)
+    assert reopened.status_code == 303 and reopened.headers["location"].endswith(study_with_seg.study_uid)
+    assert "set-cookie" not in reopened.headers
     assert requests.get(f"{base}/signin?ticket=forged", timeout=30).status_code == 403
 
 

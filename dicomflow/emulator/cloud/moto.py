@@ -87,8 +87,11 @@ def write_sdk_config(settings) -> Path:
 
 def module_command(settings, module: str, port: int) -> tuple[list[str], dict[str, str]]:
     """argv and environment of a service that is a module of this checkout (``python -m MODULE --host --port``)
-    on the data dir of ``settings``, its AWS clients pointed at the emulator."""
-    env = {**os.environ, **client_environment(settings), "DICOMFLOW_HOME": str(settings.data_dir)}
+    on the data dir of ``settings``, its AWS clients pointed at the emulator. The settings go in the environment
+    too (``DICOMFLOW_<SETTING>``): on a new data dir they are recorded only once every service is up, and the
+    service's own ``Settings.load()`` must see the ports of this cloud (the viewer's, the emulator's) from the start."""
+    own = {f"DICOMFLOW_{k.upper()}": str(v) for k, v in settings.as_dict().items() if k != "data_dir"}
+    env = {**os.environ, **client_environment(settings), **own, "DICOMFLOW_HOME": str(settings.data_dir)}
     return [sys.executable, "-m", module, "--host", settings.host, "--port", str(port)], env
 
 

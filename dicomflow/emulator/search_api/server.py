@@ -47,6 +47,8 @@ PAGE_DIR = REPO_ROOT / "search_ui" / "dist"
 LIMITS = webserver.Limits(max_body=64 * 1024)
 #: How long a looked-up user pool is trusted before the state file and stack are read again.
 SIGN_IN_TTL_S = 10.0
+#: How long a study's viewer link from the API may be used (once).
+VIEWER_LINK_S = 300
 #: Threads that run queries; each keeps its own open indexes (an image graph in memory each), so few.
 WORKERS = 2
 
@@ -182,8 +184,12 @@ class SearchServer:
 
 
 def local_server(settings: Settings) -> SearchServer:
-    """The server of the local cloud in ``settings``: its data dir's indexes, its deployed stack's user pool."""
-    engine = Engine(report_index_path(settings.data_dir), image_index_dir(settings.data_dir))
+    """The server of the local cloud in ``settings``: its data dir's indexes, its deployed stack's user pool, and
+    its viewer (a study's ``viewerUrl`` is a sign-in link of :data:`VIEWER_LINK_S`)."""
+    from dicomflow.emulator.viewer.access import sign_in_link
+
+    engine = Engine(report_index_path(settings.data_dir), image_index_dir(settings.data_dir),
+                    viewer=lambda user, study: sign_in_link(settings, user, study, VIEWER_LINK_S))
     return SearchServer(engine, lambda: stack_sign_in(settings.data_dir), settings.aws_endpoint_url, settings.region)
 
 

@@ -89,6 +89,16 @@ class TicketBook:
                 self._used = {}  # an unreadable record: tickets already redeemed expire within TICKET_TTL_S
         self._lock = threading.Lock()
 
+    def peek(self, token: str, now: float | None = None) -> Ticket | None:
+        """The ticket ``token`` is (valid and unexpired, used or not), without redeeming it; None otherwise."""
+        try:
+            claims = _decode(self.key, token, TICKET_AUDIENCE, "sign-in link", now)
+        except Refused:
+            return None
+        study = claims.get("study")
+        return Ticket(claims["sub"], study if isinstance(study, str) else None, str(claims.get("jti") or ""),
+                      float(claims["exp"]))
+
     def redeem(self, token: str, now: float | None = None) -> Ticket:
         claims = _decode(self.key, token, TICKET_AUDIENCE, "sign-in link", now)
         current = time.time() if now is None else now

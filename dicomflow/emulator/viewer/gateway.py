@@ -4,7 +4,8 @@ the PACS on one origin, behind a sign-in.
 Routes (127.0.0.1 only):
 
 * ``GET /signin?ticket=..`` - redeems a sign-in ticket (:mod:`dicomflow.emulator.viewer.access`), sets the
-  HttpOnly SameSite=Strict session cookie and redirects to the ticket's study (the ticket leaves the address bar).
+  HttpOnly SameSite=Strict session cookie and redirects to the ticket's study (the ticket leaves the address bar);
+  a used ticket is refused, unless the browser holds a session already (then it just opens the study).
 * ``GET /signout`` - drops the cookie.
 * ``GET|HEAD /dicom-web/..`` - QIDO-RS and WADO-RS only (:mod:`dicomflow.emulator.viewer.readonly`; any other
   method 405, any other path 403), sent to the configured PACS with the gateway's own credentials; the PACS's
@@ -89,9 +90,13 @@ class ViewerGateway:
 
     # ---- sign-in ------------------------------------------------------------------------------------
     async def _signin(self, request: Request) -> Response:
+        token = request.query_params.get("ticket", "")
         try:
-            ticket = self.tickets.redeem(request.query_params.get("ticket", ""))
+            ticket = self.tickets.redeem(token)
         except access.Refused as exc:
+            known = self.tickets.peek(token) if self._user(request) is not None else None
+            if known is not None:  # a link followed again by whom it signed in: just open its study
+                return Response(b"", status_code=303, headers={"Location": ohif.study_path(known.study)})
             return _page(403, "Sign-in failed", f"{exc}. Ask for a new link: dicomflow view --study UID")
         cookie = (f"{access.COOKIE}={access.session_token(self.key, ticket.user)}; HttpOnly; SameSite=Strict; "
                   f"Path=/; Max-Age={access.SESSION_TTL_S}")

@@ -82,10 +82,28 @@ def indexes(tmp_path):
     images.close()
 
 
-def _ask(verifier, indexes, token, query, variables=None):
+def _ask(verifier, indexes, token, query, variables=None, viewer=None):
     user = verifier.verify(token)
-    ctx = Context(user, indexes[0], indexes[1], sign=lambda uri: "https://signed.example/" + uri.rsplit("/", 1)[-1])
+    ctx = Context(user, indexes[0], indexes[1], sign=lambda uri: "https://signed.example/" + uri.rsplit("/", 1)[-1],
+                  **({"viewer": viewer} if viewer else {}))
     return api.execute({"query": query, "variables": variables or {}}, ctx)
+
+
+def test_a_radiologist_gets_a_viewer_link_for_the_study_and_a_researcher_none(keys, verifier, indexes) -> None:
+    made = []
+
+    def viewer(user: str, study: str) -> str:
+        made.append((user, study))
+        return f"http://127.0.0.1:8045/signin?ticket=for-{user}"
+
+    q = "query($u: ID!) { study(uid: $u) { viewerUrl } }"
+    ok, doc = _ask(verifier, indexes, _token(keys), q, {"u": UID.format(100)}, viewer)
+    assert ok and doc["data"]["study"]["viewerUrl"] == "http://127.0.0.1:8045/signin?ticket=for-dr-who"
+    assert made == [("dr-who", UID.format(100))]
+    ok, doc = _ask(verifier, indexes, _token(keys, groups=("researcher",)), q, {"u": UID.format(100)}, viewer)
+    assert ok and doc["data"]["study"]["viewerUrl"] is None and len(made) == 1  # none made for a researcher
+    ok, doc = _ask(verifier, indexes, _token(keys), q, {"u": UID.format(100)})
+    assert ok and doc["data"]["study"]["viewerUrl"] is None  # no viewer configured (AppSync)
 
 
 REPORTS_Q = """query($text: String, $codes: [String!], $status: MentionStatus, $first: Int, $after: String) {
