@@ -12,8 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
-
-import simple_icd_10_cm as icd
+from types import ModuleType
 
 NO_FINDING = "No Finding"
 
@@ -105,24 +104,33 @@ def find_terms(text: str) -> list[Match]:
     return out
 
 
+@cache
+def _icd() -> ModuleType:
+    """simple_icd_10_cm, imported on first use: it parses the whole code list (seconds), which a command or a
+    Lambda that never looks a code up should not pay."""
+    import simple_icd_10_cm
+
+    return simple_icd_10_cm
+
+
 def description(code: str) -> str:
     """The ICD-10-CM description of ``code`` (KeyError-free: an unknown code is refused by the tests)."""
-    return icd.get_description(code)
+    return _icd().get_description(code)
 
 
 def ancestors(code: str) -> list[str]:
     """``code``'s ICD-10-CM ancestors, nearest first (category, block, chapter)."""
-    return list(icd.get_ancestors(code))
+    return list(_icd().get_ancestors(code))
 
 
 def is_item(code: str) -> bool:
     """Whether ``code`` is an ICD-10-CM code, block (``J80-J84``) or chapter (``10``)."""
-    return bool(icd.is_valid_item(code))
+    return bool(_icd().is_valid_item(code))
 
 
 def kind(code: str) -> str:
     """``chapter``, ``block`` or ``code`` (a category or any code below one)."""
-    return "chapter" if icd.is_chapter(code) else "block" if icd.is_block(code) else "code"
+    return "chapter" if _icd().is_chapter(code) else "block" if _icd().is_block(code) else "code"
 
 
 def finding_of_code(code: str) -> str | None:
