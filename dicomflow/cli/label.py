@@ -10,13 +10,15 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dicomflow.cli.common import console, json_option, pacs_for, print_json, settings_from
+from dicomflow import aws
+from dicomflow.cli.common import console, json_option, out, pacs_for, print_json, settings_from
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import OrthancRest
 from dicomflow.errors import DicomflowError
-from dicomflow.groundtruth import manifest
+from dicomflow.groundtruth import active, manifest
 
 
 @click.group("label")
@@ -71,6 +73,121 @@ def manifest_cmd(ctx: click.Context, queries: tuple[str, ...], per: str, target:
         print_json({"to": target, "per": per, "via": via, "lines": count, "filters": filters, "seconds": seconds})
     else:
         console.print(f"wrote {count} {per} line(s) to {target} in {seconds:.2f}s", highlight=False)
+
+
+@label.command("next")
+@click.option("--model", required=True, metavar="GROUP | s3://…/model.tar.gz | DIR",
+              help="The classifier that scores the images: a Model Registry package group (its newest approved "
+                   "version), an s3:// model.tar.gz, or a local artifact.")
+@click.option("--query", "queries", multiple=True, metavar="KEYWORD=VALUE",
+              help="QIDO filter of the images to choose from, repeatable (e.g. --query Modality=CR). "
+                   "None: every image on the PACS.")
+@click.option("--count", type=click.IntRange(1, 100_000), required=True, help="How many images the next job labels.")
+@click.option("--strategy", type=click.Choice(active.STRATEGIES), default="entropy", show_default=True,
+              help="How to rank: entropy, margin, mc-dropout (disagreement of dropout samples) or random.")
+@click.option("--to", "target", required=True, metavar="s3://BUCKET/KEY | -",
+              help="Where to write the next job's input manifest ('-' prints it).")
+@click.option("--label-attribute", default="labels", show_default=True,
+              help="The label attribute of the earlier jobs whose images are left out.")
+@click.option("--labeled", "labeled_uris", multiple=True, metavar="s3://…/output.manifest",
+              help="Output manifests of earlier jobs (e.g. on AWS) whose images are left out, repeatable; the "
+                   "local jobs of this data dir with --label-attribute are always read.")
+@click.option("--exclude-labeled/--include-labeled", default=True, show_default=True,
+              help="Leave out images an earlier job of --label-attribute labeled.")
+@click.option("--source-format", type=click.Choice(manifest.SOURCE_FORMATS), default="orthanc-id",
+              show_default=True, help="Orthanc IDs, or UID JSON objects (any DICOMweb PACS).")
+@click.option("--batch-size", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Images per forward pass.")
+@click.option("--samples", type=click.IntRange(2, 200), default=active.MC_SAMPLES, show_default=True,
+              help="[mc-dropout] Dropout samples per image.")
+@click.option("--seed", type=int, default=0, show_default=True, help="[random, mc-dropout] Seed of the draws.")
+@json_option
+@click.pass_context
+def next_cmd(ctx: click.Context, model: str, queries: tuple[str, ...], count: int, strategy: str, target: str,
+             label_attribute: str, labeled_uris: tuple[str, ...], exclude_labeled: bool, source_format: str,
+             batch_size: int, samples: int, seed: int, as_json: bool) -> None:
+    """Choose the next images to label by active learning: score the not-yet-labeled images on the PACS with the
+    model, most uncertain first, and write the next job's input manifest (each line says its rank and score)."""
+    from dicomflow.inference import scoring
+
+    filters = manifest.parse_query_filters(queries)
+    if target != "-":
+        manifest.check_object_uri(target)
+    settings = settings_from(ctx)
+    labeled: set[str] = set()
+    if exclude_labeled:
+        labeled = _labeled(settings.data_dir, label_attribute, labeled_uris)
+    client = dicomweb.connect(pacs_for(settings))
+    found = active.candidates(client, filters)
+    pool = active.unlabeled(found, labeled)
+    if not pool:
+        what = " ".join(queries) or "(no filter)"
+        raise active.ActiveLearningError(
+            f"no unlabeled image on the PACS matches {what} ({len(found)} found, all labeled under "
+            f"{label_attribute!r}); nothing written")
+    service, model_id = scoring.load_classifier(model)
+    with Progress(TextColumn(f"scoring with {model_id['name']}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, disable=as_json) as progress:
+        bar = progress.add_task("score", total=len(pool))
+        scored = scoring.score_images(client, service, [(c.study_uid, c.series_uid, c.sop_uid) for c in pool],
+                                      batch_size=batch_size, mc_samples=samples if strategy == "mc-dropout" else 0,
+                                      seed=seed, progress=lambda done: progress.update(bar, completed=done))
+    if not scored.keys:
+        raise active.ActiveLearningError(f"none of the {len(pool)} images could be scored; first: "
+                                         f"{next(iter(scored.failed.values()))}")
+    scores = active.uncertainty(scored.probabilities, strategy, activation=service.activation,
+                                samples=scored.samples, seed=seed)
+    chosen = active.rank(scored.keys, list(scores), count)
+    labels = service.labels
+    probs = {k: {c: round(float(p), 4) for c, p in zip(labels, row, strict=True)}
+             for k, row in zip(scored.keys, scored.probabilities, strict=True)}
+    lines = active.manifest_lines(chosen, {c.sop_uid: c for c in pool}, strategy=strategy, model=model_id,
+                                  source_format=source_format, probabilities=probs)
+    if target == "-":
+        sys.stdout.buffer.write(manifest.dumps_jsonl(lines))
+        return
+    manifest.write_jsonl_s3(target, lines)
+    picked = [r.score for r in chosen]
+    summary = {"to": target, "strategy": strategy, "explanation": active.EXPLAIN[strategy], "model": model_id,
+               "found": len(found), "labeled": len(found) - len(pool), "scored": len(scored.keys),
+               "failed": scored.failed, "chosen": len(chosen),
+               "scoreMean": {"chosen": round(float(np.mean(picked)), 6), "pool": round(float(np.mean(scores)), 6)},
+               "ranking": [{"rank": r.rank, "SOPInstanceUID": r.key, "score": round(r.score, 6),
+                            "probabilities": probs[r.key]} for r in chosen]}
+    if as_json:
+        print_json(summary)
+        return
+    out.print(f"{len(found)} image(s) match, {summary['labeled']} already labeled under {label_attribute!r}, "
+                  f"{len(scored.keys)} scored ({len(scored.failed)} failed); ranked by {strategy}: "
+                  f"{active.EXPLAIN[strategy]}", highlight=False, soft_wrap=True)
+    for r in chosen[:20]:  # plain lines: a UID stays whole for copying
+        row = probs[r.key]
+        cls = min(row, key=lambda c: abs(row[c] - 0.5))
+        out.print(f"{r.rank:>4}. {r.key}  score {r.score:.4f}  nearest a decision: {cls} (p {row[cls]:.2f})",
+                  highlight=False, soft_wrap=True)
+    if len(chosen) > 20:
+        out.print(f"… and {len(chosen) - 20} more in the manifest", highlight=False)
+    out.print(f"mean score {summary['scoreMean']['chosen']:.4f} chosen against {summary['scoreMean']['pool']:.4f} "
+                  f"over all {len(scored.keys)} scored; wrote {len(lines)} line(s) to {target}",
+                  highlight=False, soft_wrap=True)
+    for sop, why in list(scored.failed.items())[:10]:
+        out.print(f"[yellow]not scored[/yellow] {sop}: {why}", highlight=False, soft_wrap=True)
+
+
+def _labeled(data_dir: Path, label_attribute: str, uris: tuple[str, ...]) -> set[str]:
+    """The objects earlier jobs of ``label_attribute`` labeled: those of ``uris`` and this data dir's local jobs."""
+    from dicomflow.emulator.groundtruth import job_status
+
+    sources = list(uris)
+    for request in _requests(data_dir, None):
+        if request.label_attribute == label_attribute:
+            uri = job_status(request, data_dir).get("outputManifest")
+            if uri and aws.exists(uri):
+                sources.append(uri)
+    keys: set[str] = set()
+    for uri in sources:
+        keys |= active.labeled_keys(manifest.read_jsonl_s3(uri), label_attribute)
+    return keys
 
 
 @label.command("start")

@@ -34,13 +34,20 @@ def _parts(network: torch.nn.Module) -> tuple[torch.nn.Module, list[torch.nn.Mod
     return features, [m for name, m in layers.items() if name != "out"], layers["out"]
 
 
-def embed_and_classify(network: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For a batch ``x``: (the logits ``network(x)`` gives, the L2-normalised pooled features ``(N, F)``),
-    from one pass through the feature extractor."""
+def pooled_features(network: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.nn.Module]:
+    """For a batch ``x``: the pooled features ``(N, F)`` in front of the classifier, and that last layer
+    (``out(features)`` are the logits ``network(x)`` gives)."""
     features, pool, out = _parts(network)
     f = features(x)
     for layer in pool:
         f = layer(f)
+    return f, out
+
+
+def embed_and_classify(network: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a batch ``x``: (the logits ``network(x)`` gives, the L2-normalised pooled features ``(N, F)``),
+    from one pass through the feature extractor."""
+    f, out = pooled_features(network, x)
     return out(f), torch.nn.functional.normalize(f.float(), dim=1)
 
 

@@ -39,7 +39,7 @@ def _required_values(tmp: Path) -> dict[str, str]:
             "--task": "classification2d", "--data": "s3://some-bucket/data/", "--endpoint": "some-endpoint",
             "--model": "s3://some-bucket/model.tar.gz", "--study": "1.2.826.0.1.3680043.8.498.1",
             "--job-name": "some-job", "--function": "some-router", "--from": "s3://some-bucket/ingest/",
-            "--group": "radiologist"}
+            "--group": "radiologist", "--count": "4"}
 
 
 def _argv(path: tuple[str, ...], cmd: click.Command, values: dict[str, str], tmp: Path) -> list[str]:

@@ -1,0 +1,198 @@
+"""Active learning: which objects to label next, from a model's probabilities.
+
+Each strategy turns probabilities into one uncertainty score per object, higher meaning "label me first":
+
+* ``entropy``: the mean binary entropy of the classes (sigmoid, multi-label) or the entropy of the softmax,
+  in bits, normalised to 0..1;
+* ``margin``: one minus the smallest distance to a decision (sigmoid: ``min |2p - 1|`` over the classes;
+  softmax: the top two probabilities' difference);
+* ``mc-dropout``: the mutual information between the prediction and the weights (BALD) over Monte-Carlo
+  dropout samples, ``H[mean p] - mean H[p]`` summed over the classes: how much the samples disagree;
+* ``random``: a seeded uniform draw, the baseline every other strategy has to beat.
+
+:func:`rank` sorts every object by its score once and keeps the first ``count`` in that order (sorting only
+the chosen scores again, as MONAI Label's epistemic strategy does, would throw the ranking away).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dicomflow.errors import DicomflowError
+
+STRATEGIES = ("entropy", "margin", "mc-dropout", "random")
+MC_SAMPLES = 20  # dropout samples per image for mc-dropout
+EXPLAIN = {
+    "entropy": "mean binary entropy of the classes' probabilities (1 = every class at 0.5, 0 = all certain)",
+    "margin": "1 - the smallest distance of a class's probability to a decision (1 = some class at 0.5)",
+    "mc-dropout": "mutual information (BALD) between prediction and weights over Monte-Carlo dropout samples, "
+                  "in bits summed over the classes (how much the samples disagree)",
+    "random": "a seeded random draw (the baseline)",
+}
+_EPS = 1e-12
+
+
+class ActiveLearningError(DicomflowError):
+    """The next batch cannot be chosen; the message says why and what to give instead."""
+
+
+def _binary_entropy(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def _entropy(p: np.ndarray, activation: str) -> np.ndarray:
+    """Per object: the mean binary entropy over the last axis (sigmoid), or the softmax's normalised entropy."""
+    if activation == "softmax":
+        q = np.clip(p, _EPS, 1.0)
+        return -(q * np.log2(q)).sum(axis=-1) / max(np.log2(p.shape[-1]), _EPS)
+    return _binary_entropy(p).mean(axis=-1)
+
+
+def uncertainty(probabilities: np.ndarray, strategy: str, *, activation: str = "sigmoid",
+                samples: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
+    """One score per object (higher: more worth labeling) from ``probabilities`` ``(objects, classes)``;
+    ``mc-dropout`` needs ``samples`` ``(draws, objects, classes)``."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2:
+        raise ActiveLearningError(f"probabilities must be (objects, classes), not shape {p.shape}")
+    if strategy == "entropy":
+        return _entropy(p, activation)
+    if strategy == "margin":
+        if activation == "softmax":
+            top = np.sort(p, axis=1)[:, ::-1]
+            return 1.0 - (top[:, 0] - (top[:, 1] if p.shape[1] > 1 else 0.0))
+        return 1.0 - np.abs(2 * p - 1).min(axis=1)
+    if strategy == "mc-dropout":
+        if samples is None or np.ndim(samples) != 3 or np.shape(samples)[1:] != p.shape or len(samples) < 2:
+            raise ActiveLearningError("mc-dropout needs at least 2 dropout samples of shape (draws, objects, classes)")
+        s = np.asarray(samples, dtype=np.float64)
+        mean = s.mean(axis=0)
+        if activation == "softmax":
+            h_mean = -(np.clip(mean, _EPS, 1) * np.log2(np.clip(mean, _EPS, 1))).sum(axis=-1)
+            h_each = -(np.clip(s, _EPS, 1) * np.log2(np.clip(s, _EPS, 1))).sum(axis=-1).mean(axis=0)
+            return np.maximum(h_mean - h_each, 0.0)
+        return np.maximum(_binary_entropy(mean) - _binary_entropy(s).mean(axis=0), 0.0).sum(axis=-1)
+    if strategy == "random":
+        return np.random.default_rng(seed).random(len(p))
+    raise ActiveLearningError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One chosen object: its 1-based rank, its score and the key it was scored under."""
+
+    rank: int
+    key: str
+    score: float
+
+
+def rank(keys: Sequence[str], scores: Sequence[float], count: int) -> list[Ranked]:
+    """The ``count`` highest-scoring keys, highest first (ties: by key, so that a run is reproducible)."""
+    if len(keys) != len(scores):
+        raise ActiveLearningError(f"{len(keys)} objects but {len(scores)} scores")
+    if count < 1:
+        raise ActiveLearningError(f"count must be at least 1, not {count}")
+    order = sorted(range(len(keys)), key=lambda i: (-float(scores[i]), keys[i]))
+    return [Ranked(rank=n, key=keys[i], score=float(scores[i])) for n, i in enumerate(order[:count], start=1)]
+
+
+# ---- which objects are already labeled --------------------------------------------------------------
+def source_keys(source: Any) -> set[str]:
+    """The identities a manifest ``source`` names: an Orthanc ID as given, the SOP (else series) Instance UID
+    of a UID JSON source."""
+    if not isinstance(source, str) or not source.strip():
+        return set()
+    text = source.strip()
+    if text.startswith("{"):
+        try:
+            uids = json.loads(text)
+        except ValueError:
+            return {text}
+        if isinstance(uids, Mapping):
+            uid = uids.get("SOPInstanceUID") or uids.get("SeriesInstanceUID")
+            return {str(uid)} if uid else set()
+    return {text}
+
+
+def labeled_keys(lines: Iterable[Mapping[str, Any]], label_attribute: str) -> set[str]:
+    """Every object an output manifest's lines hold a ``label_attribute`` answer for (also the DICOM UIDs the
+    consolidation recorded in it), so that a PACS object is matched however the manifest named it."""
+    keys: set[str] = set()
+    for line in lines:
+        content = line.get(label_attribute)
+        if content is None:
+            continue
+        for k in ("source", "source-ref"):
+            keys |= source_keys(line.get(k))
+        dicom = content.get("dicom") if isinstance(content, Mapping) else None
+        if isinstance(dicom, Mapping):
+            uid = dicom.get("SOPInstanceUID") or dicom.get("SeriesInstanceUID")
+            if uid:
+                keys.add(str(uid))
+    return keys
+
+
+# ---- the objects to choose from, and the next job's manifest ---------------------------------------
+@dataclass(frozen=True)
+class Candidate:
+    """One image in the PACS that could be labeled next."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+
+    @property
+    def orthanc_id(self) -> str:
+        from dicomflow.dicom.orthanc import orthanc_id
+
+        return orthanc_id(self.patient_id, self.study_uid, self.series_uid, self.sop_uid)
+
+    def source(self, source_format: str) -> str | dict[str, str]:
+        if source_format == "uids":
+            return {"StudyInstanceUID": self.study_uid, "SeriesInstanceUID": self.series_uid,
+                    "SOPInstanceUID": self.sop_uid}
+        return self.orthanc_id
+
+
+def candidates(client: Any, filters: Mapping[str, str]) -> list[Candidate]:
+    """Every image instance the QIDO query ``filters`` finds, in the PACS's order, once each."""
+    from dicomflow.dicom import dicomweb
+    from dicomflow.dicom import json as dj
+
+    found = dicomweb.search_instances(client, None, None, get_remaining=True,
+                                      fields=["PatientID", "StudyInstanceUID", "SeriesInstanceUID"], **filters)
+    out: dict[str, Candidate] = {}
+    for item in found:
+        uids = [dj.text(item, k, "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+        if all(uids) and uids[2] not in out:
+            out[uids[2]] = Candidate(dj.text(item, "PatientID", ""), *uids)
+    return list(out.values())
+
+
+def unlabeled(found: Iterable[Candidate], labeled: set[str]) -> list[Candidate]:
+    """``found`` without the objects ``labeled`` names (by SOP Instance UID or Orthanc ID)."""
+    return [c for c in found if c.sop_uid not in labeled and c.orthanc_id not in labeled]
+
+
+def manifest_lines(chosen: Sequence[Ranked], by_key: Mapping[str, Candidate], *, strategy: str,
+                   model: Mapping[str, Any], source_format: str = "orthanc-id",
+                   probabilities: Mapping[str, Mapping[str, float]] | None = None) -> list[dict[str, Any]]:
+    """The next job's input manifest lines, most worth labeling first; each carries why it was chosen under
+    ``dicomflow-active-learning`` (Ground Truth passes extra attributes on to the pre-label Lambda)."""
+    from dicomflow.groundtruth.manifest import input_line
+
+    lines = []
+    for r in chosen:
+        why: dict[str, Any] = {"strategy": strategy, "rank": r.rank, "score": round(r.score, 6),
+                               "model": dict(model), "SOPInstanceUID": r.key}
+        if probabilities and r.key in probabilities:
+            why["probabilities"] = dict(probabilities[r.key])
+        lines.append(input_line(by_key[r.key].source(source_format), **{"dicomflow-active-learning": why}))
+    return lines

@@ -1,0 +1,161 @@
+"""Class probabilities of many images in batches, for active learning: the plain forward pass and, for
+``mc-dropout``, Monte-Carlo dropout samples.
+
+The images are preprocessed exactly as the serving container preprocesses one (the artifact's recorded
+transform), and a batch gives the same probabilities as one image at a time. Monte-Carlo dropout drops
+the pooled features in front of the classifier: the feature extractor runs once per image and only the
+head runs per sample, with masks drawn from a generator seeded per call, so the same images and seed give
+the same samples. The classifier was not trained with dropout there (DenseNet121's default); the samples
+measure how much the head leans on few features, a cheaper and weaker sign than a model trained with
+dropout would give, and the README says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+import torch
+
+from dicomflow.dicom.volume import load_image
+from dicomflow.inference import findings as F
+from dicomflow.modeling.embedding import pooled_features
+
+MC_DROPOUT_RATE = 0.5
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """``probabilities`` ``(images, classes)``; ``samples`` ``(draws, images, classes)`` when asked."""
+
+    probabilities: np.ndarray
+    samples: np.ndarray | None = None
+
+
+def image_input(transform: object, ds: pydicom.Dataset) -> torch.Tensor:
+    """One image's model input as the serving container makes it (the middle frame of a multi-frame image)."""
+    array, geometry = load_image([ds])
+    if array.ndim == 3:
+        array = array[array.shape[0] // 2]
+    return transform(array, geometry.spacing[-array.ndim:])  # type: ignore[operator]
+
+
+def score_batch(network: torch.nn.Module, inputs: Sequence[torch.Tensor], *, activation: str = "sigmoid",
+                mc_samples: int = 0, dropout: float = MC_DROPOUT_RATE, seeds: Sequence[int] = ()) -> BatchScores:
+    """Probabilities of one batch of preprocessed inputs (each ``(C, H, W)``), and ``mc_samples`` dropout
+    samples of them when ``mc_samples`` > 0: image ``i``'s masks come from a generator seeded with
+    ``seeds[i]`` (default ``i``), so an image's samples do not depend on the batch it is in."""
+    if not inputs:
+        return BatchScores(np.zeros((0, 0)))
+    x = torch.stack(list(inputs))
+    with torch.inference_mode():
+        features, head = pooled_features(network, x)
+        probs = _probabilities(head(features), activation)
+        samples = None
+        if mc_samples > 0:
+            keep = 1.0 - dropout
+            masks = torch.stack([
+                torch.rand((mc_samples, features.shape[1]), generator=torch.Generator().manual_seed(
+                    int(seeds[i]) if i < len(seeds) else i)) < keep
+                for i in range(features.shape[0])], dim=1).to(features.dtype) / keep  # (draws, images, features)
+            dropped = (features.unsqueeze(0) * masks).reshape(-1, features.shape[1])
+            samples = _probabilities(head(dropped), activation).reshape(mc_samples, features.shape[0], -1)
+    return BatchScores(probs, samples)
+
+
+def image_seed(sop_uid: str, seed: int = 0) -> int:
+    """A stable per-image seed for its dropout masks (the same image and seed: the same samples)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{sop_uid}".encode()).digest()[:8], "big") & (2**63 - 1)
+
+
+def _probabilities(logits: torch.Tensor, activation: str) -> np.ndarray:
+    return np.stack([F.probabilities(row, activation) for row in logits.detach().cpu().numpy()])
+
+
+@dataclass
+class ScoredImages:
+    """What :func:`score_images` measured: the probabilities of each image it could read (by SOP Instance UID,
+    in the order given) and the reason for each it could not."""
+
+    keys: list[str]
+    probabilities: np.ndarray
+    samples: np.ndarray | None
+    failed: dict[str, str]
+
+
+def score_images(client: object, service: object, images: Sequence[tuple[str, str, str]], *, batch_size: int = 16,
+                 mc_samples: int = 0, seed: int = 0, progress: Callable[[int], None] | None = None) -> ScoredImages:
+    """``images`` (study, series, SOP Instance UIDs) retrieved over DICOMweb from ``client`` and scored by the
+    classifier of ``service`` (an :class:`~dicomflow.inference.service.InferenceService`) ``batch_size`` at a
+    time; an image that cannot be retrieved or decoded is listed in ``failed`` and the others go on.
+    ``progress(n)`` is called after each image with how many were done."""
+    from dicomflow.dicom import dicomweb
+    from dicomflow.dicom.errors import PacsError
+    from dicomflow.dicom.geometry import GeometryError
+    from dicomflow.dicom.volume import NotAnImageError
+
+    keys: list[str] = []
+    probs: list[np.ndarray] = []
+    draws: list[np.ndarray] = []
+    failed: dict[str, str] = {}
+    batch: list[tuple[str, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        scores = score_batch(service.network, [x for _, x in batch], activation=service.activation,  # type: ignore[attr-defined]
+                             mc_samples=mc_samples, seeds=[image_seed(k, seed) for k, _ in batch])
+        keys.extend(k for k, _ in batch)
+        probs.append(scores.probabilities)
+        if scores.samples is not None:
+            draws.append(scores.samples)
+        batch.clear()
+
+    for done, (study, series, sop) in enumerate(images, start=1):
+        try:
+            ds = dicomweb.retrieve_instance(client, study, series, sop)  # type: ignore[arg-type]
+            batch.append((sop, image_input(service.transform, ds)))  # type: ignore[attr-defined]
+        except (PacsError, GeometryError, NotAnImageError, ValueError) as exc:
+            failed[sop] = str(exc)[:300]
+        if len(batch) >= batch_size:
+            flush()
+        if progress:
+            progress(done)
+    flush()
+    classes = len(service.labels)  # type: ignore[attr-defined]
+    return ScoredImages(keys, np.concatenate(probs) if probs else np.zeros((0, classes)),
+                        np.concatenate(draws, axis=1) if draws else None, failed)
+
+
+def load_classifier(model: str) -> tuple[object, dict[str, str]]:
+    """The :class:`~dicomflow.inference.service.InferenceService` of ``model`` and what to call it: a local
+    artifact directory or ``model.tar.gz``, an ``s3://`` ``model.tar.gz``, or a Model Registry package group
+    (its newest approved version). Refuses a model that is not an image classifier."""
+    import tempfile
+    from pathlib import Path
+
+    from dicomflow import aws
+    from dicomflow.inference.errors import BadRequest
+    from dicomflow.inference.service import InferenceService
+    from dicomflow.modeling import registry
+
+    source, version = model, None
+    if not model.startswith("s3://") and not Path(model).exists():
+        if "/" in model or model.endswith((".tar.gz", ".tgz")):
+            raise BadRequest(f"{model}: no such file or directory (give an artifact directory, a model.tar.gz, "
+                             "an s3:// model.tar.gz or a model package group)")
+        approved = registry.latest_approved(registry.check_group(model))
+        source, version = approved.model_data, str(approved.version)
+    if source.startswith("s3://"):
+        local = Path(tempfile.mkdtemp(prefix="dicomflow-score-")) / "model.tar.gz"
+        local.write_bytes(aws.read(source))
+        source = str(local)
+    service = InferenceService.from_model_dir(source, name=Path(model).name if version is None else model)
+    if service.task != "classification2d":
+        raise BadRequest(f"{model} is a {service.task} model; active learning scores images with a "
+                         "classification2d model")
+    return service, {"name": service.name, "version": version or service.embedding_model["version"],
+                     "source": model}
