@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dicomflow import aws
@@ -118,48 +117,32 @@ def next_cmd(ctx: click.Context, model: str, queries: tuple[str, ...], count: in
     if exclude_labeled:
         labeled = _labeled(settings.data_dir, label_attribute, labeled_uris)
     client = dicomweb.connect(pacs_for(settings))
-    found = active.candidates(client, filters)
-    pool = active.unlabeled(found, labeled)
-    if not pool:
-        what = " ".join(queries) or "(no filter)"
-        raise active.ActiveLearningError(
-            f"no unlabeled image on the PACS matches {what} ({len(found)} found, all labeled under "
-            f"{label_attribute!r}); nothing written")
     service, model_id = scoring.load_classifier(model)
     with Progress(TextColumn(f"scoring with {model_id['name']}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=as_json) as progress:
-        bar = progress.add_task("score", total=len(pool))
-        scored = scoring.score_images(client, service, [(c.study_uid, c.series_uid, c.sop_uid) for c in pool],
-                                      batch_size=batch_size, mc_samples=samples if strategy == "mc-dropout" else 0,
-                                      seed=seed, progress=lambda done: progress.update(bar, completed=done))
-    if not scored.keys:
-        raise active.ActiveLearningError(f"none of the {len(pool)} images could be scored; first: "
-                                         f"{next(iter(scored.failed.values()))}")
-    scores = active.uncertainty(scored.probabilities, strategy, activation=service.activation,
-                                samples=scored.samples, seed=seed)
-    chosen = active.rank(scored.keys, list(scores), count)
-    labels = service.labels
-    probs = {k: {c: round(float(p), 4) for c, p in zip(labels, row, strict=True)}
-             for k, row in zip(scored.keys, scored.probabilities, strict=True)}
-    lines = active.manifest_lines(chosen, {c.sop_uid: c for c in pool}, strategy=strategy, model=model_id,
-                                  source_format=source_format, probabilities=probs)
+        bar = progress.add_task("score", total=None)
+
+        def score(pool: list[active.Candidate]) -> active.Scored:
+            progress.update(bar, total=len(pool))
+            return scoring.score_images(client, service, [(c.study_uid, c.series_uid, c.sop_uid) for c in pool],
+                                        batch_size=batch_size, mc_samples=samples if strategy == "mc-dropout" else 0,
+                                        seed=seed, progress=lambda done: progress.update(bar, completed=done))
+
+        batch = active.choose_next(client, filters, labeled, score, count=count, strategy=strategy,
+                                   labels=service.labels, activation=service.activation, model=model_id,
+                                   source_format=source_format, seed=seed)
     if target == "-":
-        sys.stdout.buffer.write(manifest.dumps_jsonl(lines))
+        sys.stdout.buffer.write(manifest.dumps_jsonl(batch.lines))
         return
-    manifest.write_jsonl_s3(target, lines)
-    picked = [r.score for r in chosen]
-    summary = {"to": target, "strategy": strategy, "explanation": active.EXPLAIN[strategy], "model": model_id,
-               "found": len(found), "labeled": len(found) - len(pool), "scored": len(scored.keys),
-               "failed": scored.failed, "chosen": len(chosen),
-               "scoreMean": {"chosen": round(float(np.mean(picked)), 6), "pool": round(float(np.mean(scores)), 6)},
-               "ranking": [{"rank": r.rank, "SOPInstanceUID": r.key, "score": round(r.score, 6),
-                            "probabilities": probs[r.key]} for r in chosen]}
+    manifest.write_jsonl_s3(target, batch.lines)
+    summary = {"to": target, **batch.summary()}
     if as_json:
         print_json(summary)
         return
-    out.print(f"{len(found)} image(s) match, {summary['labeled']} already labeled under {label_attribute!r}, "
-                  f"{len(scored.keys)} scored ({len(scored.failed)} failed); ranked by {strategy}: "
-                  f"{active.EXPLAIN[strategy]}", highlight=False, soft_wrap=True)
+    chosen, probs = batch.chosen, batch.probabilities
+    out.print(f"{summary['found']} image(s) match, {summary['labeled']} already labeled under {label_attribute!r}, "
+              f"{summary['scored']} scored ({len(summary['failed'])} failed); ranked by {strategy}: "
+              f"{active.EXPLAIN[strategy]}", highlight=False, soft_wrap=True)
     for r in chosen[:20]:  # plain lines: a UID stays whole for copying
         row = probs[r.key]
         cls = min(row, key=lambda c: abs(row[c] - 0.5))
@@ -168,9 +151,9 @@ def next_cmd(ctx: click.Context, model: str, queries: tuple[str, ...], count: in
     if len(chosen) > 20:
         out.print(f"… and {len(chosen) - 20} more in the manifest", highlight=False)
     out.print(f"mean score {summary['scoreMean']['chosen']:.4f} chosen against {summary['scoreMean']['pool']:.4f} "
-                  f"over all {len(scored.keys)} scored; wrote {len(lines)} line(s) to {target}",
-                  highlight=False, soft_wrap=True)
-    for sop, why in list(scored.failed.items())[:10]:
+              f"over all {summary['scored']} scored; wrote {len(batch.lines)} line(s) to {target}",
+              highlight=False, soft_wrap=True)
+    for sop, why in list(summary["failed"].items())[:10]:
         out.print(f"[yellow]not scored[/yellow] {sop}: {why}", highlight=False, soft_wrap=True)
 
 

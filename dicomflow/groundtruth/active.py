@@ -17,9 +17,9 @@ the chosen scores again, as MONAI Label's epistemic strategy does, would throw t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -196,3 +196,66 @@ def manifest_lines(chosen: Sequence[Ranked], by_key: Mapping[str, Candidate], *,
             why["probabilities"] = dict(probabilities[r.key])
         lines.append(input_line(by_key[r.key].source(source_format), **{"dicomflow-active-learning": why}))
     return lines
+
+
+class Scored(Protocol):
+    """A scorer's answer for some candidates (e.g. :class:`dicomflow.inference.scoring.ScoredImages`):
+    probabilities ``(scored, classes)`` of ``keys`` (SOP Instance UIDs), dropout ``samples``
+    ``(draws, scored, classes)`` or None, and why each other candidate ``failed``."""
+
+    keys: list[str]
+    probabilities: Any
+    samples: Any
+    failed: dict[str, str]
+
+
+@dataclass
+class NextBatch:
+    """What :func:`choose_next` found, scored and chose, and the next job's manifest lines."""
+
+    strategy: str
+    model: dict[str, Any]
+    found: int
+    labeled: int
+    scored: Scored
+    scores: np.ndarray
+    chosen: list[Ranked]
+    probabilities: dict[str, dict[str, float]]
+    lines: list[dict[str, Any]]
+
+    def summary(self) -> dict[str, Any]:
+        picked = [r.score for r in self.chosen]
+        return {"strategy": self.strategy, "explanation": EXPLAIN[self.strategy], "model": self.model,
+                "found": self.found, "labeled": self.labeled, "scored": len(self.scored.keys),
+                "failed": self.scored.failed, "chosen": len(self.chosen),
+                "scoreMean": {"chosen": round(float(np.mean(picked)), 6),
+                              "pool": round(float(np.mean(self.scores)), 6)},
+                "ranking": [{"rank": r.rank, "SOPInstanceUID": r.key, "score": round(r.score, 6),
+                             "probabilities": self.probabilities[r.key]} for r in self.chosen]}
+
+
+def choose_next(client: Any, filters: Mapping[str, str], labeled: set[str],
+                score: Callable[[list[Candidate]], Scored], *, count: int, strategy: str, labels: Sequence[str],
+                activation: str = "sigmoid", model: Mapping[str, Any] | None = None, source_format: str = "orthanc-id",
+                seed: int = 0) -> NextBatch:
+    """The ``count`` images of the QIDO query ``filters`` most worth labeling by ``strategy``, leaving out
+    ``labeled`` (:func:`labeled_keys`); ``score`` gives the model's probabilities of the candidates."""
+    found = candidates(client, filters)
+    pool = unlabeled(found, labeled)
+    what = " ".join(f"{k}={v}" for k, v in filters.items()) or "(no filter)"
+    if not found:
+        raise ActiveLearningError(f"no image on the PACS matches {what}; nothing written (check the query)")
+    if not pool:
+        raise ActiveLearningError(f"all {len(found)} images matching {what} are labeled already; nothing written")
+    scored = score(pool)
+    if not scored.keys:
+        raise ActiveLearningError(f"none of the {len(pool)} images could be scored; first: "
+                                  f"{next(iter(scored.failed.values()), 'no reason given')}")
+    scores = uncertainty(scored.probabilities, strategy, activation=activation, samples=scored.samples, seed=seed)
+    chosen = rank(scored.keys, list(scores), count)
+    probs = {k: {c: round(float(p), 4) for c, p in zip(labels, row, strict=True)}
+             for k, row in zip(scored.keys, scored.probabilities, strict=True)}
+    model = dict(model or {})
+    lines = manifest_lines(chosen, {c.sop_uid: c for c in pool}, strategy=strategy, model=model,
+                           source_format=source_format, probabilities=probs)
+    return NextBatch(strategy, model, len(found), len(found) - len(pool), scored, scores, chosen, probs, lines)

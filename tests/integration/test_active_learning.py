@@ -109,4 +109,4 @@ def test_label_next_prints_a_manifest_and_explains_a_failed_choice(pool) -> None
     r = _cli("label", "next", "--model", str(pool["model_dir"]), "--query", "PatientID=NOBODY-HERE", "--count", "2",
              "--to", "-")
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    assert "no unlabeled image on the PACS matches PatientID=NOBODY-HERE" in r.stderr
+    assert "no image on the PACS matches PatientID=NOBODY-HERE" in r.stderr
