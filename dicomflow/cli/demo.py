@@ -215,6 +215,15 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
                       f"{row.get('minInstances')}..{row.get('maxInstances')}" if "maxInstances" in row else "fixed",
                       _fmt(row.get("backlog"), "g"))
     console.print(scale)
+    if "activeLearning" in r:
+        al = r["activeLearning"]
+        console.print(Panel.fit(
+            f"next chest round: {al['chosen']} of the {al['scored']} images no job has labeled, chosen by "
+            f"{al['strategy']} (mean score {al['scoreMean']['chosen']:.3f} against {al['scoreMean']['pool']:.3f}); "
+            f"the model's mean probability error on them {_fmt(al['meanErrorChosen'], '.3f')} against "
+            f"{_fmt(al['meanErrorRest'], '.3f')} on the others\nmanifest {al['manifest']}",
+            title="active learning", border_style="cyan"), highlight=False)
+        console.print(al["command"], soft_wrap=True, highlight=False)
     if "routing" in r:
         ro = r["routing"]
         console.print(Panel.fit(

@@ -450,6 +450,45 @@ def register_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]
 
 
 # ---- 6. inference -----------------------------------------------------------------------------------
+def choose_next_round(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Active learning: the approved chest model scores the chest images no job has labeled yet and writes the
+    next labeling job's input manifest, most uncertain first (``dicomflow label next``). The demo then reads the
+    seeder's truth to show whether the images chosen are the ones the model gets wrong."""
+    from dicomflow.dicom import dicomweb
+    from dicomflow.groundtruth import active
+    from dicomflow.inference import scoring
+
+    group = ctx.results["registry"]["classification2d"]["group"]
+    labeled = active.labeled_keys(manifest.read_jsonl_s3(ctx.results["labeling"]["outputManifest"]),
+                                  ctx.config.label_attribute)
+    count = max(1, len(ctx.chest_holdout) // 2)
+    with hooks.step(f"active learning: the {count} unlabeled chest images the model is least sure of") as st:
+        service, model_id = scoring.load_classifier(group)
+        client = dicomweb.connect(ctx.pacs)
+        batch = active.choose_next(
+            client, {"Modality": "CR"}, labeled,
+            lambda pool: scoring.score_images(client, service, [(c.study_uid, c.series_uid, c.sop_uid) for c in pool]),
+            count=count, strategy="entropy", labels=service.labels, activation=service.activation, model=model_id)
+        uri = _uri("LabelingInputUri", ctx, f"{ctx.config.tag}/next-round.manifest")
+        manifest.write_jsonl_s3(uri, batch.lines)
+        st.log(f"next round's manifest {uri}")
+    truth = {s.entry["SOPInstanceUID"]: set(s.entry["labels"]) for s in ctx.chest_holdout}
+    chosen = {r.key for r in batch.chosen}
+
+    def error(keys: list[str]) -> float | None:
+        errs = [np.mean([abs(p - float(c in truth[k])) for c, p in batch.probabilities[k].items()])
+                for k in keys if k in truth]
+        return float(np.mean(errs)) if errs else None
+
+    ctx.results["activeLearning"] = {
+        **batch.summary(), "manifest": uri, "group": group,
+        "meanErrorChosen": error([k for k in batch.scored.keys if k in chosen]),
+        "meanErrorRest": error([k for k in batch.scored.keys if k not in chosen]),
+        "command": f"dicomflow label next --model {group} --query Modality=CR --count {count} --label-attribute "
+                   f"{ctx.config.label_attribute} --labeled {ctx.results['labeling']['outputManifest']} --to {uri}"}
+    return ctx.results["activeLearning"]
+
+
 def endpoint_name(ctx: DemoContext, task: str) -> str:
     return f"{ctx.config.tag}-{'chest' if task == 'classification2d' else 'hippocampus'}"
 
@@ -910,9 +949,9 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
-    deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models,
-    register_models, deploy_endpoints, route_new_studies, run_inference, open_viewer, index_images, ingest_for_search,
-    open_search_page, run_batch_transform, serve_from_one_endpoint]
+    deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models, register_models,
+    choose_next_round, deploy_endpoints, route_new_studies, run_inference, open_viewer, index_images,
+    ingest_for_search, open_search_page, run_batch_transform, serve_from_one_endpoint]
 
 
 def run(ctx: DemoContext, hooks: Hooks | None = None) -> dict[str, Any]:

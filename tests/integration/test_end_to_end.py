@@ -125,6 +125,17 @@ def test_whole_loop_small(local_cloud) -> None:
     registered = loop.register_models(ctx, hooks)
     assert {r["status"] for r in registered.values()} == {"Approved"}
     assert loop.register_models(ctx, hooks) == registered  # a re-run registers nothing new
+    # active learning: the approved chest model ranks the chest images no job labelled, most uncertain first
+    nxt = loop.choose_next_round(ctx, hooks)
+    trained_on = {line["findings"]["dicom"]["SOPInstanceUID"] for line in lines}
+    assert nxt["labeled"] == len(trained_on) == 16 and nxt["chosen"] == 2 and not nxt["failed"], nxt
+    ranking = nxt["ranking"]
+    assert not trained_on & {r["SOPInstanceUID"] for r in ranking}
+    assert [r["score"] for r in ranking] == sorted((r["score"] for r in ranking), reverse=True)
+    assert nxt["model"]["version"] == str(registered["classification2d"]["version"])
+    next_lines = manifest.read_jsonl_s3(nxt["manifest"])
+    assert [x["dicomflow-active-learning"]["SOPInstanceUID"] for x in next_lines] == [r["SOPInstanceUID"]
+                                                                                       for r in ranking]
     deployed = loop.deploy_endpoints(ctx, hooks)
     # auto-routing: the held-out MR series arrive by C-STORE and are analysed with no inference call
     routed = loop.route_new_studies(ctx, hooks)
