@@ -1,0 +1,60 @@
+"""Outlines -> masks on hand-made cases, and the fusion of several workers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dicomflow.groundtruth import masks
+
+
+def test_a_square_covers_the_pixels_whose_centres_it_holds() -> None:
+    got = masks.rasterise([[[2, 2], [6, 2], [6, 5], [2, 5]]], 8, 8)
+    expected = np.zeros((8, 8), bool)
+    expected[2:5, 2:6] = True  # rows 2-4, columns 2-5
+    assert np.array_equal(got, expected)
+
+
+def test_a_ring_has_its_hole_and_a_triangle_its_half() -> None:
+    ring = masks.rasterise([[[0, 0], [10, 0], [10, 10], [0, 10]], [[3, 3], [7, 3], [7, 7], [3, 7]]], 10, 10)
+    assert ring.sum() == 100 - 16 and not ring[3:7, 3:7].any() and ring[0].all()
+    tri = masks.rasterise([[[0, 0], [10, 0], [0, 10]]], 10, 10)  # below the anti-diagonal: r + c < 9.5 - 0.5
+    assert np.array_equal(tri, np.add.outer(np.arange(10), np.arange(10)) < 9)
+
+
+def test_outlines_off_the_image_or_degenerate_change_nothing() -> None:
+    assert not masks.rasterise([[[20, 20], [30, 20], [30, 30]], [[1, 1], [2, 2]]], 8, 8).any()
+    clipped = masks.rasterise([[[-5, -5], [3, -5], [3, 3], [-5, 3]]], 8, 8)
+    assert clipped.sum() == 9 and clipped[:3, :3].all()
+
+
+def test_a_worker_volume_puts_each_outline_on_its_slice_and_structure() -> None:
+    rois = [{"type": "freehand", "label": "posterior", "sopInstanceUID": "1.2.3", "points": [[0, 0], [4, 0], [4, 4],
+                                                                                          [0, 4]]},
+            {"type": "freehand", "label": "anterior", "sopInstanceUID": "1.2.1", "points": [[1, 1], [3, 1], [3, 3],
+                                                                                         [1, 3]]},
+            {"type": "freehand", "label": "other", "sopInstanceUID": "1.2.1", "points": [[0, 0], [4, 0], [0, 4]]},
+            {"type": "rectangle", "label": "anterior", "sopInstanceUID": "1.2.2", "x": 0, "y": 0, "width": 4,
+             "height": 4},
+            {"type": "freehand", "label": "anterior", "sopInstanceUID": "9.9.9", "points": [[0, 0], [4, 0], [0, 4]]}]
+    vol = masks.worker_volume(rois, ["1.2.1", "1.2.2", "1.2.3"], (3, 6, 6), ["anterior", "posterior"])
+    assert (vol[0] == 1).sum() == 4 and vol[0][1:3, 1:3].all() and (vol[0] == 2).sum() == 0
+    assert not vol[1].any() and (vol[2] == 2).sum() == 16
+
+
+def test_three_workers_fuse_by_majority_and_the_outlier_shows_in_the_agreement() -> None:
+    base = np.zeros((2, 10, 10), np.uint8)
+    a, b, outlier = base.copy(), base.copy(), base.copy()
+    a[0, 2:6, 2:6] = 1
+    b[0, 2:6, 3:7] = 1
+    outlier[1, 0:3, 0:3] = 1  # outlined the wrong slice
+    fused = masks.fuse([a, b, outlier], 2)
+    assert np.array_equal(fused == 1, (a == 1) & (b == 1))  # two of three
+    report = masks.agreement({"w1": a, "w2": b, "w3": outlier}, fused, ["anterior", "posterior"])
+    ant = report["structures"]["anterior"]
+    assert ant["interAnnotatorDice"] == pytest.approx((0.75 + 0 + 0) / 3, abs=1e-4)
+    assert ant["workerDice"]["w3"] == 0.0 and ant["workerDice"]["w1"] > 0.8
+    assert report["structures"]["posterior"]["interAnnotatorDice"] is None  # nobody drew it: nothing to compare
+    assert masks.fuse([a], 2).sum() == a.sum()
+    with pytest.raises(ValueError):
+        masks.fuse([], 2)
