@@ -340,9 +340,10 @@ def consolidate(answers: Sequence[WorkerAnswer], label_set: Sequence[str] | None
     return content
 
 
-def consolidate_object(annotations: Iterable[Mapping[str, Any]], label_set: Sequence[str] | None,
-                       threshold: float) -> dict[str, Any]:
-    """Consolidate GT's ``annotations`` list (``workerId`` + ``annotationData.content``) for one object."""
+def parse_annotations(annotations: Iterable[Mapping[str, Any]], label_set: Sequence[str] | None
+                      ) -> tuple[list[WorkerAnswer], dict[str, int]]:
+    """GT's ``annotations`` list (``workerId`` + ``annotationData.content``) for one object: the valid answers
+    (one per worker) and how many were skipped, by reason."""
     answers: list[WorkerAnswer] = []
     seen: set[str] = set()
     skipped: dict[str, int] = {}
@@ -362,6 +363,13 @@ def consolidate_object(annotations: Iterable[Mapping[str, Any]], label_set: Sequ
             skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
             continue
         seen.add(worker)
+    return answers, skipped
+
+
+def consolidate_object(annotations: Iterable[Mapping[str, Any]], label_set: Sequence[str] | None,
+                       threshold: float) -> dict[str, Any]:
+    """Consolidate GT's ``annotations`` list (``workerId`` + ``annotationData.content``) for one object."""
+    answers, skipped = parse_annotations(annotations, label_set)
     return consolidate(answers, label_set, threshold, skipped)
 
 
@@ -399,9 +407,19 @@ def dicom_reference(data_object: Any, resolver: Callable[[str], Any] | None) -> 
     return ref
 
 
+#: ``segment(dicom reference, answers, structures)`` -> what the consolidated label records of the SEG it stored
+Segmenter = Callable[[Mapping[str, str], Sequence[WorkerAnswer], Sequence[str]], Mapping[str, Any]]
+
+
 def consolidation_response(event: Mapping[str, Any], payload: Any, threshold: float,
-                           resolver: Callable[[str], Any] | None = None) -> list[dict[str, Any]]:
-    """GT's consolidation response for a payload (the list read from ``payload.s3Uri``)."""
+                           resolver: Callable[[str], Any] | None = None,
+                           segment: Segmenter | None = None) -> list[dict[str, Any]]:
+    """GT's consolidation response for a payload (the list read from ``payload.s3Uri``).
+
+    A series whose answers hold outlines is also segmented by ``segment`` (the label categories are its
+    structures): its SEG's reference and the workers' agreement join the content. When that fails the
+    object keeps its consolidated outlines and ``segmentationError`` says why; nothing is lost.
+    """
     from dicomflow.groundtruth.labels import label_set_from_categories
 
     attribute = event.get("labelAttributeName")
@@ -417,11 +435,18 @@ def consolidation_response(event: Mapping[str, Any], payload: Any, threshold: fl
                 or isinstance(item.get("datasetObjectId"), bool | dict | list):
             raise ConsolidationError("a payload entry lacks datasetObjectId (a string or number naming the object)")
         annotations = item.get("annotations") or []
-        content = consolidate_object(annotations if isinstance(annotations, list) else [annotations],
-                                     label_set, threshold)
+        answers, skipped = parse_annotations(annotations if isinstance(annotations, list) else [annotations],
+                                             label_set)
+        content = consolidate(answers, label_set, threshold, skipped)
         ref = dicom_reference(item.get("dataObject"), resolver)
         if ref is not None:
             content["dicom"] = ref
+        if segment is not None and ref is not None and "SOPInstanceUID" not in ref and label_set \
+                and any(r.get("type") == "freehand" for a in answers for r in a.rois):
+            try:
+                content.update(segment(ref, answers, list(label_set)))
+            except (DicomflowError, ValueError) as exc:
+                content["segmentationError"] = str(exc)[:500]
         response.append({"datasetObjectId": str(item["datasetObjectId"]),
                          "consolidatedAnnotation": {"content": {attribute: content}}})
     return response

@@ -49,7 +49,9 @@ PACKAGE_ROOT = REPO_ROOT / "dicomflow"
 #: for botocore's sake, and they are large).
 RUNTIME_PROVIDED = frozenset({"boto3", "botocore", "s3transfer", "jmespath", "python-dateutil", "six", "urllib3"})
 #: Never allowed in a Lambda zip.
-FORBIDDEN = frozenset({"torch", "monai", "torchvision", "tensorboard", "sagemaker", "moto", "highdicom", "nibabel"})
+#: never in a Lambda: the ML stack and the host-only tools (highdicom, a DICOM encoder, is allowed: the
+#: consolidation Lambda writes the SEG of a series the workers outlined)
+FORBIDDEN = frozenset({"torch", "monai", "torchvision", "tensorboard", "sagemaker", "moto", "nibabel"})
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 LAMBDA_PLATFORM = ("manylinux2014_x86_64", "3.11")
 DEPS_MODES = ("venv", "pip", "none")

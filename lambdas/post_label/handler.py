@@ -8,7 +8,8 @@ The payload object is a list of ``{"datasetObjectId", "dataObject", "annotations
 ``DICOMFLOW_VOTE_THRESHOLD``, ties, ROI clustering) are in ``dicomflow.groundtruth.consolidation``.
 
 Garbled or empty worker answers are skipped and counted per object, never fatal. When the PACS is
-configured, Orthanc-ID sources are resolved to UIDs (+ PatientID) for the ``dicom`` block.
+configured, Orthanc-ID sources are resolved to UIDs (+ PatientID) for the ``dicom`` block, and a series the
+workers outlined becomes a DICOM SEG stored into its study (``dicomflow.groundtruth.segmentation``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,22 @@ def _resolver() -> Any:
         return None
 
 
+def _segmenter(job: str) -> consolidation.Segmenter | None:
+    """Outlined series become a SEG stored into their study, when a PACS is configured."""
+    try:
+        conn = pacs_connection()
+    except ConfigError:
+        return None
+
+    def segment(ref, answers, structures):  # noqa: ANN001, ANN202 - the Segmenter signature
+        from dicomflow.dicom import dicomweb
+        from dicomflow.groundtruth.segmentation import consolidate_series
+
+        return consolidate_series(dicomweb.connect(conn), ref, answers, structures, job)
+
+    return segment
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> list[dict[str, Any]]:
     """Read the payload from S3, consolidate each object, return GT's consolidation response."""
     started = time.perf_counter()
@@ -54,7 +71,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> list[dict[str, Any]]:
             for item in (payload if isinstance(payload, list) else [])
         )
         response = consolidation.consolidation_response(
-            event, payload, consolidation.vote_threshold(), _resolver() if needs_pacs else None)
+            event, payload, consolidation.vote_threshold(), _resolver() if needs_pacs else None,
+            _segmenter(str(event.get("labelingJobArn") or "")))
     except DicomflowError as exc:
         log.error(json.dumps({"event": "consolidation-failed", "error": type(exc).__name__, "message": str(exc)}))
         raise

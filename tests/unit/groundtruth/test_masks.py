@@ -58,3 +58,26 @@ def test_three_workers_fuse_by_majority_and_the_outlier_shows_in_the_agreement()
     assert masks.fuse([a], 2).sum() == a.sum()
     with pytest.raises(ValueError):
         masks.fuse([], 2)
+
+
+def test_an_outline_on_an_oblique_series_lands_on_its_slice() -> None:
+    import math
+
+    from dicomflow.demo import synthetic
+    from dicomflow.groundtruth.segmentation import _slices
+
+    datasets = synthetic.hippocampus_series(1, seed=5, shape=(8, 12, 10))[0].datasets
+    c, s = math.cos(math.radians(30)), math.sin(math.radians(30))
+    row, col = (c, 0.0, -s), (0.0, 1.0, 0.0)
+    normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0])
+    for k, ds in enumerate(datasets):  # positions along the oblique normal, sent in reverse order
+        ds.ImageOrientationPatient = [*row, *col]
+        ds.ImagePositionPatient = [10 + 3 * k * n for n in normal]
+    shuffled = list(reversed(datasets))
+    ordered = _slices(shuffled, "1.2.3")
+    assert [ds.SOPInstanceUID for ds in ordered] == [ds.SOPInstanceUID for ds in datasets]
+    target = datasets[3].SOPInstanceUID
+    rois = [{"type": "freehand", "label": "anterior", "sopInstanceUID": target,
+             "points": [[1, 1], [5, 1], [5, 4], [1, 4]]}]
+    vol = masks.worker_volume(rois, [str(d.SOPInstanceUID) for d in ordered], (8, 12, 10), ["anterior"])
+    assert vol[3].sum() == 12 and vol.sum() == 12
