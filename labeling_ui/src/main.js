@@ -32,6 +32,7 @@ import {
   ZoomTool,
 } from '@cornerstonejs/tools';
 
+import { fillGaps } from './outlines.js';
 import { absoluteUrl, normalizeTask } from './task.js';
 
 const VIEWPORT_ID = 'dicomflow-main';
@@ -107,6 +108,12 @@ function buildLayout(root, task) {
     h('button', { type: 'button', class: 'df-action', 'data-action': 'reset', onclick: reset }, 'Reset'),
     h('button', { type: 'button', class: 'df-action', 'data-action': 'undo-roi', onclick: removeLastRoi },
       'Undo ROI'),
+    task.images.length > 1 ? [
+      h('button', { type: 'button', class: 'df-action', 'data-action': 'copy-next', onclick: copyToNextSlice },
+        'Copy outline to next slice'),
+      h('button', { type: 'button', class: 'df-action', 'data-action': 'interpolate', onclick: interpolateOutlines },
+        'Interpolate between slices'),
+    ] : [],
     h('label', { class: 'df-roi' }, 'ROI label ', ui.roiSelect),
     h('span', { class: 'df-spacer' }),
     h('button', { type: 'button', class: 'df-action', 'aria-label': 'previous slice', onclick: () => step(-1) },
@@ -171,10 +178,11 @@ function refreshSliceCheckboxes() {
   for (const cb of ui.sliceBox.querySelectorAll('input[type=checkbox]')) cb.checked = set.has(cb.dataset.label);
 }
 
+/** Labels ticked plus ROIs drawn: an answer needs at least one (a segmentation task has only outlines). */
 function labelCount() {
   let n = state.imageLabels.size;
   for (const s of state.sliceLabels.values()) n += s.size;
-  return n;
+  return n + (state.viewport ? collectRois().length : 0);
 }
 
 // --------------------------------------------------------------------------------------------- ROIs
@@ -207,6 +215,75 @@ function collectRois() {
     }
   }
   return rois;
+}
+
+/** The freehand outlines on the series, in image coordinates: [{annotation, slice, label, points}]. */
+function freehandOutlines() {
+  const out = [];
+  for (const a of csAnnotation.state.getAllAnnotations() || []) {
+    if (a.metadata?.toolName !== PlanarFreehandROITool.toolName) continue;
+    const imageId = a.metadata?.referencedImageId;
+    const slice = state.imageIds.indexOf(imageId);
+    const poly = a.data?.contour?.polyline || a.data?.polyline || [];
+    if (slice < 0 || poly.length < 3) continue;
+    out.push({ annotation: a, slice, label: a.data?.dicomflowLabel || state.roiLabel,
+      points: poly.map((p) => toImageXY(imageId, p)) });
+  }
+  return out;
+}
+
+/** A closed freehand outline (image coordinates) on slice ``slice``, as if the worker had drawn it. */
+function addOutline(slice, label, points, how) {
+  const imageId = state.imageIds[slice];
+  const cam = state.viewport.getCamera();
+  const polyline = points.map((p) => csUtils.imageToWorldCoords(imageId, p));
+  const plane = metaData.get('imagePlaneModule', imageId) || {};
+  csAnnotation.state.addAnnotation({
+    annotationUID: csUtils.uuidv4(),
+    highlighted: false, invalidated: true, isLocked: false, isVisible: true,
+    metadata: { toolName: PlanarFreehandROITool.toolName, referencedImageId: imageId,
+      FrameOfReferenceUID: plane.frameOfReferenceUID, viewPlaneNormal: [...cam.viewPlaneNormal],
+      viewUp: [...cam.viewUp] },
+    data: { handles: { points: [], activeHandleIndex: null,
+      textBox: { hasMoved: false, worldPosition: [0, 0, 0],
+        worldBoundingBox: { topLeft: [0, 0, 0], topRight: [0, 0, 0], bottomLeft: [0, 0, 0], bottomRight: [0, 0, 0] } } },
+    contour: { polyline, closed: true }, label, dicomflowLabel: label, dicomflowMade: how, cachedStats: {} },
+  }, ui.element);
+}
+
+/** Copy the current slice's outlines to the next slice and go there (the worker then adjusts them). */
+async function copyToNextSlice() {
+  const here = flags.sliceIndex;
+  if (here + 1 >= state.imageIds.length) return 0;
+  const mine = freehandOutlines().filter((o) => o.slice === here);
+  for (const o of mine) addOutline(here + 1, o.label, o.points, 'copied');
+  await setSlice(here + 1);
+  state.viewport.render();
+  updateAnswer();
+  return mine.length;
+}
+
+/** Fill every slice between two outlined slices of a label with a blend of the two outlines. */
+function interpolateOutlines() {
+  const byLabel = new Map();
+  for (const o of freehandOutlines()) {
+    if (!byLabel.has(o.label)) byLabel.set(o.label, new Map());
+    const bySlice = byLabel.get(o.label);
+    if (!bySlice.has(o.slice)) bySlice.set(o.slice, []);
+    bySlice.get(o.slice).push(o.points);
+  }
+  let added = 0;
+  for (const [label, bySlice] of byLabel) {
+    for (const [slice, points] of fillGaps(bySlice)) {
+      addOutline(slice, label, points, 'interpolated');
+      added += 1;
+    }
+  }
+  state.viewport.render();
+  updateAnswer();
+  setStatus(added ? `${added} outline(s) interpolated: check them slice by slice` : 'Nothing to interpolate: '
+    + 'outline a structure on two slices with slices between them');
+  return added;
 }
 
 function removeLastRoi() {
@@ -251,7 +328,7 @@ function updateAnswer() {
   }
   ui.summary.textContent = n > 0
     ? `${answer.labels.length} label(s), ${answer.rois.length} ROI(s), ${Object.keys(answer.sliceLabels).length} labelled slice(s)`
-    : 'Tick at least one label to submit.';
+    : 'Tick a label or outline a structure to submit.';
   flags.labelCount = n;
   return answer;
 }
@@ -263,7 +340,7 @@ function wireForm() {
     const answer = updateAnswer();
     if (labelCount() === 0) {
       e.preventDefault();
-      setStatus('Tick at least one label before submitting.', 'error');
+      setStatus('Tick a label or outline a structure before submitting.', 'error');
       return;
     }
     flags.submitted = answer;
@@ -511,6 +588,8 @@ Object.assign(flags, {
   reset,
   scrollBenchmark,
   setRoiLabel: (l) => { state.roiLabel = l; ui.roiSelect.value = l; },
+  copyToNextSlice,
+  interpolateOutlines,
 });
 
 function boot() {

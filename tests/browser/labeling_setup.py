@@ -23,14 +23,14 @@ REPO = Path(__file__).resolve().parents[2]
 LABELS = ["No Finding", "Cardiomegaly", "Edema", "Pneumothorax", "Support Devices"]
 
 
-def deploy_lambdas(tag: str, pacs_url: str, key: str, ttl: int = 900) -> dict[str, str]:
+def deploy_lambdas(tag: str, pacs_url: str, key: str, ttl: int = 900, labels: list[str] = LABELS) -> dict[str, str]:
     """Create pre_label and post_label functions from the repo's handlers; returns their ARNs."""
     iam, lam = aws.client("iam"), aws.client("lambda")
     role = iam.create_role(RoleName=f"gt-{tag}-{uuid.uuid4().hex[:6]}", AssumeRolePolicyDocument=json.dumps({
         "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
                                                  "Principal": {"Service": "lambda.amazonaws.com"}}]}))["Role"]["Arn"]
     env = {"DICOMFLOW_GATEWAY_URL": "http://gateway.invalid/wado", "DICOMFLOW_SIGNING_KEY": key,
-           "DICOMFLOW_URL_TTL_SECONDS": str(ttl), "DICOMFLOW_LABELS": json.dumps(LABELS),
+           "DICOMFLOW_URL_TTL_SECONDS": str(ttl), "DICOMFLOW_LABELS": json.dumps(labels),
            "DICOMFLOW_PACS_URL": pacs_url}
     arns = {}
     for name in ("pre_label", "post_label"):
@@ -61,13 +61,14 @@ def store_objects(pacs, n_slices: int = 12, seed: int = 707) -> dict[str, Any]:
 
 
 def job_request(tag: str, bucket: str, lines: list[dict], arns: dict[str, str], workers: int = 1,
-                template: Path = REPO / "labeling_ui" / "template.liquid.html") -> dict[str, Any]:
+                template: Path = REPO / "labeling_ui" / "template.liquid.html",
+                labels: list[str] = LABELS) -> dict[str, Any]:
     """Upload manifest, template and label config; return the CreateLabelingJob request."""
     s3 = aws.client("s3")
     s3.put_object(Bucket=bucket, Key=f"{tag}/input.manifest",
                   Body="".join(json.dumps(line) + "\n" for line in lines).encode())
     s3.put_object(Bucket=bucket, Key=f"{tag}/template.liquid.html", Body=template.read_bytes())
-    s3.put_object(Bucket=bucket, Key=f"{tag}/categories.json", Body=json.dumps(label_category_config(LABELS)))
+    s3.put_object(Bucket=bucket, Key=f"{tag}/categories.json", Body=json.dumps(label_category_config(labels)))
     return {
         "LabelingJobName": tag,
         "LabelAttributeName": "findings",

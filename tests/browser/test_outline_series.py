@@ -1,0 +1,96 @@
+"""Segmentation labeling in real headless Chromium: a worker outlines a structure on two slices of an MR series,
+interpolates the slices between, submits; the consolidation Lambda turns the outlines into a DICOM SEG in the
+study whose mask covers exactly the outlined and interpolated slices."""
+
+from __future__ import annotations
+
+import pytest
+from labeling_setup import deploy_lambdas, job_request, new_key, store_objects
+
+from dicomflow.dicom import dicomweb
+from dicomflow.dicom.seg import read_seg
+from dicomflow.dicom.volume import load_image
+from dicomflow.groundtruth import manifest
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
+TAG = "ui-outline-job"
+STRUCTURES = ["anterior", "posterior"]
+
+
+@pytest.fixture(scope="module")
+def job(local_cloud, bucket):
+    from dicomflow.emulator.groundtruth import run_job
+
+    objs = store_objects(local_cloud.pacs, n_slices=8, seed=909)
+    arns = deploy_lambdas(TAG, local_cloud.settings.dicomweb_url, new_key(), labels=STRUCTURES)
+    request = job_request(TAG, bucket, [objs["series"]], arns, workers=1, labels=STRUCTURES)
+    running = run_job(request, data_dir=local_cloud.settings.data_dir)
+    running.objs = objs
+    yield running
+    running.stop()
+
+
+def _outline(page, box: dict, scale: float) -> None:
+    """A square drag with the freehand tool around the viewport's centre, ``scale`` of its size."""
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    half = min(box["width"], box["height"]) * scale
+    path = [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half),
+            (cx - half, cy - half + 2)]
+    page.mouse.move(*path[0])
+    page.mouse.down()
+    for x, y in path[1:]:
+        page.mouse.move(x, y, steps=10)
+    page.mouse.up()
+
+
+def test_outlines_on_two_slices_interpolated_become_a_seg_in_the_study(job, browser, local_cloud) -> None:
+    page = browser.new_page()
+    page.goto(job.signin_url("worker-1"))
+    page.wait_for_function("() => window.dicomflowViewer && (window.dicomflowViewer.imagesLoaded "
+                           "|| window.dicomflowViewer.error)", timeout=60_000)
+    assert not page.evaluate("window.dicomflowViewer.error")
+    submit = page.locator("#dicomflow-submit")
+    assert submit.get_attribute("disabled") is not None  # nothing ticked or outlined yet
+    page.get_by_role("button", name="Freehand ROI").click()
+    page.locator(".df-roi-label").select_option("anterior")
+    box = page.locator("[data-testid=viewport]").bounding_box()
+    page.evaluate("window.dicomflowViewer.setSlice(2)")
+    page.wait_for_function("() => window.dicomflowViewer.sliceIndex === 2")
+    _outline(page, box, 0.10)
+    page.evaluate("window.dicomflowViewer.setSlice(5)")
+    page.wait_for_function("() => window.dicomflowViewer.sliceIndex === 5")
+    _outline(page, box, 0.20)
+    page.wait_for_function("() => window.dicomflowViewer.getAnswer().rois.length === 2")
+    page.get_by_role("button", name="Interpolate between slices").click()
+    answer = page.evaluate("window.dicomflowViewer.getAnswer()")
+    series = job.objs["series_datasets"]
+    _, geometry = load_image(series)
+    order = list(geometry.sop_instance_uids)
+    slices = sorted(order.index(r["sopInstanceUID"]) for r in answer["rois"])
+    assert slices == [2, 3, 4, 5] and {r["label"] for r in answer["rois"]} == {"anterior"}, answer["rois"]
+    area = {order.index(r["sopInstanceUID"]): _area(r["points"]) for r in answer["rois"]}
+    assert area[2] < area[3] < area[4] < area[5]  # the blend grows from the small outline to the large one
+    assert submit.get_attribute("disabled") is None  # outlines alone make an answer
+    with page.expect_navigation():
+        submit.click()
+    page.wait_for_selector("body[data-done=true]")
+    page.close()
+
+    job.job.wait_idle()
+    st = job.job.status()
+    assert st["status"] == "Completed" and st["consolidated"] == 1, st
+    (line,) = manifest.read_jsonl_s3(job.job.store.output_manifest_uri())
+    content = line["findings"]
+    assert "segmentationError" not in content, content["segmentationError"]
+    ref = content["segmentation"]
+    client = dicomweb.connect(local_cloud.pacs)
+    seg = dicomweb.retrieve_instance(client, ref["StudyInstanceUID"], ref["SeriesInstanceUID"], ref["SOPInstanceUID"])
+    label, structures = read_seg(seg, order)
+    assert [s.name for s in structures] == STRUCTURES
+    assert [k for k in range(len(order)) if (label[k] == 1).any()] == [2, 3, 4, 5] and not (label == 2).any()
+    counts = [int((label[k] == 1).sum()) for k in (2, 3, 4, 5)]
+    assert counts == sorted(counts) and counts[0] > 0, counts
+
+
+def _area(points: list[list[float]]) -> float:
+    return abs(sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1], strict=True))) / 2
