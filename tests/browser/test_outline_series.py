@@ -1,5 +1,5 @@
 """Segmentation labeling in real headless Chromium: a worker outlines a structure on two slices of an MR series,
-interpolates the slices between, submits; the consolidation Lambda turns the outlines into a DICOM SEG in the
+interpolates the slices between, copies the last outline to the next slice, submits; the consolidation Lambda turns the outlines into a DICOM SEG in the
 study whose mask covers exactly the outlined and interpolated slices."""
 
 from __future__ import annotations
@@ -71,6 +71,12 @@ def test_outlines_on_two_slices_interpolated_become_a_seg_in_the_study(job, brow
     area = {order.index(r["sopInstanceUID"]): _area(r["points"]) for r in answer["rois"]}
     assert area[2] < area[3] < area[4] < area[5]  # the blend grows from the small outline to the large one
     assert submit.get_attribute("disabled") is None  # outlines alone make an answer
+    page.evaluate("window.dicomflowViewer.setSlice(5)")
+    page.get_by_role("button", name="Copy outline to next slice").click()
+    page.wait_for_function("() => window.dicomflowViewer.sliceIndex === 6")
+    copied = [r for r in page.evaluate("window.dicomflowViewer.getAnswer()")["rois"]
+              if order.index(r["sopInstanceUID"]) == 6]
+    assert len(copied) == 1 and _area(copied[0]["points"]) == pytest.approx(area[5], rel=0.01)
     with page.expect_navigation():
         submit.click()
     page.wait_for_selector("body[data-done=true]")
@@ -87,9 +93,9 @@ def test_outlines_on_two_slices_interpolated_become_a_seg_in_the_study(job, brow
     seg = dicomweb.retrieve_instance(client, ref["StudyInstanceUID"], ref["SeriesInstanceUID"], ref["SOPInstanceUID"])
     label, structures = read_seg(seg, order)
     assert [s.name for s in structures] == STRUCTURES
-    assert [k for k in range(len(order)) if (label[k] == 1).any()] == [2, 3, 4, 5] and not (label == 2).any()
-    counts = [int((label[k] == 1).sum()) for k in (2, 3, 4, 5)]
-    assert counts == sorted(counts) and counts[0] > 0, counts
+    assert [k for k in range(len(order)) if (label[k] == 1).any()] == [2, 3, 4, 5, 6] and not (label == 2).any()
+    counts = [int((label[k] == 1).sum()) for k in (2, 3, 4, 5, 6)]
+    assert counts[:4] == sorted(counts[:4]) and counts[0] > 0 and counts[4] == counts[3], counts
 
 
 def _area(points: list[list[float]]) -> float:
