@@ -142,6 +142,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("url_ttl_seconds", "DICOMFLOW_URL_TTL_SECONDS", "int", 3600, 1, 7 * 24 * 3600,
              doc="lifetime of a signed WADO URL"),
     Variable("labels", "DICOMFLOW_LABELS", "json", None, doc="the label set, a JSON list of class names"),
+    Variable("prelabel_endpoint", "DICOMFLOW_PRELABEL_ENDPOINT",
+             doc="a real-time classification endpoint whose answers the pre-label Lambda shows as suggestions"),
+    Variable("prelabel_timeout_seconds", "DICOMFLOW_PRELABEL_TIMEOUT_SECONDS", "float", 5.0, 0.1, 60,
+             doc="how long the pre-label Lambda waits for the model before the task goes without suggestions"),
     Variable("vote_threshold", "DICOMFLOW_VOTE_THRESHOLD", "float", 0.5, 0, 1, high_inclusive=False,
              doc="share of workers above which a class is present"),
     Variable("output_s3_uri", "DICOMFLOW_OUTPUT_S3_URI",
@@ -252,6 +256,8 @@ class Runtime:
     signing_key: str | None = field(repr=False)
     url_ttl_seconds: int
     labels: Any
+    prelabel_endpoint: str | None
+    prelabel_timeout_seconds: float
     vote_threshold: float
     output_s3_uri: str | None
     model_name: str | None

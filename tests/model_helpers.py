@@ -51,3 +51,30 @@ def dciodvfy_errors(ds: pydicom.Dataset, tmp: Path, name: str | None = None) -> 
     proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60,
                           check=False)
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
+
+
+def realtime_chest_endpoint(name: str, bucket: str, root: Path, seed: int = 3,
+                            positive: tuple[str, ...] = ()) -> str:
+    """A real-time endpoint on the local cloud serving an untrained chest classifier (64 px) whose classes in
+    ``positive`` come out above 0.5 on any image (their output bias raised); returns its name."""
+    import torch
+
+    from dicomflow import aws
+    from dicomflow.demo import synthetic
+    from dicomflow.inference import endpoint as ep
+
+    torch.manual_seed(seed)
+    labels = list(synthetic.CHEST_CLASSES)
+    spec = networks.network_spec("classification2d", labels)
+    network = networks.build_network(spec)
+    with torch.no_grad():
+        for name_ in positive:
+            network.class_layers.out.bias[labels.index(name_)] += 20.0
+    model = artifact.save_artifact(root / "classification2d", task="classification2d", labels=labels,
+                                   network=network, network_spec=spec,
+                                   preprocess=artifact.default_preprocess("classification2d", [64, 64]),
+                                   metrics={}, manifest_sha256="0" * 64)
+    uri = f"s3://{bucket}/{name}/model.tar.gz"
+    aws.write(uri, model_tarball(model))
+    ep.deploy(name, uri, asynchronous=False)
+    return name

@@ -73,6 +73,8 @@ class WorkerAnswer:
     slice_labels: dict[str, list[str]] = field(default_factory=dict)
     time_spent: float | None = None
     dropped: int = 0  # labels / ROIs that were invalid or not in the label set
+    suggested: list[str] | None = None  # the model's suggested labels the worker was shown (None: none shown)
+    suggestion_model: dict[str, Any] | None = None
 
 
 def vote_threshold(env: Mapping[str, str] | None = None) -> float:
@@ -211,8 +213,22 @@ def parse_answer(worker_id: str, content: Any, label_set: Iterable[str] | None =
     if not labels and not rois and not slice_labels:
         raise AnswerError("empty", "answer has no labels, ROIs or slice labels")
     spent = _finite(obj.get("timeSpentSeconds"))
+    suggested, model = _suggestion(obj.get("suggestion"), allowed)
     return WorkerAnswer(worker_id, labels, rois, slice_labels, spent if spent is None or spent >= 0 else None,
-                        dropped)
+                        dropped, suggested, model)
+
+
+def _suggestion(raw: Any, allowed: set[str] | None) -> tuple[list[str] | None, dict[str, Any] | None]:
+    """The suggested labels (and model) an answer says its worker was shown; (None, None) when none were."""
+    if not isinstance(raw, Mapping):
+        return None, None
+    names = raw.get("suggested")
+    if not isinstance(names, Sequence) or isinstance(names, str):
+        return None, None
+    kept = [n for n in dict.fromkeys(names) if isinstance(n, str) and (allowed is None or n in allowed)]
+    model = raw.get("model")
+    return kept, ({k: str(v) for k, v in model.items() if k in ("name", "version") and v is not None}
+                  if isinstance(model, Mapping) else None)
 
 
 # ---- voting --------------------------------------------------------------------------------
@@ -337,6 +353,14 @@ def consolidate(answers: Sequence[WorkerAnswer], label_set: Sequence[str] | None
     }
     if spent:
         content["timeSpentSeconds"] = {"median": round(median(spent), 2), "total": round(sum(spent), 2)}
+    shown = [a for a in answers if a.suggested is not None]
+    if shown:
+        from dicomflow.groundtruth.suggestions import outcome
+
+        content["suggestions"] = {
+            "model": shown[0].suggestion_model, "suggested": shown[0].suggested,
+            **outcome(shown[0].suggested, present_labels),
+            "workerAcceptance": {a.worker_id: outcome(a.suggested or [], a.labels)["acceptance"] for a in shown}}
     return content
 
 

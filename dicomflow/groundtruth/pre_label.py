@@ -16,12 +16,14 @@
         {"sopInstanceUID": "..", "instanceNumber": 1, "frames": 1, "position": -12.5 | null, "url": "<signed>"}
       ],
       "window": {"center": 40.0, "width": 400.0, "source": "dicom" | "pixel-range" | "computed" | "bits"},
-      "urlExpires": 1700000000                   # unix seconds
+      "urlExpires": 1700000000,                  # unix seconds
+      "suggestions": {..}                        # with DICOMFLOW_PRELABEL_ENDPOINT: the model's (suggestions.py)
     }
 
 Environment: ``DICOMFLOW_GATEWAY_URL`` (required: the same-origin WADO gateway, e.g.
 ``http://127.0.0.1:PORT/wado``), ``DICOMFLOW_SIGNING_SECRET_ARN`` or ``DICOMFLOW_SIGNING_KEY``,
-``DICOMFLOW_URL_TTL_SECONDS`` (default 3600), ``DICOMFLOW_LABELS`` (default CheXpert 14), and the
+``DICOMFLOW_URL_TTL_SECONDS`` (default 3600), ``DICOMFLOW_LABELS`` (default CheXpert 14),
+``DICOMFLOW_PRELABEL_ENDPOINT`` / ``DICOMFLOW_PRELABEL_TIMEOUT_SECONDS`` (optional AI pre-labels), and the
 PACS settings of :mod:`dicomflow.credentials`.
 """
 
@@ -230,4 +232,23 @@ def pre_label(event: Mapping[str, Any], client: DICOMClient, resolver: Callable[
               settings: TaskSettings, now: float | None = None) -> dict[str, Any]:
     """GT pre-annotation: event -> ``{"taskInput": .., "isHumanAnnotationRequired": "true"}``."""
     ref = resolve(event_source(event), resolver)
-    return {"taskInput": build_task_input(client, ref, settings, now=now), "isHumanAnnotationRequired": "true"}
+    task = build_task_input(client, ref, settings, now=now)
+    endpoint = runtime().prelabel_endpoint
+    if endpoint:
+        task["suggestions"] = model_suggestions(client, ref, task, endpoint)
+    return {"taskInput": task, "isHumanAnnotationRequired": "true"}
+
+
+def model_suggestions(client: DICOMClient, ref: ObjectRef, task: Mapping[str, Any], endpoint: str) -> dict[str, Any]:
+    """The model's suggestions for the task's object (:mod:`dicomflow.groundtruth.suggestions`); an image of a
+    series of several is refused by the model's one-image-per-series rule, so its series is counted first."""
+    from dicomflow.groundtruth.suggestions import suggest
+
+    instances = len(task["instances"])
+    if ref.sop_uid:
+        try:
+            instances = len(dicomweb.search_instances(client, ref.study_uid, ref.series_uid, limit=2))
+        except PacsError:
+            instances = 0
+    return suggest(endpoint, ref.study_uid, ref.series_uid, task["labels"], instances=instances,
+                   timeout_s=runtime().prelabel_timeout_seconds)

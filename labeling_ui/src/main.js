@@ -130,12 +130,37 @@ function buildLayout(root, task) {
     h('legend', {}, 'Labels for this slice'),
     task.labels.map((l) => labelCheckbox(l, 'slice')));
   if (task.images.length < 2) ui.sliceBox.hidden = true;
+  ui.suggestions = suggestionBox(task.suggestions);
   ui.summary = h('div', { class: 'df-summary' }, '');
   const info = h('div', { class: 'df-info' },
     [task.modality, task.images.length > 1 ? `${task.images.length} slices` : '1 image'].filter(Boolean).join(' · '));
-  const side = h('div', { class: 'df-side' }, info, ui.imageLabels, ui.sliceBox, ui.summary);
+  const side = h('div', { class: 'df-side' }, info, ui.suggestions, ui.imageLabels, ui.sliceBox, ui.summary);
   root.append(h('div', { class: 'df-root' },
     h('div', { class: 'df-main' }, toolbar, ui.element, ui.status), side));
+}
+
+/** The model's suggestions, marked as such and never ticked for the worker (an "Accept" ticks them). */
+function suggestionBox(s) {
+  if (!s) return h('div', { hidden: true });
+  if (s.status !== 'ok') {
+    return h('div', { class: 'df-suggestions df-suggestions-off', 'data-testid': 'suggestions' },
+      `No model suggestions for this task: ${s.reason || 'the model is unavailable'}`);
+  }
+  const named = Object.entries(s.probabilities).sort((a, b) => b[1] - a[1])
+    .map(([name, p]) => `${name} ${p.toFixed(2)}`).join(' · ');
+  const accept = h('button', { type: 'button', class: 'df-action', 'data-action': 'accept-suggestions',
+    onclick: () => {
+      for (const name of s.suggested) {
+        const cb = ui.imageLabels.querySelector(`input[data-label="${CSS.escape(name)}"]`);
+        if (cb && !cb.checked) { cb.checked = true; onLabelToggle(name, 'image', true); }
+      }
+      state.suggestionAccepted = true;
+      updateAnswer();
+    } }, s.suggested.length ? `Accept: ${s.suggested.join(', ')}` : 'The model finds nothing');
+  const model = [s.model?.name, s.model?.version && `v${s.model.version}`].filter(Boolean).join(' ');
+  return h('div', { class: 'df-suggestions', 'data-testid': 'suggestions' },
+    h('strong', {}, `Model suggestion${model ? ` (${model})` : ''} — check it, it is not ticked for you`),
+    h('div', {}, named), s.suggested.length ? accept : h('div', {}, 'No class reaches the threshold.'));
 }
 
 function labelCheckbox(label, scope) {
@@ -300,12 +325,17 @@ function removeLastRoi() {
 function getAnswer() {
   const sliceLabels = {};
   for (const [sop, set] of state.sliceLabels) if (set.size) sliceLabels[sop] = [...set];
-  return {
+  const answer = {
     labels: state.task.labels.filter((l) => state.imageLabels.has(l)),
     rois: collectRois(),
     sliceLabels,
     timeSpentSeconds: Math.round((Date.now() - state.openedAt) / 100) / 10,
   };
+  const s = state.task.suggestions;
+  if (s?.status === 'ok') {
+    answer.suggestion = { suggested: s.suggested, model: s.model, accepted: Boolean(state.suggestionAccepted) };
+  }
+  return answer;
 }
 
 function answerInput() {

@@ -62,7 +62,21 @@ export function normalizeTask(raw) {
     studyInstanceUID: first(task, 'studyInstanceUID', 'StudyInstanceUID') || '',
     seriesInstanceUID: first(task, 'seriesInstanceUID', 'SeriesInstanceUID') || '',
     instructions: first(task, 'instructions') || '',
+    suggestions: normalizeSuggestions(task.suggestions, labels),
   };
+}
+
+/** The pre-label Lambda's model suggestions, kept to the task's labels; null when there are none. */
+function normalizeSuggestions(s, labels) {
+  if (!s || typeof s !== 'object') return null;
+  if (s.status !== 'ok') return { status: 'unavailable', reason: String(s.reason || '') };
+  const probabilities = {};
+  for (const name of labels) {
+    const p = num(s.probabilities?.[name]);
+    if (p !== undefined) probabilities[name] = p;
+  }
+  const suggested = (Array.isArray(s.suggested) ? s.suggested : []).filter((n) => n in probabilities);
+  return { status: 'ok', probabilities, suggested, model: s.model || {} };
 }
 
 /** Make a possibly relative URL absolute against the page (the loader needs a full URL). */

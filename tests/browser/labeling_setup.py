@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 LABELS = ["No Finding", "Cardiomegaly", "Edema", "Pneumothorax", "Support Devices"]
 
 
-def deploy_lambdas(tag: str, pacs_url: str, key: str, ttl: int = 900, labels: list[str] = LABELS) -> dict[str, str]:
+def deploy_lambdas(tag: str, pacs_url: str, key: str, ttl: int = 900, labels: list[str] = LABELS,
+                   env_extra: dict[str, str] | None = None) -> dict[str, str]:
     """Create pre_label and post_label functions from the repo's handlers; returns their ARNs."""
     iam, lam = aws.client("iam"), aws.client("lambda")
     role = iam.create_role(RoleName=f"gt-{tag}-{uuid.uuid4().hex[:6]}", AssumeRolePolicyDocument=json.dumps({
@@ -31,7 +32,7 @@ def deploy_lambdas(tag: str, pacs_url: str, key: str, ttl: int = 900, labels: li
                                                  "Principal": {"Service": "lambda.amazonaws.com"}}]}))["Role"]["Arn"]
     env = {"DICOMFLOW_GATEWAY_URL": "http://gateway.invalid/wado", "DICOMFLOW_SIGNING_KEY": key,
            "DICOMFLOW_URL_TTL_SECONDS": str(ttl), "DICOMFLOW_LABELS": json.dumps(labels),
-           "DICOMFLOW_PACS_URL": pacs_url}
+           "DICOMFLOW_PACS_URL": pacs_url, **(env_extra or {})}
     arns = {}
     for name in ("pre_label", "post_label"):
         pkg = package.build(REPO / "lambdas" / name, deps="none")

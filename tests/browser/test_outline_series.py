@@ -1,6 +1,6 @@
 """Segmentation labeling in real headless Chromium: a worker outlines a structure on two slices of an MR series,
-interpolates the slices between, copies the last outline to the next slice, submits; the consolidation Lambda turns the outlines into a DICOM SEG in the
-study whose mask covers exactly the outlined and interpolated slices."""
+interpolates the slices between, copies the last outline to the next slice, submits; the consolidation Lambda
+turns the outlines into a DICOM SEG in the study whose mask covers exactly those slices."""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""AI pre-labels in real headless Chromium: the model's suggestions are shown marked as the model's and never
+ticked for the worker; the worker accepts them, rejects one, submits; the consolidation records which
+suggestions were kept and which rejected."""
+
+from __future__ import annotations
+
+import pytest
+from labeling_setup import deploy_lambdas, job_request, new_key, store_objects
+from model_helpers import realtime_chest_endpoint
+
+from dicomflow.groundtruth import manifest
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser, pytest.mark.slow]
+TAG = "ui-suggest-job"
+
+
+@pytest.fixture(scope="module")
+def job(local_cloud, bucket, tmp_path_factory):
+    from dicomflow.emulator.groundtruth import run_job
+
+    objs = store_objects(local_cloud.pacs, n_slices=8, seed=919)
+    endpoint = realtime_chest_endpoint("ui-suggest-model", bucket, tmp_path_factory.mktemp("suggest-model"),
+                                       positive=("Cardiomegaly", "Support Devices"))
+    arns = deploy_lambdas(TAG, local_cloud.settings.dicomweb_url, new_key(),
+                          env_extra={"DICOMFLOW_PRELABEL_ENDPOINT": endpoint})
+    request = job_request(TAG, bucket, [objs["cr"]], arns, workers=1)
+    running = run_job(request, data_dir=local_cloud.settings.data_dir)
+    running.objs = objs
+    yield running
+    running.stop()
+
+
+def test_suggestions_are_shown_not_ticked_and_their_fate_is_recorded(job, browser) -> None:
+    page = browser.new_page()
+    page.goto(job.signin_url("worker-1"))
+    page.wait_for_function("() => window.dicomflowViewer && (window.dicomflowViewer.ready "
+                           "|| window.dicomflowViewer.error)", timeout=60_000)
+    assert not page.evaluate("window.dicomflowViewer.error")
+    box = page.locator("[data-testid=suggestions]")
+    assert "Model suggestion" in box.inner_text() and "not ticked for you" in box.inner_text()
+    labels = page.locator("[data-testid=image-labels] input[type=checkbox]")
+    assert not any(labels.nth(i).is_checked() for i in range(labels.count()))  # nothing pre-ticked
+    suggested = page.evaluate("window.dicomflowViewer.getAnswer().suggestion.suggested")
+    assert suggested == ["Cardiomegaly", "Support Devices"]  # the classes the model is made to find
+    page.locator("[data-action=accept-suggestions]").click()
+    ticked = [labels.nth(i).get_attribute("data-label") for i in range(labels.count()) if labels.nth(i).is_checked()]
+    assert sorted(ticked) == sorted(suggested)
+    page.locator("[data-testid=image-labels]").get_by_label(suggested[0]).uncheck()  # the worker disagrees
+    with page.expect_navigation():
+        page.locator("#dicomflow-submit").click()
+    page.wait_for_selector("body[data-done=true]")
+    page.close()
+
+    job.job.wait_idle()
+    (line,) = manifest.read_jsonl_s3(job.job.store.output_manifest_uri())
+    s = line["findings"]["suggestions"]
+    assert s["classes"][suggested[0]] == "rejected"
+    assert all(s["classes"][name] == "kept" for name in suggested[1:])
+    assert s["acceptance"] == pytest.approx((len(suggested) - 1) / len(suggested), abs=1e-4)
+    assert s["model"]["name"]
