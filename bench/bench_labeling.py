@@ -1,11 +1,13 @@
 """Labeling benchmarks on a private local cloud: pre-label Lambda latency (through lambda:Invoke on the
 emulator; warm environment, cold start, and the floor of the handler called in-process), task open ->
-first image on screen for the 7 MB chest CR, and slice-scroll frames per second on a 100-slice series,
+first image on screen for the 7 MB chest CR, the CR's pre-label with and without AI suggestions from a
+real-time endpoint, and slice-scroll frames per second on a 100-slice series,
 in Debian's headless Chromium; and the input manifest of 10 000 instances built with Orthanc's
 /tools/find against one paged QIDO-RS query (interleaved, ``--repeats`` each). Figures are median
 (min-max), p95 where there are 20.
 
     .venv/bin/python bench/bench_labeling.py [--invocations 20] [--opens 5] [--slices 100] [--repeats 5]
+        [--only-pre-label]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +31,7 @@ from dicomflow.config import Settings
 from dicomflow.demo.annotators import CHROMIUM, CHROMIUM_ARGS
 
 sys.path.insert(0, str(REPO / "tests" / "browser"))
+sys.path.insert(0, str(REPO / "tests"))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -43,6 +47,7 @@ def main() -> None:
     ap.add_argument("--manifest-instances", type=int, default=10_000,
                     help="instances to seed for the input-manifest timing (0: skip it)")
     ap.add_argument("--repeats", type=int, default=5, help=f"timed runs of each manifest way (>= {MIN_REPEATS})")
+    ap.add_argument("--only-pre-label", action="store_true", help="the pre-label figures only (no browser)")
     args = ap.parse_args()
     check_repeats(args.repeats)
     check_repeats(args.opens)
@@ -68,6 +73,10 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
         event = {"version": "2018-10-16", "labelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:"
                  "labeling-job/bench", "dataObject": objs[what]}
         results[f"pre_label_{what}"] = pre_label_timing(lam, arns["pre_label"], event, args)
+    results["pre_label_cr_suggestions"] = suggestion_timing(lam, arns["pre_label"], bucket, objs, args)
+    if args.only_pre_label:
+        print(json.dumps(results, indent=2))
+        return
 
     request = setup.job_request("bench", bucket, [objs["cr"], objs["series"]], arns, workers=1)
     running = run_job(request, data_dir=settings.data_dir)
@@ -108,6 +117,49 @@ def run(settings: Settings, args: argparse.Namespace) -> None:
     if args.manifest_instances:
         results["input_manifest"] = manifest_timing(settings, args.manifest_instances, args.repeats)
     print(json.dumps(results, indent=2))
+
+
+def suggestion_timing(lam: Any, arn: str, bucket: str, objs: dict[str, Any], args: argparse.Namespace
+                      ) -> dict[str, object]:
+    """The CR's pre-label, warm, without and with AI suggestions (a real-time endpoint serving DenseNet121 at
+    64 px), interleaved, against the endpoint's own InvokeEndpoint for the same image (the suggestion's floor)."""
+    import tempfile
+
+    from model_helpers import realtime_chest_endpoint
+
+    from dicomflow.inference import endpoint as ep
+
+    endpoint = realtime_chest_endpoint("bench-suggest", bucket, Path(tempfile.mkdtemp(prefix="bench-suggest-")))
+    variables = lam.get_function_configuration(FunctionName=arn)["Environment"]["Variables"]
+    plain = {k: v for k, v in variables.items() if k != "DICOMFLOW_PRELABEL_ENDPOINT"}
+    event = {"version": "2018-10-16", "labelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:"
+             "labeling-job/bench", "dataObject": objs["cr"]}
+    cr = objs["cr_dataset"]
+    body = {"studyInstanceUID": str(cr.StudyInstanceUID), "seriesInstanceUID": str(cr.SeriesInstanceUID),
+            "outputs": ["json"], "storeToPacs": False}
+
+    def invoke() -> None:
+        resp = lam.invoke(FunctionName=arn, Payload=json.dumps(event))
+        assert not resp.get("FunctionError"), resp["Payload"].read()
+        resp["Payload"].read()
+
+    times: dict[str, list[float]] = {"without": [], "with": [], "endpoint": []}
+    for env, key in ((plain, "without"), ({**plain, "DICOMFLOW_PRELABEL_ENDPOINT": endpoint}, "with")):
+        lam.update_function_configuration(FunctionName=arn, Environment={"Variables": env})
+        invoke()  # the new configuration's cold start, not timed
+        for _ in range(args.invocations):
+            t0 = time.perf_counter()
+            invoke()
+            times[key].append((time.perf_counter() - t0) * 1000)
+    ep.invoke_realtime(endpoint, body)
+    for _ in range(args.invocations):
+        t0 = time.perf_counter()
+        ep.invoke_realtime(endpoint, body)
+        times["endpoint"].append((time.perf_counter() - t0) * 1000)
+    lam.update_function_configuration(FunctionName=arn, Environment={"Variables": variables})
+    out = {f"{k}_ms": {**Sample(tuple(v)).as_dict(1), "p95": round(pct(v, 0.95), 1)} for k, v in times.items()}
+    out["with_over_without"] = round(statistics.median(times["with"]) / statistics.median(times["without"]), 1)
+    return out
 
 
 def pre_label_timing(lam: Any, arn: str, event: dict[str, Any], args: argparse.Namespace) -> dict[str, object]:

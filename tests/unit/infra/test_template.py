@@ -78,7 +78,8 @@ def test_lambdas_get_the_environment_their_handlers_read(template: dict) -> None
     assert pre["Runtime"] == post["Runtime"] == "python3.11"
     assert set(pre["Environment"]["Variables"]) == {
         "DICOMFLOW_PACS_URL", "DICOMFLOW_PACS_SECRET_ARN", "DICOMFLOW_SIGNING_SECRET_ARN", "DICOMFLOW_GATEWAY_URL",
-        "DICOMFLOW_LABELS", "DICOMFLOW_URL_TTL_SECONDS"}
+        "DICOMFLOW_LABELS", "DICOMFLOW_URL_TTL_SECONDS", "DICOMFLOW_PRELABEL_ENDPOINT",
+        "DICOMFLOW_PRELABEL_TIMEOUT_SECONDS"}
     assert {"DICOMFLOW_VOTE_THRESHOLD", "DICOMFLOW_PACS_SECRET_ARN"} <= set(post["Environment"]["Variables"])
     assert pre["Code"] == {"S3Bucket": {"Ref": "LambdaCodeBucket"}, "S3Key": {"Ref": "PreLabelCodeKey"}}
 
