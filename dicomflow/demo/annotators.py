@@ -13,6 +13,7 @@ import random
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from dicomflow.demo.synthetic import CHEST_CLASSES, NO_FINDING
 from dicomflow.errors import DicomflowError
@@ -129,3 +130,31 @@ def _annotate(url: str, worker: str, choose: Callable[[str], list[str]],
             page.context.close()
         finally:
             browser.close()
+
+
+def annotator_outlines(label_volume: Any, sop_order: list[str], structures: list[str], *, seed: int,
+                       jitter_px: float = 0.0, miss_rate: float = 0.0) -> list[dict[str, Any]]:
+    """A simulated annotator's freehand outlines of a series (the worker template's ROI shape), drawn from the
+    seeded truth: each structure's outline on each slice where it shows, every vertex moved by Gaussian noise
+    of ``jitter_px`` pixels (a shaky hand), and a slice left out with probability ``miss_rate``."""
+    import contourpy
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rois = []
+    for k, sop in enumerate(sop_order):
+        if miss_rate and rng.random() < miss_rate:
+            continue
+        for value, name in enumerate(structures, start=1):
+            mask = np.asarray(label_volume[k]) == value
+            if not mask.any():
+                continue
+            for line in contourpy.contour_generator(z=np.pad(mask.astype(float), 1)).lines(0.5):
+                pts = np.asarray(line[:-1], dtype=float) - 0.5  # padded pixel centres -> image coordinates
+                if len(pts) < 3:
+                    continue
+                if jitter_px:
+                    pts = pts + rng.normal(0.0, jitter_px, pts.shape)
+                rois.append({"type": "freehand", "label": name, "sopInstanceUID": sop,
+                             "points": [[round(float(x), 2), round(float(y), 2)] for x, y in pts]})
+    return rois

@@ -9,7 +9,6 @@ import io
 import json
 from pathlib import Path
 
-import contourpy
 import numpy as np
 import pydicom
 import pytest
@@ -17,6 +16,7 @@ from baselines import mean_dice
 
 from dicomflow import aws
 from dicomflow.demo import synthetic
+from dicomflow.demo.annotators import annotator_outlines
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import series_id
 from dicomflow.dicom.seg import read_seg
@@ -37,16 +37,10 @@ def _handler():
     return module
 
 
-def _outlines(mask: np.ndarray, shift: int = 0) -> list[list[list[float]]]:
-    """A binary slice's outlines in image coordinates (pixel centres at +0.5), as the template records them."""
-    lines = contourpy.contour_generator(z=np.pad(mask.astype(float), 1)).lines(0.5)
-    return [[[float(x) - 1 + 0.5 + shift, float(y) - 1 + 0.5] for x, y in line[:-1]] for line in lines]
-
-
 def _answer(truth: np.ndarray, sops: list[str], shift: int = 0) -> str:
-    rois = [{"type": "freehand", "label": name, "sopInstanceUID": sops[k], "points": pts}
-            for value, name in enumerate(STRUCTURES, start=1) for k in range(truth.shape[0])
-            for pts in _outlines(truth[k] == value, shift) if len(pts) >= 3]
+    rois = annotator_outlines(truth, sops, STRUCTURES, seed=0)
+    for roi in rois:
+        roi["points"] = [[x + shift, y] for x, y in roi["points"]]
     return json.dumps({"labels": [], "rois": rois})
 
 

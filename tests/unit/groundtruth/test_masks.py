@@ -81,3 +81,23 @@ def test_an_outline_on_an_oblique_series_lands_on_its_slice() -> None:
              "points": [[1, 1], [5, 1], [5, 4], [1, 4]]}]
     vol = masks.worker_volume(rois, [str(d.SOPInstanceUID) for d in ordered], (8, 12, 10), ["anterior"])
     assert vol[3].sum() == 12 and vol.sum() == 12
+
+
+def test_three_noisy_annotators_fused_beat_one_against_the_truth() -> None:
+    """Simulated annotators with shaky outlines (0.7 px per vertex) who miss 10% of slices: the majority of three
+    is closer to the truth than one of them (baseline: the single annotator; measured 0.94 against 0.85)."""
+    from dicomflow.demo import synthetic
+    from dicomflow.demo.annotators import annotator_outlines
+    from dicomflow.dicom.volume import load_image
+
+    structures = ["anterior", "posterior"]
+    single, fused = [], []
+    for k, s in enumerate(synthetic.hippocampus_series(3, seed=8, shape=(24, 40, 40))):
+        order = list(load_image(s.datasets)[1].sop_instance_uids)
+        vols = [masks.worker_volume(annotator_outlines(s.label_volume, order, structures, seed=10 * k + a,
+                                                       jitter_px=0.7, miss_rate=0.1), order, s.label_volume.shape,
+                                    structures) for a in range(3)]
+        merged = masks.fuse(vols, 2)
+        single.append(np.mean([masks.dice(vols[0], s.label_volume, v) for v in (1, 2)]))
+        fused.append(np.mean([masks.dice(merged, s.label_volume, v) for v in (1, 2)]))
+    assert np.mean(fused) >= np.mean(single) + 0.04, (fused, single)
