@@ -251,4 +251,4 @@ def model_suggestions(client: DICOMClient, ref: ObjectRef, task: Mapping[str, An
         except PacsError:
             instances = 0
     return suggest(endpoint, ref.study_uid, ref.series_uid, task["labels"], instances=instances,
-                   timeout_s=runtime().prelabel_timeout_seconds)
+                   timeout_s=runtime().prelabel_timeout_seconds, series=ref.sop_uid is None and instances > 1)

@@ -1,10 +1,14 @@
 """AI pre-labels: the model's probabilities for an image, shown to the worker as suggestions.
 
 The pre-label Lambda asks a real-time classification endpoint (``DICOMFLOW_PRELABEL_ENDPOINT``) about the
-object with a study JSON (``outputs: ["json"]``, nothing stored) and adds ``suggestions`` to the task input::
+object with a study JSON (nothing stored) and adds ``suggestions`` to the task input: for an image, a
+classifier's probabilities (``outputs: ["json"]``); for a series, a segmenter's outlines of each structure on
+each slice (``outputs: ["json", "contours"]``)::
 
-    {"status": "ok", "model": {"name", "version"}, "probabilities": {"<label>": p, ...},
+    {"status": "ok", "kind": "classes", "model": {"name", "version"}, "probabilities": {"<label>": p, ...},
      "suggested": ["<label>", ...], "threshold": 0.5, "ms": 41.0}
+    {"status": "ok", "kind": "outlines", "model": {..}, "outlines": [{"sopInstanceUID", "label", "points"}],
+     "structures": ["anterior", ...], "ms": 420.0}
     {"status": "unavailable", "reason": "the model did not answer within 5 s", "ms": 5003.0}
 
 Only the job's own labels are kept. A model that is down, slow (``DICOMFLOW_PRELABEL_TIMEOUT_SECONDS``),
@@ -24,6 +28,8 @@ from typing import Any
 from dicomflow import aws
 
 THRESHOLD = 0.5
+#: outlines of a series beyond this many points are not sent to the browser (a task input stays small)
+MAX_SUGGESTED_POINTS = 50_000
 
 
 def _unavailable(reason: str, started: float) -> dict[str, Any]:
@@ -31,21 +37,21 @@ def _unavailable(reason: str, started: float) -> dict[str, Any]:
 
 
 def suggest(endpoint: str, study_uid: str, series_uid: str, labels: Sequence[str], *, instances: int,
-            timeout_s: float, runtime_client: Any = None) -> dict[str, Any]:
-    """The suggestions for one image (the only instance of its series); never raises."""
+            timeout_s: float, series: bool = False, runtime_client: Any = None) -> dict[str, Any]:
+    """The suggestions for one image (the only instance of its series), or with ``series`` the outlines of a
+    segmentation model for the whole series; never raises."""
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError
 
     started = time.perf_counter()
     if instances < 1:
         return _unavailable("the images of its series could not be counted (the PACS did not answer)", started)
-    if instances != 1:
-        return _unavailable(f"the model scores one image per series and this series has {instances}; "
-                            "no suggestions for series yet", started)
+    if not series and instances != 1:
+        return _unavailable(f"the model scores one image per series and this series has {instances}", started)
     client = runtime_client or aws.client("sagemaker-runtime", config=Config(
         connect_timeout=min(timeout_s, 2.0), read_timeout=timeout_s, retries={"max_attempts": 1}))
-    body = {"studyInstanceUID": study_uid, "seriesInstanceUID": series_uid, "outputs": ["json"],
-            "storeToPacs": False}
+    body = {"studyInstanceUID": study_uid, "seriesInstanceUID": series_uid,
+            "outputs": ["json", "contours"] if series else ["json"], "storeToPacs": False}
     try:
         resp = client.invoke_endpoint(EndpointName=endpoint, Body=json.dumps(body).encode(),
                                       ContentType="application/json", Accept="application/json")
@@ -57,7 +63,13 @@ def suggest(endpoint: str, study_uid: str, series_uid: str, labels: Sequence[str
         slow = "timed out" in str(exc).lower() or "timeout" in type(exc).__name__.lower()
         why = f"the model did not answer within {timeout_s:g} s" if slow else f"{type(exc).__name__}: {str(exc)[:200]}"
         return _unavailable(why, started)
-    findings = answer.get("findings") if isinstance(answer, dict) else None
+    if not isinstance(answer, dict):
+        return _unavailable(f"endpoint {endpoint} answered something other than a JSON object", started)
+    model = answer.get("model") if isinstance(answer.get("model"), dict) else {}
+    done = {"status": "ok", "model": {"name": model.get("name"), "version": model.get("version")}}
+    if series:
+        return _outlines(answer, labels, done, started)
+    findings = answer.get("findings")
     probs = findings.get("probabilities") if isinstance(findings, dict) else None
     if not isinstance(probs, dict):
         return _unavailable(f"endpoint {endpoint} gave no class probabilities (is it a classifier?)", started)
@@ -66,10 +78,25 @@ def suggest(endpoint: str, study_uid: str, series_uid: str, labels: Sequence[str
     if not kept:
         return _unavailable(f"the model's classes ({', '.join(list(probs)[:5])}) are none of this job's labels",
                             started)
-    model = answer.get("model") if isinstance(answer.get("model"), dict) else {}
-    return {"status": "ok", "model": {"name": model.get("name"), "version": model.get("version")},
-            "probabilities": kept, "suggested": [n for n, p in kept.items() if p >= THRESHOLD],
-            "threshold": THRESHOLD, "ms": round((time.perf_counter() - started) * 1000, 1)}
+    return {**done, "kind": "classes", "probabilities": kept,
+            "suggested": [n for n, p in kept.items() if p >= THRESHOLD], "threshold": THRESHOLD,
+            "ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def _outlines(answer: dict[str, Any], labels: Sequence[str], done: dict[str, Any], started: float) -> dict[str, Any]:
+    contours = answer.get("contours")
+    if answer.get("task") != "segmentation3d" or not isinstance(contours, list):
+        return _unavailable(f"the model is a {answer.get('task') or 'model'} without outlines; series suggestions "
+                            "need a segmentation model", started)
+    kept = [c for c in contours if isinstance(c, dict) and c.get("label") in labels]
+    points = sum(len(c.get("points") or ()) for c in kept)
+    if points > MAX_SUGGESTED_POINTS:
+        return _unavailable(f"the model's outlines have {points} points, more than a task shows "
+                            f"({MAX_SUGGESTED_POINTS})", started)
+    if contours and not kept:
+        return _unavailable("the model's structures are none of this job's labels", started)
+    return {**done, "kind": "outlines", "outlines": kept, "structures": sorted({c["label"] for c in kept}),
+            "ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
 def outcome(suggested: Sequence[str], final: Sequence[str]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The study JSON: parse and validate an inference request.
 
 ``{"dicomweb": {"url": "..", "auth": {"secretArn": ".."}}, "studyInstanceUID": "..",
-"seriesInstanceUID": ".. (optional)", "outputs": ["json", "sr", "seg", "pdf", "occlusion", "embedding"],
+"seriesInstanceUID": ".. (optional)", "outputs": ["json", "sr", "seg", "pdf", "occlusion", "embedding", "contours"],
 "storeToPacs": true,
 "outputS3Uri": "s3://.. (optional: where the occlusion PNG and the embedding's thumbnail go)"}``
 
@@ -26,7 +26,7 @@ from dicomflow.inference.errors import BadRequest, PayloadTooLarge
 MAX_INLINE_BYTES = 128_000
 #: A study JSON nests 3 levels; anything much deeper is refused before it is walked.
 MAX_DEPTH = 16
-OUTPUTS = ("json", "sr", "seg", "pdf", "occlusion", "embedding")
+OUTPUTS = ("json", "sr", "seg", "pdf", "occlusion", "embedding", "contours")
 DEFAULT_OUTPUTS = ("json",)
 #: What an image body (application/dicom) gets: findings and its embedding.
 IMAGE_OUTPUTS = ("json", "embedding")

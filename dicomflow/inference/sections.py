@@ -27,12 +27,33 @@ class KeySection:
     area_mm2: float
 
 
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The longest closed boundary of a 2D boolean ``mask`` in DICOM image coordinates (column, row)."""
+def boundaries(mask: np.ndarray) -> list[np.ndarray]:
+    """Every closed boundary of a 2D boolean ``mask`` (outer ones and holes) in DICOM image coordinates
+    (column, row), each N x 2 with the first point repeated last."""
     padded = np.pad(mask.astype(np.float64), 1)  # a section touching the edge still closes
     lines = contourpy.contour_generator(z=padded, line_type=contourpy.LineType.Separate).lines(0.5)
-    longest = max(lines, key=len)
-    return longest - 1.0 + 0.5  # back from the padding, then from pixel centres to DICOM's corner origin
+    return [line - 1.0 + 0.5 for line in lines]  # back from the padding, then to DICOM's corner origin
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """The longest closed boundary of a 2D boolean ``mask`` in DICOM image coordinates (column, row)."""
+    return max(boundaries(mask), key=len)
+
+
+def slice_outlines(label: np.ndarray, structures: Sequence[tuple[int, str]], sop_uids: Sequence[str]
+                   ) -> list[dict]:
+    """Every structure's boundaries on every slice of the (slices, rows, cols) ``label`` as the worker template's
+    freehand outlines (``{"sopInstanceUID", "label", "points"}``; slice k is ``sop_uids[k]``): outlines inside
+    another of the same structure are its holes (even-odd, as the consolidation rasterises them)."""
+    out = []
+    for k, sop in enumerate(sop_uids):
+        for value, name in structures:
+            mask = label[k] == value
+            if mask.any():
+                out.extend({"sopInstanceUID": sop, "label": name,
+                            "points": [[round(float(x), 2), round(float(y), 2)] for x, y in line[:-1]]}
+                           for line in boundaries(mask) if len(line) > 3)
+    return out
 
 
 def key_sections(label: np.ndarray, values: Sequence[int], pixel_spacing: Sequence[Sequence[float]]

@@ -40,6 +40,7 @@ from dicomflow.inference.errors import (
     from_pacs_error,
 )
 from dicomflow.inference.request import StudyRequest
+from dicomflow.inference.sections import slice_outlines
 from dicomflow.inference.selection import Selection, check_retrieved, choose_series
 from dicomflow.inference.sr import build_sr
 from dicomflow.inference.timing import StageTimer, iso_utc
@@ -140,8 +141,9 @@ class InferenceService:
         if request.image is not None and self.task != "classification2d":
             raise BadRequest(f"a DICOM image body ({DICOM}) is for a 2D classifier; this endpoint serves "
                              f"{self.task}: send a study JSON instead")
-        if "seg" in request.outputs and self.task != "segmentation3d":
-            raise BadRequest(f"output 'seg' needs a segmentation model; this endpoint serves {self.task}")
+        for name in ("seg", "contours"):
+            if name in request.outputs and self.task != "segmentation3d":
+                raise BadRequest(f"output '{name}' needs a segmentation model; this endpoint serves {self.task}")
         if "embedding" in request.outputs and (self.task not in EMBEDDING_TASKS or self.transform.spacing is not None):
             raise BadRequest(f"output 'embedding' needs a whole-image classifier ({', '.join(EMBEDDING_TASKS)}); "
                              f"this endpoint serves {self.task}")
@@ -185,6 +187,9 @@ class InferenceService:
 
         with timer.stage("preprocess"):
             check_retrieved(datasets, selection.series_uid, self.task, self.modalities)
+            if "contours" in request.outputs and len(datasets) < 2:
+                raise BadRequest("output 'contours' gives outlines per SOP instance (single-frame slices); "
+                                 f"series {selection.series_uid} is one multi-frame object")
             if self.task == "classification2d":
                 datasets = datasets[:1]
             try:
@@ -252,6 +257,9 @@ class InferenceService:
             }
         if occlusion is not None:
             response["occlusion"] = {k: v for k, v in occlusion.items() if k != "png"}
+        if "contours" in request.outputs and label is not None:  # every structure's outlines, slice by slice
+            response["contours"] = slice_outlines(label, [(st.value, st.name) for st in self.structures],
+                                                  [str(ds.SOPInstanceUID) for ds in ordered])
         response["timingMs"] = timer.as_dict()
         return response
 

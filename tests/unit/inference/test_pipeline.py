@@ -220,3 +220,25 @@ def test_serving_process_contract(artifacts, tmp_path: Path) -> None:
             proc.wait()
     log = proc.stdout.read().decode()
     assert "model loaded" in log and "password" not in log.lower()
+
+
+@pytest.mark.slow
+def test_contours_output_outlines_the_segmentation_slice_by_slice(artifacts, pacs) -> None:
+    from dicomflow.groundtruth.masks import worker_volume
+
+    client, hippo, chest = pacs
+    svc = InferenceService.from_model_dir(artifacts["segmentation3d"])
+    out = svc.run(parse_request({"studyInstanceUID": hippo.study_uid, "outputs": ["contours"], "storeToPacs": False}),
+                  client=client)
+    order = [str(ds.SOPInstanceUID) for ds in sorted(hippo.datasets, key=lambda d: float(d.ImagePositionPatient[2]))]
+    rois = [{"type": "freehand", **c} for c in out["contours"]]
+    assert {c["sopInstanceUID"] for c in out["contours"]} <= set(order)
+    back = worker_volume(rois, order, tuple(out["volume"]["shape"]), ["anterior", "posterior"])
+    voxels = out["findings"]["voxels"]
+    assert sum(voxels.values()) > 100 and out["contours"], voxels  # the (untrained) model does find something
+    for value, name in ((1, "anterior"), (2, "posterior")):  # the outlines hold the voxels the volumes count
+        assert abs(int((back == value).sum()) - voxels[name]) <= 0.01 * max(voxels[name], 100), (name, voxels)
+    cls = InferenceService.from_model_dir(artifacts["classification2d"])
+    with pytest.raises(BadRequest, match="'contours' needs a segmentation model"):
+        cls.run(parse_request({"studyInstanceUID": str(chest.dataset.StudyInstanceUID), "outputs": ["contours"]}),
+                client=client)
