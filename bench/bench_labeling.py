@@ -125,11 +125,11 @@ def suggestion_timing(lam: Any, arn: str, bucket: str, objs: dict[str, Any], arg
     64 px), interleaved, against the endpoint's own InvokeEndpoint for the same image (the suggestion's floor)."""
     import tempfile
 
-    from model_helpers import realtime_chest_endpoint
+    from model_helpers import realtime_endpoint
 
     from dicomflow.inference import endpoint as ep
 
-    endpoint = realtime_chest_endpoint("bench-suggest", bucket, Path(tempfile.mkdtemp(prefix="bench-suggest-")))
+    endpoint = realtime_endpoint("bench-suggest", bucket, Path(tempfile.mkdtemp(prefix="bench-suggest-")))
     variables = lam.get_function_configuration(FunctionName=arn)["Environment"]["Variables"]
     plain = {k: v for k, v in variables.items() if k != "DICOMFLOW_PRELABEL_ENDPOINT"}
     event = {"version": "2018-10-16", "labelingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:"

@@ -53,10 +53,11 @@ def dciodvfy_errors(ds: pydicom.Dataset, tmp: Path, name: str | None = None) -> 
     return [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")]
 
 
-def realtime_chest_endpoint(name: str, bucket: str, root: Path, seed: int = 3,
-                            positive: tuple[str, ...] = ()) -> str:
-    """A real-time endpoint on the local cloud serving an untrained chest classifier (64 px) whose classes in
-    ``positive`` come out above 0.5 on any image (their output bias raised); returns its name."""
+def realtime_endpoint(name: str, bucket: str, root: Path, *, task: str = "classification2d", seed: int = 3,
+                      positive: tuple[str, ...] = ()) -> str:
+    """A real-time endpoint on the local cloud serving an untrained model (the chest classifier at 64 px, or the
+    hippocampus segmenter at 16x32x32) whose classes in ``positive`` win on any image: a classifier's come out
+    above 0.5, a segmenter's first one fills every voxel (their output bias raised). Returns its name."""
     import torch
 
     from dicomflow import aws
@@ -64,16 +65,20 @@ def realtime_chest_endpoint(name: str, bucket: str, root: Path, seed: int = 3,
     from dicomflow.inference import endpoint as ep
 
     torch.manual_seed(seed)
-    labels = list(synthetic.CHEST_CLASSES)
-    spec = networks.network_spec("classification2d", labels)
+    labels = list(synthetic.CHEST_CLASSES) if task == "classification2d" else ["anterior", "posterior"]
+    spec = networks.network_spec(task, labels)
     network = networks.build_network(spec)
     with torch.no_grad():
-        for name_ in positive:
-            network.class_layers.out.bias[labels.index(name_)] += 20.0
-    model = artifact.save_artifact(root / "classification2d", task="classification2d", labels=labels,
-                                   network=network, network_spec=spec,
-                                   preprocess=artifact.default_preprocess("classification2d", [64, 64]),
-                                   metrics={}, manifest_sha256="0" * 64)
+        if task == "classification2d":
+            for cls in positive:
+                network.class_layers.out.bias[labels.index(cls)] += 20.0
+        elif positive:
+            last = [m for m in network.modules() if isinstance(m, torch.nn.Conv3d | torch.nn.ConvTranspose3d)][-1]
+            last.bias[1 + labels.index(positive[0])] += 50.0  # channel 0 is the background
+    size = [64, 64] if task == "classification2d" else [16, 32, 32]
+    model = artifact.save_artifact(root / task, task=task, labels=labels, network=network, network_spec=spec,
+                                   preprocess=artifact.default_preprocess(task, size), metrics={},
+                                   manifest_sha256="0" * 64)
     uri = f"s3://{bucket}/{name}/model.tar.gz"
     aws.write(uri, model_tarball(model))
     ep.deploy(name, uri, asynchronous=False)

@@ -75,6 +75,7 @@ class WorkerAnswer:
     dropped: int = 0  # labels / ROIs that were invalid or not in the label set
     suggested: list[str] | None = None  # the model's suggested labels the worker was shown (None: none shown)
     suggestion_model: dict[str, Any] | None = None
+    suggested_outlines: list[dict[str, Any]] | None = None  # the model's outlines the worker was shown (with "id")
 
 
 def vote_threshold(env: Mapping[str, str] | None = None) -> float:
@@ -150,8 +151,12 @@ def _roi(raw: Any, allowed: set[str] | None) -> dict[str, Any] | None:
         box = (min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys))
         if box[2] <= 0 or box[3] <= 0:
             return None
-        return {"type": "freehand", "label": label, "sopInstanceUID": sop, "points": points,
-                "x": box[0], "y": box[1], "width": box[2], "height": box[3]}
+        roi = {"type": "freehand", "label": label, "sopInstanceUID": sop, "points": points,
+               "x": box[0], "y": box[1], "width": box[2], "height": box[3]}
+        made = raw.get("suggestion")
+        if isinstance(made, str) and 0 < len(made) <= 16:  # an outline the model suggested, as the worker left it
+            roi.update(suggestion=made, edited=raw.get("edited") is True)
+        return roi
     if kind not in ("rectangle", "box"):
         return None
     x, y, w, h = (_finite(raw.get(k)) for k in ("x", "y", "width", "height"))
@@ -213,22 +218,32 @@ def parse_answer(worker_id: str, content: Any, label_set: Iterable[str] | None =
     if not labels and not rois and not slice_labels:
         raise AnswerError("empty", "answer has no labels, ROIs or slice labels")
     spent = _finite(obj.get("timeSpentSeconds"))
-    suggested, model = _suggestion(obj.get("suggestion"), allowed)
-    return WorkerAnswer(worker_id, labels, rois, slice_labels, spent if spent is None or spent >= 0 else None,
-                        dropped, suggested, model)
+    answer = WorkerAnswer(worker_id, labels, rois, slice_labels, spent if spent is None or spent >= 0 else None,
+                          dropped)
+    _read_suggestion(answer, obj.get("suggestion"), allowed)
+    return answer
 
 
-def _suggestion(raw: Any, allowed: set[str] | None) -> tuple[list[str] | None, dict[str, Any] | None]:
-    """The suggested labels (and model) an answer says its worker was shown; (None, None) when none were."""
+def _read_suggestion(answer: WorkerAnswer, raw: Any, allowed: set[str] | None) -> None:
+    """What the answer says its worker was shown: suggested labels, or outlines (each with its ``id``)."""
     if not isinstance(raw, Mapping):
-        return None, None
-    names = raw.get("suggested")
-    if not isinstance(names, Sequence) or isinstance(names, str):
-        return None, None
-    kept = [n for n in dict.fromkeys(names) if isinstance(n, str) and (allowed is None or n in allowed)]
+        return
     model = raw.get("model")
-    return kept, ({k: str(v) for k, v in model.items() if k in ("name", "version") and v is not None}
-                  if isinstance(model, Mapping) else None)
+    answer.suggestion_model = ({k: str(v) for k, v in model.items() if k in ("name", "version") and v is not None}
+                               if isinstance(model, Mapping) else None)
+    outlines = raw.get("outlines")
+    if isinstance(outlines, Sequence) and not isinstance(outlines, str):
+        shown = []
+        for item in outlines[:MAX_ROIS]:
+            roi = _roi({**item, "type": "freehand", "suggestion": item.get("id")} if isinstance(item, Mapping)
+                       else None, allowed)
+            if roi is not None and "suggestion" in roi:
+                shown.append(roi)
+        answer.suggested_outlines = shown
+        return
+    names = raw.get("suggested")
+    if isinstance(names, Sequence) and not isinstance(names, str):
+        answer.suggested = [n for n in dict.fromkeys(names) if isinstance(n, str) and (allowed is None or n in allowed)]
 
 
 # ---- voting --------------------------------------------------------------------------------
@@ -353,14 +368,22 @@ def consolidate(answers: Sequence[WorkerAnswer], label_set: Sequence[str] | None
     }
     if spent:
         content["timeSpentSeconds"] = {"median": round(median(spent), 2), "total": round(sum(spent), 2)}
+    from dicomflow.groundtruth.suggestions import outcome, outline_outcome
+
     shown = [a for a in answers if a.suggested is not None]
     if shown:
-        from dicomflow.groundtruth.suggestions import outcome
-
         content["suggestions"] = {
-            "model": shown[0].suggestion_model, "suggested": shown[0].suggested,
+            "kind": "classes", "model": shown[0].suggestion_model, "suggested": shown[0].suggested,
             **outcome(shown[0].suggested, present_labels),
             "workerAcceptance": {a.worker_id: outcome(a.suggested or [], a.labels)["acceptance"] for a in shown}}
+    outlined = [a for a in answers if a.suggested_outlines is not None]
+    if outlined:
+        per = {a.worker_id: outline_outcome(a.suggested_outlines or [], a.rois) for a in outlined}
+        totals = {k: sum(p[k] for p in per.values()) for k in ("shown", "kept", "changed", "rejected")}
+        content["suggestions"] = {
+            "kind": "outlines", "model": outlined[0].suggestion_model, **totals,
+            "acceptance": round(totals["kept"] / totals["shown"], 4) if totals["shown"] else None,
+            "workers": per}
     return content
 
 

@@ -94,10 +94,11 @@ def agreement(volumes: Mapping[str, np.ndarray], fused: np.ndarray, structures: 
     for i, name in enumerate(structures, start=1):
         pairs = [dice(volumes[a], volumes[b], i) for a, b in combinations(sorted(volumes), 2)]
         per[name] = {"interAnnotatorDice": _mean(pairs),
-                     "workerDice": {w: _round(dice(v, fused, i)) for w, v in sorted(volumes.items())},
+                     "workerDice": {w: rounded(dice(v, fused, i)) for w, v in sorted(volumes.items())},
                      "voxels": int((fused == i).sum())}
     return {"structures": per, "object": _mean(p["interAnnotatorDice"] for p in per.values())}
 
 
-def _round(value: float | None) -> float | None:
+def rounded(value: float | None) -> float | None:
+    """``value`` to 4 decimals; None stays None."""
     return None if value is None else round(value, 4)

@@ -14,8 +14,9 @@ each slice (``outputs: ["json", "contours"]``)::
 Only the job's own labels are kept. A model that is down, slow (``DICOMFLOW_PRELABEL_TIMEOUT_SECONDS``),
 of another task or of other classes never blocks labeling: the task goes out with an ``unavailable``
 suggestion that says why. The template shows suggestions marked as the model's and never ticks them for the
-worker; the worker's answer echoes what was suggested (``suggestion``), so that the consolidation can record
-which suggestions people kept, which they rejected and what they added.
+worker (outlines are placed dashed yellow for the worker to check, edit or delete); the worker's answer echoes
+what was suggested (``suggestion``) and marks each outline that came from the model (``suggestion`` id,
+``edited``), so that the consolidation can record which suggestions people kept, changed, rejected or added to.
 """
 
 from __future__ import annotations
@@ -107,3 +108,13 @@ def outcome(suggested: Sequence[str], final: Sequence[str]) -> dict[str, Any]:
     kept = sum(v == "kept" for v in classes.values())
     return {"classes": classes, "added": [n for n in final if n not in set(suggested)],
             "acceptance": round(kept / len(classes), 4) if classes else None}
+
+
+def outline_outcome(shown: Sequence[dict[str, Any]], rois: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How one worker left the model's outlines: ``kept`` as suggested, ``changed`` (edited), ``rejected``
+    (deleted), of ``shown``."""
+    left = {r["suggestion"]: bool(r.get("edited")) for r in rois if r.get("suggestion")}
+    ids = {o["suggestion"] for o in shown}
+    kept = sum(1 for i in ids if i in left and not left[i])
+    changed = sum(1 for i in ids if left.get(i))
+    return {"shown": len(ids), "kept": kept, "changed": changed, "rejected": len(ids) - kept - changed}

@@ -146,6 +146,13 @@ function suggestionBox(s) {
     return h('div', { class: 'df-suggestions df-suggestions-off', 'data-testid': 'suggestions' },
       `No model suggestions for this task: ${s.reason || 'the model is unavailable'}`);
   }
+  if (s.kind === 'outlines') {
+    const model = [s.model?.name, s.model?.version && `v${s.model.version}`].filter(Boolean).join(' ');
+    return h('div', { class: 'df-suggestions', 'data-testid': 'suggestions' },
+      h('strong', {}, `Model outlines${model ? ` (${model})` : ''} — dashed yellow: check, edit or delete each`),
+      h('div', {}, `${s.outlines.length} outline(s) on ${new Set(s.outlines.map((o) => o.sopInstanceUID)).size}`
+        + ' slice(s); they count as yours only as you leave them'));
+  }
   const named = Object.entries(s.probabilities).sort((a, b) => b[1] - a[1])
     .map(([name, p]) => `${name} ${p.toFixed(2)}`).join(' · ');
   const accept = h('button', { type: 'button', class: 'df-action', 'data-action': 'accept-suggestions',
@@ -236,7 +243,10 @@ function collectRois() {
     } else if (tool === PlanarFreehandROITool.toolName) {
       const poly = a.data?.contour?.polyline || a.data?.polyline || [];
       if (poly.length < 3) continue;
-      rois.push({ type: 'freehand', label, sopInstanceUID, points: poly.map((p) => toImageXY(imageId, p)) });
+      const roi = { type: 'freehand', label, sopInstanceUID, points: poly.map((p) => toImageXY(imageId, p)) };
+      if (a.data?.dicomflowSuggestion) Object.assign(roi, { suggestion: a.data.dicomflowSuggestion,
+        edited: Boolean(a.data.dicomflowEdited) });
+      rois.push(roi);
     }
   }
   return rois;
@@ -258,13 +268,14 @@ function freehandOutlines() {
 }
 
 /** A closed freehand outline (image coordinates) on slice ``slice``, as if the worker had drawn it. */
-function addOutline(slice, label, points, how) {
+function addOutline(slice, label, points, how, suggestion = null) {
   const imageId = state.imageIds[slice];
   const cam = state.viewport.getCamera();
   const polyline = points.map((p) => csUtils.imageToWorldCoords(imageId, p));
   const plane = metaData.get('imagePlaneModule', imageId) || {};
+  const annotationUID = csUtils.uuidv4();
   csAnnotation.state.addAnnotation({
-    annotationUID: csUtils.uuidv4(),
+    annotationUID,
     highlighted: false, invalidated: true, isLocked: false, isVisible: true,
     metadata: { toolName: PlanarFreehandROITool.toolName, referencedImageId: imageId,
       FrameOfReferenceUID: plane.frameOfReferenceUID, viewPlaneNormal: [...cam.viewPlaneNormal],
@@ -272,8 +283,33 @@ function addOutline(slice, label, points, how) {
     data: { handles: { points: [], activeHandleIndex: null,
       textBox: { hasMoved: false, worldPosition: [0, 0, 0],
         worldBoundingBox: { topLeft: [0, 0, 0], topRight: [0, 0, 0], bottomLeft: [0, 0, 0], bottomRight: [0, 0, 0] } } },
-    contour: { polyline, closed: true }, label, dicomflowLabel: label, dicomflowMade: how, cachedStats: {} },
+    contour: { polyline, closed: true }, label, dicomflowLabel: label, dicomflowMade: how,
+    dicomflowSuggestion: suggestion, cachedStats: {} },
   }, ui.element);
+  if (suggestion) {
+    try {
+      csAnnotation.config.style.setAnnotationStyles(annotationUID, { color: 'rgb(255, 200, 0)', lineDash: '4,4' });
+    } catch (err) {
+      console.warn('[dicomflow] suggestion style not applied', err);
+    }
+  }
+}
+
+/** The model's outlines, placed on their slices as annotations the worker can edit or delete. */
+function placeSuggestedOutlines() {
+  const s = state.task.suggestions;
+  if (s?.status !== 'ok' || s.kind !== 'outlines') return 0;
+  const sliceOf = new Map(state.imageIds.map((id, i) => [state.sopByImageId.get(id), i]));
+  let placed = 0;
+  for (const o of s.outlines) {
+    const slice = sliceOf.get(o.sopInstanceUID);
+    if (slice === undefined) continue;
+    addOutline(slice, o.label, o.points, 'model', o.id);
+    placed += 1;
+  }
+  state.viewport.render();
+  updateAnswer();
+  return placed;
 }
 
 /** Copy the current slice's outlines to the next slice and go there (the worker then adjusts them). */
@@ -332,8 +368,11 @@ function getAnswer() {
     timeSpentSeconds: Math.round((Date.now() - state.openedAt) / 100) / 10,
   };
   const s = state.task.suggestions;
-  if (s?.status === 'ok') {
-    answer.suggestion = { suggested: s.suggested, model: s.model, accepted: Boolean(state.suggestionAccepted) };
+  if (s?.status === 'ok' && s.kind === 'outlines') {
+    answer.suggestion = { kind: 'outlines', model: s.model, outlines: s.outlines };
+  } else if (s?.status === 'ok') {
+    answer.suggestion = { kind: 'classes', suggested: s.suggested, model: s.model,
+      accepted: Boolean(state.suggestionAccepted) };
   }
   return answer;
 }
@@ -589,7 +628,13 @@ async function start() {
     updateAnswer();
   });
   eventTarget.addEventListener(ToolEnums.Events.ANNOTATION_REMOVED, () => updateAnswer());
-  eventTarget.addEventListener(ToolEnums.Events.ANNOTATION_MODIFIED, () => updateAnswer());
+  eventTarget.addEventListener(ToolEnums.Events.ANNOTATION_MODIFIED, (evt) => {
+    const a = evt.detail?.annotation;
+    const change = evt.detail?.changeType;
+    const edits = [ToolEnums.ChangeTypes.Interaction, ToolEnums.ChangeTypes.HandlesUpdated];
+    if (a?.data?.dicomflowSuggestion && edits.includes(change)) a.data.dicomflowEdited = true;
+    updateAnswer();
+  });
   document.addEventListener('keydown', onKey);
   new ResizeObserver(() => engine.resize(true, true)).observe(ui.element);
 
@@ -605,6 +650,8 @@ async function start() {
   flags.ready = true;
   setStatus(task.images.length > 1 ? `Loading slices…` : '');
   prefetchAll().then(() => {
+    // the model's outlines go on once every slice's geometry is known (they map image to world coordinates)
+    if (!flags.error) flags.suggestedOutlines = placeSuggestedOutlines();
     if (task.images.length === 1) flags.imagesLoaded = true;
   });
 }

@@ -70,13 +70,20 @@ export function normalizeTask(raw) {
 function normalizeSuggestions(s, labels) {
   if (!s || typeof s !== 'object') return null;
   if (s.status !== 'ok') return { status: 'unavailable', reason: String(s.reason || '') };
+  if (s.kind === 'outlines') {
+    const outlines = (Array.isArray(s.outlines) ? s.outlines : [])
+      .filter((o) => o && labels.includes(o.label) && Array.isArray(o.points) && o.points.length >= 3)
+      .map((o, i) => ({ id: `s${i}`, sopInstanceUID: String(o.sopInstanceUID), label: o.label,
+        points: o.points.map((p) => [Number(p[0]), Number(p[1])]) }));
+    return { status: 'ok', kind: 'outlines', outlines, model: s.model || {} };
+  }
   const probabilities = {};
   for (const name of labels) {
     const p = num(s.probabilities?.[name]);
     if (p !== undefined) probabilities[name] = p;
   }
   const suggested = (Array.isArray(s.suggested) ? s.suggested : []).filter((n) => n in probabilities);
-  return { status: 'ok', probabilities, suggested, model: s.model || {} };
+  return { status: 'ok', kind: 'classes', probabilities, suggested, model: s.model || {} };
 }
 
 /** Make a possibly relative URL absolute against the page (the loader needs a full URL). */

@@ -192,9 +192,9 @@ def test_label_manifest_no_match_writes_nothing(local_cloud, bucket):
 @pytest.fixture(scope="module")
 def chest_endpoint(local_cloud, bucket, tmp_path_factory) -> str:
     """A real-time endpoint serving an (untrained) chest classifier: the pre-label Lambda's model."""
-    from model_helpers import realtime_chest_endpoint
+    from model_helpers import realtime_endpoint
 
-    return realtime_chest_endpoint(f"prelabel-{SEED}", bucket, tmp_path_factory.mktemp("prelabel-model"))
+    return realtime_endpoint(f"prelabel-{SEED}", bucket, tmp_path_factory.mktemp("prelabel-model"))
 
 
 def test_pre_label_attaches_the_models_suggestions_and_goes_on_without_them(local_cloud, studies, lambda_env,
