@@ -1,7 +1,8 @@
 """How every benchmark here times and reports: median and spread over >= 5 repeats, nothing clamped.
 
 ``measure(fn, repeats)`` runs ``fn`` once to warm up, then ``repeats`` times; :class:`Sample` keeps
-every figure. ``Sample.text()`` is ``median (min-max)``; ratios of two samples use their medians.
+every figure. ``Sample.text()`` is ``median (min-max)``; ratios of two samples use their medians, or for two
+interleaved ways the ratio of each back-to-back pair (:func:`paired_ratios`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,14 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
 def ratio(a: Sample, b: Sample) -> float:
     """Median of ``a`` over median of ``b``."""
     return a.median / b.median
+
+
+def paired_ratios(a: Sample, b: Sample) -> Sample:
+    """``a[i] / b[i]`` for each repeat of two :func:`interleaved` ways: each pair ran back to back, so a slow spell
+    of the machine divides out instead of landing on one side (unitless; its median and spread)."""
+    if len(a.values) != len(b.values):
+        raise ValueError("paired ratios need the same number of repeats of both ways")
+    return Sample(tuple(x / y for x, y in zip(a.values, b.values, strict=True)))
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

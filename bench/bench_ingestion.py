@@ -13,8 +13,10 @@ turn within a repeat:
 * ``naive: file round trip``: the seed sample's way of getting pixels to the model, each object written
   to a temporary ``.dcm`` file and read back with ``pydicom.dcmread`` before the same request.
 
-Target: ours within 15 % of the forward pass (pipeline overhead <= 15 %). The serving HTTP hop, S3 and the
-Lambda's invocation are not in this figure (on the emulator they measure the emulator, not AWS).
+Target: ours within 15 % of the forward pass (pipeline overhead <= 15 %), judged on the median of the
+back-to-back pairs' ratios (the forward pass's own time varies by tens of percent within minutes on this
+machine; a pair shares the spell it ran in), with the ratio of the two medians printed beside it. The serving
+HTTP hop, S3 and the Lambda's invocation are not in this figure (on the emulator they measure the emulator, not AWS).
 
 Usage: ``.venv/bin/python bench/bench_ingestion.py [--images 16] [--input 64] [--repeats 5] [--json]``
 """
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import pydicom
 import torch
-from _stats import MIN_REPEATS, check_repeats, interleaved, ratio, table
+from _stats import MIN_REPEATS, check_repeats, interleaved, paired_ratios, ratio, table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -101,7 +103,10 @@ def main() -> None:
     t = result["times"]
     per_s = {name: result["images"] / (s.median / 1000) for name, s in t.items()}
     if args.json:
+        pairs = paired_ratios(t["ours: bytes -> index"], t["floor: forward pass"])
         print(json.dumps({**{k: v for k, v in result.items() if k != "times"},
+                          "pairedOverhead": {"median": round(pairs.median - 1, 4), "min": round(pairs.low - 1, 4),
+                                             "max": round(pairs.high - 1, 4)},
                           "ms": {k: v.as_dict() for k, v in t.items()},
                           "imagesPerSecond": {k: round(v, 1) for k, v in per_s.items()}}, indent=2))
         return
@@ -111,8 +116,12 @@ def main() -> None:
                 [[name, s.text(), f"{per_s[name]:.1f}", f"{ratio(s, t['floor: forward pass']):.2f}"]
                  for name, s in t.items()]))
     overhead = ratio(t["ours: bytes -> index"], t["floor: forward pass"]) - 1
-    met = "met" if overhead <= TARGET_OVERHEAD else "NOT met"
-    print(f"pipeline overhead {overhead:.1%} over the bare forward pass (target <= {TARGET_OVERHEAD:.0%}: {met})")
+    paired = paired_ratios(t["ours: bytes -> index"], t["floor: forward pass"])
+    per_pair = paired.median - 1
+    met = "met" if per_pair <= TARGET_OVERHEAD else "NOT met"
+    print(f"pipeline overhead {per_pair:.1%} over the bare forward pass, median of the {len(paired.values)} "
+          f"back-to-back pairs ({paired.low - 1:.1%} to {paired.high - 1:.1%}); {overhead:.1%} from the two "
+          f"medians (target <= {TARGET_OVERHEAD:.0%}: {met})")
 
 
 if __name__ == "__main__":

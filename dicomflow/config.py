@@ -292,9 +292,27 @@ class Runtime:
     aws_snapshot_seconds: float
 
 
+_last: tuple[tuple[str | None, ...], Runtime] | None = None
+
+
 def runtime(env: Mapping[str, str] | None = None) -> Runtime:
-    """The runtime settings from ``env`` (default: the process environment), typed and checked now."""
-    env = os.environ if env is None else env
+    """The runtime settings from ``env`` (default: the process environment), typed and checked now.
+
+    For the process environment the parsed settings are kept while its variables keep their values (a
+    serving process asks once or twice per request): a changed variable is read again at the next call."""
+    global _last
+    if env is None:
+        raws = tuple(os.environ.get(var.env) for var in VARIABLES)
+        cached = _last
+        if cached is not None and cached[0] == raws:
+            return cached[1]
+        settings = _settings(dict(zip((v.env for v in VARIABLES), raws, strict=True)))
+        _last = (raws, settings)
+        return settings
+    return _settings(env)
+
+
+def _settings(env: Mapping[str, str | None]) -> Runtime:
     values = {}
     for var in VARIABLES:
         raw = (env.get(var.env) or "").strip()
