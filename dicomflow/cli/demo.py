@@ -170,6 +170,14 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
         f"{_fmt(lab['meanAgreement'], '.1%')}; {lab['unanimousObjects']} unanimous; majority = seeded truth on "
         f"{lab['majorityEqualsTruth']}/{lab['consolidated']}\noutput manifest {lab['outputManifest']}",
         title="labeling", border_style="cyan"), highlight=False)
+    if "outlining" in r:
+        ol = r["outlining"]
+        console.print(Panel.fit(
+            f"{ol['series']} hippocampus series outlined by the 3 annotators in the worker template (a shaky hand, "
+            f"missed slices); the consolidation fused them into one SEG each: Dice to the seeded truth "
+            f"{_fmt(ol['meanDiceToTruth'])}, inter-annotator Dice {_fmt(ol['meanInterAnnotatorDice'])}; the other "
+            f"training series' labels were imported\noutput manifest {ol['outputManifest']}",
+            title="segmentation labeling", border_style="cyan"), highlight=False)
     tr = r["training"]
     cls_m, seg_m = tr["classification2d"].get("metrics") or {}, tr["segmentation3d"].get("metrics") or {}
     inf = r["inference"]

@@ -54,23 +54,50 @@ def annotate_in_browser(signin_url: Callable[[str], str], workers: list[str],
     label at the same time, as a team does.
 
     ``choose(worker index, SOP Instance UID)`` gives the classes to tick; the answers by SOP Instance
-    UID are returned. Each worker runs in its own thread with its own Playwright (its sync API is not
-    thread-safe, and refuses a thread that already has an asyncio loop: a notebook, or a test session
-    that drives its own browser).
+    UID are returned.
     """
-    answers: dict[str, list[list[str]]] = {}
+    def tick(index: int, page: Any, task: dict[str, Any]) -> tuple[str, list[str]]:
+        sop = task.get("sopInstanceUID") or task["instances"][0]["sopInstanceUID"]
+        labels = choose(index, sop)
+        box = page.locator("[data-testid=image-labels]")
+        for name in labels:
+            box.get_by_label(name, exact=True).check()
+        return sop, labels
+
+    return _team(signin_url, workers, tick, total, on_progress, "ready")
+
+
+def outline_in_browser(signin_url: Callable[[str], str], workers: list[str],
+                       outlines: Callable[[int, dict[str, Any]], list[dict[str, Any]]], total: int,
+                       on_progress: Callable[[int, int], None]) -> dict[str, list[int]]:
+    """Like :func:`annotate_in_browser` for series: once every slice is loaded, each worker places the outlines
+    ``outlines(worker index, task input)`` gives through the template's own outline API (what its Freehand ROI
+    tool makes) and submits; returns the outline counts by Series Instance UID."""
+    def draw(index: int, page: Any, task: dict[str, Any]) -> tuple[str, int]:
+        drawn = page.evaluate("rois => window.dicomflowViewer.drawOutlines(rois)", outlines(index, task))
+        return task["seriesInstanceUID"], drawn
+
+    return _team(signin_url, workers, draw, total, on_progress, "imagesLoaded")
+
+
+def _team(signin_url: Callable[[str], str], workers: list[str], act: Callable[[int, Any, dict[str, Any]], Any],
+          total: int, on_progress: Callable[[int, int], None], ready: str) -> dict[str, list[Any]]:
+    """The workers at the same time, each in its own thread with its own Playwright (its sync API is not
+    thread-safe, and refuses a thread that already has an asyncio loop: a notebook, or a test session that
+    drives its own browser); ``act(worker index, page, task input)`` answers one task: ``(key, answer)``."""
+    answers: dict[str, list[Any]] = {}
     errors: list[BaseException] = []
     lock = threading.Lock()
 
-    def record(sop: str, labels: list[str]) -> None:
+    def record(key: str, answer: Any) -> None:
         with lock:
-            answers.setdefault(sop, []).append(labels)
+            answers.setdefault(key, []).append(answer)
             done = sum(len(v) for v in answers.values())
         on_progress(done, total)
 
     def work(index: int, worker: str) -> None:
         try:
-            _annotate(signin_url(worker), worker, lambda sop: choose(index, sop), record)
+            _annotate(signin_url(worker), worker, lambda page, task: act(index, page, task), record, ready)
         except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 
@@ -99,9 +126,9 @@ def require_chromium(otherwise: str = "") -> None:
                              + (f", {otherwise}" if otherwise else ""))
 
 
-def _annotate(url: str, worker: str, choose: Callable[[str], list[str]],
-              record: Callable[[str, list[str]], None]) -> None:
-    """One worker's session: sign in, then label every task the portal gives until it says done."""
+def _annotate(url: str, worker: str, act: Callable[[Any, dict[str, Any]], tuple[str, Any]],
+              record: Callable[[str, Any], None], ready: str) -> None:
+    """One worker's session: sign in, then answer every task the portal gives until it says done."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -112,21 +139,17 @@ def _annotate(url: str, worker: str, choose: Callable[[str], list[str]],
             while True:
                 page.wait_for_function(
                     "() => document.body && (document.body.dataset.done === 'true' || (window.dicomflowViewer"
-                    " && (window.dicomflowViewer.ready || window.dicomflowViewer.error)))", timeout=120_000)
+                    f" && (window.dicomflowViewer.{ready} || window.dicomflowViewer.error)))", timeout=120_000)
                 if page.evaluate("document.body.dataset.done === 'true'"):
                     break
                 error = page.evaluate("window.dicomflowViewer.error")
                 if error:
                     raise AnnotatorError(f"{worker}: the viewer failed: {error}")
                 task = json.loads(page.locator("#dicomflow-viewer").get_attribute("data-task") or "{}")
-                sop = task.get("sopInstanceUID") or task["instances"][0]["sopInstanceUID"]
-                labels = choose(sop)
-                box = page.locator("[data-testid=image-labels]")
-                for name in labels:
-                    box.get_by_label(name, exact=True).check()
+                key, answer = act(page, task)
                 with page.expect_navigation():
                     page.locator("#dicomflow-submit").click()
-                record(sop, labels)
+                record(key, answer)
             page.context.close()
         finally:
             browser.close()

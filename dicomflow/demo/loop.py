@@ -61,6 +61,7 @@ class DemoConfig:
     hippo_train: int = 40
     hippo_holdout: int = 4
     hippo_shape: tuple[int, int, int] = (32, 48, 48)
+    hippo_outlined: int = 2  # training series the simulated annotators outline (the others' labels are imported)
     cls_epochs: int = 8
     cls_batch: int = 8
     seg_epochs: int = 30
@@ -83,7 +84,8 @@ class DemoConfig:
         base = cls(size=size)
         if size == "small":
             base = replace(base, chest_train=16, chest_holdout=4, chest_size=64, hippo_train=12, hippo_holdout=3,
-                           hippo_shape=(24, 40, 40), cls_epochs=2, cls_batch=4, seg_epochs=20, seg_batch=2)
+                           hippo_shape=(24, 40, 40), hippo_outlined=1, cls_epochs=2, cls_batch=4, seg_epochs=20,
+                           seg_batch=2)
         return replace(base, **overrides)
 
     @property
@@ -311,11 +313,75 @@ def summarize_labels(lines: list[dict[str, Any]], attr: str, truth: dict[str, li
 
 
 # ---- 4. datasets ------------------------------------------------------------------------------------
+def outline_hippocampus(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Segmentation labeling: a series-level labeling job over the first training hippocampus series, outlined
+    by the simulated annotators in the real template in headless Chromium (from the seeded truth, with a shaky
+    hand and now and then a missed slice); the consolidation Lambda fuses them into one DICOM SEG per series.
+    The demo then reads the truth to say how close the fused SEGs came."""
+    from dicomflow.demo.annotators import annotator_outlines, outline_in_browser
+    from dicomflow.dicom.orthanc import series_id
+    from dicomflow.emulator.groundtruth import run_job
+    from dicomflow.groundtruth import job_request
+    from dicomflow.groundtruth.labels import label_category_config
+
+    cfg = ctx.config
+    series = ctx.hippo_train[:cfg.hippo_outlined]
+    tag = f"{cfg.tag}-outlines"
+    lines = [manifest.input_line(series_id(s.entry["PatientID"], s.study_uid, s.entry["SeriesInstanceUID"]),
+                                 **{"dicomflow-labels": HIPPOCAMPUS_STRUCTURES}) for s in series]
+    manifest_uri = _uri("LabelingInputUri", ctx, f"{tag}/input.manifest")
+    manifest.write_jsonl_s3(manifest_uri, lines)
+    categories = _uri("LabelingInputUri", ctx, f"{tag}/categories.json")
+    aws.write(categories, json.dumps(label_category_config(SEG_LABELS)).encode(), "application/json")
+    request = job_request.labeling_job_request(
+        ctx.outputs, tag, manifest_uri, label_attribute_name="hippocampus", label_category_config_uri=categories,
+        workers_per_object=cfg.annotators, title="Outline the hippocampus",
+        description="Outline the anterior and posterior hippocampus on every slice where they show")
+    truth = {s.entry["SeriesInstanceUID"]: s.label_volume for s in series}
+    workers = [f"worker-{a + 1}" for a in range(cfg.annotators)]
+    running = run_job(request, data_dir=ctx.settings.data_dir, workers=cfg.annotators, pacs=ctx.pacs)
+    try:
+        job = running.job
+        if not job.done:
+            with hooks.step(f"{cfg.annotators} annotators outline {len(series)} hippocampus series in headless "
+                            "Chromium", total=len(series) * cfg.annotators) as st:
+                outline_in_browser(
+                    running.signin_url, workers,
+                    lambda a, task: annotator_outlines(
+                        truth[task["seriesInstanceUID"]], [i["sopInstanceUID"] for i in task["instances"]],
+                        SEG_LABELS, seed=cfg.seed * 100 + a, jitter_px=0.7 * a, miss_rate=0.1 if a else 0.0),
+                    total=len(series) * cfg.annotators, on_progress=lambda d, t: st.update(completed=d, total=t))
+        with hooks.step("consolidation: outlines -> one SEG per series"):
+            job.wait_idle(timeout=300)
+            status = job.status()
+    finally:
+        running.stop()
+    out_lines = manifest.read_jsonl_s3(status["outputManifest"])
+    by_series = {s.entry["SeriesInstanceUID"]: s for s in series}
+    dice, agreement = [], []
+    for line in out_lines:
+        content = line["hippocampus"]
+        if "segmentation" not in content:
+            raise DemoError(f"outlined series {content.get('dicom', {}).get('SeriesInstanceUID')} has no SEG: "
+                            f"{content.get('segmentationError', 'no outlines')}")
+        per = stored_seg_dice(ctx, by_series[content["dicom"]["SeriesInstanceUID"]], content["segmentation"])
+        dice.append(float(np.mean(list(per.values()))))
+        agreement.append(content["segmentationAgreement"]["object"])
+    ctx.results["outlining"] = {
+        "job": tag, "series": len(out_lines), "outputManifest": status["outputManifest"], "lines": out_lines,
+        "meanDiceToTruth": float(np.mean(dice)) if dice else None,
+        "meanInterAnnotatorDice": float(np.mean([a for a in agreement if a is not None])) if agreement else None}
+    return ctx.results["outlining"]
+
+
 def import_hippocampus_labels(ctx: DemoContext) -> str:
-    """The seeder's label volumes of the training hippocampus series, brought in the way any user brings their
-    own: ``dicomflow label import`` stores them as DICOM SEGs in the studies and writes an output manifest.
-    (Until segmentation labeling is in the demo, this is where its hippocampus labels come from.)"""
-    lines = seeding.store_label_segs(dicomweb.connect(ctx.pacs), ctx.hippo_train)
+    """The seeder's label volumes of the training hippocampus series that nobody outlined, brought in the way any
+    user brings their own (``dicomflow label import`` stores them as DICOM SEGs in the studies), and one output
+    manifest with the outlined series' lines: the segmentation channel's labels."""
+    outlined = (ctx.results.get("outlining") or {}).get("lines", [])
+    done = {line["hippocampus"]["dicom"]["SeriesInstanceUID"] for line in outlined}
+    rest = [s for s in ctx.hippo_train if s.entry["SeriesInstanceUID"] not in done]
+    lines = [*outlined, *seeding.store_label_segs(dicomweb.connect(ctx.pacs), rest)]
     uri = _uri("LabelingOutputUri", ctx, f"{ctx.config.tag}-hippocampus/manifests/output/output.manifest")
     manifest.write_jsonl_s3(uri, lines)
     return uri
@@ -949,7 +1015,8 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 
 # ---- the loop ---------------------------------------------------------------------------------------
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
-    deploy_stack, seed_studies, analyse_reports, run_labeling, export_datasets, train_models, register_models,
+    deploy_stack, seed_studies, analyse_reports, run_labeling, outline_hippocampus, export_datasets, train_models,
+    register_models,
     choose_next_round, deploy_endpoints, route_new_studies, run_inference, open_viewer, index_images,
     ingest_for_search, open_search_page, run_batch_transform, serve_from_one_endpoint]
 

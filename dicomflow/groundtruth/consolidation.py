@@ -454,7 +454,8 @@ def dicom_reference(data_object: Any, resolver: Callable[[str], Any] | None) -> 
     return ref
 
 
-#: ``segment(dicom reference, answers, structures)`` -> what the consolidated label records of the SEG it stored
+#: ``segment(dicom reference, answers, structures: names or definitions)`` -> what the consolidated label records
+#: of the SEG it stored
 Segmenter = Callable[[Mapping[str, str], Sequence[WorkerAnswer], Sequence[str]], Mapping[str, Any]]
 
 
@@ -490,8 +491,10 @@ def consolidation_response(event: Mapping[str, Any], payload: Any, threshold: fl
             content["dicom"] = ref
         if segment is not None and ref is not None and "SOPInstanceUID" not in ref and label_set \
                 and any(r.get("type") == "freehand" for a in answers for r in a.rois):
+            data = item.get("dataObject") if isinstance(item.get("dataObject"), Mapping) else {}
+            own = data.get("dicomflow-labels")  # the line's structure definitions (codes), when it has them
             try:
-                content.update(segment(ref, answers, list(label_set)))
+                content.update(segment(ref, answers, own if isinstance(own, list) and own else list(label_set)))
             except (DicomflowError, ValueError) as exc:
                 content["segmentationError"] = str(exc)[:500]
         response.append({"datasetObjectId": str(item["datasetObjectId"]),

@@ -22,7 +22,8 @@
 
 Environment: ``DICOMFLOW_GATEWAY_URL`` (required: the same-origin WADO gateway, e.g.
 ``http://127.0.0.1:PORT/wado``), ``DICOMFLOW_SIGNING_SECRET_ARN`` or ``DICOMFLOW_SIGNING_KEY``,
-``DICOMFLOW_URL_TTL_SECONDS`` (default 3600), ``DICOMFLOW_LABELS`` (default CheXpert 14),
+``DICOMFLOW_URL_TTL_SECONDS`` (default 3600), ``DICOMFLOW_LABELS`` (default CheXpert 14; a manifest line's
+``dicomflow-labels`` list replaces it for that object),
 ``DICOMFLOW_PRELABEL_ENDPOINT`` / ``DICOMFLOW_PRELABEL_TIMEOUT_SECONDS`` (optional AI pre-labels), and the
 PACS settings of :mod:`dicomflow.credentials`.
 """
@@ -33,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dicomweb_client.protocol import DICOMClient
@@ -45,12 +46,15 @@ from dicomflow.dicom.elements import NON_IMAGE_MODALITIES
 from dicomflow.dicom.errors import PacsError
 from dicomflow.dicom.orthanc import ResolvedObject
 from dicomflow.groundtruth import signing
-from dicomflow.groundtruth.labels import label_set_from_env
+from dicomflow.groundtruth.labels import LabelSetError, label_set_from_env, validate_label_set
 from dicomflow.groundtruth.source import LabelingTaskError, ObjectRef, event_source, require_uid, resolve
 
 log = logging.getLogger(__name__)
 
 GATEWAY_ENV = "DICOMFLOW_GATEWAY_URL"
+#: an input manifest line's own label set (a JSON list), over DICOMFLOW_LABELS: one stack serves a chest job and
+#: a segmentation job of structures alike
+LINE_LABELS = "dicomflow-labels"
 SCHEMA_VERSION = 1
 @dataclass(frozen=True)
 class TaskSettings:
@@ -232,11 +236,27 @@ def pre_label(event: Mapping[str, Any], client: DICOMClient, resolver: Callable[
               settings: TaskSettings, now: float | None = None) -> dict[str, Any]:
     """GT pre-annotation: event -> ``{"taskInput": .., "isHumanAnnotationRequired": "true"}``."""
     ref = resolve(event_source(event), resolver)
+    own = (event.get("dataObject") or {}).get(LINE_LABELS)
+    if own is not None:  # the manifest line names its own label set (e.g. a segmentation job's structures)
+        settings = replace(settings, labels=line_label_names(own))
     task = build_task_input(client, ref, settings, now=now)
     endpoint = runtime().prelabel_endpoint
     if endpoint:
         task["suggestions"] = model_suggestions(client, ref, task, endpoint)
     return {"taskInput": task, "isHumanAnnotationRequired": "true"}
+
+
+def line_label_names(own: Any) -> list[str]:
+    """The class names of a line's ``dicomflow-labels``: names, or structure definitions (``{"name", "label",
+    "type": {..}}``, as ``dicomflow label import --structures`` takes them); LabelingTaskError when malformed."""
+    from dicomflow.dicom.structures import StructureError, parse_structures
+
+    try:
+        if isinstance(own, list) and any(isinstance(x, Mapping) for x in own):
+            own = [st.name for st in parse_structures(own, where=f"the line's {LINE_LABELS!r}")]
+        return validate_label_set(own, where=f"the line's {LINE_LABELS!r}")
+    except (LabelSetError, StructureError) as exc:
+        raise LabelingTaskError("invalid", str(exc)) from None
 
 
 def model_suggestions(client: DICOMClient, ref: ObjectRef, task: Mapping[str, Any], endpoint: str) -> dict[str, Any]:

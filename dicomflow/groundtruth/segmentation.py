@@ -24,10 +24,13 @@ from dicomflow.groundtruth import masks
 FUSION = "per-voxel majority of the workers (more than half), else background"
 
 
-def consolidate_series(client: Any, ref: Mapping[str, str], answers: Sequence[Any], structures: Sequence[str],
+def consolidate_series(client: Any, ref: Mapping[str, str], answers: Sequence[Any], definitions: Sequence[Any],
                        job: str) -> dict[str, Any]:
-    """Fuse the outlines of ``answers`` on the series ``ref`` (its Study and Series Instance UIDs) into a SEG,
-    store it into the study through ``client`` and return what the consolidated label records of it."""
+    """Fuse the outlines of ``answers`` on the series ``ref`` (its Study and Series Instance UIDs) into a SEG of
+    the structures ``definitions`` (names, or definitions with codes: :mod:`dicomflow.dicom.structures`), store
+    it into the study through ``client`` and return what the consolidated label records of it."""
+    parsed = parse_structures(definitions)
+    structures = [st.name for st in parsed]
     study, series = ref["StudyInstanceUID"], ref["SeriesInstanceUID"]
     slices = _slices(dicomweb.retrieve_series(client, study, series), series)
     order = [str(ds.SOPInstanceUID) for ds in slices]
@@ -35,7 +38,7 @@ def consolidate_series(client: Any, ref: Mapping[str, str], answers: Sequence[An
     volumes = {a.worker_id: masks.worker_volume(a.rois, order, shape, structures) for a in answers if a.rois}
     fused = masks.fuse(list(volumes.values()), len(structures))
     report = masks.agreement(volumes, fused, structures)
-    seg = build_seg(slices, fused, parse_structures(structures), None,
+    seg = build_seg(slices, fused, parsed, None,
                     series_uid=derived_uid("groundtruth-seg-series", series, job),
                     sop_uid=derived_uid("groundtruth-seg", series, job),
                     series_description="Consolidated annotation")

@@ -324,6 +324,22 @@ async function copyToNextSlice() {
   return mine.length;
 }
 
+/** Outlines given in image coordinates (``[{sopInstanceUID, label, points}]``) placed as if drawn: the scripted
+ * annotators of the demo and tests use it; a person draws with the Freehand ROI tool. */
+function drawOutlines(rois) {
+  const sliceOf = new Map(state.imageIds.map((id, i) => [state.sopByImageId.get(id), i]));
+  let drawn = 0;
+  for (const r of rois) {
+    const slice = sliceOf.get(r.sopInstanceUID);
+    if (slice === undefined || !state.task.labels.includes(r.label)) continue;
+    addOutline(slice, r.label, r.points, 'drawn');
+    drawn += 1;
+  }
+  state.viewport.render();
+  updateAnswer();
+  return drawn;
+}
+
 /** Fill every slice between two outlined slices of a label with a blend of the two outlines. */
 function interpolateOutlines() {
   const byLabel = new Map();
@@ -667,6 +683,7 @@ Object.assign(flags, {
   setRoiLabel: (l) => { state.roiLabel = l; ui.roiSelect.value = l; },
   copyToNextSlice,
   interpolateOutlines,
+  drawOutlines,
 });
 
 function boot() {

@@ -93,6 +93,13 @@ def test_whole_loop_small(local_cloud) -> None:
         assert content["dicom"]["SOPInstanceUID"] not in held_out
     assert 0 < lab["meanAgreement"] <= 1
 
+    # segmentation labeling: one training series outlined by the 3 annotators in the template, fused into a SEG
+    outlined = loop.outline_hippocampus(ctx, hooks)
+    assert outlined["series"] == 1 and outlined["meanDiceToTruth"] >= 0.9, outlined
+    assert 0 < outlined["meanInterAnnotatorDice"] < 1
+    (oline,) = outlined["lines"]
+    assert len(oline["hippocampus"]["segmentationWorkers"]) == 3 and oline["hippocampus"]["segmentation"]
+
     channels = loop.export_datasets(ctx, hooks)
     assert _keys(channels["classification2d"] + "manifest.jsonl")
     # the hippocampus labels came in as DICOM SEGs (label import), staged beside their series
