@@ -81,6 +81,7 @@ def test_outlines_on_two_slices_interpolated_become_a_seg_in_the_study(job, brow
         submit.click()
     page.wait_for_selector("body[data-done=true]")
     page.close()
+    browser.clear_cookies()  # the worker session must not outlive the test (the browser is the session's)
 
     job.job.wait_idle()
     st = job.job.status()

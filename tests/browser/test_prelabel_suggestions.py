@@ -68,6 +68,7 @@ def test_suggestions_are_shown_not_ticked_and_their_fate_is_recorded(job, browse
         page.locator("#dicomflow-submit").click()
     page.wait_for_selector("body[data-done=true]")
     page.close()
+    browser.clear_cookies()  # the worker session must not outlive the test (the browser is the session's)
 
     job.job.wait_idle()
     (line,) = manifest.read_jsonl_s3(job.job.store.output_manifest_uri())
@@ -98,6 +99,7 @@ def test_model_outlines_are_placed_for_editing_and_their_fate_is_recorded(outlin
         page.locator("#dicomflow-submit").click()
     page.wait_for_selector("body[data-done=true]")
     page.close()
+    browser.clear_cookies()  # the worker session must not outlive the test (the browser is the session's)
 
     outline_job.job.wait_idle()
     (line,) = manifest.read_jsonl_s3(outline_job.job.store.output_manifest_uri())
