@@ -162,22 +162,25 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return format(value, spec)
 
 
+def _panel(title: str, text: str) -> None:
+    """One section of the summary: a titled box whose text is printed as it is."""
+    console.print(Panel.fit(text, title=title, border_style="cyan"), highlight=False)
+
+
 def show_summary(r: dict[str, Any], settings: Any) -> None:
     """The rich summary: labels and agreement, AUROC, Dice, volumes, where the SR/SEG landed, URLs."""
     lab = r["labeling"]
-    console.print(Panel.fit(
+    _panel("labeling",
         f"{lab['consolidated']} images consolidated from 3 annotators; mean per-class agreement "
         f"{_fmt(lab['meanAgreement'], '.1%')}; {lab['unanimousObjects']} unanimous; majority = seeded truth on "
-        f"{lab['majorityEqualsTruth']}/{lab['consolidated']}\noutput manifest {lab['outputManifest']}",
-        title="labeling", border_style="cyan"), highlight=False)
+        f"{lab['majorityEqualsTruth']}/{lab['consolidated']}\noutput manifest {lab['outputManifest']}")
     if "outlining" in r:
         ol = r["outlining"]
-        console.print(Panel.fit(
+        _panel("segmentation labeling",
             f"{ol['series']} hippocampus series outlined by the 3 annotators in the worker template (a shaky hand, "
             f"missed slices); the consolidation fused them into one SEG each: Dice to the seeded truth "
             f"{_fmt(ol['meanDiceToTruth'])}, inter-annotator Dice {_fmt(ol['meanInterAnnotatorDice'])}; the other "
-            f"training series' labels were imported\noutput manifest {ol['outputManifest']}",
-            title="segmentation labeling", border_style="cyan"), highlight=False)
+            f"training series' labels were imported\noutput manifest {ol['outputManifest']}")
     tr = r["training"]
     cls_m, seg_m = tr["classification2d"].get("metrics") or {}, tr["segmentation3d"].get("metrics") or {}
     inf = r["inference"]
@@ -225,80 +228,74 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
     console.print(scale)
     if "activeLearning" in r:
         al = r["activeLearning"]
-        console.print(Panel.fit(
+        _panel("active learning",
             f"next chest round: {al['chosen']} of the {al['scored']} images no job has labeled, chosen by "
             f"{al['strategy']} (mean score {al['scoreMean']['chosen']:.3f} against {al['scoreMean']['pool']:.3f}); "
             f"the model's mean probability error on them {_fmt(al['meanErrorChosen'], '.3f')} against "
-            f"{_fmt(al['meanErrorRest'], '.3f')} on the others\nmanifest {al['manifest']}",
-            title="active learning", border_style="cyan"), highlight=False)
+            f"{_fmt(al['meanErrorRest'], '.3f')} on the others\nmanifest {al['manifest']}")
         console.print(al["command"], soft_wrap=True, highlight=False)
     if "routing" in r:
         ro = r["routing"]
-        console.print(Panel.fit(
+        _panel("auto-routing",
             f"{ro['studies']} held-out MR series sent by C-STORE were analysed by the router with no inference "
             f"call (rules {ro['rules']}; `dicomflow route status` lists each analysis), and their "
             f"{ro.get('searchItems', 0)} images have search items and thumbnails (the search ingestion Lambda "
-            "got the same stable-study events)",
-            title="auto-routing", border_style="cyan"), highlight=False)
+            "got the same stable-study events)")
     if "multiModel" in r:
         mm = r["multiModel"]
-        console.print(Panel.fit(
+        _panel("multi-model endpoint",
             f"{mm['endpoint']} serves both models from {mm['prefix']}: " + "; ".join(
                 f"{a['target']} on one held-out study, {a['maxDifferenceFromAsync']:.1e} from the async answer"
-                for a in mm["answers"].values()), title="multi-model endpoint", border_style="cyan"), highlight=False)
+                for a in mm["answers"].values()))
     if "reports" in r:
         rep = r["reports"]
-        console.print(Panel.fit(
+        _panel("radiology reports",
             f"{rep['reports']} chest reports analysed by the rule engine (InferICD10CM's answer shape); "
             f"{rep['agreement']:.1%} of the findings they mention read with the status they were written with, "
             f"{rep['unwrittenFindings']} found that were not written\ntop ICD-10-CM codes asserted: " + ", ".join(
                 f"{c['code']} {c['description']} ({c['reports']})" for c in rep["topCodes"]) +
             f"\nreport index {rep['index']}: {rep['deniedEffusion']} reports deny a pleural effusion "
-            "(dicomflow search reports \"pleural effusion\" --code J90 --status negative)",
-            title="radiology reports", border_style="cyan"), highlight=False)
+            "(dicomflow search reports \"pleural effusion\" --code J90 --status negative)")
     if "ingestion" in r:
         ing = r["ingestion"]
-        console.print(Panel.fit(
+        _panel("search ingestion",
             f"{ing['images']} held-out chest images and {ing['reports']} reports put into the ingest bucket became "
             f"items of {ing['table']} (the search ingestion Lambda); {len(ing['thumbnails'])} thumbnails in "
             f"{ing['output']}thumbnails/; {ing['embedded']} images embedded by the Lambda through the chest "
             f"endpoint and written by it into the image index ({ing['indexedByLambda']} of them), with the "
             f"same vectors as the endpoint path (largest difference {ing['maxVectorDifference']:.1e})\n"
-            f"backfill: dicomflow search ingest --from {ing['prefix']} --stack {ing['stack']}",
-            title="search ingestion", border_style="cyan"), highlight=False)
+            f"backfill: dicomflow search ingest --from {ing['prefix']} --stack {ing['stack']}")
     if "imageSearch" in r:
         im = r["imageSearch"]
         first = im["queries"][0]
-        console.print(Panel.fit(
+        _panel("similar-image search",
             f"{im['images']} chest images embedded by {im['model']['name']} {im['model']['version']} in "
             f"{im['index']}; of the {im['k']} images most like each held-out one, {im['meanSharing']:.1f} share a "
             f"true finding with it (by chance {im['chanceSharing']:.1f})\n"
-            f"dicomflow search similar --study {first['study']}   (true findings: {', '.join(first['truth'])})",
-            title="similar-image search", border_style="cyan"), highlight=False)
+            f"dicomflow search similar --study {first['study']}   (true findings: {', '.join(first['truth'])})")
     if "searchPage" in r:
         sp = r["searchPage"]
-        console.print(Panel.fit(
+        _panel("search page",
             f"{sp['signIn']}  signs in demo-radiologist (reports, words, images); demo-researcher sees codes and "
             f"images only; passwords in {sp['credentials']}\n"
             f"as the page asks: {sp['effusionReports']} reports mention an effusion ({sp['deniedEffusion']} deny "
             f"it); {sp['neighbours']} images like study {sp['similarStudy']}, {sp['thumbnailLinks']} with a "
             f"5-minute thumbnail link; a researcher's word search is refused (HTTP {sp['researcherWordSearch']})\n"
-            "users: dicomflow users ls --stack " + r.get("stack", {}).get("name", "dicomflow-demo"),
-            title="search page", border_style="cyan"), highlight=False)
+            "users: dicomflow users ls --stack " + r.get("stack", {}).get("name", "dicomflow-demo"))
     if "viewer" in r:
         v, look = r["viewer"], r["viewer"]["look"]
-        console.print(Panel.fit(
+        _panel("viewer",
             f"study {v['study']} opened in OHIF from its link: first image drawn after {look['first_image_s']:.1f} s, "
             f"the SEG overlaid after {look['overlay_s']:.1f} s ({', '.join(look['segments'])}); none of the "
             f"{look['responses']} answers the page got holds the PACS password\n"
             f"the links below work once each, for {v['validMinutes']} minutes; new ones: dicomflow view --study UID "
-            "--open", title="viewer", border_style="cyan"), highlight=False)
+            "--open")
     if "batch" in r:
         b = r["batch"]
-        console.print(Panel.fit(
+        _panel("batch transform",
             f"{b['transformJobName']} {b['status']}: {b['studies']} chest studies in {b['seconds']:.0f} s; "
             f"largest difference from the async endpoint's probabilities {b['maxDifferenceFromAsync']:.1e}\n"
-            f"outputs {b['output']}", title="batch transform", border_style="cyan"), highlight=False)
+            f"outputs {b['output']}")
     secs = r.get("seconds", {})
     console.print(Panel.fit(
         f"Orthanc web UI   {r['orthanc']}  (user and password in {settings.secrets_dir}/orthanc.json)\n"

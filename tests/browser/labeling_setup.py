@@ -92,3 +92,40 @@ def job_request(tag: str, bucket: str, lines: list[dict], arns: dict[str, str], 
 
 def new_key() -> str:
     return signing.generate_key()
+
+
+def open_task(browser: Any, url: str, ready: str = "ready") -> Any:
+    """A new page on the worker portal's sign-in ``url``, once the viewer is ``ready`` (or ``imagesLoaded``)."""
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_function(f"() => window.dicomflowViewer && (window.dicomflowViewer.{ready} "
+                           "|| window.dicomflowViewer.error)", timeout=60_000)
+    error = page.evaluate("window.dicomflowViewer.error")
+    assert not error, error
+    return page
+
+
+def drag_outline(page: Any, scale: float) -> tuple[float, float, float]:
+    """A closed square drag with the current tool around the viewport's centre, ``scale`` of its size on each
+    side; returns the centre and the half side in page pixels."""
+    box = page.locator("[data-testid=viewport]").bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    half = min(box["width"], box["height"]) * scale
+    path = [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half),
+            (cx - half, cy - half + 2)]
+    page.mouse.move(*path[0])
+    page.mouse.down()
+    for x, y in path[1:]:
+        page.mouse.move(x, y, steps=12)
+    page.mouse.up()
+    return cx, cy, half
+
+
+def submit_task(page: Any, browser: Any) -> None:
+    """Submit the task, wait for the portal's answer, close the page and drop the worker's session cookie (the
+    browser is the test session's)."""
+    with page.expect_navigation():
+        page.locator("#dicomflow-submit").click()
+    page.wait_for_selector("body[data-done=true]")
+    page.close()
+    browser.clear_cookies()

@@ -5,7 +5,7 @@ turns the outlines into a DICOM SEG in the study whose mask covers exactly those
 from __future__ import annotations
 
 import pytest
-from labeling_setup import deploy_lambdas, job_request, new_key, store_objects
+from labeling_setup import deploy_lambdas, drag_outline, job_request, new_key, open_task, store_objects, submit_task
 
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom.seg import read_seg
@@ -30,36 +30,18 @@ def job(local_cloud, bucket):
     running.stop()
 
 
-def _outline(page, box: dict, scale: float) -> None:
-    """A square drag with the freehand tool around the viewport's centre, ``scale`` of its size."""
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    half = min(box["width"], box["height"]) * scale
-    path = [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half),
-            (cx - half, cy - half + 2)]
-    page.mouse.move(*path[0])
-    page.mouse.down()
-    for x, y in path[1:]:
-        page.mouse.move(x, y, steps=10)
-    page.mouse.up()
-
-
 def test_outlines_on_two_slices_interpolated_become_a_seg_in_the_study(job, browser, local_cloud) -> None:
-    page = browser.new_page()
-    page.goto(job.signin_url("worker-1"))
-    page.wait_for_function("() => window.dicomflowViewer && (window.dicomflowViewer.imagesLoaded "
-                           "|| window.dicomflowViewer.error)", timeout=60_000)
-    assert not page.evaluate("window.dicomflowViewer.error")
+    page = open_task(browser, job.signin_url("worker-1"), "imagesLoaded")
     submit = page.locator("#dicomflow-submit")
     assert submit.get_attribute("disabled") is not None  # nothing ticked or outlined yet
     page.get_by_role("button", name="Freehand ROI").click()
     page.locator(".df-roi-label").select_option("anterior")
-    box = page.locator("[data-testid=viewport]").bounding_box()
     page.evaluate("window.dicomflowViewer.setSlice(2)")
     page.wait_for_function("() => window.dicomflowViewer.sliceIndex === 2")
-    _outline(page, box, 0.10)
+    drag_outline(page, 0.10)
     page.evaluate("window.dicomflowViewer.setSlice(5)")
     page.wait_for_function("() => window.dicomflowViewer.sliceIndex === 5")
-    _outline(page, box, 0.20)
+    drag_outline(page, 0.20)
     page.wait_for_function("() => window.dicomflowViewer.getAnswer().rois.length === 2")
     page.get_by_role("button", name="Interpolate between slices").click()
     answer = page.evaluate("window.dicomflowViewer.getAnswer()")
@@ -77,11 +59,7 @@ def test_outlines_on_two_slices_interpolated_become_a_seg_in_the_study(job, brow
     copied = [r for r in page.evaluate("window.dicomflowViewer.getAnswer()")["rois"]
               if order.index(r["sopInstanceUID"]) == 6]
     assert len(copied) == 1 and _area(copied[0]["points"]) == pytest.approx(area[5], rel=0.01)
-    with page.expect_navigation():
-        submit.click()
-    page.wait_for_selector("body[data-done=true]")
-    page.close()
-    browser.clear_cookies()  # the worker session must not outlive the test (the browser is the session's)
+    submit_task(page, browser)
 
     job.job.wait_idle()
     st = job.job.status()

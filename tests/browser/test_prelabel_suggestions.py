@@ -5,7 +5,7 @@ suggestions were kept and which rejected."""
 from __future__ import annotations
 
 import pytest
-from labeling_setup import deploy_lambdas, job_request, new_key, store_objects
+from labeling_setup import deploy_lambdas, job_request, new_key, open_task, store_objects, submit_task
 from model_helpers import realtime_endpoint
 
 from dicomflow.groundtruth import manifest
@@ -49,11 +49,7 @@ def outline_job(local_cloud, bucket, tmp_path_factory):
 
 
 def test_suggestions_are_shown_not_ticked_and_their_fate_is_recorded(job, browser) -> None:
-    page = browser.new_page()
-    page.goto(job.signin_url("worker-1"))
-    page.wait_for_function("() => window.dicomflowViewer && (window.dicomflowViewer.ready "
-                           "|| window.dicomflowViewer.error)", timeout=60_000)
-    assert not page.evaluate("window.dicomflowViewer.error")
+    page = open_task(browser, job.signin_url("worker-1"))
     box = page.locator("[data-testid=suggestions]")
     assert "Model suggestion" in box.inner_text() and "not ticked for you" in box.inner_text()
     labels = page.locator("[data-testid=image-labels] input[type=checkbox]")
@@ -64,11 +60,7 @@ def test_suggestions_are_shown_not_ticked_and_their_fate_is_recorded(job, browse
     ticked = [labels.nth(i).get_attribute("data-label") for i in range(labels.count()) if labels.nth(i).is_checked()]
     assert sorted(ticked) == sorted(suggested)
     page.locator("[data-testid=image-labels]").get_by_label(suggested[0]).uncheck()  # the worker disagrees
-    with page.expect_navigation():
-        page.locator("#dicomflow-submit").click()
-    page.wait_for_selector("body[data-done=true]")
-    page.close()
-    browser.clear_cookies()  # the worker session must not outlive the test (the browser is the session's)
+    submit_task(page, browser)
 
     job.job.wait_idle()
     (line,) = manifest.read_jsonl_s3(job.job.store.output_manifest_uri())
@@ -84,22 +76,14 @@ def test_model_outlines_are_placed_for_editing_and_their_fate_is_recorded(outlin
     from dicomflow.dicom.seg import read_seg
     from dicomflow.dicom.volume import load_image
 
-    page = browser.new_page()
-    page.goto(outline_job.signin_url("worker-1"))
-    page.wait_for_function("() => window.dicomflowViewer && (window.dicomflowViewer.imagesLoaded "
-                           "|| window.dicomflowViewer.error)", timeout=60_000)
-    assert not page.evaluate("window.dicomflowViewer.error")
+    page = open_task(browser, outline_job.signin_url("worker-1"), "imagesLoaded")
     assert "Model outlines" in page.locator("[data-testid=suggestions]").inner_text()
     series = outline_job.objs["series_datasets"]
     assert page.evaluate("window.dicomflowViewer.suggestedOutlines") == len(series)  # the model fills every slice
     page.get_by_role("button", name="Undo ROI").click()  # the worker deletes the last of them
     rois = page.evaluate("window.dicomflowViewer.getAnswer()")["rois"]
     assert len(rois) == len(series) - 1 and all(r["suggestion"] and r["edited"] is False for r in rois)
-    with page.expect_navigation():
-        page.locator("#dicomflow-submit").click()
-    page.wait_for_selector("body[data-done=true]")
-    page.close()
-    browser.clear_cookies()  # the worker session must not outlive the test (the browser is the session's)
+    submit_task(page, browser)
 
     outline_job.job.wait_idle()
     (line,) = manifest.read_jsonl_s3(outline_job.job.store.output_manifest_uri())

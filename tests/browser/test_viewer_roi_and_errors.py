@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import requests
-from labeling_setup import deploy_lambdas, job_request, new_key, store_objects
+from labeling_setup import deploy_lambdas, drag_outline, job_request, new_key, store_objects
 
 from dicomflow.demo import synthetic
 from dicomflow.dicom import dicomweb
@@ -48,15 +48,7 @@ def test_freehand_roi_is_in_image_pixel_coordinates(job, browser) -> None:
     page.get_by_role("button", name="Freehand ROI").click()
     page.locator(".df-roi-label").select_option("Edema")
     box = page.locator("[data-testid=viewport]").bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    half = min(box["width"], box["height"]) * 0.15
-    path = [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half),
-            (cx - half, cy - half + 2)]
-    page.mouse.move(*path[0])
-    page.mouse.down()
-    for x, y in path[1:]:
-        page.mouse.move(x, y, steps=12)
-    page.mouse.up()
+    cx, cy, half = drag_outline(page, 0.15)
     page.wait_for_function("window.dicomflowViewer.getAnswer().rois.length > 0")
     roi = page.evaluate("window.dicomflowViewer.getAnswer()")["rois"][0]
     assert roi["type"] == "freehand" and roi["label"] == "Edema" and roi["sopInstanceUID"] == cr.SOPInstanceUID

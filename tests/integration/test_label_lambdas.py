@@ -6,16 +6,15 @@ serves exactly the named object when called with the server's credentials.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pydicom
 import pytest
 import requests
 from click.testing import CliRunner
+from lambda_handlers import load_handler
 
 from dicomflow import aws
 from dicomflow.cli.label import label
@@ -34,11 +33,7 @@ BUCKET = "dicomflow-label-tests"
 
 
 def _load(name: str):
-    path = Path(__file__).resolve().parents[2] / "lambdas" / name / "handler.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_handler_it", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_handler(name, f"{name}_handler_it")
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,14 @@ runs, and the SEG comes back as the same mask through ``dataset export`` and the
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from baselines import mean_dice
+from lambda_handlers import load_handler
 
 from dicomflow import aws
 from dicomflow.demo import synthetic
@@ -27,14 +26,6 @@ from dicomflow.training.export import export_dataset
 pytestmark = pytest.mark.integration
 JOB_ARN = "arn:aws:sagemaker:us-east-1:123456789012:labeling-job/hippo-outlines"
 STRUCTURES = ["anterior", "posterior"]
-
-
-def _handler():
-    path = Path(__file__).resolve().parents[2] / "lambdas" / "post_label" / "handler.py"
-    spec = importlib.util.spec_from_file_location("post_label_handler_seg", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _answer(truth: np.ndarray, sops: list[str], shift: int = 0) -> str:
@@ -63,7 +54,7 @@ def outlined(local_cloud) -> dict:
     event = {"version": "2018-10-16", "labelingJobArn": JOB_ARN, "labelCategories": STRUCTURES,
              "labelAttributeName": "hippo", "roleArn": "arn:aws:iam::123456789012:role/gt",
              "payload": {"s3Uri": f"s3://{bucket}/payload.json"}, "outputConfig": f"s3://{bucket}/out"}
-    handler = _handler()
+    handler = load_handler("post_label")
     (first,) = handler.lambda_handler(event, None)
     (again,) = handler.lambda_handler(event, None)
     return {"series": series, "sops": sops, "client": client, "bucket": bucket, "source": source,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import boto3
+import lambda_handlers
 import pytest
 from moto import mock_aws
 
@@ -21,11 +20,7 @@ OID = "0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d-0a1b2c3d"
 
 
 def load_handler():
-    path = Path(__file__).resolve().parents[3] / "lambdas" / "post_label" / "handler.py"
-    spec = importlib.util.spec_from_file_location("post_label_handler", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return lambda_handlers.load_handler("post_label")
 
 
 def worker(wid: str, answer) -> dict:

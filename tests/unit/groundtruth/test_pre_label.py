@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import lambda_handlers
 import pytest
 from dicomweb_client import DICOMfileClient
 
@@ -177,11 +176,7 @@ def test_invalid_sources(pacs, settings, data_object, message):
 
 # ---- the handler itself: configuration and an unreachable PACS ---------------------------------
 def load_handler():
-    path = Path(__file__).resolve().parents[3] / "lambdas" / "pre_label" / "handler.py"
-    spec = importlib.util.spec_from_file_location("pre_label_handler", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return lambda_handlers.load_handler("pre_label")
 
 
 @pytest.fixture
