@@ -37,6 +37,7 @@ def _shot(page, tmp_path: Path, name: str) -> None:
 def test_a_radiologist_searches_opens_a_study_sees_similar_images_and_signs_out(browser, page_url, local_cloud,
                                                                                  tmp_path) -> None:
     url, pools = page_url
+    browser.clear_cookies()  # the browser is the session's: earlier tests' sessions are not this page's
     page = browser.new_page()
     bodies: list[str] = []
     page.on("response", lambda r: bodies.append(r.text()) if r.request.resource_type in ("fetch", "xhr") else None)
