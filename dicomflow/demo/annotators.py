@@ -160,8 +160,9 @@ def annotator_outlines(label_volume: Any, sop_order: list[str], structures: list
     """A simulated annotator's freehand outlines of a series (the worker template's ROI shape), drawn from the
     seeded truth: each structure's outline on each slice where it shows, every vertex moved by Gaussian noise
     of ``jitter_px`` pixels (a shaky hand), and a slice left out with probability ``miss_rate``."""
-    import contourpy
     import numpy as np
+
+    from dicomflow.inference.sections import boundaries
 
     rng = np.random.default_rng(seed)
     rois = []
@@ -172,8 +173,8 @@ def annotator_outlines(label_volume: Any, sop_order: list[str], structures: list
             mask = np.asarray(label_volume[k]) == value
             if not mask.any():
                 continue
-            for line in contourpy.contour_generator(z=np.pad(mask.astype(float), 1)).lines(0.5):
-                pts = np.asarray(line[:-1], dtype=float) - 0.5  # padded pixel centres -> image coordinates
+            for line in boundaries(mask):
+                pts = np.asarray(line[:-1], dtype=float)  # the closing point repeats the first
                 if len(pts) < 3:
                     continue
                 if jitter_px:

@@ -322,13 +322,13 @@ def outline_hippocampus(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     from dicomflow.dicom.orthanc import series_id
     from dicomflow.emulator.groundtruth import run_job
     from dicomflow.groundtruth import job_request
-    from dicomflow.groundtruth.labels import label_category_config
+    from dicomflow.groundtruth.labels import LINE_LABELS, label_category_config
 
     cfg = ctx.config
     series = ctx.hippo_train[:cfg.hippo_outlined]
     tag = f"{cfg.tag}-outlines"
     lines = [manifest.input_line(series_id(s.entry["PatientID"], s.study_uid, s.entry["SeriesInstanceUID"]),
-                                 **{"dicomflow-labels": HIPPOCAMPUS_STRUCTURES}) for s in series]
+                                 **{LINE_LABELS: HIPPOCAMPUS_STRUCTURES}) for s in series]
     manifest_uri = _uri("LabelingInputUri", ctx, f"{tag}/input.manifest")
     manifest.write_jsonl_s3(manifest_uri, lines)
     categories = _uri("LabelingInputUri", ctx, f"{tag}/categories.json")

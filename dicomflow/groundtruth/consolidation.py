@@ -40,6 +40,7 @@ from dicomflow.config import runtime
 from dicomflow.dicom.uid import is_uid
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth.source import LabelingTaskError, ObjectRef, parse_source
+from dicomflow.groundtruth.suggestions import outcome, outline_outcome
 
 THRESHOLD_ENV = "DICOMFLOW_VOTE_THRESHOLD"
 IOU_THRESHOLD = 0.5
@@ -368,8 +369,6 @@ def consolidate(answers: Sequence[WorkerAnswer], label_set: Sequence[str] | None
     }
     if spent:
         content["timeSpentSeconds"] = {"median": round(median(spent), 2), "total": round(sum(spent), 2)}
-    from dicomflow.groundtruth.suggestions import outcome, outline_outcome
-
     shown = [a for a in answers if a.suggested is not None]
     if shown:
         content["suggestions"] = {
@@ -468,7 +467,7 @@ def consolidation_response(event: Mapping[str, Any], payload: Any, threshold: fl
     structures): its SEG's reference and the workers' agreement join the content. When that fails the
     object keeps its consolidated outlines and ``segmentationError`` says why; nothing is lost.
     """
-    from dicomflow.groundtruth.labels import label_set_from_categories
+    from dicomflow.groundtruth.labels import LINE_LABELS, label_set_from_categories
 
     attribute = event.get("labelAttributeName")
     if not isinstance(attribute, str) or not attribute:
@@ -492,7 +491,7 @@ def consolidation_response(event: Mapping[str, Any], payload: Any, threshold: fl
         if segment is not None and ref is not None and "SOPInstanceUID" not in ref and label_set \
                 and any(r.get("type") == "freehand" for a in answers for r in a.rois):
             data = item.get("dataObject") if isinstance(item.get("dataObject"), Mapping) else {}
-            own = data.get("dicomflow-labels")  # the line's structure definitions (codes), when it has them
+            own = data.get(LINE_LABELS)  # the line's structure definitions (codes), when it has them
             try:
                 content.update(segment(ref, answers, own if isinstance(own, list) and own else list(label_set)))
             except (DicomflowError, ValueError) as exc:

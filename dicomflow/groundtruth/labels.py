@@ -37,6 +37,10 @@ MAX_LABELS = 256
 MAX_LABEL_LENGTH = 128
 
 
+#: an input manifest line's own label set (names, or structure definitions with codes), over DICOMFLOW_LABELS:
+#: one stack serves a chest job and a segmentation job of structures alike
+LINE_LABELS = "dicomflow-labels"
+
 class LabelSetError(DicomflowError):
     """A label set is malformed; the message says what and how to fix it."""
 

@@ -46,15 +46,12 @@ from dicomflow.dicom.elements import NON_IMAGE_MODALITIES
 from dicomflow.dicom.errors import PacsError
 from dicomflow.dicom.orthanc import ResolvedObject
 from dicomflow.groundtruth import signing
-from dicomflow.groundtruth.labels import LabelSetError, label_set_from_env, validate_label_set
+from dicomflow.groundtruth.labels import LINE_LABELS, LabelSetError, label_set_from_env, validate_label_set
 from dicomflow.groundtruth.source import LabelingTaskError, ObjectRef, event_source, require_uid, resolve
 
 log = logging.getLogger(__name__)
 
 GATEWAY_ENV = "DICOMFLOW_GATEWAY_URL"
-#: an input manifest line's own label set (a JSON list), over DICOMFLOW_LABELS: one stack serves a chest job and
-#: a segmentation job of structures alike
-LINE_LABELS = "dicomflow-labels"
 SCHEMA_VERSION = 1
 @dataclass(frozen=True)
 class TaskSettings:

@@ -47,13 +47,12 @@ def consolidate_series(client: Any, ref: Mapping[str, str], answers: Sequence[An
                             "SOPInstanceUID": str(seg.SOPInstanceUID)},
            "structures": list(structures), "segmentationAgreement": report, "fusion": FUSION,
            "segmentationWorkers": sorted(volumes)}
-    suggested = next((a.suggested_outlines for a in answers if getattr(a, "suggested_outlines", None)), None)
+    suggested = next((a.suggested_outlines for a in answers if a.suggested_outlines), None)
     if suggested:  # how far the people's mask is from the model's: what the suggestions saved, or did not
         model = masks.worker_volume(suggested, order, shape, structures)
         out["suggestionDice"] = {name: masks.rounded(masks.dice(model, fused, i))
                                  for i, name in enumerate(structures, start=1)}
     return out
-
 
 
 def _slices(datasets: Sequence[Any], series: str) -> list[Any]:

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from dicomflow.config import ConfigError
-from dicomflow.credentials import pacs_connection
+from dicomflow.credentials import PacsConnection, pacs_connection
 from dicomflow.dicom.orthanc import OrthancRest
 from dicomflow.errors import DicomflowError
 from dicomflow.groundtruth import consolidation, manifest
@@ -31,20 +31,17 @@ if not logging.getLogger().handlers:  # outside the Lambda runtime (local host e
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
 
 
-def _resolver() -> Any:
-    """``OrthancRest.resolve`` when a PACS is configured, else None (UIDs then come from the source only)."""
+def _pacs() -> PacsConnection | None:
+    """The configured PACS (one secret read per invocation), else None: UIDs then come from the source only and
+    outlined series get no SEG."""
     try:
-        return OrthancRest(pacs_connection()).resolve
+        return pacs_connection()
     except ConfigError:
         return None
 
 
-def _segmenter(job: str) -> consolidation.Segmenter | None:
-    """Outlined series become a SEG stored into their study, when a PACS is configured."""
-    try:
-        conn = pacs_connection()
-    except ConfigError:
-        return None
+def _segmenter(conn: PacsConnection, job: str) -> consolidation.Segmenter:
+    """Outlined series become a SEG stored into their study."""
 
     def segment(ref, answers, structures):  # noqa: ANN001, ANN202 - the Segmenter signature
         from dicomflow.dicom import dicomweb
@@ -70,9 +67,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> list[dict[str, Any]]:
             and not str(item["dataObject"].get("content") or item["dataObject"].get("source") or "").startswith("{")
             for item in (payload if isinstance(payload, list) else [])
         )
+        conn = _pacs()
         response = consolidation.consolidation_response(
-            event, payload, consolidation.vote_threshold(), _resolver() if needs_pacs else None,
-            _segmenter(str(event.get("labelingJobArn") or "")))
+            event, payload, consolidation.vote_threshold(), OrthancRest(conn).resolve if conn and needs_pacs else None,
+            _segmenter(conn, str(event.get("labelingJobArn") or "")) if conn else None)
     except DicomflowError as exc:
         log.error(json.dumps({"event": "consolidation-failed", "error": type(exc).__name__, "message": str(exc)}))
         raise
