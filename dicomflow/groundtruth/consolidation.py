@@ -6,7 +6,8 @@ Worker answer (what the worker template's ``crowd-form`` submits; one per worker
       "labels": ["Cardiomegaly", "Edema"],                     # classes present in the image/series
       "rois": [                                                 # image pixel coordinates (column x, row y)
         {"label": "Cardiomegaly", "sopInstanceUID": "1.2...", "x": 10, "y": 20, "width": 50, "height": 40},
-        {"type": "freehand", "label": "Edema", "sopInstanceUID": "1.2...", "points": [[x, y], ...]}
+        {"type": "freehand", "label": "Edema", "sopInstanceUID": "1.2...", "points": [[x, y], ...]},
+        {"type": "freehand", "source": "brush", ...}             # the outline of a painted region
       ],
       "sliceLabels": {"<SOPInstanceUID>": ["Edema"]},          # series only: classes seen on a slice
       "timeSpentSeconds": 42.5
@@ -154,6 +155,8 @@ def _roi(raw: Any, allowed: set[str] | None) -> dict[str, Any] | None:
             return None
         roi = {"type": "freehand", "label": label, "sopInstanceUID": sop, "points": points,
                "x": box[0], "y": box[1], "width": box[2], "height": box[3]}
+        if raw.get("source") == "brush":  # the outline of a painted region (unioned with drawn ones)
+            roi["source"] = "brush"
         made = raw.get("suggestion")
         if isinstance(made, str) and 0 < len(made) <= 16:  # an outline the model suggested, as the worker left it
             roi.update(suggestion=made, edited=raw.get("edited") is True)

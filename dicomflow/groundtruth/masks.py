@@ -5,6 +5,9 @@
   ``(row r, column c)`` is inside an outline when its centre ``(c + 0.5, r + 0.5)`` is.
 * Outlines of one structure on one slice combine by the even-odd rule: an outline inside another cuts a
   hole (a ring is its outer and inner contour), as in RT Structure Sets.
+* Painted regions arrive as the outlines of their pixels with ``"source": "brush"`` (the worker template's
+  brush): they fill by the same rule among themselves, and a structure's slice is the union of its painted
+  and its drawn regions (painting over an outline adds to it, it never cuts a hole).
 * Structures that overlap in one worker's answer: the later structure in the label set wins the voxel.
 * Fusion is a per-voxel **majority vote**: a voxel takes the structure more than half the workers gave it,
   else background. STAPLE would weight each worker by a sensitivity and specificity it estimates from the
@@ -47,20 +50,24 @@ def rasterise(outlines: Iterable[Sequence[Sequence[float]]], rows: int, cols: in
 
 def worker_volume(rois: Iterable[Mapping[str, Any]], sop_order: Sequence[str], shape: tuple[int, int, int],
                   structures: Sequence[str]) -> np.ndarray:
-    """One worker's freehand outlines as a ``shape`` (slices, rows, cols) label volume: value ``i + 1`` for
-    ``structures[i]``; slice ``k`` is the instance ``sop_order[k]``. Outlines of other instances or labels are
-    left out."""
+    """One worker's freehand outlines (drawn or painted) as a ``shape`` (slices, rows, cols) label volume: value
+    ``i + 1`` for ``structures[i]``; slice ``k`` is the instance ``sop_order[k]``. Outlines of other instances or
+    labels are left out."""
     slice_of = {sop: k for k, sop in enumerate(sop_order)}
-    grouped: dict[tuple[int, int], list[Sequence[Sequence[float]]]] = {}
+    grouped: dict[tuple[int, int], dict[str, list[Sequence[Sequence[float]]]]] = {}
     for roi in rois:
         if roi.get("type") != "freehand" or roi.get("label") not in structures:
             continue
         k = slice_of.get(str(roi.get("sopInstanceUID")))
         if k is not None:
-            grouped.setdefault((structures.index(roi["label"]) + 1, k), []).append(roi["points"])
+            by_source = grouped.setdefault((structures.index(roi["label"]) + 1, k), {})
+            by_source.setdefault(roi.get("source") or "drawn", []).append(roi["points"])
     volume = np.zeros(shape, dtype=np.uint8)
-    for (value, k), outlines in sorted(grouped.items()):  # ascending value: a later structure wins overlaps
-        volume[k][rasterise(outlines, shape[1], shape[2])] = value
+    for (value, k), by_source in sorted(grouped.items()):  # ascending value: a later structure wins overlaps
+        region = np.zeros(shape[1:], dtype=bool)
+        for outlines in by_source.values():
+            region |= rasterise(outlines, shape[1], shape[2])
+        volume[k][region] = value
     return volume
 
 

@@ -3,12 +3,14 @@
 // The Liquid template provides <div id="dicomflow-viewer" data-task="{task.input as JSON}"> and a
 // hidden <input name="annotation"> in the crowd-form. The viewer writes the answer JSON there:
 //   {"labels": [...], "rois": [{"label","sopInstanceUID","x","y","width","height"} |
-//    {"type":"freehand","label","sopInstanceUID","points":[[x,y],...]}],
+//    {"type":"freehand","label","sopInstanceUID","points":[[x,y],...]} |
+//    {"type":"freehand","source":"brush",...}: the pixel-edge outline of a region painted with the brush],
 //    "sliceLabels": {"<SOPInstanceUID>": [...]}, "timeSpentSeconds": n}
 // (ROIs in image pixel coordinates). window.dicomflowViewer exposes state flags for tests/benchmarks.
 import './style.css';
 
 import {
+  cache,
   Enums,
   init as coreInit,
   eventTarget,
@@ -21,31 +23,41 @@ import { init as dicomImageLoaderInit } from '@cornerstonejs/dicom-image-loader'
 import {
   addTool,
   annotation as csAnnotation,
+  BrushTool,
   Enums as ToolEnums,
   init as toolsInit,
   PanTool,
   PlanarFreehandROITool,
   RectangleROITool,
+  segmentation,
   StackScrollTool,
   ToolGroupManager,
+  utilities as toolsUtils,
   WindowLevelTool,
   ZoomTool,
 } from '@cornerstonejs/tools';
 
+import { maskOutlines } from './masks.js';
 import { fillGaps } from './outlines.js';
 import { absoluteUrl, normalizeTask } from './task.js';
 
 const VIEWPORT_ID = 'dicomflow-main';
 const ENGINE_ID = 'dicomflow-engine';
 const TOOLGROUP_ID = 'dicomflow-tools';
+const SEGMENTATION_ID = 'dicomflow-painted';
 const DEFAULT_PIXEL_SPACING = 1;
+const DEFAULT_BRUSH_MM = 3;
+// button name -> tool (instance) name in the tool group; the brush and eraser are two BrushTool instances
 const TOOLS = {
-  windowLevel: WindowLevelTool,
-  zoom: ZoomTool,
-  pan: PanTool,
-  rectangle: RectangleROITool,
-  freehand: PlanarFreehandROITool,
+  windowLevel: WindowLevelTool.toolName,
+  zoom: ZoomTool.toolName,
+  pan: PanTool.toolName,
+  rectangle: RectangleROITool.toolName,
+  freehand: PlanarFreehandROITool.toolName,
+  brush: 'dicomflowBrush',
+  eraser: 'dicomflowEraser',
 };
+const BRUSHES = { brush: 'FILL_INSIDE_CIRCLE', eraser: 'ERASE_INSIDE_CIRCLE' };
 
 const flags = {
   ready: false, // viewer initialised and the first image is on screen
@@ -67,6 +79,8 @@ const state = {
   sliceLabels: new Map(), // sop -> Set
   roiLabel: '',
   tool: 'windowLevel',
+  labelmapIds: [], // one painted labelmap per slice (series only), segment i + 1 = task.labels[i]
+  painted: new Map(), // slice index -> [{label, points}]: outlines of what the brush painted there
   viewport: null,
   openedAt: Date.now(),
 };
@@ -87,18 +101,24 @@ const ui = {};
 
 function buildLayout(root, task) {
   root.innerHTML = '';
+  const series = task.images.length > 1;
   const toolButtons = [
     ['windowLevel', 'Window/Level'], ['zoom', 'Zoom'], ['pan', 'Pan'],
     ['rectangle', 'Box ROI'], ['freehand', 'Freehand ROI'],
+    ...(series ? [['brush', 'Brush'], ['eraser', 'Eraser']] : []),
   ].map(([name, text]) => h('button', {
     type: 'button', class: 'df-tool', 'data-tool': name, onclick: () => selectTool(name),
+    disabled: name in BRUSHES, // until every slice is loaded (the painted labelmaps copy their geometry)
   }, text));
+  ui.brushSize = h('input', { type: 'number', class: 'df-brush-size', min: '0.5', max: '30', step: '0.5',
+    value: String(DEFAULT_BRUSH_MM), 'aria-label': 'brush radius (mm)',
+    onchange: (e) => setBrushRadius(Number(e.target.value)) });
   ui.status = h('div', { class: 'df-status', role: 'status', 'aria-live': 'polite' }, 'Loading image…');
   ui.counter = h('span', { class: 'df-counter', 'data-testid': 'slice-counter' }, '');
   ui.element = h('div', { class: 'df-viewport', 'data-testid': 'viewport', tabindex: '0' });
   ui.element.addEventListener('contextmenu', (e) => e.preventDefault());
   ui.roiSelect = h('select', { class: 'df-roi-label', 'aria-label': 'ROI label',
-    onchange: (e) => { state.roiLabel = e.target.value; } },
+    onchange: (e) => setRoiLabel(e.target.value) },
   task.labels.map((l) => h('option', { value: l }, l)));
   state.roiLabel = task.labels[0];
 
@@ -115,6 +135,7 @@ function buildLayout(root, task) {
         'Interpolate between slices'),
     ] : [],
     h('label', { class: 'df-roi' }, 'ROI label ', ui.roiSelect),
+    series ? h('label', { class: 'df-roi' }, 'Brush mm ', ui.brushSize) : [],
     h('span', { class: 'df-spacer' }),
     h('button', { type: 'button', class: 'df-action', 'aria-label': 'previous slice', onclick: () => step(-1) },
       '◀'),
@@ -249,7 +270,60 @@ function collectRois() {
       rois.push(roi);
     }
   }
+  for (const [slice, outlines] of state.painted) {
+    const sopInstanceUID = state.sopByImageId.get(state.imageIds[slice]);
+    for (const o of outlines) rois.push({ type: 'freehand', source: 'brush', label: o.label, sopInstanceUID,
+      points: o.points });
+  }
   return rois;
+}
+
+// ------------------------------------------------------------------------------------------- brush
+/** Paint on the series with Cornerstone's brush: one labelmap per slice, segment ``i + 1`` for label ``i``. */
+async function enableBrush() {
+  const derived = imageLoader.createAndCacheDerivedLabelmapImages(state.imageIds);
+  state.labelmapIds = derived.map((im) => im.imageId);
+  const segments = Object.fromEntries(state.task.labels.map((label, i) => [i + 1, { label }]));
+  segmentation.addSegmentations([{ segmentationId: SEGMENTATION_ID, representation: {
+    type: ToolEnums.SegmentationRepresentations.Labelmap, data: { imageIds: state.labelmapIds } },
+  config: { label: 'painted', segments } }]);
+  await segmentation.addLabelmapRepresentationToViewport(VIEWPORT_ID, [{ segmentationId: SEGMENTATION_ID }]);
+  segmentation.segmentIndex.setActiveSegmentIndex(SEGMENTATION_ID, segmentOf(state.roiLabel));
+  setBrushRadius(DEFAULT_BRUSH_MM);
+  eventTarget.addEventListener(ToolEnums.Events.SEGMENTATION_DATA_MODIFIED, () => {
+    readPainted(flags.sliceIndex); // the stack viewport paints on the slice on screen
+    updateAnswer();
+  });
+  for (const b of document.querySelectorAll('.df-tool')) if (b.dataset.tool in BRUSHES) b.disabled = false;
+  flags.brushReady = true;
+}
+
+function segmentOf(label) {
+  return state.task.labels.indexOf(label) + 1;
+}
+
+/** The outlines of what is painted on slice ``slice``, per label, from its labelmap. */
+function readPainted(slice) {
+  const image = cache.getImage(state.labelmapIds[slice]);
+  if (!image) return;
+  const pixels = image.voxelManager ? image.voxelManager.getScalarData() : image.getPixelData();
+  const outlines = [];
+  state.task.labels.forEach((label, i) => {
+    for (const points of maskOutlines(pixels, image.rows, image.columns, i + 1)) outlines.push({ label, points });
+  });
+  if (outlines.length) state.painted.set(slice, outlines);
+  else state.painted.delete(slice);
+}
+
+function setBrushRadius(mm) {
+  if (!(mm > 0) || !state.labelmapIds.length) return;
+  toolsUtils.segmentation.setBrushSizeForToolGroup(TOOLGROUP_ID, mm);
+}
+
+function setRoiLabel(label) {
+  state.roiLabel = label;
+  ui.roiSelect.value = label;
+  if (state.labelmapIds.length) segmentation.segmentIndex.setActiveSegmentIndex(SEGMENTATION_ID, segmentOf(label));
 }
 
 /** The freehand outlines on the series, in image coordinates: [{annotation, slice, label, points}]. */
@@ -435,12 +509,13 @@ function wireForm() {
 // ------------------------------------------------------------------------------------------ viewing
 function selectTool(name) {
   const tg = ToolGroupManager.getToolGroup(TOOLGROUP_ID);
-  if (!tg || !TOOLS[name]) return;
+  if (!tg || !TOOLS[name] || !tg.hasTool(TOOLS[name])) return;
+  if (name in BRUSHES && !flags.brushReady) return;
   const primary = [{ mouseButton: ToolEnums.MouseBindings.Primary }];
-  for (const [n, T] of Object.entries(TOOLS)) {
-    if (n !== name && tg.getToolOptions(T.toolName)) tg.setToolPassive(T.toolName, { removeAllBindings: primary });
+  for (const [n, toolName] of Object.entries(TOOLS)) {
+    if (n !== name && tg.getToolOptions(toolName)) tg.setToolPassive(toolName, { removeAllBindings: primary });
   }
-  tg.setToolActive(TOOLS[name].toolName, { bindings: primary });
+  tg.setToolActive(TOOLS[name], { bindings: primary });
   state.tool = name;
   for (const b of document.querySelectorAll('.df-tool')) b.classList.toggle('df-active', b.dataset.tool === name);
 }
@@ -618,9 +693,15 @@ async function start() {
   toolsInit();
   metaData.addProvider(planeProvider, 100000);
 
-  for (const T of [...Object.values(TOOLS), StackScrollTool]) addTool(T);
+  const classes = [WindowLevelTool, ZoomTool, PanTool, RectangleROITool, PlanarFreehandROITool, StackScrollTool];
+  for (const T of [...classes, BrushTool]) addTool(T);
   const tg = ToolGroupManager.createToolGroup(TOOLGROUP_ID);
-  for (const T of [...Object.values(TOOLS), StackScrollTool]) tg.addTool(T.toolName);
+  for (const T of classes) tg.addTool(T.toolName);
+  if (task.images.length > 1) {
+    for (const [name, strategy] of Object.entries(BRUSHES)) {
+      tg.addToolInstance(TOOLS[name], BrushTool.toolName, { activeStrategy: strategy });
+    }
+  }
 
   const engine = new RenderingEngine(ENGINE_ID);
   engine.enableElement({ viewportId: VIEWPORT_ID, type: Enums.ViewportType.STACK, element: ui.element });
@@ -665,10 +746,13 @@ async function start() {
   onNewSlice();
   flags.ready = true;
   setStatus(task.images.length > 1 ? `Loading slices…` : '');
-  prefetchAll().then(() => {
-    // the model's outlines go on once every slice's geometry is known (they map image to world coordinates)
+  prefetchAll().then(async () => {
+    // the model's outlines and the brush's labelmaps need every slice's geometry (image <-> world coordinates)
     if (!flags.error) flags.suggestedOutlines = placeSuggestedOutlines();
     if (task.images.length === 1) flags.imagesLoaded = true;
+    else if (!flags.error) {
+      await enableBrush().catch((err) => fail(`the brush could not start: ${describeError(err)}`));
+    }
   });
 }
 
@@ -680,7 +764,8 @@ Object.assign(flags, {
   invert,
   reset,
   scrollBenchmark,
-  setRoiLabel: (l) => { state.roiLabel = l; ui.roiSelect.value = l; },
+  setRoiLabel,
+  setBrushRadius,
   copyToNextSlice,
   interpolateOutlines,
   drawOutlines,

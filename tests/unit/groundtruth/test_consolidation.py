@@ -155,6 +155,15 @@ def test_freehand_medoid():
     assert roi["type"] == "freehand" and roi["points"] == square and roi["workers"] == 3
 
 
+def test_a_painted_region_keeps_its_source_and_nothing_else_passes_as_one():
+    square = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    answer = c.parse_answer("w1", {"rois": [
+        {"type": "freehand", "source": "brush", "label": "Edema", "sopInstanceUID": SOP, "points": square},
+        {"type": "freehand", "source": "<script>", "label": "Edema", "sopInstanceUID": SOP, "points": square}]},
+        LABELS)
+    assert [r.get("source") for r in answer.rois] == ["brush", None]
+
+
 def test_slice_labels_voted_per_slice():
     out = c.consolidate_object([
         ann("w1", {"labels": ["Edema"], "sliceLabels": {SOP: ["Edema"], SOP2: ["Edema", "Fracture"]}}),

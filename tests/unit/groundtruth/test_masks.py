@@ -101,3 +101,55 @@ def test_three_noisy_annotators_fused_beat_one_against_the_truth() -> None:
         single.append(np.mean([masks.dice(vols[0], s.label_volume, v) for v in (1, 2)]))
         fused.append(np.mean([masks.dice(merged, s.label_volume, v) for v in (1, 2)]))
     assert np.mean(fused) >= np.mean(single) + 0.04, (fused, single)
+
+
+def test_the_templates_brush_outlines_fill_back_to_exactly_the_painted_pixels() -> None:
+    """The worker template's ``maskOutlines`` (labeling_ui/src/masks.js, run by Node) turns a painted labelmap into
+    pixel-edge outlines; the consolidation's rasteriser fills them back to the same pixels, holes, diagonal
+    touches, islands and the image border included, for each structure."""
+    rng = np.random.default_rng(5)
+    painted = [rng.integers(0, 3, (9, 11)).astype(np.uint8)]  # noisy: many islands, holes and diagonal corners
+    ring = np.zeros((12, 12), np.uint8)
+    ring[1:11, 1:11], ring[4:8, 4:8], ring[5, 5] = 1, 0, 1  # a ring with an island in its hole
+    checker = (np.add.outer(np.arange(6), np.arange(6)) % 2).astype(np.uint8)  # pixels touching only at corners
+    painted += [ring, checker, np.ones((4, 5), np.uint8)]
+    for mask in painted:
+        rows, cols = mask.shape
+        for value in (1, 2):
+            outlines = _mask_outlines(mask, value)
+            assert np.array_equal(masks.rasterise(outlines, rows, cols), mask == value), (mask, value)
+            assert all(len(o) >= 4 for o in outlines)
+    assert len(_mask_outlines(ring, 1)) == 3  # outer edge, hole, island
+    [block] = _mask_outlines(np.ones((4, 5), np.uint8), 1)
+    assert sorted(map(tuple, block)) == [(0, 0), (0, 4), (5, 0), (5, 4)]  # straight runs keep only their corners
+
+
+def test_painting_over_a_drawn_outline_adds_to_it_and_never_cuts_a_hole() -> None:
+    square = [[1, 1], [5, 1], [5, 5], [1, 5]]
+    inner = [[2, 2], [4, 2], [4, 4], [2, 4]]
+    rois = [{"type": "freehand", "label": "anterior", "sopInstanceUID": "1.2.1", "points": square},
+            {"type": "freehand", "source": "brush", "label": "anterior", "sopInstanceUID": "1.2.1", "points": inner},
+            {"type": "freehand", "source": "brush", "label": "anterior", "sopInstanceUID": "1.2.1",
+             "points": [[4, 4], [7, 4], [7, 7], [4, 7]]}]
+    vol = masks.worker_volume(rois, ["1.2.1"], (1, 8, 8), ["anterior"])
+    expected = masks.rasterise([square], 8, 8) | masks.rasterise([[[4, 4], [7, 4], [7, 7], [4, 7]]], 8, 8)
+    assert np.array_equal(vol[0] == 1, expected) and vol[0, 3, 3] == 1  # the painted inner square is no hole
+
+
+def _mask_outlines(mask: np.ndarray, value: int) -> list[list[list[int]]]:
+    import json
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is missing: run `make setup` (it builds the pages with Node.js)", pytrace=False)
+    module = Path(__file__).resolve().parents[3] / "labeling_ui" / "src" / "masks.js"
+    script = (f"import {{ maskOutlines }} from {json.dumps(module.as_uri())};\n"
+              "const [pixels, rows, cols, value] = JSON.parse(process.argv[1]);\n"
+              "process.stdout.write(JSON.stringify(maskOutlines(Uint8Array.from(pixels), rows, cols, value)));")
+    arg = json.dumps([mask.ravel().tolist(), *mask.shape, value])
+    done = subprocess.run([node, "--input-type=module", "-e", script, arg], capture_output=True, text=True,
+                          timeout=30, check=True)
+    return json.loads(done.stdout)
