@@ -232,8 +232,19 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"next chest round: {al['chosen']} of the {al['scored']} images no job has labeled, chosen by "
             f"{al['strategy']} (mean score {al['scoreMean']['chosen']:.3f} against {al['scoreMean']['pool']:.3f}); "
             f"the model's mean probability error on them {_fmt(al['meanErrorChosen'], '.3f')} against "
-            f"{_fmt(al['meanErrorRest'], '.3f')} on the others\nmanifest {al['manifest']}")
+            f"{_fmt(al['meanErrorRest'], '.3f')} on the others; they show the model {al['modelErrorsFound']} of its "
+            f"errors, which a random pick needs {_fmt(al['randomLabelsForAsManyErrors'], '.1f')} labels for: "
+            f"{_fmt(al['labelsSaved'], '.1f')} labels saved at equal errors found\nmanifest {al['manifest']}")
         console.print(al["command"], soft_wrap=True, highlight=False)
+    if "secondRound" in r:
+        sr = r["secondRound"]
+        _panel("second labeling round, with AI pre-labels",
+            f"{sr['objects']} chosen images labeled by the 3 annotators with the approved model's suggestions (real-"
+            f"time endpoint {sr['endpoint']}, asked by the pre-label Lambda; deleted after the round): "
+            f"{sr['withSuggestions']} tasks had suggestions; suggested classes kept by the consolidated labels "
+            f"{_fmt(sr['acceptance'], '.1%')}; Accept clicked in {sr['acceptClicks']} of {sr['reviews']} reviews; "
+            f"people's labels differ from the suggestion in {sr['changedBySomeone']} of them\n"
+            f"output manifest {sr['outputManifest']}")
     if "routing" in r:
         ro = r["routing"]
         _panel("auto-routing",

@@ -76,8 +76,8 @@ def manifest_cmd(ctx: click.Context, queries: tuple[str, ...], per: str, target:
 
 @label.command("next")
 @click.option("--model", required=True, metavar="GROUP | s3://…/model.tar.gz | DIR",
-              help="The classifier that scores the images: a Model Registry package group (its newest approved "
-                   "version), an s3:// model.tar.gz, or a local artifact.")
+              help="The model that scores: a Model Registry package group (its newest approved version), an s3:// "
+                   "model.tar.gz, or a local artifact. A classifier ranks images; a segmenter ranks series.")
 @click.option("--query", "queries", multiple=True, metavar="KEYWORD=VALUE",
               help="QIDO filter of the images to choose from, repeatable (e.g. --query Modality=CR). "
                    "None: every image on the PACS.")
@@ -105,8 +105,9 @@ def manifest_cmd(ctx: click.Context, queries: tuple[str, ...], per: str, target:
 def next_cmd(ctx: click.Context, model: str, queries: tuple[str, ...], count: int, strategy: str, target: str,
              label_attribute: str, labeled_uris: tuple[str, ...], exclude_labeled: bool, source_format: str,
              batch_size: int, samples: int, seed: int, as_json: bool) -> None:
-    """Choose the next images to label by active learning: score the not-yet-labeled images on the PACS with the
-    model, most uncertain first, and write the next job's input manifest (each line says its rank and score)."""
+    """Choose the next images (or, with a segmenter, series) to label by active learning: score the not-yet-labeled
+    ones on the PACS with the model, most uncertain first, and write the next job's input manifest (each line says
+    its rank and score)."""
     from dicomflow.inference import scoring
 
     filters = manifest.parse_query_filters(queries)
@@ -117,20 +118,28 @@ def next_cmd(ctx: click.Context, model: str, queries: tuple[str, ...], count: in
     if exclude_labeled:
         labeled = _labeled(settings.data_dir, label_attribute, labeled_uris)
     client = dicomweb.connect(pacs_for(settings))
-    service, model_id = scoring.load_classifier(model)
+    service, model_id = scoring.load_classifier(model, tasks=("classification2d", "segmentation3d"))
+    per = "series" if service.task == "segmentation3d" else "image"
     with Progress(TextColumn(f"scoring with {model_id['name']}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, disable=as_json) as progress:
         bar = progress.add_task("score", total=None)
 
         def score(pool: list[active.Candidate]) -> active.Scored:
             progress.update(bar, total=len(pool))
-            return scoring.score_images(client, service, [(c.study_uid, c.series_uid, c.sop_uid) for c in pool],
+
+            def advance(done: int) -> None:
+                progress.update(bar, completed=done)
+
+            if per == "series":
+                return scoring.score_series(client, service, [(c.study_uid, c.series_uid) for c in pool],
+                                            progress=advance)
+            return scoring.score_images(client, service, [(c.study_uid, c.series_uid, c.key) for c in pool],
                                         batch_size=batch_size, mc_samples=samples if strategy == "mc-dropout" else 0,
-                                        seed=seed, progress=lambda done: progress.update(bar, completed=done))
+                                        seed=seed, progress=advance)
 
         batch = active.choose_next(client, filters, labeled, score, count=count, strategy=strategy,
                                    labels=service.labels, activation=service.activation, model=model_id,
-                                   source_format=source_format, seed=seed)
+                                   source_format=source_format, seed=seed, per=per)
     if target == "-":
         sys.stdout.buffer.write(manifest.dumps_jsonl(batch.lines))
         return
@@ -140,14 +149,18 @@ def next_cmd(ctx: click.Context, model: str, queries: tuple[str, ...], count: in
         print_json(summary)
         return
     chosen, probs = batch.chosen, batch.probabilities
-    out.print(f"{summary['found']} image(s) match, {summary['labeled']} already labeled under {label_attribute!r}, "
+    out.print(f"{summary['found']} {per}(s) match, {summary['labeled']} already labeled under {label_attribute!r}, "
               f"{summary['scored']} scored ({len(summary['failed'])} failed); ranked by {strategy}: "
-              f"{active.EXPLAIN[strategy]}", highlight=False, soft_wrap=True)
+              f"{summary['explanation']}", highlight=False, soft_wrap=True)
     for r in chosen[:20]:  # plain lines: a UID stays whole for copying
         row = probs[r.key]
-        cls = min(row, key=lambda c: abs(row[c] - 0.5))
-        out.print(f"{r.rank:>4}. {r.key}  score {r.score:.4f}  nearest a decision: {cls} (p {row[cls]:.2f})",
-                  highlight=False, soft_wrap=True)
+        if per == "series":
+            least = min(row, key=lambda c: row[c])
+            why = f"least sure of: {least} (mean p {row[least]:.2f} where it finds it)"
+        else:
+            cls = min(row, key=lambda c: abs(row[c] - 0.5))
+            why = f"nearest a decision: {cls} (p {row[cls]:.2f})"
+        out.print(f"{r.rank:>4}. {r.key}  score {r.score:.4f}  {why}", highlight=False, soft_wrap=True)
     if len(chosen) > 20:
         out.print(f"… and {len(chosen) - 20} more in the manifest", highlight=False)
     out.print(f"mean score {summary['scoreMean']['chosen']:.4f} chosen against {summary['scoreMean']['pool']:.4f} "

@@ -67,6 +67,29 @@ def annotate_in_browser(signin_url: Callable[[str], str], workers: list[str],
     return _team(signin_url, workers, tick, total, on_progress, "ready")
 
 
+def review_in_browser(signin_url: Callable[[str], str], workers: list[str],
+                      choose: Callable[[int, str], list[str]], total: int,
+                      on_progress: Callable[[int, int], None]) -> dict[str, list[dict[str, Any]]]:
+    """Like :func:`annotate_in_browser` for tasks that show the model's suggestions: a worker whose own
+    judgement (``choose``) shares a class with the suggestion clicks the template's *Accept*, then ticks and
+    unticks until the labels are their own; returns ``{"labels", "accepted", "suggested"}`` by SOP Instance
+    UID (``suggested`` None when the task had no suggestions)."""
+    def review(index: int, page: Any, task: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        sop = task.get("sopInstanceUID") or task["instances"][0]["sopInstanceUID"]
+        labels = choose(index, sop)
+        shown = task.get("suggestions") or {}
+        suggested = list(shown.get("suggested") or []) if shown.get("status") == "ok" else None
+        accepted = bool(suggested and set(suggested) & set(labels))
+        if accepted:
+            page.locator("[data-action=accept-suggestions]").click()
+        box = page.locator("[data-testid=image-labels]")
+        for name in LABEL_SET:
+            box.get_by_label(name, exact=True).set_checked(name in labels)
+        return sop, {"labels": labels, "accepted": accepted, "suggested": suggested}
+
+    return _team(signin_url, workers, review, total, on_progress, "ready")
+
+
 def outline_in_browser(signin_url: Callable[[str], str], workers: list[str],
                        outlines: Callable[[int, dict[str, Any]], list[dict[str, Any]]], total: int,
                        on_progress: Callable[[int, int], None]) -> dict[str, list[int]]:

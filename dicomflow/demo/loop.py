@@ -29,7 +29,13 @@ from dicomflow import aws
 from dicomflow.config import Settings
 from dicomflow.credentials import PacsConnection
 from dicomflow.demo import seed as seeding
-from dicomflow.demo.annotators import LABEL_SET, annotate_in_browser, annotator_labels, expected_majority
+from dicomflow.demo.annotators import (
+    LABEL_SET,
+    annotate_in_browser,
+    annotator_labels,
+    expected_majority,
+    review_in_browser,
+)
 from dicomflow.demo.synthetic import CHEST_CLASSES, HIPPOCAMPUS_STRUCTURES, NO_FINDING
 from dicomflow.dicom import dicomweb
 from dicomflow.dicom.orthanc import instance_id, orthanc_id
@@ -148,8 +154,11 @@ def deploy_stack(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
 
     with hooks.step("deploy the stack (Lambdas, buckets, roles)") as st:
         # the local portal serves workers the signed URLs from its own origin (the host is not signed)
+        # the pre-label Lambda asks the endpoint the second labeling round deploys; until then (and in the first
+        # rounds) the endpoint does not exist and tasks go out saying there are no suggestions
         params = {"LabelSet": json.dumps(LABEL_SET), "GatewayUrl": LOCAL_GATEWAY,
-                  "SearchEmbeddingEndpoint": endpoint_name(ctx, "classification2d")}
+                  "SearchEmbeddingEndpoint": endpoint_name(ctx, "classification2d"),
+                  "PreLabelEndpoint": prelabel_endpoint_name(ctx)}
         done = deployment.run(ctx.config.stack, params,
                               on_event=lambda e: st.update(note=f"{e['LogicalResourceId']} {e['ResourceStatus']}"))
     ctx.outputs = dict(done.result.outputs)
@@ -239,41 +248,50 @@ def labeling_request(ctx: DemoContext, manifest_uri: str) -> dict[str, Any]:
                                              workers_per_object=ctx.config.annotators)
 
 
-def run_labeling(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
-    """Input manifest -> labeling job with the worker portal -> three annotators -> consolidated output."""
+@dataclass
+class LabelingRound:
+    """A finished labeling job of the demo: its consolidated output lines and what the annotators answered."""
+
+    tag: str
+    portal: str
+    request_file: Path
+    output_manifest: str
+    lines: list[dict[str, Any]]
+    answers: dict[str, list[Any]]
+
+
+Team = Callable[[Callable[[str], str], list[str], int, Callable[[int, int], None]], dict[str, list[Any]]]
+
+
+def label_round(ctx: DemoContext, hooks: Hooks, request: dict[str, Any], doing: str, team: Team) -> LabelingRound:
+    """Run one labeling job in the worker portal: ``team(signin_url, workers, total, on_progress)`` answers its
+    tasks (the simulated annotators), or people do with ``--interactive``; then the consolidation Lambda. A job
+    that does not complete raises :class:`DemoError` with its first consolidation error."""
     from dicomflow.emulator.groundtruth import run_job
 
-    cfg = ctx.config
-    with hooks.step("labeling job: input manifest and request") as st:
-        manifest_uri = write_input_manifest(ctx)
-        request = labeling_request(ctx, manifest_uri)
-        job_file = ctx.settings.data_dir / "demo" / f"{cfg.tag}-labeling-job.json"
-        job_file.parent.mkdir(parents=True, exist_ok=True)
-        job_file.write_text(json.dumps(request, indent=2) + "\n")
-        running = run_job(request, data_dir=ctx.settings.data_dir, workers=cfg.annotators, pacs=ctx.pacs)
-        st.log(f"worker portal {running.url}  (request: {job_file})")
-    truth = {s.entry["SOPInstanceUID"]: list(s.entry["labels"]) for s in ctx.chest_train}
-    answers: dict[str, list[list[str]]] = {}
+    cfg, tag = ctx.config, request["LabelingJobName"]
+    job_file = ctx.settings.data_dir / "demo" / f"{tag}-labeling-job.json"
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    job_file.write_text(json.dumps(request, indent=2) + "\n")
+    running = run_job(request, data_dir=ctx.settings.data_dir, workers=cfg.annotators, pacs=ctx.pacs)
+    workers = [f"worker-{a + 1}" for a in range(cfg.annotators)]
+    answers: dict[str, list[Any]] = {}
     try:
         job = running.job
+        total = len(job.objects) * cfg.annotators
         if cfg.interactive:
-            with hooks.step("waiting for people to label in the portal",
-                            total=len(job.objects) * cfg.annotators) as st:
-                for worker in (f"worker-{a + 1}" for a in range(cfg.annotators)):
+            with hooks.step(f"waiting for people to {doing} in the portal {running.url}", total=total) as st:
+                for worker in workers:
                     st.log(f"sign in as {worker}: {running.signin_url(worker)}")
                 while not job.done:
                     s = job.status()
                     st.update(completed=s["answers"], total=s["answersNeeded"])
                     time.sleep(1)
         elif not job.done:
-            with hooks.step(f"{cfg.annotators} annotators label in headless Chromium",
-                            total=len(job.objects) * cfg.annotators) as st:
-                answers = annotate_in_browser(
-                    running.signin_url, [f"worker-{a + 1}" for a in range(cfg.annotators)],
-                    lambda a, sop: annotator_labels(truth.get(sop, [NO_FINDING]), a, sop, cfg.seed, cfg.flip_rates),
-                    total=len(ctx.chest_train) * cfg.annotators,
-                    on_progress=lambda done, total: st.update(completed=done, total=total))
-        with hooks.step("consolidation (post-label Lambda)"):
+            with hooks.step(f"{cfg.annotators} annotators {doing} in headless Chromium", total=total) as st:
+                st.log(f"worker portal {running.url}  (request: {job_file})")
+                answers = team(running.signin_url, workers, total, lambda d, t: st.update(completed=d, total=t))
+        with hooks.step(f"consolidation (post-label Lambda) of {tag}"):
             job.wait_idle(timeout=300)
             status = job.status()
     finally:
@@ -282,13 +300,25 @@ def run_labeling(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         errors = status["consolidationErrors"]
         first = (f"; consolidation failed for {len(errors)} objects, first: {next(iter(errors.values()))}"
                  if errors else "")
-        raise DemoError(f"labeling job {cfg.tag} is {status['status']} ({len(status['failed'])} failed objects"
+        raise DemoError(f"labeling job {tag} is {status['status']} ({len(status['failed'])} failed objects"
                         f"{first}); see 'dicomflow label status --job {job_file}'")
-    lines = manifest.read_jsonl_s3(status["outputManifest"])
-    summary = summarize_labels(lines, cfg.label_attribute, truth, answers)
-    ctx.results["labeling"] = {"job": cfg.tag, "portal": running.url, "request": str(job_file),
-                               "inputManifest": manifest_uri, "outputManifest": status["outputManifest"],
-                               **summary}
+    return LabelingRound(tag, running.url, job_file, status["outputManifest"],
+                         manifest.read_jsonl_s3(status["outputManifest"]), answers)
+
+
+def run_labeling(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Input manifest -> labeling job with the worker portal -> three annotators -> consolidated output."""
+    cfg = ctx.config
+    with hooks.step("labeling job: input manifest and request"):
+        manifest_uri = write_input_manifest(ctx)
+        request = labeling_request(ctx, manifest_uri)
+    truth = {s.entry["SOPInstanceUID"]: list(s.entry["labels"]) for s in ctx.chest_train}
+    done = label_round(ctx, hooks, request, "label the chest images", lambda url, workers, total, progress:
+                       annotate_in_browser(url, workers, lambda a, sop: annotator_labels(
+                           truth.get(sop, [NO_FINDING]), a, sop, cfg.seed, cfg.flip_rates), total, progress))
+    summary = summarize_labels(done.lines, cfg.label_attribute, truth, done.answers)
+    ctx.results["labeling"] = {"job": cfg.tag, "portal": done.portal, "request": str(done.request_file),
+                               "inputManifest": manifest_uri, "outputManifest": done.output_manifest, **summary}
     return ctx.results["labeling"]
 
 
@@ -320,7 +350,6 @@ def outline_hippocampus(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     The demo then reads the truth to say how close the fused SEGs came."""
     from dicomflow.demo.annotators import annotator_outlines, outline_in_browser
     from dicomflow.dicom.orthanc import series_id
-    from dicomflow.emulator.groundtruth import run_job
     from dicomflow.groundtruth import job_request
     from dicomflow.groundtruth.labels import LINE_LABELS, label_category_config
 
@@ -338,25 +367,13 @@ def outline_hippocampus(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         workers_per_object=cfg.annotators, title="Outline the hippocampus",
         description="Outline the anterior and posterior hippocampus on every slice where they show")
     truth = {s.entry["SeriesInstanceUID"]: s.label_volume for s in series}
-    workers = [f"worker-{a + 1}" for a in range(cfg.annotators)]
-    running = run_job(request, data_dir=ctx.settings.data_dir, workers=cfg.annotators, pacs=ctx.pacs)
-    try:
-        job = running.job
-        if not job.done:
-            with hooks.step(f"{cfg.annotators} annotators outline {len(series)} hippocampus series in headless "
-                            "Chromium", total=len(series) * cfg.annotators) as st:
-                outline_in_browser(
-                    running.signin_url, workers,
-                    lambda a, task: annotator_outlines(
-                        truth[task["seriesInstanceUID"]], [i["sopInstanceUID"] for i in task["instances"]],
-                        SEG_LABELS, seed=cfg.seed * 100 + a, jitter_px=0.7 * a, miss_rate=0.1 if a else 0.0),
-                    total=len(series) * cfg.annotators, on_progress=lambda d, t: st.update(completed=d, total=t))
-        with hooks.step("consolidation: outlines -> one SEG per series"):
-            job.wait_idle(timeout=300)
-            status = job.status()
-    finally:
-        running.stop()
-    out_lines = manifest.read_jsonl_s3(status["outputManifest"])
+    done = label_round(ctx, hooks, request, f"outline {len(series)} hippocampus series",
+                       lambda url, workers, total, progress: outline_in_browser(url, workers, lambda a, task: (
+                           annotator_outlines(truth[task["seriesInstanceUID"]],
+                                              [i["sopInstanceUID"] for i in task["instances"]], SEG_LABELS,
+                                              seed=cfg.seed * 100 + a, jitter_px=0.7 * a,
+                                              miss_rate=0.1 if a else 0.0)), total, progress))
+    out_lines = done.lines
     by_series = {s.entry["SeriesInstanceUID"]: s for s in series}
     dice, agreement = [], []
     for line in out_lines:
@@ -368,7 +385,7 @@ def outline_hippocampus(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         dice.append(float(np.mean(list(per.values()))))
         agreement.append(content["segmentationAgreement"]["object"])
     ctx.results["outlining"] = {
-        "job": tag, "series": len(out_lines), "outputManifest": status["outputManifest"], "lines": out_lines,
+        "job": tag, "series": len(out_lines), "outputManifest": done.output_manifest, "lines": out_lines,
         "meanDiceToTruth": float(np.mean(dice)) if dice else None,
         "meanInterAnnotatorDice": float(np.mean([a for a in agreement if a is not None])) if agreement else None}
     return ctx.results["outlining"]
@@ -519,7 +536,8 @@ def register_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]
 def choose_next_round(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """Active learning: the approved chest model scores the chest images no job has labeled yet and writes the
     next labeling job's input manifest, most uncertain first (``dicomflow label next``). The demo then reads the
-    seeder's truth to show whether the images chosen are the ones the model gets wrong."""
+    seeder's truth to show whether the images chosen are the ones the model gets wrong, and what that saved
+    (:func:`labels_saved`)."""
     from dicomflow.dicom import dicomweb
     from dicomflow.groundtruth import active
     from dicomflow.inference import scoring
@@ -550,9 +568,70 @@ def choose_next_round(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         **batch.summary(), "manifest": uri, "group": group,
         "meanErrorChosen": error([k for k in batch.scored.keys if k in chosen]),
         "meanErrorRest": error([k for k in batch.scored.keys if k not in chosen]),
+        **labels_saved(batch.probabilities, truth, [r.key for r in batch.chosen]),
         "command": f"dicomflow label next --model {group} --query Modality=CR --count {count} --label-attribute "
                    f"{ctx.config.label_attribute} --labeled {ctx.results['labeling']['outputManifest']} --to {uri}"}
     return ctx.results["activeLearning"]
+
+
+def prelabel_endpoint_name(ctx: DemoContext) -> str:
+    """The real-time chest endpoint whose probabilities the second labeling round's workers see."""
+    return f"{ctx.config.tag}-prelabel"
+
+
+def label_next_round(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """The round active learning chose, labeled with AI pre-labels: the approved chest model goes on the real-time
+    endpoint the stack's pre-label Lambda asks (``PreLabelEndpoint``), the three annotators see its suggestions
+    in the template and accept or correct them, and the consolidation records which suggestions people kept.
+    The endpoint is deleted afterwards (on AWS it is an instance that costs by the hour)."""
+    from dicomflow.groundtruth import job_request
+    from dicomflow.inference import endpoint as ep
+
+    cfg, al = ctx.config, ctx.results["activeLearning"]
+    name = prelabel_endpoint_name(ctx)
+    with hooks.step(f"deploy real-time endpoint {name} (the approved chest model) for AI pre-labels") as st:
+        ep.deploy_from_group(name, al["group"], asynchronous=False, role=ctx.outputs.get("SageMakerRoleArn"),
+                             environment={"DICOMFLOW_PACS_SECRET_ARN": ctx.outputs["PacsSecretArn"]},
+                             progress=lambda m: st.update(note=m))
+    truth = {s.entry["SOPInstanceUID"]: list(s.entry["labels"]) for s in ctx.chest_holdout}
+    request = job_request.labeling_job_request(ctx.outputs, f"{cfg.tag}-round-2", al["manifest"],
+                                               label_attribute_name=cfg.label_attribute,
+                                               workers_per_object=cfg.annotators)
+    try:
+        done = label_round(ctx, hooks, request, f"label the {al['chosen']} chosen images with the model's suggestions",
+                           lambda url, workers, total, progress: review_in_browser(
+                               url, workers, lambda a, sop: annotator_labels(
+                                   truth.get(sop, [NO_FINDING]), a, sop, cfg.seed + 1, cfg.flip_rates),
+                               total, progress))
+    finally:
+        ep.delete(name)
+    shown = [line[cfg.label_attribute]["suggestions"] for line in done.lines
+             if "suggestions" in line[cfg.label_attribute]]
+    kept = [sg["acceptance"] for sg in shown if sg.get("acceptance") is not None]
+    reviews = [r for answers in done.answers.values() for r in answers if r["suggested"] is not None]
+    ctx.results["secondRound"] = {
+        "job": done.tag, "endpoint": name, "objects": len(done.lines), "outputManifest": done.output_manifest,
+        "withSuggestions": len(shown), "acceptance": float(np.mean(kept)) if kept else None,
+        "acceptClicks": sum(r["accepted"] for r in reviews), "reviews": len(reviews),
+        "changedBySomeone": sum(sorted(r["labels"]) != sorted(r["suggested"] or [NO_FINDING]) for r in reviews)}
+    return ctx.results["secondRound"]
+
+
+def labels_saved(probabilities: dict[str, dict[str, float]], truth: dict[str, set[str]],
+                 chosen: list[str]) -> dict[str, Any]:
+    """What the chosen images show the model of its own errors (classes on the wrong side of 0.5 against the
+    truth), against a random pick from the same pool: the labels a random pick needs, on average, to show as
+    many errors, and so the labels active learning saved at equal errors found."""
+    def errors(key: str) -> int:
+        return sum((p >= 0.5) != (c in truth[key]) for c, p in probabilities[key].items())
+
+    pool = [k for k in probabilities if k in truth]
+    found = sum(errors(k) for k in chosen if k in truth)
+    per_image = float(np.mean([errors(k) for k in pool])) if pool else 0.0
+    needed = found / per_image if per_image else None
+    return {"modelErrorsFound": found, "modelErrorsPerRandomImage": round(per_image, 3),
+            "randomLabelsForAsManyErrors": None if needed is None else round(needed, 1),
+            "labelsSaved": None if needed is None else round(needed - len(chosen), 1)}
 
 
 def endpoint_name(ctx: DemoContext, task: str) -> str:
@@ -1017,7 +1096,7 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
     deploy_stack, seed_studies, analyse_reports, run_labeling, outline_hippocampus, export_datasets, train_models,
     register_models,
-    choose_next_round, deploy_endpoints, route_new_studies, run_inference, open_viewer, index_images,
+    choose_next_round, label_next_round, deploy_endpoints, route_new_studies, run_inference, open_viewer, index_images,
     ingest_for_search, open_search_page, run_batch_transform, serve_from_one_endpoint]
 
 

@@ -10,6 +10,10 @@ Each strategy turns probabilities into one uncertainty score per object, higher 
   dropout samples, ``H[mean p] - mean H[p]`` summed over the classes: how much the samples disagree;
 * ``random``: a seeded uniform draw, the baseline every other strategy has to beat.
 
+Series for a segmentation model are objects too: their scorer gives each series its ``entropy`` and
+``margin`` over the voxels the model is working on (:func:`region_uncertainty`), and :func:`choose_next` ranks
+those; ``mc-dropout`` is for classifiers only.
+
 :func:`rank` sorts every object by its score once and keeps the first ``count`` in that order (sorting only
 the chosen scores again, as MONAI Label's epistemic strategy does, would throw the ranking away).
 """
@@ -34,6 +38,12 @@ EXPLAIN = {
                   "in bits summed over the classes (how much the samples disagree)",
     "random": "a seeded random draw (the baseline)",
 }
+SERIES_EXPLAIN = {
+    "entropy": "a segmenter's mean normalised voxel entropy over the voxels it labels or doubts (1 = all classes "
+               "alike there)",
+    "margin": "a segmenter's mean 1 - (top - second probability) over the voxels it labels or doubts",
+    "random": EXPLAIN["random"],
+}
 _EPS = 1e-12
 
 
@@ -52,6 +62,28 @@ def _entropy(p: np.ndarray, activation: str) -> np.ndarray:
         q = np.clip(p, _EPS, 1.0)
         return -(q * np.log2(q)).sum(axis=-1) / max(np.log2(p.shape[-1]), _EPS)
     return _binary_entropy(p).mean(axis=-1)
+
+
+#: voxels a segmenter is at least this sure of as background are left out of a series' score
+REGION_CONFIDENCE = 0.9
+SERIES_STRATEGIES = ("entropy", "margin", "random")
+
+
+def region_uncertainty(probabilities: np.ndarray) -> dict[str, float]:
+    """A segmenter's softmax ``probabilities`` ``(classes, *voxels)`` (class 0 the background) as the two scores
+    of one series: the mean normalised entropy and the mean ``1 - (top - second)`` over its *region*, the voxels
+    the model labels as a structure or gives the background less than :data:`REGION_CONFIDENCE` (so that the
+    head's certain background does not dilute the structures' boundaries); 0 and 0 when there is none."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
+    if p.shape[0] < 2:
+        raise ActiveLearningError(f"a segmenter's probabilities need 2 or more classes, not {p.shape[0]}")
+    region = (p.argmax(axis=0) > 0) | (p[0] < REGION_CONFIDENCE)
+    if not region.any():
+        return {"entropy": 0.0, "margin": 0.0, "regionVoxels": 0}
+    q = p[:, region]
+    top = np.sort(q, axis=0)[::-1]
+    return {"entropy": float(_entropy(q.T, "softmax").mean()), "margin": float((1.0 - (top[0] - top[1])).mean()),
+            "regionVoxels": int(region.sum())}
 
 
 def uncertainty(probabilities: np.ndarray, strategy: str, *, activation: str = "sigmoid",
@@ -141,28 +173,36 @@ def labeled_keys(lines: Iterable[Mapping[str, Any]], label_attribute: str) -> se
 # ---- the objects to choose from, and the next job's manifest ---------------------------------------
 @dataclass(frozen=True)
 class Candidate:
-    """One image in the PACS that could be labeled next."""
+    """One image (or, without ``sop_uid``, one series) in the PACS that could be labeled next."""
 
     patient_id: str
     study_uid: str
     series_uid: str
-    sop_uid: str
+    sop_uid: str | None = None
+
+    @property
+    def key(self) -> str:
+        """What it is scored and ranked under: its SOP Instance UID, a series' Series Instance UID."""
+        return self.sop_uid or self.series_uid
 
     @property
     def orthanc_id(self) -> str:
-        from dicomflow.dicom.orthanc import orthanc_id
+        from dicomflow.dicom.orthanc import orthanc_id, series_id
 
+        if self.sop_uid is None:
+            return series_id(self.patient_id, self.study_uid, self.series_uid)
         return orthanc_id(self.patient_id, self.study_uid, self.series_uid, self.sop_uid)
 
     def source(self, source_format: str) -> str | dict[str, str]:
         if source_format == "uids":
-            return {"StudyInstanceUID": self.study_uid, "SeriesInstanceUID": self.series_uid,
-                    "SOPInstanceUID": self.sop_uid}
+            uids = {"StudyInstanceUID": self.study_uid, "SeriesInstanceUID": self.series_uid}
+            return {**uids, "SOPInstanceUID": self.sop_uid} if self.sop_uid else uids
         return self.orthanc_id
 
 
-def candidates(client: Any, filters: Mapping[str, str]) -> list[Candidate]:
-    """Every image instance the QIDO query ``filters`` finds, in the PACS's order, once each."""
+def candidates(client: Any, filters: Mapping[str, str], *, per: str = "image") -> list[Candidate]:
+    """Every image instance (``per="series"``: every series) the QIDO query ``filters`` finds, in the PACS's
+    order, once each."""
     from dicomflow.dicom import dicomweb
     from dicomflow.dicom import json as dj
 
@@ -171,14 +211,16 @@ def candidates(client: Any, filters: Mapping[str, str]) -> list[Candidate]:
     out: dict[str, Candidate] = {}
     for item in found:
         uids = [dj.text(item, k, "") for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
-        if all(uids) and uids[2] not in out:
-            out[uids[2]] = Candidate(dj.text(item, "PatientID", ""), *uids)
+        if not all(uids):
+            continue
+        cand = Candidate(dj.text(item, "PatientID", ""), *uids[:2], uids[2] if per == "image" else None)
+        out.setdefault(cand.key, cand)
     return list(out.values())
 
 
 def unlabeled(found: Iterable[Candidate], labeled: set[str]) -> list[Candidate]:
-    """``found`` without the objects ``labeled`` names (by SOP Instance UID or Orthanc ID)."""
-    return [c for c in found if c.sop_uid not in labeled and c.orthanc_id not in labeled]
+    """``found`` without the objects ``labeled`` names (by SOP or Series Instance UID, or Orthanc ID)."""
+    return [c for c in found if c.key not in labeled and c.orthanc_id not in labeled]
 
 
 def manifest_lines(chosen: Sequence[Ranked], by_key: Mapping[str, Candidate], *, strategy: str,
@@ -190,8 +232,9 @@ def manifest_lines(chosen: Sequence[Ranked], by_key: Mapping[str, Candidate], *,
 
     lines = []
     for r in chosen:
+        uid = "SOPInstanceUID" if by_key[r.key].sop_uid else "SeriesInstanceUID"
         why: dict[str, Any] = {"strategy": strategy, "rank": r.rank, "score": round(r.score, 6),
-                               "model": dict(model), "SOPInstanceUID": r.key}
+                               "model": dict(model), uid: r.key}
         if probabilities and r.key in probabilities:
             why["probabilities"] = dict(probabilities[r.key])
         lines.append(input_line(by_key[r.key].source(source_format), **{"dicomflow-active-learning": why}))
@@ -200,13 +243,15 @@ def manifest_lines(chosen: Sequence[Ranked], by_key: Mapping[str, Candidate], *,
 
 class Scored(Protocol):
     """A scorer's answer for some candidates (e.g. :class:`dicomflow.inference.scoring.ScoredImages`):
-    probabilities ``(scored, classes)`` of ``keys`` (SOP Instance UIDs), dropout ``samples``
-    ``(draws, scored, classes)`` or None, and why each other candidate ``failed``."""
+    probabilities ``(scored, classes)`` of ``keys`` (the candidates' :attr:`Candidate.key`), dropout ``samples``
+    ``(draws, scored, classes)`` or None, why each other candidate ``failed``, and ``scores`` (strategy -> one
+    score per key) where the scorer computed them itself (a segmenter's :func:`region_uncertainty`) or None."""
 
     keys: list[str]
     probabilities: Any
     samples: Any
     failed: dict[str, str]
+    scores: Mapping[str, Sequence[float]] | None
 
 
 @dataclass
@@ -222,40 +267,51 @@ class NextBatch:
     chosen: list[Ranked]
     probabilities: dict[str, dict[str, float]]
     lines: list[dict[str, Any]]
+    per: str = "image"
 
     def summary(self) -> dict[str, Any]:
         picked = [r.score for r in self.chosen]
-        return {"strategy": self.strategy, "explanation": EXPLAIN[self.strategy], "model": self.model,
+        explain = (SERIES_EXPLAIN if self.per == "series" else EXPLAIN)[self.strategy]
+        return {"strategy": self.strategy, "explanation": explain, "model": self.model,
                 "found": self.found, "labeled": self.labeled, "scored": len(self.scored.keys),
                 "failed": self.scored.failed, "chosen": len(self.chosen),
                 "scoreMean": {"chosen": round(float(np.mean(picked)), 6),
                               "pool": round(float(np.mean(self.scores)), 6)},
-                "ranking": [{"rank": r.rank, "SOPInstanceUID": r.key, "score": round(r.score, 6),
-                             "probabilities": self.probabilities[r.key]} for r in self.chosen]}
+                "per": self.per,
+                "ranking": [{"rank": r.rank, "SOPInstanceUID" if self.per == "image" else "SeriesInstanceUID": r.key,
+                             "score": round(r.score, 6), "probabilities": self.probabilities[r.key]}
+                            for r in self.chosen]}
 
 
 def choose_next(client: Any, filters: Mapping[str, str], labeled: set[str],
                 score: Callable[[list[Candidate]], Scored], *, count: int, strategy: str, labels: Sequence[str],
                 activation: str = "sigmoid", model: Mapping[str, Any] | None = None, source_format: str = "orthanc-id",
-                seed: int = 0) -> NextBatch:
-    """The ``count`` images of the QIDO query ``filters`` most worth labeling by ``strategy``, leaving out
-    ``labeled`` (:func:`labeled_keys`); ``score`` gives the model's probabilities of the candidates."""
-    found = candidates(client, filters)
+                seed: int = 0, per: str = "image") -> NextBatch:
+    """The ``count`` images (``per="series"``: series) of the QIDO query ``filters`` most worth labeling by
+    ``strategy``, leaving out ``labeled`` (:func:`labeled_keys`); ``score`` gives the model's probabilities of
+    the candidates (and, for series, their scores)."""
+    if per == "series" and strategy not in SERIES_STRATEGIES:
+        raise ActiveLearningError(f"strategy {strategy!r} ranks images for a classifier; series for a segmenter "
+                                  f"are ranked by {', '.join(SERIES_STRATEGIES)}")
+    found = candidates(client, filters, per=per)
     pool = unlabeled(found, labeled)
-    what = " ".join(f"{k}={v}" for k, v in filters.items()) or "(no filter)"
+    what, kind = " ".join(f"{k}={v}" for k, v in filters.items()) or "(no filter)", per if per == "series" else "images"
     if not found:
-        raise ActiveLearningError(f"no image on the PACS matches {what}; nothing written (check the query)")
+        raise ActiveLearningError(f"no {per} on the PACS matches {what}; nothing written (check the query)")
     if not pool:
-        raise ActiveLearningError(f"all {len(found)} images matching {what} are labeled already; nothing written")
+        raise ActiveLearningError(f"all {len(found)} {kind} matching {what} are labeled already; nothing written")
     scored = score(pool)
     if not scored.keys:
-        raise ActiveLearningError(f"none of the {len(pool)} images could be scored; first: "
+        raise ActiveLearningError(f"none of the {len(pool)} {kind} could be scored; first: "
                                   f"{next(iter(scored.failed.values()), 'no reason given')}")
-    scores = uncertainty(scored.probabilities, strategy, activation=activation, samples=scored.samples, seed=seed)
+    if strategy != "random" and scored.scores is not None:
+        scores = np.asarray(scored.scores[strategy], dtype=np.float64)
+    else:
+        scores = uncertainty(scored.probabilities, strategy, activation=activation, samples=scored.samples, seed=seed)
     chosen = rank(scored.keys, list(scores), count)
     probs = {k: {c: round(float(p), 4) for c, p in zip(labels, row, strict=True)}
              for k, row in zip(scored.keys, scored.probabilities, strict=True)}
     model = dict(model or {})
-    lines = manifest_lines(chosen, {c.sop_uid: c for c in pool}, strategy=strategy, model=model,
+    lines = manifest_lines(chosen, {c.key: c for c in pool}, strategy=strategy, model=model,
                            source_format=source_format, probabilities=probs)
-    return NextBatch(strategy, model, len(found), len(found) - len(pool), scored, scores, chosen, probs, lines)
+    return NextBatch(strategy, model, len(found), len(found) - len(pool), scored, scores, chosen, probs, lines, per)

@@ -156,6 +156,31 @@ def deploy(endpoint: str, model_data: str, *, asynchronous: bool = True, image: 
     return dep
 
 
+def delete(endpoint: str) -> dict[str, Any]:
+    """Delete an endpoint with its endpoint config and models (what :func:`deploy` created for it); returns the
+    names deleted. An endpoint that does not exist is an :class:`EndpointError`."""
+    sm = aws.client("sagemaker")
+    try:
+        config_name = sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+    except ClientError as exc:
+        raise _aws_error(exc, f"finding endpoint {endpoint}") from exc
+    models: list[str] = []
+    try:
+        config = sm.describe_endpoint_config(EndpointConfigName=config_name)
+        models = [v["ModelName"] for v in config.get("ProductionVariants", [])]
+    except ClientError:
+        config_name = ""  # already gone: delete what is left
+    try:
+        sm.delete_endpoint(EndpointName=endpoint)
+        if config_name:
+            sm.delete_endpoint_config(EndpointConfigName=config_name)
+        for model in models:
+            sm.delete_model(ModelName=model)
+    except ClientError as exc:
+        raise _aws_error(exc, f"deleting endpoint {endpoint}") from exc
+    return {"endpoint": endpoint, "endpointConfig": config_name or None, "models": models}
+
+
 #: The registered model an endpoint serves, in its Model's environment (the SR and SEG name it).
 MODEL_NAME_ENV, MODEL_VERSION_ENV, MODEL_PACKAGE_ENV = (
     "DICOMFLOW_MODEL_NAME", "DICOMFLOW_MODEL_VERSION", "DICOMFLOW_MODEL_PACKAGE_ARN")

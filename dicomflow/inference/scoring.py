@@ -1,5 +1,5 @@
 """Class probabilities of many images in batches, for active learning: the plain forward pass and, for
-``mc-dropout``, Monte-Carlo dropout samples.
+``mc-dropout``, Monte-Carlo dropout samples; and a segmenter's uncertainty over whole series.
 
 The images are preprocessed exactly as the serving container preprocesses one (the artifact's recorded
 transform), and a batch gives the same probabilities as one image at a time. Monte-Carlo dropout drops
@@ -84,6 +84,64 @@ class ScoredImages:
     probabilities: np.ndarray
     samples: np.ndarray | None
     failed: dict[str, str]
+    scores: None = None  # the strategies score these probabilities (groundtruth.active.uncertainty)
+
+
+@dataclass(frozen=True)
+class ScoredSeries:
+    """What :func:`score_series` measured: per series it could read (by Series Instance UID, in the order given)
+    each structure's mean probability over the voxels the model gives it (``probabilities`` ``(series,
+    structures)``), the ``entropy`` and ``margin`` scores of :func:`~dicomflow.groundtruth.active.region_uncertainty`,
+    and the reason for each series it could not read."""
+
+    keys: list[str]
+    probabilities: np.ndarray
+    scores: dict[str, list[float]]
+    failed: dict[str, str]
+    samples: None = None
+
+
+def series_probabilities(service: object, datasets: Sequence[pydicom.Dataset]) -> np.ndarray:
+    """A segmenter's softmax ``(classes, *grid)`` for one series, on its model grid, preprocessed and run as the
+    serving container runs it (sliding window included)."""
+    array, geometry = load_image(list(datasets))
+    x = service.transform(array, geometry.spacing).unsqueeze(0)  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        out = service.transform.run_network(service.network, x)  # type: ignore[attr-defined]
+    return torch.softmax(out[0].float(), dim=0).cpu().numpy()
+
+
+def score_series(client: object, service: object, series: Sequence[tuple[str, str]], *,
+                 progress: Callable[[int], None] | None = None) -> ScoredSeries:
+    """``series`` (study, series UIDs) retrieved over DICOMweb from ``client`` and scored by the segmenter of
+    ``service``, one at a time; one that cannot be retrieved or read is listed in ``failed`` and the others go on."""
+    from dicomflow.dicom import dicomweb
+    from dicomflow.dicom.errors import PacsError
+    from dicomflow.dicom.geometry import GeometryError
+    from dicomflow.dicom.volume import NotAnImageError
+    from dicomflow.groundtruth.active import region_uncertainty
+
+    keys: list[str] = []
+    means: list[list[float]] = []
+    scores: dict[str, list[float]] = {"entropy": [], "margin": []}
+    failed: dict[str, str] = {}
+    for done, (study, uid) in enumerate(series, start=1):
+        try:
+            p = series_probabilities(service, dicomweb.retrieve_series(client, study, uid))  # type: ignore[arg-type]
+        except (PacsError, GeometryError, NotAnImageError, ValueError) as exc:
+            failed[uid] = str(exc)[:300]
+        else:
+            winner = p.argmax(axis=0)
+            means.append([float(p[k][winner == k].mean()) if (winner == k).any() else 0.0
+                          for k in range(1, len(p))])
+            for name, value in region_uncertainty(p).items():
+                if name in scores:
+                    scores[name].append(value)
+            keys.append(uid)
+        if progress:
+            progress(done)
+    structures = len(service.labels)  # type: ignore[attr-defined]
+    return ScoredSeries(keys, np.asarray(means, dtype=np.float64).reshape(len(keys), structures), scores, failed)
 
 
 def score_images(client: object, service: object, images: Sequence[tuple[str, str, str]], *, batch_size: int = 16,
@@ -130,10 +188,10 @@ def score_images(client: object, service: object, images: Sequence[tuple[str, st
                         np.concatenate(draws, axis=1) if draws else None, failed)
 
 
-def load_classifier(model: str) -> tuple[object, dict[str, str]]:
+def load_classifier(model: str, tasks: Sequence[str] = ("classification2d",)) -> tuple[object, dict[str, str]]:
     """The :class:`~dicomflow.inference.service.InferenceService` of ``model`` and what to call it: a local
     artifact directory or ``model.tar.gz``, an ``s3://`` ``model.tar.gz``, or a Model Registry package group
-    (its newest approved version). Refuses a model that is not an image classifier."""
+    (its newest approved version). Refuses a model whose task is not one of ``tasks``."""
     import tempfile
     from pathlib import Path
 
@@ -154,8 +212,9 @@ def load_classifier(model: str) -> tuple[object, dict[str, str]]:
         local.write_bytes(aws.read(source))
         source = str(local)
     service = InferenceService.from_model_dir(source, name=Path(model).name if version is None else model)
-    if service.task != "classification2d":
+    if service.task not in tasks:
         raise BadRequest(f"{model} is a {service.task} model; active learning scores images with a "
-                         "classification2d model")
+                         "classification2d model" + (" and series with a segmentation3d one"
+                                                     if "segmentation3d" in tasks else ""))
     return service, {"name": service.name, "version": version or service.embedding_model["version"],
                      "source": model}

@@ -110,3 +110,43 @@ def test_label_next_prints_a_manifest_and_explains_a_failed_choice(pool) -> None
              "--to", "-")
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "no image on the PACS matches PatientID=NOBODY-HERE" in r.stderr
+
+
+def test_label_next_ranks_series_for_a_segmenter_by_its_uncertainty_over_each_series(local_cloud, pool,
+                                                                                      tmp_path) -> None:
+    """A segmenter's turn: series, not images, are the objects; a series an earlier job labeled is left out; the
+    order is the region uncertainty of the segmenter's own softmax over each series, read from the PACS."""
+    from model_helpers import as_retrieved
+
+    from dicomflow.inference import scoring
+
+    tag = pool["tag"]
+    series = [s.datasets for s in synthetic.hippocampus_series(4, seed=21, shape=(12, 32, 32))]
+    for n, datasets in enumerate(series):
+        for ds in datasets:
+            ds.PatientID = f"ALS{tag}{n}"
+    dicomweb.store(dicomweb.connect(local_cloud.pacs), [ds for datasets in series for ds in datasets])
+    cands = [Candidate(d[0].PatientID, d[0].StudyInstanceUID, d[0].SeriesInstanceUID) for d in series]
+    earlier = f"s3://{pool['bucket']}/seg-round-1/output.manifest"
+    manifest.write_jsonl_s3(earlier, [manifest.output_line(manifest.input_line(cands[1].orthanc_id), "hippocampus",
+                                                           {"structures": ["anterior"]}, "seg-round-1")])
+    torch.manual_seed(5)
+    model_dir = untrained_artifact(tmp_path, "segmentation3d", ["anterior", "posterior"], [16, 32, 32])
+    r = _cli("label", "next", "--model", str(model_dir), "--query", f"PatientID=ALS{tag}*", "--count", "2",
+             "--strategy", "entropy", "--to", f"s3://{pool['bucket']}/seg-round-2/input.manifest",
+             "--label-attribute", "hippocampus", "--labeled", earlier, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    assert (summary["per"], summary["found"], summary["labeled"], summary["scored"]) == ("series", 4, 1, 3), summary
+    svc = InferenceService.from_model_dir(model_dir)
+    left = [d for d, c in zip(series, cands, strict=True) if c is not cands[1]]
+    scores = [active.region_uncertainty(scoring.series_probabilities(svc, as_retrieved(d)))["entropy"] for d in left]
+    expected = active.rank([str(d[0].SeriesInstanceUID) for d in left], scores, 2)
+    assert [row["SeriesInstanceUID"] for row in summary["ranking"]] == [e.key for e in expected]
+    assert [row["score"] for row in summary["ranking"]] == pytest.approx([e.score for e in expected], abs=1e-6)
+    lines = manifest.read_jsonl_s3(f"s3://{pool['bucket']}/seg-round-2/input.manifest")
+    by_series = {c.series_uid: c for c in cands}
+    assert [line["source"] for line in lines] == [by_series[e.key].orthanc_id for e in expected]  # series sources
+    r = _cli("label", "next", "--model", str(model_dir), "--query", f"PatientID=ALS{tag}*", "--count", "1",
+             "--strategy", "mc-dropout", "--to", "-")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "series for a segmenter" in r.stderr, r.stderr

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from baselines import mean_dice, prior_mask_dice
+from botocore.exceptions import ClientError
 from pydicom.uid import generate_uid
 from search_api_setup import sign_in_page
 from setup_tools import require
@@ -143,6 +144,18 @@ def test_whole_loop_small(local_cloud) -> None:
     next_lines = manifest.read_jsonl_s3(nxt["manifest"])
     assert [x["dicomflow-active-learning"]["SOPInstanceUID"] for x in next_lines] == [r["SOPInstanceUID"]
                                                                                        for r in ranking]
+    # the second round: the chosen images labeled with the approved model's suggestions from a real-time endpoint
+    # the stack's pre-label Lambda asks (it did not exist in the first rounds: their tasks went without)
+    assert not any("suggestions" in line["findings"] for line in lines)
+    second = loop.label_next_round(ctx, hooks)
+    assert second["objects"] == second["withSuggestions"] == 2 and second["reviews"] == 2 * 3, second
+    (suggested, *_) = [ln["findings"]["suggestions"] for ln in manifest.read_jsonl_s3(second["outputManifest"])]
+    assert suggested["kind"] == "classes"
+    assert suggested["model"] == {"name": registered["classification2d"]["group"],
+                                  "version": str(registered["classification2d"]["version"])}
+    assert set(suggested["workerAcceptance"]) == {"worker-1", "worker-2", "worker-3"}
+    with pytest.raises(ClientError):  # deleted after the round
+        aws.client("sagemaker").describe_endpoint(EndpointName=second["endpoint"])
     deployed = loop.deploy_endpoints(ctx, hooks)
     # auto-routing: the held-out MR series arrive by C-STORE and are analysed with no inference call
     routed = loop.route_new_studies(ctx, hooks)

@@ -95,3 +95,54 @@ def test_manifest_lines_carry_rank_score_and_model() -> None:
     assert why["probabilities"] == {"Edema": 0.5}
     ids = active.manifest_lines(chosen, cands, strategy="random", model={})
     assert ids[0]["source"] == cands["1.2.3.2.1.1"].orthanc_id
+
+
+def test_a_segmenters_series_score_looks_at_its_structures_not_the_certain_background() -> None:
+    certain_bg = np.zeros((3, 10, 10))
+    certain_bg[0] = 1.0
+    sure = certain_bg.copy()
+    sure[:, 4:6, 4:6] = np.array([0.02, 0.96, 0.02])[:, None, None]  # a small structure it is sure of
+    unsure = certain_bg.copy()
+    unsure[:, 4:6, 4:6] = np.array([0.3, 0.4, 0.3])[:, None, None]  # the same structure, doubted
+    big_doubt = certain_bg.copy()
+    big_doubt[:, 2:8, 2:8] = np.array([0.3, 0.4, 0.3])[:, None, None]  # more doubted voxels, same doubt
+    s_sure, s_unsure, s_big = (active.region_uncertainty(p) for p in (sure, unsure, big_doubt))
+    assert active.region_uncertainty(certain_bg) == {"entropy": 0.0, "margin": 0.0, "regionVoxels": 0}
+    assert s_sure["regionVoxels"] == s_unsure["regionVoxels"] == 4 and s_big["regionVoxels"] == 36
+    assert s_sure["entropy"] < 0.2 < s_unsure["entropy"] and s_sure["margin"] < 0.1
+    assert s_unsure["margin"] == pytest.approx(0.9)
+    assert s_big["entropy"] == pytest.approx(s_unsure["entropy"])  # a mean over the region, not diluted by size
+    with pytest.raises(ActiveLearningError, match="2 or more classes"):
+        active.region_uncertainty(np.ones((1, 4, 4)))
+
+
+def test_series_candidates_are_ranked_by_the_scores_their_scorer_gave() -> None:
+    series = [Candidate(f"P{n}", f"1.2.9.{n}", f"1.2.9.{n}.1") for n in range(3)]
+    assert [c.key for c in series] == ["1.2.9.0.1", "1.2.9.1.1", "1.2.9.2.1"]
+
+    entropy = {"1.2.9.0.1": 0.1, "1.2.9.1.1": 0.9, "1.2.9.2.1": 0.95}
+
+    class Found:  # what a series scorer gives for the pool it is handed
+        def __init__(self, pool: list[Candidate]) -> None:
+            self.keys = [c.key for c in pool]
+            self.probabilities = np.full((len(pool), 2), 0.8)
+            self.samples, self.failed = None, {}
+            self.scores = {"entropy": [entropy[k] for k in self.keys], "margin": [0.5] * len(pool)}
+
+    class Pacs:  # the QIDO instance search the candidates come from: two instances per series
+        def search_for_instances(self, **_: object) -> list[dict]:
+            return [{"00100020": {"vr": "LO", "Value": [c.patient_id]},
+                     "0020000D": {"vr": "UI", "Value": [c.study_uid]},
+                     "0020000E": {"vr": "UI", "Value": [c.series_uid]},
+                     "00080018": {"vr": "UI", "Value": [f"{c.series_uid}.{k}"]}} for c in series for k in (1, 2)]
+
+    labeled = {series[2].orthanc_id}
+    batch = active.choose_next(Pacs(), {"Modality": "MR"}, labeled, Found, count=2, strategy="entropy",
+                               labels=["anterior", "posterior"], per="series")
+    assert [r.key for r in batch.chosen] == ["1.2.9.1.1", "1.2.9.0.1"] and batch.labeled == 1
+    why = batch.lines[0]["dicomflow-active-learning"]
+    assert why["SeriesInstanceUID"] == "1.2.9.1.1" and "SOPInstanceUID" not in why
+    assert batch.lines[0]["source"] == series[1].orthanc_id and batch.summary()["per"] == "series"
+    with pytest.raises(ActiveLearningError, match="series for a segmenter"):
+        active.choose_next(Pacs(), {}, set(), Found, count=1, strategy="mc-dropout", labels=[],
+                           per="series")
