@@ -67,7 +67,7 @@ def _train(work: Path, pool_dir: Path, images: list, chosen: list[int], seed: in
 
 
 def _probabilities(svc: InferenceService, images: list) -> np.ndarray:
-    inputs = [scoring.image_input(svc.transform, im.dataset) for im in images]
+    inputs = [scoring.image_input(svc, im.dataset) for im in images]
     return np.concatenate([scoring.score_batch(svc.network, inputs[k:k + 32], activation=svc.activation).probabilities
                            for k in range(0, len(inputs), 32)])
 
@@ -80,7 +80,7 @@ def _next(strategy: str, svc: InferenceService, images: list, labeled: list[int]
         samples = None
         probs = _probabilities(svc, [images[i] for i in rest])
         if strategy == "mc-dropout":
-            inputs = [scoring.image_input(svc.transform, images[i].dataset) for i in rest]
+            inputs = [scoring.image_input(svc, images[i].dataset) for i in rest]
             samples = scoring.score_batch(svc.network, inputs, mc_samples=active.MC_SAMPLES,
                                           seeds=[scoring.image_seed(str(i), seed) for i in rest]).samples
         scores = active.uncertainty(probs, strategy, activation=svc.activation, samples=samples)

@@ -144,6 +144,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("labels", "DICOMFLOW_LABELS", "json", None, doc="the label set, a JSON list of class names"),
     Variable("prelabel_endpoint", "DICOMFLOW_PRELABEL_ENDPOINT",
              doc="a real-time classification endpoint whose answers the pre-label Lambda shows as suggestions"),
+    Variable("prelabel_model_group", "DICOMFLOW_PRELABEL_MODEL_GROUP",
+             doc="a model package group: the pre-label Lambda asks the real-time endpoint serving its newest approved "
+                 "version (when no endpoint is configured)"),
     Variable("prelabel_timeout_seconds", "DICOMFLOW_PRELABEL_TIMEOUT_SECONDS", "float", 5.0, 0.1, 60,
              doc="how long the pre-label Lambda waits for the model before the task goes without suggestions"),
     Variable("vote_threshold", "DICOMFLOW_VOTE_THRESHOLD", "float", 0.5, 0, 1, high_inclusive=False,
@@ -208,6 +211,14 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 
+def env_name(setting: str) -> str:
+    """The environment variable of runtime setting ``setting`` (e.g. ``"model_package_arn"``)."""
+    for var in VARIABLES:
+        if var.field == setting:
+            return var.env
+    raise KeyError(f"no runtime setting {setting!r}")
+
+
 def _parse(var: Variable, raw: str) -> Any:
     kind = var.kind
     if isinstance(kind, tuple):
@@ -257,6 +268,7 @@ class Runtime:
     url_ttl_seconds: int
     labels: Any
     prelabel_endpoint: str | None
+    prelabel_model_group: str | None
     prelabel_timeout_seconds: float
     vote_threshold: float
     output_s3_uri: str | None

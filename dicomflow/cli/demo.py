@@ -162,9 +162,12 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return format(value, spec)
 
 
-def _panel(title: str, text: str) -> None:
-    """One section of the summary: a titled box whose text is printed as it is."""
+def _panel(title: str, text: str, command: str | None = None) -> None:
+    """One section of the summary: a titled box whose text is printed as it is, then the ``command`` that does
+    the same by hand, whole on its own line(s)."""
     console.print(Panel.fit(text, title=title, border_style="cyan"), highlight=False)
+    if command:
+        console.print(command, soft_wrap=True, highlight=False)
 
 
 def show_summary(r: dict[str, Any], settings: Any) -> None:
@@ -234,8 +237,15 @@ def show_summary(r: dict[str, Any], settings: Any) -> None:
             f"the model's mean probability error on them {_fmt(al['meanErrorChosen'], '.3f')} against "
             f"{_fmt(al['meanErrorRest'], '.3f')} on the others; they show the model {al['modelErrorsFound']} of its "
             f"errors, which a random pick needs {_fmt(al['randomLabelsForAsManyErrors'], '.1f')} labels for: "
-            f"{_fmt(al['labelsSaved'], '.1f')} labels saved at equal errors found\nmanifest {al['manifest']}")
-        console.print(al["command"], soft_wrap=True, highlight=False)
+            f"{_fmt(al['labelsSaved'], '.1f')} labels saved at equal errors found\nmanifest {al['manifest']}",
+            al["command"])
+    if "activeLearningSeries" in r:
+        als = r["activeLearningSeries"]
+        _panel("active learning for the segmenter",
+            f"next outlining round: {als['chosen']} of the {als['scored']} MR series no job has labeled, chosen by "
+            f"the segmenter's {als['strategy']} over each series (mean {als['scoreMean']['chosen']:.3f} against "
+            f"{als['scoreMean']['pool']:.3f}); its held-out Dice on them {_fmt(als['meanDiceChosen'], '.3f')} "
+            f"against {_fmt(als['meanDiceRest'], '.3f')} on the others\nmanifest {als['manifest']}", als["command"])
     if "secondRound" in r:
         sr = r["secondRound"]
         _panel("second labeling round, with AI pre-labels",

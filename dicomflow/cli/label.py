@@ -127,15 +127,9 @@ def next_cmd(ctx: click.Context, model: str, queries: tuple[str, ...], count: in
         def score(pool: list[active.Candidate]) -> active.Scored:
             progress.update(bar, total=len(pool))
 
-            def advance(done: int) -> None:
-                progress.update(bar, completed=done)
-
-            if per == "series":
-                return scoring.score_series(client, service, [(c.study_uid, c.series_uid) for c in pool],
-                                            progress=advance)
-            return scoring.score_images(client, service, [(c.study_uid, c.series_uid, c.key) for c in pool],
-                                        batch_size=batch_size, mc_samples=samples if strategy == "mc-dropout" else 0,
-                                        seed=seed, progress=advance)
+            return scoring.score_pool(client, service, pool, batch_size=batch_size,
+                                      mc_samples=samples if strategy == "mc-dropout" else 0, seed=seed,
+                                      progress=lambda done: progress.update(bar, completed=done))
 
         batch = active.choose_next(client, filters, labeled, score, count=count, strategy=strategy,
                                    labels=service.labels, activation=service.activation, model=model_id,

@@ -154,11 +154,11 @@ def deploy_stack(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
 
     with hooks.step("deploy the stack (Lambdas, buckets, roles)") as st:
         # the local portal serves workers the signed URLs from its own origin (the host is not signed)
-        # the pre-label Lambda asks the endpoint the second labeling round deploys; until then (and in the first
-        # rounds) the endpoint does not exist and tasks go out saying there are no suggestions
+        # the pre-label Lambda asks the real-time endpoint serving the chest group's approved version (the second
+        # labeling round deploys one); before that, tasks go out saying there are no suggestions
         params = {"LabelSet": json.dumps(LABEL_SET), "GatewayUrl": LOCAL_GATEWAY,
                   "SearchEmbeddingEndpoint": endpoint_name(ctx, "classification2d"),
-                  "PreLabelEndpoint": prelabel_endpoint_name(ctx)}
+                  "PreLabelModelGroup": endpoint_name(ctx, "classification2d")}
         done = deployment.run(ctx.config.stack, params,
                               on_event=lambda e: st.update(note=f"{e['LogicalResourceId']} {e['ResourceStatus']}"))
     ctx.outputs = dict(done.result.outputs)
@@ -399,9 +399,14 @@ def import_hippocampus_labels(ctx: DemoContext) -> str:
     done = {line["hippocampus"]["dicom"]["SeriesInstanceUID"] for line in outlined}
     rest = [s for s in ctx.hippo_train if s.entry["SeriesInstanceUID"] not in done]
     lines = [*outlined, *seeding.store_label_segs(dicomweb.connect(ctx.pacs), rest)]
-    uri = _uri("LabelingOutputUri", ctx, f"{ctx.config.tag}-hippocampus/manifests/output/output.manifest")
+    uri = hippocampus_labels_uri(ctx)
     manifest.write_jsonl_s3(uri, lines)
     return uri
+
+
+def hippocampus_labels_uri(ctx: DemoContext) -> str:
+    """The output manifest of every training hippocampus series' labels (outlined or imported)."""
+    return _uri("LabelingOutputUri", ctx, f"{ctx.config.tag}-hippocampus/manifests/output/output.manifest")
 
 
 def export_datasets(ctx: DemoContext, hooks: Hooks) -> dict[str, str]:
@@ -533,44 +538,76 @@ def register_models(ctx: DemoContext, hooks: Hooks) -> dict[str, dict[str, Any]]
 
 
 # ---- 6. inference -----------------------------------------------------------------------------------
+def demo_query(ctx: DemoContext, modality: str) -> dict[str, str]:
+    """The QIDO filter of this demo's own images of ``modality`` (its seeded patients), whatever else the PACS holds."""
+    from dicomflow.demo.synthetic import patient_prefix
+
+    kind = "chest" if modality == "CR" else "hippocampus"
+    return {"Modality": modality, "PatientID": patient_prefix(kind, ctx.config.seed) + "*"}
+
+
+@dataclass
+class NextRound:
+    """What one of the demo's active-learning steps chose (``dicomflow label next`` as the demo runs it)."""
+
+    batch: Any  # groundtruth.active.NextBatch
+    manifest: str
+    command: str
+
+    def split(self, measure: Callable[[list[str]], float | None]) -> tuple[float | None, float | None]:
+        """``measure`` of the chosen objects and of the other scored ones."""
+        chosen = {r.key for r in self.batch.chosen}
+        keys = self.batch.scored.keys
+        return measure([k for k in keys if k in chosen]), measure([k for k in keys if k not in chosen])
+
+
+def _next_round(ctx: DemoContext, hooks: Hooks, title: str, *, task: str, modality: str, labeled_uri: str,
+                attribute: str, count: int, name: str) -> NextRound:
+    """The approved ``task`` model ranks this demo's ``modality`` objects that no job of ``attribute`` labeled
+    (the labels in ``labeled_uri``) by entropy and writes the next job's input manifest ``name``."""
+    from dicomflow.groundtruth import active
+    from dicomflow.inference import scoring
+
+    group = ctx.results["registry"][task]["group"]
+    labeled = active.labeled_keys(manifest.read_jsonl_s3(labeled_uri), attribute)
+    with hooks.step(title) as st:
+        service, model_id = scoring.load_classifier(group, tasks=(task,))
+        client = dicomweb.connect(ctx.pacs)
+        batch = active.choose_next(
+            client, demo_query(ctx, modality), labeled,
+            lambda pool: scoring.score_pool(client, service, pool, progress=lambda n: st.update(completed=n)),
+            count=count, strategy="entropy", labels=service.labels, activation=service.activation, model=model_id,
+            per="series" if task == "segmentation3d" else "image")
+        uri = _uri("LabelingInputUri", ctx, f"{ctx.config.tag}/{name}")
+        manifest.write_jsonl_s3(uri, batch.lines)
+        st.log(f"next round's manifest {uri}")
+    query = " ".join(f"--query {k}={v}" for k, v in demo_query(ctx, modality).items())
+    return NextRound(batch, uri, f"dicomflow label next --model {group} {query} --count {count} --label-attribute "
+                                 f"{attribute} --labeled {labeled_uri} --to {uri}")
+
+
 def choose_next_round(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
     """Active learning: the approved chest model scores the chest images no job has labeled yet and writes the
     next labeling job's input manifest, most uncertain first (``dicomflow label next``). The demo then reads the
     seeder's truth to show whether the images chosen are the ones the model gets wrong, and what that saved
     (:func:`labels_saved`)."""
-    from dicomflow.dicom import dicomweb
-    from dicomflow.groundtruth import active
-    from dicomflow.inference import scoring
-
-    group = ctx.results["registry"]["classification2d"]["group"]
-    labeled = active.labeled_keys(manifest.read_jsonl_s3(ctx.results["labeling"]["outputManifest"]),
-                                  ctx.config.label_attribute)
     count = max(1, len(ctx.chest_holdout) // 2)
-    with hooks.step(f"active learning: the {count} unlabeled chest images the model is least sure of") as st:
-        service, model_id = scoring.load_classifier(group)
-        client = dicomweb.connect(ctx.pacs)
-        batch = active.choose_next(
-            client, {"Modality": "CR"}, labeled,
-            lambda pool: scoring.score_images(client, service, [(c.study_uid, c.series_uid, c.sop_uid) for c in pool]),
-            count=count, strategy="entropy", labels=service.labels, activation=service.activation, model=model_id)
-        uri = _uri("LabelingInputUri", ctx, f"{ctx.config.tag}/next-round.manifest")
-        manifest.write_jsonl_s3(uri, batch.lines)
-        st.log(f"next round's manifest {uri}")
+    nxt = _next_round(ctx, hooks, f"active learning: the {count} unlabeled chest images the model is least sure of",
+                      task="classification2d", modality="CR", labeled_uri=ctx.results["labeling"]["outputManifest"],
+                      attribute=ctx.config.label_attribute, count=count, name="next-round.manifest")
+    batch = nxt.batch
     truth = {s.entry["SOPInstanceUID"]: set(s.entry["labels"]) for s in ctx.chest_holdout}
-    chosen = {r.key for r in batch.chosen}
 
     def error(keys: list[str]) -> float | None:
         errs = [np.mean([abs(p - float(c in truth[k])) for c, p in batch.probabilities[k].items()])
                 for k in keys if k in truth]
         return float(np.mean(errs)) if errs else None
 
+    chosen_error, rest_error = nxt.split(error)
     ctx.results["activeLearning"] = {
-        **batch.summary(), "manifest": uri, "group": group,
-        "meanErrorChosen": error([k for k in batch.scored.keys if k in chosen]),
-        "meanErrorRest": error([k for k in batch.scored.keys if k not in chosen]),
-        **labels_saved(batch.probabilities, truth, [r.key for r in batch.chosen]),
-        "command": f"dicomflow label next --model {group} --query Modality=CR --count {count} --label-attribute "
-                   f"{ctx.config.label_attribute} --labeled {ctx.results['labeling']['outputManifest']} --to {uri}"}
+        **batch.summary(), "manifest": nxt.manifest, "group": ctx.results["registry"]["classification2d"]["group"],
+        "meanErrorChosen": chosen_error, "meanErrorRest": rest_error,
+        **labels_saved(batch.probabilities, truth, [r.key for r in batch.chosen]), "command": nxt.command}
     return ctx.results["activeLearning"]
 
 
@@ -580,9 +617,10 @@ def prelabel_endpoint_name(ctx: DemoContext) -> str:
 
 
 def label_next_round(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
-    """The round active learning chose, labeled with AI pre-labels: the approved chest model goes on the real-time
-    endpoint the stack's pre-label Lambda asks (``PreLabelEndpoint``), the three annotators see its suggestions
-    in the template and accept or correct them, and the consolidation records which suggestions people kept.
+    """The round active learning chose, labeled with AI pre-labels: the approved chest model goes on a real-time
+    endpoint, which the stack's pre-label Lambda finds as the one serving its group's approved version
+    (``PreLabelModelGroup``); the three annotators see its suggestions in the template and accept or correct them,
+    and the consolidation records which suggestions people kept.
     The endpoint is deleted afterwards (on AWS it is an instance that costs by the hour)."""
     from dicomflow.groundtruth import job_request
     from dicomflow.inference import endpoint as ep
@@ -1021,6 +1059,30 @@ def stored_seg_dice(ctx: DemoContext, study: seeding.SeedStudy, seg_ref: dict[st
     return {name: per_class[i + 1]["dice"] for i, name in enumerate(SEG_LABELS)}
 
 
+def choose_next_series(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
+    """Active learning for the segmenter: the approved hippocampus model ranks the MR series no job has labeled
+    (by now, the held-out series the modality sent) by its entropy over each series (``dicomflow label next``
+    with a segmenter) and writes the next outlining round's manifest. The demo then reads the held-out Dice of
+    each series to show whether the model doubts the ones it segments worst."""
+    count = max(1, len(ctx.hippo_holdout) // 2)
+    nxt = _next_round(ctx, hooks, f"active learning: the {count} MR series the segmenter is least sure of",
+                      task="segmentation3d", modality="MR", labeled_uri=hippocampus_labels_uri(ctx),
+                      attribute="hippocampus", count=count, name="next-outlines.manifest")
+    study_of = {s.entry["SeriesInstanceUID"]: s.study_uid for s in ctx.hippo_holdout}
+    dice = {r["StudyInstanceUID"]: float(np.mean(list(r["dice"].values())))
+            for r in ctx.results["inference"]["studies"] if r.get("dice")}
+
+    def mean_dice(keys: list[str]) -> float | None:
+        found = [dice[study_of[k]] for k in keys if study_of.get(k) in dice]
+        return float(np.mean(found)) if found else None
+
+    chosen_dice, rest_dice = nxt.split(mean_dice)
+    ctx.results["activeLearningSeries"] = {
+        **nxt.batch.summary(), "manifest": nxt.manifest, "group": ctx.results["registry"]["segmentation3d"]["group"],
+        "meanDiceChosen": chosen_dice, "meanDiceRest": rest_dice, "command": nxt.command}
+    return ctx.results["activeLearningSeries"]
+
+
 def score_inference(ctx: DemoContext, results: list[dict[str, Any]]) -> dict[str, Any]:
     """Held-out AUROC (chest); predicted vs true volumes and the Dice of the stored SEG (hippocampus); where the
     SR/SEG landed. The demo's scoring is the one place that reads the seeder's truth."""
@@ -1096,7 +1158,8 @@ def serve_from_one_endpoint(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
 STEPS: list[Callable[[DemoContext, Hooks], Any]] = [
     deploy_stack, seed_studies, analyse_reports, run_labeling, outline_hippocampus, export_datasets, train_models,
     register_models,
-    choose_next_round, label_next_round, deploy_endpoints, route_new_studies, run_inference, open_viewer, index_images,
+    choose_next_round, label_next_round, deploy_endpoints, route_new_studies, run_inference, choose_next_series,
+    open_viewer, index_images,
     ingest_for_search, open_search_page, run_batch_transform, serve_from_one_endpoint]
 
 

@@ -106,6 +106,11 @@ HIPPOCAMPUS_STRUCTURES = [
 ]
 
 
+def patient_prefix(kind: str, seed: int) -> str:
+    """How the PatientIDs of the ``kind`` ("chest" or "hippocampus") studies of ``seed`` begin."""
+    return f"SYNTH-{'CXR' if kind == 'chest' else 'HIPPO'}-{seed}-"
+
+
 def synthetic_uid(*parts: object) -> str:
     """A deterministic ``2.25`` UID from ``parts`` (same parts, same UID)."""
     return derived_uid("dicomflow-synthetic", *parts)
@@ -293,7 +298,7 @@ def chest_radiographs(n: int, seed: int = 0, size: int = 256) -> list[SyntheticI
         rng = np.random.default_rng([seed, 1, i])
         labels = _chest_labels(rng)
         pixels = _to_uint12(_chest_image(rng, size, set(labels)))
-        patient_id = f"SYNTH-CXR-{seed}-{i:04d}"
+        patient_id = f"{patient_prefix('chest', seed)}{i:04d}"
         ds = _base_dataset(
             sop_class=CR_IMAGE_STORAGE,
             sop_uid=synthetic_uid("chest", seed, i, "sop"),
@@ -419,7 +424,7 @@ def hippocampus_series(n: int, seed: int = 0, shape: tuple[int, int, int] = (32,
         low, high = np.percentile(pixels, [1, 99.5])  # the series' own window, as a scanner writes it
         window = (int(round((low + high) / 2)), max(int(round(high - low)), 1))
         origin = tuple(round(float(rng.uniform(lo, hi)), 3) for lo, hi in ((-40, -20), (-40, -10), (-30, -10)))
-        patient_id = f"SYNTH-HIPPO-{seed}-{i:04d}"
+        patient_id = f"{patient_prefix('hippocampus', seed)}{i:04d}"
         study_uid = synthetic_uid("hippo", seed, i, "study")
         series_uid = synthetic_uid("hippo", seed, i, "series")
         frame_uid = synthetic_uid("hippo", seed, i, "frame-of-reference")

@@ -11,8 +11,8 @@ Each strategy turns probabilities into one uncertainty score per object, higher 
 * ``random``: a seeded uniform draw, the baseline every other strategy has to beat.
 
 Series for a segmentation model are objects too: their scorer gives each series its ``entropy`` and
-``margin`` over the voxels the model is working on (:func:`region_uncertainty`), and :func:`choose_next` ranks
-those; ``mc-dropout`` is for classifiers only.
+``margin`` over the voxels the model is working on (:func:`dicomflow.inference.scoring.region_uncertainty`),
+and :func:`choose_next` ranks those; ``mc-dropout`` is for classifiers only.
 
 :func:`rank` sorts every object by its score once and keeps the first ``count`` in that order (sorting only
 the chosen scores again, as MONAI Label's epistemic strategy does, would throw the ranking away).
@@ -64,26 +64,7 @@ def _entropy(p: np.ndarray, activation: str) -> np.ndarray:
     return _binary_entropy(p).mean(axis=-1)
 
 
-#: voxels a segmenter is at least this sure of as background are left out of a series' score
-REGION_CONFIDENCE = 0.9
 SERIES_STRATEGIES = ("entropy", "margin", "random")
-
-
-def region_uncertainty(probabilities: np.ndarray) -> dict[str, float]:
-    """A segmenter's softmax ``probabilities`` ``(classes, *voxels)`` (class 0 the background) as the two scores
-    of one series: the mean normalised entropy and the mean ``1 - (top - second)`` over its *region*, the voxels
-    the model labels as a structure or gives the background less than :data:`REGION_CONFIDENCE` (so that the
-    head's certain background does not dilute the structures' boundaries); 0 and 0 when there is none."""
-    p = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
-    if p.shape[0] < 2:
-        raise ActiveLearningError(f"a segmenter's probabilities need 2 or more classes, not {p.shape[0]}")
-    region = (p.argmax(axis=0) > 0) | (p[0] < REGION_CONFIDENCE)
-    if not region.any():
-        return {"entropy": 0.0, "margin": 0.0, "regionVoxels": 0}
-    q = p[:, region]
-    top = np.sort(q, axis=0)[::-1]
-    return {"entropy": float(_entropy(q.T, "softmax").mean()), "margin": float((1.0 - (top[0] - top[1])).mean()),
-            "regionVoxels": int(region.sum())}
 
 
 def uncertainty(probabilities: np.ndarray, strategy: str, *, activation: str = "sigmoid",
@@ -245,7 +226,7 @@ class Scored(Protocol):
     """A scorer's answer for some candidates (e.g. :class:`dicomflow.inference.scoring.ScoredImages`):
     probabilities ``(scored, classes)`` of ``keys`` (the candidates' :attr:`Candidate.key`), dropout ``samples``
     ``(draws, scored, classes)`` or None, why each other candidate ``failed``, and ``scores`` (strategy -> one
-    score per key) where the scorer computed them itself (a segmenter's :func:`region_uncertainty`) or None."""
+    score per key) where the scorer computed them itself (a segmenter's region uncertainty) or None."""
 
     keys: list[str]
     probabilities: Any

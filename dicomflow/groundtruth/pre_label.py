@@ -237,9 +237,10 @@ def pre_label(event: Mapping[str, Any], client: DICOMClient, resolver: Callable[
     if own is not None:  # the manifest line names its own label set (e.g. a segmentation job's structures)
         settings = replace(settings, labels=line_label_names(own))
     task = build_task_input(client, ref, settings, now=now)
-    endpoint = runtime().prelabel_endpoint
-    if endpoint:
-        task["suggestions"] = model_suggestions(client, ref, task, endpoint)
+    settings_now = runtime()
+    if settings_now.prelabel_endpoint or settings_now.prelabel_model_group:
+        task["suggestions"] = model_suggestions(client, ref, task, settings_now.prelabel_endpoint,
+                                                settings_now.prelabel_model_group)
     return {"taskInput": task, "isHumanAnnotationRequired": "true"}
 
 
@@ -256,10 +257,18 @@ def line_label_names(own: Any) -> list[str]:
         raise LabelingTaskError("invalid", str(exc)) from None
 
 
-def model_suggestions(client: DICOMClient, ref: ObjectRef, task: Mapping[str, Any], endpoint: str) -> dict[str, Any]:
-    """The model's suggestions for the task's object (:mod:`dicomflow.groundtruth.suggestions`); an image of a
-    series of several is refused by the model's one-image-per-series rule, so its series is counted first."""
-    from dicomflow.groundtruth.suggestions import suggest
+def model_suggestions(client: DICOMClient, ref: ObjectRef, task: Mapping[str, Any], endpoint: str | None,
+                      group: str | None = None) -> dict[str, Any]:
+    """The model's suggestions for the task's object (:mod:`dicomflow.groundtruth.suggestions`) from ``endpoint``,
+    else from the endpoint serving ``group``'s approved version; an image of a series of several is refused by the
+    model's one-image-per-series rule, so its series is counted first."""
+    from dicomflow.groundtruth.suggestions import serving_endpoint, suggest, unavailable
+
+    if not endpoint:
+        started = time.perf_counter()
+        endpoint, why = serving_endpoint(str(group))
+        if not endpoint:
+            return unavailable(why, started)
 
     instances = len(task["instances"])
     if ref.sop_uid:

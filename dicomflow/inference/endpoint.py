@@ -16,6 +16,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from dicomflow import aws
+from dicomflow.config import env_name
 from dicomflow.errors import DicomflowError
 
 DEFAULT_IMAGE = "dicomflow-inference:latest"
@@ -183,7 +184,7 @@ def delete(endpoint: str) -> dict[str, Any]:
 
 #: The registered model an endpoint serves, in its Model's environment (the SR and SEG name it).
 MODEL_NAME_ENV, MODEL_VERSION_ENV, MODEL_PACKAGE_ENV = (
-    "DICOMFLOW_MODEL_NAME", "DICOMFLOW_MODEL_VERSION", "DICOMFLOW_MODEL_PACKAGE_ARN")
+    env_name("model_name"), env_name("model_version"), env_name("model_package_arn"))
 
 
 def deploy_from_group(endpoint: str, group: str, *, image: str | None = None, environment: dict[str, str] | None = None,

@@ -35,12 +35,10 @@ class BatchScores:
     samples: np.ndarray | None = None
 
 
-def image_input(transform: object, ds: pydicom.Dataset) -> torch.Tensor:
-    """One image's model input as the serving container makes it (the middle frame of a multi-frame image)."""
-    array, geometry = load_image([ds])
-    if array.ndim == 3:
-        array = array[array.shape[0] // 2]
-    return transform(array, geometry.spacing[-array.ndim:])  # type: ignore[operator]
+def image_input(service: object, ds: pydicom.Dataset) -> torch.Tensor:
+    """One image's model input ``(C, H, W)`` as the serving container makes it (the middle frame of a multi-frame
+    image), from ``service`` (an :class:`~dicomflow.inference.service.InferenceService`)."""
+    return service.model_input(*load_image([ds]))[1][0]  # type: ignore[attr-defined]
 
 
 def score_batch(network: torch.nn.Module, inputs: Sequence[torch.Tensor], *, activation: str = "sigmoid",
@@ -87,12 +85,35 @@ class ScoredImages:
     scores: None = None  # the strategies score these probabilities (groundtruth.active.uncertainty)
 
 
+#: voxels a segmenter is at least this sure of as background are left out of a series' score
+REGION_CONFIDENCE = 0.9
+
+
+def region_uncertainty(probabilities: np.ndarray) -> dict[str, float]:
+    """A segmenter's softmax ``probabilities`` ``(classes, *voxels)`` (class 0 the background) as the two scores
+    of one series: the mean entropy (in bits, normalised by ``log2(classes)``) and the mean
+    ``1 - (top - second)`` over its *region*, the voxels the model labels as a structure or gives the
+    background less than :data:`REGION_CONFIDENCE` (so that the head's certain background does not dilute the
+    structures' boundaries); 0 and 0 when there is none."""
+    p = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
+    if p.shape[0] < 2:
+        raise ValueError(f"a segmenter's probabilities need 2 or more classes, not {p.shape[0]}")
+    region = (p.argmax(axis=0) > 0) | (p[0] < REGION_CONFIDENCE)
+    if not region.any():
+        return {"entropy": 0.0, "margin": 0.0, "regionVoxels": 0}
+    q = np.clip(p[:, region], 1e-12, 1.0)
+    top = np.sort(q, axis=0)[::-1]
+    entropy = -(q * np.log2(q)).sum(axis=0) / np.log2(p.shape[0])
+    return {"entropy": float(entropy.mean()), "margin": float((1.0 - (top[0] - top[1])).mean()),
+            "regionVoxels": int(region.sum())}
+
+
 @dataclass(frozen=True)
 class ScoredSeries:
     """What :func:`score_series` measured: per series it could read (by Series Instance UID, in the order given)
     each structure's mean probability over the voxels the model gives it (``probabilities`` ``(series,
-    structures)``), the ``entropy`` and ``margin`` scores of :func:`~dicomflow.groundtruth.active.region_uncertainty`,
-    and the reason for each series it could not read."""
+    structures)``), the ``entropy`` and ``margin`` scores of :func:`region_uncertainty`, and the reason for each
+    series it could not read."""
 
     keys: list[str]
     probabilities: np.ndarray
@@ -104,8 +125,7 @@ class ScoredSeries:
 def series_probabilities(service: object, datasets: Sequence[pydicom.Dataset]) -> np.ndarray:
     """A segmenter's softmax ``(classes, *grid)`` for one series, on its model grid, preprocessed and run as the
     serving container runs it (sliding window included)."""
-    array, geometry = load_image(list(datasets))
-    x = service.transform(array, geometry.spacing).unsqueeze(0)  # type: ignore[attr-defined]
+    _, x = service.model_input(*load_image(list(datasets)))  # type: ignore[attr-defined]
     with torch.inference_mode():
         out = service.transform.run_network(service.network, x)  # type: ignore[attr-defined]
     return torch.softmax(out[0].float(), dim=0).cpu().numpy()
@@ -119,7 +139,6 @@ def score_series(client: object, service: object, series: Sequence[tuple[str, st
     from dicomflow.dicom.errors import PacsError
     from dicomflow.dicom.geometry import GeometryError
     from dicomflow.dicom.volume import NotAnImageError
-    from dicomflow.groundtruth.active import region_uncertainty
 
     keys: list[str] = []
     means: list[list[float]] = []
@@ -142,6 +161,19 @@ def score_series(client: object, service: object, series: Sequence[tuple[str, st
             progress(done)
     structures = len(service.labels)  # type: ignore[attr-defined]
     return ScoredSeries(keys, np.asarray(means, dtype=np.float64).reshape(len(keys), structures), scores, failed)
+
+
+def score_pool(client: object, service: object, pool: Sequence[object], *, batch_size: int = 16,
+               mc_samples: int = 0, seed: int = 0,
+               progress: Callable[[int], None] | None = None) -> ScoredImages | ScoredSeries:
+    """The objects of ``pool`` (each with ``study_uid``, ``series_uid`` and ``key``: its SOP Instance UID, or a
+    series' Series Instance UID) scored by ``service``'s model: images by a classifier (:func:`score_images`),
+    series by a segmenter (:func:`score_series`)."""
+    if service.task == "segmentation3d":  # type: ignore[attr-defined]
+        return score_series(client, service, [(c.study_uid, c.series_uid) for c in pool],  # type: ignore[attr-defined]
+                            progress=progress)
+    return score_images(client, service, [(c.study_uid, c.series_uid, c.key) for c in pool],  # type: ignore[attr-defined]
+                        batch_size=batch_size, mc_samples=mc_samples, seed=seed, progress=progress)
 
 
 def score_images(client: object, service: object, images: Sequence[tuple[str, str, str]], *, batch_size: int = 16,
@@ -175,7 +207,7 @@ def score_images(client: object, service: object, images: Sequence[tuple[str, st
     for done, (study, series, sop) in enumerate(images, start=1):
         try:
             ds = dicomweb.retrieve_instance(client, study, series, sop)  # type: ignore[arg-type]
-            batch.append((sop, image_input(service.transform, ds)))  # type: ignore[attr-defined]
+            batch.append((sop, image_input(service, ds)))
         except (PacsError, GeometryError, NotAnImageError, ValueError) as exc:
             failed[sop] = str(exc)[:300]
         if len(batch) >= batch_size:
@@ -207,11 +239,14 @@ def load_classifier(model: str, tasks: Sequence[str] = ("classification2d",)) ->
                              "an s3:// model.tar.gz or a model package group)")
         approved = registry.latest_approved(registry.check_group(model))
         source, version = approved.model_data, str(approved.version)
+    name = Path(model).name if version is None else model
     if source.startswith("s3://"):
-        local = Path(tempfile.mkdtemp(prefix="dicomflow-score-")) / "model.tar.gz"
-        local.write_bytes(aws.read(source))
-        source = str(local)
-    service = InferenceService.from_model_dir(source, name=Path(model).name if version is None else model)
+        with tempfile.TemporaryDirectory(prefix="dicomflow-score-") as tmp:  # the weights are read into memory
+            local = Path(tmp) / "model.tar.gz"
+            local.write_bytes(aws.read(source))
+            service = InferenceService.from_model_dir(local, name=name)
+    else:
+        service = InferenceService.from_model_dir(source, name=name)
     if service.task not in tasks:
         raise BadRequest(f"{model} is a {service.task} model; active learning scores images with a "
                          "classification2d model" + (" and series with a segmentation3d one"

@@ -135,6 +135,13 @@ class InferenceService:
             path = tarball
         return cls(load_artifact(path), name)
 
+    def model_input(self, array: np.ndarray, geometry: Any) -> tuple[np.ndarray, torch.Tensor]:
+        """A series' (or image's) pixels as this model sees them: a classifier's middle frame of a volume, and the
+        artifact's preprocessing as a batch of one. Returns (the pixels used, the input tensor)."""
+        if self.task == "classification2d" and array.ndim == 3:
+            array = array[array.shape[0] // 2]
+        return array, self.transform(array, geometry.spacing[-array.ndim:]).unsqueeze(0)
+
     # ---- checks that need no PACS ---------------------------------------------------------------
     def _check_outputs(self, request: StudyRequest) -> str | None:
         """Reject outputs this model cannot make; the S3 prefix for the occlusion PNG (if asked)."""
@@ -196,12 +203,10 @@ class InferenceService:
                 array, geometry = load_image(datasets)
             except (GeometryError, NotAnImageError) as exc:
                 raise UnusableSeries(f"series {selection.series_uid}: {exc}") from None
-            if self.task == "classification2d" and array.ndim == 3:
-                array = array[array.shape[0] // 2]
-            elif len(datasets) > 1 and not geometry.has_patient_geometry:
+            if len(datasets) > 1 and not geometry.has_patient_geometry:
                 selection.reason += ("; slices ordered by InstanceNumber and spaced by the header's "
                                      "SpacingBetweenSlices/SliceThickness: no slice has ImagePositionPatient")
-            x = self.transform(array, geometry.spacing).unsqueeze(0)
+            array, x = self.model_input(array, geometry)
 
         embedding = None
         with timer.stage("model"), torch.inference_mode():

@@ -93,8 +93,7 @@ def save_artifact(model_dir: str | Path, *, task: str, labels: list[str], networ
     return model_dir
 
 
-def _extract(tar_path: Path) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="dicomflow-model-"))
+def _extract(tar_path: Path, target: Path) -> Path:
     with tarfile.open(tar_path) as tar:
         tar.extractall(target, filter="data")
     return target
@@ -104,7 +103,8 @@ def load_artifact(model_dir: str | Path, device: str | torch.device = "cpu") -> 
     """Load an artifact directory (or a ``model.tar.gz``) into a :class:`LoadedModel` (network in eval)."""
     path = Path(model_dir)
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar")):
-        path = _extract(path)
+        with tempfile.TemporaryDirectory(prefix="dicomflow-model-") as extracted:  # read into memory, then gone
+            return load_artifact(_extract(path, Path(extracted)), device)
     meta_path = path / METADATA_FILE
     if not meta_path.is_file():
         raise ArtifactError(f"{path} holds no {METADATA_FILE}: not a dicomflow model artifact")

@@ -140,7 +140,7 @@ def test_label_next_ranks_series_for_a_segmenter_by_its_uncertainty_over_each_se
     assert (summary["per"], summary["found"], summary["labeled"], summary["scored"]) == ("series", 4, 1, 3), summary
     svc = InferenceService.from_model_dir(model_dir)
     left = [d for d, c in zip(series, cands, strict=True) if c is not cands[1]]
-    scores = [active.region_uncertainty(scoring.series_probabilities(svc, as_retrieved(d)))["entropy"] for d in left]
+    scores = [scoring.region_uncertainty(scoring.series_probabilities(svc, as_retrieved(d)))["entropy"] for d in left]
     expected = active.rank([str(d[0].SeriesInstanceUID) for d in left], scores, 2)
     assert [row["SeriesInstanceUID"] for row in summary["ranking"]] == [e.key for e in expected]
     assert [row["score"] for row in summary["ranking"]] == pytest.approx([e.score for e in expected], abs=1e-6)

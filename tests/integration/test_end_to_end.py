@@ -198,6 +198,12 @@ def test_whole_loop_small(local_cloud) -> None:
     held_out_dice = float(np.mean([d for d, _, _ in figures]))
     assert held_out_dice == pytest.approx(inf["heldOutMeanDice"], abs=1e-9)
     assert held_out_dice >= MIN_DICE and held_out_dice >= prior + MARGIN_DICE, (figures, prior)
+    # active learning for the segmenter: the held-out series are the MR series no job labeled
+    nxt_series = loop.choose_next_series(ctx, hooks)
+    assert (nxt_series["per"], nxt_series["scored"], nxt_series["chosen"]) == ("series", 3, 1), nxt_series
+    assert nxt_series["labeled"] == len(ctx.hippo_train) and not nxt_series["failed"]
+    assert {r["SeriesInstanceUID"] for r in nxt_series["ranking"]} <= {s.entry["SeriesInstanceUID"]
+                                                                        for s in ctx.hippo_holdout}
     chest = [s for s in inf["studies"] if s["task"] == "classification2d"]
     assert len(chest) == 4 and all(s["outputs"]["sr"]["stored"] and s["outputs"]["pdf"]["stored"] for s in chest)
     assert all(s["outOfDistribution"] is False for s in chest), [s["qualityReasons"] for s in chest]

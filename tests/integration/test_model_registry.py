@@ -77,3 +77,27 @@ def test_a_bad_group_name_and_a_missing_version_are_clear(artifacts) -> None:
 
 def _model_data(dep: ep.Deployment) -> str:
     return aws.client("sagemaker").describe_model(ModelName=dep.model_name)["PrimaryContainer"]["ModelDataUrl"]
+
+
+def test_the_pre_label_lambda_finds_the_real_time_endpoint_of_the_approved_version(artifacts) -> None:
+    """``DICOMFLOW_PRELABEL_MODEL_GROUP``: the endpoint asked is the InService real-time one whose model is the
+    newest approved version; an async endpoint of it, or a real-time one of an older version, is not."""
+    from dicomflow.groundtruth.suggestions import serving_endpoint
+
+    group = f"prelabel-{uuid.uuid4().hex[:6]}"
+    name, why = serving_endpoint(group)
+    assert name is None and group in why  # no such group yet: looked up again next time, not cached
+    registry.register(group, artifacts[0], "dicomflow-inference:latest")
+    registry.set_status(group, 1, registry.APPROVED)
+    older, _ = ep.deploy_from_group(f"{group}-v1", group, asynchronous=False)
+    registry.register(group, artifacts[1], "dicomflow-inference:latest")
+    registry.set_status(group, 2, registry.APPROVED)
+    ep.deploy_from_group(f"{group}-async", group, asynchronous=True)
+    name, why = serving_endpoint(group)
+    assert name is None and "approved version 2" in why and "--realtime" in why, why
+    current, _ = ep.deploy_from_group(f"{group}-rt", group, asynchronous=False)
+    assert serving_endpoint(group) == (current.endpoint, "")
+    for endpoint in (older.endpoint, f"{group}-async", current.endpoint):
+        ep.delete(endpoint)
+    with pytest.raises(ep.EndpointError, match="Could not find endpoint"):
+        ep.delete(current.endpoint)

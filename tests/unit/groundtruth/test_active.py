@@ -97,25 +97,6 @@ def test_manifest_lines_carry_rank_score_and_model() -> None:
     assert ids[0]["source"] == cands["1.2.3.2.1.1"].orthanc_id
 
 
-def test_a_segmenters_series_score_looks_at_its_structures_not_the_certain_background() -> None:
-    certain_bg = np.zeros((3, 10, 10))
-    certain_bg[0] = 1.0
-    sure = certain_bg.copy()
-    sure[:, 4:6, 4:6] = np.array([0.02, 0.96, 0.02])[:, None, None]  # a small structure it is sure of
-    unsure = certain_bg.copy()
-    unsure[:, 4:6, 4:6] = np.array([0.3, 0.4, 0.3])[:, None, None]  # the same structure, doubted
-    big_doubt = certain_bg.copy()
-    big_doubt[:, 2:8, 2:8] = np.array([0.3, 0.4, 0.3])[:, None, None]  # more doubted voxels, same doubt
-    s_sure, s_unsure, s_big = (active.region_uncertainty(p) for p in (sure, unsure, big_doubt))
-    assert active.region_uncertainty(certain_bg) == {"entropy": 0.0, "margin": 0.0, "regionVoxels": 0}
-    assert s_sure["regionVoxels"] == s_unsure["regionVoxels"] == 4 and s_big["regionVoxels"] == 36
-    assert s_sure["entropy"] < 0.2 < s_unsure["entropy"] and s_sure["margin"] < 0.1
-    assert s_unsure["margin"] == pytest.approx(0.9)
-    assert s_big["entropy"] == pytest.approx(s_unsure["entropy"])  # a mean over the region, not diluted by size
-    with pytest.raises(ActiveLearningError, match="2 or more classes"):
-        active.region_uncertainty(np.ones((1, 4, 4)))
-
-
 def test_series_candidates_are_ranked_by_the_scores_their_scorer_gave() -> None:
     series = [Candidate(f"P{n}", f"1.2.9.{n}", f"1.2.9.{n}.1") for n in range(3)]
     assert [c.key for c in series] == ["1.2.9.0.1", "1.2.9.1.1", "1.2.9.2.1"]
