@@ -631,6 +631,11 @@ def label_next_round(ctx: DemoContext, hooks: Hooks) -> dict[str, Any]:
         ep.deploy_from_group(name, al["group"], asynchronous=False, role=ctx.outputs.get("SageMakerRoleArn"),
                              environment={"DICOMFLOW_PACS_SECRET_ARN": ctx.outputs["PacsSecretArn"]},
                              progress=lambda m: st.update(note=m))
+        # the local cloud starts an endpoint's serving process on its first request; on AWS an InService
+        # endpoint answers at once, so ask it once before the workers come (their tasks wait only seconds)
+        st.update(note="warming it up")
+        first = next(s for s in ctx.chest_holdout if s.entry["SOPInstanceUID"] == al["ranking"][0]["SOPInstanceUID"])
+        ep.invoke_realtime(name, {**study_request(ctx, first.study_uid, ["json"]), "storeToPacs": False})
     truth = {s.entry["SOPInstanceUID"]: list(s.entry["labels"]) for s in ctx.chest_holdout}
     request = job_request.labeling_job_request(ctx.outputs, f"{cfg.tag}-round-2", al["manifest"],
                                                label_attribute_name=cfg.label_attribute,

@@ -74,7 +74,10 @@ def serving_endpoint(group: str, sagemaker: Any = None) -> tuple[str | None, str
 
 
 def _endpoints_serving(sm: Any, package_arn: str) -> Iterator[str]:
-    """The names of the InService real-time, single-model endpoints whose model carries ``package_arn``."""
+    """The names of the InService real-time, single-model endpoints whose model carries ``package_arn``; an
+    endpoint whose config or model cannot be read (deleted meanwhile, not ours to read) is passed over."""
+    from botocore.exceptions import ClientError
+
     from dicomflow.config import env_name
 
     package_env = env_name("model_package_arn")
@@ -83,16 +86,18 @@ def _endpoints_serving(sm: Any, package_arn: str) -> Iterator[str]:
     for page in pages:
         for summary in page.get("Endpoints", []):
             name = summary["EndpointName"]
-            config = sm.describe_endpoint_config(
-                EndpointConfigName=sm.describe_endpoint(EndpointName=name)["EndpointConfigName"])
-            if config.get("AsyncInferenceConfig"):
+            try:
+                config = sm.describe_endpoint_config(
+                    EndpointConfigName=sm.describe_endpoint(EndpointName=name)["EndpointConfigName"])
+                if config.get("AsyncInferenceConfig"):
+                    continue
+                containers = [sm.describe_model(ModelName=v["ModelName"]).get("PrimaryContainer") or {}
+                              for v in config.get("ProductionVariants", [])]
+            except ClientError:
                 continue
-            for variant in config.get("ProductionVariants", []):
-                container = sm.describe_model(ModelName=variant["ModelName"]).get("PrimaryContainer") or {}
-                env = container.get("Environment") or {}
-                if container.get("Mode") != "MultiModel" and env.get(package_env) == package_arn:
-                    yield name
-                    break
+            if any(c.get("Mode") != "MultiModel" and (c.get("Environment") or {}).get(package_env) == package_arn
+                   for c in containers):
+                yield name
 
 
 def suggest(endpoint: str, study_uid: str, series_uid: str, labels: Sequence[str], *, instances: int,

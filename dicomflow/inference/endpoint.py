@@ -175,11 +175,16 @@ def delete(endpoint: str) -> dict[str, Any]:
         sm.delete_endpoint(EndpointName=endpoint)
         if config_name:
             sm.delete_endpoint_config(EndpointConfigName=config_name)
-        for model in models:
-            sm.delete_model(ModelName=model)
     except ClientError as exc:
         raise _aws_error(exc, f"deleting endpoint {endpoint}") from exc
-    return {"endpoint": endpoint, "endpointConfig": config_name or None, "models": models}
+    deleted = []
+    for model in models:
+        try:
+            sm.delete_model(ModelName=model)
+            deleted.append(model)
+        except ClientError:
+            pass  # already gone: the endpoint itself is deleted
+    return {"endpoint": endpoint, "endpointConfig": config_name or None, "models": deleted}
 
 
 #: The registered model an endpoint serves, in its Model's environment (the SR and SEG name it).

@@ -93,11 +93,13 @@ def test_the_pre_label_lambda_finds_the_real_time_endpoint_of_the_approved_versi
     registry.register(group, artifacts[1], "dicomflow-inference:latest")
     registry.set_status(group, 2, registry.APPROVED)
     ep.deploy_from_group(f"{group}-async", group, asynchronous=True)
+    broken, _ = ep.deploy_from_group(f"{group}-broken", group, asynchronous=False)
+    aws.client("sagemaker").delete_model(ModelName=broken.model_name)  # an endpoint whose model is gone
     name, why = serving_endpoint(group)
     assert name is None and "approved version 2" in why and "--realtime" in why, why
     current, _ = ep.deploy_from_group(f"{group}-rt", group, asynchronous=False)
     assert serving_endpoint(group) == (current.endpoint, "")
-    for endpoint in (older.endpoint, f"{group}-async", current.endpoint):
+    for endpoint in (older.endpoint, f"{group}-async", broken.endpoint, current.endpoint):
         ep.delete(endpoint)
     with pytest.raises(ep.EndpointError, match="Could not find endpoint"):
         ep.delete(current.endpoint)
